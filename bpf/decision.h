@@ -1,0 +1,42 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * The one decision function. Pure: no helpers, no maps, no kernel types.
+ * Every entry point (LSM hooks, exec tracepoint) classifies the file, looks
+ * up the policy and list membership, then asks dg_decide() for the verdict.
+ * The test-only program dg_test_decide runs it through BPF_PROG_TEST_RUN.
+ */
+#ifndef DRIFTGUARD_DECISION_H
+#define DRIFTGUARD_DECISION_H
+
+#include "driftguard.h"
+
+static __always_inline struct dg_verdict dg_decide(const struct dg_input *in)
+{
+	struct dg_verdict v = { .match = DG_MATCH_NONE, .action = DG_ACT_ALLOW };
+	__u32 rules = in->rules;
+
+	if (in->mode != DG_MODE_MONITOR && in->mode != DG_MODE_ENFORCE)
+		return v;
+
+	if (in->list == DG_LIST_DENY)
+		v.match = DG_MATCH_DENY_LIST;
+	else if (in->file_kind == DG_FILE_FILELESS && (rules & DG_RULE_FILELESS))
+		/* fileless code cannot be allow-listed by path */
+		v.match = DG_MATCH_FILELESS;
+	else if (in->list == DG_LIST_ALLOW)
+		v.match = DG_MATCH_NONE;
+	else if (in->file_kind == DG_FILE_OVERLAY_UPPER && (rules & DG_RULE_DRIFT))
+		v.match = DG_MATCH_DRIFT;
+	else if (in->file_kind == DG_FILE_OTHER_FS && (rules & DG_RULE_NON_OVERLAY))
+		v.match = DG_MATCH_NON_OVERLAY;
+	else if (in->access == DG_ACCESS_EXEC && (rules & DG_RULE_ALLOWLIST_ONLY))
+		/* allow-list-only governs exec, not the libraries a program maps */
+		v.match = DG_MATCH_NOT_ALLOWED;
+
+	if (v.match == DG_MATCH_NONE)
+		return v;
+	v.action = in->mode == DG_MODE_ENFORCE ? in->enforce_action : DG_ACT_ALERT;
+	return v;
+}
+
+#endif

@@ -1,0 +1,446 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * driftguard BPF programs.
+ *
+ * Entry points are thin: each one finds the policy for the current task's
+ * cgroup (or an ancestor), classifies the file, and hands the facts to
+ * dg_decide() (decision.h). Verdicts other than a silent allow are sent to
+ * the ring buffer.
+ *
+ *   lsm/bprm_check_security   exec (each stage: script, then interpreter) -> -EPERM
+ *   lsm/mmap_file             PROT_EXEC mappings (ld.so, dlopen, LD_PRELOAD) -> -EPERM
+ *   lsm/file_mprotect         mprotect(PROT_EXEC) of file mappings -> -EPERM
+ *   tp_btf/sched_process_exec fallback without BPF LSM -> SIGKILL
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+
+#include "driftguard.h"
+#include "decision.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define EPERM 1
+#define SIGKILL 9
+#define PROT_EXEC 0x4
+#define OVERLAYFS_SUPER_MAGIC 0x794c7630
+#define DG_WALK_MAX 32 /* path components resolved by the fallback walk */
+#define DG_WALK_STEPS 64
+
+#ifndef container_of
+#define container_of(ptr, type, member) ((type *)((void *)(ptr) - __builtin_offsetof(type, member)))
+#endif
+
+/* Policies keyed by cgroup v2 id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct dg_policy);
+} dg_policies SEC(".maps");
+
+/* Allow/deny path lists, keyed by (cgroup id, path). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 65536);
+	__type(key, struct dg_path_key);
+	__type(value, __u32);
+} dg_paths SEC(".maps");
+
+/*
+ * Cgroup levels at which at least one policy exists (1 = yes). Lets the
+ * ancestor search skip levels that cannot match. Userspace sets entries and
+ * clears them on full reconciliation only.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DG_MAX_LEVELS);
+	__type(key, __u32);
+	__type(value, __u32);
+} dg_levels SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22);
+} dg_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DG_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} dg_stats SEC(".maps");
+
+struct dg_scratch {
+	struct dg_path_key key;
+	char buf[2 * DG_PATH_MAX];
+	const unsigned char *names[DG_WALK_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dg_scratch);
+} dg_scratch_map SEC(".maps");
+
+static __always_inline void stat_inc(__u32 slot)
+{
+	__u64 *v = bpf_map_lookup_elem(&dg_stats, &slot);
+
+	if (v)
+		*v += 1;
+}
+
+/* Policy of the current task's cgroup, or of its deepest ancestor that has one. */
+static __always_inline struct dg_policy *lookup_policy(__u64 *cgid, __u64 *matched)
+{
+	struct dg_policy *p;
+	__u64 id = bpf_get_current_cgroup_id();
+
+	*cgid = id;
+	p = bpf_map_lookup_elem(&dg_policies, &id);
+	if (p) {
+		*matched = id;
+		return p;
+	}
+	for (__u32 i = DG_MAX_LEVELS - 1; i > 0; i--) {
+		__u32 lvl = i;
+		__u32 *used = bpf_map_lookup_elem(&dg_levels, &lvl);
+
+		if (!used || !*used)
+			continue;
+		id = bpf_get_current_ancestor_cgroup_id(lvl);
+		if (!id)
+			continue;
+		p = bpf_map_lookup_elem(&dg_policies, &id);
+		if (p) {
+			*matched = id;
+			return p;
+		}
+	}
+	return NULL;
+}
+
+/* What kind of file is this? See the drift-signal table in docs/bpf.md. */
+static __always_inline __u32 classify_file(struct file *file)
+{
+	struct inode *inode = BPF_CORE_READ(file, f_inode);
+	unsigned long magic;
+	void *upper = NULL;
+
+	if (!inode)
+		return DG_FILE_OTHER_FS;
+	if (BPF_CORE_READ(inode, i_nlink) == 0)
+		return DG_FILE_FILELESS;
+	magic = BPF_CORE_READ(inode, i_sb, s_magic);
+	if (magic != OVERLAYFS_SUPER_MAGIC)
+		return DG_FILE_OTHER_FS;
+	/*
+	 * struct ovl_inode embeds struct inode vfs_inode immediately followed by
+	 * struct dentry *__upperdentry on every kernel from 4.19 to 6.18. overlay
+	 * is often a module, so its BTF may not be loaded when we are: use the
+	 * CO-RE size of struct inode instead of a relocation against ovl_inode.
+	 * With metacopy=on a metadata-only copy-up also sets it: still drift.
+	 */
+	bpf_probe_read_kernel(&upper, sizeof(upper), (void *)inode + bpf_core_type_size(struct inode));
+	return upper ? DG_FILE_OVERLAY_UPPER : DG_FILE_OVERLAY_LOWER;
+}
+
+static __always_inline struct dg_scratch *scratch(void)
+{
+	__u32 zero = 0;
+	struct dg_scratch *s = bpf_map_lookup_elem(&dg_scratch_map, &zero);
+
+	if (s)
+		__builtin_memset(&s->key, 0, sizeof(s->key));
+	return s;
+}
+
+static __always_inline struct dg_scratch *scratch_raw(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&dg_scratch_map, &zero);
+}
+
+/*
+ * Fallback path resolution (bpf_d_path is not allowed in tp_btf): walk
+ * dentries up to the task's root, crossing mounts, so the result is the path
+ * as the task sees it, like d_path(). The loops run under bpf_loop() so the
+ * verifier checks each body once instead of unrolling 64 iterations.
+ */
+struct walk_ctx {
+	struct dentry *d;
+	struct vfsmount *vmnt;
+	struct mount *mnt;
+	struct dentry *root_d;
+	struct vfsmount *root_m;
+	__u32 n;
+	__u32 off;
+	__u32 flags;
+};
+
+static long walk_up(__u64 i, void *ctx)
+{
+	struct walk_ctx *c = ctx;
+	struct dg_scratch *s = scratch_raw();
+	/* Locals, not c->x, inside BPF_CORE_READ: walk_ctx is ours, not a kernel type. */
+	struct dentry *d = c->d, *parent_d;
+	struct vfsmount *vmnt = c->vmnt;
+	struct mount *mnt = c->mnt;
+
+	if (!s)
+		return 1;
+	if (d == c->root_d && vmnt == c->root_m)
+		return 1;
+	if (d == BPF_CORE_READ(vmnt, mnt_root)) {
+		struct mount *parent = BPF_CORE_READ(mnt, mnt_parent);
+
+		if (parent == mnt)
+			return 1;
+		c->d = BPF_CORE_READ(mnt, mnt_mountpoint);
+		c->mnt = parent;
+		c->vmnt = (struct vfsmount *)((void *)parent + bpf_core_field_offset(struct mount, mnt));
+		return 0;
+	}
+	parent_d = BPF_CORE_READ(d, d_parent);
+	if (c->n >= DG_WALK_MAX) {
+		c->flags |= DG_EVF_PATH_TRUNCATED;
+		return 1;
+	}
+	s->names[c->n & (DG_WALK_MAX - 1)] = BPF_CORE_READ(d, d_name.name);
+	c->n++;
+	/* A pseudo file (memfd, anon) is its own parent: its name is the whole path. */
+	if (parent_d == d)
+		return 1;
+	c->d = parent_d;
+	return 0;
+}
+
+static long write_down(__u64 j, void *ctx)
+{
+	struct walk_ctx *c = ctx;
+	struct dg_scratch *s = scratch_raw();
+	__u32 idx;
+	long r;
+
+	if (!s || j >= c->n)
+		return 1;
+	if (c->off >= DG_PATH_MAX - 1) {
+		c->flags |= DG_EVF_PATH_TRUNCATED;
+		return 1;
+	}
+	idx = c->off;
+	/* Hide idx from clang so the mask survives for the verifier. */
+	barrier_var(idx);
+	s->buf[idx & (DG_PATH_MAX - 1)] = '/';
+	c->off++;
+	idx = c->off;
+	barrier_var(idx);
+	r = bpf_probe_read_kernel_str(&s->buf[idx & (DG_PATH_MAX - 1)], DG_PATH_MAX,
+				      s->names[(c->n - 1 - j) & (DG_WALK_MAX - 1)]);
+	if (r <= 0) {
+		c->flags |= DG_EVF_PATH_UNRESOLVED;
+		return 1;
+	}
+	c->off += r - 1;
+	return 0;
+}
+
+/* Writes s->key.path; returns DG_EVF_* flags. */
+static __always_inline __u32 walk_path(struct dg_scratch *s, struct file *file)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct walk_ctx c = {};
+
+	c.d = BPF_CORE_READ(file, f_path.dentry);
+	c.vmnt = BPF_CORE_READ(file, f_path.mnt);
+	c.mnt = container_of(c.vmnt, struct mount, mnt);
+	c.root_d = BPF_CORE_READ(task, fs, root.dentry);
+	c.root_m = BPF_CORE_READ(task, fs, root.mnt);
+
+	bpf_loop(DG_WALK_STEPS, walk_up, &c, 0);
+	__builtin_memset(s->buf, 0, sizeof(s->buf));
+	if (c.n == 0)
+		s->buf[0] = '/';
+	bpf_loop(DG_WALK_MAX, write_down, &c, 0);
+	if (c.off >= DG_PATH_MAX) {
+		c.flags |= DG_EVF_PATH_TRUNCATED;
+		s->buf[DG_PATH_MAX - 1] = 0;
+	}
+	__builtin_memcpy(s->key.path, s->buf, DG_PATH_MAX);
+	return c.flags;
+}
+
+/* LSM path resolution with the kernel's own d_path (task-root relative). */
+static __always_inline __u32 dpath(struct dg_scratch *s, struct file *file)
+{
+	long r = bpf_d_path(&file->f_path, s->key.path, DG_PATH_MAX);
+
+	if (r == -36 /* ENAMETOOLONG */)
+		return DG_EVF_PATH_TRUNCATED;
+	if (r < 0)
+		return DG_EVF_PATH_UNRESOLVED;
+	return 0;
+}
+
+static __always_inline void emit(struct dg_scratch *s, const struct dg_verdict *v, __u32 hook,
+				 __u32 file_kind, __u32 mode, __u32 flags, __u64 cgid,
+				 __u64 matched)
+{
+	struct dg_event *e;
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+
+	stat_inc(v->action == DG_ACT_DENY ? DG_STAT_DENIES :
+		 v->action == DG_ACT_KILL ? DG_STAT_KILLS : DG_STAT_ALERTS);
+	e = bpf_ringbuf_reserve(&dg_events, sizeof(*e), 0);
+	if (!e) {
+		stat_inc(DG_STAT_RINGBUF_DROPS);
+		return;
+	}
+	e->ts_ns = bpf_ktime_get_boot_ns();
+	e->cgroup_id = cgid;
+	e->policy_cgroup_id = matched;
+	e->pid = (__u32)pid_tgid;
+	e->tgid = pid_tgid >> 32;
+	e->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	e->uid = (__u32)bpf_get_current_uid_gid();
+	e->match = v->match;
+	e->action = v->action;
+	e->hook = hook;
+	e->file_kind = file_kind;
+	e->mode = mode;
+	e->flags = flags;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	__builtin_memcpy(e->path, s->key.path, DG_PATH_MAX);
+	bpf_ringbuf_submit(e, 0);
+	stat_inc(DG_STAT_EVENTS);
+}
+
+/*
+ * Shared body of every entry point. Returns the verdict's action.
+ * use_dpath selects bpf_d_path (LSM) or the dentry walk (tracepoint).
+ */
+static __always_inline __u32 check_file(struct file *file, __u32 hook, __u32 access,
+					__u32 enforce_action, bool use_dpath)
+{
+	struct dg_input in = {};
+	struct dg_verdict v;
+	struct dg_policy *p;
+	struct dg_scratch *s;
+	__u64 cgid = 0, matched = 0;
+	__u32 flags = 0, *list;
+	bool have_path = false;
+
+	if (!file)
+		return DG_ACT_ALLOW;
+	p = lookup_policy(&cgid, &matched);
+	if (!p)
+		return DG_ACT_ALLOW;
+	stat_inc(DG_STAT_CHECKS);
+	s = scratch();
+	if (!s)
+		return DG_ACT_ALLOW;
+
+	in.mode = p->mode;
+	in.rules = p->rules;
+	in.access = access;
+	in.enforce_action = enforce_action;
+	in.file_kind = classify_file(file);
+	in.list = DG_LIST_NONE;
+
+	if (in.rules & DG_RULE_HAS_LISTS) {
+		flags = use_dpath ? dpath(s, file) : walk_path(s, file);
+		have_path = true;
+		if (flags)
+			stat_inc(DG_STAT_PATH_ERRORS);
+		s->key.cgroup_id = matched;
+		list = bpf_map_lookup_elem(&dg_paths, &s->key);
+		if (list)
+			in.list = *list;
+	}
+
+	v = dg_decide(&in);
+	if (v.action == DG_ACT_ALLOW)
+		return DG_ACT_ALLOW;
+	if (!have_path)
+		flags = use_dpath ? dpath(s, file) : walk_path(s, file);
+	emit(s, &v, hook, in.file_kind, in.mode, flags, cgid, matched);
+	return v.action;
+}
+
+SEC("lsm/bprm_check_security")
+int BPF_PROG(dg_bprm_check, struct linux_binprm *bprm)
+{
+	__u32 act = check_file(bprm->file, DG_HOOK_BPRM_CHECK, DG_ACCESS_EXEC, DG_ACT_DENY, true);
+
+	barrier_var(act);
+	if (act == DG_ACT_DENY)
+		return -EPERM;
+	return 0;
+}
+
+SEC("lsm/mmap_file")
+int BPF_PROG(dg_mmap_file, struct file *file, unsigned long reqprot, unsigned long prot,
+	     unsigned long flags)
+{
+	__u32 act;
+
+	if (!file || !(prot & PROT_EXEC))
+		return 0;
+	act = check_file(file, DG_HOOK_MMAP_FILE, DG_ACCESS_MMAP_EXEC, DG_ACT_DENY, true);
+	barrier_var(act);
+	if (act == DG_ACT_DENY)
+		return -EPERM;
+	return 0;
+}
+
+SEC("lsm/file_mprotect")
+int BPF_PROG(dg_file_mprotect, struct vm_area_struct *vma, unsigned long reqprot,
+	     unsigned long prot)
+{
+	struct file *file;
+	__u32 act;
+
+	if (!(prot & PROT_EXEC))
+		return 0;
+	file = vma->vm_file; /* a BTF pointer: bpf_d_path needs a trusted one */
+	if (!file)
+		return 0;
+	act = check_file(file, DG_HOOK_FILE_MPROTECT, DG_ACCESS_MMAP_EXEC, DG_ACT_DENY, true);
+	barrier_var(act);
+	if (act == DG_ACT_DENY)
+		return -EPERM;
+	return 0;
+}
+
+/*
+ * Fallback without BPF LSM: the exec already happened; kill the new image
+ * before it runs its first user instruction. Sees only the final binary
+ * (the interpreter for #! scripts) and cannot see mmaps.
+ */
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(dg_exec_tp, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	struct file *file = bprm->file;
+	__u32 act = check_file(file, DG_HOOK_EXEC_TRACEPOINT, DG_ACCESS_EXEC, DG_ACT_KILL, false);
+
+	if (act == DG_ACT_KILL)
+		bpf_send_signal(SIGKILL);
+	return 0;
+}
+
+/* Test-only: runs the decision function through BPF_PROG_TEST_RUN. Never autoloaded. */
+SEC("syscall")
+int dg_test_decide(struct dg_decide_args *args)
+{
+	struct dg_input in = args->in;
+
+	args->out = dg_decide(&in);
+	return 0;
+}

@@ -1,0 +1,131 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * driftguard kernel <-> userspace ABI.
+ *
+ * Every struct here is mirrored byte for byte in src/enforcer/abi.rs; the
+ * Rust side has size/offset tests. Change both or neither.
+ */
+#ifndef DRIFTGUARD_H
+#define DRIFTGUARD_H
+
+/* Longest path (including the NUL) that lists and events carry. */
+#define DG_PATH_MAX 256
+/* Cgroup levels searched for a policy above the exec'ing task's own cgroup. */
+#define DG_MAX_LEVELS 32
+
+/* Policy modes. OFF is never stored: removing the entry means off. */
+#define DG_MODE_OFF 0
+#define DG_MODE_MONITOR 1
+#define DG_MODE_ENFORCE 2
+
+/* Policy rule bits (struct dg_policy.rules). */
+#define DG_RULE_DRIFT (1u << 0)          /* file in the overlayfs upper layer */
+#define DG_RULE_FILELESS (1u << 1)       /* memfd / unlinked file (nlink == 0) */
+#define DG_RULE_NON_OVERLAY (1u << 2)    /* file on a non-overlay mount */
+#define DG_RULE_ALLOWLIST_ONLY (1u << 3) /* exec only what the allow list names */
+#define DG_RULE_HAS_LISTS (1u << 4)      /* policy has allow/deny path entries */
+
+/* Path list membership (value of the paths map). */
+#define DG_LIST_NONE 0
+#define DG_LIST_ALLOW 1
+#define DG_LIST_DENY 2
+
+/* What the exec'd / mapped file is. */
+#define DG_FILE_OVERLAY_LOWER 0 /* shipped in the image */
+#define DG_FILE_OVERLAY_UPPER 1 /* written or copied up in the container */
+#define DG_FILE_FILELESS 2      /* memfd, O_TMPFILE, unlinked */
+#define DG_FILE_OTHER_FS 3      /* volume, emptyDir, tmpfs, host path */
+
+/* Which rule produced the verdict. */
+#define DG_MATCH_NONE 0
+#define DG_MATCH_DENY_LIST 1
+#define DG_MATCH_DRIFT 2
+#define DG_MATCH_FILELESS 3
+#define DG_MATCH_NON_OVERLAY 4
+#define DG_MATCH_NOT_ALLOWED 5
+
+/* Actions. ALERT = a rule matched in monitor mode (allowed, reported). */
+#define DG_ACT_ALLOW 0
+#define DG_ACT_ALERT 1
+#define DG_ACT_DENY 2
+#define DG_ACT_KILL 3
+
+/* Hooks (entry points). */
+#define DG_HOOK_BPRM_CHECK 1
+#define DG_HOOK_MMAP_FILE 2
+#define DG_HOOK_FILE_MPROTECT 3
+#define DG_HOOK_EXEC_TRACEPOINT 4
+
+/* Access kinds given to the decision function. */
+#define DG_ACCESS_EXEC 0
+#define DG_ACCESS_MMAP_EXEC 1
+
+/* Event flags. */
+#define DG_EVF_PATH_TRUNCATED (1u << 0)
+#define DG_EVF_PATH_UNRESOLVED (1u << 1)
+
+/* Stats slots (per-CPU array). */
+#define DG_STAT_EVENTS 0
+#define DG_STAT_RINGBUF_DROPS 1
+#define DG_STAT_DENIES 2
+#define DG_STAT_KILLS 3
+#define DG_STAT_ALERTS 4
+#define DG_STAT_PATH_ERRORS 5
+#define DG_STAT_CHECKS 6
+#define DG_STAT_MAX 8
+
+/* Value of the policies map, keyed by cgroup v2 id (u64). */
+struct dg_policy {
+	__u32 mode;
+	__u32 rules;
+	__u32 level; /* depth of the cgroup in the v2 hierarchy (root = 0) */
+	__u32 reserved;
+};
+
+/* Key of the paths map; path is NUL padded to DG_PATH_MAX. Value: __u32 DG_LIST_*. */
+struct dg_path_key {
+	__u64 cgroup_id;
+	char path[DG_PATH_MAX];
+};
+
+/* Input and output of the decision function. */
+struct dg_input {
+	__u32 mode;
+	__u32 rules;
+	__u32 file_kind;
+	__u32 list;
+	__u32 access;
+	__u32 enforce_action; /* DG_ACT_DENY (LSM) or DG_ACT_KILL (tracepoint) */
+};
+
+struct dg_verdict {
+	__u32 match;
+	__u32 action;
+};
+
+/* Context of the test-only BPF_PROG_TEST_RUN program. */
+struct dg_decide_args {
+	struct dg_input in;
+	struct dg_verdict out;
+};
+
+/* Ring-buffer event. */
+struct dg_event {
+	__u64 ts_ns;            /* bpf_ktime_get_boot_ns() */
+	__u64 cgroup_id;        /* cgroup of the exec'ing task */
+	__u64 policy_cgroup_id; /* cgroup whose policy matched (ancestor or self) */
+	__u32 pid;              /* thread id */
+	__u32 tgid;             /* process id */
+	__u32 ppid;
+	__u32 uid;
+	__u32 match;
+	__u32 action;
+	__u32 hook;
+	__u32 file_kind;
+	__u32 mode;
+	__u32 flags;
+	char comm[16];
+	char path[DG_PATH_MAX];
+};
+
+#endif

@@ -1,0 +1,506 @@
+//! The [`Plugin`] trait and the plugin-side dispatch of NRI requests.
+
+use std::sync::{Arc, Mutex};
+
+use protobuf::{Enum, EnumOrUnknown};
+use ttrpc::Code;
+
+use crate::api::{
+    ConfigureRequest, ConfigureResponse, Container, ContainerUpdate, CreateContainerRequest,
+    CreateContainerResponse, Empty, Event, LinuxResources, PodSandbox, PostCreateContainerRequest,
+    PostCreateContainerResponse, PostStartContainerRequest, PostStartContainerResponse,
+    PostUpdateContainerRequest, PostUpdateContainerResponse, PostUpdatePodSandboxRequest,
+    PostUpdatePodSandboxResponse, RemoveContainerRequest, RemoveContainerResponse,
+    RemovePodSandboxRequest, RemovePodSandboxResponse, RunPodSandboxRequest, RunPodSandboxResponse,
+    StartContainerRequest, StartContainerResponse, StateChangeEvent, StopContainerRequest,
+    StopContainerResponse, StopPodSandboxRequest, StopPodSandboxResponse, SynchronizeRequest,
+    SynchronizeResponse, UpdateContainerRequest, UpdateContainerResponse, UpdatePodSandboxRequest,
+    UpdatePodSandboxResponse, ValidateContainerAdjustmentRequest,
+    ValidateContainerAdjustmentResponse,
+};
+use crate::error::{BoxError, HandlerResult};
+use crate::events::{event_name, EventMask};
+use crate::rpc::{decode, encode, BoxFuture, Dispatch, RpcStatus};
+
+/// An NRI plugin: async handlers for every NRI request, all with defaults.
+///
+/// Override the handlers you need and, if they are not among the default subscription
+/// ([`EventMask::LIFECYCLE`]), [`events`](Self::events). Handlers run concurrently: a slow handler
+/// does not hold up other requests. Each handler gets the pod and container as the runtime sent
+/// them, whether the runtime used the dedicated RPC (NRI v0.12+) or a `StateChange` notification
+/// (runtimes up to NRI v0.11): both end up in the same method.
+///
+/// Returning an error sends the runtime a ttrpc error status (code `UNKNOWN`, the error's message).
+/// For [`create_container`](Self::create_container) and [`start_container`](Self::start_container)
+/// the runtime then fails that container: this is how a plugin refuses a container. Keep handlers
+/// well within the runtime's request timeout (2 s by default, see `ConfigureRequest.request_timeout`):
+/// a timeout makes the runtime drop the plugin.
+#[async_trait::async_trait]
+pub trait Plugin: Send + Sync + 'static {
+    /// Events to subscribe to, sent in the reply to `Configure`. The default is
+    /// [`EventMask::LIFECYCLE`] (events 1-11). A mask set with
+    /// [`RunnerBuilder::events`](crate::RunnerBuilder::events) takes precedence.
+    fn events(&self) -> EventMask {
+        EventMask::LIFECYCLE
+    }
+
+    /// The runtime configures the plugin (`req.config` is the plugin's configuration from the
+    /// runtime, if any). Called once per connection, before `synchronize`. An error fails the
+    /// registration; the runtime closes the connection.
+    async fn configure(&self, req: &ConfigureRequest) -> HandlerResult<()> {
+        let _ = req;
+        Ok(())
+    }
+
+    /// The runtime's current pods and containers, sent once per connection after `configure`.
+    /// Chunked synchronization is reassembled: this is called once with everything. Return updates
+    /// to apply to existing containers (usually none).
+    async fn synchronize(
+        &self,
+        pods: Vec<PodSandbox>,
+        containers: Vec<Container>,
+    ) -> HandlerResult<Vec<ContainerUpdate>> {
+        let _ = (pods, containers);
+        Ok(Vec::new())
+    }
+
+    /// The runtime is shutting down; the connection will close afterwards.
+    async fn shutdown(&self) {}
+
+    /// A pod sandbox is being started.
+    async fn run_pod_sandbox(&self, pod: &PodSandbox) -> HandlerResult<()> {
+        let _ = pod;
+        Ok(())
+    }
+
+    /// A pod sandbox's resources are being updated (event 12, NRI v0.10+).
+    async fn update_pod_sandbox(&self, req: &UpdatePodSandboxRequest) -> HandlerResult<()> {
+        let _ = req;
+        Ok(())
+    }
+
+    /// A pod sandbox was updated (event 13, NRI v0.10+).
+    async fn post_update_pod_sandbox(&self, pod: &PodSandbox) -> HandlerResult<()> {
+        let _ = pod;
+        Ok(())
+    }
+
+    /// A pod sandbox is being stopped.
+    async fn stop_pod_sandbox(&self, pod: &PodSandbox) -> HandlerResult<()> {
+        let _ = pod;
+        Ok(())
+    }
+
+    /// A pod sandbox was removed.
+    async fn remove_pod_sandbox(&self, pod: &PodSandbox) -> HandlerResult<()> {
+        let _ = pod;
+        Ok(())
+    }
+
+    /// A container is being created (its cgroup does not exist yet). Return adjustments, updates
+    /// of other containers, or evictions; an error fails the container's creation.
+    async fn create_container(
+        &self,
+        pod: &PodSandbox,
+        container: &Container,
+    ) -> HandlerResult<CreateContainerResponse> {
+        let _ = (pod, container);
+        Ok(CreateContainerResponse::new())
+    }
+
+    /// A container was created.
+    async fn post_create_container(&self, pod: &PodSandbox, container: &Container) -> HandlerResult<()> {
+        let _ = (pod, container);
+        Ok(())
+    }
+
+    /// A container is about to start: its task exists (cgroup and init pid are there) but its
+    /// entrypoint has not been executed yet. An error fails the container's start.
+    async fn start_container(&self, pod: &PodSandbox, container: &Container) -> HandlerResult<()> {
+        let _ = (pod, container);
+        Ok(())
+    }
+
+    /// A container was started.
+    async fn post_start_container(&self, pod: &PodSandbox, container: &Container) -> HandlerResult<()> {
+        let _ = (pod, container);
+        Ok(())
+    }
+
+    /// A container's resources are being updated to `resources`.
+    async fn update_container(
+        &self,
+        pod: &PodSandbox,
+        container: &Container,
+        resources: Option<&LinuxResources>,
+    ) -> HandlerResult<UpdateContainerResponse> {
+        let _ = (pod, container, resources);
+        Ok(UpdateContainerResponse::new())
+    }
+
+    /// A container was updated.
+    async fn post_update_container(&self, pod: &PodSandbox, container: &Container) -> HandlerResult<()> {
+        let _ = (pod, container);
+        Ok(())
+    }
+
+    /// A container is being stopped. Return updates to other containers (usually none).
+    async fn stop_container(
+        &self,
+        pod: &PodSandbox,
+        container: &Container,
+    ) -> HandlerResult<Vec<ContainerUpdate>> {
+        let _ = (pod, container);
+        Ok(Vec::new())
+    }
+
+    /// A container was removed.
+    async fn remove_container(&self, pod: &PodSandbox, container: &Container) -> HandlerResult<()> {
+        let _ = (pod, container);
+        Ok(())
+    }
+
+    /// Validate the adjustments other plugins made to a container (event 14, NRI v0.10+).
+    /// Return a response with `reject = true` (and a `reason`) to fail the container.
+    async fn validate_container_adjustment(
+        &self,
+        req: &ValidateContainerAdjustmentRequest,
+    ) -> HandlerResult<ValidateContainerAdjustmentResponse> {
+        let _ = req;
+        Ok(ValidateContainerAdjustmentResponse::new())
+    }
+}
+
+/// Methods of the `Plugin` service.
+pub(crate) const PLUGIN_METHODS: &[&str] = &[
+    "Configure",
+    "Synchronize",
+    "Shutdown",
+    "RunPodSandbox",
+    "UpdatePodSandbox",
+    "PostUpdatePodSandbox",
+    "StopPodSandbox",
+    "RemovePodSandbox",
+    "CreateContainer",
+    "PostCreateContainer",
+    "StartContainer",
+    "PostStartContainer",
+    "UpdateContainer",
+    "PostUpdateContainer",
+    "StopContainer",
+    "RemoveContainer",
+    "StateChange",
+    "ValidateContainerAdjustment",
+];
+
+/// Something that happened on the plugin service that the runner needs to know about.
+#[derive(Debug, Clone)]
+pub(crate) enum SessionSignal {
+    Configured {
+        runtime_name: String,
+        runtime_version: String,
+        nri_version: String,
+        events: EventMask,
+    },
+    Synchronized {
+        pods: usize,
+        containers: usize,
+    },
+    Shutdown,
+    /// Undecodable input: the connection must be closed.
+    ProtocolError(String),
+}
+
+/// Per-connection dispatcher of the plugin service.
+pub(crate) struct PluginDispatch<P: Plugin> {
+    plugin: Arc<P>,
+    events_override: Option<EventMask>,
+    sync_buffer: Mutex<Option<(Vec<PodSandbox>, Vec<Container>)>>,
+    signals: tokio::sync::mpsc::UnboundedSender<SessionSignal>,
+}
+
+impl<P: Plugin> PluginDispatch<P> {
+    pub(crate) fn new(
+        plugin: Arc<P>,
+        events_override: Option<EventMask>,
+        signals: tokio::sync::mpsc::UnboundedSender<SessionSignal>,
+    ) -> Self {
+        PluginDispatch {
+            plugin,
+            events_override,
+            sync_buffer: Mutex::new(None),
+            signals,
+        }
+    }
+
+    fn signal(&self, s: SessionSignal) {
+        let _ = self.signals.send(s);
+    }
+
+    fn decode<M: protobuf::Message>(&self, method: &str, payload: &[u8]) -> Result<M, RpcStatus> {
+        decode(method, payload).inspect_err(|status| {
+            tracing::warn!(method, error = %status.message, "undecodable NRI request, closing connection");
+            self.signal(SessionSignal::ProtocolError(status.message.clone()));
+        })
+    }
+
+    async fn handle(&self, method: &str, payload: Vec<u8>) -> Result<Vec<u8>, RpcStatus> {
+        let p = &*self.plugin;
+        match method {
+            "Configure" => {
+                let req: ConfigureRequest = self.decode(method, &payload)?;
+                tracing::info!(
+                    runtime = %req.runtime_name,
+                    runtime_version = %req.runtime_version,
+                    nri_version = %req.NRI_version,
+                    "NRI configure"
+                );
+                p.configure(&req).await.map_err(handler_error(method))?;
+                let events = self.events_override.unwrap_or_else(|| p.events());
+                if EventMask::from_bits(events.bits()).is_err() {
+                    return Err(RpcStatus::new(
+                        Code::INVALID_ARGUMENT,
+                        format!("plugin subscribes to unknown events {:#x}", events.bits()),
+                    ));
+                }
+                self.signal(SessionSignal::Configured {
+                    runtime_name: req.runtime_name.clone(),
+                    runtime_version: req.runtime_version.clone(),
+                    nri_version: req.NRI_version.clone(),
+                    events,
+                });
+                let mut resp = ConfigureResponse::new();
+                // The mask has at most 14 bits set, it always fits an i32.
+                resp.events = events.bits() as i32;
+                encode(method, &resp)
+            }
+            "Synchronize" => {
+                let mut req: SynchronizeRequest = self.decode(method, &payload)?;
+                let mut resp = SynchronizeResponse::new();
+                let (pods, containers) = {
+                    let mut buf = self
+                        .sync_buffer
+                        .lock()
+                        .map_err(|_| RpcStatus::new(Code::INTERNAL, "sync state poisoned"))?;
+                    let (pods, containers) = buf.get_or_insert_with(Default::default);
+                    pods.append(&mut req.pods);
+                    containers.append(&mut req.containers);
+                    tracing::debug!(pods = pods.len(), containers = containers.len(), more = req.more, "NRI synchronize chunk");
+                    if req.more {
+                        resp.more = true;
+                        return encode(method, &resp);
+                    }
+                    buf.take().unwrap_or_default()
+                };
+                let (npods, nctrs) = (pods.len(), containers.len());
+                resp.update = p.synchronize(pods, containers).await.map_err(handler_error(method))?;
+                resp.more = false;
+                self.signal(SessionSignal::Synchronized {
+                    pods: npods,
+                    containers: nctrs,
+                });
+                encode(method, &resp)
+            }
+            "Shutdown" => {
+                let _: Empty = self.decode(method, &payload)?;
+                tracing::info!("NRI runtime is shutting down");
+                p.shutdown().await;
+                self.signal(SessionSignal::Shutdown);
+                encode(method, &Empty::new())
+            }
+            "RunPodSandbox" => {
+                let req: RunPodSandboxRequest = self.decode(method, &payload)?;
+                trace_event(method, opt(&req.pod), None);
+                p.run_pod_sandbox(opt(&req.pod)).await.map_err(handler_error(method))?;
+                encode(method, &RunPodSandboxResponse::new())
+            }
+            "UpdatePodSandbox" => {
+                let req: UpdatePodSandboxRequest = self.decode(method, &payload)?;
+                trace_event(method, opt(&req.pod), None);
+                p.update_pod_sandbox(&req).await.map_err(handler_error(method))?;
+                encode(method, &UpdatePodSandboxResponse::new())
+            }
+            "PostUpdatePodSandbox" => {
+                let req: PostUpdatePodSandboxRequest = self.decode(method, &payload)?;
+                trace_event(method, opt(&req.pod), None);
+                p.post_update_pod_sandbox(opt(&req.pod)).await.map_err(handler_error(method))?;
+                encode(method, &PostUpdatePodSandboxResponse::new())
+            }
+            "StopPodSandbox" => {
+                let req: StopPodSandboxRequest = self.decode(method, &payload)?;
+                trace_event(method, opt(&req.pod), None);
+                p.stop_pod_sandbox(opt(&req.pod)).await.map_err(handler_error(method))?;
+                encode(method, &StopPodSandboxResponse::new())
+            }
+            "RemovePodSandbox" => {
+                let req: RemovePodSandboxRequest = self.decode(method, &payload)?;
+                trace_event(method, opt(&req.pod), None);
+                p.remove_pod_sandbox(opt(&req.pod)).await.map_err(handler_error(method))?;
+                encode(method, &RemovePodSandboxResponse::new())
+            }
+            "CreateContainer" => {
+                let req: CreateContainerRequest = self.decode(method, &payload)?;
+                trace_event(method, opt(&req.pod), Some(opt(&req.container)));
+                let resp = p
+                    .create_container(opt(&req.pod), opt(&req.container))
+                    .await
+                    .map_err(handler_error(method))?;
+                encode(method, &resp)
+            }
+            "PostCreateContainer" => {
+                let req: PostCreateContainerRequest = self.decode(method, &payload)?;
+                trace_event(method, opt(&req.pod), Some(opt(&req.container)));
+                p.post_create_container(opt(&req.pod), opt(&req.container))
+                    .await
+                    .map_err(handler_error(method))?;
+                encode(method, &PostCreateContainerResponse::new())
+            }
+            "StartContainer" => {
+                let req: StartContainerRequest = self.decode(method, &payload)?;
+                trace_event(method, opt(&req.pod), Some(opt(&req.container)));
+                p.start_container(opt(&req.pod), opt(&req.container))
+                    .await
+                    .map_err(handler_error(method))?;
+                encode(method, &StartContainerResponse::new())
+            }
+            "PostStartContainer" => {
+                let req: PostStartContainerRequest = self.decode(method, &payload)?;
+                trace_event(method, opt(&req.pod), Some(opt(&req.container)));
+                p.post_start_container(opt(&req.pod), opt(&req.container))
+                    .await
+                    .map_err(handler_error(method))?;
+                encode(method, &PostStartContainerResponse::new())
+            }
+            "UpdateContainer" => {
+                let req: UpdateContainerRequest = self.decode(method, &payload)?;
+                trace_event(method, opt(&req.pod), Some(opt(&req.container)));
+                let resp = p
+                    .update_container(opt(&req.pod), opt(&req.container), req.linux_resources.as_ref())
+                    .await
+                    .map_err(handler_error(method))?;
+                encode(method, &resp)
+            }
+            "PostUpdateContainer" => {
+                let req: PostUpdateContainerRequest = self.decode(method, &payload)?;
+                trace_event(method, opt(&req.pod), Some(opt(&req.container)));
+                p.post_update_container(opt(&req.pod), opt(&req.container))
+                    .await
+                    .map_err(handler_error(method))?;
+                encode(method, &PostUpdateContainerResponse::new())
+            }
+            "StopContainer" => {
+                let req: StopContainerRequest = self.decode(method, &payload)?;
+                trace_event(method, opt(&req.pod), Some(opt(&req.container)));
+                let update = p
+                    .stop_container(opt(&req.pod), opt(&req.container))
+                    .await
+                    .map_err(handler_error(method))?;
+                let mut resp = StopContainerResponse::new();
+                resp.update = update;
+                encode(method, &resp)
+            }
+            "RemoveContainer" => {
+                let req: RemoveContainerRequest = self.decode(method, &payload)?;
+                trace_event(method, opt(&req.pod), Some(opt(&req.container)));
+                p.remove_container(opt(&req.pod), opt(&req.container))
+                    .await
+                    .map_err(handler_error(method))?;
+                encode(method, &RemoveContainerResponse::new())
+            }
+            "ValidateContainerAdjustment" => {
+                let req: ValidateContainerAdjustmentRequest = self.decode(method, &payload)?;
+                trace_event(method, opt(&req.pod), Some(opt(&req.container)));
+                let resp = p
+                    .validate_container_adjustment(&req)
+                    .await
+                    .map_err(handler_error(method))?;
+                encode(method, &resp)
+            }
+            "StateChange" => {
+                let req: StateChangeEvent = self.decode(method, &payload)?;
+                self.state_change(&req).await?;
+                encode(method, &Empty::new())
+            }
+            other => Err(RpcStatus::new(Code::UNIMPLEMENTED, format!("{other} method"))),
+        }
+    }
+
+    /// Routes a `StateChange` notification (runtimes up to NRI v0.11) to the same handler the
+    /// dedicated RPC would reach.
+    async fn state_change(&self, evt: &StateChangeEvent) -> Result<(), RpcStatus> {
+        let p = &*self.plugin;
+        let pod = opt(&evt.pod);
+        let ctr = opt(&evt.container);
+        let event = match event_of(&evt.event) {
+            Some(e) => e,
+            None => {
+                tracing::debug!(event = evt.event.value(), "ignoring StateChange with unknown event");
+                return Ok(());
+            }
+        };
+        let name = event_name(event);
+        let is_container_event = !matches!(
+            event,
+            Event::RUN_POD_SANDBOX
+                | Event::STOP_POD_SANDBOX
+                | Event::REMOVE_POD_SANDBOX
+                | Event::UPDATE_POD_SANDBOX
+                | Event::POST_UPDATE_POD_SANDBOX
+        );
+        trace_event(name, pod, is_container_event.then_some(ctr));
+        let method = "StateChange";
+        match event {
+            Event::RUN_POD_SANDBOX => p.run_pod_sandbox(pod).await,
+            Event::POST_UPDATE_POD_SANDBOX => p.post_update_pod_sandbox(pod).await,
+            Event::STOP_POD_SANDBOX => p.stop_pod_sandbox(pod).await,
+            Event::REMOVE_POD_SANDBOX => p.remove_pod_sandbox(pod).await,
+            Event::POST_CREATE_CONTAINER => p.post_create_container(pod, ctr).await,
+            Event::START_CONTAINER => p.start_container(pod, ctr).await,
+            Event::POST_START_CONTAINER => p.post_start_container(pod, ctr).await,
+            Event::POST_UPDATE_CONTAINER => p.post_update_container(pod, ctr).await,
+            Event::REMOVE_CONTAINER => p.remove_container(pod, ctr).await,
+            // Runtimes always send these as dedicated requests (they carry a reply); a
+            // StateChange for them has nothing to reply to, as in containerd's Go stub.
+            _ => {
+                tracing::debug!(event = name, "ignoring StateChange for a request-type event");
+                Ok(())
+            }
+        }
+        .map_err(handler_error(method))
+    }
+}
+
+impl<P: Plugin> Dispatch for PluginDispatch<P> {
+    fn dispatch<'a>(&'a self, method: &'a str, payload: Vec<u8>) -> BoxFuture<'a, Result<Vec<u8>, RpcStatus>> {
+        Box::pin(self.handle(method, payload))
+    }
+}
+
+fn event_of(e: &EnumOrUnknown<Event>) -> Option<Event> {
+    Event::from_i32(e.value())
+}
+
+fn opt<M: protobuf::Message>(field: &protobuf::MessageField<M>) -> &M {
+    field.as_ref().unwrap_or_else(|| M::default_instance())
+}
+
+fn handler_error(method: &str) -> impl Fn(BoxError) -> RpcStatus + '_ {
+    move |e| {
+        tracing::warn!(method, error = %e, "NRI handler returned an error");
+        RpcStatus::new(Code::UNKNOWN, e.to_string())
+    }
+}
+
+fn trace_event(event: &str, pod: &PodSandbox, container: Option<&Container>) {
+    match container {
+        Some(c) => tracing::debug!(
+            event,
+            pod = %pod.name,
+            namespace = %pod.namespace,
+            container = %c.name,
+            container_id = %c.id,
+            "NRI event"
+        ),
+        None => tracing::debug!(event, pod = %pod.name, namespace = %pod.namespace, pod_id = %pod.id, "NRI event"),
+    }
+}

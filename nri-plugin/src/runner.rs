@@ -1,0 +1,579 @@
+//! [`Runner`]: connects a [`Plugin`] to the runtime, registers it, serves it, and reconnects.
+
+use std::os::fd::{FromRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::UnixStream;
+
+use crate::api::{Empty, RegisterPluginRequest};
+use crate::client::RuntimeClient;
+use crate::error::Error;
+use crate::events::EventMask;
+use crate::mux::{Mux, PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN};
+use crate::plugin::{Plugin, PluginDispatch, SessionSignal, PLUGIN_METHODS};
+use crate::rpc::{call, client_on, serve_stream, service_table, PLUGIN_SERVICE, RUNTIME_SERVICE};
+
+/// Default NRI socket path.
+pub const DEFAULT_SOCKET_PATH: &str = "/var/run/nri/nri.sock";
+/// Environment variable holding the plugin's socket fd when the runtime launched the plugin.
+pub const PLUGIN_SOCKET_ENV: &str = "NRI_PLUGIN_SOCKET";
+/// Environment variable holding the plugin name when the runtime launched the plugin.
+pub const PLUGIN_NAME_ENV: &str = "NRI_PLUGIN_NAME";
+/// Environment variable holding the plugin index when the runtime launched the plugin.
+pub const PLUGIN_IDX_ENV: &str = "NRI_PLUGIN_IDX";
+/// NRI API version this crate implements, sent in `RegisterPlugin`.
+pub const NRI_API_VERSION: &str = "v0.12.0";
+/// Default time allowed for registration (the runtime's default is 5 s too).
+pub const DEFAULT_REGISTRATION_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default time allowed between registration and the runtime's `Configure` call.
+pub const DEFAULT_CONFIGURE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Checks a plugin name: non-empty, only `[A-Za-z0-9_.+-]`.
+pub fn validate_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'+' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidName(name.to_string()))
+    }
+}
+
+/// Checks a plugin index: exactly two ASCII digits.
+pub fn validate_index(index: &str) -> Result<(), Error> {
+    if index.len() == 2 && index.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(())
+    } else {
+        Err(Error::InvalidIndex(index.to_string()))
+    }
+}
+
+/// Capped exponential backoff between connection attempts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backoff {
+    /// Delay after the first failure.
+    pub initial: Duration,
+    /// Upper bound of the delay.
+    pub max: Duration,
+    /// Factor applied after each consecutive failure (values below 1 are treated as 1).
+    pub multiplier: f64,
+}
+
+impl Default for Backoff {
+    /// 250 ms, doubling, capped at 30 s.
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(250),
+            max: Duration::from_secs(30),
+            multiplier: 2.0,
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before attempt `failures + 1` after `failures` consecutive failures (>= 1).
+    pub fn delay(&self, failures: u32) -> Duration {
+        let exp = failures.saturating_sub(1).min(64) as i32;
+        let factor = self.multiplier.max(1.0).powi(exp);
+        let secs = self.initial.as_secs_f64() * factor;
+        if !secs.is_finite() || secs >= self.max.as_secs_f64() {
+            self.max
+        } else {
+            Duration::from_secs_f64(secs).min(self.max)
+        }
+    }
+}
+
+/// Connection lifecycle notifications, delivered to the
+/// [`on_connection_event`](RunnerBuilder::on_connection_event) callback.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ConnectionEvent {
+    /// The transport to the runtime is up. `connection` counts successful connections since the
+    /// runner started (1 for the first); anything above 1 is a reconnect.
+    Connected {
+        /// Connection number, starting at 1.
+        connection: u64,
+    },
+    /// The runtime accepted the plugin's registration.
+    Registered {
+        /// Connection number.
+        connection: u64,
+    },
+    /// The runtime configured the plugin.
+    Configured {
+        /// Connection number.
+        connection: u64,
+        /// Runtime name (e.g. `containerd`).
+        runtime_name: String,
+        /// Runtime version.
+        runtime_version: String,
+        /// NRI version of the runtime, empty if it did not say (runtimes before NRI v0.10).
+        nri_version: String,
+        /// Subscription sent to the runtime.
+        events: EventMask,
+    },
+    /// The runtime sent its pods and containers.
+    Synchronized {
+        /// Connection number.
+        connection: u64,
+        /// Number of pods.
+        pods: usize,
+        /// Number of containers.
+        containers: usize,
+    },
+    /// The runtime announced its shutdown.
+    ShutdownRequested {
+        /// Connection number.
+        connection: u64,
+    },
+    /// The connection ended; `error` says why if it was not a clean close by the runtime.
+    Disconnected {
+        /// Connection number.
+        connection: u64,
+        /// Reason, if any.
+        error: Option<String>,
+    },
+    /// Connecting failed; the next attempt follows after `retry_in`.
+    ConnectFailed {
+        /// Consecutive failures so far.
+        attempt: u32,
+        /// What went wrong.
+        error: String,
+        /// Delay before the next attempt.
+        retry_in: Duration,
+    },
+}
+
+type EventCallback = Arc<dyn Fn(&ConnectionEvent) + Send + Sync + 'static>;
+
+/// Builder for a [`Runner`]. Created by [`Runner::builder`].
+pub struct RunnerBuilder {
+    name: String,
+    index: String,
+    socket_path: PathBuf,
+    use_env: bool,
+    backoff: Backoff,
+    events: Option<EventMask>,
+    registration_timeout: Duration,
+    configure_timeout: Duration,
+    reconnect: bool,
+    on_event: Option<EventCallback>,
+}
+
+impl std::fmt::Debug for RunnerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunnerBuilder")
+            .field("name", &self.name)
+            .field("index", &self.index)
+            .field("socket_path", &self.socket_path)
+            .field("use_env", &self.use_env)
+            .field("backoff", &self.backoff)
+            .field("events", &self.events)
+            .field("reconnect", &self.reconnect)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunnerBuilder {
+    /// Socket to connect to (default [`DEFAULT_SOCKET_PATH`]).
+    pub fn socket_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.socket_path = path.into();
+        self
+    }
+
+    /// Whether to honour `NRI_PLUGIN_SOCKET`, `NRI_PLUGIN_NAME` and `NRI_PLUGIN_IDX`, set when the
+    /// runtime itself launched the plugin (default `true`). With an inherited socket there is
+    /// nothing to reconnect to: [`Runner::run`] returns when that connection ends.
+    pub fn use_env(mut self, yes: bool) -> Self {
+        self.use_env = yes;
+        self
+    }
+
+    /// Backoff between connection attempts (default [`Backoff::default`]).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Event subscription, overriding [`Plugin::events`].
+    pub fn events(mut self, events: EventMask) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    /// Time allowed for the `RegisterPlugin` call (default 5 s).
+    pub fn registration_timeout(mut self, timeout: Duration) -> Self {
+        self.registration_timeout = timeout;
+        self
+    }
+
+    /// Time allowed between registration and the runtime's `Configure` call (default 30 s); if it
+    /// elapses the connection is dropped and re-established.
+    pub fn configure_timeout(mut self, timeout: Duration) -> Self {
+        self.configure_timeout = timeout;
+        self
+    }
+
+    /// Whether to reconnect after the connection ends or cannot be made (default `true`). When
+    /// `false`, [`Runner::run`] returns after the first connection ends or fails.
+    pub fn reconnect(mut self, yes: bool) -> Self {
+        self.reconnect = yes;
+        self
+    }
+
+    /// Callback for connection lifecycle events (connects, reconnects, disconnects). Called inline:
+    /// keep it quick (bump a metric, log).
+    pub fn on_connection_event<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&ConnectionEvent) + Send + Sync + 'static,
+    {
+        self.on_event = Some(Arc::new(f));
+        self
+    }
+
+    /// Validates the settings and builds the runner.
+    pub fn build(self) -> Result<Runner, Error> {
+        let mut name = self.name;
+        let mut index = self.index;
+        let mut inherited_fd = None;
+        if self.use_env {
+            if let Ok(v) = std::env::var(PLUGIN_NAME_ENV) {
+                if !v.is_empty() {
+                    name = v;
+                }
+            }
+            if let Ok(v) = std::env::var(PLUGIN_IDX_ENV) {
+                if !v.is_empty() {
+                    index = v;
+                }
+            }
+            if let Ok(v) = std::env::var(PLUGIN_SOCKET_ENV) {
+                if !v.is_empty() {
+                    let fd: RawFd = v.trim().parse().map_err(|_| Error::InvalidSocketEnv(v.clone()))?;
+                    if fd < 0 {
+                        return Err(Error::InvalidSocketEnv(v));
+                    }
+                    inherited_fd = Some(fd);
+                }
+            }
+        }
+        validate_name(&name)?;
+        validate_index(&index)?;
+        if let Some(events) = self.events {
+            EventMask::from_bits(events.bits())?;
+        }
+        Ok(Runner {
+            name,
+            index,
+            socket_path: self.socket_path,
+            inherited_fd: Mutex::new(inherited_fd),
+            backoff: self.backoff,
+            events: self.events,
+            registration_timeout: self.registration_timeout,
+            configure_timeout: self.configure_timeout,
+            reconnect: self.reconnect,
+            on_event: self.on_event,
+            client: RuntimeClient::default(),
+        })
+    }
+}
+
+/// Runs a [`Plugin`]: connects to the runtime's NRI socket (or uses the socket inherited through
+/// `NRI_PLUGIN_SOCKET`), registers, serves the runtime's requests, and reconnects with capped
+/// exponential backoff when the runtime restarts or is not there yet.
+///
+/// ```no_run
+/// # use nri_plugin::{Plugin, Runner};
+/// # struct MyPlugin;
+/// # impl Plugin for MyPlugin {}
+/// # async fn f() -> Result<(), nri_plugin::Error> {
+/// let runner = Runner::builder("my-plugin", "10")
+///     .socket_path("/var/run/nri/nri.sock")
+///     .on_connection_event(|ev| tracing::info!(?ev, "NRI connection event"))
+///     .build()?;
+/// runner.run(MyPlugin).await
+/// # }
+/// ```
+pub struct Runner {
+    name: String,
+    index: String,
+    socket_path: PathBuf,
+    inherited_fd: Mutex<Option<RawFd>>,
+    backoff: Backoff,
+    events: Option<EventMask>,
+    registration_timeout: Duration,
+    configure_timeout: Duration,
+    reconnect: bool,
+    on_event: Option<EventCallback>,
+    client: RuntimeClient,
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner")
+            .field("name", &self.name)
+            .field("index", &self.index)
+            .field("socket_path", &self.socket_path)
+            .field("reconnect", &self.reconnect)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Transport {
+    Path(PathBuf),
+    Fd(RawFd),
+}
+
+impl Runner {
+    /// Starts building a runner for a plugin registered as `name` with index `index` (two digits,
+    /// plugins are called in ascending index order).
+    pub fn builder(name: impl Into<String>, index: impl Into<String>) -> RunnerBuilder {
+        RunnerBuilder {
+            name: name.into(),
+            index: index.into(),
+            socket_path: PathBuf::from(DEFAULT_SOCKET_PATH),
+            use_env: true,
+            backoff: Backoff::default(),
+            events: None,
+            registration_timeout: DEFAULT_REGISTRATION_TIMEOUT,
+            configure_timeout: DEFAULT_CONFIGURE_TIMEOUT,
+            reconnect: true,
+            on_event: None,
+        }
+    }
+
+    /// Plugin name used for registration.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Plugin index used for registration.
+    pub fn index(&self) -> &str {
+        &self.index
+    }
+
+    /// Socket path connected to (unless an inherited socket is used).
+    pub fn socket_path(&self) -> &Path {
+        &self.socket_path
+    }
+
+    /// A handle for calling the runtime; valid across reconnects.
+    pub fn runtime_client(&self) -> RuntimeClient {
+        self.client.clone()
+    }
+
+    fn emit(&self, ev: ConnectionEvent) {
+        tracing::debug!(?ev, "NRI connection event");
+        if let Some(cb) = &self.on_event {
+            cb(&ev);
+        }
+    }
+
+    /// Runs `plugin` until the runner gives up: never with reconnection enabled (the default),
+    /// except for an inherited socket (`NRI_PLUGIN_SOCKET`), where it returns when that connection
+    /// ends. Dropping the returned future closes the connection.
+    pub async fn run<P: Plugin>(self, plugin: P) -> Result<(), Error> {
+        self.run_shared(Arc::new(plugin)).await
+    }
+
+    /// Like [`run`](Self::run), for a plugin the caller keeps a reference to.
+    pub async fn run_shared<P: Plugin>(self, plugin: Arc<P>) -> Result<(), Error> {
+        let mut connections: u64 = 0;
+        let mut failures: u32 = 0;
+        loop {
+            let transport = match self.inherited_fd.lock().ok().and_then(|mut g| g.take()) {
+                Some(fd) => Transport::Fd(fd),
+                None => Transport::Path(self.socket_path.clone()),
+            };
+            let inherited = matches!(transport, Transport::Fd(_));
+            let stream = match connect(transport).await {
+                Ok(s) => s,
+                Err(e) => {
+                    if inherited || !self.reconnect {
+                        return Err(e);
+                    }
+                    failures = failures.saturating_add(1);
+                    let retry_in = self.backoff.delay(failures);
+                    tracing::info!(error = %e, ?retry_in, "NRI connect failed, retrying");
+                    self.emit(ConnectionEvent::ConnectFailed {
+                        attempt: failures,
+                        error: e.to_string(),
+                        retry_in,
+                    });
+                    tokio::time::sleep(retry_in).await;
+                    continue;
+                }
+            };
+            connections += 1;
+            tracing::info!(connection = connections, plugin = %self.name, index = %self.index, "NRI connected");
+            self.emit(ConnectionEvent::Connected {
+                connection: connections,
+            });
+            let (configured, result) = self.session(stream, plugin.clone(), connections).await;
+            self.client.set(None);
+            match &result {
+                Ok(()) => tracing::info!(connection = connections, "NRI connection closed"),
+                Err(e) => tracing::warn!(connection = connections, error = %e, "NRI connection failed"),
+            }
+            self.emit(ConnectionEvent::Disconnected {
+                connection: connections,
+                error: result.as_ref().err().map(|e| e.to_string()),
+            });
+            if inherited || !self.reconnect {
+                return result;
+            }
+            if configured {
+                failures = 0;
+            }
+            failures = failures.saturating_add(1);
+            let retry_in = if configured {
+                // The runtime went away after a working session: it is probably restarting.
+                self.backoff.initial
+            } else {
+                self.backoff.delay(failures)
+            };
+            tokio::time::sleep(retry_in).await;
+        }
+    }
+
+    /// Serves one connection until it ends. Returns whether it got configured, and how it ended.
+    async fn session<P: Plugin>(
+        &self,
+        stream: UnixStream,
+        plugin: Arc<P>,
+        connection: u64,
+    ) -> (bool, Result<(), Error>) {
+        let mux = Mux::new(stream);
+        let mut configured = false;
+        let result = self.session_inner(&mux, plugin, connection, &mut configured).await;
+        mux.close();
+        (configured, result)
+    }
+
+    async fn session_inner<P: Plugin>(
+        &self,
+        mux: &Mux,
+        plugin: Arc<P>,
+        connection: u64,
+        configured: &mut bool,
+    ) -> Result<(), Error> {
+        let plugin_conn = mux.open(PLUGIN_SERVICE_CONN)?;
+        let runtime_conn = mux.open(RUNTIME_SERVICE_CONN)?;
+        let (sig_tx, mut sig_rx) = tokio::sync::mpsc::unbounded_channel();
+        let dispatch = Arc::new(PluginDispatch::new(plugin, self.events, sig_tx));
+        // Kept alive for the session; dropping it shuts the server's connection down.
+        let _server = serve_stream(plugin_conn, service_table(PLUGIN_SERVICE, PLUGIN_METHODS, dispatch)).await?;
+        let client = client_on(runtime_conn);
+
+        let mut req = RegisterPluginRequest::new();
+        req.plugin_name = self.name.clone();
+        req.plugin_idx = self.index.clone();
+        req.NRI_version = NRI_API_VERSION.to_string();
+        tracing::info!(plugin = %self.name, index = %self.index, "registering NRI plugin");
+        tokio::select! {
+            res = call::<_, Empty>(&client, RUNTIME_SERVICE, "RegisterPlugin", &req, Some(self.registration_timeout)) => { res?; }
+            res = mux.closed() => {
+                return Err(res.err().map(|e| Error::Transport { method: "RegisterPlugin".into(), message: e.to_string() })
+                    .unwrap_or(Error::Transport { method: "RegisterPlugin".into(), message: "connection closed".into() }));
+            }
+        }
+        self.client.set(Some(client.clone()));
+        self.emit(ConnectionEvent::Registered { connection });
+
+        let configure_deadline = tokio::time::sleep(self.configure_timeout);
+        tokio::pin!(configure_deadline);
+        loop {
+            tokio::select! {
+                res = mux.closed() => {
+                    return match res {
+                        Ok(()) => Ok(()),
+                        Err(e) => match Arc::try_unwrap(e) {
+                            Ok(e) => Err(Error::Mux(e)),
+                            Err(e) => Err(Error::Transport { method: "mux".into(), message: e.to_string() }),
+                        },
+                    };
+                }
+                sig = sig_rx.recv() => match sig {
+                    Some(SessionSignal::Configured { runtime_name, runtime_version, nri_version, events }) => {
+                        *configured = true;
+                        self.emit(ConnectionEvent::Configured { connection, runtime_name, runtime_version, nri_version, events });
+                    }
+                    Some(SessionSignal::Synchronized { pods, containers }) => {
+                        self.emit(ConnectionEvent::Synchronized { connection, pods, containers });
+                    }
+                    Some(SessionSignal::Shutdown) => {
+                        self.emit(ConnectionEvent::ShutdownRequested { connection });
+                    }
+                    Some(SessionSignal::ProtocolError(msg)) => {
+                        // Give the error response a moment to reach the runtime, then hang up.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        return Err(Error::Protocol(msg));
+                    }
+                    None => {}
+                },
+                _ = &mut configure_deadline, if !*configured => {
+                    return Err(Error::HandshakeTimeout { stage: "configure", timeout: self.configure_timeout });
+                }
+            }
+        }
+    }
+}
+
+async fn connect(transport: Transport) -> Result<UnixStream, Error> {
+    match transport {
+        Transport::Path(path) => UnixStream::connect(&path).await.map_err(|source| Error::Connect {
+            path: path.display().to_string(),
+            source,
+        }),
+        Transport::Fd(fd) => {
+            // SAFETY: the runtime passed this descriptor to us through NRI_PLUGIN_SOCKET; it is
+            // taken out of the runner exactly once, so ownership is transferred only once.
+            let std_stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
+            std_stream.set_nonblocking(true)?;
+            Ok(UnixStream::from_std(std_stream)?)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_indexes() {
+        for ok in ["driftguard", "a", "x_y.z+1-2", "ABC09"] {
+            validate_name(ok).unwrap();
+        }
+        for bad in ["", "a b", "a/b", "ä", "x:y"] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+        for ok in ["00", "10", "99"] {
+            validate_index(ok).unwrap();
+        }
+        for bad in ["", "1", "100", "1a", "٠١", "-1"] {
+            assert!(validate_index(bad).is_err(), "{bad:?}");
+        }
+        assert!(Runner::builder("bad name", "10").use_env(false).build().is_err());
+        assert!(Runner::builder("good", "7").use_env(false).build().is_err());
+        assert!(Runner::builder("good", "07").use_env(false).build().is_ok());
+    }
+
+    #[test]
+    fn backoff_is_capped_exponential() {
+        let b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+            multiplier: 2.0,
+        };
+        assert_eq!(b.delay(1), Duration::from_millis(100));
+        assert_eq!(b.delay(2), Duration::from_millis(200));
+        assert_eq!(b.delay(4), Duration::from_millis(800));
+        assert_eq!(b.delay(5), Duration::from_secs(1));
+        assert_eq!(b.delay(u32::MAX), Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,812 @@
+//! The agent configuration, `/etc/driftguard/config.toml`.
+//!
+//! Every key is optional and has a default ([`Config::default`]); unknown keys are
+//! errors. Values are validated while parsing, so errors carry toml's line and column
+//! and name the key. See `docs/configuration.md` and `packaging/config.toml`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::annotations::{Defaults, FailurePolicy};
+use crate::policy::Mode;
+
+/// Where the config is read from when no path is given.
+pub const DEFAULT_PATH: &str = "/etc/driftguard/config.toml";
+
+/// Invalid or unreadable configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// An explicitly given config file does not exist.
+    #[error("config file {path} does not exist")]
+    NotFound {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The config file cannot be read.
+    #[error("config file {path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML does not parse, has an unknown key, or a bad value (toml's message has
+    /// the line, column and the offending text).
+    #[error("{origin}: {detail}")]
+    Parse {
+        /// `config file <path>` or `config`.
+        origin: String,
+        /// toml's error.
+        detail: toml::de::Error,
+    },
+    /// A value that is invalid (from [`Config::validate`], for configs built in code).
+    #[error("invalid config value {key} = {value}: {problem}")]
+    Invalid {
+        /// Dotted key, e.g. `nri.plugin_index`.
+        key: &'static str,
+        /// The value, as TOML-ish text.
+        value: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// The agent configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Mode of containers whose pod has no `driftguard.dev/mode` annotation.
+    #[serde(deserialize_with = "de_default_mode")]
+    pub default_mode: Mode,
+    /// What to do when a container's policy cannot be installed.
+    #[serde(deserialize_with = "de_failure_policy")]
+    pub failure_policy: FailurePolicy,
+    /// NRI plugin connection.
+    pub nri: NriConfig,
+    /// BPF programs and pins.
+    pub bpf: BpfConfig,
+    /// Verdict event output.
+    pub events: EventsConfig,
+    /// Prometheus metrics endpoint.
+    pub metrics: MetricsConfig,
+    /// Agent logging.
+    pub log: LogConfig,
+    /// cgroup v2 hierarchy.
+    pub cgroup: CgroupConfig,
+}
+
+/// `[nri]`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NriConfig {
+    /// The NRI socket of containerd / CRI-O.
+    #[serde(deserialize_with = "de_nri_socket")]
+    pub socket: PathBuf,
+    /// Name the plugin registers with.
+    #[serde(deserialize_with = "de_plugin_name")]
+    pub plugin_name: String,
+    /// Two-digit plugin index (orders plugins; lower runs first).
+    #[serde(deserialize_with = "de_plugin_index")]
+    pub plugin_index: String,
+    /// Upper bound of the delay between reconnect attempts, in milliseconds.
+    #[serde(deserialize_with = "de_backoff")]
+    pub reconnect_max_backoff_ms: u64,
+}
+
+/// `[bpf]`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BpfConfig {
+    /// bpffs directory where programs and maps are pinned.
+    #[serde(deserialize_with = "de_pin_dir")]
+    pub pin_dir: PathBuf,
+    /// Use the tracepoint + SIGKILL fallback even when BPF LSM is available (testing).
+    pub force_fallback: bool,
+}
+
+/// `[events]`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Write events as JSON lines to stdout.
+    pub stdout: bool,
+    /// Also append events as JSON lines to this file.
+    #[serde(
+        deserialize_with = "de_events_file",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub file: Option<PathBuf>,
+    /// Node name put in events; `None` means the hostname.
+    #[serde(
+        deserialize_with = "de_node_name",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub node_name: Option<String>,
+}
+
+/// `[metrics]`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Listen address (`ip:port`); `None` (`""` in TOML) disables the endpoint.
+    #[serde(
+        deserialize_with = "de_metrics_address",
+        serialize_with = "ser_metrics_address"
+    )]
+    pub address: Option<SocketAddr>,
+}
+
+/// `[log]`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Output format.
+    #[serde(deserialize_with = "de_log_format")]
+    pub format: LogFormat,
+    /// A tracing filter: `info`, `debug`, or directives like `info,driftguard=debug`.
+    #[serde(deserialize_with = "de_log_level")]
+    pub level: String,
+}
+
+/// `[cgroup]`
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CgroupConfig {
+    /// The cgroup2 mount; `None` means detect from `/proc/self/mountinfo`.
+    #[serde(
+        deserialize_with = "de_cgroup_root",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub root: Option<PathBuf>,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// Lower-case name as in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            default_mode: Mode::Off,
+            failure_policy: FailurePolicy::Fail,
+            nri: NriConfig::default(),
+            bpf: BpfConfig::default(),
+            events: EventsConfig::default(),
+            metrics: MetricsConfig::default(),
+            log: LogConfig::default(),
+            cgroup: CgroupConfig::default(),
+        }
+    }
+}
+
+impl Default for NriConfig {
+    fn default() -> Self {
+        NriConfig {
+            socket: PathBuf::from("/var/run/nri/nri.sock"),
+            plugin_name: "driftguard".to_string(),
+            plugin_index: "10".to_string(),
+            reconnect_max_backoff_ms: 5000,
+        }
+    }
+}
+
+impl Default for BpfConfig {
+    fn default() -> Self {
+        BpfConfig {
+            pin_dir: PathBuf::from("/sys/fs/bpf/driftguard"),
+            force_fallback: false,
+        }
+    }
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            stdout: true,
+            file: None,
+            node_name: None,
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            address: Some(SocketAddr::from(([127, 0, 0, 1], 9963))),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".to_string(),
+        }
+    }
+}
+
+impl std::str::FromStr for Config {
+    type Err = ConfigError;
+    /// Parse and validate TOML text (errors say `config: ...`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Config::parse(s, "config".to_string())
+    }
+}
+
+impl Config {
+    /// Load the config file at `path`, or [`DEFAULT_PATH`] when `None`.
+    ///
+    /// A missing file yields [`Config::default`] only for the default path (whether
+    /// given as `None` or spelled out); a missing explicitly given file is
+    /// [`ConfigError::NotFound`].
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let default = Path::new(DEFAULT_PATH);
+        let p = path.unwrap_or(default);
+        match std::fs::read_to_string(p) {
+            Ok(s) => Config::parse(&s, format!("config file {}", p.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if p == default {
+                    Ok(Config::default())
+                } else {
+                    Err(ConfigError::NotFound {
+                        path: p.to_path_buf(),
+                    })
+                }
+            }
+            Err(source) => Err(ConfigError::Read {
+                path: p.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    fn parse(s: &str, origin: String) -> Result<Config, ConfigError> {
+        toml::from_str(s).map_err(|detail| ConfigError::Parse { origin, detail })
+    }
+
+    /// Check every value (parsing does this already; for configs built in code).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn check<T: fmt::Debug>(
+            key: &'static str,
+            v: T,
+            r: Result<(), String>,
+        ) -> Result<(), ConfigError> {
+            r.map_err(|problem| ConfigError::Invalid {
+                key,
+                value: format!("{v:?}"),
+                problem,
+            })
+        }
+        check("nri.socket", &self.nri.socket, check_abs(&self.nri.socket))?;
+        check(
+            "nri.plugin_name",
+            &self.nri.plugin_name,
+            check_plugin_name(&self.nri.plugin_name),
+        )?;
+        check(
+            "nri.plugin_index",
+            &self.nri.plugin_index,
+            check_plugin_index(&self.nri.plugin_index),
+        )?;
+        check(
+            "nri.reconnect_max_backoff_ms",
+            self.nri.reconnect_max_backoff_ms,
+            check_backoff(self.nri.reconnect_max_backoff_ms),
+        )?;
+        check(
+            "bpf.pin_dir",
+            &self.bpf.pin_dir,
+            check_abs(&self.bpf.pin_dir),
+        )?;
+        if let Some(f) = &self.events.file {
+            check("events.file", f, check_abs(f))?;
+        }
+        if let Some(n) = &self.events.node_name {
+            check("events.node_name", n, check_node_name(n))?;
+        }
+        check(
+            "log.level",
+            &self.log.level,
+            check_log_level(&self.log.level),
+        )?;
+        if let Some(r) = &self.cgroup.root {
+            check("cgroup.root", r, check_abs(r))?;
+        }
+        Ok(())
+    }
+
+    /// The node defaults annotations override.
+    pub fn annotation_defaults(&self) -> Defaults {
+        Defaults {
+            mode: self.default_mode,
+            failure_policy: self.failure_policy,
+        }
+    }
+
+    /// `events.node_name`, or the hostname when unset (`"unknown"` if that fails).
+    pub fn node_name(&self) -> String {
+        if let Some(n) = &self.events.node_name {
+            return n.clone();
+        }
+        hostname().unwrap_or_else(|| "unknown".to_string())
+    }
+}
+
+fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is valid for buf.len() bytes; gethostname NUL-terminates on success
+    // when the name fits (we also look for the NUL ourselves).
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let s = String::from_utf8_lossy(&buf[..end]).into_owned();
+    (!s.is_empty()).then_some(s)
+}
+
+// ---- value checks (shared by the deserializers and Config::validate) ----
+
+fn check_abs(p: &Path) -> Result<(), String> {
+    if p.is_absolute() {
+        Ok(())
+    } else {
+        Err("must be an absolute path".into())
+    }
+}
+
+fn check_plugin_name(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err("may contain only letters, digits, '-', '_' and '.'".into());
+    }
+    Ok(())
+}
+
+fn check_plugin_index(s: &str) -> Result<(), String> {
+    if s.len() == 2 && s.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(())
+    } else {
+        Err("expected two digits, \"00\" to \"99\"".into())
+    }
+}
+
+fn check_backoff(ms: u64) -> Result<(), String> {
+    if ms == 0 {
+        Err("must be at least 1".into())
+    } else {
+        Ok(())
+    }
+}
+
+fn check_node_name(s: &str) -> Result<(), String> {
+    if s.trim().is_empty() {
+        Err("must not be empty (leave the key out to use the hostname)".into())
+    } else {
+        Ok(())
+    }
+}
+
+fn check_log_level(s: &str) -> Result<(), String> {
+    if s.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(s)
+        .map(|_| ())
+        .map_err(|e| {
+            format!(
+                "not a level (trace, debug, info, warn, error) or tracing filter directive: {e}"
+            )
+        })
+}
+
+// ---- deserializers: parse, check, and name the key in the error ----
+
+fn invalid<E: serde::de::Error>(
+    key: &str,
+    value: impl fmt::Debug,
+    problem: impl fmt::Display,
+) -> E {
+    E::custom(format!("invalid {key} {value:?}: {problem}"))
+}
+
+fn de_default_mode<'de, D: Deserializer<'de>>(d: D) -> Result<Mode, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse()
+        .map_err(|_| invalid("default_mode", &s, "expected one of off, monitor, enforce"))
+}
+
+fn de_failure_policy<'de, D: Deserializer<'de>>(d: D) -> Result<FailurePolicy, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse()
+        .map_err(|_| invalid("failure_policy", &s, "expected one of fail, ignore"))
+}
+
+fn de_log_format<'de, D: Deserializer<'de>>(d: D) -> Result<LogFormat, D::Error> {
+    let s = String::deserialize(d)?;
+    match s.as_str() {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err(invalid("log.format", &s, "expected one of text, json")),
+    }
+}
+
+fn abs_path<'de, D: Deserializer<'de>>(d: D, key: &str) -> Result<PathBuf, D::Error> {
+    let p = PathBuf::deserialize(d)?;
+    check_abs(&p).map_err(|e| invalid(key, &p, e))?;
+    Ok(p)
+}
+
+fn de_nri_socket<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    abs_path(d, "nri.socket")
+}
+
+fn de_pin_dir<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    abs_path(d, "bpf.pin_dir")
+}
+
+fn de_events_file<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    abs_path(d, "events.file").map(Some)
+}
+
+fn de_cgroup_root<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    abs_path(d, "cgroup.root").map(Some)
+}
+
+fn de_plugin_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    check_plugin_name(&s).map_err(|e| invalid("nri.plugin_name", &s, e))?;
+    Ok(s)
+}
+
+/// A two-digit string, or an integer 0..=99 (written as two digits).
+fn de_plugin_index<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Index {
+        Str(String),
+        Int(i64),
+    }
+    let idx = Index::deserialize(d).map_err(|_| {
+        D::Error::custom("invalid nri.plugin_index: expected a two-digit string like \"10\"")
+    })?;
+    let s = match idx {
+        Index::Str(s) => s,
+        Index::Int(n) if (0..=99).contains(&n) => format!("{n:02}"),
+        Index::Int(n) => {
+            return Err(invalid(
+                "nri.plugin_index",
+                n,
+                "expected two digits, \"00\" to \"99\"",
+            ))
+        }
+    };
+    check_plugin_index(&s).map_err(|e| invalid("nri.plugin_index", &s, e))?;
+    Ok(s)
+}
+
+fn de_backoff<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let n = u64::deserialize(d)?;
+    check_backoff(n).map_err(|e| invalid("nri.reconnect_max_backoff_ms", n, e))?;
+    Ok(n)
+}
+
+fn de_node_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    check_node_name(&s).map_err(|e| invalid("events.node_name", &s, e))?;
+    Ok(Some(s))
+}
+
+fn de_log_level<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    check_log_level(&s).map_err(|e| invalid("log.level", &s, e))?;
+    Ok(s)
+}
+
+fn de_metrics_address<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse::<SocketAddr>().map(Some).map_err(|_| {
+        invalid(
+            "metrics.address",
+            &s,
+            "expected ip:port such as \"127.0.0.1:9963\" or \"[::1]:9963\", or \"\" to disable",
+        )
+    })
+}
+
+fn ser_metrics_address<S: Serializer>(a: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+    match a {
+        Some(a) => s.collect_str(a),
+        None => s.serialize_str(""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn err(s: &str) -> String {
+        Config::from_str(s).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn empty_is_default() {
+        assert_eq!(Config::from_str("").unwrap(), Config::default());
+        let d = Config::default();
+        assert_eq!(d.default_mode, Mode::Off);
+        assert_eq!(d.failure_policy, FailurePolicy::Fail);
+        assert_eq!(d.nri.plugin_index, "10");
+        assert_eq!(d.metrics.address, Some("127.0.0.1:9963".parse().unwrap()));
+        assert!(d.validate().is_ok());
+        assert_eq!(d.annotation_defaults(), Defaults::default());
+    }
+
+    #[test]
+    fn packaged_config_is_default() {
+        let text = include_str!("../packaging/config.toml");
+        assert_eq!(Config::from_str(text).unwrap(), Config::default());
+        // Uncommenting every `#key = value` / `#[section]` line must still give the
+        // defaults: the packaged file documents the real default values.
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_alphabetic() || c == '[') => {
+                    rest
+                }
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_ne!(uncommented, text);
+        assert_eq!(Config::from_str(&uncommented).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn full_file() {
+        let c = Config::from_str(
+            r#"
+default_mode = "monitor"
+failure_policy = "ignore"
+[nri]
+socket = "/run/nri/nri.sock"
+plugin_name = "dg"
+plugin_index = "05"
+reconnect_max_backoff_ms = 1000
+[bpf]
+pin_dir = "/sys/fs/bpf/dg"
+force_fallback = true
+[events]
+stdout = false
+file = "/var/log/driftguard/events.jsonl"
+node_name = "node-1"
+[metrics]
+address = "[::]:9000"
+[log]
+format = "json"
+level = "info,driftguard=debug"
+[cgroup]
+root = "/sys/fs/cgroup/unified"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.default_mode, Mode::Monitor);
+        assert_eq!(c.failure_policy, FailurePolicy::Ignore);
+        assert_eq!(c.nri.socket, PathBuf::from("/run/nri/nri.sock"));
+        assert_eq!(c.nri.plugin_name, "dg");
+        assert_eq!(c.nri.plugin_index, "05");
+        assert_eq!(c.nri.reconnect_max_backoff_ms, 1000);
+        assert_eq!(
+            c.bpf,
+            BpfConfig {
+                pin_dir: "/sys/fs/bpf/dg".into(),
+                force_fallback: true
+            }
+        );
+        assert!(!c.events.stdout);
+        assert_eq!(
+            c.events.file.as_deref(),
+            Some(Path::new("/var/log/driftguard/events.jsonl"))
+        );
+        assert_eq!(c.node_name(), "node-1");
+        assert_eq!(c.metrics.address, Some("[::]:9000".parse().unwrap()));
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.log.level, "info,driftguard=debug");
+        assert_eq!(
+            c.cgroup.root.as_deref(),
+            Some(Path::new("/sys/fs/cgroup/unified"))
+        );
+        assert!(c.validate().is_ok());
+        // serializes back to the same config
+        let again = Config::from_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(again, c);
+        let d = Config::from_str(&toml::to_string(&Config::default()).unwrap()).unwrap();
+        assert_eq!(d, Config::default());
+    }
+
+    #[test]
+    fn metrics_disabled_and_int_index() {
+        let c = Config::from_str("[metrics]\naddress = \"\"\n[nri]\nplugin_index = 7\n").unwrap();
+        assert_eq!(c.metrics.address, None);
+        assert_eq!(c.nri.plugin_index, "07");
+        assert!(toml::to_string(&c).unwrap().contains("address = \"\""));
+    }
+
+    #[test]
+    fn unknown_keys_rejected() {
+        let e = err("default_mdoe = \"off\"\n");
+        assert!(
+            e.starts_with("config: TOML parse error at line 1, column 1"),
+            "{e}"
+        );
+        assert!(e.contains("unknown field `default_mdoe`"), "{e}");
+        let e = err("[nri]\nsockett = \"/x\"\n");
+        assert!(
+            e.contains("line 2") && e.contains("unknown field `sockett`"),
+            "{e}"
+        );
+        assert!(err("[nope]\n").contains("unknown field `nope`"));
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases: &[(&str, &str)] = &[
+            ("default_mode = \"enforcing\"", "invalid default_mode \"enforcing\": expected one of off, monitor, enforce"),
+            ("failure_policy = \"Fail\"", "invalid failure_policy \"Fail\": expected one of fail, ignore"),
+            ("[nri]\nsocket = \"nri.sock\"", "invalid nri.socket \"nri.sock\": must be an absolute path"),
+            ("[nri]\nplugin_name = \"\"", "invalid nri.plugin_name \"\": must not be empty"),
+            ("[nri]\nplugin_name = \"a/b\"", "invalid nri.plugin_name \"a/b\": may contain only letters, digits, '-', '_' and '.'"),
+            ("[nri]\nplugin_index = \"1\"", "invalid nri.plugin_index \"1\": expected two digits, \"00\" to \"99\""),
+            ("[nri]\nplugin_index = \"1a\"", "invalid nri.plugin_index \"1a\": expected two digits"),
+            ("[nri]\nplugin_index = 100", "invalid nri.plugin_index 100: expected two digits"),
+            ("[nri]\nplugin_index = true", "invalid nri.plugin_index: expected a two-digit string like \"10\""),
+            ("[nri]\nreconnect_max_backoff_ms = 0", "invalid nri.reconnect_max_backoff_ms 0: must be at least 1"),
+            ("[bpf]\npin_dir = \"bpf\"", "invalid bpf.pin_dir \"bpf\": must be an absolute path"),
+            ("[events]\nfile = \"ev.json\"", "invalid events.file \"ev.json\": must be an absolute path"),
+            ("[events]\nnode_name = \" \"", "invalid events.node_name \" \": must not be empty"),
+            ("[metrics]\naddress = \"localhost\"", "invalid metrics.address \"localhost\": expected ip:port"),
+            ("[log]\nformat = \"yaml\"", "invalid log.format \"yaml\": expected one of text, json"),
+            ("[log]\nlevel = \"\"", "invalid log.level \"\": must not be empty"),
+            ("[log]\nlevel = \"info,[\"", "invalid log.level \"info,[\": not a level"),
+            ("[cgroup]\nroot = \"sys/fs/cgroup\"", "invalid cgroup.root \"sys/fs/cgroup\": must be an absolute path"),
+            ("[bpf]\nforce_fallback = \"yes\"", "invalid type: string \"yes\", expected a boolean"),
+        ];
+        for (input, want) in cases {
+            let e = err(input);
+            assert!(
+                e.starts_with("config: TOML parse error at line"),
+                "{input}: {e}"
+            );
+            assert!(e.contains(want), "{input}:\n{e}\nwant: {want}");
+        }
+    }
+
+    #[test]
+    fn validate_programmatic() {
+        let mut c = Config::default();
+        c.nri.plugin_index = "100".into();
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "invalid config value nri.plugin_index = \"100\": expected two digits, \"00\" to \"99\""
+        );
+        let mut c = Config::default();
+        c.log.level = "".into();
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                key: "log.level",
+                ..
+            })
+        ));
+        let mut c = Config::default();
+        c.events.file = Some("rel".into());
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                key: "events.file",
+                ..
+            })
+        ));
+        let mut c = Config::default();
+        c.nri.reconnect_max_backoff_ms = 0;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                key: "nri.reconnect_max_backoff_ms",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn load_paths() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("config.toml");
+        std::fs::write(&p, "default_mode = \"monitor\"\n").unwrap();
+        assert_eq!(Config::load(Some(&p)).unwrap().default_mode, Mode::Monitor);
+
+        std::fs::write(&p, "[log]\nformat = \"xml\"\n").unwrap();
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "config file {}: TOML parse error at line 2, column 10",
+                p.display()
+            )),
+            "{e}"
+        );
+        assert!(e.contains("invalid log.format \"xml\""), "{e}");
+
+        let missing = t.path().join("missing.toml");
+        let e = Config::load(Some(&missing)).unwrap_err();
+        assert!(matches!(e, ConfigError::NotFound { .. }));
+        assert_eq!(
+            e.to_string(),
+            format!("config file {} does not exist", missing.display())
+        );
+
+        let e = Config::load(Some(t.path())).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }), "{e:?}");
+        assert!(e.to_string().starts_with(&format!(
+            "config file {}: cannot read: ",
+            t.path().display()
+        )));
+
+        if !Path::new(DEFAULT_PATH).exists() {
+            assert_eq!(Config::load(None).unwrap(), Config::default());
+            assert_eq!(
+                Config::load(Some(Path::new(DEFAULT_PATH))).unwrap(),
+                Config::default()
+            );
+        }
+    }
+
+    #[test]
+    fn node_name_falls_back_to_hostname() {
+        let n = Config::default().node_name();
+        assert!(!n.is_empty());
+    }
+
+    #[test]
+    fn log_format_strings() {
+        assert_eq!(LogFormat::Json.to_string(), "json");
+        assert_eq!(LogFormat::Text.as_str(), "text");
+    }
+}

@@ -1,0 +1,365 @@
+//! Verdict events from the ring buffer, typed.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use libbpf_rs::{MapHandle, RingBufferBuilder};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use super::abi::{self, RawEvent};
+use super::error::{Error, Result};
+use super::store::MAP_EVENTS;
+use crate::policy::Mode;
+
+/// Which rule produced a verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    /// Path on the deny list.
+    DenyList,
+    /// File in the overlayfs upper layer (not shipped in the image).
+    Drift,
+    /// memfd / unlinked file.
+    Fileless,
+    /// File on a non-overlay mount.
+    NonOverlay,
+    /// Allow-list-only policy and the path is not listed.
+    NotAllowed,
+    /// A code this version does not know.
+    Unknown,
+}
+
+impl Rule {
+    fn from_raw(v: u32) -> Rule {
+        match v {
+            abi::DG_MATCH_DENY_LIST => Rule::DenyList,
+            abi::DG_MATCH_DRIFT => Rule::Drift,
+            abi::DG_MATCH_FILELESS => Rule::Fileless,
+            abi::DG_MATCH_NON_OVERLAY => Rule::NonOverlay,
+            abi::DG_MATCH_NOT_ALLOWED => Rule::NotAllowed,
+            _ => Rule::Unknown,
+        }
+    }
+
+    /// Name as used in events and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::DenyList => "deny_list",
+            Rule::Drift => "drift",
+            Rule::Fileless => "fileless",
+            Rule::NonOverlay => "non_overlay",
+            Rule::NotAllowed => "not_allowed",
+            Rule::Unknown => "unknown",
+        }
+    }
+}
+
+/// What was done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Allowed (not normally reported).
+    Allow,
+    /// A rule matched in monitor mode: allowed and reported.
+    Alert,
+    /// Denied with EPERM (BPF LSM).
+    Deny,
+    /// Killed with SIGKILL right after exec (fallback path).
+    Kill,
+}
+
+impl Action {
+    fn from_raw(v: u32) -> Action {
+        match v {
+            abi::DG_ACT_ALERT => Action::Alert,
+            abi::DG_ACT_DENY => Action::Deny,
+            abi::DG_ACT_KILL => Action::Kill,
+            _ => Action::Allow,
+        }
+    }
+
+    /// Name as used in events and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Alert => "alert",
+            Action::Deny => "deny",
+            Action::Kill => "kill",
+        }
+    }
+}
+
+/// Which program saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hook {
+    /// `lsm/bprm_check_security` (exec).
+    BprmCheck,
+    /// `lsm/mmap_file` (PROT_EXEC mapping).
+    MmapFile,
+    /// `lsm/file_mprotect` (mprotect to PROT_EXEC).
+    FileMprotect,
+    /// `tp_btf/sched_process_exec` (fallback).
+    ExecTracepoint,
+    /// Unknown code.
+    Unknown,
+}
+
+impl Hook {
+    fn from_raw(v: u32) -> Hook {
+        match v {
+            abi::DG_HOOK_BPRM_CHECK => Hook::BprmCheck,
+            abi::DG_HOOK_MMAP_FILE => Hook::MmapFile,
+            abi::DG_HOOK_FILE_MPROTECT => Hook::FileMprotect,
+            abi::DG_HOOK_EXEC_TRACEPOINT => Hook::ExecTracepoint,
+            _ => Hook::Unknown,
+        }
+    }
+}
+
+/// Where the file came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileKind {
+    /// Shipped in the image (overlayfs lower layer).
+    Image,
+    /// Written or modified in the container (overlayfs upper layer).
+    Upper,
+    /// memfd, O_TMPFILE or unlinked.
+    Fileless,
+    /// On a non-overlay mount.
+    OtherFs,
+}
+
+impl FileKind {
+    fn from_raw(v: u32) -> FileKind {
+        match v {
+            abi::DG_FILE_OVERLAY_LOWER => FileKind::Image,
+            abi::DG_FILE_OVERLAY_UPPER => FileKind::Upper,
+            abi::DG_FILE_FILELESS => FileKind::Fileless,
+            _ => FileKind::OtherFs,
+        }
+    }
+}
+
+/// One verdict, as the kernel reported it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Event {
+    /// Boot-time clock (CLOCK_BOOTTIME) in ns when the verdict was made.
+    pub boot_ns: u64,
+    /// Cgroup v2 id of the process.
+    pub cgroup_id: u64,
+    /// Cgroup whose policy applied (the process's own or an ancestor).
+    pub policy_cgroup_id: u64,
+    /// Process id (tgid).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Parent process id.
+    pub ppid: u32,
+    /// Real uid (in the initial user namespace).
+    pub uid: u32,
+    /// Task command name at the time of the check.
+    pub comm: String,
+    /// Resolved path as the process sees it (container-relative).
+    pub path: String,
+    /// Rule that matched.
+    pub rule: Rule,
+    /// Action taken.
+    pub action: Action,
+    /// Program that saw it.
+    pub hook: Hook,
+    /// Kind of file.
+    pub file: FileKind,
+    /// Mode of the policy that applied.
+    pub mode: Mode,
+    /// The path was longer than the kernel buffer.
+    pub path_truncated: bool,
+    /// The path could not be resolved.
+    pub path_unresolved: bool,
+}
+
+impl Event {
+    /// Decode a ring-buffer record.
+    pub fn decode(data: &[u8]) -> Option<Event> {
+        let r = RawEvent::parse(data)?;
+        Some(Event {
+            boot_ns: r.ts_ns,
+            cgroup_id: r.cgroup_id,
+            policy_cgroup_id: r.policy_cgroup_id,
+            pid: r.tgid,
+            tid: r.pid,
+            ppid: r.ppid,
+            uid: r.uid,
+            comm: r.comm,
+            path: r.path,
+            rule: Rule::from_raw(r.matched),
+            action: Action::from_raw(r.action),
+            hook: Hook::from_raw(r.hook),
+            file: FileKind::from_raw(r.file_kind),
+            mode: Mode::from_raw(r.mode).unwrap_or(Mode::Off),
+            path_truncated: r.flags & abi::DG_EVF_PATH_TRUNCATED != 0,
+            path_unresolved: r.flags & abi::DG_EVF_PATH_UNRESOLVED != 0,
+        })
+    }
+}
+
+/// Capacity of the channel between the ring-buffer reader and the consumer.
+pub const EVENT_CHANNEL_CAPACITY: usize = 65536;
+
+/// A stream of events read from the ring buffer by a background thread.
+///
+/// When the consumer falls behind, the channel fills, the reader blocks, the
+/// ring buffer fills and the kernel counts drops (`Stats::ringbuf_drops`):
+/// nothing is lost silently. Only one reader per ring buffer may run.
+pub struct EventStream {
+    rx: mpsc::Receiver<Event>,
+    stop: Arc<AtomicBool>,
+    malformed: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EventStream {
+    pub(crate) fn spawn(ringbuf: MapHandle) -> Result<Self> {
+        let (tx, rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
+        let stop = Arc::new(AtomicBool::new(false));
+        let malformed = Arc::new(AtomicU64::new(0));
+        let (stop2, malformed2) = (stop.clone(), malformed.clone());
+        // Build once here so a broken map is reported to the caller, not the thread.
+        drop(build_ringbuf(&ringbuf, None, malformed.clone())?);
+        let thread = std::thread::Builder::new()
+            .name("dg-ringbuf".into())
+            .spawn(move || {
+                let rb = match build_ringbuf(&ringbuf, Some(tx.clone()), malformed2) {
+                    Ok(rb) => rb,
+                    Err(e) => {
+                        tracing::error!(error = %e, "ring buffer reader could not start");
+                        return;
+                    }
+                };
+                while !stop2.load(Ordering::Relaxed) && !tx.is_closed() {
+                    if let Err(e) = rb.poll(Duration::from_millis(100)) {
+                        if e.kind() != libbpf_rs::ErrorKind::Interrupted {
+                            tracing::error!(error = %e, "ring buffer poll failed");
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                    }
+                }
+            })
+            .map_err(|e| Error::io("spawning ring buffer reader", e))?;
+        Ok(EventStream { rx, stop, malformed, thread: Some(thread) })
+    }
+
+    /// Next event; `None` when the reader stopped.
+    pub async fn next(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+
+    /// An event if one is ready.
+    pub fn try_next(&mut self) -> Option<Event> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Wait up to `timeout` for an event (blocking; for tools and tests outside a runtime).
+    pub fn next_timeout(&mut self, timeout: Duration) -> Option<Event> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(e) = self.rx.try_recv() {
+                return Some(e);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Records that could not be decoded (version skew); should stay 0.
+    pub fn malformed(&self) -> u64 {
+        self.malformed.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.rx.close();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn build_ringbuf(
+    map: &MapHandle,
+    tx: Option<mpsc::Sender<Event>>,
+    malformed: Arc<AtomicU64>,
+) -> Result<libbpf_rs::RingBuffer<'static>> {
+    let mut b = RingBufferBuilder::new();
+    b.add(map, move |data: &[u8]| {
+        match Event::decode(data) {
+            Some(ev) => {
+                if let Some(tx) = &tx {
+                    // Blocks when the consumer is behind: back-pressure into the kernel's drop counter.
+                    if tx.blocking_send(ev).is_err() {
+                        return -1; // receiver gone: stop consuming
+                    }
+                }
+            }
+            None => {
+                malformed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        0
+    })
+    .map_err(|source| Error::Map { map: MAP_EVENTS, op: "ring buffer add", source })?;
+    b.build().map_err(|source| Error::Map { map: MAP_EVENTS, op: "ring buffer build", source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_maps_every_field() {
+        let raw = RawEvent {
+            ts_ns: 10,
+            cgroup_id: 20,
+            policy_cgroup_id: 30,
+            pid: 41,
+            tgid: 40,
+            ppid: 1,
+            uid: 1000,
+            matched: abi::DG_MATCH_FILELESS,
+            action: abi::DG_ACT_KILL,
+            hook: abi::DG_HOOK_EXEC_TRACEPOINT,
+            file_kind: abi::DG_FILE_FILELESS,
+            mode: abi::DG_MODE_ENFORCE,
+            flags: abi::DG_EVF_PATH_TRUNCATED,
+            comm: "payload".into(),
+            path: "/memfd:x (deleted)".into(),
+        };
+        let e = Event::decode(&raw.to_bytes()).unwrap();
+        assert_eq!(e.pid, 40);
+        assert_eq!(e.tid, 41);
+        assert_eq!(e.rule, Rule::Fileless);
+        assert_eq!(e.action, Action::Kill);
+        assert_eq!(e.hook, Hook::ExecTracepoint);
+        assert_eq!(e.file, FileKind::Fileless);
+        assert_eq!(e.mode, Mode::Enforce);
+        assert!(e.path_truncated && !e.path_unresolved);
+        assert_eq!(e.path, "/memfd:x (deleted)");
+        let j = serde_json::to_value(&e).unwrap();
+        assert_eq!(j["rule"], "fileless");
+        assert_eq!(j["action"], "kill");
+        assert_eq!(j["hook"], "exec_tracepoint");
+    }
+
+    #[test]
+    fn short_record_is_rejected() {
+        assert!(Event::decode(&[0u8; 10]).is_none());
+    }
+}

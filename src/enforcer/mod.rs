@@ -1,0 +1,484 @@
+//! The enforcement core: loads the BPF programs of `bpf/driftguard.bpf.c`,
+//! chooses BPF LSM or the tracepoint fallback, pins everything, and exposes
+//! per-cgroup policy, verdict events and counters.
+//!
+//! Pinned layout (default `/sys/fs/bpf/driftguard/`):
+//!
+//! | name | what |
+//! |---|---|
+//! | `dg_policies`, `dg_paths`, `dg_levels` | policy maps ([`PolicyStore`]) |
+//! | `dg_events` | ring buffer of verdicts |
+//! | `dg_stats` | per-CPU counters |
+//! | `link_dg_bprm_check`, `link_dg_mmap_file`, `link_dg_file_mprotect` | BPF LSM links |
+//! | `link_dg_exec_tp` | fallback tracepoint link |
+//!
+//! Links keep programs attached after the agent exits, so enforcement goes
+//! on across restarts and upgrades. A new agent loads its programs reusing the
+//! pinned maps, attaches them, then atomically replaces the pinned links:
+//! old and new programs overlap for a moment, there is never a gap.
+//! [`unload`] removes everything.
+
+pub mod abi;
+mod error;
+mod events;
+mod libbpf_log;
+mod store;
+
+#[allow(clippy::all, dead_code, non_camel_case_types, non_upper_case_globals, missing_docs, unused_imports)]
+mod skel {
+    include!(concat!(env!("OUT_DIR"), "/driftguard.skel.rs"));
+}
+
+use std::mem::MaybeUninit;
+use std::path::{Path, PathBuf};
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, MapHandle, OpenObject};
+use serde::Serialize;
+
+pub use error::{Error, Result};
+pub use events::{Action, Event, EventStream, FileKind, Hook, Rule, EVENT_CHANNEL_CAPACITY};
+pub use store::{InstalledPolicy, PolicyStore, Stats};
+
+use skel::{DriftguardSkel, DriftguardSkelBuilder, OpenDriftguardSkel};
+
+/// Default pin directory.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/driftguard";
+const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+const LSM_LIST: &str = "/sys/kernel/security/lsm";
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+const LSM_PROGS: [&str; 3] = ["dg_bprm_check", "dg_mmap_file", "dg_file_mprotect"];
+const TP_PROGS: [&str; 1] = ["dg_exec_tp"];
+
+/// How exec is being enforced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnforcementPath {
+    /// BPF LSM: exec and PROT_EXEC mappings are denied with EPERM.
+    Lsm,
+    /// Fallback: `sched_process_exec` tracepoint, the new image is SIGKILLed
+    /// before its first instruction. No mmap checks, `#!` scripts are seen as
+    /// their interpreter.
+    TracepointKill,
+}
+
+impl EnforcementPath {
+    /// Name for status output and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnforcementPath::Lsm => "lsm",
+            EnforcementPath::TracepointKill => "tracepoint_kill",
+        }
+    }
+}
+
+/// Options for [`Enforcer::load`].
+#[derive(Clone, Debug)]
+pub struct EnforcerOptions {
+    /// Pin maps and links here (bpffs). `None`: nothing pinned, programs
+    /// detach when the [`Enforcer`] is dropped (tests, `demo`).
+    pub pin_dir: Option<PathBuf>,
+    /// Use the tracepoint fallback even if BPF LSM works.
+    pub force_fallback: bool,
+}
+
+impl Default for EnforcerOptions {
+    fn default() -> Self {
+        EnforcerOptions { pin_dir: Some(PathBuf::from(DEFAULT_PIN_DIR)), force_fallback: false }
+    }
+}
+
+/// Loaded and attached enforcement.
+pub struct Enforcer {
+    skel: DriftguardSkel<'static>,
+    links: Vec<(String, Link)>,
+    path: EnforcementPath,
+    fallback_reason: Option<String>,
+    pin_dir: Option<PathBuf>,
+    store: PolicyStore,
+}
+
+impl std::fmt::Debug for Enforcer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enforcer")
+            .field("path", &self.path)
+            .field("fallback_reason", &self.fallback_reason)
+            .field("pin_dir", &self.pin_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn leak_storage() -> &'static mut MaybeUninit<OpenObject> {
+    // One small allocation per load, kept for the process lifetime: the
+    // skeleton borrows it. The BPF object itself is freed when the skeleton drops.
+    Box::leak(Box::new(MaybeUninit::uninit()))
+}
+
+impl Enforcer {
+    /// Load the programs (BPF LSM if possible, else the fallback), attach and pin them.
+    pub fn load(opts: &EnforcerOptions) -> Result<Self> {
+        libbpf_log::install();
+        if !Path::new(BTF_PATH).exists() {
+            return Err(Error::NoBtf(PathBuf::from(BTF_PATH)));
+        }
+        raise_memlock();
+        if let Some(dir) = &opts.pin_dir {
+            prepare_pin_dir(dir)?;
+        }
+
+        let mut fallback_reason = None;
+        let lsm = if opts.force_fallback {
+            fallback_reason = Some("fallback forced by configuration".to_string());
+            false
+        } else {
+            match bpf_lsm_active() {
+                Ok(()) => true,
+                Err(why) => {
+                    fallback_reason = Some(why);
+                    false
+                }
+            }
+        };
+
+        let skel = if lsm {
+            match open_and_load(opts.pin_dir.as_deref(), true) {
+                Ok(s) => Some(s),
+                Err(e @ (Error::ProgramRejected { .. } | Error::NotPermitted(_) | Error::Load { .. })) => {
+                    tracing::warn!(error = %e, "BPF LSM programs could not be loaded; using the exec tracepoint fallback");
+                    fallback_reason = Some(format!("BPF LSM programs failed to load: {}", first_line(&e.to_string())));
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
+        let (skel, path) = match skel {
+            Some(s) => (s, EnforcementPath::Lsm),
+            None => (open_and_load(opts.pin_dir.as_deref(), false)?, EnforcementPath::TracepointKill),
+        };
+
+        let store = store_from_skel(&skel)?;
+        let mut enforcer =
+            Enforcer { skel, links: Vec::new(), path, fallback_reason, pin_dir: opts.pin_dir.clone(), store };
+        enforcer.attach()?;
+        tracing::info!(path = path.as_str(), reason = ?enforcer.fallback_reason, "enforcement attached");
+        Ok(enforcer)
+    }
+
+    fn attach(&mut self) -> Result<()> {
+        let progs = &self.skel.progs;
+        let mut links = Vec::new();
+        match self.path {
+            EnforcementPath::Lsm => {
+                for (name, prog) in [
+                    ("dg_bprm_check", &progs.dg_bprm_check),
+                    ("dg_mmap_file", &progs.dg_mmap_file),
+                    ("dg_file_mprotect", &progs.dg_file_mprotect),
+                ] {
+                    let link = prog.attach_lsm().map_err(|source| Error::Attach { program: name.into(), source })?;
+                    links.push((name.to_string(), link));
+                }
+            }
+            EnforcementPath::TracepointKill => {
+                let link = progs
+                    .dg_exec_tp
+                    .attach_trace()
+                    .map_err(|source| Error::Attach { program: "dg_exec_tp".into(), source })?;
+                links.push(("dg_exec_tp".to_string(), link));
+            }
+        }
+        if let Some(dir) = &self.pin_dir {
+            for (name, link) in links.iter_mut() {
+                let final_path = dir.join(format!("link_{name}"));
+                // bpffs refuses names containing a dot.
+                let tmp = dir.join(format!("link_{name}_new"));
+                let _ = std::fs::remove_file(&tmp);
+                link.pin(&tmp).map_err(|source| Error::Attach { program: name.clone(), source })?;
+                // rename(2) on bpffs replaces the old pin atomically; the old link
+                // (and its programs) go away only now that ours is attached.
+                std::fs::rename(&tmp, &final_path)
+                    .map_err(|e| Error::io(format!("replacing pinned link {}", final_path.display()), e))?;
+            }
+            // Links of the other enforcement path (e.g. LSM became available after a reboot into a new kernel).
+            let others: &[&str] = match self.path {
+                EnforcementPath::Lsm => &TP_PROGS,
+                EnforcementPath::TracepointKill => &LSM_PROGS,
+            };
+            for name in others {
+                let p = dir.join(format!("link_{name}"));
+                if p.exists() {
+                    std::fs::remove_file(&p)
+                        .map_err(|e| Error::io(format!("removing stale link {}", p.display()), e))?;
+                }
+            }
+        }
+        self.links = links;
+        Ok(())
+    }
+
+    /// The enforcement path in use.
+    pub fn path(&self) -> EnforcementPath {
+        self.path
+    }
+
+    /// Why the fallback is used, when it is.
+    pub fn fallback_reason(&self) -> Option<&str> {
+        self.fallback_reason.as_deref()
+    }
+
+    /// Pin directory, if pinned.
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pin_dir.as_deref()
+    }
+
+    /// The policy maps.
+    pub fn store(&self) -> &PolicyStore {
+        &self.store
+    }
+
+    /// Stream of verdict events. Only one stream per ring buffer should exist.
+    pub fn events(&self) -> Result<EventStream> {
+        let h = MapHandle::try_from(&self.skel.maps.dg_events)
+            .map_err(|source| Error::Map { map: store::MAP_EVENTS, op: "dup", source })?;
+        EventStream::spawn(h)
+    }
+
+    /// Kernel counters.
+    pub fn stats(&self) -> Result<Stats> {
+        self.store.stats()
+    }
+}
+
+/// Open the pinned ring buffer (for a reader in another process, e.g. `driftguard events`
+/// when no agent is consuming).
+pub fn open_pinned_events(pin_dir: &Path) -> Result<EventStream> {
+    let p = pin_dir.join(store::MAP_EVENTS);
+    let h = MapHandle::from_pinned_path(&p).map_err(|e| match e.kind() {
+        libbpf_rs::ErrorKind::NotFound => {
+            Error::NotPinned { dir: pin_dir.to_path_buf(), detail: format!("{} is missing", p.display()) }
+        }
+        _ => Error::Map { map: store::MAP_EVENTS, op: "open pinned", source: e },
+    })?;
+    EventStream::spawn(h)
+}
+
+/// Which enforcement path the pinned links implement, if any.
+pub fn pinned_path(pin_dir: &Path) -> Option<EnforcementPath> {
+    if LSM_PROGS.iter().all(|n| pin_dir.join(format!("link_{n}")).exists()) {
+        Some(EnforcementPath::Lsm)
+    } else if TP_PROGS.iter().all(|n| pin_dir.join(format!("link_{n}")).exists()) {
+        Some(EnforcementPath::TracepointKill)
+    } else {
+        None
+    }
+}
+
+/// What [`unload`] removed.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct UnloadReport {
+    /// Pins removed (links first, then maps).
+    pub removed: Vec<PathBuf>,
+}
+
+/// Detach everything pinned under `pin_dir` and delete the pins. Enforcement
+/// stops for every container until an agent loads again.
+pub fn unload(pin_dir: &Path) -> Result<UnloadReport> {
+    let mut report = UnloadReport::default();
+    let entries = match std::fs::read_dir(pin_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(report),
+        Err(e) => return Err(Error::io(format!("reading {}", pin_dir.display()), e)),
+    };
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    // Links first: programs stop before the maps they use disappear.
+    paths.sort_by_key(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("link_")));
+    for p in paths {
+        std::fs::remove_file(&p).map_err(|e| Error::io(format!("removing {}", p.display()), e))?;
+        report.removed.push(p);
+    }
+    std::fs::remove_dir(pin_dir).map_err(|e| Error::io(format!("removing {}", pin_dir.display()), e))?;
+    Ok(report)
+}
+
+/// Is BPF LSM active? `Err` says why not.
+pub fn bpf_lsm_active() -> std::result::Result<(), String> {
+    if !Path::new(LSM_LIST).exists() {
+        mount_securityfs();
+    }
+    match std::fs::read_to_string(LSM_LIST) {
+        Ok(list) => {
+            if list.trim().split(',').any(|l| l == "bpf") {
+                Ok(())
+            } else {
+                Err(format!(
+                    "BPF LSM is not active (active LSMs: {}); add bpf to the kernel's lsm= boot parameter",
+                    list.trim()
+                ))
+            }
+        }
+        Err(e) => Err(format!("cannot read {LSM_LIST} ({e}); is securityfs mounted?")),
+    }
+}
+
+fn mount_securityfs() {
+    let target = c"/sys/kernel/security";
+    let fstype = c"securityfs";
+    // SAFETY: plain mount(2) with valid NUL-terminated strings; failure is reported via the LSM list read.
+    unsafe {
+        libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null());
+    }
+}
+
+fn raise_memlock() {
+    // Kernels >= 5.11 charge BPF memory to the memcg; older ones need RLIMIT_MEMLOCK.
+    let r = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit with a valid struct pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &r) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK (fine on kernels >= 5.11)");
+    }
+}
+
+fn prepare_pin_dir(dir: &Path) -> Result<()> {
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    if !is_bpffs(parent) && parent == Path::new("/sys/fs/bpf") {
+        // systemd mounts it on most distributions; containers and minimal hosts may not.
+        tracing::info!("mounting bpffs on /sys/fs/bpf");
+        let (src, target) = (c"bpf", c"/sys/fs/bpf");
+        // SAFETY: mount(2) with valid NUL-terminated strings.
+        unsafe { libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
+    }
+    if !is_bpffs(parent) {
+        return Err(Error::NoBpffs(parent.to_path_buf()));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating pin directory {}", dir.display()), e))
+}
+
+fn is_bpffs(p: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else { return false };
+    let mut st = MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: statfs with a valid path and output buffer.
+    let rc = unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return false;
+    }
+    // SAFETY: statfs succeeded and filled the struct.
+    let st = unsafe { st.assume_init() };
+    st.f_type as i64 == BPF_FS_MAGIC
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
+
+fn set_autoload(open: &mut OpenDriftguardSkel<'static>, lsm: bool) {
+    let p = &mut open.progs;
+    p.dg_bprm_check.set_autoload(lsm);
+    p.dg_mmap_file.set_autoload(lsm);
+    p.dg_file_mprotect.set_autoload(lsm);
+    p.dg_exec_tp.set_autoload(!lsm);
+    p.dg_test_decide.set_autoload(false);
+}
+
+fn open_and_load(pin_dir: Option<&Path>, lsm: bool) -> Result<DriftguardSkel<'static>> {
+    let builder = DriftguardSkelBuilder::default();
+    let mut open = builder.open(leak_storage()).map_err(|e| Error::Load {
+        reason: format!("opening the BPF object: {e}"),
+        log: libbpf_log::tail(20),
+    })?;
+    set_autoload(&mut open, lsm);
+    if let Some(dir) = pin_dir {
+        let m = &mut open.maps;
+        for (name, map) in [
+            (store::MAP_POLICIES, &mut m.dg_policies),
+            (store::MAP_PATHS, &mut m.dg_paths),
+            (store::MAP_LEVELS, &mut m.dg_levels),
+            (store::MAP_EVENTS, &mut m.dg_events),
+            (store::MAP_STATS, &mut m.dg_stats),
+        ] {
+            map.set_pin_path(dir.join(name)).map_err(|e| Error::Load {
+                reason: format!("setting pin path of {name}: {e}"),
+                log: String::new(),
+            })?;
+        }
+    }
+    libbpf_log::clear();
+    open.load().map_err(|e| classify_load_error(e, pin_dir))
+}
+
+fn classify_load_error(e: libbpf_rs::Error, pin_dir: Option<&Path>) -> Error {
+    let log = libbpf_log::tail(30);
+    let reason = e.to_string();
+    if let Some(dir) = pin_dir {
+        if log.contains("couldn't reuse pinned map") || log.contains("failed to reuse") {
+            return Error::IncompatiblePin { dir: dir.to_path_buf(), detail: last_matching(&log, "reuse") };
+        }
+    }
+    if let Some(program) = libbpf_log::failed_program(&log) {
+        if e.kind() == libbpf_rs::ErrorKind::PermissionDenied && !log.contains("BEGIN PROG LOAD LOG") {
+            // Refused before verification (no trampolines here, lockdown, missing CAP_BPF...).
+            return Error::ProgramRejected { program, reason: format!("{reason} (refused before verification)"), log };
+        }
+        return Error::ProgramRejected { program, reason, log };
+    }
+    if e.kind() == libbpf_rs::ErrorKind::PermissionDenied {
+        return Error::NotPermitted(format!("{reason}; {}", first_line(&last_matching(&log, "libbpf"))));
+    }
+    Error::Load { reason, log }
+}
+
+fn last_matching(log: &str, needle: &str) -> String {
+    log.lines().rev().find(|l| l.contains(needle)).unwrap_or("").to_string()
+}
+
+fn store_from_skel(skel: &DriftguardSkel<'static>) -> Result<PolicyStore> {
+    let m = &skel.maps;
+    let dup = |name: &'static str, map: &libbpf_rs::Map<'static>| {
+        MapHandle::try_from(map).map_err(|source| Error::Map { map: name, op: "dup", source })
+    };
+    Ok(PolicyStore::new(
+        dup(store::MAP_POLICIES, &m.dg_policies)?,
+        dup(store::MAP_PATHS, &m.dg_paths)?,
+        dup(store::MAP_LEVELS, &m.dg_levels)?,
+        dup(store::MAP_STATS, &m.dg_stats)?,
+    ))
+}
+
+/// Runs the compiled decision function (`dg_decide` in bpf/decision.h) in the
+/// kernel through `BPF_PROG_TEST_RUN`, for tests of the exact BPF code.
+pub struct DecisionTester {
+    skel: DriftguardSkel<'static>,
+}
+
+impl DecisionTester {
+    /// Load only the test program (needs root / CAP_BPF).
+    pub fn load() -> Result<Self> {
+        libbpf_log::install();
+        let builder = DriftguardSkelBuilder::default();
+        let mut open = builder
+            .open(leak_storage())
+            .map_err(|e| Error::Load { reason: e.to_string(), log: libbpf_log::tail(20) })?;
+        set_autoload(&mut open, false);
+        open.progs.dg_exec_tp.set_autoload(false);
+        open.progs.dg_test_decide.set_autoload(true);
+        let skel = open.load().map_err(|e| classify_load_error(e, None))?;
+        Ok(DecisionTester { skel })
+    }
+
+    /// Run the decision function on `input`; returns (match, action).
+    pub fn decide(&self, input: abi::RawInput) -> Result<(u32, u32)> {
+        // Syscall programs get no ctx_out: the kernel copies the context back into ctx_in.
+        let mut ctx = abi::decide_args(input);
+        let mut run = libbpf_rs::ProgramInput::default();
+        run.context_in = Some(&mut ctx[..]);
+        self.skel
+            .progs
+            .dg_test_decide
+            .test_run(run)
+            .map_err(|source| Error::Map { map: "dg_test_decide", op: "BPF_PROG_TEST_RUN", source })?;
+        abi::decide_verdict(&ctx)
+            .ok_or_else(|| Error::Corrupt { map: "dg_test_decide", detail: "short context".into() })
+    }
+}

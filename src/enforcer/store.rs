@@ -1,0 +1,315 @@
+//! Per-cgroup policy in the kernel maps.
+//!
+//! [`PolicyStore`] works on map file descriptors only, so the agent (which
+//! loaded the programs), the OCI hook and `driftguard status` (which open the
+//! pinned maps) share one implementation.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
+
+use super::abi::{self, RawPolicy};
+use super::error::{Error, Result};
+use crate::policy::{ExecPath, ListKind, Mode, Policy};
+
+pub(crate) const MAP_POLICIES: &str = "dg_policies";
+pub(crate) const MAP_PATHS: &str = "dg_paths";
+pub(crate) const MAP_LEVELS: &str = "dg_levels";
+pub(crate) const MAP_EVENTS: &str = "dg_events";
+pub(crate) const MAP_STATS: &str = "dg_stats";
+
+/// A policy as read back from the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstalledPolicy {
+    /// Cgroup v2 id the policy is keyed by.
+    pub cgroup_id: u64,
+    /// Depth of the cgroup (root = 0).
+    pub level: u32,
+    /// The policy (lists included).
+    pub policy: Policy,
+}
+
+/// Counters kept by the BPF programs (summed over CPUs, cumulative since first load).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    /// Events written to the ring buffer.
+    pub events: u64,
+    /// Events lost because the ring buffer was full.
+    pub ringbuf_drops: u64,
+    /// Execs/mappings denied with EPERM.
+    pub denies: u64,
+    /// Processes killed (fallback path).
+    pub kills: u64,
+    /// Rule matches in monitor mode.
+    pub alerts: u64,
+    /// Paths that could not be resolved fully.
+    pub path_errors: u64,
+    /// Checks made for processes under policy.
+    pub checks: u64,
+}
+
+/// Handles to the policy maps.
+#[derive(Debug)]
+pub struct PolicyStore {
+    policies: MapHandle,
+    paths: MapHandle,
+    levels: MapHandle,
+    stats: MapHandle,
+}
+
+fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(libbpf_rs::Error) -> Error {
+    move |source| Error::Map { map, op, source }
+}
+
+impl PolicyStore {
+    pub(crate) fn new(policies: MapHandle, paths: MapHandle, levels: MapHandle, stats: MapHandle) -> Self {
+        PolicyStore { policies, paths, levels, stats }
+    }
+
+    /// Duplicate the map handles (for another thread or component).
+    pub fn try_clone(&self) -> Result<Self> {
+        let dup = |name: &'static str, m: &MapHandle| {
+            MapHandle::try_from(m).map_err(|source| Error::Map { map: name, op: "dup", source })
+        };
+        Ok(PolicyStore::new(
+            dup(MAP_POLICIES, &self.policies)?,
+            dup(MAP_PATHS, &self.paths)?,
+            dup(MAP_LEVELS, &self.levels)?,
+            dup(MAP_STATS, &self.stats)?,
+        ))
+    }
+
+    /// Open the maps an agent pinned under `pin_dir` (default `/sys/fs/bpf/driftguard`).
+    pub fn open_pinned(pin_dir: &Path) -> Result<Self> {
+        let open = |name: &'static str| {
+            let p = pin_dir.join(name);
+            MapHandle::from_pinned_path(&p).map_err(|e| match e.kind() {
+                libbpf_rs::ErrorKind::NotFound => Error::NotPinned {
+                    dir: pin_dir.to_path_buf(),
+                    detail: format!("{} is missing", p.display()),
+                },
+                libbpf_rs::ErrorKind::PermissionDenied => Error::NotPermitted(format!("opening {}: {e}", p.display())),
+                _ => Error::Map { map: name, op: "open pinned", source: e },
+            })
+        };
+        Ok(PolicyStore::new(open(MAP_POLICIES)?, open(MAP_PATHS)?, open(MAP_LEVELS)?, open(MAP_STATS)?))
+    }
+
+    /// Install or replace the policy of a cgroup. `Mode::Off` removes it.
+    ///
+    /// Order matters for a running workload: path lists first, then the policy
+    /// entry, then the level marker, then stale list entries go. A failure
+    /// leaves the previous policy in force and removes what this call added.
+    pub fn set(&self, cgroup_id: u64, level: u32, policy: &Policy) -> Result<()> {
+        policy.validate()?;
+        if policy.mode == Mode::Off {
+            self.remove(cgroup_id)?;
+            return Ok(());
+        }
+        if level == 0 || level >= abi::DG_MAX_LEVELS {
+            return Err(Error::Corrupt {
+                map: MAP_LEVELS,
+                detail: format!("cgroup level {level} outside 1..{}", abi::DG_MAX_LEVELS),
+            });
+        }
+        let old: BTreeSet<Vec<u8>> = self.path_keys_of(cgroup_id)?.into_iter().collect();
+        let mut added: Vec<Vec<u8>> = Vec::new();
+        let mut wanted = BTreeSet::new();
+        for (path, kind) in policy.path_entries() {
+            let key = key_for(cgroup_id, path)?;
+            wanted.insert(key.clone());
+            let fresh = !old.contains(&key);
+            if let Err(e) = self.paths.update(&key, &kind.as_raw().to_le_bytes(), MapFlags::ANY) {
+                for k in &added {
+                    let _ = self.paths.delete(k);
+                }
+                return Err(full_or(e, MAP_PATHS, self.paths_max(), cgroup_id, "update"));
+            }
+            if fresh {
+                added.push(key);
+            }
+        }
+        let raw = RawPolicy { mode: policy.mode.as_raw(), rules: policy.kernel_rules(), level, reserved: 0 };
+        if let Err(e) = self.policies.update(&cgroup_id.to_le_bytes(), &raw.to_bytes(), MapFlags::ANY) {
+            for k in &added {
+                let _ = self.paths.delete(k);
+            }
+            return Err(full_or(e, MAP_POLICIES, self.policies_max(), cgroup_id, "update"));
+        }
+        self.levels
+            .update(&level.to_le_bytes(), &1u32.to_le_bytes(), MapFlags::ANY)
+            .map_err(map_err(MAP_LEVELS, "update"))?;
+        for stale in old.difference(&wanted) {
+            self.paths.delete(stale).map_err(map_err(MAP_PATHS, "delete"))?;
+        }
+        Ok(())
+    }
+
+    /// Remove a cgroup's policy and path lists. Returns whether a policy was installed.
+    pub fn remove(&self, cgroup_id: u64) -> Result<bool> {
+        let existed = match self.policies.delete(&cgroup_id.to_le_bytes()) {
+            Ok(()) => true,
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => false,
+            Err(e) => return Err(map_err(MAP_POLICIES, "delete")(e)),
+        };
+        for k in self.path_keys_of(cgroup_id)? {
+            match self.paths.delete(&k) {
+                Ok(()) => {}
+                Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
+                Err(e) => return Err(map_err(MAP_PATHS, "delete")(e)),
+            }
+        }
+        Ok(existed)
+    }
+
+    /// The policy installed for one cgroup, if any.
+    pub fn get(&self, cgroup_id: u64) -> Result<Option<InstalledPolicy>> {
+        let Some(v) = self
+            .policies
+            .lookup(&cgroup_id.to_le_bytes(), MapFlags::ANY)
+            .map_err(map_err(MAP_POLICIES, "lookup"))?
+        else {
+            return Ok(None);
+        };
+        let lists = self.lists()?;
+        Ok(Some(decode_policy(cgroup_id, &v, lists.get(&cgroup_id))?))
+    }
+
+    /// Every installed policy.
+    pub fn list(&self) -> Result<Vec<InstalledPolicy>> {
+        let lists = self.lists()?;
+        let mut out = Vec::new();
+        for key in self.policies.keys() {
+            let Some(id) = u64_key(&key) else { continue };
+            let Some(v) = self.policies.lookup(&key, MapFlags::ANY).map_err(map_err(MAP_POLICIES, "lookup"))? else {
+                continue; // removed meanwhile
+            };
+            out.push(decode_policy(id, &v, lists.get(&id))?);
+        }
+        out.sort_by_key(|p| p.cgroup_id);
+        Ok(out)
+    }
+
+    /// Cgroup ids that have a policy.
+    pub fn cgroup_ids(&self) -> Vec<u64> {
+        self.policies.keys().filter_map(|k| u64_key(&k)).collect()
+    }
+
+    /// Clear level markers no installed policy uses (the BPF side then skips those levels).
+    pub fn compact_levels(&self) -> Result<()> {
+        let used: BTreeSet<u32> = self.list()?.into_iter().map(|p| p.level).collect();
+        for lvl in 1..abi::DG_MAX_LEVELS {
+            let v: u32 = u32::from(used.contains(&lvl));
+            self.levels
+                .update(&lvl.to_le_bytes(), &v.to_le_bytes(), MapFlags::ANY)
+                .map_err(map_err(MAP_LEVELS, "update"))?;
+        }
+        Ok(())
+    }
+
+    /// Kernel counters, summed over CPUs.
+    pub fn stats(&self) -> Result<Stats> {
+        let mut sums = [0u64; abi::DG_STAT_MAX];
+        for (slot, sum) in sums.iter_mut().enumerate() {
+            let key = (slot as u32).to_le_bytes();
+            if let Some(per_cpu) =
+                self.stats.lookup_percpu(&key, MapFlags::ANY).map_err(map_err(MAP_STATS, "lookup"))?
+            {
+                for v in per_cpu {
+                    if v.len() >= 8 {
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(&v[..8]);
+                        *sum = sum.wrapping_add(u64::from_le_bytes(b));
+                    }
+                }
+            }
+        }
+        Ok(Stats {
+            events: sums[abi::DG_STAT_EVENTS],
+            ringbuf_drops: sums[abi::DG_STAT_RINGBUF_DROPS],
+            denies: sums[abi::DG_STAT_DENIES],
+            kills: sums[abi::DG_STAT_KILLS],
+            alerts: sums[abi::DG_STAT_ALERTS],
+            path_errors: sums[abi::DG_STAT_PATH_ERRORS],
+            checks: sums[abi::DG_STAT_CHECKS],
+        })
+    }
+
+    /// Capacity of the policies map.
+    pub fn policies_max(&self) -> u32 {
+        map_max_entries(&self.policies)
+    }
+
+    fn paths_max(&self) -> u32 {
+        map_max_entries(&self.paths)
+    }
+
+    fn path_keys_of(&self, cgroup_id: u64) -> Result<Vec<Vec<u8>>> {
+        Ok(self
+            .paths
+            .keys()
+            .filter(|k| abi::parse_path_key(k).is_some_and(|(id, _)| id == cgroup_id))
+            .collect())
+    }
+
+    fn lists(&self) -> Result<BTreeMap<u64, Vec<(String, u32)>>> {
+        let mut m: BTreeMap<u64, Vec<(String, u32)>> = BTreeMap::new();
+        for k in self.paths.keys() {
+            let Some((id, path)) = abi::parse_path_key(&k) else { continue };
+            let Some(v) = self.paths.lookup(&k, MapFlags::ANY).map_err(map_err(MAP_PATHS, "lookup"))? else {
+                continue;
+            };
+            let kind = v.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(0);
+            m.entry(id).or_default().push((path, kind));
+        }
+        Ok(m)
+    }
+}
+
+fn map_max_entries(m: &MapHandle) -> u32 {
+    m.max_entries()
+}
+
+fn key_for(cgroup_id: u64, path: &ExecPath) -> Result<Vec<u8>> {
+    abi::path_key(cgroup_id, path.as_str()).ok_or_else(|| {
+        Error::Policy(crate::policy::PolicyError::PathTooLong {
+            path: path.to_string(),
+            max: crate::policy::MAX_PATH_LEN,
+        })
+    })
+}
+
+fn full_or(e: libbpf_rs::Error, map: &'static str, max: u32, cgroup_id: u64, op: &'static str) -> Error {
+    if e.kind() == libbpf_rs::ErrorKind::TooBig {
+        Error::MapFull { map, max, cgroup_id }
+    } else {
+        Error::Map { map, op, source: e }
+    }
+}
+
+fn u64_key(k: &[u8]) -> Option<u64> {
+    let b: [u8; 8] = k.try_into().ok()?;
+    Some(u64::from_le_bytes(b))
+}
+
+fn decode_policy(cgroup_id: u64, value: &[u8], lists: Option<&Vec<(String, u32)>>) -> Result<InstalledPolicy> {
+    let raw = RawPolicy::from_bytes(value)
+        .ok_or_else(|| Error::Corrupt { map: MAP_POLICIES, detail: format!("value of {} bytes", value.len()) })?;
+    let mode = Mode::from_raw(raw.mode)
+        .ok_or_else(|| Error::Corrupt { map: MAP_POLICIES, detail: format!("mode {} for cgroup {cgroup_id}", raw.mode) })?;
+    let mut policy = Policy { mode, rules: Policy::rules_from_kernel(raw.rules), ..Policy::default() };
+    for (path, kind) in lists.into_iter().flatten() {
+        let Ok(p) = ExecPath::new(path) else { continue };
+        match ListKind::from_raw(*kind) {
+            Some(ListKind::Allow) => {
+                policy.allow.insert(p);
+            }
+            Some(ListKind::Deny) => {
+                policy.deny.insert(p);
+            }
+            None => {}
+        }
+    }
+    Ok(InstalledPolicy { cgroup_id, level: raw.level, policy })
+}

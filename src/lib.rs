@@ -1,0 +1,10 @@
+//! driftguard: stop container drift on Kubernetes nodes.
+//!
+//! - [`enforcer`]: loads the BPF programs in `bpf/`, pins them, manages per-cgroup policy
+//!   and streams verdict events.
+//! - [`policy`]: the policy model (mode, rules, path lists) and its kernel encoding.
+pub mod enforcer;
+pub mod policy;
+pub mod annotations;
+pub mod cgroup;
+pub mod config;
