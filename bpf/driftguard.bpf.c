@@ -125,29 +125,89 @@ static __always_inline struct dg_policy *lookup_policy(__u64 *cgid, __u64 *match
 	return NULL;
 }
 
-/* What kind of file is this? See the drift-signal table in docs/bpf.md. */
-static __always_inline __u32 classify_file(struct file *file)
+/*
+ * struct ovl_inode embeds struct inode vfs_inode immediately followed by
+ * struct dentry *__upperdentry on every kernel from 4.19 to 6.18. overlay is
+ * often a module, so its BTF may not be loaded when we are: use the CO-RE size
+ * of struct inode instead of a relocation against ovl_inode. With metacopy=on a
+ * metadata-only copy-up also sets it: still drift (the file was changed).
+ */
+static __always_inline struct dentry *ovl_upper(struct inode *inode)
 {
-	struct inode *inode = BPF_CORE_READ(file, f_inode);
-	unsigned long magic;
-	void *upper = NULL;
+	struct dentry *upper = NULL;
 
+	bpf_probe_read_kernel(&upper, sizeof(upper), (void *)inode + bpf_core_type_size(struct inode));
+	return upper;
+}
+
+/* What kind of file is this? See the drift-signal table in docs/bpf.md. */
+static __always_inline __u32 classify_inode(struct inode *inode)
+{
 	if (!inode)
 		return DG_FILE_OTHER_FS;
 	if (BPF_CORE_READ(inode, i_nlink) == 0)
 		return DG_FILE_FILELESS;
-	magic = BPF_CORE_READ(inode, i_sb, s_magic);
-	if (magic != OVERLAYFS_SUPER_MAGIC)
+	if (BPF_CORE_READ(inode, i_sb, s_magic) != OVERLAYFS_SUPER_MAGIC)
 		return DG_FILE_OTHER_FS;
-	/*
-	 * struct ovl_inode embeds struct inode vfs_inode immediately followed by
-	 * struct dentry *__upperdentry on every kernel from 4.19 to 6.18. overlay
-	 * is often a module, so its BTF may not be loaded when we are: use the
-	 * CO-RE size of struct inode instead of a relocation against ovl_inode.
-	 * With metacopy=on a metadata-only copy-up also sets it: still drift.
-	 */
-	bpf_probe_read_kernel(&upper, sizeof(upper), (void *)inode + bpf_core_type_size(struct inode));
-	return upper ? DG_FILE_OVERLAY_UPPER : DG_FILE_OVERLAY_LOWER;
+	return ovl_upper(inode) ? DG_FILE_OVERLAY_UPPER : DG_FILE_OVERLAY_LOWER;
+}
+
+static __always_inline __u32 classify_file(struct file *file)
+{
+	return classify_inode(BPF_CORE_READ(file, f_inode));
+}
+
+/*
+ * A mapping of an overlay file holds overlay's *real* file in vma->vm_file,
+ * so the overlay inode must be found again: on 6.1 the real file's f_path is
+ * the overlay path ("fake path"); from 6.5 the real file is a struct
+ * backing_file whose user_path is. A candidate counts as drift only if its
+ * overlay inode's upper dentry is the mapped inode, so memory that is not a
+ * backing file can never make a file look drifted. Sets *pd/*pm to the path
+ * to report (the overlay path when found).
+ */
+static __always_inline __u32 classify_mapped(struct file *file, struct dentry **pd, struct vfsmount **pm)
+{
+	struct inode *real = BPF_CORE_READ(file, f_inode);
+	struct dentry *cand_d[2] = {};
+	struct vfsmount *cand_m[2] = {};
+	bool overlay_seen = false;
+
+	cand_d[0] = BPF_CORE_READ(file, f_path.dentry);
+	cand_m[0] = BPF_CORE_READ(file, f_path.mnt);
+	if (bpf_core_type_exists(struct backing_file)) {
+		struct path up = {};
+
+		bpf_probe_read_kernel(&up, sizeof(up), (void *)file + bpf_core_type_size(struct file));
+		cand_d[1] = up.dentry;
+		cand_m[1] = up.mnt;
+	}
+	*pd = cand_d[0];
+	*pm = cand_m[0];
+	if (!real)
+		return DG_FILE_OTHER_FS;
+	if (BPF_CORE_READ(real, i_nlink) == 0)
+		return DG_FILE_FILELESS;
+	for (int i = 0; i < 2; i++) {
+		struct dentry *d = cand_d[i], *up;
+		struct inode *oi;
+
+		if (!d)
+			continue;
+		oi = BPF_CORE_READ(d, d_inode);
+		if (!oi || BPF_CORE_READ(oi, i_sb, s_magic) != OVERLAYFS_SUPER_MAGIC)
+			continue;
+		if (oi == real)
+			return classify_inode(real);
+		up = ovl_upper(oi);
+		if (up && BPF_CORE_READ(up, d_inode) == real) {
+			*pd = d;
+			*pm = cand_m[i];
+			return DG_FILE_OVERLAY_UPPER;
+		}
+		overlay_seen = true;
+	}
+	return overlay_seen ? DG_FILE_OVERLAY_LOWER : classify_inode(real);
 }
 
 static __always_inline struct dg_scratch *scratch(void)
@@ -252,13 +312,13 @@ static long write_down(__u64 j, void *ctx)
 }
 
 /* Writes s->key.path; returns DG_EVF_* flags. */
-static __always_inline __u32 walk_path(struct dg_scratch *s, struct file *file)
+static __always_inline __u32 walk_path(struct dg_scratch *s, struct dentry *dentry, struct vfsmount *vmnt)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct walk_ctx c = {};
 
-	c.d = BPF_CORE_READ(file, f_path.dentry);
-	c.vmnt = BPF_CORE_READ(file, f_path.mnt);
+	c.d = dentry;
+	c.vmnt = vmnt;
 	c.mnt = container_of(c.vmnt, struct mount, mnt);
 	c.root_d = BPF_CORE_READ(task, fs, root.dentry);
 	c.root_m = BPF_CORE_READ(task, fs, root.mnt);
@@ -279,12 +339,19 @@ static __always_inline __u32 walk_path(struct dg_scratch *s, struct file *file)
 /* LSM path resolution with the kernel's own d_path (task-root relative). */
 static __always_inline __u32 dpath(struct dg_scratch *s, struct file *file)
 {
-	long r = bpf_d_path(&file->f_path, s->key.path, DG_PATH_MAX);
+	/*
+	 * d_path builds the string at the end of the buffer and bpf_d_path moves
+	 * it to the front, leaving stale bytes behind the NUL. The list key must
+	 * be NUL padded, so resolve into buf and copy up to the NUL into the
+	 * zeroed key.
+	 */
+	long r = bpf_d_path(&file->f_path, s->buf, DG_PATH_MAX);
 
 	if (r == -36 /* ENAMETOOLONG */)
 		return DG_EVF_PATH_TRUNCATED;
 	if (r < 0)
 		return DG_EVF_PATH_UNRESOLVED;
+	bpf_probe_read_kernel_str(s->key.path, DG_PATH_MAX, s->buf);
 	return 0;
 }
 
@@ -322,17 +389,23 @@ static __always_inline void emit(struct dg_scratch *s, const struct dg_verdict *
 	stat_inc(DG_STAT_EVENTS);
 }
 
+#define DG_PATH_DPATH 0  /* LSM exec/mmap: bpf_d_path on the file */
+#define DG_PATH_WALK 1   /* tracepoint: dentry walk on the file */
+#define DG_PATH_MAPPED 2 /* file_mprotect: overlay file behind a mapping, dentry walk */
+
 /*
- * Shared body of every entry point. Returns the verdict's action.
- * use_dpath selects bpf_d_path (LSM) or the dentry walk (tracepoint).
+ * Shared body of every entry point: policy lookup, classification, lists,
+ * the decision, the event. Returns the verdict's action.
  */
 static __always_inline __u32 check_file(struct file *file, __u32 hook, __u32 access,
-					__u32 enforce_action, bool use_dpath)
+					__u32 enforce_action, int path_mode)
 {
 	struct dg_input in = {};
 	struct dg_verdict v;
 	struct dg_policy *p;
 	struct dg_scratch *s;
+	struct dentry *pd = NULL;
+	struct vfsmount *pm = NULL;
 	__u64 cgid = 0, matched = 0;
 	__u32 flags = 0, *list;
 	bool have_path = false;
@@ -351,11 +424,17 @@ static __always_inline __u32 check_file(struct file *file, __u32 hook, __u32 acc
 	in.rules = p->rules;
 	in.access = access;
 	in.enforce_action = enforce_action;
-	in.file_kind = classify_file(file);
 	in.list = DG_LIST_NONE;
+	if (path_mode == DG_PATH_MAPPED) {
+		in.file_kind = classify_mapped(file, &pd, &pm);
+	} else {
+		in.file_kind = classify_file(file);
+		pd = BPF_CORE_READ(file, f_path.dentry);
+		pm = BPF_CORE_READ(file, f_path.mnt);
+	}
 
 	if (in.rules & DG_RULE_HAS_LISTS) {
-		flags = use_dpath ? dpath(s, file) : walk_path(s, file);
+		flags = path_mode == DG_PATH_DPATH ? dpath(s, file) : walk_path(s, pd, pm);
 		have_path = true;
 		if (flags)
 			stat_inc(DG_STAT_PATH_ERRORS);
@@ -369,7 +448,7 @@ static __always_inline __u32 check_file(struct file *file, __u32 hook, __u32 acc
 	if (v.action == DG_ACT_ALLOW)
 		return DG_ACT_ALLOW;
 	if (!have_path)
-		flags = use_dpath ? dpath(s, file) : walk_path(s, file);
+		flags = path_mode == DG_PATH_DPATH ? dpath(s, file) : walk_path(s, pd, pm);
 	emit(s, &v, hook, in.file_kind, in.mode, flags, cgid, matched);
 	return v.action;
 }
@@ -377,7 +456,7 @@ static __always_inline __u32 check_file(struct file *file, __u32 hook, __u32 acc
 SEC("lsm/bprm_check_security")
 int BPF_PROG(dg_bprm_check, struct linux_binprm *bprm)
 {
-	__u32 act = check_file(bprm->file, DG_HOOK_BPRM_CHECK, DG_ACCESS_EXEC, DG_ACT_DENY, true);
+	__u32 act = check_file(bprm->file, DG_HOOK_BPRM_CHECK, DG_ACCESS_EXEC, DG_ACT_DENY, DG_PATH_DPATH);
 
 	barrier_var(act);
 	if (act == DG_ACT_DENY)
@@ -393,7 +472,7 @@ int BPF_PROG(dg_mmap_file, struct file *file, unsigned long reqprot, unsigned lo
 
 	if (!file || !(prot & PROT_EXEC))
 		return 0;
-	act = check_file(file, DG_HOOK_MMAP_FILE, DG_ACCESS_MMAP_EXEC, DG_ACT_DENY, true);
+	act = check_file(file, DG_HOOK_MMAP_FILE, DG_ACCESS_MMAP_EXEC, DG_ACT_DENY, DG_PATH_DPATH);
 	barrier_var(act);
 	if (act == DG_ACT_DENY)
 		return -EPERM;
@@ -409,10 +488,11 @@ int BPF_PROG(dg_file_mprotect, struct vm_area_struct *vma, unsigned long reqprot
 
 	if (!(prot & PROT_EXEC))
 		return 0;
-	file = vma->vm_file; /* a BTF pointer: bpf_d_path needs a trusted one */
+	file = vma->vm_file;
 	if (!file)
 		return 0;
-	act = check_file(file, DG_HOOK_FILE_MPROTECT, DG_ACCESS_MMAP_EXEC, DG_ACT_DENY, true);
+	/* vm_file is overlay's real file; bpf_d_path is not allowed here anyway. */
+	act = check_file(file, DG_HOOK_FILE_MPROTECT, DG_ACCESS_MMAP_EXEC, DG_ACT_DENY, DG_PATH_MAPPED);
 	barrier_var(act);
 	if (act == DG_ACT_DENY)
 		return -EPERM;
@@ -428,7 +508,7 @@ SEC("tp_btf/sched_process_exec")
 int BPF_PROG(dg_exec_tp, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
 	struct file *file = bprm->file;
-	__u32 act = check_file(file, DG_HOOK_EXEC_TRACEPOINT, DG_ACCESS_EXEC, DG_ACT_KILL, false);
+	__u32 act = check_file(file, DG_HOOK_EXEC_TRACEPOINT, DG_ACCESS_EXEC, DG_ACT_KILL, DG_PATH_WALK);
 
 	if (act == DG_ACT_KILL)
 		bpf_send_signal(SIGKILL);

@@ -200,6 +200,7 @@ pub struct Mux {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     closed_rx: watch::Receiver<Option<CloseResult>>,
     closed_tx: Arc<watch::Sender<Option<CloseResult>>>,
+    unblock_tx: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
 }
 
 impl std::fmt::Debug for Mux {
@@ -210,8 +211,22 @@ impl std::fmt::Debug for Mux {
 
 impl Mux {
     /// Starts multiplexing over `trunk` (usually a [`tokio::net::UnixStream`]). Must be called
-    /// within a tokio runtime.
+    /// within a tokio runtime. Reading starts at once: frames that arrive before a connection is
+    /// [`open`](Self::open)ed are dropped. Use [`new_blocked`](Self::new_blocked) if the peer may
+    /// send first.
     pub fn new<T>(trunk: T) -> Mux
+    where
+        T: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let mux = Self::new_blocked(trunk);
+        mux.unblock();
+        mux
+    }
+
+    /// Like [`new`](Self::new), but nothing is read from the trunk until [`unblock`](Self::unblock)
+    /// is called: open the logical connections first, then unblock, so that no early frame is
+    /// dropped (the Go implementation's `WithBlockedRead`).
+    pub fn new_blocked<T>(trunk: T) -> Mux
     where
         T: AsyncRead + AsyncWrite + Send + 'static,
     {
@@ -221,10 +236,14 @@ impl Mux {
         let closed_tx = Arc::new(closed_tx);
         let writer: TrunkWriter = Arc::new(tokio::sync::Mutex::new(Box::new(writer)));
 
+        let (unblock_tx, unblock_rx) = tokio::sync::oneshot::channel::<()>();
         let reader_task = {
             let conns = conns.clone();
             let closed_tx = closed_tx.clone();
             tokio::spawn(async move {
+                if unblock_rx.await.is_err() {
+                    return;
+                }
                 let result = read_trunk(reader, &conns).await;
                 match &result {
                     Ok(()) => tracing::debug!("NRI trunk closed by peer"),
@@ -244,6 +263,14 @@ impl Mux {
             tasks: Mutex::new(vec![reader_task]),
             closed_rx,
             closed_tx,
+            unblock_tx: Mutex::new(Some(unblock_tx)),
+        }
+    }
+
+    /// Starts reading from the trunk (no-op if already started).
+    pub fn unblock(&self) {
+        if let Some(tx) = self.unblock_tx.lock().ok().and_then(|mut g| g.take()) {
+            let _ = tx.send(());
         }
     }
 
@@ -497,6 +524,42 @@ mod tests {
         let mut dec = FrameDecoder::new();
         dec.push(&bytes[..5]);
         assert!(matches!(dec.finish(), Err(MuxError::Truncated { buffered: 5 })));
+    }
+
+    /// Deterministic stand-in for the fuzz target: random bytes in random chunk sizes never make
+    /// the decoder panic or over-buffer.
+    #[test]
+    fn decoder_survives_random_input() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..2000 {
+            let len = (next() % 512) as usize;
+            let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            // Make small, plausible lengths common so that frames actually complete.
+            if bytes.len() >= 8 && next() % 2 == 0 {
+                bytes[4..8].copy_from_slice(&((next() % 64) as u32).to_be_bytes());
+            }
+            let chunk = (next() % 17 + 1) as usize;
+            let mut dec = FrameDecoder::new();
+            'outer: for piece in bytes.chunks(chunk) {
+                dec.push(piece);
+                loop {
+                    match dec.next_frame() {
+                        Ok(Some(f)) => assert!(f.payload.len() <= MAX_FRAME_PAYLOAD),
+                        Ok(None) => break,
+                        Err(MuxError::Oversized { .. }) => break 'outer,
+                        Err(e) => panic!("unexpected error {e}"),
+                    }
+                }
+                assert!(dec.buffered() <= HEADER_LEN + MAX_FRAME_PAYLOAD + chunk);
+            }
+            let _ = dec.finish();
+        }
     }
 
     #[tokio::test]

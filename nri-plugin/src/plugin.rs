@@ -504,3 +504,59 @@ fn trace_event(event: &str, pod: &PodSandbox, container: Option<&Container>) {
         None => tracing::debug!(event, pod = %pod.name, namespace = %pod.namespace, pod_id = %pod.id, "NRI event"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nop;
+    impl Plugin for Nop {}
+
+    /// Every method answers garbage with INVALID_ARGUMENT and asks for the connection to be
+    /// closed; random bytes never panic.
+    #[tokio::test]
+    async fn garbage_payloads_are_rejected() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let d = PluginDispatch::new(Arc::new(Nop), None, tx);
+        for method in PLUGIN_METHODS {
+            // Tag with field number 0 is invalid in protobuf.
+            let err = d.handle(method, vec![0x00, 0x01]).await.expect_err(method);
+            assert_eq!(err.code, Code::INVALID_ARGUMENT, "{method}");
+            assert!(matches!(rx.try_recv(), Ok(SessionSignal::ProtocolError(_))), "{method}");
+            // Truncated length-delimited field.
+            let err = d.handle(method, vec![0x0a, 0x7f, 0x01]).await.expect_err(method);
+            assert_eq!(err.code, Code::INVALID_ARGUMENT, "{method}");
+        }
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for i in 0..3000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let len = (state % 64) as usize;
+            let bytes: Vec<u8> = (0..len).map(|j| (state >> (j % 8 * 8)) as u8 ^ j as u8).collect();
+            let method = PLUGIN_METHODS[i % PLUGIN_METHODS.len()];
+            let _ = d.handle(method, bytes).await;
+        }
+        let err = d.handle("Bogus", Vec::new()).await.expect_err("unknown method");
+        assert_eq!(err.code, Code::UNIMPLEMENTED);
+    }
+
+    /// Chunked synchronization is reassembled and answered as the protocol requires.
+    #[tokio::test]
+    async fn synchronize_chunks() {
+        use protobuf::Message;
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let d = PluginDispatch::new(Arc::new(Nop), None, tx);
+        let mut req = SynchronizeRequest::new();
+        req.pods.push(PodSandbox::new());
+        req.more = true;
+        let resp = d.handle("Synchronize", req.write_to_bytes().unwrap()).await.unwrap();
+        let resp = SynchronizeResponse::parse_from_bytes(&resp).unwrap();
+        assert!(resp.more && resp.update.is_empty());
+        req.more = false;
+        let resp = d.handle("Synchronize", req.write_to_bytes().unwrap()).await.unwrap();
+        let resp = SynchronizeResponse::parse_from_bytes(&resp).unwrap();
+        assert!(!resp.more);
+        assert!(d.sync_buffer.lock().unwrap().is_none());
+    }
+}

@@ -448,7 +448,7 @@ impl Runner {
         plugin: Arc<P>,
         connection: u64,
     ) -> (bool, Result<(), Error>) {
-        let mux = Mux::new(stream);
+        let mux = Mux::new_blocked(stream);
         let mut configured = false;
         let result = self.session_inner(&mux, plugin, connection, &mut configured).await;
         mux.close();
@@ -469,12 +469,16 @@ impl Runner {
         // Kept alive for the session; dropping it shuts the server's connection down.
         let _server = serve_stream(plugin_conn, service_table(PLUGIN_SERVICE, PLUGIN_METHODS, dispatch)).await?;
         let client = client_on(runtime_conn);
+        mux.unblock();
 
         let mut req = RegisterPluginRequest::new();
         req.plugin_name = self.name.clone();
         req.plugin_idx = self.index.clone();
         req.NRI_version = NRI_API_VERSION.to_string();
         tracing::info!(plugin = %self.name, index = %self.index, "registering NRI plugin");
+        // Usable from here on: the runtime may configure the plugin (and handlers may call the
+        // runtime) before the registration reply has reached us.
+        self.client.set(Some(client.clone()));
         tokio::select! {
             res = call::<_, Empty>(&client, RUNTIME_SERVICE, "RegisterPlugin", &req, Some(self.registration_timeout)) => { res?; }
             res = mux.closed() => {
@@ -482,7 +486,6 @@ impl Runner {
                     .unwrap_or(Error::Transport { method: "RegisterPlugin".into(), message: "connection closed".into() }));
             }
         }
-        self.client.set(Some(client.clone()));
         self.emit(ConnectionEvent::Registered { connection });
 
         let configure_deadline = tokio::time::sleep(self.configure_timeout);

@@ -287,7 +287,7 @@ impl std::fmt::Debug for PeerConnection {
 
 impl PeerConnection {
     async fn new(stream: tokio::net::UnixStream, timeout: Duration) -> Result<PeerConnection, Error> {
-        let mux = Mux::new(stream);
+        let mux = Mux::new_blocked(stream);
         let plugin_conn = mux.open(PLUGIN_SERVICE_CONN)?;
         let runtime_conn = mux.open(RUNTIME_SERVICE_CONN)?;
         let (reg_tx, registrations) = mpsc::unbounded_channel();
@@ -304,6 +304,7 @@ impl PeerConnection {
         )
         .await?;
         let client = client_on(plugin_conn);
+        mux.unblock();
         Ok(PeerConnection {
             mux,
             _server: server,

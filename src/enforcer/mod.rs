@@ -146,7 +146,7 @@ impl Enforcer {
                 Ok(s) => Some(s),
                 Err(e @ (Error::ProgramRejected { .. } | Error::NotPermitted(_) | Error::Load { .. })) => {
                     tracing::warn!(error = %e, "BPF LSM programs could not be loaded; using the exec tracepoint fallback");
-                    fallback_reason = Some(format!("BPF LSM programs failed to load: {}", first_line(&e.to_string())));
+                    fallback_reason = Some(format!("BPF LSM programs failed to load: {e}"));
                     None
                 }
                 Err(e) => return Err(e),
@@ -223,7 +223,7 @@ impl Enforcer {
         self.path
     }
 
-    /// Why the fallback is used, when it is.
+    /// Why the fallback is used, when it is (may span lines: the verifier's tail).
     pub fn fallback_reason(&self) -> Option<&str> {
         self.fallback_reason.as_deref()
     }
