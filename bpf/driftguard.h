@@ -79,7 +79,7 @@ struct dg_policy {
 	__u32 mode;
 	__u32 rules;
 	__u32 level; /* depth of the cgroup in the v2 hierarchy (root = 0) */
-	__u32 reserved;
+	__u32 owner; /* userspace bookkeeping: 1 agent, 2 OCI hook; unused by BPF */
 };
 
 /* Key of the paths map; path is NUL padded to DG_PATH_MAX. Value: __u32 DG_LIST_*. */

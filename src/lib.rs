@@ -3,6 +3,7 @@
 //! - [`enforcer`]: loads the BPF programs in `bpf/`, pins them, manages per-cgroup policy
 //!   and streams verdict events.
 //! - [`policy`]: the policy model (mode, rules, path lists) and its kernel encoding.
+pub mod agent;
 pub mod enforcer;
 pub mod policy;
 pub mod annotations;

@@ -249,11 +249,12 @@ impl Mux {
                     Ok(()) => tracing::debug!("NRI trunk closed by peer"),
                     Err(e) => tracing::warn!(error = %e, "NRI trunk failed"),
                 }
-                // Drop the senders so every logical connection sees end of file.
+                // Record why first, then drop the senders so every logical connection sees end
+                // of file: whoever notices the end of file can already learn why.
+                set_closed(&closed_tx, result.map_err(Arc::new));
                 if let Ok(mut conns) = conns.lock() {
                     conns.clear();
                 }
-                set_closed(&closed_tx, result.map_err(Arc::new));
             })
         };
 

@@ -479,28 +479,28 @@ impl Runner {
         // Usable from here on: the runtime may configure the plugin (and handlers may call the
         // runtime) before the registration reply has reached us.
         self.client.set(Some(client.clone()));
-        tokio::select! {
-            res = call::<_, Empty>(&client, RUNTIME_SERVICE, "RegisterPlugin", &req, Some(self.registration_timeout)) => { res?; }
-            res = mux.closed() => {
-                return Err(res.err().map(|e| Error::Transport { method: "RegisterPlugin".into(), message: e.to_string() })
-                    .unwrap_or(Error::Transport { method: "RegisterPlugin".into(), message: "connection closed".into() }));
-            }
-        }
-        self.emit(ConnectionEvent::Registered { connection });
+        // The registration reply is awaited inside the session loop: the runtime may configure
+        // the plugin (or even hang up) before that reply arrives.
+        let register = call::<_, Empty>(&client, RUNTIME_SERVICE, "RegisterPlugin", &req, Some(self.registration_timeout));
+        tokio::pin!(register);
+        let mut registered = false;
 
         let configure_deadline = tokio::time::sleep(self.configure_timeout);
         tokio::pin!(configure_deadline);
         loop {
             tokio::select! {
-                res = mux.closed() => {
-                    return match res {
-                        Ok(()) => Ok(()),
-                        Err(e) => match Arc::try_unwrap(e) {
-                            Ok(e) => Err(Error::Mux(e)),
-                            Err(e) => Err(Error::Transport { method: "mux".into(), message: e.to_string() }),
-                        },
-                    };
-                }
+                biased;
+                res = mux.closed() => return close_result(res),
+                res = &mut register, if !registered => match res {
+                    Ok(_) => {
+                        registered = true;
+                        tracing::info!(plugin = %self.name, index = %self.index, "NRI plugin registered");
+                        self.emit(ConnectionEvent::Registered { connection });
+                    }
+                    // Failed because the connection went away: report how it went away.
+                    Err(_) if mux.is_closed() => return close_result(mux.closed().await),
+                    Err(e) => return Err(e),
+                },
                 sig = sig_rx.recv() => match sig {
                     Some(SessionSignal::Configured { runtime_name, runtime_version, nri_version, events }) => {
                         *configured = true;
@@ -524,6 +524,19 @@ impl Runner {
                 }
             }
         }
+    }
+}
+
+fn close_result(res: crate::mux::CloseResult) -> Result<(), Error> {
+    match res {
+        Ok(()) => Ok(()),
+        Err(e) => match Arc::try_unwrap(e) {
+            Ok(e) => Err(Error::Mux(e)),
+            Err(e) => Err(Error::Transport {
+                method: "mux".into(),
+                message: e.to_string(),
+            }),
+        },
     }
 }
 

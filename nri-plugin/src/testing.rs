@@ -286,6 +286,13 @@ impl std::fmt::Debug for PeerConnection {
 }
 
 impl PeerConnection {
+    /// Sets up the runtime side on an already connected socket (for example one end of a
+    /// `socketpair` whose other end is handed to the plugin through `NRI_PLUGIN_SOCKET`, the way
+    /// the runtime launches pre-installed plugins). Call within a tokio runtime.
+    pub async fn from_stream(stream: tokio::net::UnixStream) -> Result<PeerConnection, Error> {
+        Self::new(stream, DEFAULT_PEER_TIMEOUT).await
+    }
+
     async fn new(stream: tokio::net::UnixStream, timeout: Duration) -> Result<PeerConnection, Error> {
         let mux = Mux::new_blocked(stream);
         let plugin_conn = mux.open(PLUGIN_SERVICE_CONN)?;

@@ -177,7 +177,15 @@ async fn reconnects_and_resynchronizes() {
     conn.synchronize(pods.clone(), ctrs.clone(), 1).await.unwrap();
     assert_eq!(h.next_call().await, Call::Synchronize(pods, ctrs));
     h.wait_event(|e| matches!(e, ConnectionEvent::Connected { connection: 2 })).await;
-    h.wait_event(|e| matches!(e, ConnectionEvent::Synchronized { connection: 2, .. })).await;
+    // Registration reply and synchronization may be reported in either order.
+    let (mut registered, mut synchronized) = (false, false);
+    while !(registered && synchronized) {
+        match h.wait_event(|_| true).await {
+            ConnectionEvent::Registered { connection: 2 } => registered = true,
+            ConnectionEvent::Synchronized { connection: 2, .. } => synchronized = true,
+            _ => {}
+        }
+    }
     assert!(h.client.is_connected());
 }
 

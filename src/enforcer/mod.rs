@@ -38,7 +38,7 @@ use serde::Serialize;
 
 pub use error::{Error, Result};
 pub use events::{Action, Event, EventStream, FileKind, Hook, Rule, EVENT_CHANNEL_CAPACITY};
-pub use store::{InstalledPolicy, PolicyStore, Stats};
+pub use store::{InstalledPolicy, Owner, PolicyStore, Stats};
 
 use skel::{DriftguardSkel, DriftguardSkelBuilder, OpenDriftguardSkel};
 

@@ -19,6 +19,37 @@ pub(crate) const MAP_LEVELS: &str = "dg_levels";
 pub(crate) const MAP_EVENTS: &str = "dg_events";
 pub(crate) const MAP_STATS: &str = "dg_stats";
 
+/// Who installed a policy. Reconciliation only removes what its own kind installed,
+/// so the NRI agent never drops entries an OCI hook made on the same node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Owner {
+    /// The agent, from NRI.
+    Agent,
+    /// `driftguard-oci-hook`.
+    OciHook,
+    /// Something else (tests, tools).
+    Other,
+}
+
+impl Owner {
+    fn as_raw(self) -> u32 {
+        match self {
+            Owner::Agent => 1,
+            Owner::OciHook => 2,
+            Owner::Other => 0,
+        }
+    }
+
+    fn from_raw(v: u32) -> Owner {
+        match v {
+            1 => Owner::Agent,
+            2 => Owner::OciHook,
+            _ => Owner::Other,
+        }
+    }
+}
+
 /// A policy as read back from the kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InstalledPolicy {
@@ -26,6 +57,8 @@ pub struct InstalledPolicy {
     pub cgroup_id: u64,
     /// Depth of the cgroup (root = 0).
     pub level: u32,
+    /// Who installed it.
+    pub owner: Owner,
     /// The policy (lists included).
     pub policy: Policy,
 }
@@ -102,6 +135,11 @@ impl PolicyStore {
     /// entry, then the level marker, then stale list entries go. A failure
     /// leaves the previous policy in force and removes what this call added.
     pub fn set(&self, cgroup_id: u64, level: u32, policy: &Policy) -> Result<()> {
+        self.set_owned(cgroup_id, level, policy, Owner::Other)
+    }
+
+    /// [`PolicyStore::set`], recording who installed the policy.
+    pub fn set_owned(&self, cgroup_id: u64, level: u32, policy: &Policy, owner: Owner) -> Result<()> {
         policy.validate()?;
         if policy.mode == Mode::Off {
             self.remove(cgroup_id)?;
@@ -130,7 +168,7 @@ impl PolicyStore {
                 added.push(key);
             }
         }
-        let raw = RawPolicy { mode: policy.mode.as_raw(), rules: policy.kernel_rules(), level, reserved: 0 };
+        let raw = RawPolicy { mode: policy.mode.as_raw(), rules: policy.kernel_rules(), level, reserved: owner.as_raw() };
         if let Err(e) = self.policies.update(&cgroup_id.to_le_bytes(), &raw.to_bytes(), MapFlags::ANY) {
             for k in &added {
                 let _ = self.paths.delete(k);
@@ -311,5 +349,5 @@ fn decode_policy(cgroup_id: u64, value: &[u8], lists: Option<&Vec<(String, u32)>
             None => {}
         }
     }
-    Ok(InstalledPolicy { cgroup_id, level: raw.level, policy })
+    Ok(InstalledPolicy { cgroup_id, level: raw.level, owner: Owner::from_raw(raw.reserved), policy })
 }

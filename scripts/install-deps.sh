@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Install everything driftguard needs to build, run and test on Debian 12 (bookworm), as root.
+# Idempotent. Used by the README's quick start, tests/run.sh and .ci/run.
+set -euo pipefail
+
+log() { echo "install-deps: $*" >&2; }
+[[ $(id -u) -eq 0 ]] || { log "run as root"; exit 1; }
+export DEBIAN_FRONTEND=noninteractive
+
+# qemu-system-x86 must come from bookworm-backports (the image's qemu-utils is the backports
+# build, so bookworm's qemu-system-x86 conflicts with it).
+if ! grep -rqsE '(^|[[:space:]])bookworm-backports([[:space:]]|$)' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    log "adding the bookworm-backports apt source"
+    cat >/etc/apt/sources.list.d/driftguard-backports.sources <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+fi
+
+pkgs=(
+    # build: BPF C via clang, libbpf-sys needs libelf/zlib, pkg-config, make
+    clang llvm libelf-dev zlib1g-dev pkg-config make
+    # tests: real container runtimes and the VM initramfs contents
+    busybox-static runc podman coreutils binutils xz-utils cpio iproute2 procps
+    # packaging: dpkg-deb / rpm inspection
+    dpkg-dev rpm
+)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+qemu_ok=0
+dpkg-query -W -f='${Status}' qemu-system-x86 2>/dev/null | grep -q "install ok installed" && qemu_ok=1
+
+if [[ ${#missing[@]} -gt 0 || $qemu_ok -eq 0 ]]; then
+    log "apt-get update"
+    apt-get update -qq
+fi
+if [[ ${#missing[@]} -gt 0 ]]; then
+    log "installing: ${missing[*]}"
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [[ $qemu_ok -eq 0 ]]; then
+    log "installing qemu-system-x86 from bookworm-backports"
+    apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86 >/dev/null
+fi
+
+command -v cargo >/dev/null || { log "cargo not found: install a Rust toolchain (>= 1.82), e.g. with rustup"; exit 1; }
+
+# bpffs and securityfs are usually mounted by systemd; make sure they are.
+mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf || log "could not mount bpffs on /sys/fs/bpf"
+mountpoint -q /sys/kernel/security || mount -t securityfs securityfs /sys/kernel/security || true
+log "done"

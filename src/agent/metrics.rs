@@ -1,0 +1,197 @@
+//! Prometheus metrics and their HTTP endpoint.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::enforcer::{EnforcementPath, Stats};
+use crate::policy::Mode;
+
+/// All driftguard metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Verdicts by action, rule and namespace.
+    pub verdicts: IntCounterVec,
+    /// Containers under policy by mode.
+    pub containers: IntGaugeVec,
+    /// Ring-buffer drops reported by the kernel.
+    pub ringbuf_drops: IntCounter,
+    /// Events decoded from the ring buffer.
+    pub events: IntCounter,
+    /// NRI reconnects (connections after the first).
+    pub nri_reconnects: IntCounter,
+    /// 1 while registered with the runtime.
+    pub nri_connected: IntGauge,
+    /// NRI handler latency by event.
+    pub handler_seconds: HistogramVec,
+    /// Containers refused (bad annotations, policy not installable with failure-policy fail).
+    pub refused: IntCounterVec,
+    /// Policy install failures by reason.
+    pub policy_errors: IntCounterVec,
+    /// 1 for the active enforcement path.
+    pub enforcement_path: IntGaugeVec,
+    last_drops: std::sync::atomic::AtomicU64,
+}
+
+impl Metrics {
+    /// Register every metric.
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new();
+        let verdicts = IntCounterVec::new(
+            Opts::new("driftguard_verdicts_total", "Exec/mmap verdicts reported by the kernel"),
+            &["action", "rule", "namespace"],
+        )
+        .expect("static metric definition");
+        let containers = IntGaugeVec::new(
+            Opts::new("driftguard_containers_under_policy", "Containers with a policy installed, by mode"),
+            &["mode"],
+        )
+        .expect("static metric definition");
+        let ringbuf_drops =
+            IntCounter::new("driftguard_ringbuf_drops_total", "Events lost because the ring buffer was full")
+                .expect("static metric definition");
+        let events = IntCounter::new("driftguard_events_total", "Events read from the ring buffer")
+            .expect("static metric definition");
+        let nri_reconnects = IntCounter::new("driftguard_nri_reconnects_total", "Reconnections to the NRI socket")
+            .expect("static metric definition");
+        let nri_connected = IntGauge::new("driftguard_nri_connected", "1 while the agent is registered with the runtime")
+            .expect("static metric definition");
+        let handler_seconds = HistogramVec::new(
+            HistogramOpts::new("driftguard_nri_handler_seconds", "Time spent handling NRI events").buckets(vec![
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0,
+            ]),
+            &["event"],
+        )
+        .expect("static metric definition");
+        let refused = IntCounterVec::new(
+            Opts::new("driftguard_containers_refused_total", "Containers refused through NRI"),
+            &["reason"],
+        )
+        .expect("static metric definition");
+        let policy_errors = IntCounterVec::new(
+            Opts::new("driftguard_policy_errors_total", "Failures to install or remove a policy"),
+            &["reason"],
+        )
+        .expect("static metric definition");
+        let enforcement_path = IntGaugeVec::new(
+            Opts::new("driftguard_enforcement_path", "1 for the active enforcement path (lsm or tracepoint_kill)"),
+            &["path"],
+        )
+        .expect("static metric definition");
+        for c in [
+            Box::new(verdicts.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(containers.clone()),
+            Box::new(ringbuf_drops.clone()),
+            Box::new(events.clone()),
+            Box::new(nri_reconnects.clone()),
+            Box::new(nri_connected.clone()),
+            Box::new(handler_seconds.clone()),
+            Box::new(refused.clone()),
+            Box::new(policy_errors.clone()),
+            Box::new(enforcement_path.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Arc::new(Metrics {
+            registry,
+            verdicts,
+            containers,
+            ringbuf_drops,
+            events,
+            nri_reconnects,
+            nri_connected,
+            handler_seconds,
+            refused,
+            policy_errors,
+            enforcement_path,
+            last_drops: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// Mark the active enforcement path.
+    pub fn set_path(&self, path: EnforcementPath) {
+        for p in [EnforcementPath::Lsm, EnforcementPath::TracepointKill] {
+            self.enforcement_path.with_label_values(&[p.as_str()]).set(i64::from(p == path));
+        }
+    }
+
+    /// Set the per-mode container gauge.
+    pub fn set_containers(&self, counts: &std::collections::HashMap<Mode, usize>) {
+        for m in [Mode::Monitor, Mode::Enforce] {
+            self.containers.with_label_values(&[m.as_str()]).set(counts.get(&m).copied().unwrap_or(0) as i64);
+        }
+    }
+
+    /// Fold kernel counters in (drops are cumulative in the pinned map).
+    pub fn observe_stats(&self, stats: &Stats) {
+        use std::sync::atomic::Ordering;
+        let last = self.last_drops.swap(stats.ringbuf_drops, Ordering::Relaxed);
+        if stats.ringbuf_drops > last {
+            self.ringbuf_drops.inc_by(stats.ringbuf_drops - last);
+        }
+    }
+
+    /// Seed the drop baseline (drops before this agent started are not re-reported).
+    pub fn baseline_stats(&self, stats: &Stats) {
+        self.last_drops.store(stats.ringbuf_drops, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Serve `/metrics` (and `/healthz`) on `addr` until the task is dropped.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "metrics endpoint listening");
+    loop {
+        let (mut sock, _) = listener.accept().await?;
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let n = match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf)).await {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let path = req.split_whitespace().nth(1).unwrap_or("/");
+            let (status, ctype, body) = match path {
+                "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
+                "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+                _ => ("404 Not Found", "text/plain", "not found: try /metrics\n".to_string()),
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family() {
+        let m = Metrics::new();
+        m.verdicts.with_label_values(&["deny", "drift", "default"]).inc();
+        m.set_path(EnforcementPath::TracepointKill);
+        m.baseline_stats(&Stats { ringbuf_drops: 5, ..Stats::default() });
+        m.observe_stats(&Stats { ringbuf_drops: 8, ..Stats::default() });
+        m.handler_seconds.with_label_values(&["start_container"]).observe(0.0003);
+        let text = m.render();
+        assert!(text.contains("driftguard_verdicts_total{action=\"deny\",namespace=\"default\",rule=\"drift\"} 1"));
+        assert!(text.contains("driftguard_enforcement_path{path=\"tracepoint_kill\"} 1"));
+        assert!(text.contains("driftguard_enforcement_path{path=\"lsm\"} 0"));
+        assert!(text.contains("driftguard_ringbuf_drops_total 3"));
+        assert!(text.contains("driftguard_nri_handler_seconds_bucket"));
+    }
+}

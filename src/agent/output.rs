@@ -1,0 +1,279 @@
+//! Enriched events: kernel verdicts joined with what the runtime told us, as JSON lines.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use super::registry::Registry;
+use crate::enforcer::{Action, Event, FileKind, Hook, Rule};
+use crate::policy::Mode;
+
+/// One JSON line of the event stream (`"event": "verdict"`). Schema documented in
+/// docs/events.md; fields are only ever added.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Verdict {
+    /// Always `"verdict"`.
+    pub event: &'static str,
+    /// RFC 3339 UTC time of the verdict.
+    pub time: String,
+    /// Node name.
+    pub node: String,
+    /// Pod namespace (empty when the cgroup is not a known container).
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Container name.
+    pub container: String,
+    /// Runtime container id.
+    pub container_id: String,
+    /// Image reference.
+    pub image: String,
+    /// Process id (host pid namespace).
+    pub pid: u32,
+    /// Parent pid.
+    pub ppid: u32,
+    /// Uid.
+    pub uid: u32,
+    /// Task name at the time of the check.
+    pub comm: String,
+    /// Resolved path as seen inside the container.
+    pub path: String,
+    /// Rule that matched.
+    pub rule: Rule,
+    /// What was done.
+    pub action: Action,
+    /// Kernel hook.
+    pub hook: Hook,
+    /// Where the file came from.
+    pub file: FileKind,
+    /// Mode of the policy.
+    pub mode: Mode,
+    /// Cgroup of the process.
+    pub cgroup_id: u64,
+    /// Cgroup whose policy applied.
+    pub policy_cgroup_id: u64,
+    /// The path was truncated by the kernel buffer.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub path_truncated: bool,
+}
+
+/// A status line (`"event": "notice"`): things an operator must know that are not verdicts,
+/// e.g. a container whose rootfs is not overlayfs.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Notice {
+    /// Always `"notice"`.
+    pub event: &'static str,
+    /// RFC 3339 time.
+    pub time: String,
+    /// Node.
+    pub node: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Pod.
+    pub pod: String,
+    /// Container.
+    pub container: String,
+    /// Container id.
+    pub container_id: String,
+    /// Machine-readable reason, e.g. `rootfs_not_overlay`.
+    pub reason: String,
+    /// Human-readable message.
+    pub message: String,
+}
+
+/// Converts CLOCK_BOOTTIME nanoseconds (BPF timestamps) to wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct BootClock {
+    boot_epoch: SystemTime,
+}
+
+impl BootClock {
+    /// Sample both clocks now.
+    pub fn now() -> Self {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime with a valid timespec pointer.
+        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+        let since_boot = Duration::new(ts.tv_sec.max(0) as u64, ts.tv_nsec.clamp(0, 999_999_999) as u32);
+        BootClock { boot_epoch: SystemTime::now().checked_sub(since_boot).unwrap_or(SystemTime::UNIX_EPOCH) }
+    }
+
+    /// Wall-clock time of a boot-time timestamp.
+    pub fn wall(&self, boot_ns: u64) -> SystemTime {
+        self.boot_epoch + Duration::from_nanos(boot_ns)
+    }
+}
+
+/// RFC 3339 with microseconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_micros(t).to_string()
+}
+
+/// Join a kernel event with the registry.
+pub fn enrich(ev: &Event, node: &str, registry: &Registry, clock: &BootClock) -> Verdict {
+    let c = registry.by_cgroup(ev.policy_cgroup_id);
+    let field = |f: fn(&super::registry::ContainerInfo) -> &String| c.as_ref().map(|c| f(c).clone()).unwrap_or_default();
+    Verdict {
+        event: "verdict",
+        time: rfc3339(clock.wall(ev.boot_ns)),
+        node: node.to_string(),
+        namespace: field(|c| &c.namespace),
+        pod: field(|c| &c.pod),
+        container: field(|c| &c.container),
+        container_id: field(|c| &c.container_id),
+        image: field(|c| &c.image),
+        pid: ev.pid,
+        ppid: ev.ppid,
+        uid: ev.uid,
+        comm: ev.comm.clone(),
+        path: ev.path.clone(),
+        rule: ev.rule,
+        action: ev.action,
+        hook: ev.hook,
+        file: ev.file,
+        mode: ev.mode,
+        cgroup_id: ev.cgroup_id,
+        policy_cgroup_id: ev.policy_cgroup_id,
+        path_truncated: ev.path_truncated,
+    }
+}
+
+/// Where JSON lines go: stdout and/or an append-only file.
+pub struct Sinks {
+    stdout: bool,
+    file: Option<std::fs::File>,
+}
+
+impl Sinks {
+    /// Open the sinks. The file is created if missing and appended to.
+    pub fn open(stdout: bool, file: Option<&Path>) -> std::io::Result<Self> {
+        let file = match file {
+            Some(p) => {
+                if let Some(dir) = p.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                Some(std::fs::OpenOptions::new().create(true).append(true).open(p)?)
+            }
+            None => None,
+        };
+        Ok(Sinks { stdout, file })
+    }
+
+    /// Write one line to every sink. Errors are logged, never fatal.
+    pub fn write_line(&mut self, line: &str) {
+        if self.stdout {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+        if let Some(f) = &mut self.file {
+            if let Err(e) = writeln!(f, "{line}") {
+                tracing::warn!(error = %e, "writing the event file failed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::registry::{ContainerInfo, Rootfs};
+
+    #[test]
+    fn enrich_joins_registry_and_serializes_schema() {
+        let reg = Registry::new(None);
+        reg.insert(ContainerInfo {
+            container_id: "abc".into(),
+            container: "app".into(),
+            pod: "web-1".into(),
+            namespace: "shop".into(),
+            pod_uid: "u".into(),
+            image: "nginx:1.27".into(),
+            cgroup_path: "/sys/fs/cgroup/x".into(),
+            cgroup_id: 42,
+            mode: Mode::Enforce,
+            rootfs: Rootfs::Overlay,
+        });
+        let ev = Event {
+            boot_ns: 1_000_000_000,
+            cgroup_id: 43,
+            policy_cgroup_id: 42,
+            pid: 7,
+            tid: 7,
+            ppid: 1,
+            uid: 0,
+            comm: "sh".into(),
+            path: "/tmp/x".into(),
+            rule: Rule::Drift,
+            action: Action::Deny,
+            hook: Hook::BprmCheck,
+            file: FileKind::Upper,
+            mode: Mode::Enforce,
+            path_truncated: false,
+            path_unresolved: false,
+        };
+        let v = enrich(&ev, "node-1", &reg, &BootClock::now());
+        let j = serde_json::to_value(&v).unwrap();
+        for (k, want) in [
+            ("event", "verdict"),
+            ("node", "node-1"),
+            ("namespace", "shop"),
+            ("pod", "web-1"),
+            ("container", "app"),
+            ("container_id", "abc"),
+            ("image", "nginx:1.27"),
+            ("path", "/tmp/x"),
+            ("rule", "drift"),
+            ("action", "deny"),
+            ("hook", "bprm_check"),
+            ("file", "upper"),
+            ("mode", "enforce"),
+        ] {
+            assert_eq!(j[k], want, "field {k}");
+        }
+        assert_eq!(j["pid"], 7);
+        assert!(j.get("path_truncated").is_none());
+        assert!(j["time"].as_str().unwrap().ends_with('Z'));
+        // Unknown cgroup: empty names, event still complete.
+        let unknown = enrich(&Event { policy_cgroup_id: 9, ..ev }, "n", &reg, &BootClock::now());
+        assert_eq!(unknown.namespace, "");
+    }
+
+    #[test]
+    fn boot_clock_is_close_to_now() {
+        let c = BootClock::now();
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+        let ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        let d = c.wall(ns).duration_since(SystemTime::now()).unwrap_or_else(|e| e.duration());
+        assert!(d < Duration::from_secs(1), "drift {d:?}");
+    }
+}
+
+/// Fan-out of JSON lines: the configured sinks plus live subscribers (`driftguard events`).
+pub struct Output {
+    sinks: std::sync::Mutex<Sinks>,
+    tx: tokio::sync::broadcast::Sender<String>,
+}
+
+impl Output {
+    /// Wrap the sinks.
+    pub fn new(sinks: Sinks) -> std::sync::Arc<Self> {
+        let (tx, _) = tokio::sync::broadcast::channel(4096);
+        std::sync::Arc::new(Output { sinks: std::sync::Mutex::new(sinks), tx })
+    }
+
+    /// Write a line everywhere.
+    pub fn emit(&self, line: &str) {
+        if let Ok(mut s) = self.sinks.lock() {
+            s.write_line(line);
+        }
+        let _ = self.tx.send(line.to_string());
+    }
+
+    /// Live copy of every line from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.tx.subscribe()
+    }
+}

@@ -1,0 +1,392 @@
+//! The NRI plugin: container lifecycle → cgroup → policy in the kernel.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use nri_plugin::api::{Container, ContainerState, ContainerUpdate, PodSandbox};
+use nri_plugin::{EventMask, HandlerResult, Plugin};
+
+use super::output::{rfc3339, Notice, Output};
+use super::registry::{ContainerInfo, Registry, Rootfs};
+use super::metrics::Metrics;
+use crate::annotations::{self, Defaults, FailurePolicy};
+use crate::cgroup::{self, CgroupError, CgroupRoot};
+use crate::enforcer::{Owner, PolicyStore};
+use crate::policy::Mode;
+
+/// Annotation containerd's CRI plugin sets with the image reference.
+const CRI_IMAGE_ANNOTATION: &str = "io.kubernetes.cri.image-name";
+
+/// Why a container's policy could not be put in place.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Bad `driftguard.dev/` annotation: always refuses the container.
+    #[error("driftguard refused container {container:?} of pod {namespace}/{pod}: {source}")]
+    Annotation {
+        /// Namespace.
+        namespace: String,
+        /// Pod.
+        pod: String,
+        /// Container.
+        container: String,
+        /// Cause.
+        source: annotations::AnnotationError,
+    },
+    /// The cgroup could not be found or resolved.
+    #[error("driftguard cannot find the cgroup of container {container:?} (cgroups_path {cgroups_path:?}): {source}")]
+    Cgroup {
+        /// Container.
+        container: String,
+        /// What the runtime gave.
+        cgroups_path: String,
+        /// Cause.
+        source: CgroupError,
+    },
+    /// The kernel maps refused the policy.
+    #[error("driftguard cannot install the policy of container {container:?}: {source}")]
+    Install {
+        /// Container.
+        container: String,
+        /// Cause.
+        source: crate::enforcer::Error,
+    },
+}
+
+/// What `apply` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Mode off: nothing installed (any earlier policy removed).
+    Off,
+    /// Installed in this mode on this cgroup.
+    Installed {
+        /// Mode.
+        mode: Mode,
+        /// Cgroup id.
+        cgroup_id: u64,
+    },
+    /// Could not install, failure policy `ignore`: the container runs unprotected.
+    Unprotected,
+}
+
+/// The driftguard NRI plugin.
+pub struct DriftguardPlugin {
+    store: PolicyStore,
+    registry: Arc<Registry>,
+    cgroot: CgroupRoot,
+    defaults: Defaults,
+    metrics: Arc<Metrics>,
+    output: Arc<Output>,
+    node: String,
+}
+
+impl DriftguardPlugin {
+    /// Build the plugin.
+    pub fn new(
+        store: PolicyStore,
+        registry: Arc<Registry>,
+        cgroot: CgroupRoot,
+        defaults: Defaults,
+        metrics: Arc<Metrics>,
+        output: Arc<Output>,
+        node: String,
+    ) -> Self {
+        DriftguardPlugin { store, registry, cgroot, defaults, metrics, output, node }
+    }
+
+    fn resolve(&self, pod: &PodSandbox, ctr: &Container) -> Result<annotations::ContainerPolicy, ApplyError> {
+        annotations::resolve(&self.defaults, &pod.annotations, &ctr.name, &ctr.annotations).map_err(|source| {
+            ApplyError::Annotation {
+                namespace: pod.namespace.clone(),
+                pod: pod.name.clone(),
+                container: ctr.name.clone(),
+                source,
+            }
+        })
+    }
+
+    /// Compute and install the policy of a started (or running) container.
+    pub fn apply(&self, pod: &PodSandbox, ctr: &Container) -> Result<Applied, ApplyError> {
+        let resolved = self.resolve(pod, ctr)?;
+        if resolved.policy.mode == Mode::Off {
+            self.forget(ctr);
+            return Ok(Applied::Off);
+        }
+        match self.install(pod, ctr, &resolved.policy) {
+            Ok(cgroup_id) => Ok(Applied::Installed { mode: resolved.policy.mode, cgroup_id }),
+            Err(e) => match resolved.failure_policy {
+                FailurePolicy::Fail => Err(e),
+                FailurePolicy::Ignore => {
+                    tracing::warn!(error = %e, "failure-policy ignore: container runs without drift protection");
+                    self.metrics.policy_errors.with_label_values(&["ignored"]).inc();
+                    self.notice(pod, ctr, "unprotected", &format!("{e}; failure-policy is ignore, so it runs unprotected"));
+                    Ok(Applied::Unprotected)
+                }
+            },
+        }
+    }
+
+    fn install(&self, pod: &PodSandbox, ctr: &Container, policy: &crate::policy::Policy) -> Result<u64, ApplyError> {
+        let cgroups_path = ctr.linux.cgroups_path.clone();
+        let cg_err = |source| ApplyError::Cgroup { container: ctr.name.clone(), cgroups_path: cgroups_path.clone(), source };
+        let path = self.cgroot.resolve_cgroups_path(&cgroups_path).map_err(cg_err)?;
+        let cgroup_id = cgroup::cgroup_id(&path).map_err(cg_err)?;
+        let level = self.cgroot.level(&path).map_err(cg_err)?;
+        self.store
+            .set_owned(cgroup_id, level, policy, Owner::Agent)
+            .map_err(|source| ApplyError::Install { container: ctr.name.clone(), source })?;
+        let rootfs = rootfs_of(ctr.pid);
+        if let Rootfs::Other(fs) = &rootfs {
+            self.notice(
+                pod,
+                ctr,
+                "rootfs_not_overlay",
+                &format!(
+                    "root filesystem is {fs}, not overlayfs: the drift rule cannot tell image files from written ones \
+                     for this container; deny/allow lists and the fileless rule still apply"
+                ),
+            );
+        }
+        // A container id re-started on a new cgroup leaves the old entry behind: drop it.
+        if let Some(old) = self.registry.get(&ctr.id) {
+            if old.cgroup_id != cgroup_id {
+                let _ = self.store.remove(old.cgroup_id);
+            }
+        }
+        self.registry.insert(ContainerInfo {
+            container_id: ctr.id.clone(),
+            container: ctr.name.clone(),
+            pod: pod.name.clone(),
+            namespace: pod.namespace.clone(),
+            pod_uid: pod.uid.clone(),
+            image: image_of(ctr),
+            cgroup_path: path.clone(),
+            cgroup_id,
+            mode: policy.mode,
+            rootfs,
+        });
+        self.metrics.set_containers(&self.registry.count_by_mode());
+        tracing::info!(
+            namespace = %pod.namespace, pod = %pod.name, container = %ctr.name, mode = %policy.mode,
+            cgroup = %path.display(), cgroup_id, "policy installed"
+        );
+        Ok(cgroup_id)
+    }
+
+    /// Remove a container's policy (stop/remove, or mode off).
+    pub fn forget(&self, ctr: &Container) {
+        let cgroup_id = match self.registry.remove(&ctr.id) {
+            Some(info) => Some(info.cgroup_id),
+            None => self
+                .cgroot
+                .resolve_cgroups_path(&ctr.linux.cgroups_path)
+                .ok()
+                .and_then(|p| cgroup::cgroup_id(&p).ok()),
+        };
+        if let Some(id) = cgroup_id {
+            match self.store.get(id) {
+                // Never remove what an OCI hook installed for the same cgroup.
+                Ok(Some(p)) if p.owner == Owner::OciHook => {}
+                Ok(Some(_)) => {
+                    if let Err(e) = self.store.remove(id) {
+                        tracing::warn!(container = %ctr.name, error = %e, "removing policy failed");
+                        self.metrics.policy_errors.with_label_values(&["remove"]).inc();
+                    } else {
+                        tracing::info!(container = %ctr.name, cgroup_id = id, "policy removed");
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(container = %ctr.name, error = %e, "reading policy failed"),
+            }
+        }
+        self.metrics.set_containers(&self.registry.count_by_mode());
+    }
+
+    /// Bring the kernel maps in line with the runtime's view: install missing policies,
+    /// drop stale agent-owned ones (including pinned leftovers from before a restart).
+    pub fn reconcile(&self, pods: &[PodSandbox], containers: &[Container]) -> ReconcileReport {
+        let pods: HashMap<&str, &PodSandbox> = pods.iter().map(|p| (p.id.as_str(), p)).collect();
+        let mut report = ReconcileReport::default();
+        let mut keep: HashSet<u64> = HashSet::new();
+        let mut keep_ids: HashSet<String> = HashSet::new();
+        let empty = PodSandbox::default();
+        for ctr in containers {
+            let state = ctr.state.enum_value_or_default();
+            if state != ContainerState::CONTAINER_RUNNING && state != ContainerState::CONTAINER_PAUSED {
+                continue;
+            }
+            let pod = pods.get(ctr.pod_sandbox_id.as_str()).copied().unwrap_or(&empty);
+            match self.apply(pod, ctr) {
+                Ok(Applied::Installed { cgroup_id, .. }) => {
+                    keep.insert(cgroup_id);
+                    keep_ids.insert(ctr.id.clone());
+                    report.installed += 1;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    // A running container cannot be refused any more: report loudly.
+                    tracing::error!(error = %e, "container already running without its policy");
+                    self.metrics.policy_errors.with_label_values(&["synchronize"]).inc();
+                    report.failed += 1;
+                }
+            }
+        }
+        for c in self.registry.snapshot() {
+            if !keep_ids.contains(&c.container_id) {
+                self.registry.remove(&c.container_id);
+            }
+        }
+        match self.store.list() {
+            Ok(list) => {
+                for p in list {
+                    if p.owner == Owner::Agent && !keep.contains(&p.cgroup_id) {
+                        if self.store.remove(p.cgroup_id).is_ok() {
+                            report.removed_stale += 1;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "listing policies for reconciliation failed"),
+        }
+        if let Err(e) = self.store.compact_levels() {
+            tracing::warn!(error = %e, "compacting cgroup levels failed");
+        }
+        self.metrics.set_containers(&self.registry.count_by_mode());
+        report
+    }
+
+    fn notice(&self, pod: &PodSandbox, ctr: &Container, reason: &str, message: &str) {
+        let n = Notice {
+            event: "notice",
+            time: rfc3339(std::time::SystemTime::now()),
+            node: self.node.clone(),
+            namespace: pod.namespace.clone(),
+            pod: pod.name.clone(),
+            container: ctr.name.clone(),
+            container_id: ctr.id.clone(),
+            reason: reason.to_string(),
+            message: message.to_string(),
+        };
+        tracing::warn!(namespace = %pod.namespace, pod = %pod.name, container = %ctr.name, reason, "{message}");
+        if let Ok(line) = serde_json::to_string(&n) {
+            self.output.emit(&line);
+        }
+    }
+
+    fn timed<T>(&self, event: &str, f: impl FnOnce() -> T) -> T {
+        let t = Instant::now();
+        let r = f();
+        self.metrics.handler_seconds.with_label_values(&[event]).observe(t.elapsed().as_secs_f64());
+        r
+    }
+}
+
+/// Result of [`DriftguardPlugin::reconcile`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Policies installed or refreshed.
+    pub installed: usize,
+    /// Containers whose policy could not be installed.
+    pub failed: usize,
+    /// Stale agent-owned entries removed.
+    pub removed_stale: usize,
+}
+
+fn image_of(ctr: &Container) -> String {
+    let name = &ctr.image.name;
+    if !name.is_empty() {
+        return name.clone();
+    }
+    ctr.annotations.get(CRI_IMAGE_ANNOTATION).cloned().unwrap_or_default()
+}
+
+/// The filesystem type of a process's root, from /proc/<pid>/mountinfo.
+pub fn rootfs_of(pid: u32) -> Rootfs {
+    if pid == 0 {
+        return Rootfs::Unknown;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/mountinfo")) {
+        Ok(mi) => root_fstype(&mi).map(|t| if t == "overlay" { Rootfs::Overlay } else { Rootfs::Other(t) }).unwrap_or(Rootfs::Unknown),
+        Err(_) => Rootfs::Unknown,
+    }
+}
+
+/// fstype of the last mount on "/" in a mountinfo text.
+pub fn root_fstype(mountinfo: &str) -> Option<String> {
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let mount_point = pre.split_whitespace().nth(4)?;
+            (mount_point == "/").then(|| post.split_whitespace().next().map(str::to_string))?
+        })
+        .last()
+}
+
+fn refuse(metrics: &Metrics, e: ApplyError) -> nri_plugin::BoxError {
+    let reason = match &e {
+        ApplyError::Annotation { .. } => "annotation",
+        ApplyError::Cgroup { .. } => "cgroup",
+        ApplyError::Install { .. } => "install",
+    };
+    metrics.refused.with_label_values(&[reason]).inc();
+    tracing::warn!(error = %e, "refusing container");
+    Box::new(e)
+}
+
+#[nri_plugin::async_trait]
+impl Plugin for DriftguardPlugin {
+    fn events(&self) -> EventMask {
+        EventMask::LIFECYCLE
+    }
+
+    async fn synchronize(&self, pods: Vec<PodSandbox>, containers: Vec<Container>) -> HandlerResult<Vec<ContainerUpdate>> {
+        let report = self.timed("synchronize", || self.reconcile(&pods, &containers));
+        tracing::info!(
+            pods = pods.len(), containers = containers.len(), installed = report.installed,
+            failed = report.failed, removed_stale = report.removed_stale, "synchronized with the runtime"
+        );
+        Ok(Vec::new())
+    }
+
+    async fn create_container(
+        &self,
+        pod: &PodSandbox,
+        ctr: &Container,
+    ) -> HandlerResult<nri_plugin::api::CreateContainerResponse> {
+        // The cgroup does not exist yet; refuse bad annotations as early as possible.
+        self.timed("create_container", || self.resolve(pod, ctr)).map_err(|e| refuse(&self.metrics, e))?;
+        Ok(Default::default())
+    }
+
+    async fn start_container(&self, pod: &PodSandbox, ctr: &Container) -> HandlerResult<()> {
+        // Task created (cgroup exists, init waiting), entrypoint not yet exec'd: install now.
+        self.timed("start_container", || self.apply(pod, ctr)).map_err(|e| refuse(&self.metrics, e))?;
+        Ok(())
+    }
+
+    async fn stop_container(&self, _pod: &PodSandbox, ctr: &Container) -> HandlerResult<Vec<ContainerUpdate>> {
+        self.timed("stop_container", || self.forget(ctr));
+        Ok(Vec::new())
+    }
+
+    async fn remove_container(&self, _pod: &PodSandbox, ctr: &Container) -> HandlerResult<()> {
+        self.timed("remove_container", || self.forget(ctr));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_fstype_takes_the_last_root_mount() {
+        let mi = "22 1 0:21 / / rw - ext4 /dev/vda rw\n\
+                  30 22 0:40 / / rw,relatime - overlay overlay rw,lowerdir=/l,upperdir=/u,workdir=/w\n\
+                  31 30 0:5 / /proc rw - proc proc rw\n";
+        assert_eq!(root_fstype(mi).as_deref(), Some("overlay"));
+        assert_eq!(root_fstype("31 30 0:5 / /proc rw - proc proc rw\n"), None);
+        assert_eq!(rootfs_of(0), Rootfs::Unknown);
+    }
+}

@@ -1,0 +1,867 @@
+//! `driftguard check`: is this node ready for driftguard, and what to do if not.
+//!
+//! Every item has a status (`ok`, `warn`, `fail`), what was found and, when
+//! something should change, a concrete command or config line. The decisions
+//! are pure functions over the inputs read from the system (lsm list, mountinfo,
+//! containerd config text, version strings), unit-tested below; `gather`
+//! only reads the system.
+use std::fmt::Write as _;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use driftguard::cgroup::CgroupRoot;
+use driftguard::config::Config;
+use driftguard::enforcer::{self, EnforcementPath, Enforcer, EnforcerOptions};
+use serde::Serialize;
+
+const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+const LSM_LIST: &str = "/sys/kernel/security/lsm";
+const LOCKDOWN: &str = "/sys/kernel/security/lockdown";
+const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
+const NRI_SECTION: &str = "io.containerd.nri.v1.nri";
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// Outcome of one check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Warn => "warn",
+            Status::Fail => "fail",
+        }
+    }
+}
+
+/// One line of the report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Item {
+    /// Stable identifier (`btf`, `bpf_lsm`, ...).
+    pub name: &'static str,
+    pub status: Status,
+    /// What was found.
+    pub detail: String,
+    /// What to do about it (command or config text); `None` when nothing is needed.
+    pub fix: Option<String>,
+}
+
+impl Item {
+    fn ok(name: &'static str, detail: impl Into<String>) -> Self {
+        Item { name, status: Status::Ok, detail: detail.into(), fix: None }
+    }
+    fn warn(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
+        Item { name, status: Status::Warn, detail: detail.into(), fix: Some(fix.into()) }
+    }
+    fn fail(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
+        Item { name, status: Status::Fail, detail: detail.into(), fix: Some(fix.into()) }
+    }
+}
+
+/// Names of every item, in report order (the integration test relies on them).
+pub const ITEM_NAMES: [&str; 14] = [
+    "root",
+    "kernel",
+    "btf",
+    "lockdown",
+    "bpf_lsm",
+    "enforcement",
+    "bpffs",
+    "overlayfs",
+    "cgroup_v2",
+    "nri_socket",
+    "containerd",
+    "containerd_nri",
+    "runc",
+    "podman",
+];
+
+pub fn run(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let items = gather(cfg);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&items)?);
+    } else {
+        print!("{}", render_text(&items));
+    }
+    Ok(if items.iter().any(|i| i.status == Status::Fail) { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn render_text(items: &[Item]) -> String {
+    let width = items.iter().map(|i| i.name.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for i in items {
+        let tag = format!("[{}]", i.status.as_str());
+        let _ = writeln!(out, "{tag:<7}{:<width$}  {}", i.name, i.detail.replace('\n', "\n         "));
+        if let Some(fix) = &i.fix {
+            let pad = " ".repeat(7 + width + 2);
+            let mut lines = fix.lines();
+            if let Some(first) = lines.next() {
+                let _ = writeln!(out, "{pad}fix: {first}");
+            }
+            for l in lines {
+                let _ = writeln!(out, "{pad}     {l}");
+            }
+        }
+    }
+    let count = |s| items.iter().filter(|i| i.status == s).count();
+    let _ = writeln!(
+        out,
+        "\n{} ok, {} warn, {} fail",
+        count(Status::Ok),
+        count(Status::Warn),
+        count(Status::Fail)
+    );
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Gathering (reads the system, calls the pure checks)
+
+fn gather(cfg: &Config) -> Vec<Item> {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    let cap_eff = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| parse_cap_eff(&s));
+    let root = check_root(euid, cap_eff);
+    let privileged = root.status != Status::Fail;
+
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let kernel = check_kernel(release.trim());
+
+    let btf = check_btf(Path::new(BTF_PATH).exists());
+
+    // bpf_lsm_active mounts securityfs when it is missing (root only).
+    let lsm_verdict = enforcer::bpf_lsm_active();
+    let lsm_list = std::fs::read_to_string(LSM_LIST).ok();
+    let kconfig = std::fs::read_to_string(format!("/boot/config-{}", release.trim())).ok();
+    let bpf_lsm = check_bpf_lsm(lsm_list.as_deref(), lsm_verdict.err().as_deref(), kconfig.as_deref());
+
+    let lockdown = check_lockdown(std::fs::read_to_string(LOCKDOWN).ok().as_deref());
+
+    let enforcement = check_enforcement(cfg, privileged && btf.status == Status::Ok);
+
+    let bpffs = {
+        let parent = cfg.bpf.pin_dir.parent().unwrap_or(Path::new("/sys/fs/bpf")).to_path_buf();
+        check_bpffs(&parent, is_bpffs(&parent))
+    };
+
+    let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    let overlay_module = overlay_module_present(release.trim());
+    let overlayfs = check_overlayfs(&filesystems, overlay_module);
+
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let cgroup = check_cgroup(&mountinfo, cfg.cgroup.root.as_deref());
+
+    let containerd_bin = find_in_path("containerd");
+    let containerd_version_text = containerd_bin.as_ref().and_then(|p| command_output(p, &["--version"]));
+    let containerd_version = containerd_version_text.as_deref().and_then(parse_containerd_version);
+    let containerd = check_containerd(containerd_bin.as_deref(), containerd_version_text.as_deref(), containerd_version);
+
+    let config_text = std::fs::read_to_string(CONTAINERD_CONFIG).ok();
+    let nri = check_containerd_nri(
+        config_text.as_deref(),
+        Path::new(CONTAINERD_CONFIG),
+        containerd_bin.is_some(),
+        containerd_version,
+        &cfg.nri.socket,
+    );
+
+    let socket_kind = match std::fs::metadata(&cfg.nri.socket) {
+        Ok(md) if md.file_type().is_socket() => SocketState::Socket,
+        Ok(_) => SocketState::NotASocket,
+        Err(_) => SocketState::Missing,
+    };
+    let nri_socket = check_nri_socket(&cfg.nri.socket, socket_kind, containerd_bin.is_some(), nri.status);
+
+    let runc_bin = find_in_path("runc");
+    let runc_version = runc_bin.as_ref().and_then(|p| command_output(p, &["--version"]));
+    let runc = check_runtime_tool("runc", runc_bin.as_deref(), runc_version.as_deref());
+    let podman_bin = find_in_path("podman");
+    let podman_version = podman_bin.as_ref().and_then(|p| command_output(p, &["--version"]));
+    let podman = check_runtime_tool("podman", podman_bin.as_deref(), podman_version.as_deref());
+
+    let items = vec![
+        root,
+        kernel,
+        btf,
+        lockdown,
+        bpf_lsm,
+        enforcement,
+        bpffs,
+        overlayfs,
+        cgroup,
+        nri_socket,
+        containerd,
+        nri,
+        runc,
+        podman,
+    ];
+    debug_assert!(items.iter().map(|i| i.name).eq(ITEM_NAMES));
+    items
+}
+
+fn check_enforcement(cfg: &Config, can_probe: bool) -> Item {
+    let dir = &cfg.bpf.pin_dir;
+    match enforcer::pinned_path(dir) {
+        Some(EnforcementPath::Lsm) => Item::ok(
+            "enforcement",
+            format!("BPF LSM enforcement pinned under {} (exec of drifted files fails with EPERM)", dir.display()),
+        ),
+        Some(EnforcementPath::TracepointKill) => Item::warn(
+            "enforcement",
+            format!(
+                "fallback enforcement pinned under {}: drifted binaries are SIGKILLed right after exec; \
+                 no checks of executable mappings (ld.so, LD_PRELOAD), #! scripts are seen as their interpreter",
+                dir.display()
+            ),
+            "enable BPF LSM (see bpf_lsm), then restart the agent: it replaces the pinned links without a gap",
+        ),
+        None if !can_probe => Item::warn(
+            "enforcement",
+            format!("nothing pinned under {} and the load test was skipped (needs root and BTF)", dir.display()),
+            "fix the items above, then run `driftguard check` again as root",
+        ),
+        None => {
+            // Load test: attach unpinned programs for a moment (no policy installed: nothing is affected).
+            match Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: cfg.bpf.force_fallback }) {
+                Ok(e) => {
+                    let not_running = format!("no agent enforcement pinned under {}", dir.display());
+                    let start = "start the agent: `driftguard run` (or the DaemonSet)";
+                    match e.path() {
+                        EnforcementPath::Lsm => Item::warn(
+                            "enforcement",
+                            format!("{not_running}; load test: BPF LSM programs load and attach (path: lsm)"),
+                            start,
+                        ),
+                        EnforcementPath::TracepointKill => Item::warn(
+                            "enforcement",
+                            format!(
+                                "{not_running}; load test: BPF LSM unusable, the exec tracepoint fallback works \
+                                 (path: tracepoint_kill; drifted binaries are SIGKILLed, exit 137). Reason: {}",
+                                first_line(e.fallback_reason().unwrap_or("unknown"))
+                            ),
+                            format!("{start}; for EPERM instead of SIGKILL enable BPF LSM (see bpf_lsm)"),
+                        ),
+                    }
+                }
+                Err(e) => Item::fail(
+                    "enforcement",
+                    format!("load test failed: no enforcement path works: {}", first_line(&e.to_string())),
+                    "run `DRIFTGUARD_LOG=debug driftguard check` for the verifier log; see the kernel, btf and lockdown items",
+                ),
+            }
+        }
+    }
+}
+
+fn is_bpffs(p: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else { return false };
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: statfs with a valid path and output buffer.
+    if unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: statfs succeeded and filled the struct.
+    let st = unsafe { st.assume_init() };
+    st.f_type as i64 == BPF_FS_MAGIC
+}
+
+fn overlay_module_present(release: &str) -> bool {
+    let base = PathBuf::from(format!("/lib/modules/{release}/kernel/fs/overlayfs"));
+    ["overlay.ko", "overlay.ko.xz", "overlay.ko.zst", "overlay.ko.gz"].iter().any(|f| base.join(f).exists())
+}
+
+/// `name` on `$PATH`, or in the sbin directories (not on a normal user's PATH).
+pub(crate) fn find_in_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let extra = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+    std::env::split_paths(&path)
+        .chain(extra.iter().map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+fn command_output(bin: &Path, args: &[&str]) -> Option<String> {
+    let out = Command::new(bin).args(args).stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
+
+// ---------------------------------------------------------------------------
+// Pure checks
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+fn parse_cap_eff(status: &str) -> Option<u64> {
+    status.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+}
+
+fn check_root(euid: u32, cap_eff: Option<u64>) -> Item {
+    let has = |cap: u32| cap_eff.is_some_and(|c| c & (1u64 << cap) != 0);
+    let missing: Vec<&str> = [(CAP_SYS_ADMIN, "CAP_SYS_ADMIN"), (CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .into_iter()
+        .filter(|(c, _)| !has(*c))
+        .map(|(_, n)| n)
+        .collect();
+    if euid != 0 {
+        return Item::fail(
+            "root",
+            format!("running as uid {euid}: the agent loads BPF programs, mounts and reads every cgroup"),
+            "run as root: `sudo driftguard check` (the DaemonSet runs privileged)",
+        );
+    }
+    if missing.is_empty() {
+        Item::ok("root", "running as root with CAP_SYS_ADMIN, CAP_BPF and CAP_PERFMON")
+    } else {
+        Item::fail(
+            "root",
+            format!("root, but the effective capabilities lack {}", missing.join(", ")),
+            "run privileged (Kubernetes: securityContext.privileged: true, or add the capabilities \
+             SYS_ADMIN, BPF, PERFMON), not in a restricted container",
+        )
+    }
+}
+
+fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut it = release.split(|c: char| !c.is_ascii_digit());
+    let major = it.next()?.parse().ok()?;
+    let minor = it.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+fn check_kernel(release: &str) -> Item {
+    match parse_kernel_version(release) {
+        None => Item::warn("kernel", format!("cannot parse kernel release {release:?}"), "check `uname -r`"),
+        Some(v) if v < (5, 17) => Item::fail(
+            "kernel",
+            format!("kernel {release}: too old (BPF ring buffer, bpf_loop and BPF LSM need at least 5.17)"),
+            "upgrade the kernel; tested: 6.1, 6.12, 6.18 (Debian bookworm: linux-image-cloud-amd64)",
+        ),
+        Some(v) if v < (6, 1) => Item::warn(
+            "kernel",
+            format!("kernel {release}: should work but is older than any tested kernel (6.1, 6.12, 6.18)"),
+            "prefer kernel 6.1 or newer",
+        ),
+        Some(_) => Item::ok("kernel", format!("kernel {release}")),
+    }
+}
+
+fn check_btf(present: bool) -> Item {
+    if present {
+        Item::ok("btf", format!("{BTF_PATH} present (CO-RE relocation works)"))
+    } else {
+        Item::fail(
+            "btf",
+            format!("{BTF_PATH} is missing: the BPF programs cannot be relocated for this kernel"),
+            "use a kernel built with CONFIG_DEBUG_INFO_BTF=y (every current distribution kernel is)",
+        )
+    }
+}
+
+fn parse_lsm_list(list: &str) -> Vec<&str> {
+    list.trim().split(',').map(str::trim).filter(|s| !s.is_empty()).collect()
+}
+
+/// `lsm=` value to put on the kernel command line: the active list with `bpf` appended.
+fn lsm_cmdline(active: &[&str]) -> String {
+    let mut v: Vec<&str> = active.iter().copied().filter(|l| *l != "bpf").collect();
+    v.push("bpf");
+    format!("lsm={}", v.join(","))
+}
+
+fn check_bpf_lsm(list: Option<&str>, verdict_err: Option<&str>, kconfig: Option<&str>) -> Item {
+    let Some(list) = list else {
+        return Item::warn(
+            "bpf_lsm",
+            format!("cannot read {LSM_LIST}: {}", verdict_err.unwrap_or("securityfs not mounted")),
+            "mount -t securityfs securityfs /sys/kernel/security   (as root)",
+        );
+    };
+    let active = parse_lsm_list(list);
+    if active.contains(&"bpf") {
+        return Item::ok("bpf_lsm", format!("bpf is in the active LSM list ({})", active.join(",")));
+    }
+    let built = kconfig.map(|c| c.lines().any(|l| l.trim() == "CONFIG_BPF_LSM=y"));
+    let cmdline = lsm_cmdline(&active);
+    let detail = format!(
+        "BPF LSM is not active (active LSMs: {}): the tracepoint fallback is used (SIGKILL after exec, no mmap checks)",
+        if active.is_empty() { "none".to_string() } else { active.join(",") }
+    );
+    let fix = match built {
+        Some(false) => format!(
+            "this kernel is built without CONFIG_BPF_LSM=y: use a kernel that has it (e.g. Debian's), then boot with {cmdline}"
+        ),
+        _ => format!(
+            "add {cmdline} to the kernel command line, e.g. in /etc/default/grub:\n\
+             GRUB_CMDLINE_LINUX=\"... {cmdline}\"\n\
+             then `update-grub` (or `grub2-mkconfig -o /boot/grub2/grub.cfg`) and reboot"
+        ),
+    };
+    Item::warn("bpf_lsm", detail, fix)
+}
+
+fn check_lockdown(text: Option<&str>) -> Item {
+    let Some(text) = text else {
+        return Item::ok("lockdown", "kernel lockdown not present");
+    };
+    let current = text.split_whitespace().find(|w| w.starts_with('[')).map(|w| w.trim_matches(['[', ']']));
+    match current {
+        Some("confidentiality") => Item::fail(
+            "lockdown",
+            "kernel lockdown is 'confidentiality': BPF programs may not read kernel memory",
+            "boot with lockdown=integrity or lockdown=none (Secure Boot may force it: check `mokutil --sb-state`)",
+        ),
+        Some(mode) => Item::ok("lockdown", format!("kernel lockdown: {mode}")),
+        None => Item::ok("lockdown", format!("kernel lockdown: {}", text.trim())),
+    }
+}
+
+fn check_bpffs(parent: &Path, mounted: bool) -> Item {
+    if mounted {
+        return Item::ok("bpffs", format!("{} is a bpf filesystem (pins survive agent restarts)", parent.display()));
+    }
+    if parent == Path::new("/sys/fs/bpf") {
+        Item::warn(
+            "bpffs",
+            "/sys/fs/bpf is not mounted (the agent mounts it when it starts)",
+            "mount -t bpf bpf /sys/fs/bpf   (persist: `bpf /sys/fs/bpf bpf defaults 0 0` in /etc/fstab)",
+        )
+    } else {
+        Item::fail(
+            "bpffs",
+            format!("{} (parent of bpf.pin_dir) is not a bpf filesystem", parent.display()),
+            format!("mount -t bpf bpf {}   or set bpf.pin_dir under /sys/fs/bpf", parent.display()),
+        )
+    }
+}
+
+fn check_overlayfs(proc_filesystems: &str, module_present: bool) -> Item {
+    let loaded = proc_filesystems.lines().any(|l| l.split_whitespace().last() == Some("overlay"));
+    if loaded {
+        Item::ok("overlayfs", "overlay filesystem available (drift = files in the container's upper layer)")
+    } else if module_present {
+        Item::warn(
+            "overlayfs",
+            "overlay module not loaded (containerd/runc load it on first use)",
+            "modprobe overlay   (persist: `echo overlay > /etc/modules-load.d/overlay.conf`)",
+        )
+    } else {
+        Item::fail(
+            "overlayfs",
+            "overlay filesystem not in /proc/filesystems and no overlay module found: drift cannot be detected",
+            "use a kernel with CONFIG_OVERLAY_FS, and the overlayfs snapshotter (containerd default)",
+        )
+    }
+}
+
+fn check_cgroup(mountinfo: &str, configured: Option<&Path>) -> Item {
+    if let Some(root) = configured {
+        return Item::ok("cgroup_v2", format!("cgroup root set in the config: {}", root.display()));
+    }
+    match CgroupRoot::from_mountinfo(mountinfo) {
+        Some(r) if r.path == Path::new("/sys/fs/cgroup") => {
+            Item::ok("cgroup_v2", "pure cgroup v2 (unified hierarchy at /sys/fs/cgroup)")
+        }
+        Some(r) => Item::ok(
+            "cgroup_v2",
+            format!(
+                "hybrid: cgroup v1 controllers plus cgroup2 at {}; containers are found in the unified hierarchy \
+                 (runc and containerd's cgroupfs driver put them there)",
+                r.path.display()
+            ),
+        ),
+        None => Item::fail(
+            "cgroup_v2",
+            "no cgroup2 filesystem mounted: policy is keyed by cgroup v2 id",
+            "boot with systemd.unified_cgroup_hierarchy=1 (pure v2), or at least \
+             `mount -t cgroup2 none /sys/fs/cgroup/unified`",
+        ),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SocketState {
+    Socket,
+    NotASocket,
+    Missing,
+}
+
+fn check_nri_socket(path: &Path, state: SocketState, containerd_installed: bool, nri_config: Status) -> Item {
+    match state {
+        SocketState::Socket => Item::ok("nri_socket", format!("{} is a socket", path.display())),
+        SocketState::NotASocket => Item::fail(
+            "nri_socket",
+            format!("{} exists but is not a socket", path.display()),
+            "point nri.socket in /etc/driftguard/config.toml at the runtime's NRI socket",
+        ),
+        SocketState::Missing => {
+            let why = if !containerd_installed {
+                "containerd is not installed (or not on PATH); CRI-O: NRI needs `[crio.nri] enable_nri = true`"
+            } else if nri_config != Status::Ok {
+                "containerd runs with NRI disabled (see containerd_nri)"
+            } else {
+                "containerd is not running, or uses another NRI socket_path"
+            };
+            Item::warn(
+                "nri_socket",
+                format!("{} is missing: {why}; without NRI, containers can only be covered by the OCI hook", path.display()),
+                "enable NRI (see containerd_nri) and `systemctl restart containerd`",
+            )
+        }
+    }
+}
+
+/// `containerd --version` → (major, minor). Accepts `v1.7.13`, `1.6.33`, `2.0.0-rc.1`.
+fn parse_containerd_version(text: &str) -> Option<(u32, u32)> {
+    text.split_whitespace().find_map(|w| {
+        let w = w.strip_prefix('v').unwrap_or(w);
+        let mut parts = w.split('.');
+        let major: u32 = parts.next()?.parse().ok()?;
+        let minor: u32 = parts.next()?.chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()?;
+        Some((major, minor))
+    })
+}
+
+fn check_containerd(bin: Option<&Path>, version_text: Option<&str>, version: Option<(u32, u32)>) -> Item {
+    let Some(bin) = bin else {
+        return Item::warn(
+            "containerd",
+            "containerd not found on PATH (fine for runc/podman with the OCI hook, or CRI-O)",
+            "Kubernetes nodes: install containerd 1.7 or newer (NRI support)",
+        );
+    };
+    let shown = version_text.map(|t| first_line(t).trim().to_string()).unwrap_or_else(|| "version unknown".into());
+    match version {
+        Some(v) if v < (1, 7) => Item::fail(
+            "containerd",
+            format!("{}: {shown}: NRI needs containerd 1.7 or newer", bin.display()),
+            "upgrade containerd to 1.7+ (or 2.x, where NRI is on by default)",
+        ),
+        Some(_) => Item::ok("containerd", format!("{}: {shown}", bin.display())),
+        None => Item::warn(
+            "containerd",
+            format!("{}: cannot tell the version ({shown})", bin.display()),
+            "check `containerd --version`: NRI needs 1.7 or newer",
+        ),
+    }
+}
+
+/// The TOML section that enables NRI (same section name for config versions 2 and 3).
+fn nri_toml(socket: &Path) -> String {
+    format!("[plugins.\"{NRI_SECTION}\"]\n  disable = false\n  socket_path = \"{}\"", socket.display())
+}
+
+fn check_containerd_nri(
+    config: Option<&str>,
+    config_path: &Path,
+    containerd_installed: bool,
+    containerd_version: Option<(u32, u32)>,
+    socket: &Path,
+) -> Item {
+    let restart = "systemctl restart containerd";
+    let Some(text) = config else {
+        if !containerd_installed {
+            return Item::warn(
+                "containerd_nri",
+                format!("{} not found and containerd not installed", config_path.display()),
+                format!("after installing containerd 1.7, add to {}:\nversion = 2\n{}", config_path.display(), nri_toml(socket)),
+            );
+        }
+        return match containerd_version {
+            Some((major, _)) if major >= 2 => {
+                Item::ok("containerd_nri", format!("no {}: containerd {major}.x enables NRI by default", config_path.display()))
+            }
+            _ => Item::fail(
+                "containerd_nri",
+                format!("no {}: containerd 1.7 keeps NRI disabled by default", config_path.display()),
+                format!("create {} with:\nversion = 2\n{}\nthen `{restart}`", config_path.display(), nri_toml(socket)),
+            ),
+        };
+    };
+    let doc: toml::Table = match text.parse() {
+        Ok(d) => d,
+        Err(e) => {
+            return Item::fail(
+                "containerd_nri",
+                format!("{} is not valid TOML: {}", config_path.display(), first_line(&e.to_string())),
+                format!("fix the file (`containerd config dump` shows what containerd uses), then `{restart}`"),
+            )
+        }
+    };
+    let cfg_version = doc.get("version").and_then(|v| v.as_integer()).unwrap_or(1);
+    let section = doc.get("plugins").and_then(|p| p.get(NRI_SECTION)).and_then(|s| s.as_table());
+    let disable = section.and_then(|s| s.get("disable")).and_then(|v| v.as_bool());
+    let no_connections = section.and_then(|s| s.get("disable_connections")).and_then(|v| v.as_bool()) == Some(true);
+    let socket_path = section.and_then(|s| s.get("socket_path")).and_then(|v| v.as_str());
+    let imports = doc.get("imports").and_then(|v| v.as_array()).is_some_and(|a| !a.is_empty());
+    let imports_note = if imports { " (the config imports drop-ins; NRI settings there were not read)" } else { "" };
+
+    // containerd 2.x enables NRI unless disabled; 1.7 disables it unless enabled.
+    // The binary's version decides the default; the config version is the hint when it is unknown.
+    let default_enabled = match containerd_version {
+        Some((major, _)) => major >= 2,
+        None => cfg_version >= 3,
+    };
+    let enabled = disable.map(|d| !d).unwrap_or(default_enabled);
+    let where_ = format!("{} (config version {cfg_version})", config_path.display());
+
+    if cfg_version < 2 {
+        return Item::fail(
+            "containerd_nri",
+            format!("{where_}: version 1 config format, NRI cannot be configured in it{imports_note}"),
+            format!(
+                "convert it: `containerd config migrate > new.toml` (2.x) or start from `containerd config default`, \
+                 then make sure it contains:\nversion = 2\n{}\nand `{restart}`",
+                nri_toml(socket)
+            ),
+        );
+    }
+    if !enabled {
+        let why = match disable {
+            Some(true) => format!("NRI is disabled (`disable = true` in [plugins.\"{NRI_SECTION}\"])"),
+            _ if cfg_version == 2 => {
+                "NRI is disabled: containerd 1.7 (config version 2) keeps it off unless `disable = false`".to_string()
+            }
+            _ => "NRI is disabled by default for this containerd version".to_string(),
+        };
+        let fix = match section {
+            Some(_) => format!(
+                "in the existing [plugins.\"{NRI_SECTION}\"] section of {} set:\n  disable = false\nthen `{restart}`",
+                config_path.display()
+            ),
+            None => format!("add to {}:\n{}\nthen `{restart}`", config_path.display(), nri_toml(socket)),
+        };
+        return Item::fail("containerd_nri", format!("{where_}: {why}{imports_note}"), fix);
+    }
+    if no_connections {
+        return Item::fail(
+            "containerd_nri",
+            format!("{where_}: NRI is on but `disable_connections = true` refuses external plugins like driftguard"),
+            format!("set `disable_connections = false` in [plugins.\"{NRI_SECTION}\"], then `{restart}`"),
+        );
+    }
+    if let Some(sp) = socket_path {
+        if Path::new(sp) != socket {
+            return Item::warn(
+                "containerd_nri",
+                format!("{where_}: NRI is on, socket_path is {sp} but driftguard connects to {}", socket.display()),
+                format!("set in /etc/driftguard/config.toml:\n[nri]\nsocket = \"{sp}\""),
+            );
+        }
+    }
+    let how = if disable == Some(false) { "`disable = false`" } else { "on by default in containerd 2.x" };
+    Item::ok("containerd_nri", format!("{where_}: NRI enabled ({how}){imports_note}"))
+}
+
+fn check_runtime_tool(name: &'static str, bin: Option<&Path>, version_text: Option<&str>) -> Item {
+    let role = match name {
+        "runc" => "OCI runtime: `driftguard demo` and the OCI hook path use it",
+        _ => "runs containers without Kubernetes; covered through the OCI hook (driftguard-oci-hook)",
+    };
+    match bin {
+        Some(b) => Item::ok(
+            name,
+            format!(
+                "{} ({}); {role}",
+                b.display(),
+                version_text.map(|t| first_line(t).trim().to_string()).unwrap_or_else(|| "version unknown".into())
+            ),
+        ),
+        None => Item::warn(
+            name,
+            format!("{name} not found; {role}"),
+            format!("apt-get install {name}   (only needed for the demo / OCI hook path)"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SOCK: &str = "/var/run/nri/nri.sock";
+
+    fn nri(config: Option<&str>, installed: bool, v: Option<(u32, u32)>) -> Item {
+        check_containerd_nri(config, Path::new(CONTAINERD_CONFIG), installed, v, Path::new(SOCK))
+    }
+
+    #[test]
+    fn cap_eff_parses() {
+        let s = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001fffeffffff\n";
+        let c = parse_cap_eff(s).unwrap();
+        assert_eq!(c, 0x1fffeffffff);
+        assert_eq!(check_root(0, Some(c)).status, Status::Ok);
+        let no_bpf = c & !(1 << CAP_BPF);
+        let i = check_root(0, Some(no_bpf));
+        assert_eq!(i.status, Status::Fail);
+        assert!(i.detail.contains("CAP_BPF"), "{i:?}");
+        assert_eq!(check_root(1000, Some(0)).status, Status::Fail);
+    }
+
+    #[test]
+    fn kernel_versions() {
+        assert_eq!(parse_kernel_version("6.18.0-custom"), Some((6, 18)));
+        assert_eq!(parse_kernel_version("6.1.0-28-cloud-amd64"), Some((6, 1)));
+        assert_eq!(parse_kernel_version("garbage"), None);
+        assert_eq!(check_kernel("5.10.0-30-amd64").status, Status::Fail);
+        assert_eq!(check_kernel("5.19.1").status, Status::Warn);
+        assert_eq!(check_kernel("6.12.9+bpo-cloud-amd64").status, Status::Ok);
+    }
+
+    #[test]
+    fn lsm_list_and_cmdline() {
+        let l = parse_lsm_list("lockdown,capability,landlock,yama,apparmor\n");
+        assert_eq!(l, ["lockdown", "capability", "landlock", "yama", "apparmor"]);
+        assert_eq!(lsm_cmdline(&l), "lsm=lockdown,capability,landlock,yama,apparmor,bpf");
+        let i = check_bpf_lsm(Some("lockdown,capability,apparmor"), None, None);
+        assert_eq!(i.status, Status::Warn);
+        assert!(i.fix.as_deref().unwrap().contains("lsm=lockdown,capability,apparmor,bpf"), "{i:?}");
+        assert!(i.detail.contains("lockdown,capability,apparmor"));
+        assert_eq!(check_bpf_lsm(Some("capability,bpf\n"), None, None).status, Status::Ok);
+        let no_kconfig = check_bpf_lsm(Some("capability"), None, Some("CONFIG_BPF=y\n# CONFIG_BPF_LSM is not set\n"));
+        assert!(no_kconfig.fix.unwrap().contains("without CONFIG_BPF_LSM"));
+        assert_eq!(check_bpf_lsm(None, Some("x"), None).status, Status::Warn);
+    }
+
+    #[test]
+    fn lockdown_modes() {
+        assert_eq!(check_lockdown(Some("none [integrity] confidentiality\n")).status, Status::Ok);
+        assert_eq!(check_lockdown(Some("none integrity [confidentiality]\n")).status, Status::Fail);
+        assert_eq!(check_lockdown(None).status, Status::Ok);
+    }
+
+    #[test]
+    fn overlay_and_bpffs() {
+        assert_eq!(check_overlayfs("nodev\tsysfs\nnodev\toverlay\n", false).status, Status::Ok);
+        assert_eq!(check_overlayfs("nodev\tsysfs\n", true).status, Status::Warn);
+        assert_eq!(check_overlayfs("nodev\tsysfs\n", false).status, Status::Fail);
+        assert_eq!(check_bpffs(Path::new("/sys/fs/bpf"), false).status, Status::Warn);
+        assert_eq!(check_bpffs(Path::new("/mnt/x"), false).status, Status::Fail);
+        assert_eq!(check_bpffs(Path::new("/sys/fs/bpf"), true).status, Status::Ok);
+    }
+
+    #[test]
+    fn cgroup_kinds() {
+        let pure = "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n";
+        let i = check_cgroup(pure, None);
+        assert_eq!(i.status, Status::Ok);
+        assert!(i.detail.starts_with("pure"));
+        let hybrid = "30 23 0:26 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n\
+                      31 30 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n\
+                      32 30 0:28 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
+        let i = check_cgroup(hybrid, None);
+        assert_eq!(i.status, Status::Ok);
+        assert!(i.detail.starts_with("hybrid") && i.detail.contains("/sys/fs/cgroup/unified"), "{i:?}");
+        let v1 = "32 30 0:28 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
+        assert_eq!(check_cgroup(v1, None).status, Status::Fail);
+        assert_eq!(check_cgroup(v1, Some(Path::new("/x"))).status, Status::Ok);
+    }
+
+    #[test]
+    fn containerd_versions() {
+        assert_eq!(
+            parse_containerd_version("containerd github.com/containerd/containerd v1.7.13 7c3aca7a6\n"),
+            Some((1, 7))
+        );
+        assert_eq!(parse_containerd_version("containerd containerd.io 1.6.33 d2d58213"), Some((1, 6)));
+        assert_eq!(parse_containerd_version("containerd github.com/containerd/containerd/v2 v2.0.0-rc.1 x"), Some((2, 0)));
+        assert_eq!(parse_containerd_version("nothing here"), None);
+        let bin = Path::new("/usr/bin/containerd");
+        assert_eq!(check_containerd(Some(bin), Some("x 1.6.3"), Some((1, 6))).status, Status::Fail);
+        assert_eq!(check_containerd(Some(bin), Some("x v1.7.2"), Some((1, 7))).status, Status::Ok);
+        assert_eq!(check_containerd(None, None, None).status, Status::Warn);
+    }
+
+    #[test]
+    fn containerd_17_needs_explicit_enable() {
+        let cfg = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"x\"\n";
+        let i = nri(Some(cfg), true, Some((1, 7)));
+        assert_eq!(i.status, Status::Fail, "{i:?}");
+        let fix = i.fix.unwrap();
+        assert!(fix.contains("[plugins.\"io.containerd.nri.v1.nri\"]\n  disable = false"), "{fix}");
+        // Without a binary version, config version 2 means 1.7 semantics.
+        assert_eq!(nri(Some(cfg), false, None).status, Status::Fail);
+
+        let on = "version = 2\n[plugins.\"io.containerd.nri.v1.nri\"]\n  disable = false\n";
+        assert_eq!(nri(Some(on), true, Some((1, 7))).status, Status::Ok);
+
+        let explicit_off = "version = 2\n[plugins.\"io.containerd.nri.v1.nri\"]\n  disable = true\n";
+        let i = nri(Some(explicit_off), true, Some((1, 7)));
+        assert_eq!(i.status, Status::Fail);
+        assert!(i.fix.unwrap().contains("set:\n  disable = false"));
+    }
+
+    #[test]
+    fn containerd_2_enabled_unless_disabled() {
+        let cfg = "version = 3\n";
+        assert_eq!(nri(Some(cfg), true, Some((2, 0))).status, Status::Ok);
+        assert_eq!(nri(Some(cfg), false, None).status, Status::Ok);
+        // A version 2 config on containerd 2.x: migrated, NRI default on.
+        assert_eq!(nri(Some("version = 2\n"), true, Some((2, 1))).status, Status::Ok);
+        let off = "version = 3\n[plugins.'io.containerd.nri.v1.nri']\ndisable = true\n";
+        assert_eq!(nri(Some(off), true, Some((2, 0))).status, Status::Fail);
+        let no_conn = "version = 3\n[plugins.\"io.containerd.nri.v1.nri\"]\ndisable_connections = true\n";
+        let i = nri(Some(no_conn), true, Some((2, 0)));
+        assert_eq!(i.status, Status::Fail);
+        assert!(i.detail.contains("disable_connections"));
+        let other_sock = "version = 3\n[plugins.\"io.containerd.nri.v1.nri\"]\nsocket_path = \"/run/other.sock\"\n";
+        let i = nri(Some(other_sock), true, Some((2, 0)));
+        assert_eq!(i.status, Status::Warn);
+        assert!(i.fix.unwrap().contains("socket = \"/run/other.sock\""));
+    }
+
+    #[test]
+    fn containerd_config_edge_cases() {
+        assert_eq!(nri(Some("this is = = not toml"), true, None).status, Status::Fail);
+        let v1 = nri(Some("[plugins.cri]\n"), true, Some((1, 7)));
+        assert_eq!(v1.status, Status::Fail);
+        assert!(v1.detail.contains("version 1"));
+        assert_eq!(nri(None, true, Some((1, 7))).status, Status::Fail);
+        assert_eq!(nri(None, true, Some((2, 0))).status, Status::Ok);
+        assert_eq!(nri(None, false, None).status, Status::Warn);
+        let imports = nri(Some("version = 3\nimports = [\"/etc/containerd/conf.d/*.toml\"]\n"), true, Some((2, 0)));
+        assert!(imports.detail.contains("drop-ins"), "{imports:?}");
+    }
+
+    #[test]
+    fn nri_socket_states() {
+        let p = Path::new(SOCK);
+        assert_eq!(check_nri_socket(p, SocketState::Socket, true, Status::Ok).status, Status::Ok);
+        assert_eq!(check_nri_socket(p, SocketState::NotASocket, true, Status::Ok).status, Status::Fail);
+        let i = check_nri_socket(p, SocketState::Missing, true, Status::Fail);
+        assert_eq!(i.status, Status::Warn);
+        assert!(i.detail.contains("NRI disabled"));
+        assert!(check_nri_socket(p, SocketState::Missing, false, Status::Warn).detail.contains("not installed"));
+    }
+
+    #[test]
+    fn text_rendering_aligns_and_shows_fixes() {
+        let items = vec![
+            Item::ok("btf", "present"),
+            Item::warn("bpf_lsm", "not active", "add lsm=x,bpf\nthen reboot"),
+            Item::fail("root", "uid 1000", "sudo"),
+        ];
+        let t = render_text(&items);
+        assert!(t.contains("[ok]   btf      present\n"), "{t}");
+        assert!(t.contains("[warn] bpf_lsm  not active\n"), "{t}");
+        assert!(t.contains("fix: add lsm=x,bpf\n"), "{t}");
+        assert!(t.contains("1 ok, 1 warn, 1 fail"), "{t}");
+        let j = serde_json::to_value(&items).unwrap();
+        assert_eq!(j[0]["status"], "ok");
+        assert!(j[0]["fix"].is_null());
+        assert_eq!(j[2]["name"], "root");
+    }
+}

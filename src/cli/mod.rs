@@ -1,0 +1,50 @@
+//! Subcommands of the `driftguard` binary. `anyhow` lives here, at the binary edge.
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use driftguard::config::{Config, LogFormat};
+
+pub mod check;
+pub mod demo;
+pub mod events;
+pub mod run;
+pub mod status;
+
+/// Load the configuration, set up logging, run one subcommand.
+pub fn dispatch(config: Option<&Path>, command: crate::Command) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(config).context("loading configuration")?;
+    init_logging(&cfg);
+    match command {
+        crate::Command::Run => run::run(cfg),
+        crate::Command::Status { json } => status::run(&cfg, json),
+        crate::Command::Events => events::run(&cfg),
+        crate::Command::Check { json } => check::run(&cfg, json),
+        crate::Command::Demo => demo::run(&cfg),
+        crate::Command::Unload => {
+            let report = driftguard::enforcer::unload(&cfg.bpf.pin_dir)
+                .with_context(|| format!("unloading {}", cfg.bpf.pin_dir.display()))?;
+            if report.removed.is_empty() {
+                println!("nothing pinned under {}", cfg.bpf.pin_dir.display());
+            } else {
+                for p in &report.removed {
+                    println!("removed {}", p.display());
+                }
+                println!("driftguard enforcement is unloaded: no container on this node is protected until the agent starts again");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn init_logging(cfg: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("DRIFTGUARD_LOG")
+        .or_else(|_| EnvFilter::try_new(&cfg.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match cfg.log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}

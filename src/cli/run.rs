@@ -1,0 +1,48 @@
+//! `driftguard run`: the systemd service's command.
+use std::process::ExitCode;
+
+use anyhow::Context;
+use driftguard::agent;
+use driftguard::config::Config;
+use driftguard::enforcer::{Enforcer, EnforcerOptions};
+
+pub fn run(cfg: Config) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("driftguard")
+        .build()
+        .context("starting the async runtime")?;
+    let enforcer = Enforcer::load(&EnforcerOptions {
+        pin_dir: Some(cfg.bpf.pin_dir.clone()),
+        force_fallback: cfg.bpf.force_fallback,
+    })
+    .context("loading BPF enforcement")?;
+    match enforcer.fallback_reason() {
+        None => tracing::info!("enforcement path: BPF LSM (exec and PROT_EXEC mappings denied with EPERM)"),
+        Some(why) => tracing::warn!(
+            reason = %why,
+            "enforcement path: exec tracepoint + SIGKILL fallback (no mmap checks; `#!` scripts seen as their interpreter)"
+        ),
+    }
+    let state_dir = agent::state_dir();
+    rt.block_on(agent::run(cfg, enforcer, state_dir, shutdown_signal()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => {}
+                _ = i.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

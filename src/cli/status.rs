@@ -1,0 +1,92 @@
+//! `driftguard status`: what is under policy, from the pinned maps.
+use std::collections::HashMap;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use driftguard::agent::{self, registry::ContainerInfo, Registry};
+use driftguard::cgroup::CgroupRoot;
+use driftguard::config::Config;
+use driftguard::enforcer::{self, PolicyStore};
+use serde::Serialize;
+
+#[derive(Serialize)]
+struct Row {
+    cgroup_id: u64,
+    cgroup: String,
+    mode: String,
+    owner: String,
+    namespace: String,
+    pod: String,
+    container: String,
+    rules: Vec<&'static str>,
+    allow: Vec<String>,
+    deny: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Status {
+    pin_dir: String,
+    enforcement_path: Option<&'static str>,
+    stats: enforcer::Stats,
+    containers: Vec<Row>,
+}
+
+pub fn run(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let store = PolicyStore::open_pinned(&cfg.bpf.pin_dir).context("opening pinned policy maps")?;
+    let path = enforcer::pinned_path(&cfg.bpf.pin_dir);
+    let known: HashMap<u64, ContainerInfo> = Registry::read_file(&agent::registry_file(&agent::state_dir()))
+        .into_iter()
+        .map(|c| (c.cgroup_id, c))
+        .collect();
+    let cgroot = cfg.cgroup.root.clone().map(CgroupRoot::at).or_else(|| CgroupRoot::detect().ok());
+    let mut rows = Vec::new();
+    for p in store.list().context("reading policies")? {
+        let info = known.get(&p.cgroup_id);
+        let cgroup = info
+            .map(|c| c.cgroup_path.display().to_string())
+            .or_else(|| cgroot.as_ref().and_then(|r| r.find_by_id(p.cgroup_id)).map(|p| p.display().to_string()))
+            .unwrap_or_else(|| "(cgroup gone)".into());
+        let r = &p.policy.rules;
+        let rules = [("drift", r.drift), ("fileless", r.fileless), ("non_overlay", r.non_overlay), ("allowlist_only", r.allowlist_only)]
+            .into_iter()
+            .filter_map(|(n, on)| on.then_some(n))
+            .collect();
+        rows.push(Row {
+            cgroup_id: p.cgroup_id,
+            cgroup,
+            mode: p.policy.mode.to_string(),
+            owner: format!("{:?}", p.owner).to_lowercase(),
+            namespace: info.map(|c| c.namespace.clone()).unwrap_or_default(),
+            pod: info.map(|c| c.pod.clone()).unwrap_or_default(),
+            container: info.map(|c| c.container.clone()).unwrap_or_default(),
+            rules,
+            allow: p.policy.allow.iter().map(|p| p.to_string()).collect(),
+            deny: p.policy.deny.iter().map(|p| p.to_string()).collect(),
+        });
+    }
+    let status = Status {
+        pin_dir: cfg.bpf.pin_dir.display().to_string(),
+        enforcement_path: path.map(|p| p.as_str()),
+        stats: store.stats().context("reading kernel counters")?,
+        containers: rows,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("enforcement: {} (pinned under {})", status.enforcement_path.unwrap_or("NOT ATTACHED"), status.pin_dir);
+    let s = &status.stats;
+    println!(
+        "kernel counters: checks {} denies {} kills {} alerts {} events {} ring-buffer drops {}",
+        s.checks, s.denies, s.kills, s.alerts, s.events, s.ringbuf_drops
+    );
+    println!("{} container cgroup(s) under policy", status.containers.len());
+    if !status.containers.is_empty() {
+        println!("{:<8} {:<9} {:<40} {:<30} RULES", "MODE", "OWNER", "NAMESPACE/POD/CONTAINER", "CGROUP");
+        for r in &status.containers {
+            let who = if r.pod.is_empty() { "-".to_string() } else { format!("{}/{}/{}", r.namespace, r.pod, r.container) };
+            println!("{:<8} {:<9} {:<40} {:<30} {}", r.mode, r.owner, who, r.cgroup, r.rules.join(","));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
