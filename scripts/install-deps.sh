@@ -26,7 +26,7 @@ pkgs=(
     # tests: real container runtimes and the VM initramfs contents
     busybox-static runc podman coreutils binutils xz-utils cpio iproute2 procps
     # packaging: dpkg-deb / rpm inspection
-    dpkg-dev rpm
+    dpkg-dev rpm python3-yaml
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -15,3 +15,6 @@ bash tests/vm/fetch-kernels.sh
 
 echo "== cargo test --workspace" >&2
 cargo test --workspace --all-targets --color never 2>&1
+
+echo "== packaging: build .deb/.rpm, install, purge, validate deploy/ (tests/packaging/test.sh)" >&2
+bash tests/packaging/test.sh

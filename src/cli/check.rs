@@ -111,13 +111,7 @@ fn render_text(items: &[Item]) -> String {
         }
     }
     let count = |s| items.iter().filter(|i| i.status == s).count();
-    let _ = writeln!(
-        out,
-        "\n{} ok, {} warn, {} fail",
-        count(Status::Ok),
-        count(Status::Warn),
-        count(Status::Fail)
-    );
+    let _ = writeln!(out, "\n{} ok, {} warn, {} fail", count(Status::Ok), count(Status::Warn), count(Status::Fail));
     out
 }
 
@@ -161,7 +155,8 @@ fn gather(cfg: &Config) -> Vec<Item> {
     let containerd_bin = find_in_path("containerd");
     let containerd_version_text = containerd_bin.as_ref().and_then(|p| command_output(p, &["--version"]));
     let containerd_version = containerd_version_text.as_deref().and_then(parse_containerd_version);
-    let containerd = check_containerd(containerd_bin.as_deref(), containerd_version_text.as_deref(), containerd_version);
+    let containerd =
+        check_containerd(containerd_bin.as_deref(), containerd_version_text.as_deref(), containerd_version);
 
     let config_text = std::fs::read_to_string(CONTAINERD_CONFIG).ok();
     let nri = check_containerd_nri(
@@ -229,7 +224,7 @@ fn check_enforcement(cfg: &Config, can_probe: bool) -> Item {
         ),
         None => {
             // Load test: attach unpinned programs for a moment (no policy installed: nothing is affected).
-            match Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: cfg.bpf.force_fallback }) {
+            match quiet(|| Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: cfg.bpf.force_fallback })) {
                 Ok(e) => {
                     let not_running = format!("no agent enforcement pinned under {}", dir.display());
                     let start = "start the agent: `driftguard run` (or the DaemonSet)";
@@ -270,7 +265,9 @@ fn is_bpffs(p: &Path) -> bool {
     }
     // SAFETY: statfs succeeded and filled the struct.
     let st = unsafe { st.assume_init() };
-    st.f_type as i64 == BPF_FS_MAGIC
+    #[allow(clippy::unnecessary_cast)] // f_type's type differs between architectures
+    let magic = st.f_type as i64;
+    magic == BPF_FS_MAGIC
 }
 
 fn overlay_module_present(release: &str) -> bool {
@@ -292,6 +289,16 @@ pub(crate) fn find_in_path(name: &str) -> Option<PathBuf> {
 fn command_output(bin: &Path, args: &[&str]) -> Option<String> {
     let out = Command::new(bin).args(args).stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Run `f` without the agent's log lines (the report says what matters) unless
+/// `DRIFTGUARD_LOG` asks for them.
+pub(crate) fn quiet<T>(f: impl FnOnce() -> T) -> T {
+    if std::env::var_os("DRIFTGUARD_LOG").is_some() {
+        f()
+    } else {
+        tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), f)
+    }
 }
 
 fn first_line(s: &str) -> &str {
@@ -517,7 +524,10 @@ fn check_nri_socket(path: &Path, state: SocketState, containerd_installed: bool,
             };
             Item::warn(
                 "nri_socket",
-                format!("{} is missing: {why}; without NRI, containers can only be covered by the OCI hook", path.display()),
+                format!(
+                    "{} is missing: {why}; without NRI, containers can only be covered by the OCI hook",
+                    path.display()
+                ),
                 "enable NRI (see containerd_nri) and `systemctl restart containerd`",
             )
         }
@@ -577,13 +587,18 @@ fn check_containerd_nri(
             return Item::warn(
                 "containerd_nri",
                 format!("{} not found and containerd not installed", config_path.display()),
-                format!("after installing containerd 1.7, add to {}:\nversion = 2\n{}", config_path.display(), nri_toml(socket)),
+                format!(
+                    "after installing containerd 1.7, add to {}:\nversion = 2\n{}",
+                    config_path.display(),
+                    nri_toml(socket)
+                ),
             );
         }
         return match containerd_version {
-            Some((major, _)) if major >= 2 => {
-                Item::ok("containerd_nri", format!("no {}: containerd {major}.x enables NRI by default", config_path.display()))
-            }
+            Some((major, _)) if major >= 2 => Item::ok(
+                "containerd_nri",
+                format!("no {}: containerd {major}.x enables NRI by default", config_path.display()),
+            ),
             _ => Item::fail(
                 "containerd_nri",
                 format!("no {}: containerd 1.7 keeps NRI disabled by default", config_path.display()),
@@ -777,7 +792,10 @@ mod tests {
             Some((1, 7))
         );
         assert_eq!(parse_containerd_version("containerd containerd.io 1.6.33 d2d58213"), Some((1, 6)));
-        assert_eq!(parse_containerd_version("containerd github.com/containerd/containerd/v2 v2.0.0-rc.1 x"), Some((2, 0)));
+        assert_eq!(
+            parse_containerd_version("containerd github.com/containerd/containerd/v2 v2.0.0-rc.1 x"),
+            Some((2, 0))
+        );
         assert_eq!(parse_containerd_version("nothing here"), None);
         let bin = Path::new("/usr/bin/containerd");
         assert_eq!(check_containerd(Some(bin), Some("x 1.6.3"), Some((1, 6))).status, Status::Fail);

@@ -138,15 +138,22 @@ pub fn require_vm() -> bool {
         .unwrap_or(false)
 }
 
-/// The kernel cache: `$DRIFTGUARD_VM_CACHE` or `<repo>/.vm-cache`.
+/// The kernel cache: `$DRIFTGUARD_VM_CACHE` or `<repo>/.vm-cache`. `<repo>` is the nearest
+/// ancestor of the crate's manifest dir holding `tests/vm/fetch-kernels.sh`, so workspace
+/// members (e.g. `oci-hooks/`) share the root's cache.
 pub fn cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("DRIFTGUARD_VM_CACHE") {
         return PathBuf::from(d);
     }
-    if let Some(d) = std::env::var_os("CARGO_MANIFEST_DIR") {
-        return PathBuf::from(d).join(".vm-cache");
-    }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".vm-cache")
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let repo = manifest
+        .ancestors()
+        .find(|d| d.join("tests/vm/fetch-kernels.sh").is_file())
+        .unwrap_or(&manifest)
+        .to_path_buf();
+    repo.join(".vm-cache")
 }
 
 fn which(prog: &str) -> Option<PathBuf> {

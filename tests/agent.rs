@@ -1,0 +1,604 @@
+//! End-to-end tests of the agent binary: a runtime-side NRI peer (nri_plugin::testing, the
+//! stand-in for containerd, which does not run here) drives the real `driftguard run` process
+//! while real runc containers with overlay rootfs and real cgroups run under the real BPF
+//! programs of this kernel.
+//!
+//! The NRI peer is the only stand-in: containerd is not installed on these machines; the peer
+//! speaks the same wire protocol (mux + ttrpc + NRI protobuf) and sends the same messages, with
+//! `linux.cgroups_path` pointing at the cgroup runc really created.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use driftguard::enforcer::{self, EnforcementPath, Owner, PolicyStore};
+use driftguard::policy::{Mode, Policy};
+use libtest_mimic::{Arguments, Failed, Trial};
+use nri_plugin::api::{Container, ContainerState, PodSandbox};
+use nri_plugin::testing::{Delivery, LifecycleEvent, PeerConnection, RuntimePeer};
+
+type R = Result<(), Failed>;
+
+fn main() {
+    let args = Arguments::from_args();
+    let require_all = std::env::var("DRIFTGUARD_REQUIRE_ALL").is_ok_and(|v| v == "1");
+    let reason = requirements();
+    let mut trials = Vec::new();
+    for (name, f) in [
+        ("agent_enforces_annotated_pods_in_both_delivery_styles", agent_enforces_annotated_pods as fn() -> R),
+        ("agent_refuses_bad_annotations", agent_refuses_bad_annotations),
+        ("agent_restart_keeps_enforcing_and_resynchronizes", agent_restart_keeps_enforcing_and_resynchronizes),
+    ] {
+        trials.push(match &reason {
+            None => Trial::test(name, f),
+            Some(why) if require_all => {
+                let why = why.clone();
+                Trial::test(name, move || Err(format!("cannot run (DRIFTGUARD_REQUIRE_ALL=1): {why}").into()))
+            }
+            Some(why) => {
+                eprintln!("SKIP {name}: {why}");
+                Trial::test(name, f).with_ignored_flag(true)
+            }
+        });
+    }
+    libtest_mimic::run(&args, trials).exit();
+}
+
+fn requirements() -> Option<String> {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root".into());
+    }
+    if which("runc").is_none() {
+        return Some("runc not installed (apt-get install runc)".into());
+    }
+    if !Path::new("/bin/busybox").exists() {
+        return Some("busybox-static not installed".into());
+    }
+    None
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(bin))
+        .find(|p| p.exists())
+}
+
+fn cgroup2_root() -> Result<PathBuf, Failed> {
+    let root = driftguard::cgroup::CgroupRoot::detect().map_err(|e| e.to_string())?;
+    Ok(root.path)
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("tokio runtime")
+}
+
+// ---------------------------------------------------------------------------
+// The agent process
+
+struct Agent {
+    dir: PathBuf,
+    config: PathBuf,
+    pin_dir: PathBuf,
+    socket: PathBuf,
+    events: PathBuf,
+    metrics: String,
+    child: Option<Child>,
+}
+
+impl Agent {
+    fn new(dir: &Path) -> Result<Self, Failed> {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/dg-agent-{}-{n}", std::process::id()));
+        let _ = enforcer::unload(&pin_dir);
+        let port = free_port()?;
+        let socket = dir.join("nri.sock");
+        let events = dir.join("events.jsonl");
+        let config = dir.join("config.toml");
+        fs::write(
+            &config,
+            format!(
+                "default_mode = \"off\"\n[nri]\nsocket = \"{}\"\nreconnect_max_backoff_ms = 300\n\
+                 [bpf]\npin_dir = \"{}\"\n[events]\nstdout = false\nfile = \"{}\"\nnode_name = \"test-node\"\n\
+                 [metrics]\naddress = \"127.0.0.1:{port}\"\n[log]\nlevel = \"debug\"\n",
+                socket.display(),
+                pin_dir.display(),
+                events.display()
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Agent {
+            dir: dir.to_path_buf(),
+            config,
+            pin_dir,
+            socket,
+            events,
+            metrics: format!("127.0.0.1:{port}"),
+            child: None,
+        })
+    }
+
+    fn start(&mut self) -> R {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))
+            .map_err(|e| e.to_string())?;
+        let child = Command::new(env!("CARGO_BIN_EXE_driftguard"))
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("DRIFTGUARD_STATE_DIR", self.dir.join("state"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("starting driftguard run: {e}"))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    fn store(&self) -> Result<PolicyStore, Failed> {
+        PolicyStore::open_pinned(&self.pin_dir).map_err(|e| Failed::from(format!("{e}\nagent log:\n{}", self.log())))
+    }
+
+    fn events(&self) -> Vec<serde_json::Value> {
+        fs::read_to_string(&self.events)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    fn wait_event(&self, pred: impl Fn(&serde_json::Value) -> bool, what: &str) -> Result<serde_json::Value, Failed> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(e) = self.events().into_iter().find(|e| pred(e)) {
+                return Ok(e);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no event {what}; events: {:?}\nagent log:\n{}", self.events(), self.log()).into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn path(&self) -> Option<EnforcementPath> {
+        enforcer::pinned_path(&self.pin_dir)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = enforcer::unload(&self.pin_dir);
+    }
+}
+
+fn free_port() -> Result<u16, Failed> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+fn http_get(addr: &str, path: &str) -> Result<String, Failed> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).map_err(|e| e.to_string())?;
+    Ok(body)
+}
+
+/// Accept the agent's connection and do the NRI handshake and an initial Synchronize.
+async fn connect(peer: &RuntimePeer, pods: Vec<PodSandbox>, ctrs: Vec<Container>) -> Result<PeerConnection, Failed> {
+    let mut conn = tokio::time::timeout(Duration::from_secs(20), peer.accept())
+        .await
+        .map_err(|_| "the agent did not connect to the NRI socket within 20s")?
+        .map_err(|e| e.to_string())?;
+    let (reg, _) = conn.handshake().await.map_err(|e| e.to_string())?;
+    if reg.plugin_name != "driftguard" || reg.plugin_idx != "10" {
+        return Err(format!("registered as {}-{}", reg.plugin_idx, reg.plugin_name).into());
+    }
+    conn.synchronize(pods, ctrs, 2).await.map_err(|e| e.to_string())?;
+    Ok(conn)
+}
+
+// ---------------------------------------------------------------------------
+// runc containers
+
+struct RuncCtr {
+    id: String,
+    bundle: PathBuf,
+    merged: PathBuf,
+    cgroups_path: String,
+    parent_cgroup: PathBuf,
+}
+
+fn runc(args: &[&str]) -> Result<std::process::Output, Failed> {
+    Command::new("runc")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Failed::from(format!("runc {args:?}: {e}")))
+}
+
+impl RuncCtr {
+    /// `runc create`: cgroup and init exist, entrypoint not yet exec'd (where containerd calls
+    /// NRI StartContainer).
+    fn create(dir: &Path, name: &str) -> Result<Self, Failed> {
+        let id = format!("dg-{}-{name}", std::process::id());
+        let bundle = dir.join(format!("bundle-{name}"));
+        let (lower, upper, work, merged) =
+            (bundle.join("lower"), bundle.join("upper"), bundle.join("work"), bundle.join("rootfs"));
+        for d in [&lower, &upper, &work, &merged] {
+            fs::create_dir_all(d).map_err(|e| e.to_string())?;
+        }
+        for d in ["bin", "tmp", "proc", "dev"] {
+            fs::create_dir_all(lower.join(d)).map_err(|e| e.to_string())?;
+        }
+        fs::copy("/bin/busybox", lower.join("bin/busybox")).map_err(|e| e.to_string())?;
+        for applet in ["sh", "sleep", "true", "cp", "echo", "ls"] {
+            std::os::unix::fs::symlink("busybox", lower.join("bin").join(applet)).map_err(|e| e.to_string())?;
+        }
+        let opts = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
+        let st = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &opts])
+            .arg(&merged)
+            .status()
+            .map_err(|e| e.to_string())?;
+        if !st.success() {
+            return Err("overlay mount failed".into());
+        }
+        let parent = format!("dg-agent-{}", std::process::id());
+        let cgroups_path = format!("/{parent}/{id}");
+        let config = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": false,
+                "user": {"uid": 0, "gid": 0},
+                "args": ["/bin/sleep", "3600"],
+                "env": ["PATH=/bin"],
+                "cwd": "/",
+                "noNewPrivileges": true
+            },
+            "root": {"path": merged, "readonly": false},
+            "hostname": "dg",
+            "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+            "linux": {
+                "cgroupsPath": cgroups_path,
+                "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}]
+            }
+        });
+        fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&config).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+        let _ = runc(&["delete", "-f", &id]);
+        // The container inherits runc's stdio: a pipe would never reach EOF, so use a file.
+        let log_path = bundle.join("runc-create.log");
+        let log = fs::File::create(&log_path).map_err(|e| e.to_string())?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let st = Command::new("runc")
+            .args(["create", "--bundle", bundle.to_str().ok_or("bundle path")?, &id])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .status()
+            .map_err(|e| format!("runc create: {e}"))?;
+        if !st.success() {
+            return Err(format!("runc create: {}", fs::read_to_string(&log_path).unwrap_or_default()).into());
+        }
+        Ok(RuncCtr { id, bundle, merged, cgroups_path, parent_cgroup: cgroup2_root()?.join(parent) })
+    }
+
+    fn pid(&self) -> u32 {
+        runc(&["state", &self.id])
+            .ok()
+            .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+            .and_then(|v| v["pid"].as_u64())
+            .unwrap_or(0) as u32
+    }
+
+    fn start(&self) -> R {
+        let out = runc(&["start", &self.id])?;
+        if !out.status.success() {
+            return Err(format!("runc start: {}", String::from_utf8_lossy(&out.stderr)).into());
+        }
+        Ok(())
+    }
+
+    /// `runc exec` (the `kubectl exec` path). Returns (exit code, output).
+    fn exec(&self, argv: &[&str]) -> Result<(i32, String), Failed> {
+        let mut args = vec!["exec", self.id.as_str()];
+        args.extend_from_slice(argv);
+        let out = runc(&args)?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        Ok((out.status.code().unwrap_or(-1), text))
+    }
+
+    /// Drop a binary into the container's writable layer (through the overlay).
+    fn drop_binary(&self, inside: &str) -> R {
+        let p = self.merged.join(inside.trim_start_matches('/'));
+        fs::copy("/bin/busybox", &p).map_err(|e| e.to_string())?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    fn nri(&self, pod: &PodSandbox, name: &str) -> Container {
+        let mut c = Container::new();
+        c.id = self.id.clone();
+        c.pod_sandbox_id = pod.id.clone();
+        c.name = name.to_string();
+        c.state = ContainerState::CONTAINER_RUNNING.into();
+        c.linux.mut_or_insert_default().cgroups_path = self.cgroups_path.clone();
+        c.pid = self.pid();
+        c.annotations.insert("io.kubernetes.cri.image-name".into(), "busybox:test".into());
+        c
+    }
+}
+
+impl Drop for RuncCtr {
+    fn drop(&mut self) {
+        let _ = runc(&["delete", "-f", &self.id]);
+        let _ = Command::new("umount").arg("-l").arg(&self.merged).status();
+        let _ = fs::remove_dir(&self.parent_cgroup);
+        let _ = fs::remove_dir_all(&self.bundle);
+    }
+}
+
+struct CgroupDirs(Vec<PathBuf>);
+
+impl Drop for CgroupDirs {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = fs::remove_dir(d);
+        }
+    }
+}
+
+fn pod(name: &str, annotations: &[(&str, &str)]) -> PodSandbox {
+    let mut p = PodSandbox::new();
+    p.id = format!("pod-{name}");
+    p.name = name.to_string();
+    p.namespace = "shop".into();
+    p.uid = format!("uid-{name}");
+    p.annotations = annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>();
+    p
+}
+
+fn assert_stopped(path: Option<EnforcementPath>, code: i32, out: &str, what: &str) -> R {
+    match path {
+        Some(EnforcementPath::TracepointKill) if code == 137 => Ok(()),
+        Some(EnforcementPath::Lsm) if code != 0 && out.to_lowercase().contains("permission denied") => Ok(()),
+        p => Err(format!("{what}: expected the exec to be stopped on path {p:?}, got exit {code}: {out}").into()),
+    }
+}
+
+async fn start_container(conn: &PeerConnection, d: Delivery, pod: &PodSandbox, ctr: &Container) -> R {
+    for ev in [
+        LifecycleEvent::RunPodSandbox(pod.clone()),
+        LifecycleEvent::CreateContainer(pod.clone(), ctr.clone()),
+        LifecycleEvent::StartContainer(pod.clone(), ctr.clone()),
+    ] {
+        conn.send(d, ev).await.map_err(|e| format!("NRI event refused: {e}"))?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Trials
+
+fn agent_enforces_annotated_pods() -> R {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut agent = Agent::new(dir.path())?;
+    let rt = rt();
+    let _guard = rt.enter();
+    let peer = RuntimePeer::bind(&agent.socket).map_err(|e| e.to_string())?;
+    agent.start()?;
+    let conn = rt.block_on(connect(&peer, vec![], vec![]))?;
+    let path = agent.path();
+
+    // Enforced pod, dedicated RPCs (NRI v0.12+).
+    let enforced = RuncCtr::create(dir.path(), "enf")?;
+    let p1 = pod("web", &[("driftguard.dev/mode", "enforce")]);
+    let c1 = enforced.nri(&p1, "app");
+    rt.block_on(start_container(&conn, Delivery::Dedicated, &p1, &c1))?;
+    enforced.start()?;
+    let (code, out) = enforced.exec(&["/bin/busybox", "true"])?;
+    if code != 0 {
+        return Err(format!("image binary via runc exec failed: {code} {out}\n{}", agent.log()).into());
+    }
+    enforced.drop_binary("/tmp/dropped")?;
+    let (code, out) = enforced.exec(&["/tmp/dropped", "true"])?;
+    assert_stopped(path, code, &out, "dropped binary in the enforced pod")?;
+    let ev = agent.wait_event(|e| e["event"] == "verdict" && e["path"] == "/tmp/dropped", "for /tmp/dropped")?;
+    for (k, want) in [("namespace", "shop"), ("pod", "web"), ("container", "app"), ("image", "busybox:test"), ("rule", "drift"), ("node", "test-node"), ("mode", "enforce")] {
+        if ev[k] != want {
+            return Err(format!("event field {k} = {}, want {want}: {ev}", ev[k]).into());
+        }
+    }
+    if ev["container_id"] != enforced.id.as_str() {
+        return Err(format!("container_id wrong: {ev}").into());
+    }
+
+    // Monitor pod, StateChange delivery (runtimes up to NRI v0.11: StartContainer arrives as StateChange).
+    let monitored = RuncCtr::create(dir.path(), "mon")?;
+    let p2 = pod("batch", &[("driftguard.dev/mode", "monitor")]);
+    let c2 = monitored.nri(&p2, "job");
+    rt.block_on(start_container(&conn, Delivery::StateChange, &p2, &c2))?;
+    monitored.start()?;
+    monitored.drop_binary("/tmp/busybox-tool")?;
+    // busybox runs as itself only under a name starting with "busybox".
+    let (code, out) = monitored.exec(&["/tmp/busybox-tool", "true"])?;
+    if code != 0 {
+        return Err(format!("monitor mode must not block: exit {code} {out}").into());
+    }
+    agent.wait_event(|e| e["path"] == "/tmp/busybox-tool" && e["action"] == "alert" && e["pod"] == "batch", "alert for /tmp/busybox-tool")?;
+
+    // Unannotated pod: untouched.
+    let plain = RuncCtr::create(dir.path(), "plain")?;
+    let p3 = pod("plain", &[]);
+    let c3 = plain.nri(&p3, "app");
+    rt.block_on(start_container(&conn, Delivery::Dedicated, &p3, &c3))?;
+    plain.start()?;
+    plain.drop_binary("/tmp/busybox-dropped")?;
+    let (code, out) = plain.exec(&["/tmp/busybox-dropped", "true"])?;
+    if code != 0 {
+        return Err(format!("unannotated pod must be untouched: exit {code} {out}").into());
+    }
+
+    // Pinned state: two policies, owned by the agent, right modes.
+    let store = agent.store()?;
+    let list = store.list().map_err(|e| e.to_string())?;
+    let modes: Vec<(Mode, Owner)> = list.iter().map(|p| (p.policy.mode, p.owner)).collect();
+    if list.len() != 2 || !modes.contains(&(Mode::Enforce, Owner::Agent)) || !modes.contains(&(Mode::Monitor, Owner::Agent)) {
+        return Err(format!("pinned policies: {modes:?}").into());
+    }
+
+    // Metrics.
+    let m = http_get(&agent.metrics, "/metrics")?;
+    for want in ["driftguard_verdicts_total{action=", "driftguard_containers_under_policy{mode=\"enforce\"} 1", "driftguard_nri_connected 1", "driftguard_nri_handler_seconds_count{event=\"start_container\"}"] {
+        if !m.contains(want) {
+            return Err(format!("metrics lack {want}:\n{m}").into());
+        }
+    }
+
+    // Stop + remove: the policy goes.
+    rt.block_on(async {
+        conn.send(Delivery::Dedicated, LifecycleEvent::StopContainer(p1.clone(), c1.clone())).await?;
+        conn.send(Delivery::Dedicated, LifecycleEvent::RemoveContainer(p1.clone(), c1.clone())).await
+    })
+    .map_err(|e| e.to_string())?;
+    let left = store.list().map_err(|e| e.to_string())?;
+    if left.len() != 1 || left[0].policy.mode != Mode::Monitor {
+        return Err(format!("after StopContainer/RemoveContainer: {left:?}").into());
+    }
+    Ok(())
+}
+
+fn agent_refuses_bad_annotations() -> R {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut agent = Agent::new(dir.path())?;
+    let rt = rt();
+    let _guard = rt.enter();
+    let peer = RuntimePeer::bind(&agent.socket).map_err(|e| e.to_string())?;
+    agent.start()?;
+    let conn = rt.block_on(connect(&peer, vec![], vec![]))?;
+    let ctr = RuncCtr::create(dir.path(), "bad")?;
+    for (key, value, expect) in [
+        ("driftguard.dev/mode", "enforcing", "invalid mode"),
+        ("driftguard.dev/mdoe", "enforce", "driftguard.dev/mdoe"),
+        ("driftguard.dev/deny", "bin/sh", "not absolute"),
+    ] {
+        let p = pod("bad", &[("driftguard.dev/mode", "enforce"), (key, value)]);
+        let c = ctr.nri(&p, "app");
+        for d in [Delivery::Dedicated, Delivery::StateChange] {
+            let ev = if d == Delivery::Dedicated {
+                LifecycleEvent::CreateContainer(p.clone(), c.clone())
+            } else {
+                LifecycleEvent::StartContainer(p.clone(), c.clone())
+            };
+            match rt.block_on(conn.send(d, ev)) {
+                Err(e) => {
+                    let msg = e.to_string();
+                    if !msg.contains(key) || !msg.contains(expect) {
+                        return Err(format!("refusal for {key}={value} does not say why: {msg}").into());
+                    }
+                }
+                Ok(r) => return Err(format!("{key}={value} was accepted ({d:?}): {r:?}").into()),
+            }
+        }
+    }
+    let store = agent.store()?;
+    if !store.list().map_err(|e| e.to_string())?.is_empty() {
+        return Err("a refused container got a policy".into());
+    }
+    // The agent is still alive and serving.
+    let p = pod("good", &[("driftguard.dev/mode", "enforce")]);
+    rt.block_on(conn.send(Delivery::Dedicated, LifecycleEvent::StartContainer(p.clone(), ctr.nri(&p, "app"))))
+        .map_err(|e| format!("valid container refused after bad ones: {e}"))?;
+    Ok(())
+}
+
+fn agent_restart_keeps_enforcing_and_resynchronizes() -> R {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut agent = Agent::new(dir.path())?;
+    let rt = rt();
+    let _guard = rt.enter();
+    let peer = RuntimePeer::bind(&agent.socket).map_err(|e| e.to_string())?;
+    agent.start()?;
+    let conn = rt.block_on(connect(&peer, vec![], vec![]))?;
+    let ctr = RuncCtr::create(dir.path(), "restart")?;
+    let p = pod("api", &[("driftguard.dev/mode", "enforce")]);
+    let c = ctr.nri(&p, "srv");
+    rt.block_on(start_container(&conn, Delivery::Dedicated, &p, &c))?;
+    ctr.start()?;
+    ctr.drop_binary("/tmp/dropped")?;
+    let path = agent.path();
+
+    // kill -9 the agent: enforcement stays (pinned).
+    agent.kill9();
+    drop(conn);
+    let (code, out) = ctr.exec(&["/tmp/dropped", "true"])?;
+    assert_stopped(path, code, &out, "dropped binary while the agent is dead")?;
+
+    // A stale entry from "before the restart" (a container that went away meanwhile).
+    // Real (existing) cgroups, so the vanished-cgroup GC leaves them alone and only
+    // reconciliation decides.
+    let store = agent.store()?;
+    let root = cgroup2_root()?;
+    let stale_dir = root.join(format!("dg-agent-stale-{}", std::process::id()));
+    let foreign_dir = root.join(format!("dg-agent-foreign-{}", std::process::id()));
+    let _cleanup = CgroupDirs(vec![stale_dir.clone(), foreign_dir.clone()]);
+    for d in [&stale_dir, &foreign_dir] {
+        fs::create_dir_all(d).map_err(|e| e.to_string())?;
+    }
+    let id = |p: &Path| driftguard::cgroup::cgroup_id(p).map_err(|e| Failed::from(e.to_string()));
+    let (stale, foreign) = (id(&stale_dir)?, id(&foreign_dir)?);
+    store.set_owned(stale, 1, &Policy::with_mode(Mode::Enforce), Owner::Agent).map_err(|e| e.to_string())?;
+    store.set_owned(foreign, 1, &Policy::with_mode(Mode::Enforce), Owner::OciHook).map_err(|e| e.to_string())?;
+
+    // Restart: the new agent adopts the pins and resynchronizes with the runtime's view.
+    agent.start()?;
+    let mut c_now = c.clone();
+    c_now.pid = ctr.pid();
+    let _conn2 = rt.block_on(connect(&peer, vec![p.clone()], vec![c_now]))?;
+    let ids = store.cgroup_ids();
+    if ids.contains(&stale) {
+        return Err("stale agent-owned entry survived Synchronize".into());
+    }
+    if !ids.contains(&foreign) {
+        return Err("Synchronize removed an entry the OCI hook owns".into());
+    }
+    let want = driftguard::cgroup::cgroup_id(&cgroup2_root()?.join(ctr.cgroups_path.trim_start_matches('/')))
+        .map_err(|e| e.to_string())?;
+    if !ids.contains(&want) {
+        return Err(format!("running container's policy missing after resync: {ids:?}").into());
+    }
+    let _ = store.remove(foreign);
+    let (code, out) = ctr.exec(&["/tmp/dropped", "true"])?;
+    assert_stopped(path, code, &out, "dropped binary after the restart")?;
+    agent.wait_event(|e| e["path"] == "/tmp/dropped" && e["pod"] == "api", "enriched event after restart")?;
+    if !agent.log().contains("synchronized with the runtime") {
+        return Err(format!("no resync in the log:\n{}", agent.log()).into());
+    }
+    Ok(())
+}
