@@ -788,6 +788,10 @@ impl Podman {
             .arg(self.s.path().join("storage"))
             .arg("--runroot")
             .arg(self.s.path().join("runroot"))
+            // Private libpod state: the default /run/libpod is shared, and `system reset` in
+            // another trial's cleanup would delete it under us.
+            .arg("--tmpdir")
+            .arg(self.s.path().join("libpod-tmp"))
             .args(["--storage-driver", "overlay", "--cgroup-manager", "cgroupfs", "--events-backend", "file"])
             .arg("--hooks-dir")
             .arg(&self.hooks);
@@ -824,7 +828,11 @@ impl Drop for Podman {
     }
 }
 
+/// podman trials run one at a time: they share podman's global locks.
+static PODMAN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn podman_enforced_container() -> R {
+    let _serial = PODMAN.lock().unwrap_or_else(|e| e.into_inner());
     let p = Podman::new("podman-enf")?;
     let name = unique("enf");
     expect_ok(&p.run_detached(&name, &[("driftguard.dev/mode", "enforce")])?, "podman run")?;
@@ -850,6 +858,7 @@ fn podman_enforced_container() -> R {
 }
 
 fn podman_unannotated_container_untouched() -> R {
+    let _serial = PODMAN.lock().unwrap_or_else(|e| e.into_inner());
     let p = Podman::new("podman-plain")?;
     let name = unique("plain");
     expect_ok(&p.run_detached(&name, &[])?, "podman run")?;

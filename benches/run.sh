@@ -1,0 +1,19 @@
+#!/bin/sh
+# Run every driftguard benchmark (root, BPF, cgroup v2, overlayfs; qemu + tests/vm kernels for
+# the BPF LSM numbers). Results: stdout, $CARGO_TARGET_DIR/bench-driftguard.json,
+# docs/bench-exec.svg, docs/bench-exec-vm.svg. See BENCHMARKS.md.
+#
+#   benches/run.sh                 # everything (~4-6 minutes on 2 cores after the build)
+#   benches/run.sh exec nri        # some sections of benches/driftguard.rs only (no OCI hook)
+#
+# Sizes: DG_BENCH_ROUNDS, DG_BENCH_EXECS, DG_BENCH_VM_EXECS, DG_BENCH_VM=0, DG_BENCH_NRI_*,
+# DG_BENCH_SYNC_*, DG_BENCH_EVENTS, DG_BENCH_LOAD_* (documented in benches/driftguard.rs).
+set -eu
+cd "$(dirname "$0")/.."
+status=0
+cargo bench --bench driftguard -- "$@" || status=$?
+if [ $# -eq 0 ]; then
+    echo "== oci-hook (cargo bench -p driftguard-oci-hook --bench create_runtime)"
+    cargo bench -p driftguard-oci-hook --bench create_runtime || status=$?
+fi
+exit $status
