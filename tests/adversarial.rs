@@ -1,1 +1,2026 @@
-fn main() { println!("0 passed, 0 failed"); }
+//! Adversarial and fault tests: an attacker inside an enforced container tries every way we know
+//! to run code the image did not ship; faults (ring buffer overflow, vanished cgroups, agent
+//! SIGKILL, runtime restart) must leave enforcement intact.
+//!
+//! Same pattern as tests/kernel.rs: a "container" is an overlay mount + a cgroup v2 directory +
+//! chroot; the suite runs on the host (here: the tracepoint + SIGKILL fallback) and is re-run by
+//! the `vm_adv_*` trials inside qemu with Debian 6.1 / 6.12 kernels (BPF LSM, `DG_EXPECT_PATH=lsm`).
+//! Trials that hit a known limit of the fallback path assert that the limit *exists* on the
+//! fallback (so a change is noticed) and that it is closed with BPF LSM. See docs/threat-model.md.
+//!
+//! The `agent_*` trials (runc + the NRI test peer + the real `driftguard run`) run on the host only.
+//!
+//! Trials named `bug_*` assert the secure outcome of a case the product currently gets wrong:
+//! they fail until the product is fixed (see docs/threat-model.md, "Open findings").
+
+#[path = "support/vm.rs"]
+#[allow(dead_code)]
+mod vm;
+
+use std::collections::{BTreeSet, HashMap};
+use std::ffi::CString;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use driftguard::enforcer::{self, Action, EnforcementPath, Enforcer, EnforcerOptions, Event, Hook, Owner, PolicyStore, Rule};
+use driftguard::policy::{ExecPath, Mode, Policy};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+type R = Result<(), Failed>;
+
+const BUSYBOX_CANDIDATES: [&str; 2] = ["/bin/busybox", "/usr/bin/busybox"];
+const DYN_BIN_CANDIDATES: [&str; 2] = ["/usr/bin/true", "/bin/true"];
+const LDSO: &str = "/lib64/ld-linux-x86-64.so.2";
+/// Guest directory of the payloads (a .so and a dlopen helper) built on the host with `cc`.
+const VM_PAYLOAD_DIR: &str = "/opt/dg-adv";
+const PAYLOAD_MARK: &str = "DG-PAYLOAD-RAN";
+
+fn main() {
+    let args = Arguments::from_args();
+    let mut trials = Vec::new();
+    let require_all = std::env::var("DRIFTGUARD_REQUIRE_ALL").is_ok_and(|v| v == "1");
+    let in_vm = std::env::var_os("DG_IN_VM").is_some();
+    let host_reason = host_requirements();
+
+    let gate = |name: &str, reason: &Option<String>, f: fn() -> R| -> Trial {
+        match reason {
+            None => Trial::test(name, f),
+            Some(why) if require_all => {
+                let why = why.clone();
+                Trial::test(name, move || Err(format!("cannot run (DRIFTGUARD_REQUIRE_ALL=1): {why}").into()))
+            }
+            Some(why) => {
+                eprintln!("SKIP {name}: {why}");
+                Trial::test(name, f).with_ignored_flag(true)
+            }
+        }
+    };
+
+    for (name, f) in [
+        ("enforcement_path_is_the_expected_one", enforcement_path_is_the_expected_one as fn() -> R),
+        // Bypass attempts.
+        ("dropped_binary_by_absolute_path_denied", dropped_binary_by_absolute_path_denied),
+        ("dropped_binary_by_relative_path_denied", dropped_binary_by_relative_path_denied),
+        ("symlink_in_upper_layer_to_dropped_file_denied", symlink_in_upper_layer_to_dropped_file_denied),
+        ("symlink_to_image_file_then_target_replaced_denied", symlink_to_image_file_then_target_replaced_denied),
+        ("copy_of_image_binary_denied", copy_of_image_binary_denied),
+        ("in_place_modification_and_touch_of_image_file_denied", in_place_modification_and_touch_of_image_file_denied),
+        ("chmod_of_image_file_denied", chmod_of_image_file_denied),
+        ("hard_link_of_dropped_file_denied", hard_link_of_dropped_file_denied),
+        ("hard_link_of_image_file_copies_up_and_is_denied", hard_link_of_image_file_copies_up_and_is_denied),
+        ("rename_of_dropped_file_to_image_path_denied", rename_of_dropped_file_to_image_path_denied),
+        ("rename_over_image_binary_denied", rename_over_image_binary_denied),
+        ("script_written_in_container", script_written_in_container),
+        ("image_script_with_dropped_interpreter_denied", image_script_with_dropped_interpreter_denied),
+        ("ld_so_running_dropped_binaries", ld_so_running_dropped_binaries),
+        ("ld_preload_of_dropped_library", ld_preload_of_dropped_library),
+        ("dlopen_of_dropped_library", dlopen_of_dropped_library),
+        ("memfd_fexecve_and_proc_fd_exec_denied", memfd_fexecve_and_proc_fd_exec_denied),
+        ("proc_self_fd_exec_of_dropped_file_denied", proc_self_fd_exec_of_dropped_file_denied),
+        ("o_tmpfile_exec_denied", o_tmpfile_exec_denied),
+        ("volume_exec_with_and_without_non_overlay_rule", volume_exec_with_and_without_non_overlay_rule),
+        ("dropped_binary_at_path_longer_than_255_bytes_denied", dropped_binary_at_path_longer_than_255_bytes_denied),
+        ("self_move_to_child_cgroup_still_enforced", self_move_to_child_cgroup_still_enforced),
+        ("limit_self_move_to_sibling_cgroup_escapes", limit_self_move_to_sibling_cgroup_escapes),
+        ("limit_deny_list_matches_exact_resolved_path_only", limit_deny_list_matches_exact_resolved_path_only),
+        ("bug_allowlist_only_allow_listed_image_path_overwritten_runs", bug_allowlist_only_overwritten_allowed_path),
+        ("exec_during_and_after_enforcement_reload_denied", exec_during_and_after_enforcement_reload_denied),
+        // Must keep working.
+        ("image_binaries_and_scripts_keep_working", image_binaries_and_scripts_keep_working),
+        ("interpreter_reading_dropped_script_runs", interpreter_reading_dropped_script_runs),
+        ("monitor_mode_denies_nothing_reports_everything", monitor_mode_denies_nothing_reports_everything),
+        // Faults.
+        ("fault_ringbuf_overflow_counts_drops_and_recovers", fault_ringbuf_overflow_counts_drops_and_recovers),
+        ("fault_vanished_cgroup_policy_collected", fault_vanished_cgroup_policy_collected),
+    ] {
+        trials.push(gate(name, &host_reason, f));
+    }
+
+    if !in_vm {
+        let agent_reason = host_reason.clone().or_else(agent_requirements);
+        for (name, f) in [
+            ("agent_kill9_during_container_burst_keeps_enforcing", agent_kill9_during_container_burst as fn() -> R),
+            ("agent_runtime_restart_reconnects_and_resyncs", agent_runtime_restart_reconnects_and_resyncs),
+        ] {
+            trials.push(gate(name, &agent_reason, f));
+        }
+        match vm::kernels() {
+            Ok(kernels) => {
+                for k in kernels {
+                    let name = format!("vm_adv_{}", k.name.replace('.', "_"));
+                    trials.push(Trial::test(name, move || run_suite_in_vm(&k)));
+                }
+            }
+            Err(why) => {
+                let require_vm = require_all || std::env::var("DRIFTGUARD_REQUIRE_VM").is_ok_and(|v| v == "1");
+                for name in ["vm_adv_6_1", "vm_adv_6_12"] {
+                    if require_vm {
+                        let why = why.clone();
+                        trials.push(Trial::test(name, move || Err(format!("VM kernels unavailable: {why}").into())));
+                    } else {
+                        eprintln!("SKIP {name}: {why} (run tests/vm/fetch-kernels.sh)");
+                        trials.push(Trial::test(name, || Ok(())).with_ignored_flag(true));
+                    }
+                }
+            }
+        }
+    }
+
+    libtest_mimic::run(&args, trials).exit();
+}
+
+// ---------------------------------------------------------------------------
+// Environment (helpers copied from tests/kernel.rs and tests/agent.rs)
+
+fn host_requirements() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root (BPF, mounts, cgroups)".into());
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Some("kernel has no BTF".into());
+    }
+    if busybox().is_none() {
+        return Some("busybox-static not installed".into());
+    }
+    if cgroup2_root().is_none() {
+        return Some("no cgroup v2 hierarchy mounted".into());
+    }
+    None
+}
+
+fn agent_requirements() -> Option<String> {
+    if which("runc").is_none() {
+        return Some("runc not installed (apt-get install runc)".into());
+    }
+    if !Path::new("/bin/busybox").exists() {
+        return Some("busybox-static not installed at /bin/busybox".into());
+    }
+    None
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(bin)).find(|p| p.exists())
+}
+
+fn harness_expectation() -> Option<EnforcementPath> {
+    match std::env::var("DG_EXPECT_PATH").as_deref() {
+        Ok("lsm") => Some(EnforcementPath::Lsm),
+        Ok("tracepoint_kill") => Some(EnforcementPath::TracepointKill),
+        _ => None,
+    }
+}
+
+fn busybox() -> Option<&'static str> {
+    BUSYBOX_CANDIDATES.into_iter().find(|p| Path::new(p).exists())
+}
+
+fn bb() -> Result<&'static str, Failed> {
+    busybox().ok_or_else(|| Failed::from("busybox missing"))
+}
+
+fn dyn_bin() -> Option<&'static str> {
+    DYN_BIN_CANDIDATES.into_iter().find(|p| Path::new(p).exists())
+}
+
+fn cgroup2_root() -> Option<PathBuf> {
+    let mi = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mi.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        if post.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        pre.split_whitespace().nth(4).map(PathBuf::from)
+    })
+}
+
+fn es(e: impl std::fmt::Display) -> Failed {
+    Failed::from(e.to_string())
+}
+
+// ---------------------------------------------------------------------------
+// Payloads: a shared object with a constructor that prints PAYLOAD_MARK, and a dlopen helper.
+// Built on the host with `cc` (the VM gets the built files).
+
+struct Payloads {
+    so: PathBuf,
+    dlopener: PathBuf,
+}
+
+fn payloads() -> Result<&'static Payloads, Failed> {
+    static P: OnceLock<Result<Payloads, String>> = OnceLock::new();
+    P.get_or_init(|| {
+        if let Ok(dir) = std::env::var("DG_ADV_PAYLOAD_DIR") {
+            let d = PathBuf::from(dir);
+            return Ok(Payloads { so: d.join("libdgpayload.so"), dlopener: d.join("dgdlopen") });
+        }
+        build_payloads()
+    })
+    .as_ref()
+    .map_err(|e| Failed::from(format!("payloads: {e}")))
+}
+
+fn build_payloads() -> Result<Payloads, String> {
+    let cc = which("cc").or_else(|| which("gcc")).ok_or("no C compiler (cc) to build the test payloads")?;
+    let dir = std::env::temp_dir().join(format!("dg-adv-payloads-{}", std::process::id()));
+    fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let so_c = dir.join("payload.c");
+    fs::write(
+        &so_c,
+        format!(
+            "#include <unistd.h>\n__attribute__((constructor)) static void dg_init(void) {{ write(2, \"{PAYLOAD_MARK}\\n\", {}); }}\nint dg_payload(void) {{ return 42; }}\n",
+            PAYLOAD_MARK.len() + 1
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let dl_c = dir.join("dlopen.c");
+    fs::write(
+        &dl_c,
+        "#include <dlfcn.h>\n#include <stdio.h>\nint main(int c, char **v) {\n  void *h = dlopen(v[1], RTLD_NOW);\n  if (!h) { fprintf(stderr, \"dlopen failed: %s\\n\", dlerror()); return 3; }\n  int (*f)(void) = (int (*)(void))dlsym(h, \"dg_payload\");\n  return f && f() == 42 ? 0 : 4;\n}\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let so = dir.join("libdgpayload.so");
+    let dlopener = dir.join("dgdlopen");
+    for (args, what) in [
+        (vec!["-shared".to_string(), "-fPIC".into(), "-o".into(), so.display().to_string(), so_c.display().to_string()], "payload .so"),
+        (vec!["-o".to_string(), dlopener.display().to_string(), dl_c.display().to_string(), "-ldl".into()], "dlopen helper"),
+    ] {
+        let out = Command::new(&cc).args(&args).output().map_err(|e| format!("{}: {e}", cc.display()))?;
+        if !out.status.success() {
+            return Err(format!("building the {what}: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+    }
+    Ok(Payloads { so, dlopener })
+}
+
+// ---------------------------------------------------------------------------
+// Enforcement under test (one per process, unpinned, like tests/kernel.rs)
+
+struct Harness {
+    store: PolicyStore,
+    path: EnforcementPath,
+    fallback_reason: Option<String>,
+    events: Arc<Mutex<Vec<Event>>>,
+}
+
+fn harness() -> Result<&'static Harness, Failed> {
+    static H: OnceLock<Result<Harness, String>> = OnceLock::new();
+    let h = H.get_or_init(|| {
+        let enf = Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: false }).map_err(|e| format!("{e}"))?;
+        let store = enf.store().try_clone().map_err(|e| e.to_string())?;
+        let mut stream = enf.events().map_err(|e| e.to_string())?;
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        std::thread::spawn(move || {
+            while let Some(ev) = stream.next_timeout(Duration::from_secs(3600)) {
+                if let Ok(mut v) = sink.lock() {
+                    v.push(ev);
+                }
+            }
+        });
+        let h = Harness { store, path: enf.path(), fallback_reason: enf.fallback_reason().map(str::to_string), events };
+        std::mem::forget(enf);
+        Ok(h)
+    });
+    h.as_ref().map_err(|e| Failed::from(format!("loading the enforcer failed: {e}")))
+}
+
+fn lsm(h: &Harness) -> bool {
+    h.path == EnforcementPath::Lsm
+}
+
+// ---------------------------------------------------------------------------
+// A minimal container: overlay rootfs + cgroup + chroot.
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+struct Container {
+    dir: tempfile::TempDir,
+    lower: PathBuf,
+    merged: PathBuf,
+    cgroup: PathBuf,
+    cgid: u64,
+    level: u32,
+    children: Vec<PathBuf>,
+    extra_mounts: Vec<PathBuf>,
+    store: Option<PolicyStore>,
+}
+
+#[derive(Debug, Clone)]
+enum Outcome {
+    Exited(i32, String),
+    Signaled(i32),
+    ExecFailed(i32),
+}
+
+fn copy_exec(from: &Path, to: &Path) -> R {
+    fs::copy(from, to).map_err(|e| format!("copy {} -> {}: {e}", from.display(), to.display()))?;
+    fs::set_permissions(to, fs::Permissions::from_mode(0o755)).map_err(es)?;
+    Ok(())
+}
+
+fn cgroup_id(p: &Path) -> Result<u64, Failed> {
+    Ok(fs::metadata(p).map_err(|e| format!("stat {}: {e}", p.display()))?.ino())
+}
+
+fn write_script(p: &Path, body: &str) -> R {
+    fs::write(p, body).map_err(|e| format!("write {}: {e}", p.display()))?;
+    fs::set_permissions(p, fs::Permissions::from_mode(0o755)).map_err(es)
+}
+
+impl Container {
+    fn new(tag: &str) -> Result<Self, Failed> {
+        let bb = bb()?;
+        let dir = tempfile::Builder::new().prefix(&format!("dg-adv-{tag}-")).tempdir().map_err(es)?;
+        let (lower, upper, work, merged) =
+            (dir.path().join("lower"), dir.path().join("upper"), dir.path().join("work"), dir.path().join("merged"));
+        for d in [&lower, &upper, &work, &merged] {
+            fs::create_dir_all(d).map_err(es)?;
+        }
+        for d in ["bin", "tmp", "mnt", "vol", "lib64", "lib/x86_64-linux-gnu", "usr/bin", "usr/lib"] {
+            fs::create_dir_all(lower.join(d)).map_err(es)?;
+        }
+        fs::set_permissions(lower.join("tmp"), fs::Permissions::from_mode(0o1777)).map_err(es)?;
+        copy_exec(Path::new(bb), &lower.join("bin/busybox"))?;
+        for name in ["tool", "tool2", "tool3", "denied", "true"] {
+            copy_exec(Path::new(bb), &lower.join("bin").join(name))?;
+        }
+        fs::copy(bb, lower.join("bin/noexec")).map_err(es)?;
+        fs::set_permissions(lower.join("bin/noexec"), fs::Permissions::from_mode(0o644)).map_err(es)?;
+        symlink("busybox", lower.join("bin/sh")).map_err(es)?;
+        write_script(&lower.join("bin/image-script.sh"), "#!/bin/sh\necho image-script-ran\n")?;
+        write_script(&lower.join("bin/evil-interp.sh"), "#!/tmp/sh\necho evil-interp-ran\n")?;
+        if let Some(d) = dyn_bin() {
+            copy_exec(Path::new(d), &lower.join("usr/bin/dyn"))?;
+            let ldso = fs::canonicalize(LDSO).map_err(|e| format!("{LDSO}: {e}"))?;
+            copy_exec(&ldso, &lower.join("lib64/ld-linux-x86-64.so.2"))?;
+            for lib in ["/lib/x86_64-linux-gnu/libc.so.6", "/usr/lib/x86_64-linux-gnu/libc.so.6"] {
+                if Path::new(lib).exists() {
+                    copy_exec(Path::new(lib), &lower.join("lib/x86_64-linux-gnu/libc.so.6"))?;
+                    break;
+                }
+            }
+        }
+        if let Ok(p) = payloads() {
+            if p.dlopener.exists() {
+                copy_exec(&p.dlopener, &lower.join("usr/bin/dgdlopen"))?;
+            }
+            if p.so.exists() {
+                copy_exec(&p.so, &lower.join("usr/lib/libimage.so"))?;
+            }
+        }
+        let opts = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
+        mount("overlay", &merged, "overlay", &opts)?;
+
+        let root = cgroup2_root().ok_or("no cgroup2")?;
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let cgroup = root.join(format!("dg-adv-{}-{n}-{tag}", std::process::id()));
+        fs::create_dir(&cgroup).map_err(|e| format!("mkdir {}: {e}", cgroup.display()))?;
+        let cgid = cgroup_id(&cgroup)?;
+        let level = cgroup.strip_prefix(&root).map(|p| p.components().count() as u32).unwrap_or(1);
+        Ok(Container { dir, lower, merged, cgroup, cgid, level, children: Vec::new(), extra_mounts: Vec::new(), store: None })
+    }
+
+    fn drop_file(&self, inside: &str, from: &str) -> R {
+        copy_exec(Path::new(from), &self.host_path(inside))
+    }
+
+    fn host_path(&self, inside: &str) -> PathBuf {
+        self.merged.join(inside.trim_start_matches('/'))
+    }
+
+    fn host_str(&self, inside: &str) -> String {
+        self.host_path(inside).display().to_string()
+    }
+
+    fn in_upper(&self, inside: &str) -> bool {
+        self.dir.path().join("upper").join(inside.trim_start_matches('/')).exists()
+    }
+
+    fn install(&mut self, h: &Harness, policy: &Policy) -> R {
+        h.store.set(self.cgid, self.level, policy).map_err(es)
+    }
+
+    fn run_full(&self, cgroup: &Path, cwd: &str, argv0: &str, argv: &[&str], chroot: bool, env: &[(&str, &str)]) -> Result<Outcome, Failed> {
+        for _ in 0..50 {
+            match self.run_once(cgroup, cwd, argv0, argv, chroot, env)? {
+                Outcome::ExecFailed(libc::ETXTBSY) => std::thread::sleep(Duration::from_millis(20)),
+                other => return Ok(other),
+            }
+        }
+        Err("exec kept failing with ETXTBSY".into())
+    }
+
+    fn run_once(&self, cgroup: &Path, cwd: &str, argv0: &str, argv: &[&str], chroot: bool, env: &[(&str, &str)]) -> Result<Outcome, Failed> {
+        let procs = fs::OpenOptions::new()
+            .write(true)
+            .open(cgroup.join("cgroup.procs"))
+            .map_err(|e| format!("open cgroup.procs: {e}"))?;
+        use std::os::fd::IntoRawFd;
+        let procs_fd = procs.into_raw_fd();
+        let root = CString::new(self.merged.as_os_str().as_bytes()).map_err(es)?;
+        let cwd = CString::new(cwd).map_err(es)?;
+        let mut cmd = Command::new(argv[0]);
+        cmd.arg0(argv0).args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.env_clear().env("PATH", "/bin:/usr/bin");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        // SAFETY: only async-signal-safe syscalls on memory prepared before fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::write(procs_fd, b"0\n".as_ptr().cast(), 2) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if chroot && libc::chroot(root.as_ptr()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::chdir(cwd.as_ptr()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let res = cmd.output();
+        // SAFETY: closing the fd we own.
+        unsafe { libc::close(procs_fd) };
+        match res {
+            Ok(out) => {
+                let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+                if let Some(sig) = out.status.signal() {
+                    Ok(Outcome::Signaled(sig))
+                } else {
+                    Ok(Outcome::Exited(out.status.code().unwrap_or(-1), text))
+                }
+            }
+            Err(e) => match e.raw_os_error() {
+                Some(errno) => Ok(Outcome::ExecFailed(errno)),
+                None => Err(format!("spawn failed: {e}").into()),
+            },
+        }
+    }
+
+    /// Run `argv` chrooted in the container, cwd `/`.
+    fn run(&self, argv0: &str, argv: &[&str]) -> Result<Outcome, Failed> {
+        self.run_full(&self.cgroup, "/", argv0, argv, true, &[])
+    }
+
+    /// A busybox shell inside the container running `script`.
+    fn sh(&self, script: &str) -> Result<Outcome, Failed> {
+        self.run("sh", &["/bin/busybox", "sh", "-c", script])
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if let Ok(h) = harness() {
+            let _ = h.store.remove(self.cgid);
+        }
+        if let Some(s) = &self.store {
+            let _ = s.remove(self.cgid);
+        }
+        for m in self.extra_mounts.iter().rev() {
+            umount(m);
+        }
+        umount(&self.merged);
+        for c in self.children.iter().rev() {
+            let _ = fs::remove_dir(c);
+        }
+        let _ = fs::remove_dir(&self.cgroup);
+    }
+}
+
+fn mount(src: &str, target: &Path, fstype: &str, data: &str) -> R {
+    mount_flags(src, target, fstype, data, 0)
+}
+
+fn mount_flags(src: &str, target: &Path, fstype: &str, data: &str, flags: libc::c_ulong) -> R {
+    let c = |s: &[u8]| CString::new(s).map_err(es);
+    let (src, tgt, fst, dat) = (c(src.as_bytes())?, c(target.as_os_str().as_bytes())?, c(fstype.as_bytes())?, c(data.as_bytes())?);
+    // SAFETY: valid NUL-terminated strings.
+    let rc = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), fst.as_ptr(), flags, dat.as_ptr().cast()) };
+    if rc != 0 {
+        return Err(format!("mount {fstype} on {}: {}", target.display(), std::io::Error::last_os_error()).into());
+    }
+    Ok(())
+}
+
+fn umount(target: &Path) {
+    if let Ok(t) = CString::new(target.as_os_str().as_bytes()) {
+        // SAFETY: valid path string.
+        unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Fork; the child joins `cgroup` and runs `body`, which may only make raw syscalls on data
+/// prepared before the fork, and returns an exit code (200 + errno for a failed exec).
+fn fork_in_cgroup(cgroup: &Path, body: &dyn Fn() -> i32) -> Result<Outcome, Failed> {
+    let procs = CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes()).map_err(es)?;
+    for _ in 0..50 {
+        // SAFETY: the child only makes raw syscalls and _exits.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(format!("fork: {}", std::io::Error::last_os_error()).into());
+        }
+        if pid == 0 {
+            // SAFETY: raw syscalls in the child on prepared data.
+            unsafe {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) < 0 {
+                    libc::_exit(120);
+                }
+                libc::close(fd);
+                let code = body();
+                libc::_exit(code);
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        let out = if libc::WIFSIGNALED(status) {
+            Outcome::Signaled(libc::WTERMSIG(status))
+        } else {
+            let code = libc::WEXITSTATUS(status);
+            if code >= 200 {
+                Outcome::ExecFailed(code - 200)
+            } else {
+                Outcome::Exited(code, String::new())
+            }
+        };
+        if matches!(out, Outcome::ExecFailed(libc::ETXTBSY)) {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        return Ok(out);
+    }
+    Err("exec kept failing with ETXTBSY".into())
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// Argument vector for raw exec calls (pointers stay valid while the struct lives).
+struct Argv {
+    _strings: Vec<CString>,
+    ptrs: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+}
+
+fn argv(args: &[&str]) -> Argv {
+    let strings: Vec<CString> = args.iter().map(|a| CString::new(*a).expect("no NUL")).collect();
+    let mut ptrs: Vec<*const libc::c_char> = strings.iter().map(|s| s.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    Argv { _strings: strings, ptrs, envp: vec![std::ptr::null()] }
+}
+
+/// Child body: execveat(fd, "", AT_EMPTY_PATH) (= fexecve).
+fn exec_fd(fd: i32, a: &Argv) -> i32 {
+    // SAFETY: raw syscall with prepared, NUL-terminated arrays.
+    unsafe {
+        libc::syscall(libc::SYS_execveat, fd, c"".as_ptr(), a.ptrs.as_ptr(), a.envp.as_ptr(), libc::AT_EMPTY_PATH);
+    }
+    200 + errno()
+}
+
+/// Child body: execve(path).
+fn exec_path(path: &CString, a: &Argv) -> i32 {
+    // SAFETY: raw syscall with prepared, NUL-terminated arrays.
+    unsafe {
+        libc::execve(path.as_ptr(), a.ptrs.as_ptr(), a.envp.as_ptr());
+    }
+    200 + errno()
+}
+
+// ---------------------------------------------------------------------------
+// Assertions
+
+fn enforce() -> Policy {
+    Policy::with_mode(Mode::Enforce)
+}
+
+fn assert_runs(out: &Outcome, what: &str) -> R {
+    match out {
+        Outcome::Exited(0, _) => Ok(()),
+        other => Err(format!("{what}: expected to run and exit 0, got {other:?}").into()),
+    }
+}
+
+fn assert_denied(h: &Harness, out: &Outcome, what: &str) -> R {
+    match (h.path, out) {
+        (EnforcementPath::Lsm, Outcome::ExecFailed(libc::EPERM)) => Ok(()),
+        (EnforcementPath::TracepointKill, Outcome::Signaled(libc::SIGKILL)) => Ok(()),
+        (p, other) => Err(format!(
+            "{what}: expected {} on the {} path, got {other:?}",
+            if p == EnforcementPath::Lsm { "EPERM" } else { "SIGKILL" },
+            p.as_str()
+        )
+        .into()),
+    }
+}
+
+/// A shell that exec'd a denied file: LSM -> the shell reports "Permission denied" (126);
+/// fallback -> the shell's child is SIGKILLed (137).
+fn assert_shell_denied(h: &Harness, out: &Outcome, what: &str) -> R {
+    match (h.path, out) {
+        (EnforcementPath::Lsm, Outcome::Exited(c, t)) if *c != 0 && t.to_lowercase().contains("permission denied") => Ok(()),
+        (EnforcementPath::Lsm, Outcome::ExecFailed(libc::EPERM)) => Ok(()),
+        (EnforcementPath::TracepointKill, Outcome::Exited(137, _)) | (EnforcementPath::TracepointKill, Outcome::Signaled(9)) => Ok(()),
+        (p, other) => Err(format!("{what}: expected the exec to be stopped on the {} path, got {other:?}", p.as_str()).into()),
+    }
+}
+
+fn denied_action(h: &Harness) -> Action {
+    match h.path {
+        EnforcementPath::Lsm => Action::Deny,
+        EnforcementPath::TracepointKill => Action::Kill,
+    }
+}
+
+fn wait_event(h: &Harness, pred: impl Fn(&Event) -> bool, what: &str) -> Result<Event, Failed> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(v) = h.events.lock() {
+            if let Some(e) = v.iter().find(|e| pred(e)) {
+                return Ok(e.clone());
+            }
+        }
+        if Instant::now() > deadline {
+            let seen: Vec<String> = h
+                .events
+                .lock()
+                .map(|v| v.iter().rev().take(40).map(|e| format!("{}:{}:{:?}:{:?}", e.policy_cgroup_id, e.path, e.rule, e.action)).collect())
+                .unwrap_or_default();
+            return Err(format!("no event for {what} within 10s; last seen: {seen:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn events_for(h: &Harness, cgid: u64) -> Vec<Event> {
+    h.events.lock().map(|v| v.iter().filter(|e| e.policy_cgroup_id == cgid).cloned().collect()).unwrap_or_default()
+}
+
+fn expect_event(h: &Harness, c: &Container, path: &str, rule: Rule, action: Action) -> Result<Event, Failed> {
+    wait_event(
+        h,
+        |e| e.policy_cgroup_id == c.cgid && e.path == path && e.rule == rule && e.action == action,
+        &format!("{path} {rule:?} {action:?}"),
+    )
+}
+
+fn expect_event_suffix(h: &Harness, c: &Container, suffix: &str, rule: Rule, action: Action) -> Result<Event, Failed> {
+    wait_event(
+        h,
+        |e| e.policy_cgroup_id == c.cgid && e.path.ends_with(suffix) && e.rule == rule && e.action == action,
+        &format!("*{suffix} {rule:?} {action:?}"),
+    )
+}
+
+fn no_event_for_path(h: &Harness, c: &Container, path: &str) -> R {
+    std::thread::sleep(Duration::from_millis(200));
+    if let Some(e) = events_for(h, c.cgid).into_iter().find(|e| e.path == path) {
+        return Err(format!("unexpected event for {path}: {e:?}").into());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Trials: bypass attempts
+
+fn enforcement_path_is_the_expected_one() -> R {
+    let h = harness()?;
+    println!("enforcement path: {} ({:?})", h.path.as_str(), h.fallback_reason);
+    if let Some(want) = harness_expectation() {
+        if h.path != want {
+            return Err(format!("expected {} but loaded {}", want.as_str(), h.path.as_str()).into());
+        }
+    }
+    Ok(())
+}
+
+fn dropped_binary_by_absolute_path_denied() -> R {
+    let h = harness()?;
+    let mut c = Container::new("abs")?;
+    c.install(h, &enforce())?;
+    c.drop_file("/tmp/dropped", bb()?)?;
+    c.drop_file("/usr/bin/looks-legit", bb()?)?;
+    assert_denied(h, &c.run("true", &["/tmp/dropped"])?, "dropped binary by absolute path")?;
+    assert_denied(h, &c.run("true", &["/usr/bin/looks-legit"])?, "dropped binary in an image directory")?;
+    // Through a shell inside the container (what an attacker with a shell does).
+    assert_shell_denied(h, &c.sh("/tmp/dropped true")?, "dropped binary run by the container's shell")?;
+    expect_event(h, &c, "/tmp/dropped", Rule::Drift, denied_action(h))?;
+    expect_event(h, &c, "/usr/bin/looks-legit", Rule::Drift, denied_action(h))?;
+    Ok(())
+}
+
+fn dropped_binary_by_relative_path_denied() -> R {
+    let h = harness()?;
+    let mut c = Container::new("rel")?;
+    c.install(h, &enforce())?;
+    c.drop_file("/tmp/dropped", bb()?)?;
+    for (cwd, p) in [("/tmp", "./dropped"), ("/", "tmp/dropped"), ("/bin", "../tmp/../tmp/dropped"), ("/tmp", "dropped")] {
+        let out = c.run_full(&c.cgroup, cwd, "true", &[p], true, &[])?;
+        // "dropped" without a slash is looked up in PATH by Command: not found is fine only if
+        // it did not run.
+        if p == "dropped" {
+            if matches!(out, Outcome::Exited(0, _)) {
+                return Err("bare name ran".into());
+            }
+            continue;
+        }
+        assert_denied(h, &out, &format!("cwd {cwd}, exec {p}"))?;
+    }
+    assert_shell_denied(h, &c.sh("cd /tmp && ./dropped true")?, "relative exec from the container's shell")?;
+    expect_event(h, &c, "/tmp/dropped", Rule::Drift, denied_action(h))?;
+    Ok(())
+}
+
+fn symlink_in_upper_layer_to_dropped_file_denied() -> R {
+    let h = harness()?;
+    let mut c = Container::new("symup")?;
+    c.install(h, &enforce())?;
+    c.drop_file("/tmp/dropped", bb()?)?;
+    symlink("/tmp/dropped", c.host_path("/tmp/abs-link")).map_err(es)?;
+    symlink("../../tmp/dropped", c.host_path("/usr/bin/rel-link")).map_err(es)?;
+    symlink("/tmp/abs-link", c.host_path("/bin/chain-link")).map_err(es)?;
+    for p in ["/tmp/abs-link", "/usr/bin/rel-link", "/bin/chain-link"] {
+        assert_denied(h, &c.run("true", &[p])?, &format!("symlink {p} -> dropped file"))?;
+    }
+    // The event names the resolved file, not the link.
+    expect_event(h, &c, "/tmp/dropped", Rule::Drift, denied_action(h))?;
+    Ok(())
+}
+
+fn symlink_to_image_file_then_target_replaced_denied() -> R {
+    let h = harness()?;
+    let mut c = Container::new("symimg")?;
+    c.install(h, &enforce())?;
+    symlink("/bin/tool2", c.host_path("/tmp/tool-link")).map_err(es)?;
+    assert_runs(&c.run("true", &["/tmp/tool-link"])?, "symlink to an image binary")?;
+    // Replace the target: new file written in the container, renamed over the image file.
+    c.drop_file("/tmp/replacement", bb()?)?;
+    fs::rename(c.host_path("/tmp/replacement"), c.host_path("/bin/tool2")).map_err(es)?;
+    assert_denied(h, &c.run("true", &["/tmp/tool-link"])?, "symlink to an image path whose file was replaced")?;
+    // Replace the target of another link by truncating and rewriting it in place.
+    symlink("/bin/tool3", c.host_path("/tmp/tool3-link")).map_err(es)?;
+    assert_runs(&c.run("true", &["/tmp/tool3-link"])?, "symlink to another image binary")?;
+    let bytes = fs::read(bb()?).map_err(es)?;
+    fs::write(c.host_path("/bin/tool3"), &bytes).map_err(es)?;
+    assert_denied(h, &c.run("true", &["/tmp/tool3-link"])?, "symlink to an image binary rewritten in place")?;
+    expect_event(h, &c, "/bin/tool2", Rule::Drift, denied_action(h))?;
+    expect_event(h, &c, "/bin/tool3", Rule::Drift, denied_action(h))?;
+    Ok(())
+}
+
+fn copy_of_image_binary_denied() -> R {
+    let h = harness()?;
+    let mut c = Container::new("copy")?;
+    c.install(h, &enforce())?;
+    // Copied from outside (through the overlay) and by the container's own cp.
+    copy_exec(&c.host_path("/bin/busybox"), &c.host_path("/tmp/bb-copy"))?;
+    assert_denied(h, &c.run("true", &["/tmp/bb-copy"])?, "host-side copy of an image binary")?;
+    assert_runs(&c.sh("cp /bin/busybox /bin/bb-cp && cp -a /bin/tool /tmp/tool-cp-a")?, "cp inside the container")?;
+    assert_denied(h, &c.run("true", &["/bin/bb-cp"])?, "in-container cp of an image binary to a new name in /bin")?;
+    assert_denied(h, &c.run("true", &["/tmp/tool-cp-a"])?, "cp -a (mode preserved) of an image binary")?;
+    // The original is untouched and still runs.
+    assert_runs(&c.run("true", &["/bin/busybox"])?, "original image binary after being copied")?;
+    expect_event(h, &c, "/bin/bb-cp", Rule::Drift, denied_action(h))?;
+    Ok(())
+}
+
+fn in_place_modification_and_touch_of_image_file_denied() -> R {
+    let h = harness()?;
+    let mut c = Container::new("inplace")?;
+    c.install(h, &enforce())?;
+    // Rewrite the first byte with the same value: the content is identical, the file is copied up.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new().write(true).open(c.host_path("/bin/tool")).map_err(es)?;
+        f.write_all_at(b"\x7f", 0).map_err(es)?;
+    }
+    assert_denied(h, &c.run("true", &["/bin/tool"])?, "image binary rewritten with identical bytes (copy-up)")?;
+    // Only the timestamps change: overlayfs copies up on setattr too.
+    assert_runs(&c.sh("touch /bin/tool2")?, "touch in the container")?;
+    if !c.in_upper("/bin/tool2") {
+        return Err("touch did not copy /bin/tool2 up (overlay behaviour changed?)".into());
+    }
+    assert_denied(h, &c.run("true", &["/bin/tool2"])?, "image binary whose times changed (copied up)")?;
+    expect_event(h, &c, "/bin/tool", Rule::Drift, denied_action(h))?;
+    Ok(())
+}
+
+fn chmod_of_image_file_denied() -> R {
+    let h = harness()?;
+    let mut c = Container::new("chmod")?;
+    c.install(h, &enforce())?;
+    // The image ships /bin/noexec as 0644: making it executable copies it up.
+    assert_runs(&c.sh("chmod 755 /bin/noexec")?, "chmod +x inside the container")?;
+    assert_denied(h, &c.run("true", &["/bin/noexec"])?, "image file made executable in the container")?;
+    // A no-op chmod (same mode) still copies up.
+    fs::set_permissions(c.host_path("/bin/tool"), fs::Permissions::from_mode(0o755)).map_err(es)?;
+    assert_denied(h, &c.run("true", &["/bin/tool"])?, "image binary after a no-op chmod")?;
+    expect_event(h, &c, "/bin/noexec", Rule::Drift, denied_action(h))?;
+    Ok(())
+}
+
+fn hard_link_of_dropped_file_denied() -> R {
+    let h = harness()?;
+    let mut c = Container::new("hldrop")?;
+    c.install(h, &enforce())?;
+    c.drop_file("/tmp/dropped", bb()?)?;
+    fs::hard_link(c.host_path("/tmp/dropped"), c.host_path("/bin/hl-dropped")).map_err(es)?;
+    assert_runs(&c.sh("ln /tmp/dropped /usr/bin/hl2")?, "ln inside the container")?;
+    for p in ["/bin/hl-dropped", "/usr/bin/hl2"] {
+        assert_denied(h, &c.run("true", &[p])?, &format!("hard link {p} of a dropped file"))?;
+    }
+    // Unlinking the original leaves nlink 1: still an upper-layer file.
+    fs::remove_file(c.host_path("/tmp/dropped")).map_err(es)?;
+    assert_denied(h, &c.run("true", &["/bin/hl-dropped"])?, "hard link after the original was removed")?;
+    expect_event(h, &c, "/bin/hl-dropped", Rule::Drift, denied_action(h))?;
+    Ok(())
+}
+
+fn hard_link_of_image_file_copies_up_and_is_denied() -> R {
+    let h = harness()?;
+    let mut c = Container::new("hlimg")?;
+    c.install(h, &enforce())?;
+    assert_runs(&c.run("true", &["/bin/tool"])?, "image binary before the link")?;
+    fs::hard_link(c.host_path("/bin/tool"), c.host_path("/tmp/tool-hl")).map_err(es)?;
+    // overlayfs copies the source up before linking: both names now point at an upper inode.
+    if !c.in_upper("/bin/tool") {
+        return Err("link(2) did not copy the image file up (overlay behaviour changed?)".into());
+    }
+    assert_denied(h, &c.run("true", &["/tmp/tool-hl"])?, "hard link of an image binary")?;
+    // Secure side effect: the original name is now a copied-up file too (a false positive an
+    // image never hits: it only happens if something in the container links image binaries).
+    assert_denied(h, &c.run("true", &["/bin/tool"])?, "image binary after being hard-linked (copied up)")?;
+    assert_runs(&c.run("true", &["/bin/busybox"])?, "other image binaries unaffected")?;
+    Ok(())
+}
+
+fn rename_of_dropped_file_to_image_path_denied() -> R {
+    let h = harness()?;
+    let mut c = Container::new("renimg")?;
+    c.install(h, &enforce())?;
+    c.drop_file("/tmp/dropped", bb()?)?;
+    fs::rename(c.host_path("/tmp/dropped"), c.host_path("/bin/newtool")).map_err(es)?;
+    assert_denied(h, &c.run("true", &["/bin/newtool"])?, "dropped file renamed to /bin/newtool")?;
+    c.drop_file("/tmp/d2", bb()?)?;
+    assert_runs(&c.sh("mv /tmp/d2 /usr/bin/newtool2")?, "mv inside the container")?;
+    assert_denied(h, &c.run("true", &["/usr/bin/newtool2"])?, "dropped file mv'ed to /usr/bin/newtool2")?;
+    expect_event(h, &c, "/bin/newtool", Rule::Drift, denied_action(h))?;
+    Ok(())
+}
+
+fn rename_over_image_binary_denied() -> R {
+    let h = harness()?;
+    let mut c = Container::new("renover")?;
+    c.install(h, &enforce())?;
+    c.drop_file("/tmp/dropped", bb()?)?;
+    fs::rename(c.host_path("/tmp/dropped"), c.host_path("/bin/tool")).map_err(es)?;
+    assert_denied(h, &c.run("true", &["/bin/tool"])?, "dropped file renamed over an image binary")?;
+    // Renaming an image file itself copies it up.
+    fs::rename(c.host_path("/bin/tool2"), c.host_path("/bin/tool2-renamed")).map_err(es)?;
+    assert_denied(h, &c.run("true", &["/bin/tool2-renamed"])?, "image binary renamed (copied up)")?;
+    // And moving an image binary over another one.
+    assert_runs(&c.sh("mv /bin/tool3 /bin/denied")?, "mv image over image")?;
+    assert_denied(h, &c.run("true", &["/bin/denied"])?, "image binary moved over another image binary")?;
+    expect_event(h, &c, "/bin/tool", Rule::Drift, denied_action(h))?;
+    Ok(())
+}
+
+fn script_written_in_container() -> R {
+    let h = harness()?;
+    let mut c = Container::new("script")?;
+    c.install(h, &enforce())?;
+    write_script(&c.host_path("/tmp/run.sh"), "#!/bin/sh\necho script-ran\n")?;
+    let out = c.run("run.sh", &["/tmp/run.sh"])?;
+    if lsm(h) {
+        assert_denied(h, &out, "#! script written in the container")?;
+        expect_event(h, &c, "/tmp/run.sh", Rule::Drift, Action::Deny)?;
+        assert_shell_denied(h, &c.sh("/tmp/run.sh")?, "#! script run by the container's shell")?;
+    } else {
+        // Known limit of the fallback: sched_process_exec sees the interpreter (/bin/busybox, an
+        // image file), never the script. If this starts failing, the fallback got better: update
+        // docs/threat-model.md.
+        match out {
+            Outcome::Exited(0, t) if t.contains("script-ran") => {}
+            other => return Err(format!("fallback limit changed: a dropped #! script did not run: {other:?}").into()),
+        }
+        no_event_for_path(h, &c, "/tmp/run.sh")?;
+    }
+    Ok(())
+}
+
+fn image_script_with_dropped_interpreter_denied() -> R {
+    let h = harness()?;
+    let mut c = Container::new("interp")?;
+    c.install(h, &enforce())?;
+    // /bin/evil-interp.sh is an image script whose #! line names /tmp/sh, which the attacker drops.
+    c.drop_file("/tmp/sh", bb()?)?;
+    assert_denied(h, &c.run("evil-interp.sh", &["/bin/evil-interp.sh"])?, "image script with a dropped interpreter")?;
+    expect_event(h, &c, "/tmp/sh", Rule::Drift, denied_action(h))?;
+    Ok(())
+}
+
+fn ld_so_running_dropped_binaries() -> R {
+    let h = harness()?;
+    let mut c = Container::new("ldso")?;
+    c.install(h, &enforce())?;
+    let d = dyn_bin().ok_or("no dynamic binary (coreutils true)")?;
+    c.drop_file("/tmp/dyn-dropped", d)?;
+    // An image dynamic binary, chmod'ed (copied up), run through ld.so.
+    copy_exec(Path::new(d), &c.host_path("/usr/bin/dyn-copied-up"))?;
+    let ld = "/lib64/ld-linux-x86-64.so.2";
+    assert_runs(&c.run("ld.so", &[ld, "/usr/bin/dyn"])?, "ld.so running an image binary")?;
+    for target in ["/tmp/dyn-dropped", "/usr/bin/dyn-copied-up"] {
+        let out = c.run("ld.so", &[ld, target])?;
+        if lsm(h) {
+            match out {
+                Outcome::Exited(127, _) => {}
+                other => return Err(format!("ld.so {target}: expected exit 127 (failed to map segment), got {other:?}").into()),
+            }
+        } else {
+            // Known limit of the fallback: ld.so (an image binary) is what was exec'd; the dropped
+            // file is only mmapped, which the fallback cannot see.
+            assert_runs(&out, &format!("fallback limit changed: ld.so {target}"))?;
+        }
+    }
+    if lsm(h) {
+        let e = expect_event(h, &c, "/tmp/dyn-dropped", Rule::Drift, Action::Deny)?;
+        if e.hook != Hook::MmapFile {
+            return Err(format!("expected the mmap_file hook, got {:?}", e.hook).into());
+        }
+    }
+    Ok(())
+}
+
+fn ld_preload_of_dropped_library() -> R {
+    let h = harness()?;
+    let p = payloads()?;
+    let mut c = Container::new("preload")?;
+    c.install(h, &enforce())?;
+    copy_exec(&p.so, &c.host_path("/tmp/libevil.so"))?;
+    // Control: the same library shipped in the image loads.
+    match c.run_full(&c.cgroup, "/", "dyn", &["/usr/bin/dyn"], true, &[("LD_PRELOAD", "/usr/lib/libimage.so")])? {
+        Outcome::Exited(0, t) if t.contains(PAYLOAD_MARK) => {}
+        other => return Err(format!("control: LD_PRELOAD of an image library should load: {other:?}").into()),
+    }
+    let out = c.run_full(&c.cgroup, "/", "dyn", &["/usr/bin/dyn"], true, &[("LD_PRELOAD", "/tmp/libevil.so")])?;
+    if lsm(h) {
+        match out {
+            // ld.so ignores a preload it cannot map; the program itself runs.
+            Outcome::Exited(0, t) if !t.contains(PAYLOAD_MARK) => {}
+            other => return Err(format!("LD_PRELOAD of a dropped .so must not run its code: {other:?}").into()),
+        }
+        expect_event(h, &c, "/tmp/libevil.so", Rule::Drift, Action::Deny)?;
+    } else {
+        match out {
+            Outcome::Exited(0, t) if t.contains(PAYLOAD_MARK) => {}
+            other => return Err(format!("fallback limit changed: LD_PRELOAD of a dropped .so: {other:?}").into()),
+        }
+    }
+    Ok(())
+}
+
+fn dlopen_of_dropped_library() -> R {
+    let h = harness()?;
+    let p = payloads()?;
+    let mut c = Container::new("dlopen")?;
+    c.install(h, &enforce())?;
+    copy_exec(&p.so, &c.host_path("/tmp/libevil.so"))?;
+    match c.run("dgdlopen", &["/usr/bin/dgdlopen", "/usr/lib/libimage.so"])? {
+        Outcome::Exited(0, _) => {}
+        other => return Err(format!("control: dlopen of an image library should work: {other:?}").into()),
+    }
+    let out = c.run("dgdlopen", &["/usr/bin/dgdlopen", "/tmp/libevil.so"])?;
+    if lsm(h) {
+        match out {
+            Outcome::Exited(3, t) if !t.contains(PAYLOAD_MARK) => {}
+            other => return Err(format!("dlopen of a dropped .so must fail (exit 3): {other:?}").into()),
+        }
+        let e = expect_event(h, &c, "/tmp/libevil.so", Rule::Drift, Action::Deny)?;
+        if e.hook != Hook::MmapFile {
+            return Err(format!("expected the mmap_file hook, got {:?}", e.hook).into());
+        }
+    } else {
+        match out {
+            Outcome::Exited(0, t) if t.contains(PAYLOAD_MARK) => {}
+            other => return Err(format!("fallback limit changed: dlopen of a dropped .so: {other:?}").into()),
+        }
+    }
+    Ok(())
+}
+
+fn memfd_fexecve_and_proc_fd_exec_denied() -> R {
+    let h = harness()?;
+    let mut c = Container::new("memfd")?;
+    c.install(h, &enforce())?;
+    let bytes = fs::read(bb()?).map_err(es)?;
+    let name = CString::new("dg-adv-payload").map_err(es)?;
+    // SAFETY: memfd_create with a valid name.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!("memfd_create: {}", std::io::Error::last_os_error()).into());
+    }
+    // SAFETY: fd is ours.
+    let mut f = unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    f.write_all(&bytes).map_err(es)?;
+    let a = argv(&["true"]);
+    let out = fork_in_cgroup(&c.cgroup, &|| exec_fd(fd, &a))?;
+    assert_denied(h, &out, "memfd + execveat(fd, \"\", AT_EMPTY_PATH)")?;
+    let proc_path = CString::new(format!("/proc/self/fd/{fd}")).map_err(es)?;
+    let out = fork_in_cgroup(&c.cgroup, &|| exec_path(&proc_path, &a))?;
+    assert_denied(h, &out, "memfd exec via /proc/self/fd/N")?;
+    // Sealed read-only memfd: no difference.
+    // SAFETY: fcntl on our fd.
+    unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW) };
+    let out = fork_in_cgroup(&c.cgroup, &|| exec_fd(fd, &a))?;
+    assert_denied(h, &out, "sealed memfd + fexecve")?;
+    drop(f);
+    let e = wait_event(h, |e| e.policy_cgroup_id == c.cgid && e.rule == Rule::Fileless, "memfd event")?;
+    if !e.path.contains("memfd:dg-adv-payload") || e.action != denied_action(h) {
+        return Err(format!("memfd event wrong: {e:?}").into());
+    }
+    // Control: the same fd-exec of an image binary is allowed.
+    let img = CString::new(c.host_str("/bin/true")).map_err(es)?;
+    // SAFETY: open a path we own.
+    let ifd = unsafe { libc::open(img.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    let out = fork_in_cgroup(&c.cgroup, &|| exec_fd(ifd, &a))?;
+    // SAFETY: closing our fd.
+    unsafe { libc::close(ifd) };
+    assert_runs(&out, "fexecve of an image binary")?;
+    Ok(())
+}
+
+fn proc_self_fd_exec_of_dropped_file_denied() -> R {
+    let h = harness()?;
+    let mut c = Container::new("procfd")?;
+    c.install(h, &enforce())?;
+    c.drop_file("/tmp/dropped", bb()?)?;
+    let p = CString::new(c.host_str("/tmp/dropped")).map_err(es)?;
+    // SAFETY: open a path we own.
+    let fd = unsafe { libc::open(p.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err("open dropped".into());
+    }
+    let a = argv(&["true"]);
+    let out = fork_in_cgroup(&c.cgroup, &|| exec_fd(fd, &a))?;
+    assert_denied(h, &out, "fexecve of a dropped file")?;
+    let proc_path = CString::new(format!("/proc/self/fd/{fd}")).map_err(es)?;
+    let out = fork_in_cgroup(&c.cgroup, &|| exec_path(&proc_path, &a))?;
+    assert_denied(h, &out, "exec of a dropped file via /proc/self/fd/N")?;
+    // O_PATH fd, then execveat.
+    // SAFETY: open a path we own.
+    let pfd = unsafe { libc::open(p.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+    let out = fork_in_cgroup(&c.cgroup, &|| exec_fd(pfd, &a))?;
+    assert_denied(h, &out, "execveat of an O_PATH fd of a dropped file")?;
+    // The file unlinked while the fd stays open: nlink 0 -> fileless, still denied.
+    fs::remove_file(c.host_path("/tmp/dropped")).map_err(es)?;
+    let out = fork_in_cgroup(&c.cgroup, &|| exec_fd(fd, &a))?;
+    assert_denied(h, &out, "fexecve of a dropped file unlinked after open")?;
+    // SAFETY: closing our fds.
+    unsafe {
+        libc::close(fd);
+        libc::close(pfd);
+    }
+    expect_event_suffix(h, &c, "/tmp/dropped", Rule::Drift, denied_action(h))?;
+    wait_event(h, |e| e.policy_cgroup_id == c.cgid && e.rule == Rule::Fileless, "unlinked-file event")?;
+    Ok(())
+}
+
+fn o_tmpfile_exec_denied() -> R {
+    let h = harness()?;
+    let mut c = Container::new("tmpfile")?;
+    c.install(h, &enforce())?;
+    let bytes = fs::read(bb()?).map_err(es)?;
+    // O_TMPFILE in the overlay (supported from Linux 6.6), else on a tmpfs volume of the container.
+    let mut dirs = vec![c.host_path("/tmp")];
+    let vol = c.host_path("/vol");
+    mount("tmpfs", &vol, "tmpfs", "size=16m")?;
+    c.extra_mounts.push(vol.clone());
+    dirs.push(vol);
+    let mut tried = 0;
+    for dir in dirs {
+        let d = CString::new(dir.as_os_str().as_bytes()).map_err(es)?;
+        // SAFETY: open with a valid path.
+        let wfd = unsafe { libc::open(d.as_ptr(), libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC, 0o755) };
+        if wfd < 0 {
+            println!("O_TMPFILE in {}: {}", dir.display(), std::io::Error::last_os_error());
+            continue;
+        }
+        tried += 1;
+        // SAFETY: wfd is ours.
+        let mut w = unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(wfd) };
+        w.write_all(&bytes).map_err(es)?;
+        // Re-open read-only through /proc (an open writer would make exec fail with ETXTBSY).
+        let reopen = CString::new(format!("/proc/self/fd/{wfd}")).map_err(es)?;
+        // SAFETY: open a valid path.
+        let rfd = unsafe { libc::open(reopen.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        drop(w);
+        if rfd < 0 {
+            return Err(format!("reopen O_TMPFILE: {}", std::io::Error::last_os_error()).into());
+        }
+        let a = argv(&["true"]);
+        let out = fork_in_cgroup(&c.cgroup, &|| exec_fd(rfd, &a))?;
+        assert_denied(h, &out, &format!("O_TMPFILE in {} + fexecve", dir.display()))?;
+        let proc_path = CString::new(format!("/proc/self/fd/{rfd}")).map_err(es)?;
+        let out = fork_in_cgroup(&c.cgroup, &|| exec_path(&proc_path, &a))?;
+        assert_denied(h, &out, &format!("O_TMPFILE in {} via /proc/self/fd", dir.display()))?;
+        // SAFETY: closing our fd.
+        unsafe { libc::close(rfd) };
+    }
+    if tried == 0 {
+        return Err("O_TMPFILE worked nowhere".into());
+    }
+    let e = wait_event(h, |e| e.policy_cgroup_id == c.cgid && e.rule == Rule::Fileless, "O_TMPFILE event")?;
+    println!("O_TMPFILE event path: {:?} ({} dirs tried)", e.path, tried);
+    Ok(())
+}
+
+fn volume_exec_with_and_without_non_overlay_rule() -> R {
+    let h = harness()?;
+    let mut c = Container::new("volumes")?;
+    // A tmpfs (emptyDir) on /mnt and a host directory bind-mounted on /vol.
+    let mnt = c.host_path("/mnt");
+    mount("tmpfs", &mnt, "tmpfs", "size=16m")?;
+    c.extra_mounts.push(mnt);
+    let hostdir = c.dir.path().join("hostvol");
+    fs::create_dir_all(&hostdir).map_err(es)?;
+    copy_exec(Path::new(bb()?), &hostdir.join("vol-tool"))?;
+    let vol = c.host_path("/vol");
+    mount_flags(hostdir.to_str().ok_or("path")?, &vol, "", "", libc::MS_BIND)?;
+    c.extra_mounts.push(vol);
+    c.drop_file("/mnt/tmpfs-tool", bb()?)?;
+    c.install(h, &enforce())?;
+    for p in ["/mnt/tmpfs-tool", "/vol/vol-tool"] {
+        assert_runs(&c.run("true", &[p])?, &format!("{p} with the non-overlay rule off (documented limit)"))?;
+    }
+    let mut p = enforce();
+    p.rules.non_overlay = true;
+    c.install(h, &p)?;
+    for path in ["/mnt/tmpfs-tool", "/vol/vol-tool"] {
+        assert_denied(h, &c.run("true", &[path])?, &format!("{path} with the non-overlay rule on"))?;
+        expect_event(h, &c, path, Rule::NonOverlay, denied_action(h))?;
+    }
+    assert_runs(&c.run("true", &["/bin/busybox"])?, "image binary with the non-overlay rule on")?;
+    Ok(())
+}
+
+fn dropped_binary_at_path_longer_than_255_bytes_denied() -> R {
+    let h = harness()?;
+    let mut c = Container::new("longpath")?;
+    c.install(h, &enforce())?;
+    let mut inside = String::from("/tmp");
+    while inside.len() < 400 {
+        inside.push('/');
+        inside.push_str(&"d".repeat(60));
+    }
+    fs::create_dir_all(c.host_path(&inside)).map_err(es)?;
+    inside.push_str("/payload");
+    c.drop_file(&inside, bb()?)?;
+    let rel = inside.trim_start_matches('/').to_string();
+    let out = c.run_full(&c.cgroup, "/", "true", &[&rel], true, &[])?;
+    assert_denied(h, &out, "dropped binary at a 400-byte path")?;
+    let e = wait_event(h, |e| e.policy_cgroup_id == c.cgid && e.rule == Rule::Drift, "long-path event")?;
+    println!("long path event: path {} bytes, flags {:?}", e.path.len(), e);
+    Ok(())
+}
+
+fn self_move_to_child_cgroup_still_enforced() -> R {
+    let h = harness()?;
+    let mut c = Container::new("selfchild")?;
+    c.install(h, &enforce())?;
+    c.drop_file("/tmp/dropped", bb()?)?;
+    let child = c.cgroup.join("escape");
+    fs::create_dir(&child).map_err(es)?;
+    c.children.push(child.clone());
+    let deep = child.join("deeper");
+    fs::create_dir(&deep).map_err(es)?;
+    c.children.push(deep.clone());
+    // Not chrooted (cgroupfs must be reachable): the process moves *itself*, then execs.
+    for target in [&child, &deep] {
+        let script = format!("echo 0 > {}/cgroup.procs && exec {} true", target.display(), c.host_str("/tmp/dropped"));
+        let out = c.run_full(&c.cgroup, "/", "sh", &[bb()?, "sh", "-c", &script], false, &[])?;
+        assert_shell_denied(h, &out, &format!("after moving itself to {}", target.display()))?;
+    }
+    let e = wait_event(h, |e| e.policy_cgroup_id == c.cgid && e.cgroup_id != c.cgid, "event from the nested cgroup")?;
+    if e.cgroup_id != cgroup_id(&child)? && e.cgroup_id != cgroup_id(&deep)? {
+        return Err(format!("event cgroup {} is not one of the nested cgroups", e.cgroup_id).into());
+    }
+    Ok(())
+}
+
+fn limit_self_move_to_sibling_cgroup_escapes() -> R {
+    // A process that can write cgroup.procs *outside* its container's cgroup leaves the policy's
+    // scope. driftguard cannot prevent that; real containers get a read-only or namespaced
+    // cgroupfs (docs/threat-model.md). This trial asserts the limit exists, so a change is noticed.
+    let h = harness()?;
+    let mut c = Container::new("sibling")?;
+    c.install(h, &enforce())?;
+    c.drop_file("/tmp/dropped", bb()?)?;
+    let root = cgroup2_root().ok_or("cgroup2")?;
+    let sibling = root.join(format!("dg-adv-{}-sibling-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
+    fs::create_dir(&sibling).map_err(es)?;
+    let script = format!("echo 0 > {}/cgroup.procs && exec {} true", sibling.display(), c.host_str("/tmp/dropped"));
+    let out = c.run_full(&c.cgroup, "/", "sh", &[bb()?, "sh", "-c", &script], false, &[]);
+    let _ = fs::remove_dir(&sibling);
+    assert_runs(&out?, "limit changed: a process that moved itself out of the container's cgroup")?;
+    Ok(())
+}
+
+fn limit_deny_list_matches_exact_resolved_path_only() -> R {
+    // Lists compare the exact resolved path. With the drift rule off, a copy or hard link of a
+    // deny-listed binary under another name is not on the list. (With drift on, the copy is
+    // drift and denied anyway: second half.)
+    let h = harness()?;
+    let mut c = Container::new("denyexact")?;
+    let mut p = enforce();
+    p.rules.drift = false;
+    p.deny.insert(ExecPath::new("/bin/denied").map_err(es)?);
+    c.install(h, &p)?;
+    assert_denied(h, &c.run("true", &["/bin/denied"])?, "deny-listed binary")?;
+    fs::hard_link(c.host_path("/bin/denied"), c.host_path("/bin/denied-hl")).map_err(es)?;
+    assert_runs(&c.run("true", &["/bin/denied-hl"])?, "limit changed: hard link of a deny-listed binary, drift off")?;
+    let mut p2 = enforce();
+    p2.deny.insert(ExecPath::new("/bin/denied").map_err(es)?);
+    c.install(h, &p2)?;
+    assert_denied(h, &c.run("true", &["/bin/denied-hl"])?, "same hard link with the drift rule on")?;
+    Ok(())
+}
+
+fn bug_allowlist_only_overwritten_allowed_path() -> R {
+    // allowlist-only mode with /bin/tool on the allow list: the attacker (root in the container)
+    // overwrites /bin/tool with its own binary. An allow entry exempts the path from the drift
+    // rule (dg_decide checks DG_LIST_ALLOW before DG_FILE_OVERLAY_UPPER), so the replaced binary
+    // runs. Secure outcome asserted here: denied. Fails until the product is fixed.
+    let h = harness()?;
+    let mut c = Container::new("allowover")?;
+    let mut p = enforce();
+    p.rules.allowlist_only = true;
+    p.allow.insert(ExecPath::new("/bin/tool").map_err(es)?);
+    p.allow.insert(ExecPath::new("/bin/busybox").map_err(es)?);
+    c.install(h, &p)?;
+    assert_runs(&c.run("true", &["/bin/tool"])?, "allow-listed image binary")?;
+    assert_denied(h, &c.run("true", &["/bin/tool2"])?, "image binary not on the allow list")?;
+    c.drop_file("/tmp/evil", bb()?)?;
+    fs::rename(c.host_path("/tmp/evil"), c.host_path("/bin/tool")).map_err(es)?;
+    assert_denied(h, &c.run("true", &["/bin/tool"])?, "BUG: dropped binary renamed over an allow-listed image path")
+}
+
+fn exec_during_and_after_enforcement_reload_denied() -> R {
+    let h = harness()?;
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/dg-adv-reload-{}", std::process::id()));
+    let _ = enforcer::unload(&pin_dir);
+    let opts = EnforcerOptions { pin_dir: Some(pin_dir.clone()), force_fallback: false };
+    let c = Container::new("reload")?;
+    c.drop_file("/tmp/dropped", bb()?)?;
+    let result = (|| -> R {
+        let first = Enforcer::load(&opts).map_err(es)?;
+        first.store().set(c.cgid, c.level, &enforce()).map_err(es)?;
+        let stop = AtomicBool::new(false);
+        let outcomes: Mutex<Vec<Outcome>> = Mutex::new(Vec::new());
+        let reload = std::thread::scope(|s| -> R {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    match c.run("true", &["/tmp/dropped"]) {
+                        Ok(o) => outcomes.lock().expect("lock").push(o),
+                        Err(e) => outcomes.lock().expect("lock").push(Outcome::Exited(-2, e.to_string())),
+                    }
+                }
+            });
+            let res = (|| -> R {
+                let mut current = first;
+                for _ in 0..3 {
+                    std::thread::sleep(Duration::from_millis(100));
+                    // A new agent adopts the pinned maps and atomically replaces the pinned links.
+                    let next = Enforcer::load(&opts).map_err(es)?;
+                    if next.store().get(c.cgid).map_err(es)?.is_none() {
+                        return Err("the new enforcer lost the pinned policy".into());
+                    }
+                    drop(current);
+                    current = next;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                drop(current); // agent gone: pins only
+                std::thread::sleep(Duration::from_millis(200));
+                Ok(())
+            })();
+            stop.store(true, Ordering::Relaxed);
+            res
+        });
+        reload?;
+        let outcomes = outcomes.into_inner().map_err(es)?;
+        if outcomes.len() < 5 {
+            return Err(format!("only {} execs during the reloads", outcomes.len()).into());
+        }
+        for (i, o) in outcomes.iter().enumerate() {
+            assert_denied(h, o, &format!("exec {i} of {} during enforcement reloads", outcomes.len()))?;
+        }
+        println!("{} execs during 3 reloads, all denied", outcomes.len());
+        assert_denied(h, &c.run("true", &["/tmp/dropped"])?, "after the last enforcer exited (pins only)")?;
+        Ok(())
+    })();
+    let _ = enforcer::unload(&pin_dir);
+    result
+}
+
+// ---------------------------------------------------------------------------
+// Trials: must keep working
+
+fn image_binaries_and_scripts_keep_working() -> R {
+    let h = harness()?;
+    let mut c = Container::new("keep")?;
+    let mut p = enforce();
+    p.rules.non_overlay = true;
+    c.install(h, &p)?;
+    assert_runs(&c.run("true", &["/bin/busybox"])?, "image binary")?;
+    assert_runs(&c.run("true", &["/bin/true"])?, "image binary under another name")?;
+    match c.run("image-script.sh", &["/bin/image-script.sh"])? {
+        Outcome::Exited(0, t) if t.contains("image-script-ran") => {}
+        other => return Err(format!("image #! script: {other:?}").into()),
+    }
+    assert_runs(&c.sh("/bin/image-script.sh && cd /bin && ./image-script.sh && /usr/bin/dyn")?, "image script and dynamic binary from the shell")?;
+    if let Ok(_p) = payloads() {
+        assert_runs(&c.run("dgdlopen", &["/usr/bin/dgdlopen", "/usr/lib/libimage.so"])?, "dlopen of an image library")?;
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let ev = events_for(h, c.cgid);
+    if !ev.is_empty() {
+        return Err(format!("clean execs must not produce events: {ev:?}").into());
+    }
+    Ok(())
+}
+
+fn interpreter_reading_dropped_script_runs() -> R {
+    // Known limit on both paths: the interpreter is an image binary and the script is data it
+    // reads; no exec or PROT_EXEC mapping of the script happens.
+    let h = harness()?;
+    let mut c = Container::new("interpdata")?;
+    c.install(h, &enforce())?;
+    fs::write(c.host_path("/tmp/dropped.sh"), "echo data-script-ran\n").map_err(es)?;
+    match c.run("sh", &["/bin/sh", "/tmp/dropped.sh"])? {
+        Outcome::Exited(0, t) if t.contains("data-script-ran") => {}
+        other => return Err(format!("limit changed: `sh /tmp/dropped.sh`: {other:?}").into()),
+    }
+    match c.sh("sh < /tmp/dropped.sh")? {
+        Outcome::Exited(0, t) if t.contains("data-script-ran") => {}
+        other => return Err(format!("limit changed: `sh < /tmp/dropped.sh`: {other:?}").into()),
+    }
+    Ok(())
+}
+
+fn monitor_mode_denies_nothing_reports_everything() -> R {
+    let h = harness()?;
+    let mut c = Container::new("monitor")?;
+    let mut p = Policy::with_mode(Mode::Monitor);
+    p.rules.non_overlay = true;
+    c.install(h, &p)?;
+    c.drop_file("/tmp/dropped", bb()?)?;
+    copy_exec(&c.host_path("/bin/busybox"), &c.host_path("/tmp/copy"))?;
+    fs::set_permissions(c.host_path("/bin/tool"), fs::Permissions::from_mode(0o755)).map_err(es)?;
+    let mnt = c.host_path("/mnt");
+    mount("tmpfs", &mnt, "tmpfs", "size=16m")?;
+    c.extra_mounts.push(mnt);
+    c.drop_file("/mnt/vol-tool", bb()?)?;
+    for path in ["/tmp/dropped", "/tmp/copy", "/bin/tool", "/mnt/vol-tool"] {
+        assert_runs(&c.run("true", &[path])?, &format!("monitor mode: {path}"))?;
+    }
+    let bytes = fs::read(bb()?).map_err(es)?;
+    let name = CString::new("dg-adv-mon").map_err(es)?;
+    // SAFETY: memfd_create with a valid name.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    // SAFETY: fd is ours.
+    let mut f = unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    f.write_all(&bytes).map_err(es)?;
+    let a = argv(&["true"]);
+    assert_runs(&fork_in_cgroup(&c.cgroup, &|| exec_fd(fd, &a))?, "monitor mode: memfd exec")?;
+    drop(f);
+    for (path, rule) in [("/tmp/dropped", Rule::Drift), ("/tmp/copy", Rule::Drift), ("/bin/tool", Rule::Drift), ("/mnt/vol-tool", Rule::NonOverlay)] {
+        expect_event(h, &c, path, rule, Action::Alert)?;
+    }
+    wait_event(h, |e| e.policy_cgroup_id == c.cgid && e.rule == Rule::Fileless && e.action == Action::Alert, "memfd alert")?;
+    if lsm(h) {
+        let pl = payloads()?;
+        copy_exec(&pl.so, &c.host_path("/tmp/libevil.so"))?;
+        write_script(&c.host_path("/tmp/run.sh"), "#!/bin/sh\necho script-ran\n")?;
+        match c.run("run.sh", &["/tmp/run.sh"])? {
+            Outcome::Exited(0, t) if t.contains("script-ran") => {}
+            other => return Err(format!("monitor mode: dropped script: {other:?}").into()),
+        }
+        match c.run_full(&c.cgroup, "/", "dyn", &["/usr/bin/dyn"], true, &[("LD_PRELOAD", "/tmp/libevil.so")])? {
+            Outcome::Exited(0, t) if t.contains(PAYLOAD_MARK) => {}
+            other => return Err(format!("monitor mode: LD_PRELOAD must load: {other:?}").into()),
+        }
+        expect_event(h, &c, "/tmp/run.sh", Rule::Drift, Action::Alert)?;
+        let e = expect_event(h, &c, "/tmp/libevil.so", Rule::Drift, Action::Alert)?;
+        if e.hook != Hook::MmapFile {
+            return Err(format!("LD_PRELOAD alert from hook {:?}", e.hook).into());
+        }
+    }
+    if events_for(h, c.cgid).iter().any(|e| e.action != Action::Alert) {
+        return Err("monitor mode produced a non-alert verdict".into());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Trials: faults
+
+fn fault_ringbuf_overflow_counts_drops_and_recovers() -> R {
+    let h = harness()?;
+    // A separate, unpinned enforcer whose ring buffer nobody reads (the agent stalled). Its
+    // EventStream would buffer 65536 events in userspace before the ring fills, so "no consumer"
+    // is the way to overflow the 4 MiB ring (~12k events).
+    let enf = Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: false }).map_err(es)?;
+    let mut c = Container::new("ringbuf")?;
+    c.store = Some(enf.store().try_clone().map_err(es)?);
+    enf.store().set(c.cgid, c.level, &Policy::with_mode(Mode::Monitor)).map_err(es)?;
+    let before = enf.stats().map_err(es)?;
+    const N: usize = 14_000;
+    let t = Instant::now();
+    if lsm(h) {
+        // mmap(PROT_EXEC) of a dropped file: one mmap_file alert each, much cheaper than exec
+        // under TCG.
+        c.drop_file("/tmp/blob", bb()?)?;
+        let p = CString::new(c.host_str("/tmp/blob")).map_err(es)?;
+        let out = fork_in_cgroup(&c.cgroup, &|| {
+            // SAFETY: raw syscalls in the child.
+            unsafe {
+                let fd = libc::open(p.as_ptr(), libc::O_RDONLY);
+                if fd < 0 {
+                    return 10;
+                }
+                for _ in 0..N {
+                    let a = libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_EXEC, libc::MAP_PRIVATE, fd, 0);
+                    if a == libc::MAP_FAILED {
+                        return 11;
+                    }
+                    libc::munmap(a, 4096);
+                }
+                0
+            }
+        })?;
+        assert_runs(&out, "monitor-mode mmap loop")?;
+    } else {
+        c.drop_file("/tmp/true", bb()?)?;
+        let out = c.sh(&format!("i=0; while [ $i -lt {N} ]; do /tmp/true || exit 1; i=$((i+1)); done"))?;
+        assert_runs(&out, "monitor-mode exec loop")?;
+    }
+    let mid = enf.stats().map_err(es)?;
+    let (events, drops) = (mid.events - before.events, mid.ringbuf_drops - before.ringbuf_drops);
+    println!("{N} alerts in {:.1}s: {events} events written, {drops} dropped", t.elapsed().as_secs_f64());
+    if drops == 0 || events + drops < N as u64 || events == 0 {
+        return Err(format!("expected drops with no consumer: events {events}, drops {drops}, stats {mid:?}").into());
+    }
+    // The consumer comes back: it reads what the ring held, then new events flow, no more drops.
+    let mut stream = enf.events().map_err(es)?;
+    let mut drained = 0u64;
+    while stream.next_timeout(Duration::from_millis(700)).is_some() {
+        drained += 1;
+    }
+    if drained == 0 || drained > events {
+        return Err(format!("drained {drained} events, {events} were written").into());
+    }
+    c.drop_file("/tmp/after", bb()?)?;
+    for _ in 0..20 {
+        assert_runs(&c.run("true", &["/tmp/after"])?, "monitor exec after the overflow")?;
+    }
+    let mut fresh = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fresh < 20 && Instant::now() < deadline {
+        if let Some(e) = stream.next_timeout(Duration::from_millis(200)) {
+            if e.path == "/tmp/after" && e.action == Action::Alert {
+                fresh += 1;
+            }
+        }
+    }
+    let after = enf.stats().map_err(es)?;
+    println!("drained {drained}; {fresh}/20 fresh events; drops after recovery {}", after.ringbuf_drops - mid.ringbuf_drops);
+    if fresh != 20 || after.ringbuf_drops != mid.ringbuf_drops || stream.malformed() != 0 {
+        return Err(format!("after recovery: {fresh}/20 events, drops {} -> {}, malformed {}", mid.ringbuf_drops, after.ringbuf_drops, stream.malformed()).into());
+    }
+    drop(stream);
+    let _ = enf.store().remove(c.cgid);
+    drop(c);
+    drop(enf);
+    Ok(())
+}
+
+fn fault_vanished_cgroup_policy_collected() -> R {
+    use driftguard::agent::registry::{ContainerInfo, Rootfs};
+    // Own (unpinned) enforcer: collect_vanished walks the whole store.
+    let enf = Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: false }).map_err(es)?;
+    let store = enf.store();
+    let root = cgroup2_root().ok_or("cgroup2")?;
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    let gone = root.join(format!("dg-adv-{}-gone-{n}", std::process::id()));
+    let kept = root.join(format!("dg-adv-{}-kept-{n}", std::process::id()));
+    fs::create_dir(&gone).map_err(es)?;
+    fs::create_dir(&kept).map_err(es)?;
+    let res = (|| -> R {
+        let (gid, kid) = (cgroup_id(&gone)?, cgroup_id(&kept)?);
+        store.set(gid, 1, &enforce()).map_err(es)?;
+        store.set(kid, 1, &enforce()).map_err(es)?;
+        let registry = driftguard::agent::Registry::new(None);
+        let info = |id: &str, path: &Path, cgid: u64| ContainerInfo {
+            container_id: id.into(),
+            container: "app".into(),
+            pod: "p".into(),
+            namespace: "ns".into(),
+            pod_uid: "u".into(),
+            image: "i".into(),
+            cgroup_path: path.to_path_buf(),
+            cgroup_id: cgid,
+            mode: Mode::Enforce,
+            rootfs: Rootfs::Overlay,
+        };
+        registry.insert(info("gone", &gone, gid));
+        registry.insert(info("kept", &kept, kid));
+        fs::remove_dir(&gone).map_err(|e| format!("rmdir {}: {e}", gone.display()))?;
+        let removed = driftguard::agent::collect_vanished(store, &driftguard::cgroup::CgroupRoot::at(root.clone()), &registry);
+        if removed != 1 {
+            return Err(format!("collect_vanished removed {removed}, expected 1").into());
+        }
+        if store.get(gid).map_err(es)?.is_some() || store.get(kid).map_err(es)?.is_none() {
+            return Err("wrong policy removed".into());
+        }
+        if registry.get("gone").is_some() || registry.get("kept").is_none() {
+            return Err("registry not cleaned correctly".into());
+        }
+        // Idempotent.
+        if driftguard::agent::collect_vanished(store, &driftguard::cgroup::CgroupRoot::at(root.clone()), &registry) != 0 {
+            return Err("second pass removed more".into());
+        }
+        Ok(())
+    })();
+    let _ = fs::remove_dir(&gone);
+    let _ = fs::remove_dir(&kept);
+    res
+}
+
+// ---------------------------------------------------------------------------
+// Agent faults (host only): real `driftguard run`, runc, the NRI test peer.
+
+mod agent_support {
+    use super::*;
+    use nri_plugin::api::{Container as NriContainer, ContainerState, PodSandbox};
+    use nri_plugin::testing::{Delivery, LifecycleEvent, PeerConnection, RuntimePeer};
+
+    pub struct Agent {
+        pub dir: PathBuf,
+        pub config: PathBuf,
+        pub pin_dir: PathBuf,
+        pub socket: PathBuf,
+        pub metrics: String,
+        pub child: Option<Child>,
+    }
+
+    fn free_port() -> Result<u16, Failed> {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(es)?;
+        Ok(l.local_addr().map_err(es)?.port())
+    }
+
+    impl Agent {
+        pub fn new(dir: &Path) -> Result<Self, Failed> {
+            let n = SEQ.fetch_add(1, Ordering::Relaxed);
+            let pin_dir = PathBuf::from(format!("/sys/fs/bpf/dg-adv-agent-{}-{n}", std::process::id()));
+            let _ = enforcer::unload(&pin_dir);
+            let port = free_port()?;
+            let socket = dir.join("nri.sock");
+            let config = dir.join("config.toml");
+            fs::write(
+                &config,
+                format!(
+                    "default_mode = \"off\"\n[nri]\nsocket = \"{}\"\nreconnect_max_backoff_ms = 300\n\
+                     [bpf]\npin_dir = \"{}\"\n[events]\nstdout = false\nfile = \"{}\"\nnode_name = \"test-node\"\n\
+                     [metrics]\naddress = \"127.0.0.1:{port}\"\n[log]\nlevel = \"debug\"\n",
+                    socket.display(),
+                    pin_dir.display(),
+                    dir.join("events.jsonl").display()
+                ),
+            )
+            .map_err(es)?;
+            Ok(Agent { dir: dir.to_path_buf(), config, pin_dir, socket, metrics: format!("127.0.0.1:{port}"), child: None })
+        }
+
+        pub fn start(&mut self) -> R {
+            let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log")).map_err(es)?;
+            let child = Command::new(env!("CARGO_BIN_EXE_driftguard"))
+                .args(["run", "--config"])
+                .arg(&self.config)
+                .env("DRIFTGUARD_STATE_DIR", self.dir.join("state"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .map_err(|e| format!("starting driftguard run: {e}"))?;
+            self.child = Some(child);
+            Ok(())
+        }
+
+        pub fn pid(&self) -> Option<u32> {
+            self.child.as_ref().map(|c| c.id())
+        }
+
+        pub fn kill9(&mut self) {
+            if let Some(mut c) = self.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+
+        pub fn log(&self) -> String {
+            fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+        }
+
+        pub fn store(&self) -> Result<PolicyStore, Failed> {
+            PolicyStore::open_pinned(&self.pin_dir).map_err(|e| Failed::from(format!("{e}\nagent log:\n{}", self.log())))
+        }
+
+        pub fn path(&self) -> Option<EnforcementPath> {
+            enforcer::pinned_path(&self.pin_dir)
+        }
+    }
+
+    impl Drop for Agent {
+        fn drop(&mut self) {
+            self.kill9();
+            let _ = enforcer::unload(&self.pin_dir);
+        }
+    }
+
+    pub fn http_get(addr: &str, path: &str) -> Result<String, Failed> {
+        let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).map_err(es)?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").map_err(es)?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).map_err(es)?;
+        Ok(body)
+    }
+
+    pub fn metric(body: &str, name: &str) -> Option<f64> {
+        body.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' ')).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+    }
+
+    pub fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("tokio runtime")
+    }
+
+    pub async fn connect(peer: &RuntimePeer, pods: Vec<PodSandbox>, ctrs: Vec<NriContainer>) -> Result<PeerConnection, Failed> {
+        let mut conn = tokio::time::timeout(Duration::from_secs(20), peer.accept())
+            .await
+            .map_err(|_| "the agent did not connect to the NRI socket within 20s")?
+            .map_err(es)?;
+        conn.handshake().await.map_err(es)?;
+        conn.synchronize(pods, ctrs, 2).await.map_err(es)?;
+        Ok(conn)
+    }
+
+    pub fn runc(args: &[&str]) -> Result<std::process::Output, Failed> {
+        Command::new("runc").args(args).stdin(Stdio::null()).output().map_err(|e| Failed::from(format!("runc {args:?}: {e}")))
+    }
+
+    pub fn cgroup_root() -> Result<PathBuf, Failed> {
+        Ok(driftguard::cgroup::CgroupRoot::detect().map_err(es)?.path)
+    }
+
+    pub struct RuncCtr {
+        pub id: String,
+        pub bundle: PathBuf,
+        pub merged: PathBuf,
+        pub cgroups_path: String,
+        pub parent_cgroup: PathBuf,
+    }
+
+    impl RuncCtr {
+        pub fn create(dir: &Path, name: &str) -> Result<Self, Failed> {
+            let id = format!("dg-adv-{}-{name}", std::process::id());
+            let bundle = dir.join(format!("bundle-{name}"));
+            let (lower, upper, work, merged) = (bundle.join("lower"), bundle.join("upper"), bundle.join("work"), bundle.join("rootfs"));
+            for d in [&lower, &upper, &work, &merged] {
+                fs::create_dir_all(d).map_err(es)?;
+            }
+            for d in ["bin", "tmp", "proc", "dev"] {
+                fs::create_dir_all(lower.join(d)).map_err(es)?;
+            }
+            fs::copy("/bin/busybox", lower.join("bin/busybox")).map_err(es)?;
+            for applet in ["sh", "sleep", "true", "cp", "echo", "ls"] {
+                symlink("busybox", lower.join("bin").join(applet)).map_err(es)?;
+            }
+            let opts = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
+            mount("overlay", &merged, "overlay", &opts)?;
+            let parent = format!("dg-adv-agent-{}", std::process::id());
+            let cgroups_path = format!("/{parent}/{id}");
+            let config = serde_json::json!({
+                "ociVersion": "1.0.2",
+                "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": ["/bin/sleep", "3600"],
+                            "env": ["PATH=/bin"], "cwd": "/", "noNewPrivileges": true},
+                "root": {"path": merged, "readonly": false},
+                "hostname": "dg",
+                "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+                "linux": {"cgroupsPath": cgroups_path,
+                          "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}]}
+            });
+            fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&config).map_err(es)?).map_err(es)?;
+            let _ = runc(&["delete", "-f", &id]);
+            let log_path = bundle.join("runc-create.log");
+            let log = fs::File::create(&log_path).map_err(es)?;
+            let log2 = log.try_clone().map_err(es)?;
+            let st = Command::new("runc")
+                .args(["create", "--bundle", bundle.to_str().ok_or("bundle path")?, &id])
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(log2)
+                .status()
+                .map_err(|e| format!("runc create: {e}"))?;
+            if !st.success() {
+                return Err(format!("runc create: {}", fs::read_to_string(&log_path).unwrap_or_default()).into());
+            }
+            Ok(RuncCtr { id, bundle, merged, cgroups_path, parent_cgroup: cgroup_root()?.join(parent) })
+        }
+
+        pub fn pid(&self) -> u32 {
+            runc(&["state", &self.id])
+                .ok()
+                .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+                .and_then(|v| v["pid"].as_u64())
+                .unwrap_or(0) as u32
+        }
+
+        pub fn start(&self) -> R {
+            let out = runc(&["start", &self.id])?;
+            if !out.status.success() {
+                return Err(format!("runc start: {}", String::from_utf8_lossy(&out.stderr)).into());
+            }
+            Ok(())
+        }
+
+        pub fn exec(&self, argv: &[&str]) -> Result<(i32, String), Failed> {
+            let mut args = vec!["exec", self.id.as_str()];
+            args.extend_from_slice(argv);
+            let out = runc(&args)?;
+            Ok((out.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))))
+        }
+
+        pub fn drop_binary(&self, inside: &str) -> R {
+            copy_exec(Path::new("/bin/busybox"), &self.merged.join(inside.trim_start_matches('/')))
+        }
+
+        pub fn cgroup_id(&self) -> Result<u64, Failed> {
+            driftguard::cgroup::cgroup_id(&cgroup_root()?.join(self.cgroups_path.trim_start_matches('/'))).map_err(es)
+        }
+
+        pub fn nri(&self, pod: &PodSandbox, name: &str) -> NriContainer {
+            let mut c = NriContainer::new();
+            c.id = self.id.clone();
+            c.pod_sandbox_id = pod.id.clone();
+            c.name = name.to_string();
+            c.state = ContainerState::CONTAINER_RUNNING.into();
+            c.linux.mut_or_insert_default().cgroups_path = self.cgroups_path.clone();
+            c.pid = self.pid();
+            c
+        }
+    }
+
+    impl Drop for RuncCtr {
+        fn drop(&mut self) {
+            let _ = runc(&["delete", "-f", &self.id]);
+            let _ = Command::new("umount").arg("-l").arg(&self.merged).status();
+            let _ = fs::remove_dir(&self.parent_cgroup);
+            let _ = fs::remove_dir_all(&self.bundle);
+        }
+    }
+
+    pub fn pod(name: &str, annotations: &[(&str, &str)]) -> PodSandbox {
+        let mut p = PodSandbox::new();
+        p.id = format!("pod-{name}");
+        p.name = name.to_string();
+        p.namespace = "adv".into();
+        p.uid = format!("uid-{name}");
+        p.annotations = annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>();
+        p
+    }
+
+    pub fn assert_stopped(path: Option<EnforcementPath>, code: i32, out: &str, what: &str) -> R {
+        match path {
+            Some(EnforcementPath::TracepointKill) if code == 137 => Ok(()),
+            Some(EnforcementPath::Lsm) if code != 0 && out.to_lowercase().contains("permission denied") => Ok(()),
+            p => Err(format!("{what}: expected the exec to be stopped on path {p:?}, got exit {code}: {out}").into()),
+        }
+    }
+
+    pub async fn start_container(conn: &PeerConnection, pod: &PodSandbox, ctr: &NriContainer) -> R {
+        for ev in [
+            LifecycleEvent::RunPodSandbox(pod.clone()),
+            LifecycleEvent::CreateContainer(pod.clone(), ctr.clone()),
+            LifecycleEvent::StartContainer(pod.clone(), ctr.clone()),
+        ] {
+            conn.send(Delivery::Dedicated, ev).await.map_err(|e| format!("NRI event refused: {e}"))?;
+        }
+        Ok(())
+    }
+
+    pub fn ids(store: &PolicyStore) -> BTreeSet<u64> {
+        store.cgroup_ids().into_iter().collect()
+    }
+}
+
+fn agent_kill9_during_container_burst() -> R {
+    use agent_support::*;
+    const N: usize = 6;
+    let dir = tempfile::tempdir().map_err(es)?;
+    let mut agent = Agent::new(dir.path())?;
+    let rt = rt();
+    let _guard = rt.enter();
+    let peer = nri_plugin::testing::RuntimePeer::bind(&agent.socket).map_err(es)?;
+    agent.start()?;
+    let conn = rt.block_on(connect(&peer, vec![], vec![]))?;
+    let path = agent.path();
+    let pid = agent.pid().ok_or("agent pid")? as i32;
+
+    // Background execs in the first container during the burst.
+    let mut ctrs: Vec<RuncCtr> = Vec::new();
+    let mut pods = Vec::new();
+    let mut ok = Vec::new();
+    let killed = Arc::new(AtomicBool::new(false));
+    let kill_after = Duration::from_millis(1500);
+    let t0 = Instant::now();
+    let killer = {
+        let killed = killed.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(kill_after);
+            // SAFETY: kill(2) of our own child process.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            killed.store(true, Ordering::SeqCst);
+        })
+    };
+    for i in 0..N {
+        let ctr = RuncCtr::create(dir.path(), &format!("burst{i}"))?;
+        let p = agent_support::pod(&format!("burst{i}"), &[("driftguard.dev/mode", "enforce")]);
+        let c = ctr.nri(&p, "app");
+        let started = rt.block_on(start_container(&conn, &p, &c));
+        let was_killed = killed.load(Ordering::SeqCst);
+        ctr.start()?;
+        ctr.drop_binary("/tmp/dropped")?;
+        println!("container {i}: StartContainer {:?} at {:?} (agent killed: {was_killed})", started.as_ref().map_err(|e| e.to_string()), t0.elapsed());
+        if started.is_ok() {
+            ok.push(i);
+            // Exec right away, then again later (below).
+            let (code, out) = ctr.exec(&["/tmp/dropped", "true"])?;
+            assert_stopped(path, code, &out, &format!("container {i} right after StartContainer returned OK"))?;
+        }
+        let (code, out) = ctr.exec(&["/bin/busybox", "true"])?;
+        if code != 0 {
+            return Err(format!("image binary in container {i}: {code} {out}").into());
+        }
+        pods.push(p);
+        ctrs.push(ctr);
+    }
+    killer.join().map_err(|_| "killer thread")?;
+    if ok.len() == N {
+        println!("note: the burst finished before the kill; every container was acknowledged");
+    }
+    if ok.is_empty() {
+        return Err("no StartContainer succeeded before the kill".into());
+    }
+    // Agent dead: every acknowledged container is still enforced.
+    agent.kill9();
+    drop(conn);
+    for &i in &ok {
+        let (code, out) = ctrs[i].exec(&["/tmp/dropped", "true"])?;
+        assert_stopped(path, code, &out, &format!("container {i} with the agent dead"))?;
+    }
+    // Restart + resync with everything the runtime runs: all N enforced, nothing else.
+    agent.start()?;
+    let nri_ctrs: Vec<_> = ctrs.iter().zip(&pods).map(|(c, p)| c.nri(p, "app")).collect();
+    let _conn2 = rt.block_on(connect(&peer, pods.clone(), nri_ctrs))?;
+    let store = agent.store()?;
+    let want: BTreeSet<u64> = ctrs.iter().map(|c| c.cgroup_id()).collect::<Result<_, _>>()?;
+    let got = ids(&store);
+    if got != want {
+        return Err(format!("policy map after resync {got:?}, expected {want:?}\n{}", agent.log()).into());
+    }
+    for (i, c) in ctrs.iter().enumerate() {
+        let (code, out) = c.exec(&["/tmp/dropped", "true"])?;
+        assert_stopped(path, code, &out, &format!("container {i} after restart + resync"))?;
+    }
+    println!("{} of {N} containers acknowledged before the kill; all {N} enforced after resync", ok.len());
+    Ok(())
+}
+
+fn agent_runtime_restart_reconnects_and_resyncs() -> R {
+    use agent_support::*;
+    let dir = tempfile::tempdir().map_err(es)?;
+    let mut agent = Agent::new(dir.path())?;
+    let rt = rt();
+    let _guard = rt.enter();
+    let peer = nri_plugin::testing::RuntimePeer::bind(&agent.socket).map_err(es)?;
+    agent.start()?;
+    let conn = rt.block_on(connect(&peer, vec![], vec![]))?;
+    let path = agent.path();
+    let a = RuncCtr::create(dir.path(), "rt-a")?;
+    let b = RuncCtr::create(dir.path(), "rt-b")?;
+    let (pa, pb) = (pod("rt-a", &[("driftguard.dev/mode", "enforce")]), pod("rt-b", &[("driftguard.dev/mode", "monitor")]));
+    rt.block_on(start_container(&conn, &pa, &a.nri(&pa, "app")))?;
+    rt.block_on(start_container(&conn, &pb, &b.nri(&pb, "app")))?;
+    a.start()?;
+    b.start()?;
+    a.drop_binary("/tmp/dropped")?;
+    let store = agent.store()?;
+    if ids(&store) != [a.cgroup_id()?, b.cgroup_id()?].into_iter().collect() {
+        return Err(format!("initial policies {:?}", ids(&store)).into());
+    }
+
+    // The runtime goes away (containerd restart): connection and listening socket gone.
+    drop(conn);
+    peer.close();
+    // While it is away: b is removed (its cgroup stays, as the runtime has not cleaned it yet),
+    // and a new enforced container c appears (created by the restarted runtime).
+    let (code, out) = a.exec(&["/tmp/dropped", "true"])?;
+    assert_stopped(path, code, &out, "enforced container while the runtime is away")?;
+    std::thread::sleep(Duration::from_millis(800));
+    let c = RuncCtr::create(dir.path(), "rt-c")?;
+    let pc = pod("rt-c", &[("driftguard.dev/mode", "enforce")]);
+    c.start()?;
+    c.drop_binary("/tmp/dropped")?;
+
+    // The runtime returns on the same path; the agent reconnects and gets Synchronize(a, c).
+    let peer2 = nri_plugin::testing::RuntimePeer::bind(&agent.socket).map_err(es)?;
+    let _conn2 = rt.block_on(connect(&peer2, vec![pa.clone(), pc.clone()], vec![a.nri(&pa, "app"), c.nri(&pc, "app")]))?;
+    let want: BTreeSet<u64> = [a.cgroup_id()?, c.cgroup_id()?].into_iter().collect();
+    let got = ids(&store);
+    if got != want {
+        return Err(format!("policy map after the runtime restart {got:?}, expected {want:?}\n{}", agent.log()).into());
+    }
+    let pol = store.get(c.cgroup_id()?).map_err(es)?.ok_or("c has no policy")?;
+    if pol.policy.mode != Mode::Enforce || pol.owner != Owner::Agent {
+        return Err(format!("c's policy {pol:?}").into());
+    }
+    for (n, ctr) in [("a", &a), ("c", &c)] {
+        let (code, out) = ctr.exec(&["/tmp/dropped", "true"])?;
+        assert_stopped(path, code, &out, &format!("container {n} after the runtime restart"))?;
+    }
+    let m = http_get(&agent.metrics, "/metrics")?;
+    let reconnects = metric(&m, "driftguard_nri_reconnects_total").ok_or_else(|| format!("no reconnect metric:\n{m}"))?;
+    let connected = metric(&m, "driftguard_nri_connected");
+    println!("driftguard_nri_reconnects_total {reconnects}, driftguard_nri_connected {connected:?}");
+    if reconnects < 1.0 || connected != Some(1.0) {
+        return Err(format!("metrics after reconnect: reconnects {reconnects}, connected {connected:?}").into());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// VM: the same suite on Debian kernels with BPF LSM.
+
+fn run_suite_in_vm(k: &vm::Kernel) -> R {
+    let exe = std::env::current_exe().map_err(es)?;
+    let mut files = Vec::new();
+    for p in BUSYBOX_CANDIDATES.iter().chain(DYN_BIN_CANDIDATES.iter()) {
+        if Path::new(p).exists() {
+            files.push((PathBuf::from(p), PathBuf::from(p)));
+        }
+    }
+    let pl = payloads()?;
+    files.push((pl.so.clone(), Path::new(VM_PAYLOAD_DIR).join("libdgpayload.so")));
+    files.push((pl.dlopener.clone(), Path::new(VM_PAYLOAD_DIR).join("dgdlopen")));
+    let req = vm::VmRequest {
+        exe,
+        args: vec!["--test-threads=1".into(), "--color=never".into()],
+        env: vec![
+            ("DG_IN_VM".into(), "1".into()),
+            ("DG_EXPECT_PATH".into(), "lsm".into()),
+            ("DRIFTGUARD_REQUIRE_ALL".into(), "1".into()),
+            ("DG_ADV_PAYLOAD_DIR".into(), VM_PAYLOAD_DIR.into()),
+            ("RUST_BACKTRACE".into(), "1".into()),
+        ],
+        files,
+        timeout: Duration::from_secs(900),
+        memory_mb: 1536,
+    };
+    let t = Instant::now();
+    let res = vm::run_in_vm(k, &req).map_err(|e| format!("VM {} ({}): {e}", k.name, k.version))?;
+    println!("--- kernel {} ({}) in {:.1}s ---\n{}", k.name, k.version, t.elapsed().as_secs_f64(), res.output);
+    let failed: Vec<&str> = res
+        .output
+        .lines()
+        .filter_map(|l| l.strip_prefix("test ").filter(|r| r.ends_with("... FAILED")).and_then(|r| r.split_whitespace().next()))
+        .collect();
+    if res.exit_code != 0 {
+        return Err(format!("suite failed inside the {} VM (exit {}): failed trials {failed:?}; output above", k.name, res.exit_code).into());
+    }
+    if !res.output.lines().any(|l| l.starts_with("test result: ok.") && l.contains(" 0 failed;") && l.contains(" 0 ignored;")) {
+        return Err("VM summary is not `ok` with 0 failed and 0 ignored".into());
+    }
+    Ok(())
+}

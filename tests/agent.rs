@@ -19,6 +19,10 @@ use std::time::{Duration, Instant};
 use driftguard::enforcer::{self, EnforcementPath, Owner, PolicyStore};
 use driftguard::policy::{Mode, Policy};
 use libtest_mimic::{Arguments, Failed, Trial};
+
+#[path = "support/vm.rs"]
+#[allow(dead_code)]
+mod vm;
 use nri_plugin::api::{Container, ContainerState, PodSandbox};
 use nri_plugin::testing::{Delivery, LifecycleEvent, PeerConnection, RuntimePeer};
 
@@ -46,7 +50,68 @@ fn main() {
             }
         });
     }
+    if !vm::in_vm() {
+        match vm::kernels() {
+            Ok(kernels) => {
+                for k in kernels {
+                    let name = format!("vm_agent_{}", k.name.replace('.', "_"));
+                    trials.push(Trial::test(name, move || agent_suite_in_vm(&k)));
+                }
+            }
+            Err(why) => {
+                let require_vm = require_all || std::env::var("DRIFTGUARD_REQUIRE_VM").is_ok_and(|v| v == "1");
+                for name in ["vm_agent_6_1", "vm_agent_6_12"] {
+                    if require_vm {
+                        let why = why.clone();
+                        trials.push(Trial::test(name, move || Err(format!("VM kernels unavailable: {why}").into())));
+                    } else {
+                        eprintln!("SKIP {name}: {why} (run tests/vm/fetch-kernels.sh)");
+                        trials.push(Trial::test(name, || Ok(())).with_ignored_flag(true));
+                    }
+                }
+            }
+        }
+    } else {
+        // The guest's loopback is down by default; the metrics endpoint needs it.
+        let _ = Command::new("/bin/busybox").args(["ip", "link", "set", "lo", "up"]).status();
+    }
     libtest_mimic::run(&args, trials).exit();
+}
+
+/// The same agent trials inside the Debian 6.1 / 6.12 VMs, where BPF LSM denies with EPERM.
+fn agent_suite_in_vm(k: &vm::Kernel) -> R {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let runc = which("runc").ok_or("runc not installed")?;
+    let agent_bin = PathBuf::from(env!("CARGO_BIN_EXE_driftguard"));
+    let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let stripped = scratch.path().join("driftguard");
+    let ok = Command::new("strip").arg("--strip-debug").arg("-o").arg(&stripped).arg(&agent_bin).status();
+    if !ok.is_ok_and(|s| s.success()) {
+        fs::copy(&agent_bin, &stripped).map_err(|e| e.to_string())?;
+    }
+    let req = vm::VmRequest {
+        exe,
+        args: vec!["agent_".into(), "--test-threads=1".into(), "--color=never".into()],
+        env: vec![
+            ("DG_EXPECT_PATH".into(), "lsm".into()),
+            ("DRIFTGUARD_REQUIRE_ALL".into(), "1".into()),
+            ("RUST_BACKTRACE".into(), "1".into()),
+            ("PATH".into(), "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+        ],
+        files: vec![(runc.clone(), runc), (stripped, agent_bin)],
+        timeout: Duration::from_secs(600),
+        memory_mb: 1536,
+    };
+    let t = Instant::now();
+    let res = vm::run_in_vm(k, &req).map_err(|e| format!("VM {} ({}): {e}", k.name, k.version))?;
+    println!("--- kernel {} ({}) in {:.1}s ---\n{}", k.name, k.version, t.elapsed().as_secs_f64(), res.output);
+    if res.exit_code != 0 {
+        return Err(format!("agent trials failed inside the {} VM (exit {}); output above", k.name, res.exit_code).into());
+    }
+    if !res.output.lines().any(|l| l.starts_with("test result: ok. 3 passed;") && l.contains(" 0 ignored;")) {
+        return Err("VM summary is not `ok. 3 passed` with 0 ignored".into());
+    }
+    Ok(())
 }
 
 fn requirements() -> Option<String> {
@@ -170,7 +235,7 @@ impl Agent {
     }
 
     fn wait_event(&self, pred: impl Fn(&serde_json::Value) -> bool, what: &str) -> Result<serde_json::Value, Failed> {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(e) = self.events().into_iter().find(|e| pred(e)) {
                 return Ok(e);
@@ -201,25 +266,26 @@ fn free_port() -> Result<u16, Failed> {
 
 fn http_get(addr: &str, path: &str) -> Result<String, Failed> {
     use std::io::Write;
-    let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("metrics: connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").map_err(|e| format!("metrics: write: {e}"))?;
     let mut body = String::new();
-    s.read_to_string(&mut body).map_err(|e| e.to_string())?;
+    s.read_to_string(&mut body).map_err(|e| format!("metrics: read: {e}"))?;
     Ok(body)
 }
 
 /// Accept the agent's connection and do the NRI handshake and an initial Synchronize.
 async fn connect(peer: &RuntimePeer, pods: Vec<PodSandbox>, ctrs: Vec<Container>) -> Result<PeerConnection, Failed> {
-    let mut conn = tokio::time::timeout(Duration::from_secs(20), peer.accept())
+    let mut conn = tokio::time::timeout(Duration::from_secs(60), peer.accept())
         .await
-        .map_err(|_| "the agent did not connect to the NRI socket within 20s")?
-        .map_err(|e| e.to_string())?;
-    let (reg, _) = conn.handshake().await.map_err(|e| e.to_string())?;
+        .map_err(|_| "the agent did not connect to the NRI socket within 60s")?
+        .map_err(|e| format!("accept: {e}"))?;
+    conn.set_timeout(Duration::from_secs(60));
+    let (reg, _) = conn.handshake().await.map_err(|e| format!("handshake: {e}"))?;
     if reg.plugin_name != "driftguard" || reg.plugin_idx != "10" {
         return Err(format!("registered as {}-{}", reg.plugin_idx, reg.plugin_name).into());
     }
-    conn.synchronize(pods, ctrs, 2).await.map_err(|e| e.to_string())?;
+    conn.synchronize(pods, ctrs, 2).await.map_err(|e| format!("synchronize: {e}"))?;
     Ok(conn)
 }
 
@@ -387,7 +453,11 @@ fn pod(name: &str, annotations: &[(&str, &str)]) -> PodSandbox {
 fn assert_stopped(path: Option<EnforcementPath>, code: i32, out: &str, what: &str) -> R {
     match path {
         Some(EnforcementPath::TracepointKill) if code == 137 => Ok(()),
-        Some(EnforcementPath::Lsm) if code != 0 && out.to_lowercase().contains("permission denied") => Ok(()),
+        Some(EnforcementPath::Lsm)
+            if code != 0 && ["permission denied", "operation not permitted"].iter().any(|m| out.to_lowercase().contains(m)) =>
+        {
+            Ok(())
+        }
         p => Err(format!("{what}: expected the exec to be stopped on path {p:?}, got exit {code}: {out}").into()),
     }
 }
@@ -398,7 +468,8 @@ async fn start_container(conn: &PeerConnection, d: Delivery, pod: &PodSandbox, c
         LifecycleEvent::CreateContainer(pod.clone(), ctr.clone()),
         LifecycleEvent::StartContainer(pod.clone(), ctr.clone()),
     ] {
-        conn.send(d, ev).await.map_err(|e| format!("NRI event refused: {e}"))?;
+        let what = format!("{:?}", ev.event());
+        conn.send(d, ev).await.map_err(|e| format!("NRI {what} ({d:?}) failed: {e}"))?;
     }
     Ok(())
 }
@@ -411,10 +482,15 @@ fn agent_enforces_annotated_pods() -> R {
     let mut agent = Agent::new(dir.path())?;
     let rt = rt();
     let _guard = rt.enter();
-    let peer = RuntimePeer::bind(&agent.socket).map_err(|e| e.to_string())?;
+    let mut peer = RuntimePeer::bind(&agent.socket).map_err(|e| e.to_string())?;
+    // The VMs run under TCG emulation: everything is ~10x slower there.
+    peer.set_timeout(Duration::from_secs(60));
     agent.start()?;
     let conn = rt.block_on(connect(&peer, vec![], vec![]))?;
     let path = agent.path();
+    if std::env::var("DG_EXPECT_PATH").as_deref() == Ok("lsm") && path != Some(EnforcementPath::Lsm) {
+        return Err(format!("expected the BPF LSM path, agent pinned {path:?}\n{}", agent.log()).into());
+    }
 
     // Enforced pod, dedicated RPCs (NRI v0.12+).
     let enforced = RuncCtr::create(dir.path(), "enf")?;
@@ -486,7 +562,7 @@ fn agent_enforces_annotated_pods() -> R {
         conn.send(Delivery::Dedicated, LifecycleEvent::StopContainer(p1.clone(), c1.clone())).await?;
         conn.send(Delivery::Dedicated, LifecycleEvent::RemoveContainer(p1.clone(), c1.clone())).await
     })
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| format!("Stop/RemoveContainer: {e}"))?;
     let left = store.list().map_err(|e| e.to_string())?;
     if left.len() != 1 || left[0].policy.mode != Mode::Monitor {
         return Err(format!("after StopContainer/RemoveContainer: {left:?}").into());
@@ -499,7 +575,9 @@ fn agent_refuses_bad_annotations() -> R {
     let mut agent = Agent::new(dir.path())?;
     let rt = rt();
     let _guard = rt.enter();
-    let peer = RuntimePeer::bind(&agent.socket).map_err(|e| e.to_string())?;
+    let mut peer = RuntimePeer::bind(&agent.socket).map_err(|e| e.to_string())?;
+    // The VMs run under TCG emulation: everything is ~10x slower there.
+    peer.set_timeout(Duration::from_secs(60));
     agent.start()?;
     let conn = rt.block_on(connect(&peer, vec![], vec![]))?;
     let ctr = RuncCtr::create(dir.path(), "bad")?;
@@ -543,7 +621,9 @@ fn agent_restart_keeps_enforcing_and_resynchronizes() -> R {
     let mut agent = Agent::new(dir.path())?;
     let rt = rt();
     let _guard = rt.enter();
-    let peer = RuntimePeer::bind(&agent.socket).map_err(|e| e.to_string())?;
+    let mut peer = RuntimePeer::bind(&agent.socket).map_err(|e| e.to_string())?;
+    // The VMs run under TCG emulation: everything is ~10x slower there.
+    peer.set_timeout(Duration::from_secs(60));
     agent.start()?;
     let conn = rt.block_on(connect(&peer, vec![], vec![]))?;
     let ctr = RuncCtr::create(dir.path(), "restart")?;
