@@ -475,7 +475,7 @@ impl Container {
 
     /// A busybox shell inside the container running `script`.
     fn sh(&self, script: &str) -> Result<Outcome, Failed> {
-        self.run("sh", &["/bin/busybox", "sh", "-c", script])
+        self.run("sh", &["/bin/busybox", "-c", script])
     }
 }
 
@@ -1210,7 +1210,7 @@ fn self_move_to_child_cgroup_still_enforced() -> R {
     // Not chrooted (cgroupfs must be reachable): the process moves *itself*, then execs.
     for target in [&child, &deep] {
         let script = format!("echo 0 > {}/cgroup.procs && exec {} true", target.display(), c.host_str("/tmp/dropped"));
-        let out = c.run_full(&c.cgroup, "/", "sh", &[bb()?, "sh", "-c", &script], false, &[])?;
+        let out = c.run_full(&c.cgroup, "/", "sh", &[bb()?, "-c", &script], false, &[])?;
         assert_shell_denied(h, &out, &format!("after moving itself to {}", target.display()))?;
     }
     let e = wait_event(h, |e| e.policy_cgroup_id == c.cgid && e.cgroup_id != c.cgid, "event from the nested cgroup")?;
@@ -1232,7 +1232,7 @@ fn limit_self_move_to_sibling_cgroup_escapes() -> R {
     let sibling = root.join(format!("dg-adv-{}-sibling-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
     fs::create_dir(&sibling).map_err(es)?;
     let script = format!("echo 0 > {}/cgroup.procs && exec {} true", sibling.display(), c.host_str("/tmp/dropped"));
-    let out = c.run_full(&c.cgroup, "/", "sh", &[bb()?, "sh", "-c", &script], false, &[]);
+    let out = c.run_full(&c.cgroup, "/", "sh", &[bb()?, "-c", &script], false, &[]);
     let _ = fs::remove_dir(&sibling);
     assert_runs(&out?, "limit changed: a process that moved itself out of the container's cgroup")?;
     Ok(())
@@ -1294,7 +1294,7 @@ fn exec_during_and_after_enforcement_reload_denied() -> R {
                 while !stop.load(Ordering::Relaxed) {
                     match c.run("true", &["/tmp/dropped"]) {
                         Ok(o) => outcomes.lock().expect("lock").push(o),
-                        Err(e) => outcomes.lock().expect("lock").push(Outcome::Exited(-2, e.to_string())),
+                        Err(e) => outcomes.lock().expect("lock").push(Outcome::Exited(-2, format!("{e:?}"))),
                     }
                 }
             });
@@ -1872,7 +1872,7 @@ fn agent_kill9_during_container_burst() -> R {
         let was_killed = killed.load(Ordering::SeqCst);
         ctr.start()?;
         ctr.drop_binary("/tmp/dropped")?;
-        println!("container {i}: StartContainer {:?} at {:?} (agent killed: {was_killed})", started.as_ref().map_err(|e| e.to_string()), t0.elapsed());
+        println!("container {i}: StartContainer {:?} at {:?} (agent killed: {was_killed})", started.as_ref().map_err(|e| format!("{e:?}")), t0.elapsed());
         if started.is_ok() {
             ok.push(i);
             // Exec right away, then again later (below).

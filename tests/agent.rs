@@ -268,7 +268,7 @@ fn http_get(addr: &str, path: &str) -> Result<String, Failed> {
     use std::io::Write;
     let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("metrics: connect {addr}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").map_err(|e| format!("metrics: write: {e}"))?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).map_err(|e| format!("metrics: write: {e}"))?;
     let mut body = String::new();
     s.read_to_string(&mut body).map_err(|e| format!("metrics: read: {e}"))?;
     Ok(body)
@@ -430,6 +430,15 @@ impl Drop for RuncCtr {
     }
 }
 
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 struct CgroupDirs(Vec<PathBuf>);
 
 impl Drop for CgroupDirs {
@@ -492,6 +501,28 @@ fn agent_enforces_annotated_pods() -> R {
         return Err(format!("expected the BPF LSM path, agent pinned {path:?}\n{}", agent.log()).into());
     }
 
+    // `driftguard events` follows the running agent's events socket.
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_driftguard"))
+        .args(["events", "--config"])
+        .arg(&agent.config)
+        .env("DRIFTGUARD_STATE_DIR", agent.dir.join("state"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("driftguard events: {e}"))?;
+    let (line_tx, line_rx) = std::sync::mpsc::channel::<String>();
+    let follower_out = follower.stdout.take().ok_or("events stdout")?;
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(follower_out).lines().map_while(Result::ok) {
+            if line_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let _follower = KillOnDrop(follower);
+
     // Enforced pod, dedicated RPCs (NRI v0.12+).
     let enforced = RuncCtr::create(dir.path(), "enf")?;
     let p1 = pod("web", &[("driftguard.dev/mode", "enforce")]);
@@ -513,6 +544,15 @@ fn agent_enforces_annotated_pods() -> R {
     }
     if ev["container_id"] != enforced.id.as_str() {
         return Err(format!("container_id wrong: {ev}").into());
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match line_rx.recv_timeout(left) {
+            Ok(line) if line.contains("\"/tmp/dropped\"") && line.contains("\"pod\":\"web\"") => break,
+            Ok(_) => continue,
+            Err(_) => return Err("`driftguard events` did not print the verdict".into()),
+        }
     }
 
     // Monitor pod, StateChange delivery (runtimes up to NRI v0.11: StartContainer arrives as StateChange).
@@ -547,6 +587,23 @@ fn agent_enforces_annotated_pods() -> R {
     let modes: Vec<(Mode, Owner)> = list.iter().map(|p| (p.policy.mode, p.owner)).collect();
     if list.len() != 2 || !modes.contains(&(Mode::Enforce, Owner::Agent)) || !modes.contains(&(Mode::Monitor, Owner::Agent)) {
         return Err(format!("pinned policies: {modes:?}").into());
+    }
+
+    // `driftguard status --json` names what is under policy while the agent runs.
+    let out = Command::new(env!("CARGO_BIN_EXE_driftguard"))
+        .args(["status", "--json", "--config"])
+        .arg(&agent.config)
+        .env("DRIFTGUARD_STATE_DIR", agent.dir.join("state"))
+        .output()
+        .map_err(|e| format!("driftguard status: {e}"))?;
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("status --json: {e}: {}", String::from_utf8_lossy(&out.stderr)))?;
+    let rows = st["containers"].as_array().cloned().unwrap_or_default();
+    if !rows.iter().any(|r| r["pod"] == "web" && r["container"] == "app" && r["mode"] == "enforce")
+        || !rows.iter().any(|r| r["pod"] == "batch" && r["mode"] == "monitor")
+        || st["enforcement_path"].is_null()
+    {
+        return Err(format!("status --json: {st}").into());
     }
 
     // Metrics.
