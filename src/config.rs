@@ -17,6 +17,9 @@ use crate::policy::Mode;
 /// Where the config is read from when no path is given.
 pub const DEFAULT_PATH: &str = "/etc/driftguard/config.toml";
 
+/// Environment variable naming the node when `[events] node_name` is not set.
+pub const NODE_NAME_ENV: &str = "DRIFTGUARD_NODE_NAME";
+
 /// Invalid or unreadable configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -356,6 +359,12 @@ impl Config {
     pub fn node_name(&self) -> String {
         if let Some(n) = &self.events.node_name {
             return n.clone();
+        }
+        // A DaemonSet passes the node name through the downward API (spec.nodeName).
+        if let Ok(n) = std::env::var(NODE_NAME_ENV) {
+            if !n.trim().is_empty() {
+                return n.trim().to_string();
+            }
         }
         hostname().unwrap_or_else(|| "unknown".to_string())
     }

@@ -37,6 +37,7 @@ fn main() {
         ("agent_enforces_annotated_pods_in_both_delivery_styles", agent_enforces_annotated_pods as fn() -> R),
         ("agent_refuses_bad_annotations", agent_refuses_bad_annotations),
         ("agent_restart_keeps_enforcing_and_resynchronizes", agent_restart_keeps_enforcing_and_resynchronizes),
+        ("agent_reports_non_overlay_rootfs", agent_reports_non_overlay_rootfs),
     ] {
         trials.push(match &reason {
             None => Trial::test(name, f),
@@ -108,8 +109,8 @@ fn agent_suite_in_vm(k: &vm::Kernel) -> R {
     if res.exit_code != 0 {
         return Err(format!("agent trials failed inside the {} VM (exit {}); output above", k.name, res.exit_code).into());
     }
-    if !res.output.lines().any(|l| l.starts_with("test result: ok. 3 passed;") && l.contains(" 0 ignored;")) {
-        return Err("VM summary is not `ok. 3 passed` with 0 ignored".into());
+    if !res.output.lines().any(|l| l.starts_with("test result: ok. 4 passed;") && l.contains(" 0 ignored;")) {
+        return Err("VM summary is not `ok. 4 passed` with 0 ignored".into());
     }
     Ok(())
 }
@@ -312,6 +313,10 @@ impl RuncCtr {
     /// `runc create`: cgroup and init exist, entrypoint not yet exec'd (where containerd calls
     /// NRI StartContainer).
     fn create(dir: &Path, name: &str) -> Result<Self, Failed> {
+        Self::create_with(dir, name, true)
+    }
+
+    fn create_with(dir: &Path, name: &str, overlay: bool) -> Result<Self, Failed> {
         let id = format!("dg-{}-{name}", std::process::id());
         let bundle = dir.join(format!("bundle-{name}"));
         let (lower, upper, work, merged) =
@@ -326,14 +331,22 @@ impl RuncCtr {
         for applet in ["sh", "sleep", "true", "cp", "echo", "ls"] {
             std::os::unix::fs::symlink("busybox", lower.join("bin").join(applet)).map_err(|e| e.to_string())?;
         }
-        let opts = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
-        let st = Command::new("mount")
-            .args(["-t", "overlay", "overlay", "-o", &opts])
-            .arg(&merged)
-            .status()
-            .map_err(|e| e.to_string())?;
-        if !st.success() {
-            return Err("overlay mount failed".into());
+        if overlay {
+            let opts = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
+            let st = Command::new("mount")
+                .args(["-t", "overlay", "overlay", "-o", &opts])
+                .arg(&merged)
+                .status()
+                .map_err(|e| e.to_string())?;
+            if !st.success() {
+                return Err("overlay mount failed".into());
+            }
+        } else {
+            // A plain directory rootfs, like a non-overlay snapshotter gives.
+            let st = Command::new("mount").args(["-o", "bind"]).arg(&lower).arg(&merged).status().map_err(|e| e.to_string())?;
+            if !st.success() {
+                return Err("bind mount failed".into());
+            }
         }
         let parent = format!("dg-agent-{}", std::process::id());
         let cgroups_path = format!("/{parent}/{id}");
@@ -736,6 +749,30 @@ fn agent_restart_keeps_enforcing_and_resynchronizes() -> R {
     agent.wait_event(|e| e["path"] == "/tmp/dropped" && e["pod"] == "api", "enriched event after restart")?;
     if !agent.log().contains("synchronized with the runtime") {
         return Err(format!("no resync in the log:\n{}", agent.log()).into());
+    }
+    Ok(())
+}
+
+fn agent_reports_non_overlay_rootfs() -> R {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut agent = Agent::new(dir.path())?;
+    let rt = rt();
+    let _guard = rt.enter();
+    let mut peer = RuntimePeer::bind(&agent.socket).map_err(|e| e.to_string())?;
+    peer.set_timeout(Duration::from_secs(60));
+    agent.start()?;
+    let conn = rt.block_on(connect(&peer, vec![], vec![]))?;
+    let ctr = RuncCtr::create_with(dir.path(), "plainfs", false)?;
+    let p = pod("legacy", &[("driftguard.dev/mode", "enforce")]);
+    let c = ctr.nri(&p, "app");
+    rt.block_on(start_container(&conn, Delivery::Dedicated, &p, &c))?;
+    let n = agent.wait_event(|e| e["event"] == "notice" && e["pod"] == "legacy", "rootfs notice")?;
+    if n["reason"] != "rootfs_not_overlay" || !n["message"].as_str().unwrap_or("").contains("not overlayfs") {
+        return Err(format!("notice: {n}").into());
+    }
+    // Still under policy: the fileless rule and lists apply.
+    if agent.store()?.list().map_err(|e| e.to_string())?.len() != 1 {
+        return Err("non-overlay container should still get its policy".into());
     }
     Ok(())
 }
