@@ -225,9 +225,22 @@ impl Cgroups {
 
 impl Drop for Cgroups {
     fn drop(&mut self) {
-        // Deepest first.
-        self.made.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-        for p in &self.made {
+        // Every directory under base (create_dir_all made intermediate ones too), deepest first.
+        let mut all = std::mem::take(&mut self.made);
+        let mut stack = vec![self.base.clone()];
+        while let Some(d) = stack.pop() {
+            if let Ok(rd) = fs::read_dir(&d) {
+                for e in rd.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        stack.push(e.path());
+                        all.push(e.path());
+                    }
+                }
+            }
+        }
+        all.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        all.dedup();
+        for p in &all {
             rmdir_retry(p);
         }
         rmdir_retry(&self.base);

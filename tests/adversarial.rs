@@ -1883,7 +1883,11 @@ fn agent_kill9_during_container_burst() -> R {
             ok.push(i);
             // Exec right away, then again later (below).
             let (code, out) = ctr.exec(&["/tmp/dropped", "true"])?;
-            assert_stopped(path, code, &out, &format!("container {i} right after StartContainer returned OK"))?;
+            assert_stopped(path, code, &out, &format!("container {i} right after StartContainer returned OK")).map_err(|e| {
+                let _ = fs::write("/tmp/dg-adv-kill9-agent.log", agent.log());
+                format!("{e:?}\npolicy map {:?}, container cgroup {:?} (agent log: /tmp/dg-adv-kill9-agent.log)",
+                    agent.store().map(|s| ids(&s)).ok(), ctr.cgroup_id().ok())
+            })?;
         }
         let (code, out) = ctr.exec(&["/bin/busybox", "true"])?;
         if code != 0 {
@@ -1902,15 +1906,18 @@ fn agent_kill9_during_container_burst() -> R {
     // Agent dead: every acknowledged container is still enforced.
     agent.kill9();
     drop(conn);
+    let store = agent.store()?;
     for &i in &ok {
         let (code, out) = ctrs[i].exec(&["/tmp/dropped", "true"])?;
-        assert_stopped(path, code, &out, &format!("container {i} with the agent dead"))?;
+        assert_stopped(path, code, &out, &format!("container {i} with the agent dead"))
+            .map_err(|e| { let _ = fs::write("/tmp/dg-adv-kill9-agent.log", agent.log()); format!("{e:?}\npolicy map {:?}, container cgroup {:?}, pinned path {:?}\nagent log tail:\n{}",
+                ids(&store), ctrs[i].cgroup_id(), agent.path(),
+                agent.log().lines().rev().take(15).collect::<Vec<_>>().join("\n")) })?;
     }
     // Restart + resync with everything the runtime runs: all N enforced, nothing else.
     agent.start()?;
     let nri_ctrs: Vec<_> = ctrs.iter().zip(&pods).map(|(c, p)| c.nri(p, "app")).collect();
     let _conn2 = rt.block_on(connect(&peer, pods.clone(), nri_ctrs))?;
-    let store = agent.store()?;
     let want: BTreeSet<u64> = ctrs.iter().map(|c| c.cgroup_id()).collect::<Result<_, _>>()?;
     let got = ids(&store);
     if got != want {

@@ -148,6 +148,18 @@ pub async fn run(
         });
     }
 
+    // Persist the registry (debounced: an NRI event never rewrites the file itself).
+    {
+        let registry = registry.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tick.tick().await;
+                registry.flush();
+            }
+        });
+    }
+
     // Policies of cgroups that vanished (containers gone while we were away, OCI hook leftovers).
     {
         let store = enforcer.store().try_clone()?;
@@ -249,6 +261,7 @@ pub async fn run(
         }
     }
     tasks.abort_all();
+    registry.flush();
     let _ = std::fs::remove_file(events_socket(&state_dir));
     drop(enforcer);
     Ok(())

@@ -184,9 +184,9 @@ impl DriftguardPlugin {
                 .and_then(|p| cgroup::cgroup_id(&p).ok()),
         };
         if let Some(id) = cgroup_id {
-            match self.store.get(id) {
+            match self.store.owner(id) {
                 // Never remove what an OCI hook installed for the same cgroup.
-                Ok(Some(p)) if p.owner == Owner::OciHook => {}
+                Ok(Some(Owner::OciHook)) => {}
                 Ok(Some(_)) => {
                     if let Err(e) = self.store.remove(id) {
                         tracing::warn!(container = %ctr.name, error = %e, "removing policy failed");

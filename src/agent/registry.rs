@@ -1,8 +1,12 @@
 //! Containers the agent has put under policy, by container id and by cgroup id.
 //!
-//! Persisted to `<state_dir>/containers.json` after every change so that a
-//! restarted agent (and `driftguard status`, `driftguard events`) can name the
-//! cgroups found in the pinned maps before the runtime resynchronizes.
+//! Persisted to `<state_dir>/containers.json` so that a restarted agent (and
+//! `driftguard status`, `driftguard events`) can name the cgroups found in the
+//! pinned maps before the runtime resynchronizes. Changes only mark the registry
+//! dirty; [`Registry::flush`] (called by the agent every 100 ms and at shutdown)
+//! writes it, so an NRI event never pays for rewriting the whole file. What is
+//! enforced lives in the kernel maps, not here: losing the last 100 ms of this
+//! file costs names on events until the next Synchronize, never protection.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -61,12 +65,13 @@ struct State {
 pub struct Registry {
     state: RwLock<State>,
     file: Option<PathBuf>,
+    dirty: std::sync::atomic::AtomicBool,
 }
 
 impl Registry {
     /// An empty registry persisted to `file` (if given).
     pub fn new(file: Option<PathBuf>) -> Self {
-        Registry { state: RwLock::new(State::default()), file }
+        Registry { state: RwLock::new(State::default()), file, dirty: std::sync::atomic::AtomicBool::new(false) }
     }
 
     /// Load a persisted registry; a missing or unreadable file gives an empty one (logged).
@@ -105,7 +110,18 @@ impl Registry {
     /// Add or replace a container.
     pub fn insert(&self, info: ContainerInfo) {
         self.insert_no_save(info);
-        self.save();
+        self.mark_dirty();
+    }
+
+    fn mark_dirty(&self) {
+        self.dirty.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Write the file if anything changed since the last flush.
+    pub fn flush(&self) {
+        if self.dirty.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            self.save();
+        }
     }
 
     /// Remove by container id.
@@ -116,7 +132,7 @@ impl Registry {
             Some(info)
         });
         if removed.is_some() {
-            self.save();
+            self.mark_dirty();
         }
         removed
     }
@@ -197,6 +213,7 @@ mod tests {
         r.insert(info("b", 11));
         // Re-insert with a new cgroup id drops the old index entry.
         r.insert(info("a", 12));
+        r.flush();
         assert!(r.by_cgroup(10).is_none());
         assert_eq!(r.by_cgroup(12).unwrap().container_id, "a");
         assert_eq!(r.count_by_mode().get(&Mode::Enforce), Some(&2));
@@ -204,6 +221,8 @@ mod tests {
         assert_eq!(reloaded.snapshot(), r.snapshot());
         assert_eq!(r.remove("b").unwrap().cgroup_id, 11);
         assert!(r.remove("b").is_none());
+        assert_eq!(Registry::read_file(&file).len(), 2, "not written before flush");
+        r.flush();
         assert_eq!(Registry::read_file(&file).len(), 1);
     }
 

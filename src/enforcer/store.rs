@@ -151,7 +151,14 @@ impl PolicyStore {
                 detail: format!("cgroup level {level} outside 1..{}", abi::DG_MAX_LEVELS),
             });
         }
-        let old: BTreeSet<Vec<u8>> = self.path_keys_of(cgroup_id)?.into_iter().collect();
+        // Scanning dg_paths walks every bucket of the hash map (65,536) even when it is empty:
+        // only do it when the old or the new policy has path lists.
+        let had_lists = self.raw_policy(cgroup_id)?.is_some_and(|r| r.rules & abi::DG_RULE_HAS_LISTS != 0);
+        let old: BTreeSet<Vec<u8>> = if had_lists || policy.kernel_rules() & abi::DG_RULE_HAS_LISTS != 0 {
+            self.path_keys_of(cgroup_id)?.into_iter().collect()
+        } else {
+            BTreeSet::new()
+        };
         let mut added: Vec<Vec<u8>> = Vec::new();
         let mut wanted = BTreeSet::new();
         for (path, kind) in policy.path_entries() {
@@ -186,11 +193,15 @@ impl PolicyStore {
 
     /// Remove a cgroup's policy and path lists. Returns whether a policy was installed.
     pub fn remove(&self, cgroup_id: u64) -> Result<bool> {
+        let had_lists = self.raw_policy(cgroup_id)?.is_some_and(|r| r.rules & abi::DG_RULE_HAS_LISTS != 0);
         let existed = match self.policies.delete(&cgroup_id.to_le_bytes()) {
             Ok(()) => true,
             Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => false,
             Err(e) => return Err(map_err(MAP_POLICIES, "delete")(e)),
         };
+        if !had_lists && existed {
+            return Ok(existed);
+        }
         for k in self.path_keys_of(cgroup_id)? {
             match self.paths.delete(&k) {
                 Ok(()) => {}
@@ -210,8 +221,23 @@ impl PolicyStore {
         else {
             return Ok(None);
         };
-        let lists = self.lists()?;
+        let has_lists = RawPolicy::from_bytes(&v).is_some_and(|r| r.rules & abi::DG_RULE_HAS_LISTS != 0);
+        let lists = if has_lists { self.lists()? } else { BTreeMap::new() };
         Ok(Some(decode_policy(cgroup_id, &v, lists.get(&cgroup_id))?))
+    }
+
+    /// The raw policy value of one cgroup (one map lookup).
+    fn raw_policy(&self, cgroup_id: u64) -> Result<Option<RawPolicy>> {
+        Ok(self
+            .policies
+            .lookup(&cgroup_id.to_le_bytes(), MapFlags::ANY)
+            .map_err(map_err(MAP_POLICIES, "lookup"))?
+            .and_then(|v| RawPolicy::from_bytes(&v)))
+    }
+
+    /// Who installed the policy of a cgroup, if any (one map lookup).
+    pub fn owner(&self, cgroup_id: u64) -> Result<Option<Owner>> {
+        Ok(self.raw_policy(cgroup_id)?.map(|r| Owner::from_raw(r.reserved)))
     }
 
     /// Every installed policy.
