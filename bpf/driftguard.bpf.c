@@ -347,10 +347,12 @@ static __always_inline __u32 dpath(struct dg_scratch *s, struct file *file)
 	 */
 	long r = bpf_d_path(&file->f_path, s->buf, DG_PATH_MAX);
 
-	if (r == -36 /* ENAMETOOLONG */)
-		return DG_EVF_PATH_TRUNCATED;
-	if (r < 0)
-		return DG_EVF_PATH_UNRESOLVED;
+	if (r < 0) {
+		/* Too long (or unresolvable): the walk still reports the first 255 bytes. */
+		__u32 flags = walk_path(s, BPF_CORE_READ(file, f_path.dentry), BPF_CORE_READ(file, f_path.mnt));
+
+		return flags | (r == -36 /* ENAMETOOLONG */ ? DG_EVF_PATH_TRUNCATED : DG_EVF_PATH_UNRESOLVED);
+	}
 	bpf_probe_read_kernel_str(s->key.path, DG_PATH_MAX, s->buf);
 	return 0;
 }

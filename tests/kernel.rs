@@ -493,13 +493,17 @@ fn spec_decide(i: &RawInput) -> (u32, u32) {
         abi::DG_MATCH_DENY_LIST
     } else if i.file_kind == abi::DG_FILE_FILELESS && i.rules & abi::DG_RULE_FILELESS != 0 {
         abi::DG_MATCH_FILELESS
-    } else if i.list == abi::DG_LIST_ALLOW {
+    } else if i.list == abi::DG_LIST_ALLOW && i.rules & abi::DG_RULE_ALLOWLIST_ONLY == 0 {
+        // Outside allow-list-only mode an allow entry exempts the path from the file rules.
         abi::DG_MATCH_NONE
     } else if i.file_kind == abi::DG_FILE_OVERLAY_UPPER && i.rules & abi::DG_RULE_DRIFT != 0 {
         abi::DG_MATCH_DRIFT
     } else if i.file_kind == abi::DG_FILE_OTHER_FS && i.rules & abi::DG_RULE_NON_OVERLAY != 0 {
         abi::DG_MATCH_NON_OVERLAY
-    } else if i.access == abi::DG_ACCESS_EXEC && i.rules & abi::DG_RULE_ALLOWLIST_ONLY != 0 {
+    } else if i.access == abi::DG_ACCESS_EXEC
+        && i.rules & abi::DG_RULE_ALLOWLIST_ONLY != 0
+        && i.list != abi::DG_LIST_ALLOW
+    {
         abi::DG_MATCH_NOT_ALLOWED
     } else {
         abi::DG_MATCH_NONE

@@ -166,7 +166,9 @@ pub async fn run(
         let cgroot = cgroot.clone();
         let registry = registry.clone();
         tasks.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            // Not at start: that is when the runtime is busy starting and resyncing containers.
+            let period = Duration::from_secs(60);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             loop {
                 tick.tick().await;
                 let removed = collect_vanished(&store, &cgroot, &registry);
@@ -299,16 +301,27 @@ fn on_connection_event(m: &Metrics, socket: &Path, ev: &nri_plugin::ConnectionEv
 }
 
 /// Remove policies whose cgroup no longer exists. Returns how many were removed.
+///
+/// Race-free against concurrent installs: the policy ids are read *before* the cgroup
+/// hierarchy is walked, and a policy is only ever installed for a cgroup that already
+/// exists, so an id missing from the later walk belongs to a cgroup deleted in between.
+/// A registry path that still exists vetoes the removal (belt and braces against a walk
+/// that missed a directory).
 pub fn collect_vanished(store: &crate::enforcer::PolicyStore, cgroot: &CgroupRoot, registry: &Registry) -> usize {
+    let policy_ids = store.cgroup_ids();
+    let known = registry.snapshot();
     let existing = all_cgroup_ids(&cgroot.path);
+    let still_there = |id: u64| {
+        known.iter().any(|c| c.cgroup_id == id && crate::cgroup::cgroup_id(&c.cgroup_path).ok() == Some(id))
+    };
     let mut removed = 0;
-    for id in store.cgroup_ids() {
-        if !existing.contains(&id) && store.remove(id).unwrap_or(false) {
+    for id in policy_ids {
+        if !existing.contains(&id) && !still_there(id) && store.remove(id).unwrap_or(false) {
             removed += 1;
         }
     }
-    for c in registry.snapshot() {
-        if !existing.contains(&c.cgroup_id) {
+    for c in known {
+        if !existing.contains(&c.cgroup_id) && crate::cgroup::cgroup_id(&c.cgroup_path).ok() != Some(c.cgroup_id) {
             registry.remove(&c.container_id);
         }
     }

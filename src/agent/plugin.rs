@@ -135,18 +135,25 @@ impl DriftguardPlugin {
         self.store
             .set_owned(cgroup_id, level, policy, Owner::Agent)
             .map_err(|source| ApplyError::Install { container: ctr.name.clone(), source })?;
-        let rootfs = rootfs_of(ctr.pid);
-        if let Rootfs::Other(fs) = &rootfs {
-            self.notice(
-                pod,
-                ctr,
-                "rootfs_not_overlay",
-                &format!(
-                    "root filesystem is {fs}, not overlayfs: the drift rule cannot tell image files from written ones \
-                     for this container; deny/allow lists and the fileless rule still apply"
-                ),
-            );
-        }
+        // Known from before (resync, restart): don't re-read /proc/<pid>/mountinfo.
+        let rootfs = match self.registry.get(&ctr.id) {
+            Some(old) if old.cgroup_id == cgroup_id && old.rootfs != Rootfs::Unknown => old.rootfs,
+            _ => {
+                let r = rootfs_of(ctr.pid);
+                if let Rootfs::Other(fs) = &r {
+                    self.notice(
+                        pod,
+                        ctr,
+                        "rootfs_not_overlay",
+                        &format!(
+                            "root filesystem is {fs}, not overlayfs: the drift rule cannot tell image files from written ones \
+                             for this container; deny/allow lists and the fileless rule still apply"
+                        ),
+                    );
+                }
+                r
+            }
+        };
         // A container id re-started on a new cgroup leaves the old entry behind: drop it.
         if let Some(old) = self.registry.get(&ctr.id) {
             if old.cgroup_id != cgroup_id {
@@ -165,8 +172,7 @@ impl DriftguardPlugin {
             mode: policy.mode,
             rootfs,
         });
-        self.metrics.set_containers(&self.registry.count_by_mode());
-        tracing::info!(
+        tracing::debug!(
             namespace = %pod.namespace, pod = %pod.name, container = %ctr.name, mode = %policy.mode,
             cgroup = %path.display(), cgroup_id, "policy installed"
         );
@@ -361,7 +367,14 @@ impl Plugin for DriftguardPlugin {
 
     async fn start_container(&self, pod: &PodSandbox, ctr: &Container) -> HandlerResult<()> {
         // Task created (cgroup exists, init waiting), entrypoint not yet exec'd: install now.
-        self.timed("start_container", || self.apply(pod, ctr)).map_err(|e| refuse(&self.metrics, e))?;
+        let applied =
+            self.timed("start_container", || self.apply(pod, ctr)).map_err(|e| refuse(&self.metrics, e))?;
+        if let Applied::Installed { mode, cgroup_id } = applied {
+            tracing::info!(
+                namespace = %pod.namespace, pod = %pod.name, container = %ctr.name, %mode, cgroup_id, "policy installed"
+            );
+        }
+        self.metrics.set_containers(&self.registry.count_by_mode());
         Ok(())
     }
 
