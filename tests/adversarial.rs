@@ -91,7 +91,7 @@ fn main() {
         ("self_move_to_child_cgroup_still_enforced", self_move_to_child_cgroup_still_enforced),
         ("limit_self_move_to_sibling_cgroup_escapes", limit_self_move_to_sibling_cgroup_escapes),
         ("limit_deny_list_matches_exact_resolved_path_only", limit_deny_list_matches_exact_resolved_path_only),
-        ("bug_allowlist_only_allow_listed_image_path_overwritten_runs", bug_allowlist_only_overwritten_allowed_path),
+        ("allowlist_only_overwritten_allowed_path_denied", bug_allowlist_only_overwritten_allowed_path),
         ("exec_during_and_after_enforcement_reload_denied", exec_during_and_after_enforcement_reload_denied),
         // Must keep working.
         ("image_binaries_and_scripts_keep_working", image_binaries_and_scripts_keep_working),
