@@ -91,7 +91,7 @@ fn main() {
         ("self_move_to_child_cgroup_still_enforced", self_move_to_child_cgroup_still_enforced),
         ("limit_self_move_to_sibling_cgroup_escapes", limit_self_move_to_sibling_cgroup_escapes),
         ("limit_deny_list_matches_exact_resolved_path_only", limit_deny_list_matches_exact_resolved_path_only),
-        ("allowlist_only_overwritten_allowed_path_denied", bug_allowlist_only_overwritten_allowed_path),
+        ("allowlist_only_overwritten_allowed_path_denied", allowlist_only_overwritten_allowed_path),
         ("exec_during_and_after_enforcement_reload_denied", exec_during_and_after_enforcement_reload_denied),
         // Must keep working.
         ("image_binaries_and_scripts_keep_working", image_binaries_and_scripts_keep_working),
@@ -1264,11 +1264,11 @@ fn limit_deny_list_matches_exact_resolved_path_only() -> R {
     Ok(())
 }
 
-fn bug_allowlist_only_overwritten_allowed_path() -> R {
+fn allowlist_only_overwritten_allowed_path() -> R {
     // allowlist-only mode with /bin/tool on the allow list: the attacker (root in the container)
-    // overwrites /bin/tool with its own binary. An allow entry exempts the path from the drift
-    // rule (dg_decide checks DG_LIST_ALLOW before DG_FILE_OVERLAY_UPPER), so the replaced binary
-    // runs. Secure outcome asserted here: denied. Fails until the product is fixed.
+    // overwrites /bin/tool with its own binary. In allow-list-only mode an allow entry only says
+    // the path may run; the drift rule still applies, so the replaced binary is denied. (Before
+    // the fix, dg_decide let the allow entry exempt the path from drift and the binary ran.)
     let h = harness()?;
     let mut c = Container::new("allowover")?;
     let mut p = enforce();
