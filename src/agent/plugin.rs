@@ -31,7 +31,7 @@ pub enum ApplyError {
         /// Container.
         container: String,
         /// Cause.
-        source: annotations::AnnotationError,
+        source: Box<annotations::AnnotationError>,
     },
     /// The cgroup could not be found or resolved.
     #[error("driftguard cannot find the cgroup of container {container:?} (cgroups_path {cgroups_path:?}): {source}")]
@@ -100,7 +100,7 @@ impl DriftguardPlugin {
                 namespace: pod.namespace.clone(),
                 pod: pod.name.clone(),
                 container: ctr.name.clone(),
-                source,
+                source: Box::new(source),
             }
         })
     }
@@ -245,10 +245,8 @@ impl DriftguardPlugin {
         match self.store.list() {
             Ok(list) => {
                 for p in list {
-                    if p.owner == Owner::Agent && !keep.contains(&p.cgroup_id) {
-                        if self.store.remove(p.cgroup_id).is_ok() {
-                            report.removed_stale += 1;
-                        }
+                    if p.owner == Owner::Agent && !keep.contains(&p.cgroup_id) && self.store.remove(p.cgroup_id).is_ok() {
+                        report.removed_stale += 1;
                     }
                 }
             }
@@ -326,7 +324,7 @@ pub fn root_fstype(mountinfo: &str) -> Option<String> {
             let mount_point = pre.split_whitespace().nth(4)?;
             (mount_point == "/").then(|| post.split_whitespace().next().map(str::to_string))?
         })
-        .last()
+        .next_back()
 }
 
 fn refuse(metrics: &Metrics, e: ApplyError) -> nri_plugin::BoxError {

@@ -366,7 +366,7 @@ fn is_bpffs(p: &Path) -> bool {
     }
     // SAFETY: statfs succeeded and filled the struct.
     let st = unsafe { st.assume_init() };
-    st.f_type as i64 == BPF_FS_MAGIC
+    st.f_type == BPF_FS_MAGIC
 }
 
 fn first_line(s: &str) -> &str {
@@ -471,8 +471,7 @@ impl DecisionTester {
     pub fn decide(&self, input: abi::RawInput) -> Result<(u32, u32)> {
         // Syscall programs get no ctx_out: the kernel copies the context back into ctx_in.
         let mut ctx = abi::decide_args(input);
-        let mut run = libbpf_rs::ProgramInput::default();
-        run.context_in = Some(&mut ctx[..]);
+        let run = libbpf_rs::ProgramInput { context_in: Some(&mut ctx[..]), ..Default::default() };
         self.skel
             .progs
             .dg_test_decide
