@@ -1418,6 +1418,12 @@ fn main() {
         }
         return;
     }
+    // `cargo test --all-targets` runs bench targets too, without `--bench`: measure only under
+    // `cargo bench` (timings from a debug build would be meaningless anyway).
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("driftguard bench: not run by `cargo bench` (no --bench argument); nothing measured");
+        return;
+    }
     // SAFETY: no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("driftguard bench: needs root (BPF, mounts, cgroups); nothing measured");
