@@ -316,6 +316,31 @@ impl CgroupRoot {
     /// Find the cgroup directory with id `id` by walking the hierarchy (at most
     /// [`FIND_MAX_DEPTH`] levels deep; unreadable or vanishing directories are skipped).
     pub fn find_by_id(&self, id: u64) -> Option<PathBuf> {
+        let mut found = None;
+        self.walk(|dir, ino| {
+            if ino == id {
+                found = Some(dir.to_path_buf());
+                false
+            } else {
+                true
+            }
+        });
+        found
+    }
+
+    /// Ids of every cgroup in the hierarchy (bounded depth).
+    pub fn all_ids(&self) -> std::collections::HashSet<u64> {
+        let mut ids = std::collections::HashSet::new();
+        self.walk(|_, ino| {
+            ids.insert(ino);
+            true
+        });
+        ids
+    }
+
+    /// Depth-first walk of the cgroup directories (at most [`FIND_MAX_DEPTH`] below the root);
+    /// `visit(dir, id)` returns false to stop.
+    fn walk(&self, mut visit: impl FnMut(&Path, u64) -> bool) {
         let mut stack = vec![(self.path.clone(), 0usize)];
         while let Some((dir, depth)) = stack.pop() {
             let Ok(md) = std::fs::symlink_metadata(&dir) else {
@@ -324,8 +349,8 @@ impl CgroupRoot {
             if !md.is_dir() {
                 continue;
             }
-            if md.ino() == id {
-                return Some(dir);
+            if !visit(&dir, md.ino()) {
+                return;
             }
             if depth >= FIND_MAX_DEPTH {
                 continue;
@@ -340,7 +365,6 @@ impl CgroupRoot {
                 }
             }
         }
-        None
     }
 }
 

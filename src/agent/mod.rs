@@ -13,7 +13,6 @@ pub mod output;
 pub mod plugin;
 pub mod registry;
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -310,7 +309,7 @@ fn on_connection_event(m: &Metrics, socket: &Path, ev: &nri_plugin::ConnectionEv
 pub fn collect_vanished(store: &crate::enforcer::PolicyStore, cgroot: &CgroupRoot, registry: &Registry) -> usize {
     let policy_ids = store.cgroup_ids();
     let known = registry.snapshot();
-    let existing = all_cgroup_ids(&cgroot.path);
+    let existing = cgroot.all_ids();
     let still_there = |id: u64| {
         known.iter().any(|c| c.cgroup_id == id && crate::cgroup::cgroup_id(&c.cgroup_path).ok() == Some(id))
     };
@@ -326,26 +325,4 @@ pub fn collect_vanished(store: &crate::enforcer::PolicyStore, cgroot: &CgroupRoo
         }
     }
     removed
-}
-
-fn all_cgroup_ids(root: &Path) -> HashSet<u64> {
-    use std::os::unix::fs::MetadataExt;
-    let mut ids = HashSet::new();
-    let mut stack = vec![(root.to_path_buf(), 0usize)];
-    while let Some((dir, depth)) = stack.pop() {
-        if let Ok(md) = std::fs::metadata(&dir) {
-            ids.insert(md.ino());
-        }
-        if depth >= 32 {
-            continue;
-        }
-        if let Ok(rd) = std::fs::read_dir(&dir) {
-            for e in rd.flatten() {
-                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                    stack.push((e.path(), depth + 1));
-                }
-            }
-        }
-    }
-    ids
 }

@@ -135,9 +135,10 @@ impl DriftguardPlugin {
         self.store
             .set_owned(cgroup_id, level, policy, Owner::Agent)
             .map_err(|source| ApplyError::Install { container: ctr.name.clone(), source })?;
+        let previous = self.registry.get(&ctr.id);
         // Known from before (resync, restart): don't re-read /proc/<pid>/mountinfo.
-        let rootfs = match self.registry.get(&ctr.id) {
-            Some(old) if old.cgroup_id == cgroup_id && old.rootfs != Rootfs::Unknown => old.rootfs,
+        let rootfs = match &previous {
+            Some(old) if old.cgroup_id == cgroup_id && old.rootfs != Rootfs::Unknown => old.rootfs.clone(),
             _ => {
                 let r = rootfs_of(ctr.pid);
                 if let Rootfs::Other(fs) = &r {
@@ -155,7 +156,7 @@ impl DriftguardPlugin {
             }
         };
         // A container id re-started on a new cgroup leaves the old entry behind: drop it.
-        if let Some(old) = self.registry.get(&ctr.id) {
+        if let Some(old) = previous {
             if old.cgroup_id != cgroup_id {
                 let _ = self.store.remove(old.cgroup_id);
             }
