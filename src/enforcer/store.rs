@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
@@ -89,6 +90,11 @@ pub struct PolicyStore {
     paths: MapHandle,
     levels: MapHandle,
     stats: MapHandle,
+    /// Bit `l` set: this handle has already set the `dg_levels` marker of level `l`.
+    /// Markers are never cleared while the maps live (clearing one would race with another
+    /// writer, such as the OCI hook, installing a policy at that level), so the bit stays true
+    /// and spares one map update per install.
+    levels_set: AtomicU32,
 }
 
 fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(libbpf_rs::Error) -> Error {
@@ -97,7 +103,7 @@ fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(libbpf_rs::Error)
 
 impl PolicyStore {
     pub(crate) fn new(policies: MapHandle, paths: MapHandle, levels: MapHandle, stats: MapHandle) -> Self {
-        PolicyStore { policies, paths, levels, stats }
+        PolicyStore { policies, paths, levels, stats, levels_set: AtomicU32::new(0) }
     }
 
     /// Duplicate the map handles (for another thread or component).
@@ -182,9 +188,7 @@ impl PolicyStore {
             }
             return Err(full_or(e, MAP_POLICIES, self.policies_max(), cgroup_id, "update"));
         }
-        self.levels
-            .update(&level.to_le_bytes(), &1u32.to_le_bytes(), MapFlags::ANY)
-            .map_err(map_err(MAP_LEVELS, "update"))?;
+        self.mark_level(level)?;
         for stale in old.difference(&wanted) {
             self.paths.delete(stale).map_err(map_err(MAP_PATHS, "delete"))?;
         }
@@ -260,15 +264,16 @@ impl PolicyStore {
         self.policies.keys().filter_map(|k| u64_key(&k)).collect()
     }
 
-    /// Clear level markers no installed policy uses (the BPF side then skips those levels).
-    pub fn compact_levels(&self) -> Result<()> {
-        let used: BTreeSet<u32> = self.list()?.into_iter().map(|p| p.level).collect();
-        for lvl in 1..abi::DG_MAX_LEVELS {
-            let v: u32 = u32::from(used.contains(&lvl));
-            self.levels
-                .update(&lvl.to_le_bytes(), &v.to_le_bytes(), MapFlags::ANY)
-                .map_err(map_err(MAP_LEVELS, "update"))?;
+    /// Set the `dg_levels` marker of `level` (once per handle: see `levels_set`).
+    fn mark_level(&self, level: u32) -> Result<()> {
+        let bit = 1u32 << level; // level < DG_MAX_LEVELS (32), checked by the caller
+        if self.levels_set.load(Ordering::Acquire) & bit != 0 {
+            return Ok(());
         }
+        self.levels
+            .update(&level.to_le_bytes(), &1u32.to_le_bytes(), MapFlags::ANY)
+            .map_err(map_err(MAP_LEVELS, "update"))?;
+        self.levels_set.fetch_or(bit, Ordering::AcqRel);
         Ok(())
     }
 
