@@ -55,12 +55,19 @@ struct {
  * ancestor search skip levels that cannot match. Userspace sets entries and
  * clears them on full reconciliation only.
  */
+/*
+ * Bit l set: some policy was installed at cgroup depth l, so tasks below it
+ * must look up their ancestor at that depth. One u32, mmapable: userspace
+ * sets bits with an atomic OR in the shared page (the agent and the OCI hook
+ * may install at the same time) and never clears them.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, DG_MAX_LEVELS);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, __u32);
-} dg_levels SEC(".maps");
+} dg_level_mask SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -95,34 +102,70 @@ static __always_inline void stat_inc(__u32 slot)
 		*v += 1;
 }
 
+/*
+ * Index of the highest set bit of x (x != 0), without branches: a branch per
+ * step would multiply the paths the verifier walks in the level loop.
+ * DG_GT(x, c) is 1 when x > c: the 64-bit c - x then wraps to a set top bit.
+ */
+#define DG_GT(x, c) ((__u32)(((__u64)(c) - (__u64)(x)) >> 63))
+static __always_inline __u32 top_bit(__u32 x)
+{
+	__u32 r, s;
+
+	r = DG_GT(x, 0xffff) << 4;
+	x >>= r;
+	s = DG_GT(x, 0xff) << 3;
+	x >>= s;
+	r |= s;
+	s = DG_GT(x, 0xf) << 2;
+	x >>= s;
+	r |= s;
+	s = DG_GT(x, 0x3) << 1;
+	x >>= s;
+	r |= s;
+	return r | DG_GT(x, 0x1);
+}
+
 /* Policy of the current task's cgroup, or of its deepest ancestor that has one. */
 static __always_inline struct dg_policy *lookup_policy(__u64 *cgid, __u64 *matched)
 {
 	struct dg_policy *p;
-	__u64 id = bpf_get_current_cgroup_id();
+	__u32 zero = 0, *maskp, mask;
+	__u64 found, own = bpf_get_current_cgroup_id(), id = own;
 
-	*cgid = id;
-	p = bpf_map_lookup_elem(&dg_policies, &id);
+	*cgid = own;
+	p = bpf_map_lookup_elem(&dg_policies, &own);
 	if (p) {
 		*matched = id;
 		return p;
 	}
-	for (__u32 i = DG_MAX_LEVELS - 1; i > 0; i--) {
-		__u32 lvl = i;
-		__u32 *used = bpf_map_lookup_elem(&dg_levels, &lvl);
+	maskp = bpf_map_lookup_elem(&dg_level_mask, &zero);
+	if (!maskp)
+		return NULL;
+	mask = *maskp & ~1u; /* depth 0 is the root: never policied */
+	/*
+	 * Deepest flagged level first; one iteration per flagged level. The loop
+	 * yields a scalar id and the policy is looked up once after it, so every
+	 * exit leaves the verifier the same state to prune on.
+	 */
+	found = 0;
+	for (__u32 n = 0; n < DG_MAX_LEVELS && mask; n++) {
+		__u32 lvl = top_bit(mask);
 
-		if (!used || !*used)
-			continue;
+		mask &= ~(1u << lvl);
 		id = bpf_get_current_ancestor_cgroup_id(lvl);
-		if (!id)
-			continue;
-		p = bpf_map_lookup_elem(&dg_policies, &id);
-		if (p) {
-			*matched = id;
-			return p;
+		/* id == own: the task sits at that depth, looked up above. */
+		if (id && id != own && bpf_map_lookup_elem(&dg_policies, &id)) {
+			found = id;
+			break;
 		}
 	}
-	return NULL;
+	if (!found)
+		return NULL;
+	p = bpf_map_lookup_elem(&dg_policies, &found);
+	if (p)
+		*matched = found;
+	return p;
 }
 
 /*

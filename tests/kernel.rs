@@ -87,6 +87,7 @@ fn main() {
         ("policy_replace_and_remove", policy_replace_and_remove),
         ("pinned_enforcement_survives_agent_exit", pinned_enforcement_survives_agent_exit),
         ("full_policy_map_is_a_clear_error", full_policy_map_is_a_clear_error),
+        ("level_mask_updates_are_atomic_across_writers", level_mask_updates_are_atomic_across_writers),
     ] {
         trials.push(gate(name, &host_reason, f));
     }
@@ -678,6 +679,10 @@ fn child_cgroup_inherits_policy() -> R {
     let h = harness()?;
     let mut c = Container::new("nested")?;
     c.install(h, &enforce())?;
+    // Ancestor lookups only visit flagged depths: the install must have flagged ours.
+    if h.store.level_mask() & (1 << c.level) == 0 {
+        return Err(format!("level {} not flagged in the mask {:#x}", c.level, h.store.level_mask()).into());
+    }
     let child = c.child_cgroup("escape")?;
     let grandchild = child.join("deeper");
     fs::create_dir(&grandchild).map_err(|e| e.to_string())?;
@@ -690,6 +695,38 @@ fn child_cgroup_inherits_policy() -> R {
     let e = wait_event(h, |e| e.policy_cgroup_id == c.cgid && e.cgroup_id != c.cgid, "nested event")?;
     if e.cgroup_id != cgroup_id(&child)? && e.cgroup_id != cgroup_id(&grandchild)? {
         return Err(format!("event cgroup id {} is neither child", e.cgroup_id).into());
+    }
+    Ok(())
+}
+
+/// The agent and the OCI hook flag cgroup depths in one shared word; a lost update would leave
+/// a policy that nested cgroups never find. 30 writers (separate handles and mappings, as
+/// separate processes would have) flag distinct depths at once, many times over.
+fn level_mask_updates_are_atomic_across_writers() -> R {
+    let h = harness()?;
+    let stores: Vec<_> = (0..30).map(|_| h.store.try_clone().map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
+    let mut c = Container::new("levels")?;
+    let deep = c.child_cgroup("a")?;
+    let mut ids = Vec::new();
+    // Install then remove a real policy at each depth 2..=31 on one cgroup id (depth is only
+    // recorded, not checked against the id): set_owned is what flags the level.
+    let base = cgroup_id(&deep)?;
+    std::thread::scope(|sc| {
+        for (i, st) in stores.iter().enumerate() {
+            let level = 2 + i as u32;
+            ids.push(level);
+            sc.spawn(move || {
+                for _ in 0..200 {
+                    let _ = st.set(base, level, &Policy::with_mode(Mode::Monitor));
+                }
+            });
+        }
+    });
+    let _ = h.store.remove(base);
+    let mask = h.store.level_mask();
+    let missing: Vec<u32> = ids.iter().copied().filter(|l| mask & (1 << l) == 0).collect();
+    if !missing.is_empty() {
+        return Err(format!("levels {missing:?} lost from the mask {mask:#x}").into());
     }
     Ok(())
 }

@@ -6,7 +6,7 @@
 //!
 //! | name | what |
 //! |---|---|
-//! | `dg_policies`, `dg_paths`, `dg_levels` | policy maps ([`PolicyStore`]) |
+//! | `dg_policies`, `dg_paths`, `dg_level_mask` | policy maps ([`PolicyStore`]) |
 //! | `dg_events` | ring buffer of verdicts |
 //! | `dg_stats` | per-CPU counters |
 //! | `link_dg_bprm_check`, `link_dg_mmap_file`, `link_dg_file_mprotect` | BPF LSM links |
@@ -213,6 +213,12 @@ impl Enforcer {
                         .map_err(|e| Error::io(format!("removing stale link {}", p.display()), e))?;
                 }
             }
+            // An older version's per-level array: only its (now replaced) programs used it.
+            let legacy = dir.join(store::LEGACY_MAP_LEVELS);
+            if legacy.exists() {
+                std::fs::remove_file(&legacy)
+                    .map_err(|e| Error::io(format!("removing stale map {}", legacy.display()), e))?;
+            }
         }
         self.links = links;
         Ok(())
@@ -249,6 +255,49 @@ impl Enforcer {
     pub fn stats(&self) -> Result<Stats> {
         self.store.stats()
     }
+
+    /// Run-time statistics of the attached programs, as the kernel keeps them. `run_time_ns`
+    /// and `run_count` only advance while `kernel.bpf_stats_enabled` is 1 (it costs two clock
+    /// reads per run, so it is off by default); the benchmarks turn it on to measure the exact
+    /// cost per exec.
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        use libbpf_rs::{query::ProgInfoIter, Program, ProgramImpl};
+        use std::os::fd::AsFd;
+        let progs = &self.skel.progs;
+        let ours: Vec<(&str, u32)> = self
+            .links
+            .iter()
+            .filter_map(|(name, _)| {
+                let p: &ProgramImpl<'_> = match name.as_str() {
+                    "dg_bprm_check" => &progs.dg_bprm_check,
+                    "dg_mmap_file" => &progs.dg_mmap_file,
+                    "dg_file_mprotect" => &progs.dg_file_mprotect,
+                    "dg_exec_tp" => &progs.dg_exec_tp,
+                    _ => return None,
+                };
+                Some((name.as_str(), Program::id_from_fd(p.as_fd()).ok()?))
+            })
+            .collect();
+        ProgInfoIter::default()
+            .filter_map(|info| {
+                let (name, id) = ours.iter().find(|(_, id)| *id == info.id)?;
+                Some(ProgramStats { name: (*name).to_string(), id: *id, run_time_ns: info.run_time_ns, run_count: info.run_cnt })
+            })
+            .collect()
+    }
+}
+
+/// Kernel run-time statistics of one attached program ([`Enforcer::program_stats`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProgramStats {
+    /// Program name (`dg_bprm_check`, `dg_exec_tp`, ...).
+    pub name: String,
+    /// Kernel program id.
+    pub id: u32,
+    /// Total run time (ns) while `kernel.bpf_stats_enabled` was 1.
+    pub run_time_ns: u64,
+    /// Runs while `kernel.bpf_stats_enabled` was 1.
+    pub run_count: u64,
 }
 
 /// Open the pinned ring buffer (for a reader in another process, e.g. `driftguard events`
@@ -394,7 +443,7 @@ fn open_and_load(pin_dir: Option<&Path>, lsm: bool) -> Result<DriftguardSkel<'st
         for (name, map) in [
             (store::MAP_POLICIES, &mut m.dg_policies),
             (store::MAP_PATHS, &mut m.dg_paths),
-            (store::MAP_LEVELS, &mut m.dg_levels),
+            (store::MAP_LEVELS, &mut m.dg_level_mask),
             (store::MAP_EVENTS, &mut m.dg_events),
             (store::MAP_STATS, &mut m.dg_stats),
         ] {
@@ -438,12 +487,12 @@ fn store_from_skel(skel: &DriftguardSkel<'static>) -> Result<PolicyStore> {
     let dup = |name: &'static str, map: &libbpf_rs::Map<'static>| {
         MapHandle::try_from(map).map_err(|source| Error::Map { map: name, op: "dup", source })
     };
-    Ok(PolicyStore::new(
+    PolicyStore::new(
         dup(store::MAP_POLICIES, &m.dg_policies)?,
         dup(store::MAP_PATHS, &m.dg_paths)?,
-        dup(store::MAP_LEVELS, &m.dg_levels)?,
+        dup(store::MAP_LEVELS, &m.dg_level_mask)?,
         dup(store::MAP_STATS, &m.dg_stats)?,
-    ))
+    )
 }
 
 /// Runs the compiled decision function (`dg_decide` in bpf/decision.h) in the

@@ -6,6 +6,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::os::fd::AsFd;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
@@ -16,7 +18,10 @@ use crate::policy::{ExecPath, ListKind, Mode, Policy};
 
 pub(crate) const MAP_POLICIES: &str = "dg_policies";
 pub(crate) const MAP_PATHS: &str = "dg_paths";
-pub(crate) const MAP_LEVELS: &str = "dg_levels";
+pub(crate) const MAP_LEVELS: &str = "dg_level_mask";
+/// The per-level array of earlier builds (replaced by `dg_level_mask`); a pin of it is
+/// removed once the new programs are attached.
+pub(crate) const LEGACY_MAP_LEVELS: &str = "dg_levels";
 pub(crate) const MAP_EVENTS: &str = "dg_events";
 pub(crate) const MAP_STATS: &str = "dg_stats";
 
@@ -88,13 +93,76 @@ pub struct Stats {
 pub struct PolicyStore {
     policies: MapHandle,
     paths: MapHandle,
-    levels: MapHandle,
+    levels: LevelMask,
     stats: MapHandle,
-    /// Bit `l` set: this handle has already set the `dg_levels` marker of level `l`.
-    /// Markers are never cleared while the maps live (clearing one would race with another
-    /// writer, such as the OCI hook, installing a policy at that level), so the bit stays true
-    /// and spares one map update per install.
-    levels_set: AtomicU32,
+}
+
+/// `dg_level_mask` mapped into this process: bit `l` set means some policy lives at cgroup
+/// depth `l`. Bits are set with an atomic OR in the page shared with the kernel (and with any
+/// other writer, such as the OCI hook), and never cleared while the maps live: clearing one
+/// would race with a writer installing at that depth.
+#[derive(Debug)]
+struct LevelMask {
+    map: MapHandle,
+    word: NonNull<AtomicU32>,
+    len: usize,
+}
+
+// SAFETY: the mapping is shared memory accessed only through the AtomicU32; it lives as long
+// as the struct (unmapped in Drop).
+unsafe impl Send for LevelMask {}
+// SAFETY: as above; all access is atomic.
+unsafe impl Sync for LevelMask {}
+
+impl LevelMask {
+    fn new(map: MapHandle) -> Result<Self> {
+        // SAFETY: sysconf has no preconditions.
+        let len = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096).max(4096);
+        use std::os::fd::AsRawFd;
+        // SAFETY: mapping a BPF_F_MMAPABLE array map's value area (one u32, one page); the
+        // kernel refuses maps without the flag and we report that.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(Error::Corrupt {
+                map: MAP_LEVELS,
+                detail: format!(
+                    "mmap of the level mask failed: {} (needs a map created with BPF_F_MMAPABLE, kernel 5.5+)",
+                    std::io::Error::last_os_error()
+                ),
+            });
+        }
+        let word = NonNull::new(ptr.cast::<AtomicU32>()).ok_or(Error::Corrupt {
+            map: MAP_LEVELS,
+            detail: "mmap returned NULL".into(),
+        })?;
+        Ok(LevelMask { map, word, len })
+    }
+
+    fn get(&self) -> u32 {
+        // SAFETY: word points into our live mapping; page-aligned, so aligned for u32.
+        unsafe { self.word.as_ref() }.load(Ordering::Acquire)
+    }
+
+    fn set(&self, level: u32) {
+        // SAFETY: as in get().
+        unsafe { self.word.as_ref() }.fetch_or(1u32 << level, Ordering::AcqRel);
+    }
+}
+
+impl Drop for LevelMask {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what new() mapped.
+        unsafe { libc::munmap(self.word.as_ptr().cast(), self.len) };
+    }
 }
 
 fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(libbpf_rs::Error) -> Error {
@@ -102,8 +170,8 @@ fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(libbpf_rs::Error)
 }
 
 impl PolicyStore {
-    pub(crate) fn new(policies: MapHandle, paths: MapHandle, levels: MapHandle, stats: MapHandle) -> Self {
-        PolicyStore { policies, paths, levels, stats, levels_set: AtomicU32::new(0) }
+    pub(crate) fn new(policies: MapHandle, paths: MapHandle, levels: MapHandle, stats: MapHandle) -> Result<Self> {
+        Ok(PolicyStore { policies, paths, levels: LevelMask::new(levels)?, stats })
     }
 
     /// Duplicate the map handles (for another thread or component).
@@ -111,12 +179,12 @@ impl PolicyStore {
         let dup = |name: &'static str, m: &MapHandle| {
             MapHandle::try_from(m).map_err(|source| Error::Map { map: name, op: "dup", source })
         };
-        Ok(PolicyStore::new(
+        PolicyStore::new(
             dup(MAP_POLICIES, &self.policies)?,
             dup(MAP_PATHS, &self.paths)?,
-            dup(MAP_LEVELS, &self.levels)?,
+            dup(MAP_LEVELS, &self.levels.map)?,
             dup(MAP_STATS, &self.stats)?,
-        ))
+        )
     }
 
     /// Open the maps an agent pinned under `pin_dir` (default `/sys/fs/bpf/driftguard`).
@@ -132,7 +200,7 @@ impl PolicyStore {
                 _ => Error::Map { map: name, op: "open pinned", source: e },
             })
         };
-        Ok(PolicyStore::new(open(MAP_POLICIES)?, open(MAP_PATHS)?, open(MAP_LEVELS)?, open(MAP_STATS)?))
+        PolicyStore::new(open(MAP_POLICIES)?, open(MAP_PATHS)?, open(MAP_LEVELS)?, open(MAP_STATS)?)
     }
 
     /// Install or replace the policy of a cgroup. `Mode::Off` removes it.
@@ -264,17 +332,18 @@ impl PolicyStore {
         self.policies.keys().filter_map(|k| u64_key(&k)).collect()
     }
 
-    /// Set the `dg_levels` marker of `level` (once per handle: see `levels_set`).
+    /// Flag `level` in the level mask (atomic, idempotent, never undone).
     fn mark_level(&self, level: u32) -> Result<()> {
-        let bit = 1u32 << level; // level < DG_MAX_LEVELS (32), checked by the caller
-        if self.levels_set.load(Ordering::Acquire) & bit != 0 {
-            return Ok(());
+        if level >= abi::DG_MAX_LEVELS {
+            return Err(Error::Corrupt { map: MAP_LEVELS, detail: format!("cgroup level {level} out of range") });
         }
-        self.levels
-            .update(&level.to_le_bytes(), &1u32.to_le_bytes(), MapFlags::ANY)
-            .map_err(map_err(MAP_LEVELS, "update"))?;
-        self.levels_set.fetch_or(bit, Ordering::AcqRel);
+        self.levels.set(level);
         Ok(())
+    }
+
+    /// The level mask: bit `l` set when some policy was installed at cgroup depth `l`.
+    pub fn level_mask(&self) -> u32 {
+        self.levels.get()
     }
 
     /// Kernel counters, summed over CPUs.
