@@ -5,11 +5,11 @@
 //!
 //! | section  | what | baseline |
 //! |----------|------|----------|
-//! | `exec`   | fork+exec+wait of `<overlay>/bin/busybox true` in a cgroup | no BPF loaded |
+//! | `exec`   | fork+exec+wait of `<overlay>/bin/exec-chain 0` (or `busybox true`) in a cgroup | no BPF loaded |
 //! | `exec-vm`| the `exec` section re-run inside the Debian 6.12 VM (BPF LSM) | no BPF loaded |
 //! | `nri`    | StartContainer / RemoveContainer reply latency, 1,000 containers registered | no-op plugin, same stack |
 //! | `sync`   | Synchronize of 5,000 containers in chunks, end to end | no-op plugin, same stack |
-//! | `events` | ring-buffer record bytes -> enriched JSON lines, one core; drops under exec load | decode only |
+//! | `events` | ring-buffer record bytes -> enriched JSON lines, one core; drops under an exec load of 20k/s and unpaced | decode only |
 //! | `memory` | `driftguard run` RSS with 1,000 containers under policy; BPF map memory | same agent, 0 containers |
 //!
 //! Sections: positional arguments (`cargo bench --bench driftguard -- exec nri`) or
@@ -21,7 +21,6 @@
 //! numbers with "met"/"MISSED").
 
 #[path = "../tests/support/vm.rs"]
-#[allow(dead_code)]
 mod vm;
 
 use std::collections::HashMap;
@@ -82,10 +81,17 @@ struct Knobs {
     sync_rounds: usize,
     /// `DG_BENCH_EVENTS` (200000): synthetic records per round of the pipeline throughput.
     events: usize,
-    /// `DG_BENCH_LOAD_EXECS` (20000): execs of a dropped binary in monitor mode (drop test).
+    /// `DG_BENCH_LOAD_EXECS` (200000): execs of a dropped binary in monitor mode (drop test),
+    /// per rate.
     load_execs: usize,
-    /// `DG_BENCH_LOAD_WORKERS` (2): parallel exec loops for the drop test.
+    /// `DG_BENCH_LOAD_WORKERS` (2): parallel exec chains for the drop test.
     load_workers: usize,
+    /// `DG_BENCH_LOAD_RATES` (20000,0): total exec rates of the drop test (0 = as fast as the
+    /// chains go).
+    load_rates: Vec<u64>,
+    /// `DG_BENCH_EXEC_BIN` (chain): what the exec loop runs: `chain` = `exec-chain 0` (a 9 KiB
+    /// static binary that exits at once), `busybox` = `busybox true`.
+    exec_bin: ExecBin,
 }
 
 impl Knobs {
@@ -102,8 +108,16 @@ impl Knobs {
             sync_chunk: env_usize("DG_BENCH_SYNC_CHUNK", 500).max(1),
             sync_rounds: env_usize("DG_BENCH_SYNC_ROUNDS", 3).max(1),
             events: env_usize("DG_BENCH_EVENTS", 200_000).max(1000),
-            load_execs: env_usize("DG_BENCH_LOAD_EXECS", 20_000),
+            load_execs: env_usize("DG_BENCH_LOAD_EXECS", 200_000),
             load_workers: env_usize("DG_BENCH_LOAD_WORKERS", 2).max(1),
+            load_rates: std::env::var("DG_BENCH_LOAD_RATES")
+                .ok()
+                .map(|s| s.split(',').filter_map(|r| r.trim().parse().ok()).collect())
+                .unwrap_or_else(|| vec![20_000, 0]),
+            exec_bin: match std::env::var("DG_BENCH_EXEC_BIN").as_deref() {
+                Ok("busybox") => ExecBin::Busybox,
+                _ => ExecBin::Chain,
+            },
         }
     }
 }
@@ -280,20 +294,28 @@ impl Overlay {
             fs::create_dir_all(d).map_err(|e| e.to_string())?;
         }
         copy_exec(bb, &lower.join("bin/busybox"))?;
+        let chain = exec_chain_binary(dir.path())?;
+        copy_exec_path(&chain, &lower.join("bin/exec-chain"))?;
         let opts = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
         mount("overlay", &merged, "overlay", &opts)?;
         let o = Overlay { _dir: dir, merged };
-        copy_exec(bb, &o.merged.join("tmp/dropped"))?;
+        copy_exec_path(&chain, &o.merged.join("tmp/dropped-chain"))?;
         Ok(o)
     }
 
-    fn image_bin(&self) -> PathBuf {
-        self.merged.join("bin/busybox")
+    /// The image binary and its argv for the exec loop.
+    fn image_cmd(&self, bin: ExecBin) -> (PathBuf, Vec<&'static str>) {
+        match bin {
+            ExecBin::Busybox => (self.merged.join("bin/busybox"), vec!["busybox", "true"]),
+            ExecBin::Chain => (self.merged.join("bin/exec-chain"), vec!["exec-chain", "0"]),
+        }
     }
 
-    fn dropped_bin(&self) -> PathBuf {
-        self.merged.join("tmp/dropped")
+    /// The exec chain written into the upper layer (drift).
+    fn dropped_chain(&self) -> PathBuf {
+        self.merged.join("tmp/dropped-chain")
     }
+
 }
 
 impl Drop for Overlay {
@@ -306,8 +328,51 @@ impl Drop for Overlay {
 }
 
 fn copy_exec(from: &str, to: &Path) -> Res<()> {
-    fs::copy(from, to).map_err(|e| format!("copy {from} -> {}: {e}", to.display()))?;
+    copy_exec_path(Path::new(from), to)
+}
+
+fn copy_exec_path(from: &Path, to: &Path) -> Res<()> {
+    fs::copy(from, to).map_err(|e| format!("copy {} -> {}: {e}", from.display(), to.display()))?;
     fs::set_permissions(to, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())
+}
+
+/// What the exec loop runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ExecBin {
+    /// `benches/exec-chain.c`: static, no libc, 9 KiB.
+    Chain,
+    /// busybox (static, ~2 MiB), `busybox true`.
+    Busybox,
+}
+
+impl ExecBin {
+    fn label(self) -> &'static str {
+        match self {
+            ExecBin::Chain => "exec-chain 0 (9 KiB static, no libc)",
+            ExecBin::Busybox => "busybox true (static)",
+        }
+    }
+}
+
+/// `benches/exec-chain.c` built with the system C compiler (`$CC`, default `cc`) into `dir`,
+/// or the prebuilt binary named by `DG_BENCH_CHAIN` (the VM guest has no compiler).
+fn exec_chain_binary(dir: &Path) -> Res<PathBuf> {
+    if let Some(p) = std::env::var_os("DG_BENCH_CHAIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/exec-chain.c");
+    let out = dir.join("exec-chain");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let o = Command::new(&cc)
+        .args(["-O2", "-static", "-nostdlib", "-fno-stack-protector", "-fno-builtin", "-Wall", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .output()
+        .map_err(|e| format!("running {cc} for {}: {e}", src.display()))?;
+    if !o.status.success() {
+        return Err(format!("{cc} {}: {}", src.display(), String::from_utf8_lossy(&o.stderr)));
+    }
+    Ok(out)
 }
 
 fn mount(src: &str, target: &Path, fstype: &str, data: &str) -> Res<()> {
@@ -358,9 +423,13 @@ fn exec_loop_child_inner() -> Res<()> {
     }
     fs::write(&procs, "0").map_err(|e| format!("joining {procs}: {e}"))?;
     let path = CString::new(bin.as_bytes()).map_err(|e| e.to_string())?;
-    let a0 = CString::new("busybox").unwrap();
-    let a1 = CString::new("true").unwrap();
-    let argv = [a0.as_ptr(), a1.as_ptr(), std::ptr::null()];
+    let args: Vec<CString> = std::env::var("DG_CHILD_ARGS")
+        .map_err(|_| "DG_CHILD_ARGS")?
+        .split('\x1f')
+        .map(|a| CString::new(a).map_err(|e| e.to_string()))
+        .collect::<Res<_>>()?;
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
     let envp = [std::ptr::null()];
     let mut out = Vec::with_capacity(n * 4);
     let mut failed = 0usize;
@@ -396,12 +465,13 @@ fn exec_loop_child_inner() -> Res<()> {
 /// Handle of a running exec loop.
 struct LoopChild(std::process::Child);
 
-fn spawn_exec_loop(cgroup: &Path, bin: &Path, n: usize, cpu: Option<usize>) -> Res<LoopChild> {
+fn spawn_exec_loop(cgroup: &Path, (bin, args): &(PathBuf, Vec<&str>), n: usize, cpu: Option<usize>) -> Res<LoopChild> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(exe);
     cmd.env(CHILD_ENV, "exec-loop")
         .env("DG_CHILD_PROCS", cgroup.join("cgroup.procs"))
         .env("DG_CHILD_BIN", bin)
+        .env("DG_CHILD_ARGS", args.join("\x1f"))
         .env("DG_CHILD_N", n.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -422,7 +492,7 @@ impl LoopChild {
     }
 }
 
-fn run_exec_loop(cgroup: &Path, bin: &Path, n: usize, cpu: Option<usize>) -> Res<Vec<f64>> {
+fn run_exec_loop(cgroup: &Path, bin: &(PathBuf, Vec<&str>), n: usize, cpu: Option<usize>) -> Res<Vec<f64>> {
     spawn_exec_loop(cgroup, bin, n, cpu)?.wait()
 }
 
@@ -465,8 +535,13 @@ impl ExecCfg {
 struct ExecResult {
     kernel: String,
     path: String,
+    #[serde(default)]
+    binary: String,
     rounds: usize,
     execs_per_block: usize,
+    /// Execs per block with kernel.bpf_stats_enabled on (BPF run time; latencies not kept).
+    #[serde(default)]
+    stats_execs_per_block: usize,
     /// Per configuration: per-round median latency (µs).
     medians: HashMap<String, Vec<f64>>,
     /// Per configuration: every latency (µs), all rounds.
@@ -475,6 +550,46 @@ struct ExecResult {
     ratios: HashMap<String, Vec<f64>>,
     /// Per configuration (not base): per-round ratio of means vs base.
     mean_ratios: HashMap<String, Vec<f64>>,
+    /// Per configuration (not base): per-round BPF run time per exec (ns), from the kernel's
+    /// own accounting (`kernel.bpf_stats_enabled`): the exact cost the programs add.
+    #[serde(default)]
+    bpf_ns_per_exec: HashMap<String, Vec<f64>>,
+    /// Per configuration (not base): per-round program runs per exec.
+    #[serde(default)]
+    runs_per_exec: HashMap<String, Vec<f64>>,
+    /// Per configuration (not base): per-round (base median + BPF ns per exec) / base median.
+    #[serde(default)]
+    bpf_ratios: HashMap<String, Vec<f64>>,
+    /// Per configuration (not base), per program: (run time ns, runs) summed over all rounds.
+    #[serde(default)]
+    per_program: HashMap<String, HashMap<String, (u64, u64)>>,
+}
+
+/// Sets `kernel.bpf_stats_enabled` to 1 while alive; restores the old value on drop.
+struct BpfStatsOn(Option<String>);
+
+impl BpfStatsOn {
+    const PATH: &'static str = "/proc/sys/kernel/bpf_stats_enabled";
+    fn new() -> Self {
+        let old = fs::read_to_string(Self::PATH).ok();
+        if fs::write(Self::PATH, "1").is_err() {
+            eprintln!("    note: cannot enable {}: no per-program run times", Self::PATH);
+        }
+        BpfStatsOn(old)
+    }
+}
+
+impl Drop for BpfStatsOn {
+    fn drop(&mut self) {
+        if let Some(v) = &self.0 {
+            let _ = fs::write(Self::PATH, v.trim());
+        }
+    }
+}
+
+/// Per attached program: (run time ns, runs).
+fn prog_totals(enf: &Enforcer) -> HashMap<String, (u64, u64)> {
+    enf.program_stats().into_iter().map(|p| (p.name, (p.run_time_ns, p.run_count))).collect()
 }
 
 fn exec_measure(k: &Knobs, execs: usize) -> Res<ExecResult> {
@@ -486,15 +601,25 @@ fn exec_measure(k: &Knobs, execs: usize) -> Res<ExecResult> {
     let level = target.strip_prefix(&root).map(|p| p.components().count() as u32).unwrap_or(2);
     let (tid, sid) = (cgroup_id(&target)?, cgroup_id(&sibling)?);
     let cpu = std::thread::available_parallelism().map(|n| n.get() - 1).ok();
-    let bin = ov.image_bin();
+    let bin = ov.image_cmd(k.exec_bin);
 
     // Warm up caches (page cache, dentries) without BPF.
     run_exec_loop(&target, &bin, 200.min(execs * 2), cpu)?;
 
-    let mut res = ExecResult { rounds: k.rounds, execs_per_block: execs, ..Default::default() };
+    let mut res = ExecResult {
+        rounds: k.rounds,
+        execs_per_block: execs,
+        stats_execs_per_block: (execs / 4).max(50),
+        binary: k.exec_bin.label().into(),
+        ..Default::default()
+    };
     res.kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
     let mut enf: Option<Enforcer> = None;
     let mut path_name = String::new();
+    // Wall-clock blocks run with kernel.bpf_stats_enabled off (as in production: the stats
+    // cost two clock reads per program run, several µs under TCG); a shorter block with it on
+    // follows each, for the kernel's own account of the programs' run time.
+    let stats_execs = (execs / 4).max(50);
     for round in 0..k.rounds {
         let mut order = ExecCfg::ALL.to_vec();
         order.rotate_left(round % 4);
@@ -521,6 +646,26 @@ fn exec_measure(k: &Knobs, execs: usize) -> Res<ExecResult> {
                 }
             }
             let lat = run_exec_loop(&target, &bin, execs, cpu)?;
+            if let Some(e) = enf.as_ref() {
+                let on = BpfStatsOn::new();
+                let before = prog_totals(e);
+                run_exec_loop(&target, &bin, stats_execs, cpu)?;
+                let after = prog_totals(e);
+                drop(on);
+                let (mut dt, mut dc) = (0u64, 0u64);
+                let per = res.per_program.entry(cfg.key().into()).or_default();
+                for (name, (t1, c1)) in after {
+                    let (t0, c0) = before.get(&name).copied().unwrap_or((0, 0));
+                    let (t, c) = (t1.saturating_sub(t0), c1.saturating_sub(c0));
+                    dt += t;
+                    dc += c;
+                    let slot = per.entry(name).or_default();
+                    slot.0 += t;
+                    slot.1 += c;
+                }
+                res.bpf_ns_per_exec.entry(cfg.key().into()).or_default().push(dt as f64 / stats_execs as f64);
+                res.runs_per_exec.entry(cfg.key().into()).or_default().push(dc as f64 / stats_execs as f64);
+            }
             let mean = lat.iter().sum::<f64>() / lat.len() as f64;
             let s = sorted(lat.clone());
             medians.insert(cfg, (q(&s, 0.5), mean));
@@ -532,6 +677,10 @@ fn exec_measure(k: &Knobs, execs: usize) -> Res<ExecResult> {
             let (m, mean) = medians[cfg];
             res.ratios.entry(cfg.key().into()).or_default().push(m / bmed);
             res.mean_ratios.entry(cfg.key().into()).or_default().push(mean / bmean);
+            if let Some(ns) = res.bpf_ns_per_exec.get(cfg.key()).and_then(|v| v.last()) {
+                let r = (bmed * 1000.0 + ns) / (bmed * 1000.0);
+                res.bpf_ratios.entry(cfg.key().into()).or_default().push(r);
+            }
         }
         eprintln!(
             "    round {}/{}: medians (µs) {}",
@@ -548,7 +697,14 @@ fn exec_measure(k: &Knobs, execs: usize) -> Res<ExecResult> {
 fn exec_report(rep: &mut Report, section: &'static str, r: &ExecResult) {
     let n_total: usize = r.samples.values().map(|v| v.len()).sum();
     rep.row(section, "kernel / enforcement path", format!("{} / {}", r.kernel, r.path), "", None);
-    rep.row(section, "execs measured (rounds × configs × execs)", format!("{n_total} ({} × 4 × {})", r.rounds, r.execs_per_block), "", None);
+    rep.row(section, "binary (fork + execve + waitpid)", r.binary.clone(), "", None);
+    rep.row(
+        section,
+        "execs measured (rounds × configs × execs); + BPF-stats blocks",
+        format!("{n_total} ({} × 4 × {}); + {} × 3 × {}", r.rounds, r.execs_per_block, r.rounds, r.stats_execs_per_block),
+        "",
+        None,
+    );
     let base = sorted(r.samples["base"].clone());
     rep.row(
         section,
@@ -566,6 +722,40 @@ fn exec_report(rep: &mut Report, section: &'static str, r: &ExecResult) {
             _ => ("", None),
         };
         let s = sorted(r.samples[cfg.key()].clone());
+        if let (Some(ns), Some(runs), Some(br)) =
+            (r.bpf_ns_per_exec.get(cfg.key()), r.runs_per_exec.get(cfg.key()), r.bpf_ratios.get(cfg.key()))
+        {
+            let (ns, runs, br) = (mmm(ns), mmm(runs), mmm(br));
+            let met = match cfg {
+                ExecCfg::Unpolicied => Some(br.2 <= 1.005),
+                ExecCfg::Enforce => Some(br.2 <= 1.02),
+                _ => None,
+            };
+            rep.row(
+                section,
+                format!("{} — BPF run time per exec (kernel bpf_stats)", cfg.label()),
+                format!("{:.0} ns (min {:.0}, max {:.0}); {:.2} program runs/exec", ns.1, ns.0, ns.2, runs.1),
+                "",
+                None,
+            );
+            if let Some(per) = r.per_program.get(cfg.key()) {
+                let total_execs = (r.rounds * r.stats_execs_per_block) as f64;
+                let mut names: Vec<_> = per.iter().filter(|(_, (_, c))| *c > 0).collect();
+                names.sort_by(|a, b| a.0.cmp(b.0));
+                let parts: Vec<String> = names
+                    .iter()
+                    .map(|(n, (t, c))| format!("{n} {:.2}/exec × {:.0} ns", *c as f64 / total_execs, *t as f64 / *c as f64))
+                    .collect();
+                rep.row(section, format!("{} — per program (runs per exec × ns per run)", cfg.label()), parts.join(", "), "", None);
+            }
+            rep.row(
+                section,
+                format!("{} — (base median + BPF time) / base median", cfg.label()),
+                fmt_ratio(br),
+                if met.is_some() { target } else { "" },
+                met,
+            );
+        }
         rep.row(section, format!("{} — median ratio", cfg.label()), fmt_ratio(ratio), target, met);
         rep.row(
             section,
@@ -587,8 +777,9 @@ fn bench_exec(k: &Knobs, rep: &mut Report) -> Res<()> {
 
 fn summary_only(r: &ExecResult) -> serde_json::Value {
     serde_json::json!({
-        "kernel": r.kernel, "path": r.path, "rounds": r.rounds, "execs_per_block": r.execs_per_block,
+        "kernel": r.kernel, "path": r.path, "binary": r.binary, "rounds": r.rounds, "execs_per_block": r.execs_per_block,
         "medians_us": r.medians, "ratios": r.ratios, "mean_ratios": r.mean_ratios,
+        "bpf_ns_per_exec": r.bpf_ns_per_exec, "runs_per_exec": r.runs_per_exec, "bpf_ratios": r.bpf_ratios,
     })
 }
 
@@ -603,11 +794,17 @@ fn bench_exec_vm(k: &Knobs, rep: &mut Report) -> Res<()> {
     let kernel = vm::load_kernel("6.12")?;
     vm::qemu_binary()?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut req = vm::VmRequest::new(exe).arg("exec-guest");
+    // The guest has no C compiler: build the exec chain here and ship it.
+    let chain_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let chain = exec_chain_binary(chain_dir.path())?;
+    let guest_chain = "/opt/dg-bench/exec-chain";
+    let mut req = vm::VmRequest::new(exe).arg("exec-guest").file(&chain, guest_chain);
     req.env = vec![
         ("DG_BENCH_IN_VM".into(), "1".into()),
         ("DG_BENCH_ROUNDS".into(), k.rounds.to_string()),
         ("DG_BENCH_EXECS".into(), k.vm_execs.to_string()),
+        ("DG_BENCH_CHAIN".into(), guest_chain.into()),
+        ("DG_BENCH_EXEC_BIN".into(), if k.exec_bin == ExecBin::Busybox { "busybox" } else { "chain" }.into()),
     ];
     req.timeout = Duration::from_secs(900);
     req.memory_mb = 1024;
@@ -1159,27 +1356,75 @@ fn bench_events(k: &Knobs, rep: &mut Report, skip_load: bool) -> Res<()> {
     rep.row("events", "agent loop: + metrics + Output::emit (file write per line)", fmt(a), "≥ 200k/s", Some(a.1 >= 200_000.0));
     let mut json = serde_json::json!({"decode_per_s": rates["decode"], "json_per_s": rates["json"], "agent_loop_per_s": rates["agent"]});
     if !skip_load {
-        match drops_under_load(k) {
-            Ok(v) => {
-                rep.row("events", format!("monitor-mode exec load: {} execs of a dropped binary, {} loops", k.load_execs, k.load_workers), format!("{:.0} execs/s achieved", v.rate), "20k execs/s", Some(v.rate >= 20_000.0));
-                rep.row("events", "  ring-buffer drops (Stats.ringbuf_drops) / events emitted", format!("{} drops / {} events, {} JSON lines written", v.drops, v.events, v.lines), "0 drops", Some(v.drops == 0));
-                json["load"] = serde_json::json!({"execs": k.load_execs, "rate": v.rate, "drops": v.drops, "events": v.events, "lines": v.lines});
+        let mut loads = Vec::new();
+        for &rate in &k.load_rates {
+            let asked = if rate == 0 { "as fast as the chains go".to_string() } else { format!("paced at {}k/s", rate / 1000) };
+            match drops_under_load(k, rate) {
+                Ok(v) => {
+                    let reached = rate == 0 || v.rate >= rate as f64 * 0.98;
+                    rep.row(
+                        "events",
+                        format!("monitor-mode exec load, {asked}: {} execs of a dropped binary, {} exec chains", v.execs, k.load_workers),
+                        format!("{:.0} execs/s achieved", v.rate),
+                        if rate == 0 { "" } else { "20k execs/s" },
+                        (rate != 0).then_some(reached),
+                    );
+                    rep.row(
+                        "events",
+                        "  ring-buffer drops (Stats.ringbuf_drops) / events emitted / JSON lines written",
+                        format!("{} drops / {} events / {} lines", v.drops, v.events, v.lines),
+                        "0 drops",
+                        Some(v.drops == 0 && v.lines == v.events),
+                    );
+                    loads.push(serde_json::json!({"asked_per_s": rate, "execs": v.execs, "rate": v.rate, "drops": v.drops, "events": v.events, "lines": v.lines}));
+                }
+                Err(e) => rep.row("events", format!("monitor-mode exec load, {asked}"), format!("failed: {e}"), "", None),
             }
-            Err(e) => rep.row("events", "monitor-mode exec load", format!("failed: {e}"), "", None),
         }
+        json["load"] = serde_json::json!(loads);
     }
     rep.put("events", json);
     Ok(())
 }
 
 struct LoadResult {
+    execs: u64,
     rate: f64,
     drops: u64,
     events: u64,
     lines: u64,
 }
 
-fn drops_under_load(k: &Knobs) -> Res<LoadResult> {
+/// Child mode `exec-into`: join the cgroup, then execve the exec chain (no fork), so every
+/// exec the chain makes happens in the policied cgroup.
+fn exec_into_child() -> ! {
+    let err = (|| -> Res<()> {
+        let procs = std::env::var("DG_CHILD_PROCS").map_err(|_| "DG_CHILD_PROCS")?;
+        let bin = std::env::var("DG_CHILD_BIN").map_err(|_| "DG_CHILD_BIN")?;
+        let args: Vec<CString> = std::env::var("DG_CHILD_ARGS")
+            .map_err(|_| "DG_CHILD_ARGS")?
+            .split('\x1f')
+            .map(|a| CString::new(a).map_err(|e| e.to_string()))
+            .collect::<Res<_>>()?;
+        fs::write(&procs, "0").map_err(|e| format!("joining {procs}: {e}"))?;
+        let path = CString::new(bin.as_bytes()).map_err(|e| e.to_string())?;
+        let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let envp = [std::ptr::null()];
+        // SAFETY: NUL-terminated strings and arrays kept alive in this frame.
+        unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+        Err(format!("execve {bin}: {}", std::io::Error::last_os_error()))
+    })();
+    if let Err(e) = err {
+        eprintln!("exec-into: {e}");
+    }
+    std::process::exit(1)
+}
+
+/// Drop test: `load_workers` exec chains of the dropped binary in a monitor-mode cgroup, paced
+/// to `rate` execs/s in total (0: unpaced), against the real ring buffer and the agent's
+/// consumer loop. Every exec is one event.
+fn drops_under_load(k: &Knobs, rate: u64) -> Res<LoadResult> {
     let enf = load_enforcer()?;
     let ov = Overlay::new()?;
     let mut cg = Cgroups::new()?;
@@ -1212,15 +1457,35 @@ fn drops_under_load(k: &Knobs) -> Res<LoadResult> {
             }
         });
     }
-    let per = k.load_execs / k.load_workers;
+    let workers = k.load_workers as u64;
+    let per = (k.load_execs as u64 / workers).max(1);
+    let interval_ns = (workers * 1_000_000_000).checked_div(rate).unwrap_or(0);
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let t = Instant::now();
-    let children: Vec<LoopChild> =
-        (0..k.load_workers).map(|_| spawn_exec_loop(&target, &ov.dropped_bin(), per, None)).collect::<Res<_>>()?;
+    let mut children = Vec::new();
+    for _ in 0..workers {
+        // The chain's first exec comes from exec-into, then `per` more: per + 1 execs each.
+        let args = ["dropped-chain".to_string(), (per - 1).to_string(), interval_ns.to_string()].join("\x1f");
+        let child = Command::new(&exe)
+            .env(CHILD_ENV, "exec-into")
+            .env("DG_CHILD_PROCS", target.join("cgroup.procs"))
+            .env("DG_CHILD_BIN", ov.dropped_chain())
+            .env("DG_CHILD_ARGS", args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("spawning an exec chain: {e}"))?;
+        children.push(child);
+    }
     for c in children {
-        c.wait()?;
+        let o = c.wait_with_output().map_err(|e| e.to_string())?;
+        if !o.status.success() {
+            return Err(format!("exec chain failed ({}): {}", o.status, String::from_utf8_lossy(&o.stderr)));
+        }
     }
     let secs = t.elapsed().as_secs_f64();
-    let total = (per * k.load_workers) as u64;
+    let total = per * workers;
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut after = enf.stats().map_err(|e| e.to_string())?;
     while Instant::now() < deadline {
@@ -1233,10 +1498,16 @@ fn drops_under_load(k: &Knobs) -> Res<LoadResult> {
     drop(rt);
     let _ = enf.store().remove(cgid);
     let events = after.events - before.events;
-    if events < total {
+    if events != total {
         eprintln!("    note: {events} events for {total} execs");
     }
-    Ok(LoadResult { rate: total as f64 / secs, drops: after.ringbuf_drops - before.ringbuf_drops, events, lines: lines.load(Ordering::Relaxed) })
+    Ok(LoadResult {
+        execs: total,
+        rate: total as f64 / secs,
+        drops: after.ringbuf_drops - before.ringbuf_drops,
+        events,
+        lines: lines.load(Ordering::Relaxed),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1403,8 +1674,10 @@ fn machine() -> String {
 }
 
 fn main() {
-    if std::env::var(CHILD_ENV).is_ok_and(|v| v == "exec-loop") {
-        exec_loop_child();
+    match std::env::var(CHILD_ENV).as_deref() {
+        Ok("exec-loop") => exec_loop_child(),
+        Ok("exec-into") => exec_into_child(),
+        _ => {}
     }
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     if args.iter().any(|a| a == "--list") || std::env::args().any(|a| a == "--list") {
@@ -1452,7 +1725,8 @@ fn main() {
     }
     rep.put("foreign_dg_progs", serde_json::json!(other_progs));
     let t0 = Instant::now();
-    let sections: Vec<(&str, Box<dyn Fn(&Knobs, &mut Report) -> Res<()>>)> = vec![
+    type Section = Box<dyn Fn(&Knobs, &mut Report) -> Res<()>>;
+    let sections: Vec<(&str, Section)> = vec![
         ("exec", Box::new(bench_exec)),
         ("exec-vm", Box::new(|k: &Knobs, r: &mut Report| if k.vm { bench_exec_vm(k, r) } else { Err("DG_BENCH_VM=0".into()) })),
         ("nri", Box::new(bench_nri)),

@@ -1,6 +1,6 @@
 #!/bin/sh
-# Run every driftguard benchmark (root, BPF, cgroup v2, overlayfs; qemu + tests/vm kernels for
-# the BPF LSM numbers). Results: stdout, $CARGO_TARGET_DIR/bench-driftguard.json,
+# Run every driftguard benchmark (root, BPF, cgroup v2, overlayfs, cc for benches/exec-chain.c;
+# qemu + tests/vm kernels for the BPF LSM numbers). Results: stdout, $CARGO_TARGET_DIR/bench-driftguard.json,
 # docs/bench-exec.svg, docs/bench-exec-vm.svg. See BENCHMARKS.md.
 #
 #   benches/run.sh                 # everything (~4-6 minutes on 2 cores after the build)

@@ -14,7 +14,6 @@
 //! they fail until the product is fixed (see docs/threat-model.md, "Open findings").
 
 #[path = "support/vm.rs"]
-#[allow(dead_code)]
 mod vm;
 
 use std::collections::{BTreeSet, HashMap};

@@ -21,7 +21,6 @@ use driftguard::policy::{Mode, Policy};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 #[path = "support/vm.rs"]
-#[allow(dead_code)]
 mod vm;
 use nri_plugin::api::{Container, ContainerState, PodSandbox};
 use nri_plugin::testing::{Delivery, LifecycleEvent, PeerConnection, RuntimePeer};

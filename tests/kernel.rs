@@ -15,7 +15,6 @@
 //! the reason; with DRIFTGUARD_REQUIRE_ALL=1 (CI) they fail instead.
 
 #[path = "support/vm.rs"]
-#[allow(dead_code)]
 mod vm;
 
 use std::ffi::CString;
@@ -376,7 +375,7 @@ impl Container {
 
 impl Drop for Container {
     fn drop(&mut self) {
-        if let Some(h) = harness().ok() {
+        if let Ok(h) = harness() {
             let _ = h.store.remove(self.cgid);
         }
         for m in self.extra_mounts.iter().rev() {

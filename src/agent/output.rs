@@ -175,6 +175,33 @@ impl Sinks {
     }
 }
 
+/// Fan-out of JSON lines: the configured sinks plus live subscribers (`driftguard events`).
+pub struct Output {
+    sinks: std::sync::Mutex<Sinks>,
+    tx: tokio::sync::broadcast::Sender<String>,
+}
+
+impl Output {
+    /// Wrap the sinks.
+    pub fn new(sinks: Sinks) -> std::sync::Arc<Self> {
+        let (tx, _) = tokio::sync::broadcast::channel(4096);
+        std::sync::Arc::new(Output { sinks: std::sync::Mutex::new(sinks), tx })
+    }
+
+    /// Write a line everywhere.
+    pub fn emit(&self, line: &str) {
+        if let Ok(mut s) = self.sinks.lock() {
+            s.write_line(line);
+        }
+        let _ = self.tx.send(line.to_string());
+    }
+
+    /// Live copy of every line from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.tx.subscribe()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,32 +275,5 @@ mod tests {
         let ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
         let d = c.wall(ns).duration_since(SystemTime::now()).unwrap_or_else(|e| e.duration());
         assert!(d < Duration::from_secs(1), "drift {d:?}");
-    }
-}
-
-/// Fan-out of JSON lines: the configured sinks plus live subscribers (`driftguard events`).
-pub struct Output {
-    sinks: std::sync::Mutex<Sinks>,
-    tx: tokio::sync::broadcast::Sender<String>,
-}
-
-impl Output {
-    /// Wrap the sinks.
-    pub fn new(sinks: Sinks) -> std::sync::Arc<Self> {
-        let (tx, _) = tokio::sync::broadcast::channel(4096);
-        std::sync::Arc::new(Output { sinks: std::sync::Mutex::new(sinks), tx })
-    }
-
-    /// Write a line everywhere.
-    pub fn emit(&self, line: &str) {
-        if let Ok(mut s) = self.sinks.lock() {
-            s.write_line(line);
-        }
-        let _ = self.tx.send(line.to_string());
-    }
-
-    /// Live copy of every line from now on.
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<String> {
-        self.tx.subscribe()
     }
 }
