@@ -509,6 +509,32 @@ int BPF_PROG(dg_bprm_check, struct linux_binprm *bprm)
 	return 0;
 }
 
+/*
+ * The ELF loader maps the binary being executed while execve(2) is still in
+ * progress. bprm_check_security has just decided on that very file, with the
+ * stricter exec access (allowlist-only applies to exec only), so its text
+ * mapping needs no second decision: skipping it halves the lookups of a
+ * static binary's exec. in_execve is set only on the exec'ing task inside the
+ * syscall, so no user code can reach the shortcut (prctl(PR_SET_MM_EXE_FILE)
+ * cannot either), and by then the new mm's exe_file is bprm->file. Kernels
+ * without in_execve simply check every mapping.
+ */
+static __always_inline bool exec_maps_own_binary(struct file *file)
+{
+	struct task_struct *task;
+	struct mm_struct *mm;
+
+	if (!bpf_core_field_exists(struct task_struct, in_execve))
+		return false;
+	task = bpf_get_current_task_btf();
+	if (!BPF_CORE_READ_BITFIELD_PROBED(task, in_execve))
+		return false;
+	mm = task->mm;
+	if (!mm)
+		return false;
+	return (unsigned long)BPF_CORE_READ(mm, exe_file) == (unsigned long)file;
+}
+
 SEC("lsm/mmap_file")
 int BPF_PROG(dg_mmap_file, struct file *file, unsigned long reqprot, unsigned long prot,
 	     unsigned long flags)
@@ -516,6 +542,8 @@ int BPF_PROG(dg_mmap_file, struct file *file, unsigned long reqprot, unsigned lo
 	__u32 act;
 
 	if (!file || !(prot & PROT_EXEC))
+		return 0;
+	if (exec_maps_own_binary(file))
 		return 0;
 	act = check_file(file, DG_HOOK_MMAP_FILE, DG_ACCESS_MMAP_EXEC, DG_ACT_DENY, DG_PATH_DPATH);
 	barrier_var(act);

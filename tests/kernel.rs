@@ -671,6 +671,15 @@ fn monitor_mode_reports_without_blocking() -> R {
     if e.mode != Mode::Monitor {
         return Err(format!("mode in event: {:?}", e.mode).into());
     }
+    // One exec, one event: the kernel's own mapping of the binary during the exec is not
+    // decided (and reported) a second time by mmap_file.
+    std::thread::sleep(Duration::from_millis(300));
+    let hooks: Vec<Hook> =
+        events_for(h, c.cgid).iter().filter(|e| e.path == "/tmp/dropped").map(|e| e.hook).collect();
+    let want = if h.path == EnforcementPath::Lsm { Hook::BprmCheck } else { Hook::ExecTracepoint };
+    if hooks != [want] {
+        return Err(format!("one exec of the dropped binary gave events from {hooks:?}, want [{want:?}]").into());
+    }
     Ok(())
 }
 
