@@ -158,7 +158,14 @@ struct Report {
 }
 
 impl Report {
-    fn row(&mut self, section: &'static str, metric: impl Into<String>, value: impl Into<String>, target: &str, met: Option<bool>) {
+    fn row(
+        &mut self,
+        section: &'static str,
+        metric: impl Into<String>,
+        value: impl Into<String>,
+        target: &str,
+        met: Option<bool>,
+    ) {
         let r = Row { section, metric: metric.into(), value: value.into(), target: target.to_string(), met };
         println!(
             "  {:<8} {:<58} {:<44} {}",
@@ -315,7 +322,6 @@ impl Overlay {
     fn dropped_chain(&self) -> PathBuf {
         self.merged.join("tmp/dropped-chain")
     }
-
 }
 
 impl Drop for Overlay {
@@ -377,7 +383,8 @@ fn exec_chain_binary(dir: &Path) -> Res<PathBuf> {
 
 fn mount(src: &str, target: &Path, fstype: &str, data: &str) -> Res<()> {
     let c = |s: &[u8]| CString::new(s).map_err(|e| e.to_string());
-    let (src, tgt, fst, dat) = (c(src.as_bytes())?, c(target.as_os_str().as_bytes())?, c(fstype.as_bytes())?, c(data.as_bytes())?);
+    let (src, tgt, fst, dat) =
+        (c(src.as_bytes())?, c(target.as_os_str().as_bytes())?, c(fstype.as_bytes())?, c(data.as_bytes())?);
     // SAFETY: valid NUL-terminated strings.
     let rc = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), fst.as_ptr(), 0, dat.as_ptr().cast()) };
     if rc != 0 {
@@ -639,8 +646,12 @@ fn exec_measure(k: &Knobs, execs: usize) -> Res<ExecResult> {
                         ExecCfg::Unpolicied => {
                             store.remove(tid).map_err(|e| e.to_string())?;
                         }
-                        ExecCfg::Monitor => store.set(tid, level, &Policy::with_mode(Mode::Monitor)).map_err(|e| e.to_string())?,
-                        ExecCfg::Enforce => store.set(tid, level, &Policy::with_mode(Mode::Enforce)).map_err(|e| e.to_string())?,
+                        ExecCfg::Monitor => {
+                            store.set(tid, level, &Policy::with_mode(Mode::Monitor)).map_err(|e| e.to_string())?
+                        }
+                        ExecCfg::Enforce => {
+                            store.set(tid, level, &Policy::with_mode(Mode::Enforce)).map_err(|e| e.to_string())?
+                        }
                         ExecCfg::Base => {}
                     }
                 }
@@ -701,7 +712,10 @@ fn exec_report(rep: &mut Report, section: &'static str, r: &ExecResult) {
     rep.row(
         section,
         "execs measured (rounds × configs × execs); + BPF-stats blocks",
-        format!("{n_total} ({} × 4 × {}); + {} × 3 × {}", r.rounds, r.execs_per_block, r.rounds, r.stats_execs_per_block),
+        format!(
+            "{n_total} ({} × 4 × {}); + {} × 3 × {}",
+            r.rounds, r.execs_per_block, r.rounds, r.stats_execs_per_block
+        ),
         "",
         None,
     );
@@ -744,9 +758,17 @@ fn exec_report(rep: &mut Report, section: &'static str, r: &ExecResult) {
                 names.sort_by(|a, b| a.0.cmp(b.0));
                 let parts: Vec<String> = names
                     .iter()
-                    .map(|(n, (t, c))| format!("{n} {:.2}/exec × {:.0} ns", *c as f64 / total_execs, *t as f64 / *c as f64))
+                    .map(|(n, (t, c))| {
+                        format!("{n} {:.2}/exec × {:.0} ns", *c as f64 / total_execs, *t as f64 / *c as f64)
+                    })
                     .collect();
-                rep.row(section, format!("{} — per program (runs per exec × ns per run)", cfg.label()), parts.join(", "), "", None);
+                rep.row(
+                    section,
+                    format!("{} — per program (runs per exec × ns per run)", cfg.label()),
+                    parts.join(", "),
+                    "",
+                    None,
+                );
             }
             rep.row(
                 section,
@@ -810,7 +832,13 @@ fn bench_exec_vm(k: &Knobs, rep: &mut Report) -> Res<()> {
     req.memory_mb = 1024;
     let t = Instant::now();
     let res = vm::run_in_vm(&kernel, &req)?;
-    eprintln!("    VM {} ({}) finished in {:.1}s, exit {}", kernel.name, kernel.version, t.elapsed().as_secs_f64(), res.exit_code);
+    eprintln!(
+        "    VM {} ({}) finished in {:.1}s, exit {}",
+        kernel.name,
+        kernel.version,
+        t.elapsed().as_secs_f64(),
+        res.exit_code
+    );
     let line = res
         .output
         .lines()
@@ -818,7 +846,11 @@ fn bench_exec_vm(k: &Knobs, rep: &mut Report) -> Res<()> {
         .ok_or_else(|| format!("no result from the VM (exit {}):\n{}", res.exit_code, res.output))?;
     let r: ExecResult = serde_json::from_str(line).map_err(|e| e.to_string())?;
     exec_report(rep, "exec-vm", &r);
-    write_svg(&docs_dir().join("bench-exec-vm.svg"), &format!("exec latency in qemu/TCG, {} ({})", r.kernel, r.path), &r)?;
+    write_svg(
+        &docs_dir().join("bench-exec-vm.svg"),
+        &format!("exec latency in qemu/TCG, {} ({})", r.kernel, r.path),
+        &r,
+    )?;
     rep.put("exec_vm", summary_only(&r));
     Ok(())
 }
@@ -849,7 +881,9 @@ fn write_svg(path: &Path, title: &str, r: &ExecResult) -> Res<()> {
         xml(title)
     );
     // Axes and grid.
-    s.push_str(&format!("<rect x=\"{ml}\" y=\"{mt}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#888\"/>\n"));
+    s.push_str(&format!(
+        "<rect x=\"{ml}\" y=\"{mt}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#888\"/>\n"
+    ));
     for i in 0..=5 {
         let y = i as f64 / 5.0;
         s.push_str(&format!(
@@ -934,7 +968,11 @@ struct NoopPlugin;
 
 #[nri_plugin::async_trait]
 impl Plugin for NoopPlugin {
-    async fn synchronize(&self, _p: Vec<PodSandbox>, _c: Vec<Container>) -> HandlerResult<Vec<nri_plugin::api::ContainerUpdate>> {
+    async fn synchronize(
+        &self,
+        _p: Vec<PodSandbox>,
+        _c: Vec<Container>,
+    ) -> HandlerResult<Vec<nri_plugin::api::ContainerUpdate>> {
         Ok(Vec::new())
     }
 }
@@ -962,7 +1000,13 @@ fn bench_ctr(i: usize, pod: &PodSandbox, cgroups_path: String, pid: u32) -> Cont
 }
 
 /// `n` pods with one container each, each in its own real cgroup `<base>/<dir>/c<i>`.
-fn make_fleet(cg: &mut Cgroups, dir: &str, n: usize, offset: usize, pid: u32) -> Res<(Vec<PodSandbox>, Vec<Container>)> {
+fn make_fleet(
+    cg: &mut Cgroups,
+    dir: &str,
+    n: usize,
+    offset: usize,
+    pid: u32,
+) -> Res<(Vec<PodSandbox>, Vec<Container>)> {
     let mut pods = Vec::with_capacity(n);
     let mut ctrs = Vec::with_capacity(n);
     for i in offset..offset + n {
@@ -1014,7 +1058,11 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// Start `plugin` on a Runner connected to a fresh RuntimePeer; returns the handshaken connection.
-async fn connect_plugin<P: Plugin>(dir: &Path, name: &str, plugin: Arc<P>) -> Res<(PeerConnection, tokio::task::JoinHandle<()>)> {
+async fn connect_plugin<P: Plugin>(
+    dir: &Path,
+    name: &str,
+    plugin: Arc<P>,
+) -> Res<(PeerConnection, tokio::task::JoinHandle<()>)> {
     let sock = dir.join(format!("{name}.sock"));
     let _ = fs::remove_file(&sock);
     let peer = RuntimePeer::bind(&sock).map_err(|e| e.to_string())?;
@@ -1083,7 +1131,11 @@ fn fmt_lat_us((p50, p99, max, _min): (f64, f64, f64, f64)) -> String {
 }
 
 /// Time StartContainer and RemoveContainer (dedicated RPCs) for `events` pairs over `extra`.
-async fn time_start_remove(conn: &PeerConnection, extra: &[(PodSandbox, Container)], events: usize) -> Res<(Vec<f64>, Vec<f64>)> {
+async fn time_start_remove(
+    conn: &PeerConnection,
+    extra: &[(PodSandbox, Container)],
+    events: usize,
+) -> Res<(Vec<f64>, Vec<f64>)> {
     let (mut start, mut remove) = (Vec::with_capacity(events), Vec::with_capacity(events));
     for i in 0..events {
         let (p, c) = &extra[i % extra.len()];
@@ -1128,7 +1180,9 @@ fn bench_nri(k: &Knobs, rep: &mut Report) -> Res<()> {
         task.abort();
 
         let mut out = Vec::new();
-        for (label, persist) in [("agent (registry persisted, as `driftguard run`)", true), ("registry not persisted", false)] {
+        for (label, persist) in
+            [("agent (registry persisted, as `driftguard run`)", true), ("registry not persisted", false)]
+        {
             clear_store(&store);
             let state = tmp.path().join(format!("state-{persist}"));
             let parts = make_plugin(&store, persist.then_some(state.as_path()))?;
@@ -1154,15 +1208,34 @@ fn bench_nri(k: &Knobs, rep: &mut Report) -> Res<()> {
     let (b_start, b_remove, out) = result?;
     let bs = lat_summary(&b_start);
     let br = lat_summary(&b_remove);
-    rep.row("nri", format!("setup: {} containers registered (real cgroups), enforce", k.nri_containers), format!("{} events timed per kind", k.nri_events), "", None);
+    rep.row(
+        "nri",
+        format!("setup: {} containers registered (real cgroups), enforce", k.nri_containers),
+        format!("{} events timed per kind", k.nri_events),
+        "",
+        None,
+    );
     rep.row("nri", "baseline no-op plugin: StartContainer", fmt_lat_us(bs), "", None);
     rep.row("nri", "baseline no-op plugin: RemoveContainer", fmt_lat_us(br), "", None);
-    let mut json = serde_json::json!({"baseline_start_us": [bs.0, bs.1, bs.2], "baseline_remove_us": [br.0, br.1, br.2]});
+    let mut json =
+        serde_json::json!({"baseline_start_us": [bs.0, bs.1, bs.2], "baseline_remove_us": [br.0, br.1, br.2]});
     for (label, start, remove) in out {
         let s = lat_summary(&start);
         let r = lat_summary(&remove);
-        rep.row("nri", format!("StartContainer, {label}"), format!("{} ({:.2}× baseline p50)", fmt_lat_us(s), s.0 / bs.0), "p99 < 1 ms", Some(s.1 < 1000.0));
-        rep.row("nri", format!("RemoveContainer, {label}"), format!("{} ({:.2}× baseline p50)", fmt_lat_us(r), r.0 / br.0), "p99 < 1 ms", Some(r.1 < 1000.0));
+        rep.row(
+            "nri",
+            format!("StartContainer, {label}"),
+            format!("{} ({:.2}× baseline p50)", fmt_lat_us(s), s.0 / bs.0),
+            "p99 < 1 ms",
+            Some(s.1 < 1000.0),
+        );
+        rep.row(
+            "nri",
+            format!("RemoveContainer, {label}"),
+            format!("{} ({:.2}× baseline p50)", fmt_lat_us(r), r.0 / br.0),
+            "p99 < 1 ms",
+            Some(r.1 < 1000.0),
+        );
         json[format!("start_us {label}")] = serde_json::json!([s.0, s.1, s.2]);
         json[format!("remove_us {label}")] = serde_json::json!([r.0, r.1, r.2]);
     }
@@ -1228,7 +1301,12 @@ fn bench_sync(k: &Knobs, rep: &mut Report) -> Res<()> {
                 resync.push(t.elapsed().as_secs_f64() * 1e3);
                 conn.close();
                 task.abort();
-                eprintln!("    sync {label} round {}: fresh {:.0} ms, re-sync {:.0} ms", round + 1, fresh[round], resync[round]);
+                eprintln!(
+                    "    sync {label} round {}: fresh {:.0} ms, re-sync {:.0} ms",
+                    round + 1,
+                    fresh[round],
+                    resync[round]
+                );
             }
             variants.push((label, fresh, resync));
         }
@@ -1238,14 +1316,38 @@ fn bench_sync(k: &Knobs, rep: &mut Report) -> Res<()> {
     clear_store(&store);
     let (base, variants) = result?;
     let b = mmm(&base);
-    rep.row("sync", format!("setup: {n} containers (real cgroups), chunks of {}", k.sync_chunk), format!("{} rounds", k.sync_rounds), "", None);
-    rep.row("sync", "baseline no-op plugin: Synchronize", format!("{:.1} ms (min {:.1}, max {:.1})", b.1, b.0, b.2), "", None);
+    rep.row(
+        "sync",
+        format!("setup: {n} containers (real cgroups), chunks of {}", k.sync_chunk),
+        format!("{} rounds", k.sync_rounds),
+        "",
+        None,
+    );
+    rep.row(
+        "sync",
+        "baseline no-op plugin: Synchronize",
+        format!("{:.1} ms (min {:.1}, max {:.1})", b.1, b.0, b.2),
+        "",
+        None,
+    );
     let mut json = serde_json::json!({"baseline_ms": base});
     for (label, fresh, resync) in variants {
         let f = mmm(&fresh);
         let r = mmm(&resync);
-        rep.row("sync", format!("Synchronize {n}, {label}"), format!("{:.1} ms (min {:.1}, max {:.1}; {:.1}× baseline)", f.1, f.0, f.2, f.1 / b.1), "< 200 ms", Some(f.1 < 200.0));
-        rep.row("sync", format!("re-Synchronize {n} (all installed), {}", label.split(',').next().unwrap_or(label)), format!("{:.1} ms (min {:.1}, max {:.1})", r.1, r.0, r.2), "< 200 ms", Some(r.1 < 200.0));
+        rep.row(
+            "sync",
+            format!("Synchronize {n}, {label}"),
+            format!("{:.1} ms (min {:.1}, max {:.1}; {:.1}× baseline)", f.1, f.0, f.2, f.1 / b.1),
+            "< 200 ms",
+            Some(f.1 < 200.0),
+        );
+        rep.row(
+            "sync",
+            format!("re-Synchronize {n} (all installed), {}", label.split(',').next().unwrap_or(label)),
+            format!("{:.1} ms (min {:.1}, max {:.1})", r.1, r.0, r.2),
+            "< 200 ms",
+            Some(r.1 < 200.0),
+        );
         json[format!("fresh_ms {label}")] = serde_json::json!(fresh);
         json[format!("resync_ms {label}")] = serde_json::json!(resync);
     }
@@ -1258,7 +1360,13 @@ fn bench_sync(k: &Knobs, rep: &mut Report) -> Res<()> {
 // 4. Event pipeline
 
 fn synthetic_records(n_distinct: usize, registered: &[u64]) -> Vec<Vec<u8>> {
-    let paths = ["/tmp/x", "/usr/local/bin/kubectl", "/var/tmp/.cache/miner", "/dev/shm/payload", "/app/node_modules/.bin/esbuild"];
+    let paths = [
+        "/tmp/x",
+        "/usr/local/bin/kubectl",
+        "/var/tmp/.cache/miner",
+        "/dev/shm/payload",
+        "/app/node_modules/.bin/esbuild",
+    ];
     (0..n_distinct)
         .map(|i| {
             let cg = registered[i % registered.len()];
@@ -1352,19 +1460,35 @@ fn bench_events(k: &Knobs, rep: &mut Report, skip_load: bool) -> Res<()> {
     let j = mmm(&rates["json"]);
     let a = mmm(&rates["agent"]);
     rep.row("events", format!("decode only (baseline), {} records/round, {} rounds", n, k.rounds), fmt(d), "", None);
-    rep.row("events", "decode + enrich + serde_json line", format!("{} ({:.2}× decode time)", fmt(j), d.1 / j.1), "≥ 200k/s", Some(j.1 >= 200_000.0));
-    rep.row("events", "agent loop: + metrics + Output::emit (file write per line)", fmt(a), "≥ 200k/s", Some(a.1 >= 200_000.0));
+    rep.row(
+        "events",
+        "decode + enrich + serde_json line",
+        format!("{} ({:.2}× decode time)", fmt(j), d.1 / j.1),
+        "≥ 200k/s",
+        Some(j.1 >= 200_000.0),
+    );
+    rep.row(
+        "events",
+        "agent loop: + metrics + Output::emit (file write per line)",
+        fmt(a),
+        "≥ 200k/s",
+        Some(a.1 >= 200_000.0),
+    );
     let mut json = serde_json::json!({"decode_per_s": rates["decode"], "json_per_s": rates["json"], "agent_loop_per_s": rates["agent"]});
     if !skip_load {
         let mut loads = Vec::new();
         for &rate in &k.load_rates {
-            let asked = if rate == 0 { "as fast as the chains go".to_string() } else { format!("paced at {}k/s", rate / 1000) };
+            let asked =
+                if rate == 0 { "as fast as the chains go".to_string() } else { format!("paced at {}k/s", rate / 1000) };
             match drops_under_load(k, rate) {
                 Ok(v) => {
                     let reached = rate == 0 || v.rate >= rate as f64 * 0.98;
                     rep.row(
                         "events",
-                        format!("monitor-mode exec load, {asked}: {} execs of a dropped binary, {} exec chains", v.execs, k.load_workers),
+                        format!(
+                            "monitor-mode exec load, {asked}: {} execs of a dropped binary, {} exec chains",
+                            v.execs, k.load_workers
+                        ),
                         format!("{:.0} execs/s achieved", v.rate),
                         if rate == 0 { "" } else { "20k execs/s" },
                         (rate != 0).then_some(reached),
@@ -1378,7 +1502,9 @@ fn bench_events(k: &Knobs, rep: &mut Report, skip_load: bool) -> Res<()> {
                     );
                     loads.push(serde_json::json!({"asked_per_s": rate, "execs": v.execs, "rate": v.rate, "drops": v.drops, "events": v.events, "lines": v.lines}));
                 }
-                Err(e) => rep.row("events", format!("monitor-mode exec load, {asked}"), format!("failed: {e}"), "", None),
+                Err(e) => {
+                    rep.row("events", format!("monitor-mode exec load, {asked}"), format!("failed: {e}"), "", None)
+                }
             }
         }
         json["load"] = serde_json::json!(loads);
@@ -1547,8 +1673,10 @@ fn bpf_maps_of(pid: u32) -> Vec<(String, u64, u64)> {
         .into_iter()
         .filter_map(|m| Some((m["id"].as_u64()?.to_string(), m["name"].as_str()?.to_string())))
         .collect();
-    let mut v: Vec<(String, u64, u64)> =
-        seen.into_iter().map(|(id, (m, max))| (names.get(&id).cloned().unwrap_or(format!("map {id}")), m, max)).collect();
+    let mut v: Vec<(String, u64, u64)> = seen
+        .into_iter()
+        .map(|(id, (m, max))| (names.get(&id).cloned().unwrap_or(format!("map {id}")), m, max))
+        .collect();
     v.sort();
     v
 }
@@ -1565,7 +1693,10 @@ fn bench_memory(k: &Knobs, rep: &mut Report) -> Res<()> {
     let _ = driftguard::enforcer::unload(&pin_dir);
     let sock = tmp.path().join("nri.sock");
     let config = tmp.path().join("config.toml");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).map_err(|e| e.to_string())?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())?;
     fs::write(
         &config,
         format!(
@@ -1627,25 +1758,59 @@ fn bench_memory(k: &Knobs, rep: &mut Report) -> Res<()> {
     let _ = child.wait();
     let installed = driftguard::enforcer::PolicyStore::open_pinned(&pin_dir).map(|s| s.cgroup_ids().len()).unwrap_or(0);
     let _ = driftguard::enforcer::unload(&pin_dir);
-    let (idle, loaded, maps, sync_ms, start, remove) =
-        res.map_err(|e| format!("{e}\nagent log:\n{}", fs::read_to_string(tmp.path().join("agent.log")).unwrap_or_default()))?;
+    let (idle, loaded, maps, sync_ms, start, remove) = res.map_err(|e| {
+        format!("{e}\nagent log:\n{}", fs::read_to_string(tmp.path().join("agent.log")).unwrap_or_default())
+    })?;
     let mib = |kib: u64| kib as f64 / 1024.0;
     rep.row("memory", "agent RSS, connected, 0 containers (baseline)", format!("{:.1} MiB", mib(idle.0)), "", None);
     rep.row(
         "memory",
         format!("agent RSS, {} containers under policy (pinned policies: {installed})", k.nri_containers),
-        format!("{:.1} MiB (peak VmHWM {:.1} MiB; {:.2}× baseline)", mib(loaded.0), mib(loaded.1), loaded.0 as f64 / idle.0.max(1) as f64),
+        format!(
+            "{:.1} MiB (peak VmHWM {:.1} MiB; {:.2}× baseline)",
+            mib(loaded.0),
+            mib(loaded.1),
+            loaded.0 as f64 / idle.0.max(1) as f64
+        ),
         "< 30 MiB",
         Some(mib(loaded.0) < 30.0),
     );
     let total: u64 = maps.iter().map(|m| m.1).sum();
-    let detail = maps.iter().map(|(n, m, max)| format!("{n} {:.1} MiB/{max}", *m as f64 / 1048576.0)).collect::<Vec<_>>().join(", ");
-    rep.row("memory", "BPF map memory (memlock, fdinfo of the agent)", format!("{:.1} MiB: {detail}", total as f64 / 1048576.0), "", None);
-    rep.row("memory", format!("agent binary: Synchronize {} (log level info)", k.nri_containers), format!("{sync_ms:.1} ms"), "", None);
+    let detail = maps
+        .iter()
+        .map(|(n, m, max)| format!("{n} {:.1} MiB/{max}", *m as f64 / 1048576.0))
+        .collect::<Vec<_>>()
+        .join(", ");
+    rep.row(
+        "memory",
+        "BPF map memory (memlock, fdinfo of the agent)",
+        format!("{:.1} MiB: {detail}", total as f64 / 1048576.0),
+        "",
+        None,
+    );
+    rep.row(
+        "memory",
+        format!("agent binary: Synchronize {} (log level info)", k.nri_containers),
+        format!("{sync_ms:.1} ms"),
+        "",
+        None,
+    );
     let s = lat_summary(&start);
     let r = lat_summary(&remove);
-    rep.row("memory", "agent binary: StartContainer (1,000 registered)", fmt_lat_us(s), "p99 < 1 ms", Some(s.1 < 1000.0));
-    rep.row("memory", "agent binary: RemoveContainer (1,000 registered)", fmt_lat_us(r), "p99 < 1 ms", Some(r.1 < 1000.0));
+    rep.row(
+        "memory",
+        "agent binary: StartContainer (1,000 registered)",
+        fmt_lat_us(s),
+        "p99 < 1 ms",
+        Some(s.1 < 1000.0),
+    );
+    rep.row(
+        "memory",
+        "agent binary: RemoveContainer (1,000 registered)",
+        fmt_lat_us(r),
+        "p99 < 1 ms",
+        Some(r.1 < 1000.0),
+    );
     rep.put(
         "memory",
         serde_json::json!({"rss_idle_kib": idle.0, "rss_kib": loaded.0, "hwm_kib": loaded.1, "bpf_memlock_bytes": total,
@@ -1718,7 +1883,9 @@ fn main() {
         .output()
         .ok()
         .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
-        .and_then(|v| v.as_array().map(|a| a.iter().filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("dg_"))).count()))
+        .and_then(|v| {
+            v.as_array().map(|a| a.iter().filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("dg_"))).count())
+        })
         .unwrap_or(0);
     if other_progs > 0 {
         println!("  note: {other_progs} driftguard BPF programs of other processes are loaded (tests running?): they add to every configuration, baseline included");
@@ -1728,7 +1895,10 @@ fn main() {
     type Section = Box<dyn Fn(&Knobs, &mut Report) -> Res<()>>;
     let sections: Vec<(&str, Section)> = vec![
         ("exec", Box::new(bench_exec)),
-        ("exec-vm", Box::new(|k: &Knobs, r: &mut Report| if k.vm { bench_exec_vm(k, r) } else { Err("DG_BENCH_VM=0".into()) })),
+        (
+            "exec-vm",
+            Box::new(|k: &Knobs, r: &mut Report| if k.vm { bench_exec_vm(k, r) } else { Err("DG_BENCH_VM=0".into()) }),
+        ),
         ("nri", Box::new(bench_nri)),
         ("sync", Box::new(bench_sync)),
         ("events", Box::new(|k: &Knobs, r: &mut Report| bench_events(k, r, false))),
@@ -1765,4 +1935,3 @@ fn main() {
         std::process::exit(1);
     }
 }
-

@@ -5,10 +5,8 @@ fn main() {
     println!("cargo:rerun-if-changed=proto/nri.proto");
     println!("cargo:rerun-if-changed=build.rs");
 
-    let customize = protobuf_codegen::Customize::default()
-        .gen_mod_rs(true)
-        .generate_accessors(true)
-        .lite_runtime(false);
+    let customize =
+        protobuf_codegen::Customize::default().gen_mod_rs(true).generate_accessors(true).lite_runtime(false);
 
     protobuf_codegen::Codegen::new()
         .pure()

@@ -243,10 +243,7 @@ fn describe_sources(sources: &[(String, String)]) -> String {
         [] => "resolved policy".to_string(),
         [(k, v)] => format!("annotation {k:?} = {v:?}"),
         _ => {
-            let parts: Vec<String> = sources
-                .iter()
-                .map(|(k, v)| format!("{k:?} = {v:?}"))
-                .collect();
+            let parts: Vec<String> = sources.iter().map(|(k, v)| format!("{k:?} = {v:?}")).collect();
             format!("annotations {}", parts.join(" and "))
         }
     }
@@ -276,10 +273,7 @@ fn parse_value(key: Key, raw: &str) -> Result<Value, ValueError> {
     let s = raw.trim();
     match key {
         Key::Mode => s.parse::<Mode>().map(Value::Mode).map_err(ValueError::Mode),
-        Key::FailurePolicy => s
-            .parse::<FailurePolicy>()
-            .map(Value::FailurePolicy)
-            .map_err(ValueError::FailurePolicy),
+        Key::FailurePolicy => s.parse::<FailurePolicy>().map(Value::FailurePolicy).map_err(ValueError::FailurePolicy),
         Key::Drift | Key::Fileless | Key::NonOverlay | Key::AllowlistOnly => match s {
             "true" => Ok(Value::Bool(true)),
             "false" => Ok(Value::Bool(false)),
@@ -301,10 +295,7 @@ fn parse_paths(s: &str) -> Result<BTreeSet<ExecPath>, ValueError> {
         if entry.is_empty() {
             return Err(ValueError::EmptyListEntry { index: i + 1 });
         }
-        let p = ExecPath::new(entry).map_err(|error| ValueError::Path {
-            index: i + 1,
-            error,
-        })?;
+        let p = ExecPath::new(entry).map_err(|error| ValueError::Path { index: i + 1, error })?;
         set.insert(p);
     }
     Ok(set)
@@ -318,10 +309,7 @@ fn dns_label_problem(s: &str) -> Option<&'static str> {
     if s.len() > 63 {
         return Some("is longer than 63 characters");
     }
-    if !s
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
+    if !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
         return Some("may contain only lower-case letters, digits and '-' (a DNS-1123 label)");
     }
     if s.starts_with('-') || s.ends_with('-') {
@@ -332,10 +320,7 @@ fn dns_label_problem(s: &str) -> Option<&'static str> {
 
 /// Split the annotations of one map into a level for the plain keys and a level for the
 /// keys addressed to `container_name`; validates everything under the prefix.
-fn parse_map<I, K, V>(
-    annotations: I,
-    container_name: &str,
-) -> Result<(Layer, Layer), AnnotationError>
+fn parse_map<I, K, V>(annotations: I, container_name: &str) -> Result<(Layer, Layer), AnnotationError>
 where
     I: IntoIterator<Item = (K, V)>,
     K: AsRef<str>,
@@ -355,31 +340,16 @@ where
             None => (rest, None),
         };
         let Some(k) = Key::from_name(name) else {
-            return Err(AnnotationError::UnknownKey {
-                name: name.to_string(),
-                key,
-                value: raw,
-            });
+            return Err(AnnotationError::UnknownKey { name: name.to_string(), key, value: raw });
         };
         if let Some(c) = &container {
             if let Some(reason) = dns_label_problem(c) {
-                return Err(AnnotationError::MalformedKey {
-                    container: c.clone(),
-                    key,
-                    value: raw,
-                    reason,
-                });
+                return Err(AnnotationError::MalformedKey { container: c.clone(), key, value: raw, reason });
             }
         }
         let value = match parse_value(k, &raw) {
             Ok(v) => v,
-            Err(problem) => {
-                return Err(AnnotationError::InvalidValue {
-                    key,
-                    value: raw,
-                    problem,
-                })
-            }
+            Err(problem) => return Err(AnnotationError::InvalidValue { key, value: raw, problem }),
         };
         let setting = Setting { value, key, raw };
         match container {
@@ -417,10 +387,7 @@ where
     let (pod_plain, pod_own) = parse_map(pod, container_name)?;
     let (ctr_plain, ctr_own) = parse_map(container, container_name)?;
 
-    let mut out = ContainerPolicy {
-        policy: Policy::with_mode(defaults.mode),
-        failure_policy: defaults.failure_policy,
-    };
+    let mut out = ContainerPolicy { policy: Policy::with_mode(defaults.mode), failure_policy: defaults.failure_policy };
     let mut allow_src: Option<(String, String)> = None;
     let mut deny_src: Option<(String, String)> = None;
     for layer in [pod_plain, pod_own, ctr_plain, ctr_own] {
@@ -474,9 +441,7 @@ where
     let mode_key = format!("{PREFIX}{}", Key::Mode.as_str());
     pod.into_iter().any(|(k, v)| {
         let k = k.as_ref();
-        let is_mode = k == mode_key
-            || k.strip_prefix(mode_key.as_str())
-                .is_some_and(|r| r.starts_with('.'));
+        let is_mode = k == mode_key || k.strip_prefix(mode_key.as_str()).is_some_and(|r| r.starts_with('.'));
         is_mode && v.as_ref().trim() != Mode::Off.as_str()
     })
 }
@@ -488,21 +453,14 @@ mod tests {
     use std::collections::HashMap;
 
     fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn paths(ps: &[&str]) -> BTreeSet<ExecPath> {
         ps.iter().map(|p| ExecPath::new(p).unwrap()).collect()
     }
 
-    fn res(
-        pod: &[(&str, &str)],
-        name: &str,
-        ctr: &[(&str, &str)],
-    ) -> Result<ContainerPolicy, AnnotationError> {
+    fn res(pod: &[(&str, &str)], name: &str, ctr: &[(&str, &str)]) -> Result<ContainerPolicy, AnnotationError> {
         resolve(&Defaults::default(), &map(pod), name, &map(ctr))
     }
 
@@ -513,17 +471,8 @@ mod tests {
     #[test]
     fn no_annotations_gives_defaults() {
         let r = res(&[], "app", &[]).unwrap();
-        assert_eq!(
-            r,
-            ContainerPolicy {
-                policy: Policy::default(),
-                failure_policy: FailurePolicy::Fail
-            }
-        );
-        let d = Defaults {
-            mode: Mode::Monitor,
-            failure_policy: FailurePolicy::Ignore,
-        };
+        assert_eq!(r, ContainerPolicy { policy: Policy::default(), failure_policy: FailurePolicy::Fail });
+        let d = Defaults { mode: Mode::Monitor, failure_policy: FailurePolicy::Ignore };
         let r = resolve(&d, &map(&[("other.io/x", "y")]), "app", &map(&[])).unwrap();
         assert_eq!(r.policy, Policy::with_mode(Mode::Monitor));
         assert_eq!(r.failure_policy, FailurePolicy::Ignore);
@@ -549,15 +498,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.policy.mode, Mode::Enforce);
-        assert_eq!(
-            r.policy.rules,
-            Rules {
-                drift: false,
-                fileless: false,
-                non_overlay: true,
-                allowlist_only: true
-            }
-        );
+        assert_eq!(r.policy.rules, Rules { drift: false, fileless: false, non_overlay: true, allowlist_only: true });
         assert_eq!(r.policy.allow, paths(&["/bin/sh", "/usr/bin/curl"]));
         assert_eq!(r.policy.deny, paths(&["/usr/bin/nc"]));
         assert_eq!(r.failure_policy, FailurePolicy::Ignore);
@@ -579,30 +520,13 @@ mod tests {
         let r = res(&pod, "app", &[("driftguard.dev/mode", "monitor")]).unwrap();
         assert_eq!(r.policy.mode, Mode::Monitor);
         // a per-container key inside the container's annotations beats its plain key
-        let r = res(
-            &[],
-            "app",
-            &[
-                ("driftguard.dev/mode", "monitor"),
-                ("driftguard.dev/mode.app", "enforce"),
-            ],
-        )
-        .unwrap();
+        let r = res(&[], "app", &[("driftguard.dev/mode", "monitor"), ("driftguard.dev/mode.app", "enforce")]).unwrap();
         assert_eq!(r.policy.mode, Mode::Enforce);
         // failure policy: defaults < pod < per-container
-        let d = Defaults {
-            mode: Mode::Off,
-            failure_policy: FailurePolicy::Ignore,
-        };
+        let d = Defaults { mode: Mode::Off, failure_policy: FailurePolicy::Ignore };
         let pod = map(&[("driftguard.dev/failure-policy.app", "fail")]);
-        assert_eq!(
-            resolve(&d, &pod, "app", &map(&[])).unwrap().failure_policy,
-            FailurePolicy::Fail
-        );
-        assert_eq!(
-            resolve(&d, &pod, "db", &map(&[])).unwrap().failure_policy,
-            FailurePolicy::Ignore
-        );
+        assert_eq!(resolve(&d, &pod, "app", &map(&[])).unwrap().failure_policy, FailurePolicy::Fail);
+        assert_eq!(resolve(&d, &pod, "db", &map(&[])).unwrap().failure_policy, FailurePolicy::Ignore);
     }
 
     #[test]
@@ -631,8 +555,7 @@ mod tests {
 
     #[test]
     fn works_with_btreemap_and_slices() {
-        let pod: BTreeMap<String, String> =
-            [("driftguard.dev/mode".to_string(), "monitor".to_string())].into();
+        let pod: BTreeMap<String, String> = [("driftguard.dev/mode".to_string(), "monitor".to_string())].into();
         let ctr: [(&str, &str); 1] = [("driftguard.dev/drift", "false")];
         let r = resolve(&Defaults::default(), &pod, "x", ctr).unwrap();
         assert_eq!(r.policy.mode, Mode::Monitor);
@@ -641,15 +564,7 @@ mod tests {
 
     #[test]
     fn values_are_trimmed() {
-        let r = res(
-            &[
-                ("driftguard.dev/mode", " enforce\n"),
-                ("driftguard.dev/drift", "false "),
-            ],
-            "a",
-            &[],
-        )
-        .unwrap();
+        let r = res(&[("driftguard.dev/mode", " enforce\n"), ("driftguard.dev/drift", "false ")], "a", &[]).unwrap();
         assert_eq!(r.policy.mode, Mode::Enforce);
         assert!(!r.policy.rules.drift);
     }
@@ -664,10 +579,7 @@ mod tests {
             res(&[], "app", &[("driftguard.dev/mdoe.app", "x")]),
             Err(AnnotationError::UnknownKey { name, .. }) if name == "mdoe"
         ));
-        assert!(matches!(
-            res(&[("driftguard.dev/", "x")], "app", &[]),
-            Err(AnnotationError::UnknownKey { .. })
-        ));
+        assert!(matches!(res(&[("driftguard.dev/", "x")], "app", &[]), Err(AnnotationError::UnknownKey { .. })));
     }
 
     #[test]
@@ -710,19 +622,13 @@ mod tests {
         );
         assert!(matches!(
             res(&[("driftguard.dev/deny", "/bin/sh,")], "app", &[]),
-            Err(AnnotationError::InvalidValue {
-                problem: ValueError::EmptyListEntry { index: 2 },
-                ..
-            })
+            Err(AnnotationError::InvalidValue { problem: ValueError::EmptyListEntry { index: 2 }, .. })
         ));
         assert_eq!(
             err(&[("driftguard.dev/deny", "/bin/sh, bin/nc")], "app", &[]),
             "annotation \"driftguard.dev/deny\" = \"/bin/sh, bin/nc\": entry 2 of the list: path \"bin/nc\" is not absolute: list entries are paths as seen inside the container, starting with '/'"
         );
-        assert!(
-            err(&[("driftguard.dev/deny", "/usr/../bin/nc")], "app", &[])
-                .contains("is not normalized")
-        );
+        assert!(err(&[("driftguard.dev/deny", "/usr/../bin/nc")], "app", &[]).contains("is not normalized"));
     }
 
     #[test]
@@ -732,13 +638,7 @@ mod tests {
             Err(AnnotationError::InvalidValue { key, .. }) if key == "driftguard.dev/mode.other"
         ));
         // valid ones are ignored
-        assert_eq!(
-            res(&[("driftguard.dev/mode.other", "enforce")], "app", &[])
-                .unwrap()
-                .policy
-                .mode,
-            Mode::Off
-        );
+        assert_eq!(res(&[("driftguard.dev/mode.other", "enforce")], "app", &[]).unwrap().policy.mode, Mode::Off);
     }
 
     #[test]
@@ -756,18 +656,9 @@ mod tests {
     #[test]
     fn describe_sources_forms() {
         assert_eq!(describe_sources(&[]), "resolved policy");
-        assert_eq!(
-            describe_sources(&[("k".into(), "v".into())]),
-            "annotation \"k\" = \"v\""
-        );
-        let e = AnnotationError::InvalidPolicy {
-            sources: vec![],
-            problem: PolicyError::PathInBothLists("/x".into()),
-        };
-        assert_eq!(
-            e.to_string(),
-            "resolved policy: path \"/x\" is on both the allow and the deny list"
-        );
+        assert_eq!(describe_sources(&[("k".into(), "v".into())]), "annotation \"k\" = \"v\"");
+        let e = AnnotationError::InvalidPolicy { sources: vec![], problem: PolicyError::PathInBothLists("/x".into()) };
+        assert_eq!(e.to_string(), "resolved policy: path \"/x\" is on both the allow and the deny list");
     }
 
     #[test]
@@ -780,39 +671,18 @@ mod tests {
             "x".parse::<FailurePolicy>().unwrap_err().to_string(),
             "invalid failure policy \"x\": expected one of fail, ignore"
         );
-        assert_eq!(
-            serde_json::to_string(&FailurePolicy::Ignore).unwrap(),
-            "\"ignore\""
-        );
+        assert_eq!(serde_json::to_string(&FailurePolicy::Ignore).unwrap(), "\"ignore\"");
     }
 
     #[test]
     fn opted_in() {
         let d = Defaults::default();
         assert!(!is_opted_in(&d, &map(&[])));
-        assert!(!is_opted_in(
-            &d,
-            &map(&[
-                ("driftguard.dev/mode", "off"),
-                ("driftguard.dev/drift", "true")
-            ])
-        ));
+        assert!(!is_opted_in(&d, &map(&[("driftguard.dev/mode", "off"), ("driftguard.dev/drift", "true")])));
         assert!(is_opted_in(&d, &map(&[("driftguard.dev/mode", "monitor")])));
-        assert!(is_opted_in(
-            &d,
-            &map(&[("driftguard.dev/mode.app", "enforce")])
-        ));
+        assert!(is_opted_in(&d, &map(&[("driftguard.dev/mode.app", "enforce")])));
         assert!(is_opted_in(&d, &map(&[("driftguard.dev/mode", "bogus")])));
-        assert!(!is_opted_in(
-            &d,
-            &map(&[("driftguard.dev/modex", "enforce")])
-        ));
-        assert!(is_opted_in(
-            &Defaults {
-                mode: Mode::Monitor,
-                ..d
-            },
-            &map(&[])
-        ));
+        assert!(!is_opted_in(&d, &map(&[("driftguard.dev/modex", "enforce")])));
+        assert!(is_opted_in(&Defaults { mode: Mode::Monitor, ..d }, &map(&[])));
     }
 }

@@ -103,14 +103,9 @@ pub enum CgroupError {
 
 fn io_err(path: &Path, source: io::Error) -> CgroupError {
     if source.kind() == io::ErrorKind::NotFound {
-        CgroupError::NotFound {
-            path: path.to_path_buf(),
-        }
+        CgroupError::NotFound { path: path.to_path_buf() }
     } else {
-        CgroupError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        CgroupError::Io { path: path.to_path_buf(), source }
     }
 }
 
@@ -121,9 +116,7 @@ fn io_err(path: &Path, source: io::Error) -> CgroupError {
 pub fn cgroup_id(path: &Path) -> Result<u64, CgroupError> {
     let md = std::fs::metadata(path).map_err(|e| io_err(path, e))?;
     if !md.is_dir() {
-        return Err(CgroupError::NotADirectory {
-            path: path.to_path_buf(),
-        });
+        return Err(CgroupError::NotADirectory { path: path.to_path_buf() });
     }
     Ok(md.ino())
 }
@@ -137,9 +130,7 @@ fn unescape_mountinfo(s: &str) -> String {
         if b[i] == b'\\' && i + 4 <= b.len() {
             let oct = &b[i + 1..i + 4];
             if oct.iter().all(|c| (b'0'..=b'7').contains(c)) {
-                let v = (u32::from(oct[0] - b'0') << 6)
-                    | (u32::from(oct[1] - b'0') << 3)
-                    | u32::from(oct[2] - b'0');
+                let v = (u32::from(oct[0] - b'0') << 6) | (u32::from(oct[1] - b'0') << 3) | u32::from(oct[2] - b'0');
                 if let Ok(byte) = u8::try_from(v) {
                     out.push(byte);
                     i += 4;
@@ -166,10 +157,7 @@ fn cgroup2_mounts(mountinfo: &str) -> Vec<(PathBuf, String)> {
             continue;
         };
         if fields.get(sep + 1) == Some(&"cgroup2") {
-            out.push((
-                PathBuf::from(unescape_mountinfo(fields[4])),
-                unescape_mountinfo(fields[3]),
-            ));
+            out.push((PathBuf::from(unescape_mountinfo(fields[4])), unescape_mountinfo(fields[3])));
         }
     }
     out
@@ -191,13 +179,8 @@ impl CgroupRoot {
     /// Find the cgroup2 mount in `/proc/self/mountinfo`.
     pub fn detect() -> Result<Self, CgroupError> {
         let p = Path::new(MOUNTINFO);
-        let s = std::fs::read_to_string(p).map_err(|source| CgroupError::Io {
-            path: p.to_path_buf(),
-            source,
-        })?;
-        Self::from_mountinfo(&s).ok_or_else(|| CgroupError::NoCgroup2Mount {
-            mountinfo: p.to_path_buf(),
-        })
+        let s = std::fs::read_to_string(p).map_err(|source| CgroupError::Io { path: p.to_path_buf(), source })?;
+        Self::from_mountinfo(&s).ok_or_else(|| CgroupError::NoCgroup2Mount { mountinfo: p.to_path_buf() })
     }
 
     /// Pick the cgroup2 mount from mountinfo contents: `/sys/fs/cgroup` (pure v2) over
@@ -217,11 +200,7 @@ impl CgroupRoot {
             (root != "/", place)
         };
         // min_by_key keeps the first minimum; iterate in reverse so later mounts win ties.
-        mounts
-            .iter()
-            .rev()
-            .min_by_key(|m| rank(m))
-            .map(|(mp, _)| CgroupRoot::at(mp))
+        mounts.iter().rev().min_by_key(|m| rank(m)).map(|(mp, _)| CgroupRoot::at(mp))
     }
 
     /// The directory for an OCI `linux.cgroupsPath` as containerd/CRI-O/NRI give it.
@@ -244,10 +223,7 @@ impl CgroupRoot {
     /// Depth of `path` below the root: the root is 0, `<root>/a/b` is 2. This is the
     /// level `bpf_get_current_ancestor_cgroup_id()` takes. Purely lexical.
     pub fn level(&self, path: &Path) -> Result<u32, CgroupError> {
-        let not_under = || CgroupError::NotUnderRoot {
-            path: path.to_path_buf(),
-            root: self.path.clone(),
-        };
+        let not_under = || CgroupError::NotUnderRoot { path: path.to_path_buf(), root: self.path.clone() };
         let rel = path.strip_prefix(&self.path).map_err(|_| not_under())?;
         let mut n: u32 = 0;
         for c in rel.components() {
@@ -270,9 +246,7 @@ impl CgroupRoot {
         let file = proc_root.join(pid.to_string()).join("cgroup");
         let contents = match std::fs::read_to_string(&file) {
             Ok(s) => s,
-            Err(e)
-                if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) =>
-            {
+            Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => {
                 return Err(CgroupError::ProcessNotFound { pid })
             }
             Err(source) => return Err(CgroupError::Io { path: file, source }),
@@ -286,19 +260,14 @@ impl CgroupRoot {
         let Some(rel) = contents.lines().find_map(|l| l.strip_prefix("0::")) else {
             return Err(CgroupError::NoUnifiedCgroup {
                 pid,
-                reason: "no cgroup v2 (\"0::\") entry in /proc/<pid>/cgroup: is cgroup v2 mounted?"
-                    .into(),
+                reason: "no cgroup v2 (\"0::\") entry in /proc/<pid>/cgroup: is cgroup v2 mounted?".into(),
             });
         };
         if let Some(gone) = rel.strip_suffix(" (deleted)") {
-            return Err(CgroupError::NotFound {
-                path: self.path.join(gone.trim_start_matches('/')),
-            });
+            return Err(CgroupError::NotFound { path: self.path.join(gone.trim_start_matches('/')) });
         }
-        let bad = |reason: &str| CgroupError::NoUnifiedCgroup {
-            pid,
-            reason: format!("cgroup v2 path {rel:?} {reason}"),
-        };
+        let bad =
+            |reason: &str| CgroupError::NoUnifiedCgroup { pid, reason: format!("cgroup v2 path {rel:?} {reason}") };
         if !rel.starts_with('/') {
             return Err(bad("is not absolute"));
         }
@@ -307,7 +276,9 @@ impl CgroupRoot {
             match c {
                 Component::RootDir | Component::CurDir => {}
                 Component::Normal(n) => out.push(n),
-                _ => return Err(bad("leaves the agent's cgroup namespace; run the agent in the host cgroup namespace")),
+                _ => {
+                    return Err(bad("leaves the agent's cgroup namespace; run the agent in the host cgroup namespace"))
+                }
             }
         }
         Ok(out)
@@ -370,10 +341,7 @@ impl CgroupRoot {
 
 /// Relative directory of a cgroupfs-driver path.
 fn cgroupfs_relative_path(p: &str) -> Result<PathBuf, CgroupError> {
-    let bad = |reason: &str| CgroupError::InvalidCgroupsPath {
-        path: p.to_string(),
-        reason: reason.to_string(),
-    };
+    let bad = |reason: &str| CgroupError::InvalidCgroupsPath { path: p.to_string(), reason: reason.to_string() };
     if p.is_empty() {
         return Err(bad("is empty"));
     }
@@ -396,16 +364,10 @@ fn cgroupfs_relative_path(p: &str) -> Result<PathBuf, CgroupError> {
 
 /// Relative directory of a systemd-driver `slice:prefix:name` path.
 fn systemd_relative_path(p: &str) -> Result<PathBuf, CgroupError> {
-    let bad = |reason: String| CgroupError::InvalidSystemdPath {
-        path: p.to_string(),
-        reason,
-    };
+    let bad = |reason: String| CgroupError::InvalidSystemdPath { path: p.to_string(), reason };
     let parts: Vec<&str> = p.split(':').collect();
     let [slice, prefix, name] = parts[..] else {
-        return Err(bad(format!(
-            "expected 3 ':'-separated parts slice:prefix:name, got {}",
-            parts.len()
-        )));
+        return Err(bad(format!("expected 3 ':'-separated parts slice:prefix:name, got {}", parts.len())));
     };
     for (what, v) in [("prefix", prefix), ("name", name)] {
         if v.contains('/') {
@@ -418,16 +380,8 @@ fn systemd_relative_path(p: &str) -> Result<PathBuf, CgroupError> {
     if name.is_empty() {
         return Err(bad("name is empty".into()));
     }
-    let unit = if name.ends_with(".slice") {
-        name.to_string()
-    } else {
-        format!("{prefix}-{name}.scope")
-    };
-    let parent = if slice.is_empty() {
-        DEFAULT_SLICE
-    } else {
-        slice
-    };
+    let unit = if name.ends_with(".slice") { name.to_string() } else { format!("{prefix}-{name}.scope") };
+    let parent = if slice.is_empty() { DEFAULT_SLICE } else { slice };
     let mut out = expand_slice(parent)?;
     out.push(unit);
     Ok(out)
@@ -437,10 +391,7 @@ fn systemd_relative_path(p: &str) -> Result<PathBuf, CgroupError> {
 /// `ExpandSlice`: `a-b-c.slice` → `a.slice/a-b.slice/a-b-c.slice`; `-.slice` (the root
 /// slice) → the empty path.
 pub fn expand_slice(slice: &str) -> Result<PathBuf, CgroupError> {
-    let bad = |reason| CgroupError::InvalidSlice {
-        slice: slice.to_string(),
-        reason,
-    };
+    let bad = |reason| CgroupError::InvalidSlice { slice: slice.to_string(), reason };
     let Some(stem) = slice.strip_suffix(".slice") else {
         return Err(bad("must end with \".slice\""));
     };
@@ -488,33 +439,21 @@ mod tests {
 32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
 ";
-        assert_eq!(
-            CgroupRoot::from_mountinfo(hybrid),
-            Some(CgroupRoot::at("/sys/fs/cgroup/unified"))
-        );
+        assert_eq!(CgroupRoot::from_mountinfo(hybrid), Some(CgroupRoot::at("/sys/fs/cgroup/unified")));
         let pure = "\
 25 1 8:1 / / rw shared:1 - ext4 /dev/sda1 rw
 30 25 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate
 90 25 0:26 /kubepods /mnt/sub rw shared:4 - cgroup2 cgroup2 rw
 ";
-        assert_eq!(
-            CgroupRoot::from_mountinfo(pure),
-            Some(CgroupRoot::at("/sys/fs/cgroup"))
-        );
+        assert_eq!(CgroupRoot::from_mountinfo(pure), Some(CgroupRoot::at("/sys/fs/cgroup")));
         let other = "\
 garbage line
 7 1 0:5 / /run/my\\040cgroup rw master:1 shared:2 - cgroup2 none rw
 8 1 0:5 /sub /run/bind rw - cgroup2 none rw
 9 1 0:6 / /x rw - tmpfs cgroup2 rw
 ";
-        assert_eq!(
-            CgroupRoot::from_mountinfo(other),
-            Some(CgroupRoot::at("/run/my cgroup"))
-        );
-        assert_eq!(
-            CgroupRoot::from_mountinfo("9 1 0:6 / /x rw - tmpfs cgroup2 rw\n"),
-            None
-        );
+        assert_eq!(CgroupRoot::from_mountinfo(other), Some(CgroupRoot::at("/run/my cgroup")));
+        assert_eq!(CgroupRoot::from_mountinfo("9 1 0:6 / /x rw - tmpfs cgroup2 rw\n"), None);
         assert_eq!(CgroupRoot::from_mountinfo(""), None);
         // later mount on the same point wins ties
         let two = "1 0 0:1 / /a rw - cgroup2 c rw\n2 0 0:2 / /b rw - cgroup2 c rw\n";
@@ -531,11 +470,7 @@ garbage line
     #[test]
     fn detect_on_this_machine() {
         let mi = fs::read_to_string(MOUNTINFO).unwrap_or_default();
-        let has_v2 = mi.lines().any(|l| {
-            l.split(" - ")
-                .nth(1)
-                .is_some_and(|r| r.starts_with("cgroup2 "))
-        });
+        let has_v2 = mi.lines().any(|l| l.split(" - ").nth(1).is_some_and(|r| r.starts_with("cgroup2 ")));
         match CgroupRoot::detect() {
             Ok(root) => {
                 assert!(has_v2);
@@ -552,9 +487,7 @@ garbage line
             }
             Err(e) => {
                 assert!(!has_v2, "cgroup2 mounted but detect failed: {e}");
-                assert!(e
-                    .to_string()
-                    .starts_with("no cgroup2 filesystem found in /proc/self/mountinfo"));
+                assert!(e.to_string().starts_with("no cgroup2 filesystem found in /proc/self/mountinfo"));
             }
         }
     }
@@ -563,33 +496,17 @@ garbage line
     fn cgroupfs_paths() {
         let r = CgroupRoot::at("/sys/fs/cgroup");
         assert_eq!(
-            r.resolve_cgroups_path("/kubepods/besteffort/pod1234/abcd")
-                .unwrap(),
+            r.resolve_cgroups_path("/kubepods/besteffort/pod1234/abcd").unwrap(),
             PathBuf::from("/sys/fs/cgroup/kubepods/besteffort/pod1234/abcd")
         );
+        assert_eq!(r.resolve_cgroups_path("//a/./b/").unwrap(), PathBuf::from("/sys/fs/cgroup/a/b"));
+        assert_eq!(r.resolve_cgroups_path("/").unwrap(), PathBuf::from("/sys/fs/cgroup"));
         assert_eq!(
-            r.resolve_cgroups_path("//a/./b/").unwrap(),
-            PathBuf::from("/sys/fs/cgroup/a/b")
-        );
-        assert_eq!(
-            r.resolve_cgroups_path("/").unwrap(),
-            PathBuf::from("/sys/fs/cgroup")
-        );
-        assert_eq!(
-            r.resolve_cgroups_path("/kubepods/../../etc")
-                .unwrap_err()
-                .to_string(),
+            r.resolve_cgroups_path("/kubepods/../../etc").unwrap_err().to_string(),
             "invalid cgroups path \"/kubepods/../../etc\": contains a '..' component"
         );
-        assert_eq!(
-            r.resolve_cgroups_path("").unwrap_err().to_string(),
-            "invalid cgroups path \"\": is empty"
-        );
-        assert!(r
-            .resolve_cgroups_path("kubepods/x")
-            .unwrap_err()
-            .to_string()
-            .contains("is relative"));
+        assert_eq!(r.resolve_cgroups_path("").unwrap_err().to_string(), "invalid cgroups path \"\": is empty");
+        assert!(r.resolve_cgroups_path("kubepods/x").unwrap_err().to_string().contains("is relative"));
         assert_eq!(
             r.resolve_cgroups_path("/a\0b").unwrap_err().to_string(),
             "invalid cgroups path \"/a\\0b\": contains a NUL byte"
@@ -607,13 +524,9 @@ garbage line
             r.resolve_cgroups_path(":crio:abcd").unwrap(),
             PathBuf::from("/sys/fs/cgroup/system.slice/crio-abcd.scope")
         );
+        assert_eq!(r.resolve_cgroups_path("-.slice:p:n").unwrap(), PathBuf::from("/sys/fs/cgroup/p-n.scope"));
         assert_eq!(
-            r.resolve_cgroups_path("-.slice:p:n").unwrap(),
-            PathBuf::from("/sys/fs/cgroup/p-n.scope")
-        );
-        assert_eq!(
-            r.resolve_cgroups_path("user.slice:ignored:sub-x.slice")
-                .unwrap(),
+            r.resolve_cgroups_path("user.slice:ignored:sub-x.slice").unwrap(),
             PathBuf::from("/sys/fs/cgroup/user.slice/sub-x.slice")
         );
         let e = |p: &str| r.resolve_cgroups_path(p).unwrap_err().to_string();
@@ -621,86 +534,42 @@ garbage line
             e("a.slice:b"),
             "invalid systemd cgroups path \"a.slice:b\": expected 3 ':'-separated parts slice:prefix:name, got 2"
         );
-        assert_eq!(
-            e("a.slice:p:../x"),
-            "invalid systemd cgroups path \"a.slice:p:../x\": name \"../x\" contains '/'"
-        );
-        assert_eq!(
-            e("a.slice:p/q:x"),
-            "invalid systemd cgroups path \"a.slice:p/q:x\": prefix \"p/q\" contains '/'"
-        );
-        assert_eq!(
-            e("a.slice:p:"),
-            "invalid systemd cgroups path \"a.slice:p:\": name is empty"
-        );
+        assert_eq!(e("a.slice:p:../x"), "invalid systemd cgroups path \"a.slice:p:../x\": name \"../x\" contains '/'");
+        assert_eq!(e("a.slice:p/q:x"), "invalid systemd cgroups path \"a.slice:p/q:x\": prefix \"p/q\" contains '/'");
+        assert_eq!(e("a.slice:p:"), "invalid systemd cgroups path \"a.slice:p:\": name is empty");
         assert_eq!(
             e("a.slice:p:x\0"),
             "invalid systemd cgroups path \"a.slice:p:x\\0\": name \"x\\0\" contains a NUL byte"
         );
-        assert_eq!(
-            e("a--b.slice:p:x"),
-            "invalid systemd slice name \"a--b.slice\": must not contain \"--\""
-        );
+        assert_eq!(e("a--b.slice:p:x"), "invalid systemd slice name \"a--b.slice\": must not contain \"--\"");
     }
 
     #[test]
     fn slice_expansion() {
         assert_eq!(expand_slice("-.slice").unwrap(), PathBuf::new());
-        assert_eq!(
-            expand_slice("system.slice").unwrap(),
-            PathBuf::from("system.slice")
-        );
-        assert_eq!(
-            expand_slice("a-b-c.slice").unwrap(),
-            PathBuf::from("a.slice/a-b.slice/a-b-c.slice")
-        );
+        assert_eq!(expand_slice("system.slice").unwrap(), PathBuf::from("system.slice"));
+        assert_eq!(expand_slice("a-b-c.slice").unwrap(), PathBuf::from("a.slice/a-b.slice/a-b-c.slice"));
         let e = |s: &str| expand_slice(s).unwrap_err().to_string();
-        assert_eq!(
-            e("system"),
-            "invalid systemd slice name \"system\": must end with \".slice\""
-        );
-        assert_eq!(
-            e("a/b.slice"),
-            "invalid systemd slice name \"a/b.slice\": must not contain '/'"
-        );
-        assert_eq!(
-            e(".slice"),
-            "invalid systemd slice name \".slice\": is empty before \".slice\""
-        );
-        assert_eq!(
-            e("-a.slice"),
-            "invalid systemd slice name \"-a.slice\": must not start or end with '-'"
-        );
-        assert_eq!(
-            e("a-.slice"),
-            "invalid systemd slice name \"a-.slice\": must not start or end with '-'"
-        );
-        assert_eq!(
-            e("a--b.slice"),
-            "invalid systemd slice name \"a--b.slice\": must not contain \"--\""
-        );
-        assert_eq!(
-            e("a\0.slice"),
-            "invalid systemd slice name \"a\\0.slice\": must not contain a NUL byte"
-        );
+        assert_eq!(e("system"), "invalid systemd slice name \"system\": must end with \".slice\"");
+        assert_eq!(e("a/b.slice"), "invalid systemd slice name \"a/b.slice\": must not contain '/'");
+        assert_eq!(e(".slice"), "invalid systemd slice name \".slice\": is empty before \".slice\"");
+        assert_eq!(e("-a.slice"), "invalid systemd slice name \"-a.slice\": must not start or end with '-'");
+        assert_eq!(e("a-.slice"), "invalid systemd slice name \"a-.slice\": must not start or end with '-'");
+        assert_eq!(e("a--b.slice"), "invalid systemd slice name \"a--b.slice\": must not contain \"--\"");
+        assert_eq!(e("a\0.slice"), "invalid systemd slice name \"a\\0.slice\": must not contain a NUL byte");
     }
 
     #[test]
     fn ids_levels_and_find() {
         let t = tmp();
         let root = CgroupRoot::at(t.path());
-        let leaf = t
-            .path()
-            .join("kubepods.slice/kubepods-pod1.slice/cri-containerd-x.scope");
+        let leaf = t.path().join("kubepods.slice/kubepods-pod1.slice/cri-containerd-x.scope");
         fs::create_dir_all(&leaf).unwrap();
         fs::write(t.path().join("cgroup.procs"), "").unwrap();
         let id = cgroup_id(&leaf).unwrap();
         assert_eq!(id, fs::metadata(&leaf).unwrap().ino());
         assert_eq!(root.find_by_id(id), Some(leaf.clone()));
-        assert_eq!(
-            root.find_by_id(cgroup_id(t.path()).unwrap()),
-            Some(t.path().to_path_buf())
-        );
+        assert_eq!(root.find_by_id(cgroup_id(t.path()).unwrap()), Some(t.path().to_path_buf()));
         let file_ino = fs::metadata(t.path().join("cgroup.procs")).unwrap().ino();
         assert_eq!(root.find_by_id(file_ino), None, "files are not cgroups");
         assert_eq!(root.level(&leaf).unwrap(), 3);
@@ -723,35 +592,15 @@ garbage line
         let gone = t.path().join("gone");
         let e = cgroup_id(&gone).unwrap_err();
         assert!(matches!(e, CgroupError::NotFound { .. }));
-        assert_eq!(
-            e.to_string(),
-            format!("cgroup {} does not exist (removed?)", gone.display())
-        );
+        assert_eq!(e.to_string(), format!("cgroup {} does not exist (removed?)", gone.display()));
         let e = cgroup_id(&t.path().join("cgroup.procs")).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            format!(
-                "cgroup {}/cgroup.procs is not a directory",
-                t.path().display()
-            )
-        );
+        assert_eq!(e.to_string(), format!("cgroup {}/cgroup.procs is not a directory", t.path().display()));
         let e = cgroup_id(&t.path().join("cgroup.procs/x")).unwrap_err();
         assert!(matches!(e, CgroupError::Io { .. }), "{e:?}");
-        assert!(e
-            .to_string()
-            .starts_with(&format!("{}/cgroup.procs/x: ", t.path().display())));
+        assert!(e.to_string().starts_with(&format!("{}/cgroup.procs/x: ", t.path().display())));
         let e = root.level(Path::new("/elsewhere")).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            format!(
-                "/elsewhere is not under the cgroup root {}",
-                t.path().display()
-            )
-        );
-        assert!(matches!(
-            root.level(&t.path().join("a/../..")),
-            Err(CgroupError::NotUnderRoot { .. })
-        ));
+        assert_eq!(e.to_string(), format!("/elsewhere is not under the cgroup root {}", t.path().display()));
+        assert!(matches!(root.level(&t.path().join("a/../..")), Err(CgroupError::NotUnderRoot { .. })));
         assert_eq!(CgroupRoot::at("/tmp/nonexistent-root").find_by_id(1), None);
     }
 
@@ -759,14 +608,8 @@ garbage line
     fn proc_cgroup() {
         let r = CgroupRoot::at("/sys/fs/cgroup");
         let hybrid = "12:pids:/kubepods/x\n1:name=systemd:/y\n0::/kubepods.slice/a.scope\n";
-        assert_eq!(
-            r.cgroup_from_proc(1, hybrid).unwrap(),
-            PathBuf::from("/sys/fs/cgroup/kubepods.slice/a.scope")
-        );
-        assert_eq!(
-            r.cgroup_from_proc(1, "0::/\n").unwrap(),
-            PathBuf::from("/sys/fs/cgroup")
-        );
+        assert_eq!(r.cgroup_from_proc(1, hybrid).unwrap(), PathBuf::from("/sys/fs/cgroup/kubepods.slice/a.scope"));
+        assert_eq!(r.cgroup_from_proc(1, "0::/\n").unwrap(), PathBuf::from("/sys/fs/cgroup"));
         assert_eq!(
             r.cgroup_from_proc(7, "1:cpu:/a\n").unwrap_err().to_string(),
             "process 7: no cgroup v2 (\"0::\") entry in /proc/<pid>/cgroup: is cgroup v2 mounted?"
@@ -788,24 +631,16 @@ garbage line
         let t = tmp();
         fs::create_dir_all(t.path().join("42")).unwrap();
         fs::write(t.path().join("42/cgroup"), "0::/pod/c\n").unwrap();
-        assert_eq!(
-            r.cgroup_of_pid_in(t.path(), 42).unwrap(),
-            PathBuf::from("/sys/fs/cgroup/pod/c")
-        );
+        assert_eq!(r.cgroup_of_pid_in(t.path(), 42).unwrap(), PathBuf::from("/sys/fs/cgroup/pod/c"));
         let e = r.cgroup_of_pid_in(t.path(), 43).unwrap_err();
         assert_eq!(e.to_string(), "process 43 does not exist (exited?)");
         fs::create_dir_all(t.path().join("44/cgroup")).unwrap();
-        assert!(matches!(
-            r.cgroup_of_pid_in(t.path(), 44),
-            Err(CgroupError::Io { .. })
-        ));
+        assert!(matches!(r.cgroup_of_pid_in(t.path(), 44), Err(CgroupError::Io { .. })));
     }
 
     #[test]
     fn no_mount_message() {
-        let e = CgroupError::NoCgroup2Mount {
-            mountinfo: PathBuf::from(MOUNTINFO),
-        };
+        let e = CgroupError::NoCgroup2Mount { mountinfo: PathBuf::from(MOUNTINFO) };
         assert!(e.to_string().contains("driftguard needs cgroup v2"));
     }
 }

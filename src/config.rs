@@ -119,16 +119,10 @@ pub struct EventsConfig {
     /// Write events as JSON lines to stdout.
     pub stdout: bool,
     /// Also append events as JSON lines to this file.
-    #[serde(
-        deserialize_with = "de_events_file",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(deserialize_with = "de_events_file", skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
     /// Node name put in events; `None` means the hostname.
-    #[serde(
-        deserialize_with = "de_node_name",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(deserialize_with = "de_node_name", skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
 }
 
@@ -137,10 +131,7 @@ pub struct EventsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Listen address (`ip:port`); `None` (`""` in TOML) disables the endpoint.
-    #[serde(
-        deserialize_with = "de_metrics_address",
-        serialize_with = "ser_metrics_address"
-    )]
+    #[serde(deserialize_with = "de_metrics_address", serialize_with = "ser_metrics_address")]
     pub address: Option<SocketAddr>,
 }
 
@@ -161,10 +152,7 @@ pub struct LogConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct CgroupConfig {
     /// The cgroup2 mount; `None` means detect from `/proc/self/mountinfo`.
-    #[serde(
-        deserialize_with = "de_cgroup_root",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(deserialize_with = "de_cgroup_root", skip_serializing_if = "Option::is_none")]
     pub root: Option<PathBuf>,
 }
 
@@ -223,37 +211,25 @@ impl Default for NriConfig {
 
 impl Default for BpfConfig {
     fn default() -> Self {
-        BpfConfig {
-            pin_dir: PathBuf::from("/sys/fs/bpf/driftguard"),
-            force_fallback: false,
-        }
+        BpfConfig { pin_dir: PathBuf::from("/sys/fs/bpf/driftguard"), force_fallback: false }
     }
 }
 
 impl Default for EventsConfig {
     fn default() -> Self {
-        EventsConfig {
-            stdout: true,
-            file: None,
-            node_name: None,
-        }
+        EventsConfig { stdout: true, file: None, node_name: None }
     }
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig {
-            address: Some(SocketAddr::from(([127, 0, 0, 1], 9963))),
-        }
+        MetricsConfig { address: Some(SocketAddr::from(([127, 0, 0, 1], 9963))) }
     }
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            format: LogFormat::Text,
-            level: "info".to_string(),
-        }
+        LogConfig { format: LogFormat::Text, level: "info".to_string() }
     }
 }
 
@@ -280,15 +256,10 @@ impl Config {
                 if p == default {
                     Ok(Config::default())
                 } else {
-                    Err(ConfigError::NotFound {
-                        path: p.to_path_buf(),
-                    })
+                    Err(ConfigError::NotFound { path: p.to_path_buf() })
                 }
             }
-            Err(source) => Err(ConfigError::Read {
-                path: p.to_path_buf(),
-                source,
-            }),
+            Err(source) => Err(ConfigError::Read { path: p.to_path_buf(), source }),
         }
     }
 
@@ -298,49 +269,25 @@ impl Config {
 
     /// Check every value (parsing does this already; for configs built in code).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        fn check<T: fmt::Debug>(
-            key: &'static str,
-            v: T,
-            r: Result<(), String>,
-        ) -> Result<(), ConfigError> {
-            r.map_err(|problem| ConfigError::Invalid {
-                key,
-                value: format!("{v:?}"),
-                problem,
-            })
+        fn check<T: fmt::Debug>(key: &'static str, v: T, r: Result<(), String>) -> Result<(), ConfigError> {
+            r.map_err(|problem| ConfigError::Invalid { key, value: format!("{v:?}"), problem })
         }
         check("nri.socket", &self.nri.socket, check_abs(&self.nri.socket))?;
-        check(
-            "nri.plugin_name",
-            &self.nri.plugin_name,
-            check_plugin_name(&self.nri.plugin_name),
-        )?;
-        check(
-            "nri.plugin_index",
-            &self.nri.plugin_index,
-            check_plugin_index(&self.nri.plugin_index),
-        )?;
+        check("nri.plugin_name", &self.nri.plugin_name, check_plugin_name(&self.nri.plugin_name))?;
+        check("nri.plugin_index", &self.nri.plugin_index, check_plugin_index(&self.nri.plugin_index))?;
         check(
             "nri.reconnect_max_backoff_ms",
             self.nri.reconnect_max_backoff_ms,
             check_backoff(self.nri.reconnect_max_backoff_ms),
         )?;
-        check(
-            "bpf.pin_dir",
-            &self.bpf.pin_dir,
-            check_abs(&self.bpf.pin_dir),
-        )?;
+        check("bpf.pin_dir", &self.bpf.pin_dir, check_abs(&self.bpf.pin_dir))?;
         if let Some(f) = &self.events.file {
             check("events.file", f, check_abs(f))?;
         }
         if let Some(n) = &self.events.node_name {
             check("events.node_name", n, check_node_name(n))?;
         }
-        check(
-            "log.level",
-            &self.log.level,
-            check_log_level(&self.log.level),
-        )?;
+        check("log.level", &self.log.level, check_log_level(&self.log.level))?;
         if let Some(r) = &self.cgroup.root {
             check("cgroup.root", r, check_abs(r))?;
         }
@@ -349,10 +296,7 @@ impl Config {
 
     /// The node defaults annotations override.
     pub fn annotation_defaults(&self) -> Defaults {
-        Defaults {
-            mode: self.default_mode,
-            failure_policy: self.failure_policy,
-        }
+        Defaults { mode: self.default_mode, failure_policy: self.failure_policy }
     }
 
     /// `events.node_name`, or the hostname when unset (`"unknown"` if that fails).
@@ -397,10 +341,7 @@ fn check_plugin_name(s: &str) -> Result<(), String> {
     if s.is_empty() {
         return Err("must not be empty".into());
     }
-    if !s
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    {
+    if !s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
         return Err("may contain only letters, digits, '-', '_' and '.'".into());
     }
     Ok(())
@@ -437,33 +378,23 @@ fn check_log_level(s: &str) -> Result<(), String> {
     tracing_subscriber::EnvFilter::builder()
         .parse(s)
         .map(|_| ())
-        .map_err(|e| {
-            format!(
-                "not a level (trace, debug, info, warn, error) or tracing filter directive: {e}"
-            )
-        })
+        .map_err(|e| format!("not a level (trace, debug, info, warn, error) or tracing filter directive: {e}"))
 }
 
 // ---- deserializers: parse, check, and name the key in the error ----
 
-fn invalid<E: serde::de::Error>(
-    key: &str,
-    value: impl fmt::Debug,
-    problem: impl fmt::Display,
-) -> E {
+fn invalid<E: serde::de::Error>(key: &str, value: impl fmt::Debug, problem: impl fmt::Display) -> E {
     E::custom(format!("invalid {key} {value:?}: {problem}"))
 }
 
 fn de_default_mode<'de, D: Deserializer<'de>>(d: D) -> Result<Mode, D::Error> {
     let s = String::deserialize(d)?;
-    s.parse()
-        .map_err(|_| invalid("default_mode", &s, "expected one of off, monitor, enforce"))
+    s.parse().map_err(|_| invalid("default_mode", &s, "expected one of off, monitor, enforce"))
 }
 
 fn de_failure_policy<'de, D: Deserializer<'de>>(d: D) -> Result<FailurePolicy, D::Error> {
     let s = String::deserialize(d)?;
-    s.parse()
-        .map_err(|_| invalid("failure_policy", &s, "expected one of fail, ignore"))
+    s.parse().map_err(|_| invalid("failure_policy", &s, "expected one of fail, ignore"))
 }
 
 fn de_log_format<'de, D: Deserializer<'de>>(d: D) -> Result<LogFormat, D::Error> {
@@ -511,19 +442,12 @@ fn de_plugin_index<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> 
         Str(String),
         Int(i64),
     }
-    let idx = Index::deserialize(d).map_err(|_| {
-        D::Error::custom("invalid nri.plugin_index: expected a two-digit string like \"10\"")
-    })?;
+    let idx = Index::deserialize(d)
+        .map_err(|_| D::Error::custom("invalid nri.plugin_index: expected a two-digit string like \"10\""))?;
     let s = match idx {
         Index::Str(s) => s,
         Index::Int(n) if (0..=99).contains(&n) => format!("{n:02}"),
-        Index::Int(n) => {
-            return Err(invalid(
-                "nri.plugin_index",
-                n,
-                "expected two digits, \"00\" to \"99\"",
-            ))
-        }
+        Index::Int(n) => return Err(invalid("nri.plugin_index", n, "expected two digits, \"00\" to \"99\"")),
     };
     check_plugin_index(&s).map_err(|e| invalid("nri.plugin_index", &s, e))?;
     Ok(s)
@@ -598,9 +522,7 @@ mod tests {
         let uncommented: String = text
             .lines()
             .map(|l| match l.strip_prefix('#') {
-                Some(rest) if rest.starts_with(|c: char| c.is_ascii_alphabetic() || c == '[') => {
-                    rest
-                }
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_alphabetic() || c == '[') => rest,
                 _ => l,
             })
             .collect::<Vec<_>>()
@@ -643,26 +565,14 @@ root = "/sys/fs/cgroup/unified"
         assert_eq!(c.nri.plugin_name, "dg");
         assert_eq!(c.nri.plugin_index, "05");
         assert_eq!(c.nri.reconnect_max_backoff_ms, 1000);
-        assert_eq!(
-            c.bpf,
-            BpfConfig {
-                pin_dir: "/sys/fs/bpf/dg".into(),
-                force_fallback: true
-            }
-        );
+        assert_eq!(c.bpf, BpfConfig { pin_dir: "/sys/fs/bpf/dg".into(), force_fallback: true });
         assert!(!c.events.stdout);
-        assert_eq!(
-            c.events.file.as_deref(),
-            Some(Path::new("/var/log/driftguard/events.jsonl"))
-        );
+        assert_eq!(c.events.file.as_deref(), Some(Path::new("/var/log/driftguard/events.jsonl")));
         assert_eq!(c.node_name(), "node-1");
         assert_eq!(c.metrics.address, Some("[::]:9000".parse().unwrap()));
         assert_eq!(c.log.format, LogFormat::Json);
         assert_eq!(c.log.level, "info,driftguard=debug");
-        assert_eq!(
-            c.cgroup.root.as_deref(),
-            Some(Path::new("/sys/fs/cgroup/unified"))
-        );
+        assert_eq!(c.cgroup.root.as_deref(), Some(Path::new("/sys/fs/cgroup/unified")));
         assert!(c.validate().is_ok());
         // serializes back to the same config
         let again = Config::from_str(&toml::to_string(&c).unwrap()).unwrap();
@@ -682,27 +592,27 @@ root = "/sys/fs/cgroup/unified"
     #[test]
     fn unknown_keys_rejected() {
         let e = err("default_mdoe = \"off\"\n");
-        assert!(
-            e.starts_with("config: TOML parse error at line 1, column 1"),
-            "{e}"
-        );
+        assert!(e.starts_with("config: TOML parse error at line 1, column 1"), "{e}");
         assert!(e.contains("unknown field `default_mdoe`"), "{e}");
         let e = err("[nri]\nsockett = \"/x\"\n");
-        assert!(
-            e.contains("line 2") && e.contains("unknown field `sockett`"),
-            "{e}"
-        );
+        assert!(e.contains("line 2") && e.contains("unknown field `sockett`"), "{e}");
         assert!(err("[nope]\n").contains("unknown field `nope`"));
     }
 
     #[test]
     fn bad_values_name_the_key() {
         let cases: &[(&str, &str)] = &[
-            ("default_mode = \"enforcing\"", "invalid default_mode \"enforcing\": expected one of off, monitor, enforce"),
+            (
+                "default_mode = \"enforcing\"",
+                "invalid default_mode \"enforcing\": expected one of off, monitor, enforce",
+            ),
             ("failure_policy = \"Fail\"", "invalid failure_policy \"Fail\": expected one of fail, ignore"),
             ("[nri]\nsocket = \"nri.sock\"", "invalid nri.socket \"nri.sock\": must be an absolute path"),
             ("[nri]\nplugin_name = \"\"", "invalid nri.plugin_name \"\": must not be empty"),
-            ("[nri]\nplugin_name = \"a/b\"", "invalid nri.plugin_name \"a/b\": may contain only letters, digits, '-', '_' and '.'"),
+            (
+                "[nri]\nplugin_name = \"a/b\"",
+                "invalid nri.plugin_name \"a/b\": may contain only letters, digits, '-', '_' and '.'",
+            ),
             ("[nri]\nplugin_index = \"1\"", "invalid nri.plugin_index \"1\": expected two digits, \"00\" to \"99\""),
             ("[nri]\nplugin_index = \"1a\"", "invalid nri.plugin_index \"1a\": expected two digits"),
             ("[nri]\nplugin_index = 100", "invalid nri.plugin_index 100: expected two digits"),
@@ -720,10 +630,7 @@ root = "/sys/fs/cgroup/unified"
         ];
         for (input, want) in cases {
             let e = err(input);
-            assert!(
-                e.starts_with("config: TOML parse error at line"),
-                "{input}: {e}"
-            );
+            assert!(e.starts_with("config: TOML parse error at line"), "{input}: {e}");
             assert!(e.contains(want), "{input}:\n{e}\nwant: {want}");
         }
     }
@@ -738,31 +645,13 @@ root = "/sys/fs/cgroup/unified"
         );
         let mut c = Config::default();
         c.log.level = "".into();
-        assert!(matches!(
-            c.validate(),
-            Err(ConfigError::Invalid {
-                key: "log.level",
-                ..
-            })
-        ));
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { key: "log.level", .. })));
         let mut c = Config::default();
         c.events.file = Some("rel".into());
-        assert!(matches!(
-            c.validate(),
-            Err(ConfigError::Invalid {
-                key: "events.file",
-                ..
-            })
-        ));
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { key: "events.file", .. })));
         let mut c = Config::default();
         c.nri.reconnect_max_backoff_ms = 0;
-        assert!(matches!(
-            c.validate(),
-            Err(ConfigError::Invalid {
-                key: "nri.reconnect_max_backoff_ms",
-                ..
-            })
-        ));
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { key: "nri.reconnect_max_backoff_ms", .. })));
     }
 
     #[test]
@@ -774,36 +663,21 @@ root = "/sys/fs/cgroup/unified"
 
         std::fs::write(&p, "[log]\nformat = \"xml\"\n").unwrap();
         let e = Config::load(Some(&p)).unwrap_err().to_string();
-        assert!(
-            e.starts_with(&format!(
-                "config file {}: TOML parse error at line 2, column 10",
-                p.display()
-            )),
-            "{e}"
-        );
+        assert!(e.starts_with(&format!("config file {}: TOML parse error at line 2, column 10", p.display())), "{e}");
         assert!(e.contains("invalid log.format \"xml\""), "{e}");
 
         let missing = t.path().join("missing.toml");
         let e = Config::load(Some(&missing)).unwrap_err();
         assert!(matches!(e, ConfigError::NotFound { .. }));
-        assert_eq!(
-            e.to_string(),
-            format!("config file {} does not exist", missing.display())
-        );
+        assert_eq!(e.to_string(), format!("config file {} does not exist", missing.display()));
 
         let e = Config::load(Some(t.path())).unwrap_err();
         assert!(matches!(e, ConfigError::Read { .. }), "{e:?}");
-        assert!(e.to_string().starts_with(&format!(
-            "config file {}: cannot read: ",
-            t.path().display()
-        )));
+        assert!(e.to_string().starts_with(&format!("config file {}: cannot read: ", t.path().display())));
 
         if !Path::new(DEFAULT_PATH).exists() {
             assert_eq!(Config::load(None).unwrap(), Config::default());
-            assert_eq!(
-                Config::load(Some(Path::new(DEFAULT_PATH))).unwrap(),
-                Config::default()
-            );
+            assert_eq!(Config::load(Some(Path::new(DEFAULT_PATH))).unwrap(), Config::default());
         }
     }
 

@@ -4,8 +4,8 @@
 //!   and streams verdict events.
 //! - [`policy`]: the policy model (mode, rules, path lists) and its kernel encoding.
 pub mod agent;
-pub mod enforcer;
-pub mod policy;
 pub mod annotations;
 pub mod cgroup;
 pub mod config;
+pub mod enforcer;
+pub mod policy;

@@ -122,12 +122,8 @@ impl ExecPath {
         }
         for comp in s[1..].split('/') {
             match comp {
-                "" if s != "/" => {
-                    return Err(PolicyError::PathNotNormalized(s.to_string(), "empty component '//'"))
-                }
-                "." | ".." => {
-                    return Err(PolicyError::PathNotNormalized(s.to_string(), "'.' or '..' component"))
-                }
+                "" if s != "/" => return Err(PolicyError::PathNotNormalized(s.to_string(), "empty component '//'")),
+                "." | ".." => return Err(PolicyError::PathNotNormalized(s.to_string(), "'.' or '..' component")),
                 _ => {}
             }
         }
@@ -248,10 +244,7 @@ impl Policy {
 
     /// Path list entries for the kernel.
     pub fn path_entries(&self) -> impl Iterator<Item = (&ExecPath, ListKind)> {
-        self.allow
-            .iter()
-            .map(|p| (p, ListKind::Allow))
-            .chain(self.deny.iter().map(|p| (p, ListKind::Deny)))
+        self.allow.iter().map(|p| (p, ListKind::Allow)).chain(self.deny.iter().map(|p| (p, ListKind::Deny)))
     }
 }
 

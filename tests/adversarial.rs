@@ -29,7 +29,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use driftguard::enforcer::{self, Action, EnforcementPath, Enforcer, EnforcerOptions, Event, Hook, Owner, PolicyStore, Rule};
+use driftguard::enforcer::{
+    self, Action, EnforcementPath, Enforcer, EnforcerOptions, Event, Hook, Owner, PolicyStore, Rule,
+};
 use driftguard::policy::{ExecPath, Mode, Policy};
 use libtest_mimic::{Arguments, Failed, Trial};
 
@@ -249,8 +251,20 @@ fn build_payloads() -> Result<Payloads, String> {
     let so = dir.join("libdgpayload.so");
     let dlopener = dir.join("dgdlopen");
     for (args, what) in [
-        (vec!["-shared".to_string(), "-fPIC".into(), "-o".into(), so.display().to_string(), so_c.display().to_string()], "payload .so"),
-        (vec!["-o".to_string(), dlopener.display().to_string(), dl_c.display().to_string(), "-ldl".into()], "dlopen helper"),
+        (
+            vec![
+                "-shared".to_string(),
+                "-fPIC".into(),
+                "-o".into(),
+                so.display().to_string(),
+                so_c.display().to_string(),
+            ],
+            "payload .so",
+        ),
+        (
+            vec!["-o".to_string(), dlopener.display().to_string(), dl_c.display().to_string(), "-ldl".into()],
+            "dlopen helper",
+        ),
     ] {
         let out = Command::new(&cc).args(&args).output().map_err(|e| format!("{}: {e}", cc.display()))?;
         if !out.status.success() {
@@ -273,7 +287,8 @@ struct Harness {
 fn harness() -> Result<&'static Harness, Failed> {
     static H: OnceLock<Result<Harness, String>> = OnceLock::new();
     let h = H.get_or_init(|| {
-        let enf = Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: false }).map_err(|e| format!("{e}"))?;
+        let enf =
+            Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: false }).map_err(|e| format!("{e}"))?;
         let store = enf.store().try_clone().map_err(|e| e.to_string())?;
         let mut stream = enf.events().map_err(|e| e.to_string())?;
         let events = Arc::new(Mutex::new(Vec::new()));
@@ -385,7 +400,17 @@ impl Container {
         fs::create_dir(&cgroup).map_err(|e| format!("mkdir {}: {e}", cgroup.display()))?;
         let cgid = cgroup_id(&cgroup)?;
         let level = cgroup.strip_prefix(&root).map(|p| p.components().count() as u32).unwrap_or(1);
-        Ok(Container { dir, _lower: lower, merged, cgroup, cgid, level, children: Vec::new(), extra_mounts: Vec::new(), store: None })
+        Ok(Container {
+            dir,
+            _lower: lower,
+            merged,
+            cgroup,
+            cgid,
+            level,
+            children: Vec::new(),
+            extra_mounts: Vec::new(),
+            store: None,
+        })
     }
 
     fn drop_file(&self, inside: &str, from: &str) -> R {
@@ -408,7 +433,15 @@ impl Container {
         h.store.set(self.cgid, self.level, policy).map_err(es)
     }
 
-    fn run_full(&self, cgroup: &Path, cwd: &str, argv0: &str, argv: &[&str], chroot: bool, env: &[(&str, &str)]) -> Result<Outcome, Failed> {
+    fn run_full(
+        &self,
+        cgroup: &Path,
+        cwd: &str,
+        argv0: &str,
+        argv: &[&str],
+        chroot: bool,
+        env: &[(&str, &str)],
+    ) -> Result<Outcome, Failed> {
         for _ in 0..50 {
             match self.run_once(cgroup, cwd, argv0, argv, chroot, env)? {
                 Outcome::ExecFailed(libc::ETXTBSY) => std::thread::sleep(Duration::from_millis(20)),
@@ -418,7 +451,15 @@ impl Container {
         Err("exec kept failing with ETXTBSY".into())
     }
 
-    fn run_once(&self, cgroup: &Path, cwd: &str, argv0: &str, argv: &[&str], chroot: bool, env: &[(&str, &str)]) -> Result<Outcome, Failed> {
+    fn run_once(
+        &self,
+        cgroup: &Path,
+        cwd: &str,
+        argv0: &str,
+        argv: &[&str],
+        chroot: bool,
+        env: &[(&str, &str)],
+    ) -> Result<Outcome, Failed> {
         let procs = fs::OpenOptions::new()
             .write(true)
             .open(cgroup.join("cgroup.procs"))
@@ -503,7 +544,8 @@ fn mount(src: &str, target: &Path, fstype: &str, data: &str) -> R {
 
 fn mount_flags(src: &str, target: &Path, fstype: &str, data: &str, flags: libc::c_ulong) -> R {
     let c = |s: &[u8]| CString::new(s).map_err(es);
-    let (src, tgt, fst, dat) = (c(src.as_bytes())?, c(target.as_os_str().as_bytes())?, c(fstype.as_bytes())?, c(data.as_bytes())?);
+    let (src, tgt, fst, dat) =
+        (c(src.as_bytes())?, c(target.as_os_str().as_bytes())?, c(fstype.as_bytes())?, c(data.as_bytes())?);
     // SAFETY: valid NUL-terminated strings.
     let rc = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), fst.as_ptr(), flags, dat.as_ptr().cast()) };
     if rc != 0 {
@@ -632,13 +674,17 @@ fn assert_shell_denied(h: &Harness, out: &Outcome, what: &str) -> R {
     match (h.path, out) {
         // busybox sh reports EPERM as "Operation not permitted", others say "Permission denied".
         (EnforcementPath::Lsm, Outcome::Exited(126, t))
-            if t.to_lowercase().contains("operation not permitted") || t.to_lowercase().contains("permission denied") =>
+            if t.to_lowercase().contains("operation not permitted")
+                || t.to_lowercase().contains("permission denied") =>
         {
             Ok(())
         }
         (EnforcementPath::Lsm, Outcome::ExecFailed(libc::EPERM)) => Ok(()),
-        (EnforcementPath::TracepointKill, Outcome::Exited(137, _)) | (EnforcementPath::TracepointKill, Outcome::Signaled(9)) => Ok(()),
-        (p, other) => Err(format!("{what}: expected the exec to be stopped on the {} path, got {other:?}", p.as_str()).into()),
+        (EnforcementPath::TracepointKill, Outcome::Exited(137, _))
+        | (EnforcementPath::TracepointKill, Outcome::Signaled(9)) => Ok(()),
+        (p, other) => {
+            Err(format!("{what}: expected the exec to be stopped on the {} path, got {other:?}", p.as_str()).into())
+        }
     }
 }
 
@@ -661,7 +707,13 @@ fn wait_event(h: &Harness, pred: impl Fn(&Event) -> bool, what: &str) -> Result<
             let seen: Vec<String> = h
                 .events
                 .lock()
-                .map(|v| v.iter().rev().take(40).map(|e| format!("{}:{}:{:?}:{:?}", e.policy_cgroup_id, e.path, e.rule, e.action)).collect())
+                .map(|v| {
+                    v.iter()
+                        .rev()
+                        .take(40)
+                        .map(|e| format!("{}:{}:{:?}:{:?}", e.policy_cgroup_id, e.path, e.rule, e.action))
+                        .collect()
+                })
                 .unwrap_or_default();
             return Err(format!("no event for {what} within 10s; last seen: {seen:?}").into());
         }
@@ -731,7 +783,9 @@ fn dropped_binary_by_relative_path_denied() -> R {
     let mut c = Container::new("rel")?;
     c.install(h, &enforce())?;
     c.drop_file("/tmp/dropped", bb()?)?;
-    for (cwd, p) in [("/tmp", "./dropped"), ("/", "tmp/dropped"), ("/bin", "../tmp/../tmp/dropped"), ("/tmp", "dropped")] {
+    for (cwd, p) in
+        [("/tmp", "./dropped"), ("/", "tmp/dropped"), ("/bin", "../tmp/../tmp/dropped"), ("/tmp", "dropped")]
+    {
         let out = c.run_full(&c.cgroup, cwd, "true", &[p], true, &[])?;
         // "dropped" without a slash is looked up in PATH by Command: not found is fine only if
         // it did not run.
@@ -951,7 +1005,11 @@ fn ld_so_running_dropped_binaries() -> R {
         if lsm(h) {
             match out {
                 Outcome::Exited(127, _) => {}
-                other => return Err(format!("ld.so {target}: expected exit 127 (failed to map segment), got {other:?}").into()),
+                other => {
+                    return Err(
+                        format!("ld.so {target}: expected exit 127 (failed to map segment), got {other:?}").into()
+                    )
+                }
             }
         } else {
             // Known limit of the fallback: ld.so (an image binary) is what was exec'd; the dropped
@@ -1354,7 +1412,10 @@ fn image_binaries_and_scripts_keep_working() -> R {
         Outcome::Exited(0, t) if t.contains("image-script-ran") => {}
         other => return Err(format!("image #! script: {other:?}").into()),
     }
-    assert_runs(&c.sh("/bin/image-script.sh && cd /bin && ./image-script.sh && /usr/bin/dyn")?, "image script and dynamic binary from the shell")?;
+    assert_runs(
+        &c.sh("/bin/image-script.sh && cd /bin && ./image-script.sh && /usr/bin/dyn")?,
+        "image script and dynamic binary from the shell",
+    )?;
     if let Ok(_p) = payloads() {
         assert_runs(&c.run("dgdlopen", &["/usr/bin/dgdlopen", "/usr/lib/libimage.so"])?, "dlopen of an image library")?;
     }
@@ -1410,10 +1471,19 @@ fn monitor_mode_denies_nothing_reports_everything() -> R {
     let a = argv(&["true"]);
     assert_runs(&fork_in_cgroup(&c.cgroup, &|| exec_fd(fd, &a))?, "monitor mode: memfd exec")?;
     drop(f);
-    for (path, rule) in [("/tmp/dropped", Rule::Drift), ("/tmp/copy", Rule::Drift), ("/bin/tool", Rule::Drift), ("/mnt/vol-tool", Rule::NonOverlay)] {
+    for (path, rule) in [
+        ("/tmp/dropped", Rule::Drift),
+        ("/tmp/copy", Rule::Drift),
+        ("/bin/tool", Rule::Drift),
+        ("/mnt/vol-tool", Rule::NonOverlay),
+    ] {
         expect_event(h, &c, path, rule, Action::Alert)?;
     }
-    wait_event(h, |e| e.policy_cgroup_id == c.cgid && e.rule == Rule::Fileless && e.action == Action::Alert, "memfd alert")?;
+    wait_event(
+        h,
+        |e| e.policy_cgroup_id == c.cgid && e.rule == Rule::Fileless && e.action == Action::Alert,
+        "memfd alert",
+    )?;
     if lsm(h) {
         let pl = payloads()?;
         copy_exec(&pl.so, &c.host_path("/tmp/libevil.so"))?;
@@ -1466,7 +1536,14 @@ fn fault_ringbuf_overflow_counts_drops_and_recovers() -> R {
                     return 10;
                 }
                 for _ in 0..N {
-                    let a = libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_EXEC, libc::MAP_PRIVATE, fd, 0);
+                    let a = libc::mmap(
+                        std::ptr::null_mut(),
+                        4096,
+                        libc::PROT_READ | libc::PROT_EXEC,
+                        libc::MAP_PRIVATE,
+                        fd,
+                        0,
+                    );
                     if a == libc::MAP_FAILED {
                         return 11;
                     }
@@ -1510,9 +1587,18 @@ fn fault_ringbuf_overflow_counts_drops_and_recovers() -> R {
         }
     }
     let after = enf.stats().map_err(es)?;
-    println!("drained {drained}; {fresh}/20 fresh events; drops after recovery {}", after.ringbuf_drops - mid.ringbuf_drops);
+    println!(
+        "drained {drained}; {fresh}/20 fresh events; drops after recovery {}",
+        after.ringbuf_drops - mid.ringbuf_drops
+    );
     if fresh != 20 || after.ringbuf_drops != mid.ringbuf_drops || stream.malformed() != 0 {
-        return Err(format!("after recovery: {fresh}/20 events, drops {} -> {}, malformed {}", mid.ringbuf_drops, after.ringbuf_drops, stream.malformed()).into());
+        return Err(format!(
+            "after recovery: {fresh}/20 events, drops {} -> {}, malformed {}",
+            mid.ringbuf_drops,
+            after.ringbuf_drops,
+            stream.malformed()
+        )
+        .into());
     }
     drop(stream);
     let _ = enf.store().remove(c.cgid);
@@ -1552,7 +1638,8 @@ fn fault_vanished_cgroup_policy_collected() -> R {
         registry.insert(info("gone", &gone, gid));
         registry.insert(info("kept", &kept, kid));
         fs::remove_dir(&gone).map_err(|e| format!("rmdir {}: {e}", gone.display()))?;
-        let removed = driftguard::agent::collect_vanished(store, &driftguard::cgroup::CgroupRoot::at(root.clone()), &registry);
+        let removed =
+            driftguard::agent::collect_vanished(store, &driftguard::cgroup::CgroupRoot::at(root.clone()), &registry);
         if removed != 1 {
             return Err(format!("collect_vanished removed {removed}, expected 1").into());
         }
@@ -1563,7 +1650,8 @@ fn fault_vanished_cgroup_policy_collected() -> R {
             return Err("registry not cleaned correctly".into());
         }
         // Idempotent.
-        if driftguard::agent::collect_vanished(store, &driftguard::cgroup::CgroupRoot::at(root.clone()), &registry) != 0 {
+        if driftguard::agent::collect_vanished(store, &driftguard::cgroup::CgroupRoot::at(root.clone()), &registry) != 0
+        {
             return Err("second pass removed more".into());
         }
         Ok(())
@@ -1615,7 +1703,14 @@ mod agent_support {
                 ),
             )
             .map_err(es)?;
-            Ok(Agent { dir: dir.to_path_buf(), config, pin_dir, socket, metrics: format!("127.0.0.1:{port}"), child: None })
+            Ok(Agent {
+                dir: dir.to_path_buf(),
+                config,
+                pin_dir,
+                socket,
+                metrics: format!("127.0.0.1:{port}"),
+                child: None,
+            })
         }
 
         pub fn start(&mut self) -> R {
@@ -1649,7 +1744,8 @@ mod agent_support {
         }
 
         pub fn store(&self) -> Result<PolicyStore, Failed> {
-            PolicyStore::open_pinned(&self.pin_dir).map_err(|e| Failed::from(format!("{e}\nagent log:\n{}", self.log())))
+            PolicyStore::open_pinned(&self.pin_dir)
+                .map_err(|e| Failed::from(format!("{e}\nagent log:\n{}", self.log())))
         }
 
         pub fn path(&self) -> Option<EnforcementPath> {
@@ -1674,14 +1770,20 @@ mod agent_support {
     }
 
     pub fn metric(body: &str, name: &str) -> Option<f64> {
-        body.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' ')).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        body.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
     }
 
     pub fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("tokio runtime")
     }
 
-    pub async fn connect(peer: &RuntimePeer, pods: Vec<PodSandbox>, ctrs: Vec<NriContainer>) -> Result<PeerConnection, Failed> {
+    pub async fn connect(
+        peer: &RuntimePeer,
+        pods: Vec<PodSandbox>,
+        ctrs: Vec<NriContainer>,
+    ) -> Result<PeerConnection, Failed> {
         let mut conn = tokio::time::timeout(Duration::from_secs(20), peer.accept())
             .await
             .map_err(|_| "the agent did not connect to the NRI socket within 20s")?
@@ -1692,7 +1794,11 @@ mod agent_support {
     }
 
     pub fn runc(args: &[&str]) -> Result<std::process::Output, Failed> {
-        Command::new("runc").args(args).stdin(Stdio::null()).output().map_err(|e| Failed::from(format!("runc {args:?}: {e}")))
+        Command::new("runc")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| Failed::from(format!("runc {args:?}: {e}")))
     }
 
     pub fn cgroup_root() -> Result<PathBuf, Failed> {
@@ -1711,7 +1817,8 @@ mod agent_support {
         pub fn create(dir: &Path, name: &str) -> Result<Self, Failed> {
             let id = format!("dg-adv-{}-{name}", std::process::id());
             let bundle = dir.join(format!("bundle-{name}"));
-            let (lower, upper, work, merged) = (bundle.join("lower"), bundle.join("upper"), bundle.join("work"), bundle.join("rootfs"));
+            let (lower, upper, work, merged) =
+                (bundle.join("lower"), bundle.join("upper"), bundle.join("work"), bundle.join("rootfs"));
             for d in [&lower, &upper, &work, &merged] {
                 fs::create_dir_all(d).map_err(es)?;
             }
@@ -1774,7 +1881,10 @@ mod agent_support {
             let mut args = vec!["exec", self.id.as_str()];
             args.extend_from_slice(argv);
             let out = runc(&args)?;
-            Ok((out.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))))
+            Ok((
+                out.status.code().unwrap_or(-1),
+                format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+            ))
         }
 
         pub fn drop_binary(&self, inside: &str) -> R {
@@ -1877,16 +1987,24 @@ fn agent_kill9_during_container_burst() -> R {
         let was_killed = killed.load(Ordering::SeqCst);
         ctr.start()?;
         ctr.drop_binary("/tmp/dropped")?;
-        println!("container {i}: StartContainer {:?} at {:?} (agent killed: {was_killed})", started.as_ref().map_err(|e| format!("{e:?}")), t0.elapsed());
+        println!(
+            "container {i}: StartContainer {:?} at {:?} (agent killed: {was_killed})",
+            started.as_ref().map_err(|e| format!("{e:?}")),
+            t0.elapsed()
+        );
         if started.is_ok() {
             ok.push(i);
             // Exec right away, then again later (below).
             let (code, out) = ctr.exec(&["/tmp/dropped", "true"])?;
-            assert_stopped(path, code, &out, &format!("container {i} right after StartContainer returned OK")).map_err(|e| {
-                let _ = fs::write("/tmp/dg-adv-kill9-agent.log", agent.log());
-                format!("{e:?}\npolicy map {:?}, container cgroup {:?} (agent log: /tmp/dg-adv-kill9-agent.log)",
-                    agent.store().map(|s| ids(&s)).ok(), ctr.cgroup_id().ok())
-            })?;
+            assert_stopped(path, code, &out, &format!("container {i} right after StartContainer returned OK"))
+                .map_err(|e| {
+                    let _ = fs::write("/tmp/dg-adv-kill9-agent.log", agent.log());
+                    format!(
+                        "{e:?}\npolicy map {:?}, container cgroup {:?} (agent log: /tmp/dg-adv-kill9-agent.log)",
+                        agent.store().map(|s| ids(&s)).ok(),
+                        ctr.cgroup_id().ok()
+                    )
+                })?;
         }
         let (code, out) = ctr.exec(&["/bin/busybox", "true"])?;
         if code != 0 {
@@ -1908,10 +2026,16 @@ fn agent_kill9_during_container_burst() -> R {
     let store = agent.store()?;
     for &i in &ok {
         let (code, out) = ctrs[i].exec(&["/tmp/dropped", "true"])?;
-        assert_stopped(path, code, &out, &format!("container {i} with the agent dead"))
-            .map_err(|e| { let _ = fs::write("/tmp/dg-adv-kill9-agent.log", agent.log()); format!("{e:?}\npolicy map {:?}, container cgroup {:?}, pinned path {:?}\nagent log tail:\n{}",
-                ids(&store), ctrs[i].cgroup_id(), agent.path(),
-                agent.log().lines().rev().take(15).collect::<Vec<_>>().join("\n")) })?;
+        assert_stopped(path, code, &out, &format!("container {i} with the agent dead")).map_err(|e| {
+            let _ = fs::write("/tmp/dg-adv-kill9-agent.log", agent.log());
+            format!(
+                "{e:?}\npolicy map {:?}, container cgroup {:?}, pinned path {:?}\nagent log tail:\n{}",
+                ids(&store),
+                ctrs[i].cgroup_id(),
+                agent.path(),
+                agent.log().lines().rev().take(15).collect::<Vec<_>>().join("\n")
+            )
+        })?;
     }
     // Restart + resync with everything the runtime runs: all N enforced, nothing else.
     agent.start()?;
@@ -1942,7 +2066,8 @@ fn agent_runtime_restart_reconnects_and_resyncs() -> R {
     let path = agent.path();
     let a = RuncCtr::create(dir.path(), "rt-a")?;
     let b = RuncCtr::create(dir.path(), "rt-b")?;
-    let (pa, pb) = (pod("rt-a", &[("driftguard.dev/mode", "enforce")]), pod("rt-b", &[("driftguard.dev/mode", "monitor")]));
+    let (pa, pb) =
+        (pod("rt-a", &[("driftguard.dev/mode", "enforce")]), pod("rt-b", &[("driftguard.dev/mode", "monitor")]));
     rt.block_on(start_container(&conn, &pa, &a.nri(&pa, "app")))?;
     rt.block_on(start_container(&conn, &pb, &b.nri(&pb, "app")))?;
     a.start()?;
@@ -1968,7 +2093,8 @@ fn agent_runtime_restart_reconnects_and_resyncs() -> R {
 
     // The runtime returns on the same path; the agent reconnects and gets Synchronize(a, c).
     let peer2 = nri_plugin::testing::RuntimePeer::bind(&agent.socket).map_err(es)?;
-    let _conn2 = rt.block_on(connect(&peer2, vec![pa.clone(), pc.clone()], vec![a.nri(&pa, "app"), c.nri(&pc, "app")]))?;
+    let _conn2 =
+        rt.block_on(connect(&peer2, vec![pa.clone(), pc.clone()], vec![a.nri(&pa, "app"), c.nri(&pc, "app")]))?;
     let want: BTreeSet<u64> = [a.cgroup_id()?, c.cgroup_id()?].into_iter().collect();
     let got = ids(&store);
     if got != want {
@@ -1983,7 +2109,8 @@ fn agent_runtime_restart_reconnects_and_resyncs() -> R {
         assert_stopped(path, code, &out, &format!("container {n} after the runtime restart"))?;
     }
     let m = http_get(&agent.metrics, "/metrics")?;
-    let reconnects = metric(&m, "driftguard_nri_reconnects_total").ok_or_else(|| format!("no reconnect metric:\n{m}"))?;
+    let reconnects =
+        metric(&m, "driftguard_nri_reconnects_total").ok_or_else(|| format!("no reconnect metric:\n{m}"))?;
     let connected = metric(&m, "driftguard_nri_connected");
     println!("driftguard_nri_reconnects_total {reconnects}, driftguard_nri_connected {connected:?}");
     if reconnects < 1.0 || connected != Some(1.0) {
@@ -2026,12 +2153,22 @@ fn run_suite_in_vm(k: &vm::Kernel) -> R {
     let failed: Vec<&str> = res
         .output
         .lines()
-        .filter_map(|l| l.strip_prefix("test ").filter(|r| r.ends_with("... FAILED")).and_then(|r| r.split_whitespace().next()))
+        .filter_map(|l| {
+            l.strip_prefix("test ").filter(|r| r.ends_with("... FAILED")).and_then(|r| r.split_whitespace().next())
+        })
         .collect();
     if res.exit_code != 0 {
-        return Err(format!("suite failed inside the {} VM (exit {}): failed trials {failed:?}; output above", k.name, res.exit_code).into());
+        return Err(format!(
+            "suite failed inside the {} VM (exit {}): failed trials {failed:?}; output above",
+            k.name, res.exit_code
+        )
+        .into());
     }
-    if !res.output.lines().any(|l| l.starts_with("test result: ok.") && l.contains(" 0 failed;") && l.contains(" 0 ignored;")) {
+    if !res
+        .output
+        .lines()
+        .any(|l| l.starts_with("test result: ok.") && l.contains(" 0 failed;") && l.contains(" 0 ignored;"))
+    {
         return Err("VM summary is not `ok` with 0 failed and 0 ignored".into());
     }
     Ok(())

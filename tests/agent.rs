@@ -106,7 +106,9 @@ fn agent_suite_in_vm(k: &vm::Kernel) -> R {
     let res = vm::run_in_vm(k, &req).map_err(|e| format!("VM {} ({}): {e}", k.name, k.version))?;
     println!("--- kernel {} ({}) in {:.1}s ---\n{}", k.name, k.version, t.elapsed().as_secs_f64(), res.output);
     if res.exit_code != 0 {
-        return Err(format!("agent trials failed inside the {} VM (exit {}); output above", k.name, res.exit_code).into());
+        return Err(
+            format!("agent trials failed inside the {} VM (exit {}); output above", k.name, res.exit_code).into()
+        );
     }
     if !res.output.lines().any(|l| l.starts_with("test result: ok. 4 passed;") && l.contains(" 0 ignored;")) {
         return Err("VM summary is not `ok. 4 passed` with 0 ignored".into());
@@ -129,11 +131,7 @@ fn requirements() -> Option<String> {
 }
 
 fn which(bin: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(bin))
-        .find(|p| p.exists())
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(bin)).find(|p| p.exists())
 }
 
 fn cgroup2_root() -> Result<PathBuf, Failed> {
@@ -268,7 +266,8 @@ fn http_get(addr: &str, path: &str) -> Result<String, Failed> {
     use std::io::Write;
     let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("metrics: connect {addr}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).map_err(|e| format!("metrics: write: {e}"))?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .map_err(|e| format!("metrics: write: {e}"))?;
     let mut body = String::new();
     s.read_to_string(&mut body).map_err(|e| format!("metrics: read: {e}"))?;
     Ok(body)
@@ -342,7 +341,12 @@ impl RuncCtr {
             }
         } else {
             // A plain directory rootfs, like a non-overlay snapshotter gives.
-            let st = Command::new("mount").args(["-o", "bind"]).arg(&lower).arg(&merged).status().map_err(|e| e.to_string())?;
+            let st = Command::new("mount")
+                .args(["-o", "bind"])
+                .arg(&lower)
+                .arg(&merged)
+                .status()
+                .map_err(|e| e.to_string())?;
             if !st.success() {
                 return Err("bind mount failed".into());
             }
@@ -475,7 +479,8 @@ fn assert_stopped(path: Option<EnforcementPath>, code: i32, out: &str, what: &st
     match path {
         Some(EnforcementPath::TracepointKill) if code == 137 => Ok(()),
         Some(EnforcementPath::Lsm)
-            if code != 0 && ["permission denied", "operation not permitted"].iter().any(|m| out.to_lowercase().contains(m)) =>
+            if code != 0
+                && ["permission denied", "operation not permitted"].iter().any(|m| out.to_lowercase().contains(m)) =>
         {
             Ok(())
         }
@@ -549,7 +554,15 @@ fn agent_enforces_annotated_pods() -> R {
     let (code, out) = enforced.exec(&["/tmp/dropped", "true"])?;
     assert_stopped(path, code, &out, "dropped binary in the enforced pod")?;
     let ev = agent.wait_event(|e| e["event"] == "verdict" && e["path"] == "/tmp/dropped", "for /tmp/dropped")?;
-    for (k, want) in [("namespace", "shop"), ("pod", "web"), ("container", "app"), ("image", "busybox:test"), ("rule", "drift"), ("node", "test-node"), ("mode", "enforce")] {
+    for (k, want) in [
+        ("namespace", "shop"),
+        ("pod", "web"),
+        ("container", "app"),
+        ("image", "busybox:test"),
+        ("rule", "drift"),
+        ("node", "test-node"),
+        ("mode", "enforce"),
+    ] {
         if ev[k] != want {
             return Err(format!("event field {k} = {}, want {want}: {ev}", ev[k]).into());
         }
@@ -579,7 +592,10 @@ fn agent_enforces_annotated_pods() -> R {
     if code != 0 {
         return Err(format!("monitor mode must not block: exit {code} {out}").into());
     }
-    agent.wait_event(|e| e["path"] == "/tmp/busybox-tool" && e["action"] == "alert" && e["pod"] == "batch", "alert for /tmp/busybox-tool")?;
+    agent.wait_event(
+        |e| e["path"] == "/tmp/busybox-tool" && e["action"] == "alert" && e["pod"] == "batch",
+        "alert for /tmp/busybox-tool",
+    )?;
 
     // Unannotated pod: untouched.
     let plain = RuncCtr::create(dir.path(), "plain")?;
@@ -597,7 +613,10 @@ fn agent_enforces_annotated_pods() -> R {
     let store = agent.store()?;
     let list = store.list().map_err(|e| e.to_string())?;
     let modes: Vec<(Mode, Owner)> = list.iter().map(|p| (p.policy.mode, p.owner)).collect();
-    if list.len() != 2 || !modes.contains(&(Mode::Enforce, Owner::Agent)) || !modes.contains(&(Mode::Monitor, Owner::Agent)) {
+    if list.len() != 2
+        || !modes.contains(&(Mode::Enforce, Owner::Agent))
+        || !modes.contains(&(Mode::Monitor, Owner::Agent))
+    {
         return Err(format!("pinned policies: {modes:?}").into());
     }
 
@@ -620,7 +639,12 @@ fn agent_enforces_annotated_pods() -> R {
 
     // Metrics.
     let m = http_get(&agent.metrics, "/metrics")?;
-    for want in ["driftguard_verdicts_total{action=", "driftguard_containers_under_policy{mode=\"enforce\"} 1", "driftguard_nri_connected 1", "driftguard_nri_handler_seconds_count{event=\"start_container\"}"] {
+    for want in [
+        "driftguard_verdicts_total{action=",
+        "driftguard_containers_under_policy{mode=\"enforce\"} 1",
+        "driftguard_nri_connected 1",
+        "driftguard_nri_handler_seconds_count{event=\"start_container\"}",
+    ] {
         if !m.contains(want) {
             return Err(format!("metrics lack {want}:\n{m}").into());
         }

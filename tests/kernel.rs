@@ -184,7 +184,8 @@ struct Harness {
 fn harness() -> Result<&'static Harness, Failed> {
     static H: OnceLock<Result<Harness, String>> = OnceLock::new();
     let h = H.get_or_init(|| {
-        let enf = Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: false }).map_err(|e| format!("{e}"))?;
+        let enf =
+            Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: false }).map_err(|e| format!("{e}"))?;
         let store = enf.store().try_clone().map_err(|e| e.to_string())?;
         let mut stream = enf.events().map_err(|e| e.to_string())?;
         let events = Arc::new(Mutex::new(Vec::new()));
@@ -391,7 +392,8 @@ impl Drop for Container {
 
 fn mount(src: &str, target: &Path, fstype: &str, data: &str) -> R {
     let c = |s: &[u8]| CString::new(s).map_err(|e| Failed::from(e.to_string()));
-    let (src, tgt, fst, dat) = (c(src.as_bytes())?, c(target.as_os_str().as_bytes())?, c(fstype.as_bytes())?, c(data.as_bytes())?);
+    let (src, tgt, fst, dat) =
+        (c(src.as_bytes())?, c(target.as_os_str().as_bytes())?, c(fstype.as_bytes())?, c(data.as_bytes())?);
     // SAFETY: valid NUL-terminated strings.
     let rc = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), fst.as_ptr(), 0, dat.as_ptr().cast()) };
     if rc != 0 {
@@ -453,7 +455,9 @@ fn wait_event(h: &Harness, pred: impl Fn(&Event) -> bool, what: &str) -> Result<
             let seen: Vec<String> = h
                 .events
                 .lock()
-                .map(|v| v.iter().map(|e| format!("{}:{}:{:?}:{:?}", e.policy_cgroup_id, e.path, e.rule, e.action)).collect())
+                .map(|v| {
+                    v.iter().map(|e| format!("{}:{}:{:?}:{:?}", e.policy_cgroup_id, e.path, e.rule, e.action)).collect()
+                })
                 .unwrap_or_default();
             return Err(format!("no event for {what} within 10s; seen: {seen:?}").into());
         }
@@ -557,7 +561,9 @@ fn enforcement_path_is_the_expected_one() -> R {
     println!("enforcement path: {} ({:?})", h.path.as_str(), h.fallback_reason);
     if let Some(want) = harness_expectation() {
         if h.path != want {
-            return Err(format!("expected {} but loaded {} ({:?})", want.as_str(), h.path.as_str(), h.fallback_reason).into());
+            return Err(
+                format!("expected {} but loaded {} ({:?})", want.as_str(), h.path.as_str(), h.fallback_reason).into()
+            );
         }
     }
     if h.path == EnforcementPath::TracepointKill {
@@ -674,8 +680,7 @@ fn monitor_mode_reports_without_blocking() -> R {
     // One exec, one event: the kernel's own mapping of the binary during the exec is not
     // decided (and reported) a second time by mmap_file.
     std::thread::sleep(Duration::from_millis(300));
-    let hooks: Vec<Hook> =
-        events_for(h, c.cgid).iter().filter(|e| e.path == "/tmp/dropped").map(|e| e.hook).collect();
+    let hooks: Vec<Hook> = events_for(h, c.cgid).iter().filter(|e| e.path == "/tmp/dropped").map(|e| e.hook).collect();
     let want = if h.path == EnforcementPath::Lsm { Hook::BprmCheck } else { Hook::ExecTracepoint };
     if hooks != [want] {
         return Err(format!("one exec of the dropped binary gave events from {hooks:?}, want [{want:?}]").into());
@@ -979,7 +984,8 @@ fn lsm_mprotect_exec_of_dropped_file_denied() -> R {
             let Ok(f) = fs::File::open(&path) else { return 11 };
             use std::os::fd::AsRawFd;
             // SAFETY: mapping a file we opened; checked below.
-            let addr = unsafe { libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ, libc::MAP_PRIVATE, f.as_raw_fd(), 0) };
+            let addr =
+                unsafe { libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ, libc::MAP_PRIVATE, f.as_raw_fd(), 0) };
             if addr == libc::MAP_FAILED {
                 return 12;
             }
@@ -1048,12 +1054,17 @@ fn run_suite_in_vm(k: &vm::Kernel) -> R {
         "memfd_exec_denied",
         "enforcement_path_is_the_expected_one",
     ] {
-        if !res.output.lines().any(|l| l.strip_prefix("test ").and_then(|r| r.split_whitespace().next()) == Some(must)) {
+        if !res.output.lines().any(|l| l.strip_prefix("test ").and_then(|r| r.split_whitespace().next()) == Some(must))
+        {
             return Err(format!("VM output lacks trial `{must}`").into());
         }
     }
     // Exit 0 already means no failure; nothing may have been skipped inside the VM either.
-    if !res.output.lines().any(|l| l.starts_with("test result: ok.") && l.contains(" 0 failed;") && l.contains(" 0 ignored;")) {
+    if !res
+        .output
+        .lines()
+        .any(|l| l.starts_with("test result: ok.") && l.contains(" 0 failed;") && l.contains(" 0 ignored;"))
+    {
         return Err("VM summary is not `ok` with 0 failed and 0 ignored".into());
     }
     Ok(())

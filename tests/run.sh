@@ -13,6 +13,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ./scripts/install-deps.sh
 bash tests/vm/fetch-kernels.sh
 
+echo "== cargo fmt --check (rustfmt.toml)" >&2
+if cargo fmt --version >/dev/null 2>&1; then
+    cargo fmt --all -- --check
+else
+    echo "SKIP fmt: rustfmt is not installed with this toolchain" >&2
+fi
+
 echo "== cargo test --workspace" >&2
 cargo test --workspace --all-targets --color never 2>&1
 

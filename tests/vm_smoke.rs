@@ -29,11 +29,7 @@ fn main() {
     }
 
     let args = Arguments::from_args();
-    let trials = if vm::in_vm() {
-        guest_trials()
-    } else {
-        host_trials()
-    };
+    let trials = if vm::in_vm() { guest_trials() } else { host_trials() };
     libtest_mimic::run(&args, trials).exit();
 }
 
@@ -44,8 +40,7 @@ fn guest_trials() -> Vec<Trial> {
 }
 
 fn guest_checks() -> Result<(), Failed> {
-    let lsm = std::fs::read_to_string("/sys/kernel/security/lsm")
-        .map_err(|e| format!("read lsm: {e}"))?;
+    let lsm = std::fs::read_to_string("/sys/kernel/security/lsm").map_err(|e| format!("read lsm: {e}"))?;
     println!("guest: lsm={lsm}");
     if !lsm.split(',').any(|x| x.trim() == "bpf") {
         return Err(format!("bpf not in LSM list: {lsm}").into());
@@ -67,10 +62,7 @@ fn guest_checks() -> Result<(), Failed> {
     if std::env::var(PROBE_ENV).as_deref() != Ok(PROBE_VALUE) {
         return Err(format!("env {PROBE_ENV} = {:?}", std::env::var(PROBE_ENV)).into());
     }
-    if !std::fs::read_to_string("/proc/filesystems")
-        .map_err(|e| e.to_string())?
-        .contains("overlay")
-    {
+    if !std::fs::read_to_string("/proc/filesystems").map_err(|e| e.to_string())?.contains("overlay") {
         return Err("overlay filesystem not registered".into());
     }
     println!("guest: all checks passed");
@@ -85,12 +77,8 @@ fn host_trials() -> Vec<Trial> {
                 let k1 = k.clone();
                 trials.push(Trial::test(format!("vm_boot_{name}"), move || boot(&k1)));
                 let k2 = k.clone();
-                trials.push(Trial::test(format!("vm_self_exit_{name}"), move || {
-                    self_exit(&k2)
-                }));
-                trials.push(Trial::test(format!("vm_self_trial_{name}"), move || {
-                    self_trial(&k)
-                }));
+                trials.push(Trial::test(format!("vm_self_exit_{name}"), move || self_exit(&k2)));
+                trials.push(Trial::test(format!("vm_self_trial_{name}"), move || self_trial(&k)));
             }
             Err(reason) => {
                 for t in ["vm_boot", "vm_self_exit", "vm_self_trial"] {
@@ -119,15 +107,7 @@ fn check(cond: bool, what: &str, r: &vm::VmResult) -> Result<(), Failed> {
             "{what}\nexit code {}\n--- output ---\n{}\n--- console (tail) ---\n{}",
             r.exit_code,
             r.output,
-            r.console
-                .lines()
-                .rev()
-                .take(40)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect::<Vec<_>>()
-                .join("\n")
+            r.console.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
         )
         .into())
     }
@@ -157,33 +137,12 @@ fn boot(k: &vm::Kernel) -> Result<(), Failed> {
     req.timeout = Duration::from_secs(180);
     req.memory_mb = 256;
     let r = vm::run_in_vm(k, &req)?;
-    eprintln!(
-        "vm_boot_{}: {} booted and ran in {:.1}s",
-        k.name,
-        k.version,
-        r.elapsed.as_secs_f64()
-    );
+    eprintln!("vm_boot_{}: {} booted and ran in {:.1}s", k.name, k.version, r.elapsed.as_secs_f64());
     check(r.exit_code == 0, "boot script failed", &r)?;
-    check(
-        r.output.contains(&format!("uname={}", k.version)),
-        "wrong kernel",
-        &r,
-    )?;
-    let lsm = r
-        .output
-        .lines()
-        .find_map(|l| l.strip_prefix("lsm="))
-        .unwrap_or("");
-    check(
-        lsm.split(',').any(|x| x == "bpf"),
-        "bpf not in /sys/kernel/security/lsm",
-        &r,
-    )?;
-    check(
-        r.output.lines().any(|l| l == "overlay=ok"),
-        "overlay check failed",
-        &r,
-    )?;
+    check(r.output.contains(&format!("uname={}", k.version)), "wrong kernel", &r)?;
+    let lsm = r.output.lines().find_map(|l| l.strip_prefix("lsm=")).unwrap_or("");
+    check(lsm.split(',').any(|x| x == "bpf"), "bpf not in /sys/kernel/security/lsm", &r)?;
+    check(r.output.lines().any(|l| l == "overlay=ok"), "overlay check failed", &r)?;
     Ok(())
 }
 
@@ -196,20 +155,9 @@ fn self_exit(k: &vm::Kernel) -> Result<(), Failed> {
     let r = vm::run_in_vm(k, &req)?;
     eprintln!("vm_self_exit_{}: {:.1}s", k.name, r.elapsed.as_secs_f64());
     check(r.exit_code == 3, "expected exit code 3", &r)?;
-    let want = format!(
-        "child: args=[\"first arg\", \"it's\"] probe={PROBE_VALUE:?} kernel=Some({:?})",
-        k.name
-    );
-    check(
-        r.output.contains(&want),
-        &format!("expected line {want}"),
-        &r,
-    )?;
-    check(
-        r.output.contains("child: this goes to stderr"),
-        "stderr not captured",
-        &r,
-    )?;
+    let want = format!("child: args=[\"first arg\", \"it's\"] probe={PROBE_VALUE:?} kernel=Some({:?})", k.name);
+    check(r.output.contains(&want), &format!("expected line {want}"), &r)?;
+    check(r.output.contains("child: this goes to stderr"), "stderr not captured", &r)?;
     Ok(())
 }
 
@@ -221,15 +169,7 @@ fn self_trial(k: &vm::Kernel) -> Result<(), Failed> {
     let r = vm::run_in_vm(k, &req)?;
     eprintln!("vm_self_trial_{}: {:.1}s", k.name, r.elapsed.as_secs_f64());
     check(r.exit_code == 0, "guest trial failed", &r)?;
-    check(
-        r.output.contains("guest: all checks passed"),
-        "guest checks did not run",
-        &r,
-    )?;
-    check(
-        r.output.contains("1 passed"),
-        "expected exactly one guest trial to pass",
-        &r,
-    )?;
+    check(r.output.contains("guest: all checks passed"), "guest checks did not run", &r)?;
+    check(r.output.contains("1 passed"), "expected exactly one guest trial to pass", &r)?;
     Ok(())
 }

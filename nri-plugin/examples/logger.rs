@@ -14,8 +14,8 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nri_plugin::api::{
-    ConfigureRequest, Container, ContainerUpdate, CreateContainerResponse, LinuxResources,
-    PodSandbox, UpdateContainerResponse, UpdatePodSandboxRequest, ValidateContainerAdjustmentRequest,
+    ConfigureRequest, Container, ContainerUpdate, CreateContainerResponse, LinuxResources, PodSandbox,
+    UpdateContainerResponse, UpdatePodSandboxRequest, ValidateContainerAdjustmentRequest,
     ValidateContainerAdjustmentResponse,
 };
 use nri_plugin::protobuf::MessageFull;
@@ -27,18 +27,12 @@ struct Logger {
 }
 
 fn to_json<M: MessageFull>(m: &M) -> Value {
-    protobuf_json_mapping::print_to_string(m)
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or(Value::Null)
+    protobuf_json_mapping::print_to_string(m).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or(Value::Null)
 }
 
 fn emit(event: &str, fields: Value) {
     let mut line = Map::new();
-    let ts = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
+    let ts = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
     line.insert("ts".into(), json!(ts));
     line.insert("event".into(), json!(event));
     if let Value::Object(f) = fields {
@@ -60,7 +54,11 @@ impl Plugin for Logger {
         emit("Configure", json!({"request": to_json(req)}));
         Ok(())
     }
-    async fn synchronize(&self, pods: Vec<PodSandbox>, containers: Vec<Container>) -> HandlerResult<Vec<ContainerUpdate>> {
+    async fn synchronize(
+        &self,
+        pods: Vec<PodSandbox>,
+        containers: Vec<Container>,
+    ) -> HandlerResult<Vec<ContainerUpdate>> {
         emit(
             "Synchronize",
             json!({
@@ -173,9 +171,7 @@ fn usage() -> ! {
 async fn main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
 
     let (mut socket, mut name, mut index, mut events) =

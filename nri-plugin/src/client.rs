@@ -27,10 +27,7 @@ pub struct RuntimeClient {
 
 impl Default for RuntimeClient {
     fn default() -> Self {
-        RuntimeClient {
-            inner: Arc::new(RwLock::new(None)),
-            timeout: DEFAULT_CALL_TIMEOUT,
-        }
+        RuntimeClient { inner: Arc::new(RwLock::new(None)), timeout: DEFAULT_CALL_TIMEOUT }
     }
 }
 
@@ -46,10 +43,7 @@ impl std::fmt::Debug for RuntimeClient {
 impl RuntimeClient {
     /// A clone of this handle whose calls time out after `timeout`.
     pub fn with_timeout(&self, timeout: Duration) -> RuntimeClient {
-        RuntimeClient {
-            inner: self.inner.clone(),
-            timeout,
-        }
+        RuntimeClient { inner: self.inner.clone(), timeout }
     }
 
     /// Whether the runner currently has a registered connection to the runtime.
@@ -64,11 +58,7 @@ impl RuntimeClient {
     }
 
     fn current(&self) -> Result<ttrpc::r#async::Client, Error> {
-        self.inner
-            .read()
-            .ok()
-            .and_then(|g| g.clone())
-            .ok_or(Error::NotConnected)
+        self.inner.read().ok().and_then(|g| g.clone()).ok_or(Error::NotConnected)
     }
 
     /// Asks the runtime to update (and/or evict) containers unsolicitedly. Returns the updates the

@@ -87,7 +87,7 @@ pub use events::{event_name, EventMask};
 pub use plugin::Plugin;
 pub use rpc::{PLUGIN_SERVICE, RUNTIME_SERVICE};
 pub use runner::{
-    validate_index, validate_name, Backoff, ConnectionEvent, Runner, RunnerBuilder,
-    DEFAULT_CONFIGURE_TIMEOUT, DEFAULT_REGISTRATION_TIMEOUT, DEFAULT_SOCKET_PATH, NRI_API_VERSION,
-    PLUGIN_IDX_ENV, PLUGIN_NAME_ENV, PLUGIN_SOCKET_ENV,
+    validate_index, validate_name, Backoff, ConnectionEvent, Runner, RunnerBuilder, DEFAULT_CONFIGURE_TIMEOUT,
+    DEFAULT_REGISTRATION_TIMEOUT, DEFAULT_SOCKET_PATH, NRI_API_VERSION, PLUGIN_IDX_ENV, PLUGIN_NAME_ENV,
+    PLUGIN_SOCKET_ENV,
 };

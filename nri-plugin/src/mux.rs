@@ -74,11 +74,7 @@ impl FrameHeader {
         let conn_id = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
         let len = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
         if len as usize > MAX_FRAME_PAYLOAD {
-            return Err(MuxError::Oversized {
-                conn_id,
-                len,
-                max: MAX_FRAME_PAYLOAD,
-            });
+            return Err(MuxError::Oversized { conn_id, len, max: MAX_FRAME_PAYLOAD });
         }
         Ok(FrameHeader { conn_id, len })
     }
@@ -164,10 +160,7 @@ impl FrameDecoder {
         }
         let payload = avail[HEADER_LEN..total].to_vec();
         self.pos += total;
-        Ok(Some(Frame {
-            conn_id: header.conn_id,
-            payload,
-        }))
+        Ok(Some(Frame { conn_id: header.conn_id, payload }))
     }
 
     /// Call at end of stream: an error if an incomplete frame is left over.
@@ -443,12 +436,7 @@ mod tests {
     use tokio::io::duplex;
 
     fn frame_bytes(conn_id: u32, payload: &[u8]) -> Vec<u8> {
-        let mut v = FrameHeader {
-            conn_id,
-            len: payload.len() as u32,
-        }
-        .encode()
-        .to_vec();
+        let mut v = FrameHeader { conn_id, len: payload.len() as u32 }.encode().to_vec();
         v.extend_from_slice(payload);
         v
     }
@@ -608,18 +596,12 @@ mod tests {
         let (local, mut remote) = duplex(1 << 16);
         let mux = Mux::new(local);
         let mut c1 = mux.open(1).unwrap();
-        remote
-            .write_all(&FrameHeader { conn_id: 1, len: 0x7fff_ffff }.encode())
-            .await
-            .unwrap();
+        remote.write_all(&FrameHeader { conn_id: 1, len: 0x7fff_ffff }.encode()).await.unwrap();
         let res = tokio::time::timeout(Duration::from_secs(5), mux.closed()).await.unwrap();
         assert!(matches!(res.as_ref().map_err(|e| &**e), Err(MuxError::Oversized { .. })), "{res:?}");
         // The logical connection sees end of file.
         let mut buf = Vec::new();
-        let n = tokio::time::timeout(Duration::from_secs(5), c1.read_to_end(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), c1.read_to_end(&mut buf)).await.unwrap().unwrap();
         assert_eq!(n, 0);
     }
 

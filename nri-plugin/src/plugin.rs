@@ -6,16 +6,14 @@ use protobuf::{Enum, EnumOrUnknown};
 use ttrpc::Code;
 
 use crate::api::{
-    ConfigureRequest, ConfigureResponse, Container, ContainerUpdate, CreateContainerRequest,
-    CreateContainerResponse, Empty, Event, LinuxResources, PodSandbox, PostCreateContainerRequest,
-    PostCreateContainerResponse, PostStartContainerRequest, PostStartContainerResponse,
-    PostUpdateContainerRequest, PostUpdateContainerResponse, PostUpdatePodSandboxRequest,
-    PostUpdatePodSandboxResponse, RemoveContainerRequest, RemoveContainerResponse,
+    ConfigureRequest, ConfigureResponse, Container, ContainerUpdate, CreateContainerRequest, CreateContainerResponse,
+    Empty, Event, LinuxResources, PodSandbox, PostCreateContainerRequest, PostCreateContainerResponse,
+    PostStartContainerRequest, PostStartContainerResponse, PostUpdateContainerRequest, PostUpdateContainerResponse,
+    PostUpdatePodSandboxRequest, PostUpdatePodSandboxResponse, RemoveContainerRequest, RemoveContainerResponse,
     RemovePodSandboxRequest, RemovePodSandboxResponse, RunPodSandboxRequest, RunPodSandboxResponse,
-    StartContainerRequest, StartContainerResponse, StateChangeEvent, StopContainerRequest,
-    StopContainerResponse, StopPodSandboxRequest, StopPodSandboxResponse, SynchronizeRequest,
-    SynchronizeResponse, UpdateContainerRequest, UpdateContainerResponse, UpdatePodSandboxRequest,
-    UpdatePodSandboxResponse, ValidateContainerAdjustmentRequest,
+    StartContainerRequest, StartContainerResponse, StateChangeEvent, StopContainerRequest, StopContainerResponse,
+    StopPodSandboxRequest, StopPodSandboxResponse, SynchronizeRequest, SynchronizeResponse, UpdateContainerRequest,
+    UpdateContainerResponse, UpdatePodSandboxRequest, UpdatePodSandboxResponse, ValidateContainerAdjustmentRequest,
     ValidateContainerAdjustmentResponse,
 };
 use crate::error::{BoxError, HandlerResult};
@@ -145,11 +143,7 @@ pub trait Plugin: Send + Sync + 'static {
     }
 
     /// A container is being stopped. Return updates to other containers (usually none).
-    async fn stop_container(
-        &self,
-        pod: &PodSandbox,
-        container: &Container,
-    ) -> HandlerResult<Vec<ContainerUpdate>> {
+    async fn stop_container(&self, pod: &PodSandbox, container: &Container) -> HandlerResult<Vec<ContainerUpdate>> {
         let _ = (pod, container);
         Ok(Vec::new())
     }
@@ -225,12 +219,7 @@ impl<P: Plugin> PluginDispatch<P> {
         events_override: Option<EventMask>,
         signals: tokio::sync::mpsc::UnboundedSender<SessionSignal>,
     ) -> Self {
-        PluginDispatch {
-            plugin,
-            events_override,
-            sync_buffer: Mutex::new(None),
-            signals,
-        }
+        PluginDispatch { plugin, events_override, sync_buffer: Mutex::new(None), signals }
     }
 
     fn signal(&self, s: SessionSignal) {
@@ -278,14 +267,17 @@ impl<P: Plugin> PluginDispatch<P> {
                 let mut req: SynchronizeRequest = self.decode(method, &payload)?;
                 let mut resp = SynchronizeResponse::new();
                 let (pods, containers) = {
-                    let mut buf = self
-                        .sync_buffer
-                        .lock()
-                        .map_err(|_| RpcStatus::new(Code::INTERNAL, "sync state poisoned"))?;
+                    let mut buf =
+                        self.sync_buffer.lock().map_err(|_| RpcStatus::new(Code::INTERNAL, "sync state poisoned"))?;
                     let (pods, containers) = buf.get_or_insert_with(Default::default);
                     pods.append(&mut req.pods);
                     containers.append(&mut req.containers);
-                    tracing::debug!(pods = pods.len(), containers = containers.len(), more = req.more, "NRI synchronize chunk");
+                    tracing::debug!(
+                        pods = pods.len(),
+                        containers = containers.len(),
+                        more = req.more,
+                        "NRI synchronize chunk"
+                    );
                     if req.more {
                         resp.more = true;
                         return encode(method, &resp);
@@ -295,10 +287,7 @@ impl<P: Plugin> PluginDispatch<P> {
                 let (npods, nctrs) = (pods.len(), containers.len());
                 resp.update = p.synchronize(pods, containers).await.map_err(handler_error(method))?;
                 resp.more = false;
-                self.signal(SessionSignal::Synchronized {
-                    pods: npods,
-                    containers: nctrs,
-                });
+                self.signal(SessionSignal::Synchronized { pods: npods, containers: nctrs });
                 encode(method, &resp)
             }
             "Shutdown" => {
@@ -341,34 +330,26 @@ impl<P: Plugin> PluginDispatch<P> {
             "CreateContainer" => {
                 let req: CreateContainerRequest = self.decode(method, &payload)?;
                 trace_event(method, opt(&req.pod), Some(opt(&req.container)));
-                let resp = p
-                    .create_container(opt(&req.pod), opt(&req.container))
-                    .await
-                    .map_err(handler_error(method))?;
+                let resp =
+                    p.create_container(opt(&req.pod), opt(&req.container)).await.map_err(handler_error(method))?;
                 encode(method, &resp)
             }
             "PostCreateContainer" => {
                 let req: PostCreateContainerRequest = self.decode(method, &payload)?;
                 trace_event(method, opt(&req.pod), Some(opt(&req.container)));
-                p.post_create_container(opt(&req.pod), opt(&req.container))
-                    .await
-                    .map_err(handler_error(method))?;
+                p.post_create_container(opt(&req.pod), opt(&req.container)).await.map_err(handler_error(method))?;
                 encode(method, &PostCreateContainerResponse::new())
             }
             "StartContainer" => {
                 let req: StartContainerRequest = self.decode(method, &payload)?;
                 trace_event(method, opt(&req.pod), Some(opt(&req.container)));
-                p.start_container(opt(&req.pod), opt(&req.container))
-                    .await
-                    .map_err(handler_error(method))?;
+                p.start_container(opt(&req.pod), opt(&req.container)).await.map_err(handler_error(method))?;
                 encode(method, &StartContainerResponse::new())
             }
             "PostStartContainer" => {
                 let req: PostStartContainerRequest = self.decode(method, &payload)?;
                 trace_event(method, opt(&req.pod), Some(opt(&req.container)));
-                p.post_start_container(opt(&req.pod), opt(&req.container))
-                    .await
-                    .map_err(handler_error(method))?;
+                p.post_start_container(opt(&req.pod), opt(&req.container)).await.map_err(handler_error(method))?;
                 encode(method, &PostStartContainerResponse::new())
             }
             "UpdateContainer" => {
@@ -383,18 +364,14 @@ impl<P: Plugin> PluginDispatch<P> {
             "PostUpdateContainer" => {
                 let req: PostUpdateContainerRequest = self.decode(method, &payload)?;
                 trace_event(method, opt(&req.pod), Some(opt(&req.container)));
-                p.post_update_container(opt(&req.pod), opt(&req.container))
-                    .await
-                    .map_err(handler_error(method))?;
+                p.post_update_container(opt(&req.pod), opt(&req.container)).await.map_err(handler_error(method))?;
                 encode(method, &PostUpdateContainerResponse::new())
             }
             "StopContainer" => {
                 let req: StopContainerRequest = self.decode(method, &payload)?;
                 trace_event(method, opt(&req.pod), Some(opt(&req.container)));
-                let update = p
-                    .stop_container(opt(&req.pod), opt(&req.container))
-                    .await
-                    .map_err(handler_error(method))?;
+                let update =
+                    p.stop_container(opt(&req.pod), opt(&req.container)).await.map_err(handler_error(method))?;
                 let mut resp = StopContainerResponse::new();
                 resp.update = update;
                 encode(method, &resp)
@@ -402,18 +379,13 @@ impl<P: Plugin> PluginDispatch<P> {
             "RemoveContainer" => {
                 let req: RemoveContainerRequest = self.decode(method, &payload)?;
                 trace_event(method, opt(&req.pod), Some(opt(&req.container)));
-                p.remove_container(opt(&req.pod), opt(&req.container))
-                    .await
-                    .map_err(handler_error(method))?;
+                p.remove_container(opt(&req.pod), opt(&req.container)).await.map_err(handler_error(method))?;
                 encode(method, &RemoveContainerResponse::new())
             }
             "ValidateContainerAdjustment" => {
                 let req: ValidateContainerAdjustmentRequest = self.decode(method, &payload)?;
                 trace_event(method, opt(&req.pod), Some(opt(&req.container)));
-                let resp = p
-                    .validate_container_adjustment(&req)
-                    .await
-                    .map_err(handler_error(method))?;
+                let resp = p.validate_container_adjustment(&req).await.map_err(handler_error(method))?;
                 encode(method, &resp)
             }
             "StateChange" => {

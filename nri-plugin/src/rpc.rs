@@ -30,10 +30,7 @@ pub(crate) struct RpcStatus {
 
 impl RpcStatus {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        RpcStatus {
-            code,
-            message: message.into(),
-        }
+        RpcStatus { code, message: message.into() }
     }
 }
 
@@ -71,39 +68,22 @@ pub(crate) fn service_table<D: Dispatch>(
 ) -> HashMap<String, Service> {
     let mut table: HashMap<String, Box<dyn MethodHandler + Send + Sync>> = HashMap::new();
     for &method in methods {
-        table.insert(
-            method.to_string(),
-            Box::new(MethodEntry {
-                method,
-                dispatcher: dispatcher.clone(),
-            }),
-        );
+        table.insert(method.to_string(), Box::new(MethodEntry { method, dispatcher: dispatcher.clone() }));
     }
     let mut services = HashMap::new();
-    services.insert(
-        service.to_string(),
-        Service {
-            methods: table,
-            streams: HashMap::new(),
-        },
-    );
+    services.insert(service.to_string(), Service { methods: table, streams: HashMap::new() });
     services
 }
 
 /// Decodes a request payload, mapping failure to an `INVALID_ARGUMENT` status.
 pub(crate) fn decode<M: Message>(method: &str, payload: &[u8]) -> Result<M, RpcStatus> {
-    M::parse_from_bytes(payload).map_err(|e| {
-        RpcStatus::new(
-            Code::INVALID_ARGUMENT,
-            format!("failed to decode {method} request: {e}"),
-        )
-    })
+    M::parse_from_bytes(payload)
+        .map_err(|e| RpcStatus::new(Code::INVALID_ARGUMENT, format!("failed to decode {method} request: {e}")))
 }
 
 /// Encodes a response message.
 pub(crate) fn encode<M: Message>(method: &str, msg: &M) -> Result<Vec<u8>, RpcStatus> {
-    msg.write_to_bytes()
-        .map_err(|e| RpcStatus::new(Code::INTERNAL, format!("failed to encode {method} response: {e}")))
+    msg.write_to_bytes().map_err(|e| RpcStatus::new(Code::INTERNAL, format!("failed to encode {method} response: {e}")))
 }
 
 /// Calls `service/method` on `client` with `req` and decodes the response.
@@ -114,12 +94,10 @@ pub(crate) async fn call<Req: Message, Resp: Message>(
     req: &Req,
     timeout: Option<Duration>,
 ) -> Result<Resp, Error> {
-    let payload = req
-        .write_to_bytes()
-        .map_err(|e| Error::Protocol(format!("failed to encode {method} request: {e}")))?;
+    let payload =
+        req.write_to_bytes().map_err(|e| Error::Protocol(format!("failed to encode {method} request: {e}")))?;
     let raw = call_raw(client, service, method, payload, timeout).await?;
-    Resp::parse_from_bytes(&raw)
-        .map_err(|e| Error::Protocol(format!("failed to decode {method} response: {e}")))
+    Resp::parse_from_bytes(&raw).map_err(|e| Error::Protocol(format!("failed to decode {method} response: {e}")))
 }
 
 /// Calls `service/method` with a raw payload and returns the raw response payload.
@@ -134,9 +112,7 @@ pub(crate) async fn call_raw(
     request.service = service.to_string();
     request.method = method.to_string();
     request.payload = payload;
-    let timeout_nano = timeout
-        .map(|t| i64::try_from(t.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0);
+    let timeout_nano = timeout.map(|t| i64::try_from(t.as_nanos()).unwrap_or(i64::MAX)).unwrap_or(0);
     request.timeout_nano = timeout_nano;
 
     let fut = client.request(request);
@@ -144,12 +120,7 @@ pub(crate) async fn call_raw(
         // Guard against a peer that never answers even if the transport layer does not time out.
         Some(t) => match tokio::time::timeout(t + Duration::from_millis(500), fut).await {
             Ok(r) => r,
-            Err(_) => {
-                return Err(Error::Timeout {
-                    method: method.to_string(),
-                    timeout: t,
-                })
-            }
+            Err(_) => return Err(Error::Timeout { method: method.to_string(), timeout: t }),
         },
         None => fut.await,
     };
@@ -159,22 +130,12 @@ pub(crate) async fn call_raw(
             let code = status.code.value();
             if code == Code::DEADLINE_EXCEEDED as i32 {
                 if let Some(t) = timeout {
-                    return Err(Error::Timeout {
-                        method: method.to_string(),
-                        timeout: t,
-                    });
+                    return Err(Error::Timeout { method: method.to_string(), timeout: t });
                 }
             }
-            Err(Error::Rpc {
-                method: method.to_string(),
-                code,
-                message: status.message,
-            })
+            Err(Error::Rpc { method: method.to_string(), code, message: status.message })
         }
-        Err(e) => Err(Error::Transport {
-            method: method.to_string(),
-            message: e.to_string(),
-        }),
+        Err(e) => Err(Error::Transport { method: method.to_string(), message: e.to_string() }),
     }
 }
 
@@ -186,12 +147,9 @@ pub(crate) async fn serve_stream<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Sync + 'static,
 {
-    let listener = ttrpc::r#async::transport::Listener::new(futures::stream::once(async move {
-        Ok::<_, std::io::Error>(stream)
-    }));
-    let mut server = ttrpc::r#async::Server::new()
-        .register_service(services)
-        .add_listener(listener);
+    let listener =
+        ttrpc::r#async::transport::Listener::new(futures::stream::once(async move { Ok::<_, std::io::Error>(stream) }));
+    let mut server = ttrpc::r#async::Server::new().register_service(services).add_listener(listener);
     server.start().await.map_err(|e| Error::Ttrpc(e.to_string()))?;
     Ok(server)
 }

@@ -32,10 +32,8 @@ pub const DEFAULT_CONFIGURE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Checks a plugin name: non-empty, only `[A-Za-z0-9_.+-]`.
 pub fn validate_name(name: &str) -> Result<(), Error> {
-    let ok = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'+' | b'-'));
+    let ok =
+        !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'+' | b'-'));
     if ok {
         Ok(())
     } else {
@@ -66,11 +64,7 @@ pub struct Backoff {
 impl Default for Backoff {
     /// 250 ms, doubling, capped at 30 s.
     fn default() -> Self {
-        Backoff {
-            initial: Duration::from_millis(250),
-            max: Duration::from_secs(30),
-            multiplier: 2.0,
-        }
+        Backoff { initial: Duration::from_millis(250), max: Duration::from_secs(30), multiplier: 2.0 }
     }
 }
 
@@ -400,20 +394,14 @@ impl Runner {
                     failures = failures.saturating_add(1);
                     let retry_in = self.backoff.delay(failures);
                     tracing::info!(error = %e, ?retry_in, "NRI connect failed, retrying");
-                    self.emit(ConnectionEvent::ConnectFailed {
-                        attempt: failures,
-                        error: e.to_string(),
-                        retry_in,
-                    });
+                    self.emit(ConnectionEvent::ConnectFailed { attempt: failures, error: e.to_string(), retry_in });
                     tokio::time::sleep(retry_in).await;
                     continue;
                 }
             };
             connections += 1;
             tracing::info!(connection = connections, plugin = %self.name, index = %self.index, "NRI connected");
-            self.emit(ConnectionEvent::Connected {
-                connection: connections,
-            });
+            self.emit(ConnectionEvent::Connected { connection: connections });
             let (configured, result) = self.session(stream, plugin.clone(), connections).await;
             self.client.set(None);
             match &result {
@@ -481,7 +469,8 @@ impl Runner {
         self.client.set(Some(client.clone()));
         // The registration reply is awaited inside the session loop: the runtime may configure
         // the plugin (or even hang up) before that reply arrives.
-        let register = call::<_, Empty>(&client, RUNTIME_SERVICE, "RegisterPlugin", &req, Some(self.registration_timeout));
+        let register =
+            call::<_, Empty>(&client, RUNTIME_SERVICE, "RegisterPlugin", &req, Some(self.registration_timeout));
         tokio::pin!(register);
         let mut registered = false;
 
@@ -532,20 +521,16 @@ fn close_result(res: crate::mux::CloseResult) -> Result<(), Error> {
         Ok(()) => Ok(()),
         Err(e) => match Arc::try_unwrap(e) {
             Ok(e) => Err(Error::Mux(e)),
-            Err(e) => Err(Error::Transport {
-                method: "mux".into(),
-                message: e.to_string(),
-            }),
+            Err(e) => Err(Error::Transport { method: "mux".into(), message: e.to_string() }),
         },
     }
 }
 
 async fn connect(transport: Transport) -> Result<UnixStream, Error> {
     match transport {
-        Transport::Path(path) => UnixStream::connect(&path).await.map_err(|source| Error::Connect {
-            path: path.display().to_string(),
-            source,
-        }),
+        Transport::Path(path) => UnixStream::connect(&path)
+            .await
+            .map_err(|source| Error::Connect { path: path.display().to_string(), source }),
         Transport::Fd(fd) => {
             // SAFETY: the runtime passed this descriptor to us through NRI_PLUGIN_SOCKET; it is
             // taken out of the runner exactly once, so ownership is transferred only once.
@@ -581,11 +566,7 @@ mod tests {
 
     #[test]
     fn backoff_is_capped_exponential() {
-        let b = Backoff {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-            multiplier: 2.0,
-        };
+        let b = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(1), multiplier: 2.0 };
         assert_eq!(b.delay(1), Duration::from_millis(100));
         assert_eq!(b.delay(2), Duration::from_millis(200));
         assert_eq!(b.delay(4), Duration::from_millis(800));

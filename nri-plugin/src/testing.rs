@@ -32,20 +32,20 @@ use tokio::sync::mpsc;
 use ttrpc::Code;
 
 use crate::api::{
-    ConfigureRequest, ConfigureResponse, Container, ContainerUpdate, CreateContainerRequest,
-    CreateContainerResponse, Empty, Event, LinuxResources, PodSandbox, PostCreateContainerRequest,
-    PostStartContainerRequest, PostUpdateContainerRequest, PostUpdatePodSandboxRequest,
-    RegisterPluginRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StateChangeEvent, StopContainerRequest, StopContainerResponse,
-    StopPodSandboxRequest, SynchronizeRequest, SynchronizeResponse, UpdateContainerRequest,
-    UpdateContainerResponse, UpdateContainersRequest, UpdateContainersResponse,
-    UpdatePodSandboxRequest, ValidateContainerAdjustmentRequest,
-    ValidateContainerAdjustmentResponse,
+    ConfigureRequest, ConfigureResponse, Container, ContainerUpdate, CreateContainerRequest, CreateContainerResponse,
+    Empty, Event, LinuxResources, PodSandbox, PostCreateContainerRequest, PostStartContainerRequest,
+    PostUpdateContainerRequest, PostUpdatePodSandboxRequest, RegisterPluginRequest, RemoveContainerRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StateChangeEvent, StopContainerRequest,
+    StopContainerResponse, StopPodSandboxRequest, SynchronizeRequest, SynchronizeResponse, UpdateContainerRequest,
+    UpdateContainerResponse, UpdateContainersRequest, UpdateContainersResponse, UpdatePodSandboxRequest,
+    ValidateContainerAdjustmentRequest, ValidateContainerAdjustmentResponse,
 };
 use crate::error::Error;
 use crate::events::EventMask;
 use crate::mux::{Mux, PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN};
-use crate::rpc::{self, client_on, serve_stream, service_table, BoxFuture, Dispatch, RpcStatus, PLUGIN_SERVICE, RUNTIME_SERVICE};
+use crate::rpc::{
+    self, client_on, serve_stream, service_table, BoxFuture, Dispatch, RpcStatus, PLUGIN_SERVICE, RUNTIME_SERVICE,
+};
 use crate::runner::{validate_index, validate_name};
 
 /// Default timeout of the peer's calls to the plugin and of its waits.
@@ -181,11 +181,7 @@ impl RuntimePeer {
             std::fs::remove_file(&path)?;
         }
         let listener = UnixListener::bind(&path)?;
-        Ok(RuntimePeer {
-            listener,
-            path,
-            timeout: DEFAULT_PEER_TIMEOUT,
-        })
+        Ok(RuntimePeer { listener, path, timeout: DEFAULT_PEER_TIMEOUT })
     }
 
     /// The socket path.
@@ -202,10 +198,7 @@ impl RuntimePeer {
     pub async fn accept(&self) -> Result<PeerConnection, Error> {
         let (stream, _) = tokio::time::timeout(self.timeout, self.listener.accept())
             .await
-            .map_err(|_| Error::HandshakeTimeout {
-                stage: "connect to",
-                timeout: self.timeout,
-            })??;
+            .map_err(|_| Error::HandshakeTimeout { stage: "connect to", timeout: self.timeout })??;
         PeerConnection::new(stream, self.timeout).await
     }
 
@@ -244,12 +237,7 @@ impl RuntimeDispatch {
                 let req: UpdateContainersRequest = rpc::decode(method, &payload)?;
                 let _ = self.updates.send(req);
                 let mut resp = UpdateContainersResponse::new();
-                resp.failed = self
-                    .state
-                    .update_reply
-                    .lock()
-                    .map(|g| g.clone())
-                    .unwrap_or_default();
+                resp.failed = self.state.update_reply.lock().map(|g| g.clone()).unwrap_or_default();
                 rpc::encode(method, &resp)
             }
             other => Err(RpcStatus::new(Code::UNIMPLEMENTED, format!("{other} method"))),
@@ -300,11 +288,7 @@ impl PeerConnection {
         let (reg_tx, registrations) = mpsc::unbounded_channel();
         let (upd_tx, updates) = mpsc::unbounded_channel();
         let state = Arc::new(RuntimeState::default());
-        let dispatch = Arc::new(RuntimeDispatch {
-            registrations: reg_tx,
-            updates: upd_tx,
-            state: state.clone(),
-        });
+        let dispatch = Arc::new(RuntimeDispatch { registrations: reg_tx, updates: upd_tx, state: state.clone() });
         let server = serve_stream(
             runtime_conn,
             service_table(RUNTIME_SERVICE, &["RegisterPlugin", "UpdateContainers"], dispatch),
@@ -338,10 +322,7 @@ impl PeerConnection {
         }
         let req = tokio::time::timeout(self.timeout, self.registrations.recv())
             .await
-            .map_err(|_| Error::HandshakeTimeout {
-                stage: "receive a registration from",
-                timeout: self.timeout,
-            })?
+            .map_err(|_| Error::HandshakeTimeout { stage: "receive a registration from", timeout: self.timeout })?
             .ok_or(Error::NotConnected)?;
         self.registration = Some(req.clone());
         Ok(req)
@@ -493,9 +474,9 @@ impl PeerConnection {
                 Ok(EventReply::StopContainer(self.call("StopContainer", &req).await?))
             }
             LifecycleEvent::RemoveContainer(p, c) => ctr_req!(RemoveContainerRequest, "RemoveContainer", p, c),
-            LifecycleEvent::ValidateContainerAdjustment(req) => Ok(EventReply::ValidateContainerAdjustment(
-                self.call("ValidateContainerAdjustment", &req).await?,
-            )),
+            LifecycleEvent::ValidateContainerAdjustment(req) => {
+                Ok(EventReply::ValidateContainerAdjustment(self.call("ValidateContainerAdjustment", &req).await?))
+            }
         }
     }
 
@@ -523,11 +504,7 @@ impl PeerConnection {
 
     /// Calls a method whose response is empty (the `*Response {}` messages); decodes it as the
     /// well-known `Empty`, which accepts any of them.
-    async fn call_empty<Req: Message>(
-        &self,
-        method: &str,
-        req: &Req,
-    ) -> Result<Empty, Error> {
+    async fn call_empty<Req: Message>(&self, method: &str, req: &Req) -> Result<Empty, Error> {
         self.call(method, req).await
     }
 
@@ -540,10 +517,7 @@ impl PeerConnection {
     pub async fn next_update_containers(&mut self) -> Result<UpdateContainersRequest, Error> {
         tokio::time::timeout(self.timeout, self.updates.recv())
             .await
-            .map_err(|_| Error::Timeout {
-                method: "UpdateContainers".into(),
-                timeout: self.timeout,
-            })?
+            .map_err(|_| Error::Timeout { method: "UpdateContainers".into(), timeout: self.timeout })?
             .ok_or(Error::NotConnected)
     }
 
@@ -564,10 +538,7 @@ impl PeerConnection {
         tokio::time::timeout(self.timeout, self.mux.closed())
             .await
             .map(|_| ())
-            .map_err(|_| Error::Timeout {
-                method: "close".into(),
-                timeout: self.timeout,
-            })
+            .map_err(|_| Error::Timeout { method: "close".into(), timeout: self.timeout })
     }
 
     /// Drops the connection, as a runtime that exits does.

@@ -84,14 +84,12 @@ async fn large_synchronize_is_split_into_small_frames() {
     }
 
     // runtime->plugin carries the ~1 MB request, plugin->runtime the reply with 1,000 updates.
-    for (dir, log, min_bytes) in [("runtime->plugin", &to_plugin, 512 << 10), ("plugin->runtime", &to_runtime, 32 << 10)] {
+    for (dir, log, min_bytes) in
+        [("runtime->plugin", &to_plugin, 512 << 10), ("plugin->runtime", &to_runtime, 32 << 10)]
+    {
         let log = log.lock().unwrap();
         let max = log.iter().map(|(_, len)| *len).max().unwrap_or(0);
-        let on_plugin_conn: usize = log
-            .iter()
-            .filter(|(id, _)| *id == PLUGIN_SERVICE_CONN)
-            .map(|(_, len)| *len)
-            .sum();
+        let on_plugin_conn: usize = log.iter().filter(|(id, _)| *id == PLUGIN_SERVICE_CONN).map(|(_, len)| *len).sum();
         assert!(max <= MAX_WRITE_PAYLOAD, "{dir}: frame of {max} bytes");
         assert!(on_plugin_conn > min_bytes, "{dir}: only {on_plugin_conn} bytes seen");
         assert!(log.len() > min_bytes / MAX_WRITE_PAYLOAD, "{dir}: only {} frames", log.len());

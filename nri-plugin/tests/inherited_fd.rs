@@ -19,30 +19,19 @@ async fn uses_the_inherited_socket_and_stops_when_it_closes() {
     std::env::set_var(PLUGIN_NAME_ENV, "launched");
     std::env::set_var(PLUGIN_IDX_ENV, "05");
 
-    let runner = Runner::builder("ignored", "99")
-        .socket_path("/nonexistent/nri.sock")
-        .build()
-        .unwrap();
+    let runner = Runner::builder("ignored", "99").socket_path("/nonexistent/nri.sock").build().unwrap();
     assert_eq!((runner.name(), runner.index()), ("launched", "05"));
     let (tx, mut calls) = tokio::sync::mpsc::unbounded_channel();
-    let plugin = Recorder {
-        calls: tx,
-        release: Default::default(),
-        sync_updates: 0,
-    };
+    let plugin = Recorder { calls: tx, release: Default::default(), sync_updates: 0 };
     let task = tokio::spawn(runner.run(plugin));
 
     runtime_end.set_nonblocking(true).unwrap();
-    let mut conn = PeerConnection::from_stream(tokio::net::UnixStream::from_std(runtime_end).unwrap())
-        .await
-        .unwrap();
+    let mut conn = PeerConnection::from_stream(tokio::net::UnixStream::from_std(runtime_end).unwrap()).await.unwrap();
     let (reg, _) = conn.handshake().await.unwrap();
     assert_eq!((reg.plugin_name.as_str(), reg.plugin_idx.as_str()), ("launched", "05"));
     let p = pod(1);
     let c = container(1, &p);
-    conn.send(Delivery::StateChange, LifecycleEvent::StartContainer(p.clone(), c.clone()))
-        .await
-        .unwrap();
+    conn.send(Delivery::StateChange, LifecycleEvent::StartContainer(p.clone(), c.clone())).await.unwrap();
     let mut got_start = false;
     while let Ok(Some(call)) = tokio::time::timeout(WAIT, calls.recv()).await {
         if call == Call::StartContainer(p.clone(), c.clone()) {

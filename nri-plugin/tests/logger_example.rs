@@ -42,9 +42,7 @@ async fn logger_prints_events_as_json_lines() {
     let p = pod(1);
     let c = container(1, &p);
     conn.synchronize(vec![p.clone()], vec![c.clone()], 10).await.unwrap();
-    conn.send(Delivery::StateChange, LifecycleEvent::StartContainer(p.clone(), c.clone()))
-        .await
-        .unwrap();
+    conn.send(Delivery::StateChange, LifecycleEvent::StartContainer(p.clone(), c.clone())).await.unwrap();
 
     let mut seen = Vec::new();
     while !seen.iter().any(|e: &serde_json::Value| e["event"] == "StartContainer") {

@@ -74,10 +74,7 @@ async fn lifecycle(delivery: Delivery) {
     let mut val = ValidateContainerAdjustmentRequest::new();
     val.pod = MessageField::some(p.clone());
     val.container = MessageField::some(c.clone());
-    let reply = conn
-        .send(delivery, LifecycleEvent::ValidateContainerAdjustment(val.clone()))
-        .await
-        .unwrap();
+    let reply = conn.send(delivery, LifecycleEvent::ValidateContainerAdjustment(val.clone())).await.unwrap();
     assert_eq!(reply, EventReply::ValidateContainerAdjustment(ValidateContainerAdjustmentResponse::new()));
     assert_eq!(h.next_call().await, Call::ValidateContainerAdjustment(val));
 
@@ -254,10 +251,8 @@ async fn garbage_protobuf_is_an_error_and_closes_the_connection() {
     let (peer, mut h, mut conn) = connect(&dir).await;
     handshake(&mut h, &mut conn).await;
     // Field 1 with wire type 7 (invalid), then a truncated varint.
-    let err = conn
-        .call_raw("StartContainer", vec![0x0f, 0xff, 0xff, 0xff])
-        .await
-        .expect_err("garbage must be rejected");
+    let err =
+        conn.call_raw("StartContainer", vec![0x0f, 0xff, 0xff, 0xff]).await.expect_err("garbage must be rejected");
     assert!(matches!(err, Error::Rpc { code: 3, .. }), "INVALID_ARGUMENT expected, got {err:?}");
     conn.closed().await.expect("plugin must hang up");
     let ev = h.wait_event(|e| matches!(e, ConnectionEvent::Disconnected { .. })).await;
@@ -297,12 +292,8 @@ async fn split_sync_replies_follow_the_protocol() {
 async fn runner_without_reconnect_returns() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("absent.sock");
-    let runner = nri_plugin::Runner::builder("once", "01")
-        .socket_path(&path)
-        .use_env(false)
-        .reconnect(false)
-        .build()
-        .unwrap();
+    let runner =
+        nri_plugin::Runner::builder("once", "01").socket_path(&path).use_env(false).reconnect(false).build().unwrap();
     struct Nop;
     impl nri_plugin::Plugin for Nop {}
     let res = tokio::time::timeout(Duration::from_secs(5), runner.run(Nop)).await.unwrap();

@@ -121,9 +121,7 @@ async fn hand_assembled_runtime_side() {
     let mut req = ttrpc::Request::new();
     req.service = "nri.pkg.api.v1alpha1.Plugin".into();
     req.method = "NoSuchMethod".into();
-    sock.write_all(&frame(1, &ttrpc_message(3, REQUEST, &req.write_to_bytes().unwrap())))
-        .await
-        .unwrap();
+    sock.write_all(&frame(1, &ttrpc_message(3, REQUEST, &req.write_to_bytes().unwrap()))).await.unwrap();
     let (sid, kind, body) = read_message(&mut sock, &mut dec, 1).await;
     assert_eq!((sid, kind), (3, RESPONSE));
     let resp = ttrpc::Response::parse_from_bytes(&body).unwrap();

@@ -91,7 +91,8 @@ fn bench() -> Result<(), String> {
         } else {
             serde_json::json!({"ociVersion": "1.0.2"})
         };
-        cfg["annotations"] = serde_json::json!({"driftguard.dev/mode": "enforce", "driftguard.dev/allow": "/usr/local/bin/tool"});
+        cfg["annotations"] =
+            serde_json::json!({"driftguard.dev/mode": "enforce", "driftguard.dev/allow": "/usr/local/bin/tool"});
         fs::write(&cfg_path, cfg.to_string()).map_err(|e| e.to_string())?;
         let config = tmp.join("driftguard.toml");
         fs::write(&config, "").map_err(|e| e.to_string())?;

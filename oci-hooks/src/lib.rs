@@ -309,8 +309,11 @@ pub fn bundle_annotations(st: &HookState) -> Result<(PathBuf, BTreeMap<String, S
         return Err(HookError::MissingBundle { id: st.id.clone(), bundle: st.bundle.clone() });
     }
     let path = st.bundle.join("config.json");
-    let bytes = std::fs::read(&path)
-        .map_err(|source| HookError::ReadConfigJson { id: st.id.clone(), path: path.clone(), source })?;
+    let bytes = std::fs::read(&path).map_err(|source| HookError::ReadConfigJson {
+        id: st.id.clone(),
+        path: path.clone(),
+        source,
+    })?;
     let annotations = match serde_json::from_slice::<Spec>(&bytes) {
         Ok(spec) => spec.annotations().clone().map(|m| m.into_iter().collect()),
         Err(spec_err) => match serde_json::from_slice::<AnnotationsOnly>(&bytes) {
@@ -365,10 +368,9 @@ impl fmt::Display for CreateOutcome {
                 r.level,
                 r.pin_dir.display()
             ),
-            CreateOutcome::Unprotected(e) => write!(
-                f,
-                "{e}; the container starts WITHOUT driftguard protection (failure-policy ignore)"
-            ),
+            CreateOutcome::Unprotected(e) => {
+                write!(f, "{e}; the container starts WITHOUT driftguard protection (failure-policy ignore)")
+            }
         }
     }
 }
@@ -475,12 +477,19 @@ fn read_record(id: &str, path: &Path) -> Result<Option<Record>, HookError> {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(source) => {
-            return Err(HookError::Record { id: id.to_string(), op: "reading record", path: path.to_path_buf(), source })
+            return Err(HookError::Record {
+                id: id.to_string(),
+                op: "reading record",
+                path: path.to_path_buf(),
+                source,
+            })
         }
     };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|error| HookError::MalformedRecord { id: id.to_string(), path: path.to_path_buf(), error })
+    serde_json::from_slice(&bytes).map(Some).map_err(|error| HookError::MalformedRecord {
+        id: id.to_string(),
+        path: path.to_path_buf(),
+        error,
+    })
 }
 
 /// What [`poststop`] did.
@@ -532,9 +541,14 @@ pub fn poststop(st: &HookState, opts: &Options) -> Result<PoststopOutcome, HookE
         return Ok(PoststopOutcome::NothingRecorded);
     };
     let remove_record = || {
-        std::fs::remove_file(&path).or_else(|e| if e.kind() == io::ErrorKind::NotFound { Ok(()) } else { Err(e) }).map_err(
-            |source| HookError::Record { id: st.id.clone(), op: "removing record", path: path.clone(), source },
-        )
+        std::fs::remove_file(&path)
+            .or_else(|e| if e.kind() == io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+            .map_err(|source| HookError::Record {
+                id: st.id.clone(),
+                op: "removing record",
+                path: path.clone(),
+                source,
+            })
     };
     let store = match PolicyStore::open_pinned(&record.pin_dir) {
         Ok(s) => s,
@@ -546,9 +560,11 @@ pub fn poststop(st: &HookState, opts: &Options) -> Result<PoststopOutcome, HookE
             return Err(HookError::Enforcer { id: st.id.clone(), mode: Mode::Off, source });
         }
     };
-    let existed = store
-        .remove(record.cgroup_id)
-        .map_err(|source| HookError::Enforcer { id: st.id.clone(), mode: Mode::Off, source })?;
+    let existed = store.remove(record.cgroup_id).map_err(|source| HookError::Enforcer {
+        id: st.id.clone(),
+        mode: Mode::Off,
+        source,
+    })?;
     remove_record()?;
     Ok(PoststopOutcome::Removed { record, existed })
 }
@@ -559,7 +575,8 @@ mod tests {
 
     #[test]
     fn state_parses() {
-        let s = parse_state(br#"{"ociVersion":"1.0.2","id":"abc","status":"creating","pid":42,"bundle":"/b"}"#).unwrap();
+        let s =
+            parse_state(br#"{"ociVersion":"1.0.2","id":"abc","status":"creating","pid":42,"bundle":"/b"}"#).unwrap();
         assert_eq!(s, HookState { id: "abc".into(), pid: Some(42), bundle: "/b".into() });
         let s = parse_state(br#"{"ociVersion":"1.0.2","id":"abc","status":"stopped","bundle":"/b"}"#).unwrap();
         assert_eq!(s.pid, None);
@@ -585,11 +602,8 @@ mod tests {
         let cfg = t.path().join("config.toml");
         std::fs::write(&cfg, "").unwrap();
         let st = HookState { id: "c1".into(), pid: None, bundle: t.path().into() };
-        let opts = Options {
-            pin_dir: Some(t.path().join("nope")),
-            config: Some(cfg),
-            state_dir: t.path().join("state"),
-        };
+        let opts =
+            Options { pin_dir: Some(t.path().join("nope")), config: Some(cfg), state_dir: t.path().join("state") };
         assert!(matches!(create_runtime(&st, &opts).unwrap(), CreateOutcome::Off));
         assert!(!opts.state_dir.exists());
         assert!(matches!(poststop(&st, &opts).unwrap(), PoststopOutcome::NothingRecorded));
@@ -608,14 +622,9 @@ mod tests {
         let st = HookState { id: "c1".into(), pid: Some(1), bundle: t.path().into() };
         let opts = Options { pin_dir: None, config: Some(cfg), state_dir: t.path().join("state") };
         let e = create_runtime(&st, &opts).unwrap_err();
-        let lib = annotations::resolve(
-            &Default::default(),
-            [("driftguard.dev/mode", "enforcing")],
-            "",
-            [("", ""); 0],
-        )
-        .unwrap_err()
-        .to_string();
+        let lib = annotations::resolve(&Default::default(), [("driftguard.dev/mode", "enforcing")], "", [("", ""); 0])
+            .unwrap_err()
+            .to_string();
         assert!(e.to_string().ends_with(&lib), "{e}");
         assert_eq!(e.exit_code(), EXIT_INVALID_INPUT);
     }

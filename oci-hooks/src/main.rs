@@ -15,7 +15,8 @@ use driftguard_oci_hook::{
 };
 
 const NAME: &str = "driftguard-oci-hook";
-const USAGE: &str = "usage: driftguard-oci-hook <create-runtime|poststop> [--pin-dir DIR] [--config FILE] [--state-dir DIR]
+const USAGE: &str =
+    "usage: driftguard-oci-hook <create-runtime|poststop> [--pin-dir DIR] [--config FILE] [--state-dir DIR]
 
 OCI runtime hook (reads the container state JSON on stdin).
   create-runtime   install the container's driftguard policy (createRuntime stage)

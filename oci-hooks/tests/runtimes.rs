@@ -289,7 +289,12 @@ fn run(cmd: &mut Command) -> Result<Output, Failed> {
 }
 
 fn text(o: &Output) -> String {
-    format!("exit {:?}\nstdout: {}\nstderr: {}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn expect_ok(o: &Output, what: &str) -> R {
@@ -437,7 +442,11 @@ fn hook_invalid_annotation() -> R {
     expect_fail(
         &o,
         2,
-        &["invalid driftguard annotations", "annotation \"driftguard.dev/mode\" = \"enforcing\"", "off, monitor, enforce"],
+        &[
+            "invalid driftguard annotations",
+            "annotation \"driftguard.dev/mode\" = \"enforcing\"",
+            "off, monitor, enforce",
+        ],
     )
 }
 
@@ -514,8 +523,8 @@ fn packaged_descriptors_are_valid() -> R {
         [("driftguard.json", "createRuntime", "create-runtime"), ("driftguard-poststop.json", "poststop", "poststop")]
     {
         let p = descriptor_dir().join(file);
-        let v: serde_json::Value =
-            serde_json::from_slice(&fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?).map_err(|e| e.to_string())?;
+        let v: serde_json::Value = serde_json::from_slice(&fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?)
+            .map_err(|e| e.to_string())?;
         if v["version"] != "1.0.0"
             || v["hook"]["path"] != "/usr/bin/driftguard-oci-hook"
             || v["hook"]["args"][1] != sub
@@ -653,8 +662,8 @@ fn runc_enforced_container() -> R {
     if owner != Some(enforcer::Owner::OciHook) {
         return Err(format!("policy owner is {owner:?}, expected OciHook").into());
     }
-    let rec: serde_json::Value =
-        serde_json::from_slice(&fs::read(c.record()).map_err(|e| format!("record: {e}"))?).map_err(|e| e.to_string())?;
+    let rec: serde_json::Value = serde_json::from_slice(&fs::read(c.record()).map_err(|e| format!("record: {e}"))?)
+        .map_err(|e| e.to_string())?;
     if rec["cgroup_id"] != cgid {
         return Err(format!("record {rec} does not name cgroup id {cgid}").into());
     }
@@ -714,8 +723,11 @@ fn runc_nothing_pinned_refuses_container() -> R {
 
 fn runc_nothing_pinned_ignore_starts_unprotected() -> R {
     let empty = PathBuf::from(format!("/sys/fs/bpf/dg-oci-empty-{}", std::process::id()));
-    let mut c =
-        Runc::new("nopin-ignore", &[("driftguard.dev/mode", "enforce"), ("driftguard.dev/failure-policy", "ignore")], &empty)?;
+    let mut c = Runc::new(
+        "nopin-ignore",
+        &[("driftguard.dev/mode", "enforce"), ("driftguard.dev/failure-policy", "ignore")],
+        &empty,
+    )?;
     expect_ok(&c.create()?, "runc create (failure-policy ignore)")?;
     c.start()?;
     drop_binary(&c.rootfs, DROPPED)?;
@@ -728,7 +740,10 @@ fn runc_invalid_annotation_refuses_container() -> R {
     let mut c = Runc::new("badann", &[("driftguard.dev/mode", "enforce"), ("driftguard.dev/drift", "yes")], pin)?;
     let o = c.create()?;
     let all = text(&o);
-    if o.status.success() || !all.contains("annotation \\\"driftguard.dev/drift\\\" = \\\"yes\\\"") && !all.contains("annotation \"driftguard.dev/drift\" = \"yes\"") {
+    if o.status.success()
+        || !all.contains("annotation \\\"driftguard.dev/drift\\\" = \\\"yes\\\"")
+            && !all.contains("annotation \"driftguard.dev/drift\" = \"yes\"")
+    {
         return Err(format!("expected a refusal naming the annotation: {all}").into());
     }
     println!("refused: {}", all.replace('\n', " | "));
@@ -763,10 +778,9 @@ impl Podman {
         fs::create_dir_all(&hooks).map_err(|e| e.to_string())?;
         let extra = common_args(&s, pin)?;
         for file in ["driftguard.json", "driftguard-poststop.json"] {
-            let mut v: serde_json::Value = serde_json::from_slice(
-                &fs::read(descriptor_dir().join(file)).map_err(|e| format!("{file}: {e}"))?,
-            )
-            .map_err(|e| e.to_string())?;
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&fs::read(descriptor_dir().join(file)).map_err(|e| format!("{file}: {e}"))?)
+                    .map_err(|e| e.to_string())?;
             v["hook"]["path"] = HOOK.into();
             if let Some(a) = v["hook"]["args"].as_array_mut() {
                 a.extend(extra.iter().map(|x| serde_json::Value::from(x.as_str())));
@@ -800,7 +814,18 @@ impl Podman {
 
     fn run_detached(&self, name: &str, annotations: &[(&str, &str)]) -> Result<Output, Failed> {
         let mut c = self.cmd();
-        c.args(["run", "-d", "--name", name, "--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]);
+        c.args([
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "none",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+        ]);
         for (k, v) in annotations {
             c.arg("--annotation").arg(format!("{k}={v}"));
         }
@@ -903,17 +928,24 @@ fn runc_suite_in_vm(k: &vm::Kernel) -> R {
     let res = vm::run_in_vm(k, &req).map_err(|e| format!("VM {} ({}): {e}", k.name, k.version))?;
     println!("--- kernel {} ({}) in {:.1}s ---\n{}", k.name, k.version, t.elapsed().as_secs_f64(), res.output);
     if res.exit_code != 0 {
-        return Err(format!("runc trials failed inside the {} VM (exit {}); output above", k.name, res.exit_code).into());
+        return Err(
+            format!("runc trials failed inside the {} VM (exit {}); output above", k.name, res.exit_code).into()
+        );
     }
     for must in ["runc_enforced_container", "runc_unannotated_container_untouched"] {
-        if !res.output.lines().any(|l| l.strip_prefix("test ").and_then(|r| r.split_whitespace().next()) == Some(must)) {
+        if !res.output.lines().any(|l| l.strip_prefix("test ").and_then(|r| r.split_whitespace().next()) == Some(must))
+        {
             return Err(format!("VM output lacks trial `{must}`").into());
         }
     }
     if !res.output.contains("denied as expected (lsm)") {
         return Err("VM output lacks an LSM denial".into());
     }
-    if !res.output.lines().any(|l| l.starts_with("test result: ok.") && l.contains(" 0 failed;") && l.contains(" 0 ignored;")) {
+    if !res
+        .output
+        .lines()
+        .any(|l| l.starts_with("test result: ok.") && l.contains(" 0 failed;") && l.contains(" 0 ignored;"))
+    {
         return Err("VM summary is not `ok` with 0 failed and 0 ignored".into());
     }
     Ok(())

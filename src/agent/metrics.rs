@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::enforcer::{EnforcementPath, Stats};
@@ -56,11 +58,13 @@ impl Metrics {
             .expect("static metric definition");
         let nri_reconnects = IntCounter::new("driftguard_nri_reconnects_total", "Reconnections to the NRI socket")
             .expect("static metric definition");
-        let nri_connected = IntGauge::new("driftguard_nri_connected", "1 while the agent is registered with the runtime")
-            .expect("static metric definition");
+        let nri_connected =
+            IntGauge::new("driftguard_nri_connected", "1 while the agent is registered with the runtime")
+                .expect("static metric definition");
         let handler_seconds = HistogramVec::new(
             HistogramOpts::new("driftguard_nri_handler_seconds", "Time spent handling NRI events").buckets(vec![
-                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0,
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                2.0,
             ]),
             &["event"],
         )

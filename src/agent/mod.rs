@@ -138,7 +138,10 @@ pub async fn run(
                         let before = metrics.ringbuf_drops.get();
                         metrics.observe_stats(&s);
                         if metrics.ringbuf_drops.get() > before {
-                            tracing::warn!(total = metrics.ringbuf_drops.get(), "ring buffer full: events were dropped");
+                            tracing::warn!(
+                                total = metrics.ringbuf_drops.get(),
+                                "ring buffer full: events were dropped"
+                            );
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "reading kernel counters failed"),
@@ -310,9 +313,8 @@ pub fn collect_vanished(store: &crate::enforcer::PolicyStore, cgroot: &CgroupRoo
     let policy_ids = store.cgroup_ids();
     let known = registry.snapshot();
     let existing = cgroot.all_ids();
-    let still_there = |id: u64| {
-        known.iter().any(|c| c.cgroup_id == id && crate::cgroup::cgroup_id(&c.cgroup_path).ok() == Some(id))
-    };
+    let still_there =
+        |id: u64| known.iter().any(|c| c.cgroup_id == id && crate::cgroup::cgroup_id(&c.cgroup_path).ok() == Some(id));
     let mut removed = 0;
     for id in policy_ids {
         if !existing.contains(&id) && !still_there(id) && store.remove(id).unwrap_or(false) {

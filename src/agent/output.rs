@@ -113,7 +113,8 @@ pub fn rfc3339(t: SystemTime) -> String {
 /// Join a kernel event with the registry.
 pub fn enrich(ev: &Event, node: &str, registry: &Registry, clock: &BootClock) -> Verdict {
     let c = registry.by_cgroup(ev.policy_cgroup_id);
-    let field = |f: fn(&super::registry::ContainerInfo) -> &String| c.as_ref().map(|c| f(c).clone()).unwrap_or_default();
+    let field =
+        |f: fn(&super::registry::ContainerInfo) -> &String| c.as_ref().map(|c| f(c).clone()).unwrap_or_default();
     Verdict {
         event: "verdict",
         time: rfc3339(clock.wall(ev.boot_ns)),

@@ -7,9 +7,9 @@ use std::time::Instant;
 use nri_plugin::api::{Container, ContainerState, ContainerUpdate, PodSandbox};
 use nri_plugin::{EventMask, HandlerResult, Plugin};
 
+use super::metrics::Metrics;
 use super::output::{rfc3339, Notice, Output};
 use super::registry::{ContainerInfo, Registry, Rootfs};
-use super::metrics::Metrics;
 use crate::annotations::{self, Defaults, FailurePolicy};
 use crate::cgroup::{self, CgroupError, CgroupRoot};
 use crate::enforcer::{Owner, PolicyStore};
@@ -119,7 +119,12 @@ impl DriftguardPlugin {
                 FailurePolicy::Ignore => {
                     tracing::warn!(error = %e, "failure-policy ignore: container runs without drift protection");
                     self.metrics.policy_errors.with_label_values(&["ignored"]).inc();
-                    self.notice(pod, ctr, "unprotected", &format!("{e}; failure-policy is ignore, so it runs unprotected"));
+                    self.notice(
+                        pod,
+                        ctr,
+                        "unprotected",
+                        &format!("{e}; failure-policy is ignore, so it runs unprotected"),
+                    );
                     Ok(Applied::Unprotected)
                 }
             },
@@ -128,7 +133,8 @@ impl DriftguardPlugin {
 
     fn install(&self, pod: &PodSandbox, ctr: &Container, policy: &crate::policy::Policy) -> Result<u64, ApplyError> {
         let cgroups_path = ctr.linux.cgroups_path.clone();
-        let cg_err = |source| ApplyError::Cgroup { container: ctr.name.clone(), cgroups_path: cgroups_path.clone(), source };
+        let cg_err =
+            |source| ApplyError::Cgroup { container: ctr.name.clone(), cgroups_path: cgroups_path.clone(), source };
         let path = self.cgroot.resolve_cgroups_path(&cgroups_path).map_err(cg_err)?;
         let cgroup_id = cgroup::cgroup_id(&path).map_err(cg_err)?;
         let level = self.cgroot.level(&path).map_err(cg_err)?;
@@ -184,11 +190,9 @@ impl DriftguardPlugin {
     pub fn forget(&self, ctr: &Container) {
         let cgroup_id = match self.registry.remove(&ctr.id) {
             Some(info) => Some(info.cgroup_id),
-            None => self
-                .cgroot
-                .resolve_cgroups_path(&ctr.linux.cgroups_path)
-                .ok()
-                .and_then(|p| cgroup::cgroup_id(&p).ok()),
+            None => {
+                self.cgroot.resolve_cgroups_path(&ctr.linux.cgroups_path).ok().and_then(|p| cgroup::cgroup_id(&p).ok())
+            }
         };
         if let Some(id) = cgroup_id {
             match self.store.owner(id) {
@@ -246,7 +250,8 @@ impl DriftguardPlugin {
         match self.store.list() {
             Ok(list) => {
                 for p in list {
-                    if p.owner == Owner::Agent && !keep.contains(&p.cgroup_id) && self.store.remove(p.cgroup_id).is_ok() {
+                    if p.owner == Owner::Agent && !keep.contains(&p.cgroup_id) && self.store.remove(p.cgroup_id).is_ok()
+                    {
                         report.removed_stale += 1;
                     }
                 }
@@ -388,11 +393,19 @@ impl Plugin for DriftguardPlugin {
         EventMask::LIFECYCLE
     }
 
-    async fn synchronize(&self, pods: Vec<PodSandbox>, containers: Vec<Container>) -> HandlerResult<Vec<ContainerUpdate>> {
+    async fn synchronize(
+        &self,
+        pods: Vec<PodSandbox>,
+        containers: Vec<Container>,
+    ) -> HandlerResult<Vec<ContainerUpdate>> {
         let report = self.timed("synchronize", || self.reconcile(&pods, &containers));
         tracing::info!(
-            pods = pods.len(), containers = containers.len(), installed = report.installed,
-            failed = report.failed, removed_stale = report.removed_stale, "synchronized with the runtime"
+            pods = pods.len(),
+            containers = containers.len(),
+            installed = report.installed,
+            failed = report.failed,
+            removed_stale = report.removed_stale,
+            "synchronized with the runtime"
         );
         Ok(Vec::new())
     }
@@ -409,8 +422,7 @@ impl Plugin for DriftguardPlugin {
 
     async fn start_container(&self, pod: &PodSandbox, ctr: &Container) -> HandlerResult<()> {
         // Task created (cgroup exists, init waiting), entrypoint not yet exec'd: install now.
-        let applied =
-            self.timed("start_container", || self.apply(pod, ctr)).map_err(|e| refuse(&self.metrics, e))?;
+        let applied = self.timed("start_container", || self.apply(pod, ctr)).map_err(|e| refuse(&self.metrics, e))?;
         if let Applied::Installed { mode, cgroup_id } = applied {
             tracing::info!(
                 namespace = %pod.namespace, pod = %pod.name, container = %ctr.name, %mode, cgroup_id, "policy installed"

@@ -34,10 +34,8 @@ struct Status {
 pub fn run(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let store = PolicyStore::open_pinned(&cfg.bpf.pin_dir).context("opening pinned policy maps")?;
     let path = enforcer::pinned_path(&cfg.bpf.pin_dir);
-    let known: HashMap<u64, ContainerInfo> = Registry::read_file(&agent::registry_file(&agent::state_dir()))
-        .into_iter()
-        .map(|c| (c.cgroup_id, c))
-        .collect();
+    let known: HashMap<u64, ContainerInfo> =
+        Registry::read_file(&agent::registry_file(&agent::state_dir())).into_iter().map(|c| (c.cgroup_id, c)).collect();
     let cgroot = cfg.cgroup.root.clone().map(CgroupRoot::at).or_else(|| CgroupRoot::detect().ok());
     let mut rows = Vec::new();
     for p in store.list().context("reading policies")? {
@@ -47,10 +45,15 @@ pub fn run(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
             .or_else(|| cgroot.as_ref().and_then(|r| r.find_by_id(p.cgroup_id)).map(|p| p.display().to_string()))
             .unwrap_or_else(|| "(cgroup gone)".into());
         let r = &p.policy.rules;
-        let rules = [("drift", r.drift), ("fileless", r.fileless), ("non_overlay", r.non_overlay), ("allowlist_only", r.allowlist_only)]
-            .into_iter()
-            .filter_map(|(n, on)| on.then_some(n))
-            .collect();
+        let rules = [
+            ("drift", r.drift),
+            ("fileless", r.fileless),
+            ("non_overlay", r.non_overlay),
+            ("allowlist_only", r.allowlist_only),
+        ]
+        .into_iter()
+        .filter_map(|(n, on)| on.then_some(n))
+        .collect();
         rows.push(Row {
             cgroup_id: p.cgroup_id,
             cgroup,
@@ -84,7 +87,8 @@ pub fn run(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
     if !status.containers.is_empty() {
         println!("{:<8} {:<9} {:<40} {:<30} RULES", "MODE", "OWNER", "NAMESPACE/POD/CONTAINER", "CGROUP");
         for r in &status.containers {
-            let who = if r.pod.is_empty() { "-".to_string() } else { format!("{}/{}/{}", r.namespace, r.pod, r.container) };
+            let who =
+                if r.pod.is_empty() { "-".to_string() } else { format!("{}/{}/{}", r.namespace, r.pod, r.container) };
             println!("{:<8} {:<9} {:<40} {:<30} {}", r.mode, r.owner, who, r.cgroup, r.rules.join(","));
         }
     }

@@ -82,12 +82,7 @@ impl RawPolicy {
         if b.len() != Self::SIZE {
             return None;
         }
-        Some(RawPolicy {
-            mode: u32_at(b, 0),
-            rules: u32_at(b, 4),
-            level: u32_at(b, 8),
-            reserved: u32_at(b, 12),
-        })
+        Some(RawPolicy { mode: u32_at(b, 0), rules: u32_at(b, 4), level: u32_at(b, 8), reserved: u32_at(b, 12) })
     }
 }
 
@@ -195,8 +190,16 @@ impl RawEvent {
         b[8..16].copy_from_slice(&self.cgroup_id.to_le_bytes());
         b[16..24].copy_from_slice(&self.policy_cgroup_id.to_le_bytes());
         let u32s = [
-            self.pid, self.tgid, self.ppid, self.uid, self.matched, self.action, self.hook,
-            self.file_kind, self.mode, self.flags,
+            self.pid,
+            self.tgid,
+            self.ppid,
+            self.uid,
+            self.matched,
+            self.action,
+            self.hook,
+            self.file_kind,
+            self.mode,
+            self.flags,
         ];
         for (i, v) in u32s.into_iter().enumerate() {
             b[24 + i * 4..28 + i * 4].copy_from_slice(&v.to_le_bytes());

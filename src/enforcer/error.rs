@@ -8,9 +8,7 @@ use crate::policy::PolicyError;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The kernel exposes no BTF; CO-RE programs cannot be relocated.
-    #[error(
-        "kernel has no BTF ({0} is missing): driftguard needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
-    )]
+    #[error("kernel has no BTF ({0} is missing): driftguard needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")]
     NoBtf(PathBuf),
 
     /// The process may not use BPF.

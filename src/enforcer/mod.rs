@@ -246,8 +246,11 @@ impl Enforcer {
 
     /// Stream of verdict events. Only one stream per ring buffer should exist.
     pub fn events(&self) -> Result<EventStream> {
-        let h = MapHandle::try_from(&self.skel.maps.dg_events)
-            .map_err(|source| Error::Map { map: store::MAP_EVENTS, op: "dup", source })?;
+        let h = MapHandle::try_from(&self.skel.maps.dg_events).map_err(|source| Error::Map {
+            map: store::MAP_EVENTS,
+            op: "dup",
+            source,
+        })?;
         EventStream::spawn(h)
     }
 
@@ -281,7 +284,12 @@ impl Enforcer {
         ProgInfoIter::default()
             .filter_map(|info| {
                 let (name, id) = ours.iter().find(|(_, id)| *id == info.id)?;
-                Some(ProgramStats { name: (*name).to_string(), id: *id, run_time_ns: info.run_time_ns, run_count: info.run_cnt })
+                Some(ProgramStats {
+                    name: (*name).to_string(),
+                    id: *id,
+                    run_time_ns: info.run_time_ns,
+                    run_count: info.run_cnt,
+                })
             })
             .collect()
     }
@@ -433,10 +441,9 @@ fn set_autoload(open: &mut OpenDriftguardSkel<'static>, lsm: bool) {
 
 fn open_and_load(pin_dir: Option<&Path>, lsm: bool) -> Result<DriftguardSkel<'static>> {
     let builder = DriftguardSkelBuilder::default();
-    let mut open = builder.open(leak_storage()).map_err(|e| Error::Load {
-        reason: format!("opening the BPF object: {e}"),
-        log: libbpf_log::tail(20),
-    })?;
+    let mut open = builder
+        .open(leak_storage())
+        .map_err(|e| Error::Load { reason: format!("opening the BPF object: {e}"), log: libbpf_log::tail(20) })?;
     set_autoload(&mut open, lsm);
     if let Some(dir) = pin_dir {
         let m = &mut open.maps;
@@ -447,10 +454,8 @@ fn open_and_load(pin_dir: Option<&Path>, lsm: bool) -> Result<DriftguardSkel<'st
             (store::MAP_EVENTS, &mut m.dg_events),
             (store::MAP_STATS, &mut m.dg_stats),
         ] {
-            map.set_pin_path(dir.join(name)).map_err(|e| Error::Load {
-                reason: format!("setting pin path of {name}: {e}"),
-                log: String::new(),
-            })?;
+            map.set_pin_path(dir.join(name))
+                .map_err(|e| Error::Load { reason: format!("setting pin path of {name}: {e}"), log: String::new() })?;
         }
     }
     libbpf_log::clear();
@@ -521,11 +526,11 @@ impl DecisionTester {
         // Syscall programs get no ctx_out: the kernel copies the context back into ctx_in.
         let mut ctx = abi::decide_args(input);
         let run = libbpf_rs::ProgramInput { context_in: Some(&mut ctx[..]), ..Default::default() };
-        self.skel
-            .progs
-            .dg_test_decide
-            .test_run(run)
-            .map_err(|source| Error::Map { map: "dg_test_decide", op: "BPF_PROG_TEST_RUN", source })?;
+        self.skel.progs.dg_test_decide.test_run(run).map_err(|source| Error::Map {
+            map: "dg_test_decide",
+            op: "BPF_PROG_TEST_RUN",
+            source,
+        })?;
         abi::decide_verdict(&ctx)
             .ok_or_else(|| Error::Corrupt { map: "dg_test_decide", detail: "short context".into() })
     }

@@ -5,8 +5,8 @@
 //! pinned maps) share one implementation.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::os::fd::AsFd;
+use std::path::Path;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -140,10 +140,8 @@ impl LevelMask {
                 ),
             });
         }
-        let word = NonNull::new(ptr.cast::<AtomicU32>()).ok_or(Error::Corrupt {
-            map: MAP_LEVELS,
-            detail: "mmap returned NULL".into(),
-        })?;
+        let word = NonNull::new(ptr.cast::<AtomicU32>())
+            .ok_or(Error::Corrupt { map: MAP_LEVELS, detail: "mmap returned NULL".into() })?;
         Ok(LevelMask { map, word, len })
     }
 
@@ -192,10 +190,9 @@ impl PolicyStore {
         let open = |name: &'static str| {
             let p = pin_dir.join(name);
             MapHandle::from_pinned_path(&p).map_err(|e| match e.kind() {
-                libbpf_rs::ErrorKind::NotFound => Error::NotPinned {
-                    dir: pin_dir.to_path_buf(),
-                    detail: format!("{} is missing", p.display()),
-                },
+                libbpf_rs::ErrorKind::NotFound => {
+                    Error::NotPinned { dir: pin_dir.to_path_buf(), detail: format!("{} is missing", p.display()) }
+                }
                 libbpf_rs::ErrorKind::PermissionDenied => Error::NotPermitted(format!("opening {}: {e}", p.display())),
                 _ => Error::Map { map: name, op: "open pinned", source: e },
             })
@@ -249,7 +246,8 @@ impl PolicyStore {
                 added.push(key);
             }
         }
-        let raw = RawPolicy { mode: policy.mode.as_raw(), rules: policy.kernel_rules(), level, reserved: owner.as_raw() };
+        let raw =
+            RawPolicy { mode: policy.mode.as_raw(), rules: policy.kernel_rules(), level, reserved: owner.as_raw() };
         if let Err(e) = self.policies.update(&cgroup_id.to_le_bytes(), &raw.to_bytes(), MapFlags::ANY) {
             for k in &added {
                 let _ = self.paths.delete(k);
@@ -286,10 +284,8 @@ impl PolicyStore {
 
     /// The policy installed for one cgroup, if any.
     pub fn get(&self, cgroup_id: u64) -> Result<Option<InstalledPolicy>> {
-        let Some(v) = self
-            .policies
-            .lookup(&cgroup_id.to_le_bytes(), MapFlags::ANY)
-            .map_err(map_err(MAP_POLICIES, "lookup"))?
+        let Some(v) =
+            self.policies.lookup(&cgroup_id.to_le_bytes(), MapFlags::ANY).map_err(map_err(MAP_POLICIES, "lookup"))?
         else {
             return Ok(None);
         };
@@ -384,11 +380,7 @@ impl PolicyStore {
     }
 
     fn path_keys_of(&self, cgroup_id: u64) -> Result<Vec<Vec<u8>>> {
-        Ok(self
-            .paths
-            .keys()
-            .filter(|k| abi::parse_path_key(k).is_some_and(|(id, _)| id == cgroup_id))
-            .collect())
+        Ok(self.paths.keys().filter(|k| abi::parse_path_key(k).is_some_and(|(id, _)| id == cgroup_id)).collect())
     }
 
     fn lists(&self) -> Result<BTreeMap<u64, Vec<(String, u32)>>> {
@@ -434,8 +426,10 @@ fn u64_key(k: &[u8]) -> Option<u64> {
 fn decode_policy(cgroup_id: u64, value: &[u8], lists: Option<&Vec<(String, u32)>>) -> Result<InstalledPolicy> {
     let raw = RawPolicy::from_bytes(value)
         .ok_or_else(|| Error::Corrupt { map: MAP_POLICIES, detail: format!("value of {} bytes", value.len()) })?;
-    let mode = Mode::from_raw(raw.mode)
-        .ok_or_else(|| Error::Corrupt { map: MAP_POLICIES, detail: format!("mode {} for cgroup {cgroup_id}", raw.mode) })?;
+    let mode = Mode::from_raw(raw.mode).ok_or_else(|| Error::Corrupt {
+        map: MAP_POLICIES,
+        detail: format!("mode {} for cgroup {cgroup_id}", raw.mode),
+    })?;
     let mut policy = Policy { mode, rules: Policy::rules_from_kernel(raw.rules), ..Policy::default() };
     for (path, kind) in lists.into_iter().flatten() {
         let Ok(p) = ExecPath::new(path) else { continue };

@@ -133,9 +133,7 @@ pub fn guest_kernel() -> Option<String> {
 
 /// `DRIFTGUARD_REQUIRE_VM=1`: missing VM support is a failure, not a skip.
 pub fn require_vm() -> bool {
-    std::env::var(REQUIRE_VM_ENV)
-        .map(|v| v == "1")
-        .unwrap_or(false)
+    std::env::var(REQUIRE_VM_ENV).map(|v| v == "1").unwrap_or(false)
 }
 
 /// The kernel cache: `$DRIFTGUARD_VM_CACHE` or `<repo>/.vm-cache`. `<repo>` is the nearest
@@ -148,11 +146,8 @@ pub fn cache_dir() -> PathBuf {
     let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    let repo = manifest
-        .ancestors()
-        .find(|d| d.join("tests/vm/fetch-kernels.sh").is_file())
-        .unwrap_or(&manifest)
-        .to_path_buf();
+    let repo =
+        manifest.ancestors().find(|d| d.join("tests/vm/fetch-kernels.sh").is_file()).unwrap_or(&manifest).to_path_buf();
     repo.join(".vm-cache")
 }
 
@@ -165,19 +160,13 @@ fn which(prog: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/sbin"].iter().map(PathBuf::from))
         .map(|d| d.join(prog))
-        .find(|p| {
-            fs::metadata(p)
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
+        .find(|p| fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false))
 }
 
 /// `$DRIFTGUARD_QEMU` or `qemu-system-x86_64` from PATH.
 pub fn qemu_binary() -> Result<PathBuf, String> {
     let name = std::env::var("DRIFTGUARD_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into());
-    which(&name).ok_or_else(|| {
-        format!("{name} not found (install qemu-system-x86 from bookworm-backports)")
-    })
+    which(&name).ok_or_else(|| format!("{name} not found (install qemu-system-x86 from bookworm-backports)"))
 }
 
 fn busybox_binary() -> Result<PathBuf, String> {
@@ -197,26 +186,17 @@ pub fn load_kernel(name: &str) -> Result<Kernel, String> {
     let dir = cache_dir().join(name);
     let vmlinuz = dir.join("vmlinuz");
     if !vmlinuz.is_file() {
-        return Err(format!(
-            "kernel {name}: {} missing (run tests/vm/fetch-kernels.sh as root)",
-            vmlinuz.display()
-        ));
+        return Err(format!("kernel {name}: {} missing (run tests/vm/fetch-kernels.sh as root)", vmlinuz.display()));
     }
-    let version = fs::read_to_string(dir.join("version"))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into());
+    let version =
+        fs::read_to_string(dir.join("version")).map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into());
     let mut modules: Vec<PathBuf> = fs::read_dir(&dir)
         .map_err(|e| format!("{}: {e}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().map(|x| x == "ko").unwrap_or(false))
         .collect();
     modules.sort_by_key(|p| (p.file_name() != Some("overlay.ko".as_ref()), p.clone()));
-    Ok(Kernel {
-        name: name.to_string(),
-        version,
-        vmlinuz,
-        modules,
-    })
+    Ok(Kernel { name: name.to_string(), version, vmlinuz, modules })
 }
 
 /// For each name of [`EXPECTED_KERNELS`]: the kernel, or why it cannot be used (for skip or
@@ -251,22 +231,16 @@ pub fn kernels() -> Result<Vec<Kernel>, String> {
         extra.sort();
         names.extend(extra);
     }
-    let only: Option<Vec<String>> = std::env::var("DRIFTGUARD_VM_KERNELS").ok().map(|s| {
-        s.split([',', ' '])
-            .filter(|x| !x.is_empty())
-            .map(String::from)
-            .collect()
-    });
+    let only: Option<Vec<String>> = std::env::var("DRIFTGUARD_VM_KERNELS")
+        .ok()
+        .map(|s| s.split([',', ' ']).filter(|x| !x.is_empty()).map(String::from).collect());
     let ks: Vec<Kernel> = names
         .iter()
         .filter(|n| only.as_ref().map(|o| o.contains(n)).unwrap_or(true))
         .filter_map(|n| load_kernel(n).ok())
         .collect();
     if ks.is_empty() {
-        return Err(format!(
-            "no kernels in {} (run `sudo tests/vm/fetch-kernels.sh`)",
-            cache.display()
-        ));
+        return Err(format!("no kernels in {} (run `sudo tests/vm/fetch-kernels.sh`)", cache.display()));
     }
     Ok(ks)
 }
@@ -274,9 +248,7 @@ pub fn kernels() -> Result<Vec<Kernel>, String> {
 /// Where [`run_in_vm`] puts `exe` in the guest.
 pub fn guest_path(exe: &Path) -> PathBuf {
     let abs = fs::canonicalize(exe).unwrap_or_else(|_| exe.to_path_buf());
-    let hidden = ["/tmp", "/run", "/proc", "/sys", "/dev"]
-        .iter()
-        .any(|p| abs.starts_with(p));
+    let hidden = ["/tmp", "/run", "/proc", "/sys", "/dev"].iter().any(|p| abs.starts_with(p));
     if hidden || !abs.is_absolute() {
         PathBuf::from("/opt/test").join(abs.file_name().unwrap_or("exe".as_ref()))
     } else {
@@ -289,12 +261,7 @@ pub fn guest_path(exe: &Path) -> PathBuf {
 pub fn self_request(trial: &str) -> Result<VmRequest, String> {
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let mut req = VmRequest::new(exe);
-    req.args = vec![
-        trial.to_string(),
-        "--exact".into(),
-        "--nocapture".into(),
-        "--test-threads=1".into(),
-    ];
+    req.args = vec![trial.to_string(), "--exact".into(), "--nocapture".into(), "--test-threads=1".into()];
     if let Ok(v) = std::env::var("RUST_BACKTRACE") {
         req.env.push(("RUST_BACKTRACE".into(), v));
     }
@@ -308,19 +275,10 @@ struct TempDir(PathBuf);
 impl TempDir {
     fn new() -> io::Result<TempDir> {
         static N: AtomicU32 = AtomicU32::new(0);
-        let base = std::env::var_os("DRIFTGUARD_VM_TMPDIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(std::env::temp_dir);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let p = base.join(format!(
-            "dg-vm-{}-{}-{:x}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst),
-            nanos
-        ));
+        let base = std::env::var_os("DRIFTGUARD_VM_TMPDIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let p = base.join(format!("dg-vm-{}-{}-{:x}", std::process::id(), N.fetch_add(1, Ordering::SeqCst), nanos));
         fs::create_dir_all(&p)?;
         Ok(TempDir(p))
     }
@@ -383,9 +341,7 @@ fn copy_stripped(src: &Path, dst: &Path) -> Result<(), String> {
     if !ok {
         copy_file(src, dst)?;
     }
-    let mode = fs::metadata(src)
-        .map(|m| m.permissions().mode())
-        .unwrap_or(0o755);
+    let mode = fs::metadata(src).map(|m| m.permissions().mode()).unwrap_or(0o755);
     fs::set_permissions(dst, fs::Permissions::from_mode(mode)).map_err(|e| e.to_string())?;
     Ok(())
 }
@@ -401,12 +357,9 @@ fn copy_tree(src: &Path, dst: &Path, elves: &mut Vec<PathBuf>) -> Result<(), Str
         std::os::unix::fs::symlink(&t, dst).map_err(|e| format!("symlink {}: {e}", dst.display()))
     } else if md.is_dir() {
         fs::create_dir_all(dst).map_err(|e| format!("mkdir {}: {e}", dst.display()))?;
-        fs::set_permissions(dst, fs::Permissions::from_mode(md.permissions().mode()))
-            .map_err(|e| e.to_string())?;
-        let mut ents: Vec<_> = fs::read_dir(src)
-            .map_err(|e| format!("{}: {e}", src.display()))?
-            .filter_map(|e| e.ok())
-            .collect();
+        fs::set_permissions(dst, fs::Permissions::from_mode(md.permissions().mode())).map_err(|e| e.to_string())?;
+        let mut ents: Vec<_> =
+            fs::read_dir(src).map_err(|e| format!("{}: {e}", src.display()))?.filter_map(|e| e.ok()).collect();
         ents.sort_by_key(|e| e.file_name());
         for e in ents {
             copy_tree(&e.path(), &dst.join(e.file_name()), elves)?;
@@ -457,12 +410,7 @@ fn ldd(exe: &Path) -> Result<Vec<PathBuf>, String> {
         .map_err(|e| format!("ldd {}: {e}", exe.display()))?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        return Err(format!(
-            "ldd {} failed: {}{}",
-            exe.display(),
-            text,
-            String::from_utf8_lossy(&out.stderr)
-        ));
+        return Err(format!("ldd {} failed: {}{}", exe.display(), text, String::from_utf8_lossy(&out.stderr)));
     }
     let mut libs = Vec::new();
     for line in text.lines() {
@@ -543,38 +491,20 @@ impl<W: Write> Cpio<W> {
         ents.sort_by_key(|e| e.file_name());
         for e in ents {
             let name = e.file_name().to_string_lossy().into_owned();
-            let rel = if rel.is_empty() {
-                name
-            } else {
-                format!("{rel}/{name}")
-            };
+            let rel = if rel.is_empty() { name } else { format!("{rel}/{name}") };
             let p = e.path();
             let md = fs::symlink_metadata(&p)?;
             let ft = md.file_type();
             let mtime = md.mtime().max(0) as u64;
             if ft.is_symlink() {
                 let t = fs::read_link(&p)?;
-                self.entry(
-                    &rel,
-                    0o120777,
-                    1,
-                    mtime,
-                    t.as_os_str().as_encoded_bytes(),
-                    (0, 0),
-                )?;
+                self.entry(&rel, 0o120777, 1, mtime, t.as_os_str().as_encoded_bytes(), (0, 0))?;
             } else if ft.is_dir() {
                 self.entry(&rel, 0o040000 | (md.mode() & 0o7777), 2, mtime, &[], (0, 0))?;
                 self.add_tree(&p, &rel)?;
             } else if ft.is_file() {
                 let data = fs::read(&p)?;
-                self.entry(
-                    &rel,
-                    0o100000 | (md.mode() & 0o7777),
-                    1,
-                    mtime,
-                    &data,
-                    (0, 0),
-                )?;
+                self.entry(&rel, 0o100000 | (md.mode() & 0o7777), 1, mtime, &data, (0, 0))?;
             }
         }
         Ok(())
@@ -591,10 +521,8 @@ impl<W: Write> Cpio<W> {
 
 fn init_script(guest_exe: &Path, req: &VmRequest, kernel: &Kernel) -> Result<String, String> {
     let mut exports = String::new();
-    let mut env: Vec<(String, String)> = vec![
-        (IN_VM_ENV.into(), "1".into()),
-        (VM_KERNEL_ENV.into(), kernel.name.clone()),
-    ];
+    let mut env: Vec<(String, String)> =
+        vec![(IN_VM_ENV.into(), "1".into()), (VM_KERNEL_ENV.into(), kernel.name.clone())];
     env.extend(req.env.iter().cloned());
     for (k, v) in &env {
         let valid = !k.is_empty()
@@ -732,29 +660,18 @@ fn parse_output(log: &str) -> Option<(String, i32)> {
     let rest = &log[start + START_MARKER.len()..];
     let rest = rest.strip_prefix('\n').unwrap_or(rest);
     let end = rest.rfind(EXIT_MARKER)?;
-    let code: i32 = rest[end + EXIT_MARKER.len()..]
-        .split("@@")
-        .next()?
-        .trim()
-        .parse()
-        .ok()?;
+    let code: i32 = rest[end + EXIT_MARKER.len()..].split("@@").next()?.trim().parse().ok()?;
     let out = &rest[..end];
     // init prints "\n" before the exit marker.
     let out = out.strip_suffix('\n').unwrap_or(out);
     Some((out.to_string(), code))
 }
 
-fn build_initrd(
-    kernel: &Kernel,
-    req: &VmRequest,
-    root: &Path,
-    initrd: &Path,
-) -> Result<(), String> {
+fn build_initrd(kernel: &Kernel, req: &VmRequest, root: &Path, initrd: &Path) -> Result<(), String> {
     let busybox = busybox_binary()?;
     let mut elves: Vec<PathBuf> = vec![busybox.clone()];
     copy_file(&busybox, &root.join("bin/busybox"))?;
-    fs::set_permissions(root.join("bin/busybox"), fs::Permissions::from_mode(0o755))
-        .map_err(|e| e.to_string())?;
+    fs::set_permissions(root.join("bin/busybox"), fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
     std::os::unix::fs::symlink("busybox", root.join("bin/sh")).map_err(|e| e.to_string())?;
 
     let exe = fs::canonicalize(&req.exe).map_err(|e| format!("{}: {e}", req.exe.display()))?;
@@ -792,11 +709,7 @@ fn build_initrd(
     }
 
     let f = fs::File::create(initrd).map_err(|e| format!("{}: {e}", initrd.display()))?;
-    let mut cpio = Cpio {
-        w: BufWriter::with_capacity(1 << 20, f),
-        ino: 0,
-        off: 0,
-    };
+    let mut cpio = Cpio { w: BufWriter::with_capacity(1 << 20, f), ino: 0, off: 0 };
     let w = (|| -> io::Result<()> {
         cpio.add_tree(root, "")?;
         // /dev/console for the kernel to open as init's stdio (char 5:1).
@@ -875,10 +788,7 @@ pub fn run_in_vm(kernel: &Kernel, req: &VmRequest) -> Result<VmResult, String> {
             tail(&console, TAIL_LINES)
         );
         if !out_log.trim().is_empty() {
-            s.push_str(&format!(
-                "\n--- last {TAIL_LINES} output lines ---\n{}",
-                tail(&out_log, TAIL_LINES)
-            ));
+            s.push_str(&format!("\n--- last {TAIL_LINES} output lines ---\n{}", tail(&out_log, TAIL_LINES)));
         }
         if !ql.trim().is_empty() {
             s.push_str(&format!("\n--- qemu ---\n{}", tail(&ql, 10)));
@@ -890,17 +800,11 @@ pub fn run_in_vm(kernel: &Kernel, req: &VmRequest) -> Result<VmResult, String> {
         return Err(diag(format!("VM timed out after {:?}", req.timeout)));
     };
     if let Some(i) = console.find(INIT_FAIL_MARKER) {
-        let what = console[i + INIT_FAIL_MARKER.len()..]
-            .split("@@")
-            .next()
-            .unwrap_or("");
+        let what = console[i + INIT_FAIL_MARKER.len()..].split("@@").next().unwrap_or("");
         return Err(diag(format!("guest init failed: {what}")));
     }
     if let Some(i) = console.find(INSMOD_FAIL_MARKER) {
-        let what = console[i + INSMOD_FAIL_MARKER.len()..]
-            .split("@@")
-            .next()
-            .unwrap_or("");
+        let what = console[i + INSMOD_FAIL_MARKER.len()..].split("@@").next().unwrap_or("");
         return Err(diag(format!("guest insmod failed: {what}")));
     }
     let parsed = parse_output(&out_log).or_else(|| parse_output(&console));
@@ -909,12 +813,7 @@ pub fn run_in_vm(kernel: &Kernel, req: &VmRequest) -> Result<VmResult, String> {
             if let Some(l) = panic_line(&console) {
                 return Err(diag(l.trim().to_string()));
             }
-            Ok(VmResult {
-                exit_code,
-                output,
-                console,
-                elapsed,
-            })
+            Ok(VmResult { exit_code, output, console, elapsed })
         }
         None => {
             let why = if let Some(l) = panic_line(&console) {

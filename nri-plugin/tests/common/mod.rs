@@ -59,7 +59,11 @@ impl Plugin for Recorder {
         self.rec(Call::Configure(req.clone()));
         Ok(())
     }
-    async fn synchronize(&self, pods: Vec<PodSandbox>, containers: Vec<Container>) -> HandlerResult<Vec<ContainerUpdate>> {
+    async fn synchronize(
+        &self,
+        pods: Vec<PodSandbox>,
+        containers: Vec<Container>,
+    ) -> HandlerResult<Vec<ContainerUpdate>> {
         let updates = containers
             .iter()
             .take(self.sync_updates)
@@ -242,30 +246,16 @@ impl Harness {
         let runner = Runner::builder("driftguard", "10")
             .socket_path(socket)
             .use_env(false)
-            .backoff(Backoff {
-                initial: Duration::from_millis(20),
-                max: Duration::from_millis(200),
-                multiplier: 2.0,
-            })
+            .backoff(Backoff { initial: Duration::from_millis(20), max: Duration::from_millis(200), multiplier: 2.0 })
             .on_connection_event(move |ev| {
                 let _ = etx.send(ev.clone());
             })
             .build()
             .expect("valid runner");
         let client = runner.runtime_client();
-        let plugin = Recorder {
-            calls: ctx,
-            release: release.clone(),
-            sync_updates,
-        };
+        let plugin = Recorder { calls: ctx, release: release.clone(), sync_updates };
         let task = tokio::spawn(runner.run(plugin));
-        Harness {
-            calls,
-            events,
-            release,
-            client,
-            task,
-        }
+        Harness { calls, events, release, client, task }
     }
 
     pub async fn next_call(&mut self) -> Call {
