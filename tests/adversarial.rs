@@ -13,6 +13,8 @@
 //! Trials named `bug_*` assert the secure outcome of a case the product currently gets wrong:
 //! they fail until the product is fixed (see docs/threat-model.md, "Open findings").
 
+#[path = "support/bpf_suite.rs"]
+mod suite;
 #[path = "support/vm.rs"]
 mod vm;
 
@@ -21,25 +23,19 @@ use std::ffi::CString;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use driftguard::enforcer::{
-    self, Action, EnforcementPath, Enforcer, EnforcerOptions, Event, Hook, Owner, PolicyStore, Rule,
-};
+use driftguard::enforcer::{self, Action, EnforcementPath, Enforcer, EnforcerOptions, Hook, Owner, PolicyStore, Rule};
 use driftguard::policy::{ExecPath, Mode, Policy};
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Failed};
 
-type R = Result<(), Failed>;
+use suite::*;
 
-const BUSYBOX_CANDIDATES: [&str; 2] = ["/bin/busybox", "/usr/bin/busybox"];
-const DYN_BIN_CANDIDATES: [&str; 2] = ["/usr/bin/true", "/bin/true"];
-const LDSO: &str = "/lib64/ld-linux-x86-64.so.2";
 /// Guest directory of the payloads (a .so and a dlopen helper) built on the host with `cc`.
 const VM_PAYLOAD_DIR: &str = "/opt/dg-adv";
 const PAYLOAD_MARK: &str = "DG-PAYLOAD-RAN";
@@ -47,23 +43,8 @@ const PAYLOAD_MARK: &str = "DG-PAYLOAD-RAN";
 fn main() {
     let args = Arguments::from_args();
     let mut trials = Vec::new();
-    let require_all = std::env::var("DRIFTGUARD_REQUIRE_ALL").is_ok_and(|v| v == "1");
-    let in_vm = std::env::var_os("DG_IN_VM").is_some();
+    let gate = Gate::from_env();
     let host_reason = host_requirements();
-
-    let gate = |name: &str, reason: &Option<String>, f: fn() -> R| -> Trial {
-        match reason {
-            None => Trial::test(name, f),
-            Some(why) if require_all => {
-                let why = why.clone();
-                Trial::test(name, move || Err(format!("cannot run (DRIFTGUARD_REQUIRE_ALL=1): {why}").into()))
-            }
-            Some(why) => {
-                eprintln!("SKIP {name}: {why}");
-                Trial::test(name, f).with_ignored_flag(true)
-            }
-        }
-    };
 
     for (name, f) in [
         ("enforcement_path_is_the_expected_one", enforcement_path_is_the_expected_one as fn() -> R),
@@ -102,61 +83,25 @@ fn main() {
         ("fault_ringbuf_overflow_counts_drops_and_recovers", fault_ringbuf_overflow_counts_drops_and_recovers),
         ("fault_vanished_cgroup_policy_collected", fault_vanished_cgroup_policy_collected),
     ] {
-        trials.push(gate(name, &host_reason, f));
+        trials.push(gate.trial(name, &host_reason, f));
     }
 
-    if !in_vm {
+    if !in_vm() {
         let agent_reason = host_reason.clone().or_else(agent_requirements);
         for (name, f) in [
             ("agent_kill9_during_container_burst_keeps_enforcing", agent_kill9_during_container_burst as fn() -> R),
             ("agent_runtime_restart_reconnects_and_resyncs", agent_runtime_restart_reconnects_and_resyncs),
         ] {
-            trials.push(gate(name, &agent_reason, f));
+            trials.push(gate.trial(name, &agent_reason, f));
         }
-        match vm::kernels() {
-            Ok(kernels) => {
-                for k in kernels {
-                    let name = format!("vm_adv_{}", k.name.replace('.', "_"));
-                    trials.push(Trial::test(name, move || run_suite_in_vm(&k)));
-                }
-            }
-            Err(why) => {
-                let require_vm = require_all || std::env::var("DRIFTGUARD_REQUIRE_VM").is_ok_and(|v| v == "1");
-                for name in ["vm_adv_6_1", "vm_adv_6_12"] {
-                    if require_vm {
-                        let why = why.clone();
-                        trials.push(Trial::test(name, move || Err(format!("VM kernels unavailable: {why}").into())));
-                    } else {
-                        eprintln!("SKIP {name}: {why} (run tests/vm/fetch-kernels.sh)");
-                        trials.push(Trial::test(name, || Ok(())).with_ignored_flag(true));
-                    }
-                }
-            }
-        }
+        trials.extend(gate.vm_trials("vm_adv", adversarial_suite_in_vm));
     }
 
     libtest_mimic::run(&args, trials).exit();
 }
 
 // ---------------------------------------------------------------------------
-// Environment (helpers copied from tests/kernel.rs and tests/agent.rs)
-
-fn host_requirements() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("needs root (BPF, mounts, cgroups)".into());
-    }
-    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
-        return Some("kernel has no BTF".into());
-    }
-    if busybox().is_none() {
-        return Some("busybox-static not installed".into());
-    }
-    if cgroup2_root().is_none() {
-        return Some("no cgroup v2 hierarchy mounted".into());
-    }
-    None
-}
+// Environment (the rest is shared with tests/kernel.rs: tests/support/bpf_suite.rs)
 
 fn agent_requirements() -> Option<String> {
     if which("runc").is_none() {
@@ -166,45 +111,6 @@ fn agent_requirements() -> Option<String> {
         return Some("busybox-static not installed at /bin/busybox".into());
     }
     None
-}
-
-fn which(bin: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(bin)).find(|p| p.exists())
-}
-
-fn harness_expectation() -> Option<EnforcementPath> {
-    match std::env::var("DG_EXPECT_PATH").as_deref() {
-        Ok("lsm") => Some(EnforcementPath::Lsm),
-        Ok("tracepoint_kill") => Some(EnforcementPath::TracepointKill),
-        _ => None,
-    }
-}
-
-fn busybox() -> Option<&'static str> {
-    BUSYBOX_CANDIDATES.into_iter().find(|p| Path::new(p).exists())
-}
-
-fn bb() -> Result<&'static str, Failed> {
-    busybox().ok_or_else(|| Failed::from("busybox missing"))
-}
-
-fn dyn_bin() -> Option<&'static str> {
-    DYN_BIN_CANDIDATES.into_iter().find(|p| Path::new(p).exists())
-}
-
-fn cgroup2_root() -> Option<PathBuf> {
-    let mi = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mi.lines().find_map(|l| {
-        let (pre, post) = l.split_once(" - ")?;
-        if post.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        pre.split_whitespace().nth(4).map(PathBuf::from)
-    })
-}
-
-fn es(e: impl std::fmt::Display) -> Failed {
-    Failed::from(e.to_string())
 }
 
 // ---------------------------------------------------------------------------
@@ -275,114 +181,12 @@ fn build_payloads() -> Result<Payloads, String> {
 }
 
 // ---------------------------------------------------------------------------
-// Enforcement under test (one per process, unpinned, like tests/kernel.rs)
+// Containers: the shared image plus the payloads, and raw exec helpers.
 
-struct Harness {
-    store: PolicyStore,
-    path: EnforcementPath,
-    fallback_reason: Option<String>,
-    events: Arc<Mutex<Vec<Event>>>,
-}
-
-fn harness() -> Result<&'static Harness, Failed> {
-    static H: OnceLock<Result<Harness, String>> = OnceLock::new();
-    let h = H.get_or_init(|| {
-        let enf =
-            Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: false }).map_err(|e| format!("{e}"))?;
-        let store = enf.store().try_clone().map_err(|e| e.to_string())?;
-        let mut stream = enf.events().map_err(|e| e.to_string())?;
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let sink = events.clone();
-        std::thread::spawn(move || {
-            while let Some(ev) = stream.next_timeout(Duration::from_secs(3600)) {
-                if let Ok(mut v) = sink.lock() {
-                    v.push(ev);
-                }
-            }
-        });
-        let h = Harness { store, path: enf.path(), fallback_reason: enf.fallback_reason().map(str::to_string), events };
-        std::mem::forget(enf);
-        Ok(h)
-    });
-    h.as_ref().map_err(|e| Failed::from(format!("loading the enforcer failed: {e}")))
-}
-
-fn lsm(h: &Harness) -> bool {
-    h.path == EnforcementPath::Lsm
-}
-
-// ---------------------------------------------------------------------------
-// A minimal container: overlay rootfs + cgroup + chroot.
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-struct Container {
-    dir: tempfile::TempDir,
-    _lower: PathBuf,
-    merged: PathBuf,
-    cgroup: PathBuf,
-    cgid: u64,
-    level: u32,
-    children: Vec<PathBuf>,
-    extra_mounts: Vec<PathBuf>,
-    store: Option<PolicyStore>,
-}
-
-#[derive(Debug, Clone)]
-enum Outcome {
-    Exited(i32, String),
-    Signaled(i32),
-    ExecFailed(i32),
-}
-
-fn copy_exec(from: &Path, to: &Path) -> R {
-    fs::copy(from, to).map_err(|e| format!("copy {} -> {}: {e}", from.display(), to.display()))?;
-    fs::set_permissions(to, fs::Permissions::from_mode(0o755)).map_err(es)?;
-    Ok(())
-}
-
-fn cgroup_id(p: &Path) -> Result<u64, Failed> {
-    Ok(fs::metadata(p).map_err(|e| format!("stat {}: {e}", p.display()))?.ino())
-}
-
-fn write_script(p: &Path, body: &str) -> R {
-    fs::write(p, body).map_err(|e| format!("write {}: {e}", p.display()))?;
-    fs::set_permissions(p, fs::Permissions::from_mode(0o755)).map_err(es)
-}
-
-impl Container {
-    fn new(tag: &str) -> Result<Self, Failed> {
-        let bb = bb()?;
-        let dir = tempfile::Builder::new().prefix(&format!("dg-adv-{tag}-")).tempdir().map_err(es)?;
-        let (lower, upper, work, merged) =
-            (dir.path().join("lower"), dir.path().join("upper"), dir.path().join("work"), dir.path().join("merged"));
-        for d in [&lower, &upper, &work, &merged] {
-            fs::create_dir_all(d).map_err(es)?;
-        }
-        for d in ["bin", "tmp", "mnt", "vol", "lib64", "lib/x86_64-linux-gnu", "usr/bin", "usr/lib"] {
-            fs::create_dir_all(lower.join(d)).map_err(es)?;
-        }
-        fs::set_permissions(lower.join("tmp"), fs::Permissions::from_mode(0o1777)).map_err(es)?;
-        copy_exec(Path::new(bb), &lower.join("bin/busybox"))?;
-        for name in ["tool", "tool2", "tool3", "denied", "true"] {
-            copy_exec(Path::new(bb), &lower.join("bin").join(name))?;
-        }
-        fs::copy(bb, lower.join("bin/noexec")).map_err(es)?;
-        fs::set_permissions(lower.join("bin/noexec"), fs::Permissions::from_mode(0o644)).map_err(es)?;
-        symlink("busybox", lower.join("bin/sh")).map_err(es)?;
-        write_script(&lower.join("bin/image-script.sh"), "#!/bin/sh\necho image-script-ran\n")?;
-        write_script(&lower.join("bin/evil-interp.sh"), "#!/tmp/sh\necho evil-interp-ran\n")?;
-        if let Some(d) = dyn_bin() {
-            copy_exec(Path::new(d), &lower.join("usr/bin/dyn"))?;
-            let ldso = fs::canonicalize(LDSO).map_err(|e| format!("{LDSO}: {e}"))?;
-            copy_exec(&ldso, &lower.join("lib64/ld-linux-x86-64.so.2"))?;
-            for lib in ["/lib/x86_64-linux-gnu/libc.so.6", "/usr/lib/x86_64-linux-gnu/libc.so.6"] {
-                if Path::new(lib).exists() {
-                    copy_exec(Path::new(lib), &lower.join("lib/x86_64-linux-gnu/libc.so.6"))?;
-                    break;
-                }
-            }
-        }
+/// A test container ([`Container`]) whose image also ships the payloads: `/usr/bin/dgdlopen`
+/// and `/usr/lib/libimage.so` (the payload .so as an image library).
+fn container(tag: &str) -> Result<Container, Failed> {
+    Container::with_image(tag, |lower| {
         if let Ok(p) = payloads() {
             if p.dlopener.exists() {
                 copy_exec(&p.dlopener, &lower.join("usr/bin/dgdlopen"))?;
@@ -391,174 +195,8 @@ impl Container {
                 copy_exec(&p.so, &lower.join("usr/lib/libimage.so"))?;
             }
         }
-        let opts = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
-        mount("overlay", &merged, "overlay", &opts)?;
-
-        let root = cgroup2_root().ok_or("no cgroup2")?;
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let cgroup = root.join(format!("dg-adv-{}-{n}-{tag}", std::process::id()));
-        fs::create_dir(&cgroup).map_err(|e| format!("mkdir {}: {e}", cgroup.display()))?;
-        let cgid = cgroup_id(&cgroup)?;
-        let level = cgroup.strip_prefix(&root).map(|p| p.components().count() as u32).unwrap_or(1);
-        Ok(Container {
-            dir,
-            _lower: lower,
-            merged,
-            cgroup,
-            cgid,
-            level,
-            children: Vec::new(),
-            extra_mounts: Vec::new(),
-            store: None,
-        })
-    }
-
-    fn drop_file(&self, inside: &str, from: &str) -> R {
-        copy_exec(Path::new(from), &self.host_path(inside))
-    }
-
-    fn host_path(&self, inside: &str) -> PathBuf {
-        self.merged.join(inside.trim_start_matches('/'))
-    }
-
-    fn host_str(&self, inside: &str) -> String {
-        self.host_path(inside).display().to_string()
-    }
-
-    fn in_upper(&self, inside: &str) -> bool {
-        self.dir.path().join("upper").join(inside.trim_start_matches('/')).exists()
-    }
-
-    fn install(&mut self, h: &Harness, policy: &Policy) -> R {
-        h.store.set(self.cgid, self.level, policy).map_err(es)
-    }
-
-    fn run_full(
-        &self,
-        cgroup: &Path,
-        cwd: &str,
-        argv0: &str,
-        argv: &[&str],
-        chroot: bool,
-        env: &[(&str, &str)],
-    ) -> Result<Outcome, Failed> {
-        for _ in 0..50 {
-            match self.run_once(cgroup, cwd, argv0, argv, chroot, env)? {
-                Outcome::ExecFailed(libc::ETXTBSY) => std::thread::sleep(Duration::from_millis(20)),
-                other => return Ok(other),
-            }
-        }
-        Err("exec kept failing with ETXTBSY".into())
-    }
-
-    fn run_once(
-        &self,
-        cgroup: &Path,
-        cwd: &str,
-        argv0: &str,
-        argv: &[&str],
-        chroot: bool,
-        env: &[(&str, &str)],
-    ) -> Result<Outcome, Failed> {
-        let procs = fs::OpenOptions::new()
-            .write(true)
-            .open(cgroup.join("cgroup.procs"))
-            .map_err(|e| format!("open cgroup.procs: {e}"))?;
-        use std::os::fd::IntoRawFd;
-        let procs_fd = procs.into_raw_fd();
-        let root = CString::new(self.merged.as_os_str().as_bytes()).map_err(es)?;
-        let cwd = CString::new(cwd).map_err(es)?;
-        let mut cmd = Command::new(argv[0]);
-        cmd.arg0(argv0).args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        cmd.env_clear().env("PATH", "/bin:/usr/bin");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        // SAFETY: only async-signal-safe syscalls on memory prepared before fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::write(procs_fd, b"0\n".as_ptr().cast(), 2) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if chroot && libc::chroot(root.as_ptr()) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::chdir(cwd.as_ptr()) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let res = cmd.output();
-        // SAFETY: closing the fd we own.
-        unsafe { libc::close(procs_fd) };
-        match res {
-            Ok(out) => {
-                let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-                if let Some(sig) = out.status.signal() {
-                    Ok(Outcome::Signaled(sig))
-                } else {
-                    Ok(Outcome::Exited(out.status.code().unwrap_or(-1), text))
-                }
-            }
-            Err(e) => match e.raw_os_error() {
-                Some(errno) => Ok(Outcome::ExecFailed(errno)),
-                None => Err(format!("spawn failed: {e}").into()),
-            },
-        }
-    }
-
-    /// Run `argv` chrooted in the container, cwd `/`.
-    fn run(&self, argv0: &str, argv: &[&str]) -> Result<Outcome, Failed> {
-        self.run_full(&self.cgroup, "/", argv0, argv, true, &[])
-    }
-
-    /// A busybox shell inside the container running `script`.
-    fn sh(&self, script: &str) -> Result<Outcome, Failed> {
-        self.run("sh", &["/bin/busybox", "-c", script])
-    }
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        if let Ok(h) = harness() {
-            let _ = h.store.remove(self.cgid);
-        }
-        if let Some(s) = &self.store {
-            let _ = s.remove(self.cgid);
-        }
-        for m in self.extra_mounts.iter().rev() {
-            umount(m);
-        }
-        umount(&self.merged);
-        for c in self.children.iter().rev() {
-            let _ = fs::remove_dir(c);
-        }
-        let _ = fs::remove_dir(&self.cgroup);
-    }
-}
-
-fn mount(src: &str, target: &Path, fstype: &str, data: &str) -> R {
-    mount_flags(src, target, fstype, data, 0)
-}
-
-fn mount_flags(src: &str, target: &Path, fstype: &str, data: &str, flags: libc::c_ulong) -> R {
-    let c = |s: &[u8]| CString::new(s).map_err(es);
-    let (src, tgt, fst, dat) =
-        (c(src.as_bytes())?, c(target.as_os_str().as_bytes())?, c(fstype.as_bytes())?, c(data.as_bytes())?);
-    // SAFETY: valid NUL-terminated strings.
-    let rc = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), fst.as_ptr(), flags, dat.as_ptr().cast()) };
-    if rc != 0 {
-        return Err(format!("mount {fstype} on {}: {}", target.display(), std::io::Error::last_os_error()).into());
-    }
-    Ok(())
-}
-
-fn umount(target: &Path) {
-    if let Ok(t) = CString::new(target.as_os_str().as_bytes()) {
-        // SAFETY: valid path string.
-        unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
-    }
+        Ok(())
+    })
 }
 
 /// Fork; the child joins `cgroup` and runs `body`, which may only make raw syscalls on data
@@ -642,114 +280,6 @@ fn exec_path(path: &CString, a: &Argv) -> i32 {
 }
 
 // ---------------------------------------------------------------------------
-// Assertions
-
-fn enforce() -> Policy {
-    Policy::with_mode(Mode::Enforce)
-}
-
-fn assert_runs(out: &Outcome, what: &str) -> R {
-    match out {
-        Outcome::Exited(0, _) => Ok(()),
-        other => Err(format!("{what}: expected to run and exit 0, got {other:?}").into()),
-    }
-}
-
-fn assert_denied(h: &Harness, out: &Outcome, what: &str) -> R {
-    match (h.path, out) {
-        (EnforcementPath::Lsm, Outcome::ExecFailed(libc::EPERM)) => Ok(()),
-        (EnforcementPath::TracepointKill, Outcome::Signaled(libc::SIGKILL)) => Ok(()),
-        (p, other) => Err(format!(
-            "{what}: expected {} on the {} path, got {other:?}",
-            if p == EnforcementPath::Lsm { "EPERM" } else { "SIGKILL" },
-            p.as_str()
-        )
-        .into()),
-    }
-}
-
-/// A shell that exec'd a denied file: LSM -> the shell reports EPERM (exit 126);
-/// fallback -> the shell's child is SIGKILLed (137).
-fn assert_shell_denied(h: &Harness, out: &Outcome, what: &str) -> R {
-    match (h.path, out) {
-        // busybox sh reports EPERM as "Operation not permitted", others say "Permission denied".
-        (EnforcementPath::Lsm, Outcome::Exited(126, t))
-            if t.to_lowercase().contains("operation not permitted")
-                || t.to_lowercase().contains("permission denied") =>
-        {
-            Ok(())
-        }
-        (EnforcementPath::Lsm, Outcome::ExecFailed(libc::EPERM)) => Ok(()),
-        (EnforcementPath::TracepointKill, Outcome::Exited(137, _))
-        | (EnforcementPath::TracepointKill, Outcome::Signaled(9)) => Ok(()),
-        (p, other) => {
-            Err(format!("{what}: expected the exec to be stopped on the {} path, got {other:?}", p.as_str()).into())
-        }
-    }
-}
-
-fn denied_action(h: &Harness) -> Action {
-    match h.path {
-        EnforcementPath::Lsm => Action::Deny,
-        EnforcementPath::TracepointKill => Action::Kill,
-    }
-}
-
-fn wait_event(h: &Harness, pred: impl Fn(&Event) -> bool, what: &str) -> Result<Event, Failed> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(v) = h.events.lock() {
-            if let Some(e) = v.iter().find(|e| pred(e)) {
-                return Ok(e.clone());
-            }
-        }
-        if Instant::now() > deadline {
-            let seen: Vec<String> = h
-                .events
-                .lock()
-                .map(|v| {
-                    v.iter()
-                        .rev()
-                        .take(40)
-                        .map(|e| format!("{}:{}:{:?}:{:?}", e.policy_cgroup_id, e.path, e.rule, e.action))
-                        .collect()
-                })
-                .unwrap_or_default();
-            return Err(format!("no event for {what} within 10s; last seen: {seen:?}").into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn events_for(h: &Harness, cgid: u64) -> Vec<Event> {
-    h.events.lock().map(|v| v.iter().filter(|e| e.policy_cgroup_id == cgid).cloned().collect()).unwrap_or_default()
-}
-
-fn expect_event(h: &Harness, c: &Container, path: &str, rule: Rule, action: Action) -> Result<Event, Failed> {
-    wait_event(
-        h,
-        |e| e.policy_cgroup_id == c.cgid && e.path == path && e.rule == rule && e.action == action,
-        &format!("{path} {rule:?} {action:?}"),
-    )
-}
-
-fn expect_event_suffix(h: &Harness, c: &Container, suffix: &str, rule: Rule, action: Action) -> Result<Event, Failed> {
-    wait_event(
-        h,
-        |e| e.policy_cgroup_id == c.cgid && e.path.ends_with(suffix) && e.rule == rule && e.action == action,
-        &format!("*{suffix} {rule:?} {action:?}"),
-    )
-}
-
-fn no_event_for_path(h: &Harness, c: &Container, path: &str) -> R {
-    std::thread::sleep(Duration::from_millis(200));
-    if let Some(e) = events_for(h, c.cgid).into_iter().find(|e| e.path == path) {
-        return Err(format!("unexpected event for {path}: {e:?}").into());
-    }
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------
 // Trials: bypass attempts
 
 fn enforcement_path_is_the_expected_one() -> R {
@@ -765,7 +295,7 @@ fn enforcement_path_is_the_expected_one() -> R {
 
 fn dropped_binary_by_absolute_path_denied() -> R {
     let h = harness()?;
-    let mut c = Container::new("abs")?;
+    let c = container("abs")?;
     c.install(h, &enforce())?;
     c.drop_file("/tmp/dropped", bb()?)?;
     c.drop_file("/usr/bin/looks-legit", bb()?)?;
@@ -780,7 +310,7 @@ fn dropped_binary_by_absolute_path_denied() -> R {
 
 fn dropped_binary_by_relative_path_denied() -> R {
     let h = harness()?;
-    let mut c = Container::new("rel")?;
+    let c = container("rel")?;
     c.install(h, &enforce())?;
     c.drop_file("/tmp/dropped", bb()?)?;
     for (cwd, p) in
@@ -804,7 +334,7 @@ fn dropped_binary_by_relative_path_denied() -> R {
 
 fn symlink_in_upper_layer_to_dropped_file_denied() -> R {
     let h = harness()?;
-    let mut c = Container::new("symup")?;
+    let c = container("symup")?;
     c.install(h, &enforce())?;
     c.drop_file("/tmp/dropped", bb()?)?;
     symlink("/tmp/dropped", c.host_path("/tmp/abs-link")).map_err(es)?;
@@ -820,7 +350,7 @@ fn symlink_in_upper_layer_to_dropped_file_denied() -> R {
 
 fn symlink_to_image_file_then_target_replaced_denied() -> R {
     let h = harness()?;
-    let mut c = Container::new("symimg")?;
+    let c = container("symimg")?;
     c.install(h, &enforce())?;
     symlink("/bin/tool2", c.host_path("/tmp/tool-link")).map_err(es)?;
     assert_runs(&c.run("true", &["/tmp/tool-link"])?, "symlink to an image binary")?;
@@ -841,10 +371,10 @@ fn symlink_to_image_file_then_target_replaced_denied() -> R {
 
 fn copy_of_image_binary_denied() -> R {
     let h = harness()?;
-    let mut c = Container::new("copy")?;
+    let c = container("copy")?;
     c.install(h, &enforce())?;
     // Copied from outside (through the overlay) and by the container's own cp.
-    copy_exec(&c.host_path("/bin/busybox"), &c.host_path("/tmp/bb-copy"))?;
+    copy_exec(c.host_path("/bin/busybox"), &c.host_path("/tmp/bb-copy"))?;
     assert_denied(h, &c.run("true", &["/tmp/bb-copy"])?, "host-side copy of an image binary")?;
     assert_runs(&c.sh("cp /bin/busybox /bin/bb-cp && cp -a /bin/tool /tmp/tool-cp-a")?, "cp inside the container")?;
     assert_denied(h, &c.run("true", &["/bin/bb-cp"])?, "in-container cp of an image binary to a new name in /bin")?;
@@ -857,7 +387,7 @@ fn copy_of_image_binary_denied() -> R {
 
 fn in_place_modification_and_touch_of_image_file_denied() -> R {
     let h = harness()?;
-    let mut c = Container::new("inplace")?;
+    let c = container("inplace")?;
     c.install(h, &enforce())?;
     // Rewrite the first byte with the same value: the content is identical, the file is copied up.
     {
@@ -878,7 +408,7 @@ fn in_place_modification_and_touch_of_image_file_denied() -> R {
 
 fn chmod_of_image_file_denied() -> R {
     let h = harness()?;
-    let mut c = Container::new("chmod")?;
+    let c = container("chmod")?;
     c.install(h, &enforce())?;
     // The image ships /bin/noexec as 0644: making it executable copies it up.
     assert_runs(&c.sh("chmod 755 /bin/noexec")?, "chmod +x inside the container")?;
@@ -892,7 +422,7 @@ fn chmod_of_image_file_denied() -> R {
 
 fn hard_link_of_dropped_file_denied() -> R {
     let h = harness()?;
-    let mut c = Container::new("hldrop")?;
+    let c = container("hldrop")?;
     c.install(h, &enforce())?;
     c.drop_file("/tmp/dropped", bb()?)?;
     fs::hard_link(c.host_path("/tmp/dropped"), c.host_path("/bin/hl-dropped")).map_err(es)?;
@@ -909,7 +439,7 @@ fn hard_link_of_dropped_file_denied() -> R {
 
 fn hard_link_of_image_file_copies_up_and_is_denied() -> R {
     let h = harness()?;
-    let mut c = Container::new("hlimg")?;
+    let c = container("hlimg")?;
     c.install(h, &enforce())?;
     assert_runs(&c.run("true", &["/bin/tool"])?, "image binary before the link")?;
     fs::hard_link(c.host_path("/bin/tool"), c.host_path("/tmp/tool-hl")).map_err(es)?;
@@ -927,7 +457,7 @@ fn hard_link_of_image_file_copies_up_and_is_denied() -> R {
 
 fn rename_of_dropped_file_to_image_path_denied() -> R {
     let h = harness()?;
-    let mut c = Container::new("renimg")?;
+    let c = container("renimg")?;
     c.install(h, &enforce())?;
     c.drop_file("/tmp/dropped", bb()?)?;
     fs::rename(c.host_path("/tmp/dropped"), c.host_path("/bin/newtool")).map_err(es)?;
@@ -941,7 +471,7 @@ fn rename_of_dropped_file_to_image_path_denied() -> R {
 
 fn rename_over_image_binary_denied() -> R {
     let h = harness()?;
-    let mut c = Container::new("renover")?;
+    let c = container("renover")?;
     c.install(h, &enforce())?;
     c.drop_file("/tmp/dropped", bb()?)?;
     fs::rename(c.host_path("/tmp/dropped"), c.host_path("/bin/tool")).map_err(es)?;
@@ -958,7 +488,7 @@ fn rename_over_image_binary_denied() -> R {
 
 fn script_written_in_container() -> R {
     let h = harness()?;
-    let mut c = Container::new("script")?;
+    let c = container("script")?;
     c.install(h, &enforce())?;
     write_script(&c.host_path("/tmp/run.sh"), "#!/bin/sh\necho script-ran\n")?;
     let out = c.run("run.sh", &["/tmp/run.sh"])?;
@@ -981,7 +511,7 @@ fn script_written_in_container() -> R {
 
 fn image_script_with_dropped_interpreter_denied() -> R {
     let h = harness()?;
-    let mut c = Container::new("interp")?;
+    let c = container("interp")?;
     c.install(h, &enforce())?;
     // /bin/evil-interp.sh is an image script whose #! line names /tmp/sh, which the attacker drops.
     c.drop_file("/tmp/sh", bb()?)?;
@@ -992,7 +522,7 @@ fn image_script_with_dropped_interpreter_denied() -> R {
 
 fn ld_so_running_dropped_binaries() -> R {
     let h = harness()?;
-    let mut c = Container::new("ldso")?;
+    let c = container("ldso")?;
     c.install(h, &enforce())?;
     let d = dyn_bin().ok_or("no dynamic binary (coreutils true)")?;
     c.drop_file("/tmp/dyn-dropped", d)?;
@@ -1029,7 +559,7 @@ fn ld_so_running_dropped_binaries() -> R {
 fn ld_preload_of_dropped_library() -> R {
     let h = harness()?;
     let p = payloads()?;
-    let mut c = Container::new("preload")?;
+    let c = container("preload")?;
     c.install(h, &enforce())?;
     copy_exec(&p.so, &c.host_path("/tmp/libevil.so"))?;
     // Control: the same library shipped in the image loads.
@@ -1057,7 +587,7 @@ fn ld_preload_of_dropped_library() -> R {
 fn dlopen_of_dropped_library() -> R {
     let h = harness()?;
     let p = payloads()?;
-    let mut c = Container::new("dlopen")?;
+    let c = container("dlopen")?;
     c.install(h, &enforce())?;
     copy_exec(&p.so, &c.host_path("/tmp/libevil.so"))?;
     match c.run("dgdlopen", &["/usr/bin/dgdlopen", "/usr/lib/libimage.so"])? {
@@ -1085,7 +615,7 @@ fn dlopen_of_dropped_library() -> R {
 
 fn memfd_fexecve_and_proc_fd_exec_denied() -> R {
     let h = harness()?;
-    let mut c = Container::new("memfd")?;
+    let c = container("memfd")?;
     c.install(h, &enforce())?;
     let bytes = fs::read(bb()?).map_err(es)?;
     let name = CString::new("dg-adv-payload").map_err(es)?;
@@ -1126,7 +656,7 @@ fn memfd_fexecve_and_proc_fd_exec_denied() -> R {
 
 fn proc_self_fd_exec_of_dropped_file_denied() -> R {
     let h = harness()?;
-    let mut c = Container::new("procfd")?;
+    let c = container("procfd")?;
     c.install(h, &enforce())?;
     c.drop_file("/tmp/dropped", bb()?)?;
     let p = CString::new(c.host_str("/tmp/dropped")).map_err(es)?;
@@ -1162,7 +692,7 @@ fn proc_self_fd_exec_of_dropped_file_denied() -> R {
 
 fn o_tmpfile_exec_denied() -> R {
     let h = harness()?;
-    let mut c = Container::new("tmpfile")?;
+    let mut c = container("tmpfile")?;
     c.install(h, &enforce())?;
     let bytes = fs::read(bb()?).map_err(es)?;
     // O_TMPFILE in the overlay (supported from Linux 6.6), else on a tmpfs volume of the container.
@@ -1211,7 +741,7 @@ fn o_tmpfile_exec_denied() -> R {
 
 fn volume_exec_with_and_without_non_overlay_rule() -> R {
     let h = harness()?;
-    let mut c = Container::new("volumes")?;
+    let mut c = container("volumes")?;
     // A tmpfs (emptyDir) on /mnt and a host directory bind-mounted on /vol.
     let mnt = c.host_path("/mnt");
     mount("tmpfs", &mnt, "tmpfs", "size=16m")?;
@@ -1240,7 +770,7 @@ fn volume_exec_with_and_without_non_overlay_rule() -> R {
 
 fn dropped_binary_at_path_longer_than_255_bytes_denied() -> R {
     let h = harness()?;
-    let mut c = Container::new("longpath")?;
+    let c = container("longpath")?;
     c.install(h, &enforce())?;
     let mut inside = String::from("/tmp");
     while inside.len() < 400 {
@@ -1260,7 +790,7 @@ fn dropped_binary_at_path_longer_than_255_bytes_denied() -> R {
 
 fn self_move_to_child_cgroup_still_enforced() -> R {
     let h = harness()?;
-    let mut c = Container::new("selfchild")?;
+    let mut c = container("selfchild")?;
     c.install(h, &enforce())?;
     c.drop_file("/tmp/dropped", bb()?)?;
     let child = c.cgroup.join("escape");
@@ -1287,7 +817,7 @@ fn limit_self_move_to_sibling_cgroup_escapes() -> R {
     // scope. driftguard cannot prevent that; real containers get a read-only or namespaced
     // cgroupfs (docs/threat-model.md). This trial asserts the limit exists, so a change is noticed.
     let h = harness()?;
-    let mut c = Container::new("sibling")?;
+    let c = container("sibling")?;
     c.install(h, &enforce())?;
     // Named "true" so that busybox runs its `true` applet when it is not stopped.
     c.drop_file("/tmp/true", bb()?)?;
@@ -1306,7 +836,7 @@ fn limit_deny_list_matches_exact_resolved_path_only() -> R {
     // deny-listed binary under another name is not on the list. (With drift on, the copy is
     // drift and denied anyway: second half.)
     let h = harness()?;
-    let mut c = Container::new("denyexact")?;
+    let c = container("denyexact")?;
     let mut p = enforce();
     p.rules.drift = false;
     p.deny.insert(ExecPath::new("/bin/denied").map_err(es)?);
@@ -1327,7 +857,7 @@ fn allowlist_only_overwritten_allowed_path() -> R {
     // the path may run; the drift rule still applies, so the replaced binary is denied. (Before
     // the fix, dg_decide let the allow entry exempt the path from drift and the binary ran.)
     let h = harness()?;
-    let mut c = Container::new("allowover")?;
+    let c = container("allowover")?;
     let mut p = enforce();
     p.rules.allowlist_only = true;
     p.allow.insert(ExecPath::new("/bin/tool").map_err(es)?);
@@ -1345,7 +875,7 @@ fn exec_during_and_after_enforcement_reload_denied() -> R {
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/dg-adv-reload-{}", std::process::id()));
     let _ = enforcer::unload(&pin_dir);
     let opts = EnforcerOptions { pin_dir: Some(pin_dir.clone()), force_fallback: false };
-    let c = Container::new("reload")?;
+    let c = container("reload")?;
     c.drop_file("/tmp/dropped", bb()?)?;
     let result = (|| -> R {
         let first = Enforcer::load(&opts).map_err(es)?;
@@ -1402,7 +932,7 @@ fn exec_during_and_after_enforcement_reload_denied() -> R {
 
 fn image_binaries_and_scripts_keep_working() -> R {
     let h = harness()?;
-    let mut c = Container::new("keep")?;
+    let c = container("keep")?;
     let mut p = enforce();
     p.rules.non_overlay = true;
     c.install(h, &p)?;
@@ -1431,7 +961,7 @@ fn interpreter_reading_dropped_script_runs() -> R {
     // Known limit on both paths: the interpreter is an image binary and the script is data it
     // reads; no exec or PROT_EXEC mapping of the script happens.
     let h = harness()?;
-    let mut c = Container::new("interpdata")?;
+    let c = container("interpdata")?;
     c.install(h, &enforce())?;
     fs::write(c.host_path("/tmp/dropped.sh"), "echo data-script-ran\n").map_err(es)?;
     match c.run("sh", &["/bin/sh", "/tmp/dropped.sh"])? {
@@ -1447,12 +977,12 @@ fn interpreter_reading_dropped_script_runs() -> R {
 
 fn monitor_mode_denies_nothing_reports_everything() -> R {
     let h = harness()?;
-    let mut c = Container::new("monitor")?;
+    let mut c = container("monitor")?;
     let mut p = Policy::with_mode(Mode::Monitor);
     p.rules.non_overlay = true;
     c.install(h, &p)?;
     c.drop_file("/tmp/dropped", bb()?)?;
-    copy_exec(&c.host_path("/bin/busybox"), &c.host_path("/tmp/copy"))?;
+    copy_exec(c.host_path("/bin/busybox"), &c.host_path("/tmp/copy"))?;
     fs::set_permissions(c.host_path("/bin/tool"), fs::Permissions::from_mode(0o755)).map_err(es)?;
     let mnt = c.host_path("/mnt");
     mount("tmpfs", &mnt, "tmpfs", "size=16m")?;
@@ -1517,7 +1047,7 @@ fn fault_ringbuf_overflow_counts_drops_and_recovers() -> R {
     // EventStream would buffer 65536 events in userspace before the ring fills, so "no consumer"
     // is the way to overflow the 4 MiB ring (~12k events).
     let enf = Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: false }).map_err(es)?;
-    let mut c = Container::new("ringbuf")?;
+    let mut c = container("ringbuf")?;
     c.store = Some(enf.store().try_clone().map_err(es)?);
     enf.store().set(c.cgid, c.level, &Policy::with_mode(Mode::Monitor)).map_err(es)?;
     let before = enf.stats().map_err(es)?;
@@ -2122,54 +1652,11 @@ fn agent_runtime_restart_reconnects_and_resyncs() -> R {
 // ---------------------------------------------------------------------------
 // VM: the same suite on Debian kernels with BPF LSM.
 
-fn run_suite_in_vm(k: &vm::Kernel) -> R {
-    let exe = std::env::current_exe().map_err(es)?;
-    let mut files = Vec::new();
-    for p in BUSYBOX_CANDIDATES.iter().chain(DYN_BIN_CANDIDATES.iter()) {
-        if Path::new(p).exists() {
-            files.push((PathBuf::from(p), PathBuf::from(p)));
-        }
-    }
+fn adversarial_suite_in_vm(k: &vm::Kernel) -> R {
     let pl = payloads()?;
-    files.push((pl.so.clone(), Path::new(VM_PAYLOAD_DIR).join("libdgpayload.so")));
-    files.push((pl.dlopener.clone(), Path::new(VM_PAYLOAD_DIR).join("dgdlopen")));
-    let req = vm::VmRequest {
-        exe,
-        args: vec!["--test-threads=1".into(), "--color=never".into()],
-        env: vec![
-            ("DG_IN_VM".into(), "1".into()),
-            ("DG_EXPECT_PATH".into(), "lsm".into()),
-            ("DRIFTGUARD_REQUIRE_ALL".into(), "1".into()),
-            ("DG_ADV_PAYLOAD_DIR".into(), VM_PAYLOAD_DIR.into()),
-            ("RUST_BACKTRACE".into(), "1".into()),
-        ],
-        files,
-        timeout: Duration::from_secs(900),
-        memory_mb: 1536,
-    };
-    let t = Instant::now();
-    let res = vm::run_in_vm(k, &req).map_err(|e| format!("VM {} ({}): {e}", k.name, k.version))?;
-    println!("--- kernel {} ({}) in {:.1}s ---\n{}", k.name, k.version, t.elapsed().as_secs_f64(), res.output);
-    let failed: Vec<&str> = res
-        .output
-        .lines()
-        .filter_map(|l| {
-            l.strip_prefix("test ").filter(|r| r.ends_with("... FAILED")).and_then(|r| r.split_whitespace().next())
-        })
-        .collect();
-    if res.exit_code != 0 {
-        return Err(format!(
-            "suite failed inside the {} VM (exit {}): failed trials {failed:?}; output above",
-            k.name, res.exit_code
-        )
-        .into());
-    }
-    if !res
-        .output
-        .lines()
-        .any(|l| l.starts_with("test result: ok.") && l.contains(" 0 failed;") && l.contains(" 0 ignored;"))
-    {
-        return Err("VM summary is not `ok` with 0 failed and 0 ignored".into());
-    }
-    Ok(())
+    let files = vec![
+        (pl.so.clone(), Path::new(VM_PAYLOAD_DIR).join("libdgpayload.so")),
+        (pl.dlopener.clone(), Path::new(VM_PAYLOAD_DIR).join("dgdlopen")),
+    ];
+    run_suite_in_vm(k, files, &[("DG_ADV_PAYLOAD_DIR", VM_PAYLOAD_DIR)], &[], Duration::from_secs(900))
 }
