@@ -740,9 +740,10 @@ fn exec_report(rep: &mut Report, section: &'static str, r: &ExecResult) {
             (r.bpf_ns_per_exec.get(cfg.key()), r.runs_per_exec.get(cfg.key()), r.bpf_ratios.get(cfg.key()))
         {
             let (ns, runs, br) = (mmm(ns), mmm(runs), mmm(br));
+            // Judged on the median of rounds, like the wall-clock ratio; the max is shown.
             let met = match cfg {
-                ExecCfg::Unpolicied => Some(br.2 <= 1.005),
-                ExecCfg::Enforce => Some(br.2 <= 1.02),
+                ExecCfg::Unpolicied => Some(br.1 <= 1.005),
+                ExecCfg::Enforce => Some(br.1 <= 1.02),
                 _ => None,
             };
             rep.row(
