@@ -65,6 +65,7 @@ fn main() {
         ("non_overlay_rule_denies_tmpfs_binary", non_overlay_rule_denies_tmpfs_binary),
         ("policy_replace_and_remove", policy_replace_and_remove),
         ("pinned_enforcement_survives_agent_exit", pinned_enforcement_survives_agent_exit),
+        ("adopted_pins_flag_their_levels", adopted_pins_flag_their_levels),
         ("full_policy_map_is_a_clear_error", full_policy_map_is_a_clear_error),
         ("level_mask_updates_are_atomic_across_writers", level_mask_updates_are_atomic_across_writers),
     ] {
@@ -495,6 +496,33 @@ fn pinned_enforcement_survives_agent_exit() -> R {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        Ok(())
+    })();
+    let _ = enforcer::unload(&pin_dir);
+    result
+}
+
+/// Pins left by a build without `dg_level_mask` (or a lost mask): the new agent adopts the
+/// policies and must flag their depths before its programs attach, or tasks in nested
+/// cgroups of those containers would go unchecked.
+fn adopted_pins_flag_their_levels() -> R {
+    let h = harness()?;
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/dg-test-lvl-{}", std::process::id()));
+    let _ = enforcer::unload(&pin_dir);
+    let opts = EnforcerOptions { pin_dir: Some(pin_dir.clone()), force_fallback: false };
+    let mut c = Container::new("adopt")?;
+    let child = c.child_cgroup("nested")?;
+    c.drop_file("/tmp/dropped", bb()?)?;
+    let result = (|| -> R {
+        let first = Enforcer::load(&opts).map_err(|e| e.to_string())?;
+        first.store().set(c.cgid, c.level, &enforce()).map_err(|e| e.to_string())?;
+        drop(first);
+        fs::remove_file(pin_dir.join("dg_level_mask")).map_err(|e| format!("removing the mask pin: {e}"))?;
+        let second = Enforcer::load(&opts).map_err(|e| e.to_string())?;
+        if second.store().level_mask() & (1 << c.level) == 0 {
+            return Err(format!("level {} not flagged after adoption", c.level).into());
+        }
+        assert_denied(h, &c.run_in(&child, "/", "true", &["/tmp/dropped"], true)?, "nested cgroup after adoption")?;
         Ok(())
     })();
     let _ = enforcer::unload(&pin_dir);

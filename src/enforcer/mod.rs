@@ -160,6 +160,10 @@ impl Enforcer {
         };
 
         let store = store_from_skel(&skel)?;
+        let adopted = store.flag_installed_levels()?;
+        if adopted > 0 {
+            tracing::info!(policies = adopted, "adopted pinned policies");
+        }
         let mut enforcer =
             Enforcer { skel, links: Vec::new(), path, fallback_reason, pin_dir: opts.pin_dir.clone(), store };
         enforcer.attach()?;

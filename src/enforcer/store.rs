@@ -337,6 +337,26 @@ impl PolicyStore {
         Ok(())
     }
 
+    /// Flag the depth of every installed policy in the level mask. Run when adopting pinned
+    /// maps, before the programs attach: a mask that is new (pins of an earlier build) or was
+    /// lost must not leave nested cgroups of already-policied containers unchecked. Returns
+    /// how many policies were seen.
+    pub fn flag_installed_levels(&self) -> Result<usize> {
+        let mut n = 0;
+        for key in self.policies.keys() {
+            let Some(v) = self.policies.lookup(&key, MapFlags::ANY).map_err(map_err(MAP_POLICIES, "lookup"))? else {
+                continue; // removed meanwhile
+            };
+            if let Some(raw) = RawPolicy::from_bytes(&v) {
+                if raw.level > 0 && raw.level < abi::DG_MAX_LEVELS {
+                    self.levels.set(raw.level);
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
     /// The level mask: bit `l` set when some policy was installed at cgroup depth `l`.
     pub fn level_mask(&self) -> u32 {
         self.levels.get()
