@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use driftguard::enforcer::{self, EnforcementPath, Owner, PolicyStore};
 use driftguard::policy::{Mode, Policy};
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Failed};
 
 #[path = "support/vm.rs"]
 mod vm;
@@ -29,7 +29,7 @@ type R = Result<(), Failed>;
 
 fn main() {
     let args = Arguments::from_args();
-    let require_all = std::env::var("DRIFTGUARD_REQUIRE_ALL").is_ok_and(|v| v == "1");
+    let gate = vm::Gate::from_env();
     let reason = requirements();
     let mut trials = Vec::new();
     for (name, f) in [
@@ -38,39 +38,10 @@ fn main() {
         ("agent_restart_keeps_enforcing_and_resynchronizes", agent_restart_keeps_enforcing_and_resynchronizes),
         ("agent_reports_non_overlay_rootfs", agent_reports_non_overlay_rootfs),
     ] {
-        trials.push(match &reason {
-            None => Trial::test(name, f),
-            Some(why) if require_all => {
-                let why = why.clone();
-                Trial::test(name, move || Err(format!("cannot run (DRIFTGUARD_REQUIRE_ALL=1): {why}").into()))
-            }
-            Some(why) => {
-                eprintln!("SKIP {name}: {why}");
-                Trial::test(name, f).with_ignored_flag(true)
-            }
-        });
+        trials.push(gate.trial(name, &reason, f));
     }
     if !vm::in_vm() {
-        match vm::kernels() {
-            Ok(kernels) => {
-                for k in kernels {
-                    let name = format!("vm_agent_{}", k.name.replace('.', "_"));
-                    trials.push(Trial::test(name, move || agent_suite_in_vm(&k)));
-                }
-            }
-            Err(why) => {
-                let require_vm = require_all || std::env::var("DRIFTGUARD_REQUIRE_VM").is_ok_and(|v| v == "1");
-                for name in ["vm_agent_6_1", "vm_agent_6_12"] {
-                    if require_vm {
-                        let why = why.clone();
-                        trials.push(Trial::test(name, move || Err(format!("VM kernels unavailable: {why}").into())));
-                    } else {
-                        eprintln!("SKIP {name}: {why} (run tests/vm/fetch-kernels.sh)");
-                        trials.push(Trial::test(name, || Ok(())).with_ignored_flag(true));
-                    }
-                }
-            }
-        }
+        trials.extend(gate.vm_trials("vm_agent", agent_suite_in_vm));
     } else {
         // The guest's loopback is down by default; the metrics endpoint needs it.
         let _ = Command::new("/bin/busybox").args(["ip", "link", "set", "lo", "up"]).status();

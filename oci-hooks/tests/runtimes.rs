@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use driftguard::cgroup::{cgroup_id, CgroupRoot};
 use driftguard::enforcer::{self, EnforcementPath, Enforcer, EnforcerOptions, PolicyStore};
 use driftguard::policy::Mode;
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Failed};
 
 type R = Result<(), Failed>;
 
@@ -38,7 +38,6 @@ const APPLETS: [&str; 8] = ["sh", "true", "sleep", "cat", "cp", "ls", "echo", "i
 
 fn main() {
     let args = Arguments::from_args();
-    let require_all = std::env::var("DRIFTGUARD_REQUIRE_ALL").is_ok_and(|v| v == "1");
     let base_reason = base_requirements();
     let runc_reason = base_reason.clone().or_else(|| which("runc").is_none().then(|| "runc not installed".into()));
     let podman_reason = if vm::in_vm() {
@@ -56,19 +55,7 @@ fn main() {
     let runc_reason = runc_reason.or_else(|| bpf_reason.clone());
     let podman_reason = podman_reason.or(bpf_reason);
 
-    let gate = |name: &str, reason: &Option<String>, f: fn() -> R| -> Trial {
-        match reason {
-            None => Trial::test(name, f),
-            Some(why) if require_all && !why.starts_with("podman runs on the host only") => {
-                let why = why.clone();
-                Trial::test(name, move || Err(format!("cannot run (DRIFTGUARD_REQUIRE_ALL=1): {why}").into()))
-            }
-            Some(why) => {
-                eprintln!("SKIP {name}: {why}");
-                Trial::test(name, f).with_ignored_flag(true)
-            }
-        }
-    };
+    let gate = vm::Gate::from_env().soft("podman runs on the host only");
 
     let mut trials = Vec::new();
     // The real binary, bad input (no BPF needed).
@@ -84,7 +71,7 @@ fn main() {
         ("hook_usage_error", hook_usage_error),
         ("packaged_descriptors_are_valid", packaged_descriptors_are_valid),
     ] {
-        trials.push(gate(name, &None, f));
+        trials.push(gate.trial(name, &None, f));
     }
     for (name, f) in [
         ("runc_enforced_container", runc_enforced_container as fn() -> R),
@@ -93,39 +80,16 @@ fn main() {
         ("runc_nothing_pinned_ignore_starts_unprotected", runc_nothing_pinned_ignore_starts_unprotected),
         ("runc_invalid_annotation_refuses_container", runc_invalid_annotation_refuses_container),
     ] {
-        trials.push(gate(name, &runc_reason, f));
+        trials.push(gate.trial(name, &runc_reason, f));
     }
     for (name, f) in [
         ("podman_enforced_container", podman_enforced_container as fn() -> R),
         ("podman_unannotated_container_untouched", podman_unannotated_container_untouched),
     ] {
-        trials.push(gate(name, &podman_reason, f));
+        trials.push(gate.trial(name, &podman_reason, f));
     }
     if !vm::in_vm() {
-        let require_vm = require_all || vm::require_vm();
-        match vm::kernels() {
-            Ok(kernels) if runc_reason.is_none() => {
-                for k in kernels {
-                    let name = format!("vm_runc_{}", k.name.replace('.', "_"));
-                    trials.push(Trial::test(name, move || runc_suite_in_vm(&k)));
-                }
-            }
-            other => {
-                let why = match other {
-                    Err(e) => format!("{e} (run tests/vm/fetch-kernels.sh)"),
-                    Ok(_) => runc_reason.clone().unwrap_or_default(),
-                };
-                for name in ["vm_runc_6_1", "vm_runc_6_12"] {
-                    if require_vm {
-                        let why = why.clone();
-                        trials.push(Trial::test(name, move || Err(format!("cannot run: {why}").into())));
-                    } else {
-                        eprintln!("SKIP {name}: {why}");
-                        trials.push(Trial::test(name, || Ok(())).with_ignored_flag(true));
-                    }
-                }
-            }
-        }
+        trials.extend(gate.vm_trials_if("vm_runc", &runc_reason, runc_suite_in_vm));
     }
 
     let conclusion = libtest_mimic::run(&args, trials);

@@ -1,4 +1,4 @@
-//! What tests/kernel.rs and tests/adversarial.rs share: the requirements gate, the loaded
+//! What tests/kernel.rs and tests/adversarial.rs share: the requirements, the loaded
 //! enforcement (one per test process), a minimal container (overlay rootfs + cgroup v2 + chroot),
 //! assertions on exec outcomes and events, and the re-run of a whole suite inside the VM kernels.
 //!
@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 
 use driftguard::enforcer::{Action, EnforcementPath, Enforcer, EnforcerOptions, Event, Hook, PolicyStore, Rule};
 use driftguard::policy::{Mode, Policy};
-use libtest_mimic::{Failed, Trial};
+use libtest_mimic::Failed;
 
 use crate::vm;
+pub use crate::vm::Gate;
 
 pub type R = Result<(), Failed>;
 
@@ -96,61 +97,6 @@ pub fn es(e: impl std::fmt::Display) -> Failed {
 
 // ---------------------------------------------------------------------------
 // Trials: gate and VM re-run
-
-/// Builds trials that run, fail (CI: `DRIFTGUARD_REQUIRE_ALL=1`) or are skipped with a
-/// `SKIP <name>: <reason>` line.
-pub struct Gate {
-    pub require_all: bool,
-}
-
-impl Gate {
-    pub fn from_env() -> Self {
-        Gate { require_all: std::env::var("DRIFTGUARD_REQUIRE_ALL").is_ok_and(|v| v == "1") }
-    }
-
-    /// `reason`: why the trial cannot run here (None: it can). Reasons starting with
-    /// "needs BPF LSM" are never failures on the host: those trials run in the VM re-run.
-    pub fn trial(&self, name: &str, reason: &Option<String>, f: fn() -> R) -> Trial {
-        match reason {
-            None => Trial::test(name, f),
-            Some(why) if self.require_all && !why.starts_with("needs BPF LSM") => {
-                let why = why.clone();
-                Trial::test(name, move || Err(format!("cannot run (DRIFTGUARD_REQUIRE_ALL=1): {why}").into()))
-            }
-            Some(why) => {
-                eprintln!("SKIP {name}: {why}");
-                Trial::test(name, f).with_ignored_flag(true)
-            }
-        }
-    }
-
-    /// One trial per VM kernel (`<prefix>_6_1`, `<prefix>_6_12`) re-running this test binary
-    /// inside it; failed (CI, or `DRIFTGUARD_REQUIRE_VM=1`) or skipped when the kernels are missing.
-    pub fn vm_trials(&self, prefix: &str, run: fn(&vm::Kernel) -> R) -> Vec<Trial> {
-        match vm::kernels() {
-            Ok(kernels) => kernels
-                .into_iter()
-                .map(|k| Trial::test(format!("{prefix}_{}", k.name.replace('.', "_")), move || run(&k)))
-                .collect(),
-            Err(why) => {
-                let require_vm = self.require_all || std::env::var("DRIFTGUARD_REQUIRE_VM").is_ok_and(|v| v == "1");
-                ["6_1", "6_12"]
-                    .into_iter()
-                    .map(|v| {
-                        let name = format!("{prefix}_{v}");
-                        if require_vm {
-                            let why = why.clone();
-                            Trial::test(name, move || Err(format!("VM kernels unavailable: {why}").into()))
-                        } else {
-                            eprintln!("SKIP {name}: {why} (run tests/vm/fetch-kernels.sh)");
-                            Trial::test(name, || Ok(())).with_ignored_flag(true)
-                        }
-                    })
-                    .collect()
-            }
-        }
-    }
-}
 
 /// True inside the VM re-run.
 pub fn in_vm() -> bool {

@@ -136,6 +136,92 @@ pub fn require_vm() -> bool {
     std::env::var(REQUIRE_VM_ENV).map(|v| v == "1").unwrap_or(false)
 }
 
+/// Builds the trials of a suite: each runs, fails (CI sets `DRIFTGUARD_REQUIRE_ALL=1`) or is
+/// skipped with a `SKIP <name>: <reason>` line when it cannot run here. Shared by every suite
+/// that includes this module.
+pub struct Gate {
+    pub require_all: bool,
+    soft: Vec<&'static str>,
+}
+
+impl Gate {
+    pub fn from_env() -> Self {
+        Gate { require_all: std::env::var("DRIFTGUARD_REQUIRE_ALL").is_ok_and(|v| v == "1"), soft: Vec::new() }
+    }
+
+    /// Reasons starting with `prefix` are skips even under `DRIFTGUARD_REQUIRE_ALL`: they name
+    /// trials that run elsewhere (inside the VM, or on the host only).
+    pub fn soft(mut self, prefix: &'static str) -> Self {
+        self.soft.push(prefix);
+        self
+    }
+
+    /// `reason`: why the trial cannot run here (`None`: it can).
+    pub fn trial(
+        &self,
+        name: &str,
+        reason: &Option<String>,
+        f: fn() -> Result<(), libtest_mimic::Failed>,
+    ) -> libtest_mimic::Trial {
+        use libtest_mimic::Trial;
+        match reason {
+            None => Trial::test(name, f),
+            Some(why) if self.require_all && !self.soft.iter().any(|p| why.starts_with(p)) => {
+                let why = why.clone();
+                Trial::test(name, move || Err(format!("cannot run (DRIFTGUARD_REQUIRE_ALL=1): {why}").into()))
+            }
+            Some(why) => {
+                eprintln!("SKIP {name}: {why}");
+                Trial::test(name, f).with_ignored_flag(true)
+            }
+        }
+    }
+
+    /// One trial per VM kernel (`<prefix>_6_1`, `<prefix>_6_12`) running `run`; failed (CI, or
+    /// `DRIFTGUARD_REQUIRE_VM=1`) or skipped when the kernels are missing.
+    pub fn vm_trials(
+        &self,
+        prefix: &str,
+        run: fn(&Kernel) -> Result<(), libtest_mimic::Failed>,
+    ) -> Vec<libtest_mimic::Trial> {
+        self.vm_trials_if(prefix, &None, run)
+    }
+
+    /// [`Gate::vm_trials`], also failed or skipped when `reason` says the suite cannot run.
+    pub fn vm_trials_if(
+        &self,
+        prefix: &str,
+        reason: &Option<String>,
+        run: fn(&Kernel) -> Result<(), libtest_mimic::Failed>,
+    ) -> Vec<libtest_mimic::Trial> {
+        use libtest_mimic::Trial;
+        let why = match (kernels(), reason) {
+            (Ok(kernels), None) => {
+                return kernels
+                    .into_iter()
+                    .map(|k| Trial::test(format!("{prefix}_{}", k.name.replace('.', "_")), move || run(&k)))
+                    .collect();
+            }
+            (Err(e), _) => format!("{e} (run tests/vm/fetch-kernels.sh)"),
+            (Ok(_), Some(r)) => r.clone(),
+        };
+        let required = self.require_all || require_vm();
+        ["6_1", "6_12"]
+            .into_iter()
+            .map(|v| {
+                let name = format!("{prefix}_{v}");
+                if required {
+                    let why = why.clone();
+                    Trial::test(name, move || Err(format!("cannot run: {why}").into()))
+                } else {
+                    eprintln!("SKIP {name}: {why}");
+                    Trial::test(name, || Ok(())).with_ignored_flag(true)
+                }
+            })
+            .collect()
+    }
+}
+
 /// The kernel cache: `$DRIFTGUARD_VM_CACHE` or `<repo>/.vm-cache`. `<repo>` is the nearest
 /// ancestor of the crate's manifest dir holding `tests/vm/fetch-kernels.sh`, so workspace
 /// members (e.g. `oci-hooks/`) share the root's cache.
