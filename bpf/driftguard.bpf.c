@@ -131,41 +131,34 @@ static __always_inline struct dg_policy *lookup_policy(__u64 *cgid, __u64 *match
 {
 	struct dg_policy *p;
 	__u32 zero = 0, *maskp, mask;
-	__u64 found, own = bpf_get_current_cgroup_id(), id = own;
+	__u64 own = bpf_get_current_cgroup_id(), id;
 
 	*cgid = own;
 	p = bpf_map_lookup_elem(&dg_policies, &own);
 	if (p) {
-		*matched = id;
+		*matched = own;
 		return p;
 	}
 	maskp = bpf_map_lookup_elem(&dg_level_mask, &zero);
 	if (!maskp)
 		return NULL;
 	mask = *maskp & ~1u; /* depth 0 is the root: never policied */
-	/*
-	 * Deepest flagged level first; one iteration per flagged level. The loop
-	 * yields a scalar id and the policy is looked up once after it, so every
-	 * exit leaves the verifier the same state to prune on.
-	 */
-	found = 0;
+	/* Deepest flagged level first; one iteration per flagged level. */
 	for (__u32 n = 0; n < DG_MAX_LEVELS && mask; n++) {
 		__u32 lvl = top_bit(mask);
 
 		mask &= ~(1u << lvl);
 		id = bpf_get_current_ancestor_cgroup_id(lvl);
 		/* id == own: the task sits at that depth, looked up above. */
-		if (id && id != own && bpf_map_lookup_elem(&dg_policies, &id)) {
-			found = id;
-			break;
+		if (!id || id == own)
+			continue;
+		p = bpf_map_lookup_elem(&dg_policies, &id);
+		if (p) {
+			*matched = id;
+			return p;
 		}
 	}
-	if (!found)
-		return NULL;
-	p = bpf_map_lookup_elem(&dg_policies, &found);
-	if (p)
-		*matched = found;
-	return p;
+	return NULL;
 }
 
 /*
@@ -527,12 +520,12 @@ static __always_inline bool exec_maps_own_binary(struct file *file)
 	if (!bpf_core_field_exists(struct task_struct, in_execve))
 		return false;
 	task = bpf_get_current_task_btf();
-	if (!BPF_CORE_READ_BITFIELD_PROBED(task, in_execve))
+	if (!BPF_CORE_READ_BITFIELD(task, in_execve))
 		return false;
 	mm = task->mm;
 	if (!mm)
 		return false;
-	return (unsigned long)BPF_CORE_READ(mm, exe_file) == (unsigned long)file;
+	return (unsigned long)mm->exe_file == (unsigned long)file;
 }
 
 SEC("lsm/mmap_file")
