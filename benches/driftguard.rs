@@ -1448,11 +1448,7 @@ fn bench_events(k: &Knobs, rep: &mut Report, skip_load: bool) -> Res<()> {
         let t = Instant::now();
         for i in 0..n {
             let ev = Event::decode(&recs[i % recs.len()]).ok_or("decode failed")?;
-            metrics.events.inc();
-            let v = output::enrich(&ev, "bench-node", &reg, &clock);
-            metrics.verdicts.with_label_values(&[ev.action.as_str(), ev.rule.as_str(), &v.namespace]).inc();
-            let line = serde_json::to_string(&v).map_err(|e| e.to_string())?;
-            devnull.emit(&line);
+            output::publish(&ev, "bench-node", &reg, &clock, &metrics, &devnull);
         }
         rates.entry("agent").or_default().push(n as f64 / t.elapsed().as_secs_f64());
     }
@@ -1569,17 +1565,12 @@ fn drops_under_load(k: &Knobs, rate: u64) -> Res<LoadResult> {
     let lines = Arc::new(AtomicU64::new(0));
     let mut stream = enf.events().map_err(|e| e.to_string())?;
     {
-        // The agent's consumer task, verbatim.
+        // The agent's consumer task (same body: output::publish).
         let (registry, output, metrics, lines) = (reg.clone(), out.clone(), Metrics::new(), lines.clone());
         rt.spawn(async move {
             let clock = BootClock::now();
             while let Some(ev) = stream.next().await {
-                metrics.events.inc();
-                let v = output::enrich(&ev, "bench-node", &registry, &clock);
-                metrics.verdicts.with_label_values(&[ev.action.as_str(), ev.rule.as_str(), &v.namespace]).inc();
-                if let Ok(line) = serde_json::to_string(&v) {
-                    output.emit(&line);
-                }
+                output::publish(&ev, "bench-node", &registry, &clock, &metrics, &output);
                 lines.fetch_add(1, Ordering::Relaxed);
             }
         });

@@ -113,13 +113,7 @@ pub async fn run(
         tasks.spawn(async move {
             let clock = output::BootClock::now();
             while let Some(ev) = stream.next().await {
-                metrics.events.inc();
-                let v = output::enrich(&ev, &node, &registry, &clock);
-                metrics.verdicts.with_label_values(&[ev.action.as_str(), ev.rule.as_str(), &v.namespace]).inc();
-                match serde_json::to_string(&v) {
-                    Ok(line) => output.emit(&line),
-                    Err(e) => tracing::error!(error = %e, "serializing an event failed"),
-                }
+                output::publish(&ev, &node, &registry, &clock, &metrics, &output);
             }
             tracing::error!("event stream ended");
         });

@@ -176,6 +176,24 @@ impl Sinks {
     }
 }
 
+/// What the agent does with each verdict event: count it, enrich it, emit it as a JSON line.
+pub fn publish(
+    ev: &Event,
+    node: &str,
+    registry: &Registry,
+    clock: &BootClock,
+    metrics: &crate::agent::Metrics,
+    output: &Output,
+) {
+    metrics.events.inc();
+    let v = enrich(ev, node, registry, clock);
+    metrics.verdicts.with_label_values(&[ev.action.as_str(), ev.rule.as_str(), &v.namespace]).inc();
+    match serde_json::to_string(&v) {
+        Ok(line) => output.emit(&line),
+        Err(e) => tracing::error!(error = %e, "serializing an event failed"),
+    }
+}
+
 /// Fan-out of JSON lines: the configured sinks plus live subscribers (`driftguard events`).
 pub struct Output {
     sinks: std::sync::Mutex<Sinks>,
