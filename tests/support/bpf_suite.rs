@@ -151,21 +151,7 @@ pub fn run_suite_in_vm(
         )
         .into());
     }
-    for must in must_run {
-        if !res.output.lines().any(|l| l.strip_prefix("test ").and_then(|r| r.split_whitespace().next()) == Some(must))
-        {
-            return Err(format!("VM output lacks trial `{must}`").into());
-        }
-    }
-    // Exit 0 already means no failure; nothing may have been skipped inside the VM either.
-    if !res
-        .output
-        .lines()
-        .any(|l| l.starts_with("test result: ok.") && l.contains(" 0 failed;") && l.contains(" 0 ignored;"))
-    {
-        return Err("VM summary is not `ok` with 0 failed and 0 ignored".into());
-    }
-    Ok(())
+    res.check_trials(must_run).map_err(Failed::from)
 }
 
 // ---------------------------------------------------------------------------

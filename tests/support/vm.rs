@@ -117,6 +117,30 @@ pub struct VmResult {
     pub elapsed: Duration,
 }
 
+impl VmResult {
+    /// For a libtest guest command: every `must_run` trial appears in the output, and the summary
+    /// is `ok` with 0 failed and 0 ignored (nothing may be skipped inside the VM).
+    pub fn check_trials(&self, must_run: &[&str]) -> Result<(), String> {
+        for must in must_run {
+            if !self
+                .output
+                .lines()
+                .any(|l| l.strip_prefix("test ").and_then(|r| r.split_whitespace().next()) == Some(must))
+            {
+                return Err(format!("VM output lacks trial `{must}`"));
+            }
+        }
+        if !self
+            .output
+            .lines()
+            .any(|l| l.starts_with("test result: ok.") && l.contains(" 0 failed;") && l.contains(" 0 ignored;"))
+        {
+            return Err("VM summary is not `ok` with 0 failed and 0 ignored".into());
+        }
+        Ok(())
+    }
+}
+
 /// True inside the VM (the guest command's environment has `DRIFTGUARD_IN_VM=1`).
 pub fn in_vm() -> bool {
     std::env::var(IN_VM_ENV).map(|v| v == "1").unwrap_or(false)
