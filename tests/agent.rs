@@ -127,7 +127,13 @@ struct Agent {
     events: PathBuf,
     metrics: String,
     child: Option<Child>,
+    /// Start with only the capabilities packaging/systemd/driftguard.service and the DaemonSet
+    /// grant (through setpriv), instead of full root.
+    unit_caps: bool,
 }
+
+/// The capabilities the systemd unit grants (`AmbientCapabilities=`).
+const UNIT_CAPS: &str = "-all,+bpf,+perfmon,+sys_admin";
 
 impl Agent {
     fn new(dir: &Path) -> Result<Self, Failed> {
@@ -158,6 +164,7 @@ impl Agent {
             events,
             metrics: format!("127.0.0.1:{port}"),
             child: None,
+            unit_caps: false,
         })
     }
 
@@ -167,7 +174,19 @@ impl Agent {
             .append(true)
             .open(self.dir.join("agent.log"))
             .map_err(|e| e.to_string())?;
-        let child = Command::new(env!("CARGO_BIN_EXE_driftguard"))
+        let mut cmd = match which("setpriv").filter(|_| self.unit_caps) {
+            Some(setpriv) => {
+                let mut c = Command::new(setpriv);
+                c.arg(format!("--bounding-set={UNIT_CAPS}"))
+                    .arg(format!("--inh-caps={UNIT_CAPS}"))
+                    .arg(format!("--ambient-caps={UNIT_CAPS}"))
+                    .arg("--")
+                    .arg(env!("CARGO_BIN_EXE_driftguard"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_driftguard")),
+        };
+        let child = cmd
             .args(["run", "--config"])
             .arg(&self.config)
             .env("DRIFTGUARD_STATE_DIR", self.dir.join("state"))
@@ -324,6 +343,23 @@ impl RuncCtr {
         }
         let parent = format!("dg-agent-{}", std::process::id());
         let cgroups_path = format!("/{parent}/{id}");
+        // containerd's default capability set, as a Kubernetes pod gets it.
+        let caps = [
+            "CAP_CHOWN",
+            "CAP_DAC_OVERRIDE",
+            "CAP_FSETID",
+            "CAP_FOWNER",
+            "CAP_MKNOD",
+            "CAP_NET_RAW",
+            "CAP_SETGID",
+            "CAP_SETUID",
+            "CAP_SETFCAP",
+            "CAP_SETPCAP",
+            "CAP_NET_BIND_SERVICE",
+            "CAP_SYS_CHROOT",
+            "CAP_KILL",
+            "CAP_AUDIT_WRITE",
+        ];
         let config = serde_json::json!({
             "ociVersion": "1.0.2",
             "process": {
@@ -332,6 +368,7 @@ impl RuncCtr {
                 "args": ["/bin/sleep", "3600"],
                 "env": ["PATH=/bin"],
                 "cwd": "/",
+                "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
                 "noNewPrivileges": true
             },
             "root": {"path": merged, "readonly": false},
@@ -750,6 +787,10 @@ fn agent_restart_keeps_enforcing_and_resynchronizes() -> R {
 fn agent_reports_non_overlay_rootfs() -> R {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mut agent = Agent::new(dir.path())?;
+    // With the unit's capabilities (no CAP_SYS_PTRACE) the agent cannot statfs the container's
+    // /proc/<pid>/root and must tell the filesystem from mountinfo. (setpriv is on every Debian
+    // host; the VM re-run, which lacks it, runs this with full root.)
+    agent.unit_caps = true;
     let rt = rt();
     let _guard = rt.enter();
     let mut peer = RuntimePeer::bind(&agent.socket).map_err(|e| e.to_string())?;

@@ -310,9 +310,11 @@ fn image_of(ctr: &Container) -> String {
 /// The filesystem type of a process's root.
 ///
 /// One `statfs(2)` of `/proc/<pid>/root` (the process's own root, so chroot and pivot_root
-/// both count); `/proc/<pid>/mountinfo` is read only to name a filesystem whose magic number
-/// is not in [`fs_name`]. Reading mountinfo for every container made it the largest cost of a
-/// Synchronize of thousands of containers.
+/// both count). That needs ptrace access to the process, which the agent lacks when it runs
+/// with the capabilities the systemd unit and the DaemonSet grant (no `CAP_SYS_PTRACE`); then,
+/// and to name a filesystem whose magic number is not in [`fs_name`], the last mount on `/` in
+/// `/proc/<pid>/mountinfo` (readable without ptrace access) decides. Reading mountinfo for
+/// every container was the largest cost of a Synchronize of thousands of containers.
 pub fn rootfs_of(pid: u32) -> Rootfs {
     if pid == 0 {
         return Rootfs::Unknown;
@@ -322,23 +324,23 @@ pub fn rootfs_of(pid: u32) -> Rootfs {
     };
     // SAFETY: statfs writes into a zeroed, properly sized struct; path is NUL-terminated.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(path.as_ptr(), &mut st) } != 0 {
-        return Rootfs::Unknown;
-    }
-    #[allow(clippy::unnecessary_cast)] // f_type is i64 on x86_64, u32/i32 elsewhere
-    let magic = st.f_type as u64 & 0xffff_ffff;
-    if magic == OVERLAYFS_SUPER_MAGIC {
-        return Rootfs::Overlay;
-    }
-    if let Some(name) = fs_name(magic) {
-        return Rootfs::Other(name.to_string());
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/mountinfo")) {
-        Ok(mi) => match root_fstype(&mi) {
-            Some(t) if t != "overlay" => Rootfs::Other(t),
-            _ => Rootfs::Other(format!("{magic:#x}")),
-        },
-        Err(_) => Rootfs::Other(format!("{magic:#x}")),
+    let magic = if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 {
+        #[allow(clippy::unnecessary_cast)] // f_type is i64 on x86_64, u32/i32 elsewhere
+        let m = st.f_type as u64 & 0xffff_ffff;
+        if m == OVERLAYFS_SUPER_MAGIC {
+            return Rootfs::Overlay;
+        }
+        if let Some(name) = fs_name(m) {
+            return Rootfs::Other(name.to_string());
+        }
+        Some(m)
+    } else {
+        None // no ptrace access, or the process is gone: mountinfo tells which
+    };
+    match std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok().as_deref().and_then(root_fstype) {
+        Some(t) if t == "overlay" => Rootfs::Overlay,
+        Some(t) => Rootfs::Other(t),
+        None => magic.map(|m| Rootfs::Other(format!("{m:#x}"))).unwrap_or(Rootfs::Unknown),
     }
 }
 
