@@ -174,7 +174,7 @@ impl Agent {
             .append(true)
             .open(self.dir.join("agent.log"))
             .map_err(|e| e.to_string())?;
-        let mut cmd = match which("setpriv").filter(|_| self.unit_caps) {
+        let mut cmd = match which("setpriv").filter(|_| self.unit_caps && !vm::in_vm()) {
             Some(setpriv) => {
                 let mut c = Command::new(setpriv);
                 c.arg(format!("--bounding-set={UNIT_CAPS}"))
@@ -788,8 +788,8 @@ fn agent_reports_non_overlay_rootfs() -> R {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mut agent = Agent::new(dir.path())?;
     // With the unit's capabilities (no CAP_SYS_PTRACE) the agent cannot statfs the container's
-    // /proc/<pid>/root and must tell the filesystem from mountinfo. (setpriv is on every Debian
-    // host; the VM re-run, which lacks it, runs this with full root.)
+    // /proc/<pid>/root and must tell the filesystem from mountinfo. (Host only: the VM re-run's
+    // minimal guest runs the agent with full root.)
     agent.unit_caps = true;
     let rt = rt();
     let _guard = rt.enter();
