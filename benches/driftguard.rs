@@ -310,6 +310,13 @@ impl Overlay {
         Ok(o)
     }
 
+    /// The overlay's provenance (its root is `merged`), as the agent would install it.
+    fn prov(&self) -> Res<driftguard::provenance::Provenance> {
+        let mi = fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
+        driftguard::provenance::resolve(&mi, Path::new("/proc/self/mountinfo"), &self.merged, &Policy::default())
+            .map_err(|e| e.to_string())
+    }
+
     /// The image binary and its argv for the exec loop.
     fn image_cmd(&self, bin: ExecBin) -> (PathBuf, Vec<&'static str>) {
         match bin {
@@ -601,6 +608,7 @@ fn prog_totals(enf: &Enforcer) -> HashMap<String, (u64, u64)> {
 
 fn exec_measure(k: &Knobs, execs: usize) -> Res<ExecResult> {
     let ov = Overlay::new()?;
+    let prov = ov.prov()?;
     let mut cg = Cgroups::new()?;
     let target = cg.make("exec")?;
     let sibling = cg.make("other")?;
@@ -641,17 +649,17 @@ fn exec_measure(k: &Knobs, execs: usize) -> Res<ExecResult> {
                         enf = Some(e);
                     }
                     let store = enf.as_ref().map(|e| e.store()).ok_or("no enforcer")?;
-                    store.set(sid, level, &Policy::with_mode(Mode::Enforce)).map_err(|e| e.to_string())?;
+                    store.set(sid, level, &Policy::with_mode(Mode::Enforce), &prov).map_err(|e| e.to_string())?;
                     match cfg {
                         ExecCfg::Unpolicied => {
                             store.remove(tid).map_err(|e| e.to_string())?;
                         }
-                        ExecCfg::Monitor => {
-                            store.set(tid, level, &Policy::with_mode(Mode::Monitor)).map_err(|e| e.to_string())?
-                        }
-                        ExecCfg::Enforce => {
-                            store.set(tid, level, &Policy::with_mode(Mode::Enforce)).map_err(|e| e.to_string())?
-                        }
+                        ExecCfg::Monitor => store
+                            .set(tid, level, &Policy::with_mode(Mode::Monitor), &prov)
+                            .map_err(|e| e.to_string())?,
+                        ExecCfg::Enforce => store
+                            .set(tid, level, &Policy::with_mode(Mode::Enforce), &prov)
+                            .map_err(|e| e.to_string())?,
                         ExecCfg::Base => {}
                     }
                 }
@@ -1382,7 +1390,7 @@ fn synthetic_records(n_distinct: usize, registered: &[u64]) -> Vec<Vec<u8>> {
                 matched: abi::DG_MATCH_DRIFT,
                 action: if i % 2 == 0 { abi::DG_ACT_DENY } else { abi::DG_ACT_ALERT },
                 hook: abi::DG_HOOK_BPRM_CHECK,
-                file_kind: abi::DG_FILE_OVERLAY_UPPER,
+                file_kind: abi::DG_FILE_UPPER,
                 mode: if i % 2 == 0 { abi::DG_MODE_ENFORCE } else { abi::DG_MODE_MONITOR },
                 flags: 0,
                 comm: "sh".into(),
@@ -1555,7 +1563,7 @@ fn drops_under_load(k: &Knobs, rate: u64) -> Res<LoadResult> {
     let root = cgroup_root()?;
     let level = target.strip_prefix(&root).map(|p| p.components().count() as u32).unwrap_or(2);
     let cgid = cgroup_id(&target)?;
-    enf.store().set(cgid, level, &Policy::with_mode(Mode::Monitor)).map_err(|e| e.to_string())?;
+    enf.store().set(cgid, level, &Policy::with_mode(Mode::Monitor), &ov.prov()?).map_err(|e| e.to_string())?;
     let (reg, _) = fake_registry(1000);
     let reg = Arc::new(reg);
     let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;

@@ -26,14 +26,16 @@ static __always_inline struct dg_verdict dg_decide(const struct dg_input *in)
 	else if (in->list == DG_LIST_ALLOW && !(rules & DG_RULE_ALLOWLIST_ONLY))
 		/* allow entries exempt a path (e.g. a tool the pod downloads) from the file rules */
 		v.match = DG_MATCH_NONE;
-	else if (in->file_kind == DG_FILE_OVERLAY_UPPER && (rules & DG_RULE_DRIFT))
+	else if (in->file_kind == DG_FILE_UPPER && (rules & DG_RULE_DRIFT))
 		/*
 		 * In allow-list-only mode the list names what may run, not what may be
 		 * replaced: a file written over an allowed path is still drift.
 		 */
 		v.match = DG_MATCH_DRIFT;
-	else if (in->file_kind == DG_FILE_OTHER_FS && (rules & DG_RULE_NON_OVERLAY))
-		v.match = DG_MATCH_NON_OVERLAY;
+	else if ((in->file_kind == DG_FILE_OTHER_FS || in->file_kind == DG_FILE_OTHER_OVERLAY) &&
+		 (rules & DG_RULE_NON_IMAGE))
+		/* not from this container's image layers (exempt volumes are DG_FILE_EXEC_VOLUME) */
+		v.match = DG_MATCH_NON_IMAGE;
 	else if (in->access == DG_ACCESS_EXEC && (rules & DG_RULE_ALLOWLIST_ONLY) && in->list != DG_LIST_ALLOW)
 		/* allow-list-only governs exec, not the libraries a program maps */
 		v.match = DG_MATCH_NOT_ALLOWED;

@@ -176,38 +176,72 @@ static __always_inline struct dentry *ovl_upper(struct inode *inode)
 	return upper;
 }
 
-/* What kind of file is this? See the drift-signal table in docs/bpf.md. */
-static __always_inline __u32 classify_inode(struct inode *inode)
+/* Is the mount one of the volumes the policy exempts from the non-image rule? */
+static __always_inline bool exec_volume(struct vfsmount *vmnt, const struct dg_policy *p)
 {
+	struct mount *m;
+	__u32 id, n;
+
+	if (!vmnt || !(p->rules & DG_RULE_HAS_MOUNTS))
+		return false;
+	m = container_of(vmnt, struct mount, mnt);
+	id = (__u32)BPF_CORE_READ(m, mnt_id);
+	n = p->exec_mnt_count;
+	for (__u32 i = 0; i < DG_MAX_EXEC_MOUNTS; i++) {
+		if (i >= n)
+			break;
+		if (p->exec_mnt_ids[i] == id)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * What kind of file is this, for this policy? See the table in docs/bpf.md.
+ * Image or upper only on the container's own root filesystem (the superblock
+ * whose s_dev the policy holds): another overlay (one mounted in a user
+ * namespace, another container's root seen through /proc/<pid>/root), a tmpfs
+ * such as runc's /dev, or a host file the runtime bind-mounted is not image.
+ * A non-overlay root (other snapshotters) cannot tell written files from
+ * shipped ones: its files count as image (documented limit).
+ */
+static __always_inline __u32 classify_inode(struct inode *inode, struct vfsmount *vmnt, const struct dg_policy *p)
+{
+	struct super_block *sb;
+	bool overlay;
+
 	if (!inode)
 		return DG_FILE_OTHER_FS;
 	if (BPF_CORE_READ(inode, i_nlink) == 0)
 		return DG_FILE_FILELESS;
-	if (BPF_CORE_READ(inode, i_sb, s_magic) != OVERLAYFS_SUPER_MAGIC)
-		return DG_FILE_OTHER_FS;
-	return ovl_upper(inode) ? DG_FILE_OVERLAY_UPPER : DG_FILE_OVERLAY_LOWER;
-}
-
-static __always_inline __u32 classify_file(struct file *file)
-{
-	return classify_inode(BPF_CORE_READ(file, f_inode));
+	sb = BPF_CORE_READ(inode, i_sb);
+	overlay = BPF_CORE_READ(sb, s_magic) == OVERLAYFS_SUPER_MAGIC;
+	if (p->rootfs_dev && (__u64)BPF_CORE_READ(sb, s_dev) == p->rootfs_dev) {
+		if (!overlay)
+			return DG_FILE_IMAGE;
+		return ovl_upper(inode) ? DG_FILE_UPPER : DG_FILE_IMAGE;
+	}
+	if (exec_volume(vmnt, p))
+		return DG_FILE_EXEC_VOLUME;
+	return overlay ? DG_FILE_OTHER_OVERLAY : DG_FILE_OTHER_FS;
 }
 
 /*
  * A mapping of an overlay file holds overlay's *real* file in vma->vm_file,
  * so the overlay inode must be found again: on 6.1 the real file's f_path is
  * the overlay path ("fake path"); from 6.5 the real file is a struct
- * backing_file whose user_path is. A candidate counts as drift only if its
+ * backing_file whose user_path is. A candidate counts as upper only if its
  * overlay inode's upper dentry is the mapped inode, so memory that is not a
  * backing file can never make a file look drifted. Sets *pd/*pm to the path
  * to report (the overlay path when found).
  */
-static __always_inline __u32 classify_mapped(struct file *file, struct dentry **pd, struct vfsmount **pm)
+static __always_inline __u32 classify_mapped(struct file *file, const struct dg_policy *p, struct dentry **pd,
+					     struct vfsmount **pm)
 {
 	struct inode *real = BPF_CORE_READ(file, f_inode);
 	struct dentry *cand_d[2] = {};
 	struct vfsmount *cand_m[2] = {};
-	bool overlay_seen = false;
+	struct inode *overlay_seen = NULL;
 
 	cand_d[0] = BPF_CORE_READ(file, f_path.dentry);
 	cand_m[0] = BPF_CORE_READ(file, f_path.mnt);
@@ -234,16 +268,26 @@ static __always_inline __u32 classify_mapped(struct file *file, struct dentry **
 		if (!oi || BPF_CORE_READ(oi, i_sb, s_magic) != OVERLAYFS_SUPER_MAGIC)
 			continue;
 		if (oi == real)
-			return classify_inode(real);
+			return classify_inode(real, cand_m[i], p);
 		up = ovl_upper(oi);
 		if (up && BPF_CORE_READ(up, d_inode) == real) {
 			*pd = d;
 			*pm = cand_m[i];
-			return DG_FILE_OVERLAY_UPPER;
+			return classify_inode(oi, cand_m[i], p);
 		}
-		overlay_seen = true;
+		if (!overlay_seen) {
+			overlay_seen = oi;
+			*pd = d;
+			*pm = cand_m[i];
+		}
 	}
-	return overlay_seen ? DG_FILE_OVERLAY_LOWER : classify_inode(real);
+	if (overlay_seen) {
+		/* a lower file of that overlay: image only if it is this container's root */
+		if (p->rootfs_dev && (__u64)BPF_CORE_READ(overlay_seen, i_sb, s_dev) == p->rootfs_dev)
+			return DG_FILE_IMAGE;
+		return DG_FILE_OTHER_OVERLAY;
+	}
+	return classify_inode(real, cand_m[0], p);
 }
 
 static __always_inline struct dg_scratch *scratch(void)
@@ -264,10 +308,20 @@ static __always_inline struct dg_scratch *scratch_raw(void)
 }
 
 /*
- * Fallback path resolution (bpf_d_path is not allowed in tp_btf): walk
- * dentries up to the task's root, crossing mounts, so the result is the path
- * as the task sees it, like d_path(). The loops run under bpf_loop() so the
- * verifier checks each body once instead of unrolling 64 iterations.
+ * Path resolution by walking dentries (bpf_d_path is not allowed in tp_btf
+ * and file_mprotect). Two kinds:
+ *
+ * - image paths (cross == 0): from the file up to the root of its own
+ *   superblock, never crossing a mount. For a file on the container's root
+ *   filesystem that is its path in the image, whatever the task's root, mounts
+ *   or namespaces: chroot, pivot_root, bind mounts, /proc/<pid>/root and ".."
+ *   cannot change it. List entries are matched against this path only.
+ * - task paths (cross == 1): up to the task's root, crossing mounts, like
+ *   d_path(). Used for the event path of files outside the root filesystem.
+ *
+ * A walk that does not reach its root within the step budget, or has more
+ * components than fit, is flagged: such a path never matches a list entry.
+ * The loops run under bpf_loop() so the verifier checks each body once.
  */
 struct walk_ctx {
 	struct dentry *d;
@@ -278,41 +332,78 @@ struct walk_ctx {
 	__u32 n;
 	__u32 off;
 	__u32 flags;
+	__u32 done;
 };
 
-static long walk_up(__u64 i, void *ctx)
+/* Records the name of c->d; returns 1 when the walk must stop. */
+static __always_inline long walk_record(struct walk_ctx *c, struct dg_scratch *s, struct dentry *d)
 {
-	struct walk_ctx *c = ctx;
-	struct dg_scratch *s = scratch_raw();
-	/* Locals, not c->x, inside BPF_CORE_READ: walk_ctx is ours, not a kernel type. */
-	struct dentry *d = c->d, *parent_d;
-	struct vfsmount *vmnt = c->vmnt;
-	struct mount *mnt = c->mnt;
-
-	if (!s)
-		return 1;
-	if (d == c->root_d && vmnt == c->root_m)
-		return 1;
-	if (d == BPF_CORE_READ(vmnt, mnt_root)) {
-		struct mount *parent = BPF_CORE_READ(mnt, mnt_parent);
-
-		if (parent == mnt)
-			return 1;
-		c->d = BPF_CORE_READ(mnt, mnt_mountpoint);
-		c->mnt = parent;
-		c->vmnt = (struct vfsmount *)((void *)parent + bpf_core_field_offset(struct mount, mnt));
-		return 0;
-	}
-	parent_d = BPF_CORE_READ(d, d_parent);
 	if (c->n >= DG_WALK_MAX) {
 		c->flags |= DG_EVF_PATH_TRUNCATED;
 		return 1;
 	}
 	s->names[c->n & (DG_WALK_MAX - 1)] = BPF_CORE_READ(d, d_name.name);
 	c->n++;
-	/* A pseudo file (memfd, anon) is its own parent: its name is the whole path. */
-	if (parent_d == d)
+	return 0;
+}
+
+/* Image path: up to the root of the file's own superblock, never crossing a mount. */
+static long walk_up_image(__u64 i, void *ctx)
+{
+	struct walk_ctx *c = ctx;
+	struct dg_scratch *s = scratch_raw();
+	/* Locals, not c->x, inside BPF_CORE_READ: walk_ctx is ours, not a kernel type. */
+	struct dentry *d = c->d, *parent_d;
+
+	if (!s)
 		return 1;
+	parent_d = BPF_CORE_READ(d, d_parent);
+	if (parent_d == d) {
+		/* the superblock's root: "/" of the image */
+		c->done = 1;
+		return 1;
+	}
+	if (walk_record(c, s, d))
+		return 1;
+	c->d = parent_d;
+	return 0;
+}
+
+/* Task path: up to the task's root, crossing mounts, like d_path(). */
+static long walk_up_task(__u64 i, void *ctx)
+{
+	struct walk_ctx *c = ctx;
+	struct dg_scratch *s = scratch_raw();
+	struct dentry *d = c->d, *parent_d;
+	struct vfsmount *vmnt = c->vmnt;
+	struct mount *mnt = c->mnt;
+
+	if (!s)
+		return 1;
+	if (d == c->root_d && vmnt == c->root_m) {
+		c->done = 1;
+		return 1;
+	}
+	if (d == BPF_CORE_READ(vmnt, mnt_root)) {
+		struct mount *parent = BPF_CORE_READ(mnt, mnt_parent);
+
+		if (parent == mnt) {
+			c->done = 1;
+			return 1;
+		}
+		c->d = BPF_CORE_READ(mnt, mnt_mountpoint);
+		c->mnt = parent;
+		c->vmnt = (struct vfsmount *)((void *)parent + bpf_core_field_offset(struct mount, mnt));
+		return 0;
+	}
+	parent_d = BPF_CORE_READ(d, d_parent);
+	if (walk_record(c, s, d))
+		return 1;
+	/* A pseudo file (memfd, anon) is its own parent: its name is the whole path. */
+	if (parent_d == d) {
+		c->done = 1;
+		return 1;
+	}
 	c->d = parent_d;
 	return 0;
 }
@@ -347,19 +438,40 @@ static long write_down(__u64 j, void *ctx)
 	return 0;
 }
 
-/* Writes s->key.path; returns DG_EVF_* flags. */
-static __always_inline __u32 walk_path(struct dg_scratch *s, struct dentry *dentry, struct vfsmount *vmnt)
+/*
+ * Writes the per-CPU scratch's key.path; returns DG_EVF_* flags.
+ *
+ * A global function (not static, not inlined) taking only scalars: the verifier
+ * checks it once per program, with no knowledge of the caller's state, instead
+ * of once for every caller state that reaches a call site. Inlined, the walks
+ * took 6.12's verifier past its 1,000,000-instruction budget. The pointers are
+ * only ever read through bpf_probe_read_kernel (BPF_CORE_READ).
+ */
+__noinline __u32 dg_walk_path(__u64 dentry, __u64 vmnt, __u32 cross)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
+	struct dg_scratch *s = scratch_raw();
 	struct walk_ctx c = {};
 
-	c.d = dentry;
-	c.vmnt = vmnt;
+	if (!s)
+		return DG_EVF_PATH_UNRESOLVED;
+	c.d = (struct dentry *)dentry;
+	c.vmnt = (struct vfsmount *)vmnt;
 	c.mnt = container_of(c.vmnt, struct mount, mnt);
 	c.root_d = BPF_CORE_READ(task, fs, root.dentry);
 	c.root_m = BPF_CORE_READ(task, fs, root.mnt);
 
-	bpf_loop(DG_WALK_STEPS, walk_up, &c, 0);
+	if (!dentry) {
+		c.flags |= DG_EVF_PATH_UNRESOLVED;
+	} else {
+		/* Two callbacks rather than one with a branch: fewer states for the verifier. */
+		if (cross)
+			bpf_loop(DG_WALK_STEPS, walk_up_task, &c, 0);
+		else
+			bpf_loop(DG_WALK_STEPS, walk_up_image, &c, 0);
+		if (!c.done)
+			c.flags |= DG_EVF_PATH_UNRESOLVED;
+	}
 	__builtin_memset(s->buf, 0, sizeof(s->buf));
 	if (c.n == 0)
 		s->buf[0] = '/';
@@ -368,29 +480,14 @@ static __always_inline __u32 walk_path(struct dg_scratch *s, struct dentry *dent
 		c.flags |= DG_EVF_PATH_TRUNCATED;
 		s->buf[DG_PATH_MAX - 1] = 0;
 	}
+	__builtin_memset(&s->key, 0, sizeof(s->key));
 	__builtin_memcpy(s->key.path, s->buf, DG_PATH_MAX);
-	return c.flags;
+	return c.flags | (cross ? 0 : DG_EVF_PATH_IMAGE);
 }
 
-/* LSM path resolution with the kernel's own d_path (task-root relative). */
-static __always_inline __u32 dpath(struct dg_scratch *s, struct file *file)
+static __always_inline __u32 walk_path(struct dentry *dentry, struct vfsmount *vmnt, __u32 cross)
 {
-	/*
-	 * d_path builds the string at the end of the buffer and bpf_d_path moves
-	 * it to the front, leaving stale bytes behind the NUL. The list key must
-	 * be NUL padded, so resolve into buf and copy up to the NUL into the
-	 * zeroed key.
-	 */
-	long r = bpf_d_path(&file->f_path, s->buf, DG_PATH_MAX);
-
-	if (r < 0) {
-		/* Too long (or unresolvable): the walk still reports the first 255 bytes. */
-		__u32 flags = walk_path(s, BPF_CORE_READ(file, f_path.dentry), BPF_CORE_READ(file, f_path.mnt));
-
-		return flags | (r == -36 /* ENAMETOOLONG */ ? DG_EVF_PATH_TRUNCATED : DG_EVF_PATH_UNRESOLVED);
-	}
-	bpf_probe_read_kernel_str(s->key.path, DG_PATH_MAX, s->buf);
-	return 0;
+	return dg_walk_path((__u64)dentry, (__u64)vmnt, cross);
 }
 
 static __always_inline void emit(struct dg_scratch *s, const struct dg_verdict *v, __u32 hook,
@@ -427,9 +524,14 @@ static __always_inline void emit(struct dg_scratch *s, const struct dg_verdict *
 	stat_inc(DG_STAT_EVENTS);
 }
 
-#define DG_PATH_DPATH 0  /* LSM exec/mmap: bpf_d_path on the file */
-#define DG_PATH_WALK 1   /* tracepoint: dentry walk on the file */
+#define DG_PATH_DPATH 0  /* LSM exec/mmap: bpf_d_path for task paths */
+#define DG_PATH_WALK 1   /* tracepoint: dentry walk for task paths */
 #define DG_PATH_MAPPED 2 /* file_mprotect: overlay file behind a mapping, dentry walk */
+
+static __always_inline bool on_rootfs(__u32 kind)
+{
+	return kind == DG_FILE_IMAGE || kind == DG_FILE_UPPER;
+}
 
 /*
  * Shared body of every entry point: policy lookup, classification, lists,
@@ -439,14 +541,14 @@ static __always_inline __u32 check_file(struct file *file, __u32 hook, __u32 acc
 					__u32 enforce_action, int path_mode)
 {
 	struct dg_input in = {};
-	struct dg_verdict v;
+	struct dg_verdict v = {};
 	struct dg_policy *p;
 	struct dg_scratch *s;
 	struct dentry *pd = NULL;
 	struct vfsmount *pm = NULL;
 	__u64 cgid = 0, matched = 0;
-	__u32 flags = 0, *list;
-	bool have_path = false;
+	__u32 flags = 0, cross, *list;
+	bool need_list, resolved = false;
 
 	if (!file)
 		return DG_ACT_ALLOW;
@@ -464,29 +566,58 @@ static __always_inline __u32 check_file(struct file *file, __u32 hook, __u32 acc
 	in.enforce_action = enforce_action;
 	in.list = DG_LIST_NONE;
 	if (path_mode == DG_PATH_MAPPED) {
-		in.file_kind = classify_mapped(file, &pd, &pm);
+		in.file_kind = classify_mapped(file, p, &pd, &pm);
 	} else {
-		in.file_kind = classify_file(file);
 		pd = BPF_CORE_READ(file, f_path.dentry);
 		pm = BPF_CORE_READ(file, f_path.mnt);
+		in.file_kind = classify_inode(BPF_CORE_READ(file, f_inode), pm, p);
 	}
 
-	if (in.rules & DG_RULE_HAS_LISTS) {
-		flags = path_mode == DG_PATH_DPATH ? dpath(s, file) : walk_path(s, pd, pm);
-		have_path = true;
-		if (flags)
+	/*
+	 * List entries name files of the container's root filesystem by their
+	 * image path. Files elsewhere never match; an image path that could not
+	 * be resolved completely never matches either (fail closed). Without a
+	 * list lookup the path is only needed for the event: decide first.
+	 */
+	need_list = (in.rules & DG_RULE_HAS_LISTS) && on_rootfs(in.file_kind);
+	if (!need_list) {
+		v = dg_decide(&in);
+		if (v.action == DG_ACT_ALLOW)
+			return DG_ACT_ALLOW;
+	}
+	/* One walk call site: each bpf_loop call site is verified on its own. */
+	cross = on_rootfs(in.file_kind) ? 0 : 1;
+	if (path_mode == DG_PATH_DPATH && cross) {
+		/*
+		 * Task-relative path with the kernel's own d_path. It builds the
+		 * string at the end of the buffer and moves it to the front, leaving
+		 * stale bytes behind the NUL: copy up to the NUL into the zeroed key.
+		 */
+		long r = bpf_d_path(&file->f_path, s->buf, DG_PATH_MAX);
+
+		if (r >= 0) {
+			bpf_probe_read_kernel_str(s->key.path, DG_PATH_MAX, s->buf);
+			resolved = true;
+		} else {
+			/* too long or unresolvable: the walk still reports the first 255 bytes */
+			flags = r == -36 /* ENAMETOOLONG */ ? DG_EVF_PATH_TRUNCATED : DG_EVF_PATH_UNRESOLVED;
+		}
+	}
+	if (!resolved)
+		flags |= walk_path(pd, pm, cross);
+	if (need_list) {
+		if (flags & (DG_EVF_PATH_TRUNCATED | DG_EVF_PATH_UNRESOLVED)) {
 			stat_inc(DG_STAT_PATH_ERRORS);
-		s->key.cgroup_id = matched;
-		list = bpf_map_lookup_elem(&dg_paths, &s->key);
-		if (list)
-			in.list = *list;
+		} else {
+			s->key.cgroup_id = matched;
+			list = bpf_map_lookup_elem(&dg_paths, &s->key);
+			if (list)
+				in.list = *list;
+		}
+		v = dg_decide(&in);
+		if (v.action == DG_ACT_ALLOW)
+			return DG_ACT_ALLOW;
 	}
-
-	v = dg_decide(&in);
-	if (v.action == DG_ACT_ALLOW)
-		return DG_ACT_ALLOW;
-	if (!have_path)
-		flags = path_mode == DG_PATH_DPATH ? dpath(s, file) : walk_path(s, pd, pm);
 	emit(s, &v, hook, in.file_kind, in.mode, flags, cgid, matched);
 	return v.action;
 }

@@ -12,6 +12,8 @@
 #define DG_PATH_MAX 256
 /* Cgroup levels searched for a policy above the exec'ing task's own cgroup. */
 #define DG_MAX_LEVELS 32
+/* Volume mounts one policy may exempt from the non-image rule. */
+#define DG_MAX_EXEC_MOUNTS 8
 
 /* Policy modes. OFF is never stored: removing the entry means off. */
 #define DG_MODE_OFF 0
@@ -21,27 +23,34 @@
 /* Policy rule bits (struct dg_policy.rules). */
 #define DG_RULE_DRIFT (1u << 0)          /* file in the overlayfs upper layer */
 #define DG_RULE_FILELESS (1u << 1)       /* memfd / unlinked file (nlink == 0) */
-#define DG_RULE_NON_OVERLAY (1u << 2)    /* file on a non-overlay mount */
+#define DG_RULE_NON_IMAGE (1u << 2)      /* file not from the container's own image layers */
 #define DG_RULE_ALLOWLIST_ONLY (1u << 3) /* exec only what the allow list names */
 #define DG_RULE_HAS_LISTS (1u << 4)      /* policy has allow/deny path entries */
+#define DG_RULE_HAS_MOUNTS (1u << 5)     /* policy exempts volume mounts (exec_mnt_ids) */
 
 /* Path list membership (value of the paths map). */
 #define DG_LIST_NONE 0
 #define DG_LIST_ALLOW 1
 #define DG_LIST_DENY 2
 
-/* What the exec'd / mapped file is. */
-#define DG_FILE_OVERLAY_LOWER 0 /* shipped in the image */
-#define DG_FILE_OVERLAY_UPPER 1 /* written or copied up in the container */
+/*
+ * What the exec'd / mapped file is. "Image" and "upper" are judged against the
+ * policy's rootfs_dev: only the overlay the runtime mounted as this container's
+ * root counts; any other overlay is DG_FILE_OTHER_OVERLAY.
+ */
+#define DG_FILE_IMAGE 0         /* lower layer of this container's root overlay */
+#define DG_FILE_UPPER 1         /* upper layer of it: written or copied up in the container */
 #define DG_FILE_FILELESS 2      /* memfd, O_TMPFILE, unlinked */
-#define DG_FILE_OTHER_FS 3      /* volume, emptyDir, tmpfs, host path */
+#define DG_FILE_OTHER_FS 3      /* tmpfs (/dev), host files bind-mounted by the runtime, volumes */
+#define DG_FILE_OTHER_OVERLAY 4 /* an overlay that is not this container's root */
+#define DG_FILE_EXEC_VOLUME 5   /* on a volume mount the policy exempts from non_image */
 
 /* Which rule produced the verdict. */
 #define DG_MATCH_NONE 0
 #define DG_MATCH_DENY_LIST 1
 #define DG_MATCH_DRIFT 2
 #define DG_MATCH_FILELESS 3
-#define DG_MATCH_NON_OVERLAY 4
+#define DG_MATCH_NON_IMAGE 4
 #define DG_MATCH_NOT_ALLOWED 5
 
 /* Actions. ALERT = a rule matched in monitor mode (allowed, reported). */
@@ -63,6 +72,7 @@
 /* Event flags. */
 #define DG_EVF_PATH_TRUNCATED (1u << 0)
 #define DG_EVF_PATH_UNRESOLVED (1u << 1)
+#define DG_EVF_PATH_IMAGE (1u << 2) /* path is relative to the container's root filesystem */
 
 /* Stats slots (per-CPU array). */
 #define DG_STAT_EVENTS 0
@@ -80,6 +90,15 @@ struct dg_policy {
 	__u32 rules;
 	__u32 level; /* depth of the cgroup in the v2 hierarchy (root = 0) */
 	__u32 owner; /* userspace bookkeeping: 1 agent, 2 OCI hook; unused by BPF */
+	/*
+	 * super_block->s_dev (kernel encoding, MAJOR << 20 | MINOR) of the
+	 * container's root filesystem, found by userspace before the entrypoint
+	 * runs. 0: unknown, so no file counts as image (fail closed).
+	 */
+	__u64 rootfs_dev;
+	__u32 exec_mnt_count;                         /* used slots of exec_mnt_ids */
+	__u32 exec_mnt_ids[DG_MAX_EXEC_MOUNTS];      /* mount ids exempt from non_image */
+	__u32 pad;
 };
 
 /* Key of the paths map; path is NUL padded to DG_PATH_MAX. Value: __u32 DG_LIST_*. */

@@ -116,8 +116,14 @@ pub enum Key {
     Drift,
     /// `fileless`: true | false.
     Fileless,
-    /// `non-overlay`: true | false.
+    /// `non-overlay`: the name `non-image` had before 0.2 (deprecated alias, same meaning now:
+    /// see docs/annotations.md#migration). Declared before `NonImage` so that, at one level,
+    /// `non-image` wins.
     NonOverlay,
+    /// `non-image`: true | false.
+    NonImage,
+    /// `exec-volumes`: comma-separated mount points of volumes exempt from `non-image`.
+    ExecVolumes,
     /// `allowlist-only`: true | false.
     AllowlistOnly,
     /// `failure-policy`: fail | ignore.
@@ -126,13 +132,15 @@ pub enum Key {
 
 impl Key {
     /// Every key.
-    pub const ALL: [Key; 8] = [
+    pub const ALL: [Key; 10] = [
         Key::Mode,
         Key::Allow,
         Key::Deny,
         Key::Drift,
         Key::Fileless,
         Key::NonOverlay,
+        Key::NonImage,
+        Key::ExecVolumes,
         Key::AllowlistOnly,
         Key::FailurePolicy,
     ];
@@ -145,7 +153,9 @@ impl Key {
             Key::Deny => "deny",
             Key::Drift => "drift",
             Key::Fileless => "fileless",
+            Key::NonImage => "non-image",
             Key::NonOverlay => "non-overlay",
+            Key::ExecVolumes => "exec-volumes",
             Key::AllowlistOnly => "allowlist-only",
             Key::FailurePolicy => "failure-policy",
         }
@@ -195,7 +205,7 @@ pub enum ValueError {
 pub enum AnnotationError {
     /// A key under the prefix that driftguard does not know (a typo, most likely).
     #[error(
-        "annotation {key:?} = {value:?}: unknown key {name:?}: expected one of mode, allow, deny, drift, fileless, non-overlay, allowlist-only, failure-policy, optionally followed by .<container-name>"
+        "annotation {key:?} = {value:?}: unknown key {name:?}: expected one of mode, allow, deny, drift, fileless, non-image, exec-volumes, allowlist-only, failure-policy, optionally followed by .<container-name>"
     )]
     UnknownKey {
         /// The full annotation key.
@@ -274,12 +284,12 @@ fn parse_value(key: Key, raw: &str) -> Result<Value, ValueError> {
     match key {
         Key::Mode => s.parse::<Mode>().map(Value::Mode).map_err(ValueError::Mode),
         Key::FailurePolicy => s.parse::<FailurePolicy>().map(Value::FailurePolicy).map_err(ValueError::FailurePolicy),
-        Key::Drift | Key::Fileless | Key::NonOverlay | Key::AllowlistOnly => match s {
+        Key::Drift | Key::Fileless | Key::NonImage | Key::NonOverlay | Key::AllowlistOnly => match s {
             "true" => Ok(Value::Bool(true)),
             "false" => Ok(Value::Bool(false)),
             other => Err(ValueError::Bool(other.to_string())),
         },
-        Key::Allow | Key::Deny => parse_paths(s).map(Value::Paths),
+        Key::Allow | Key::Deny | Key::ExecVolumes => parse_paths(s).map(Value::Paths),
     }
 }
 
@@ -390,6 +400,7 @@ where
     let mut out = ContainerPolicy { policy: Policy::with_mode(defaults.mode), failure_policy: defaults.failure_policy };
     let mut allow_src: Option<(String, String)> = None;
     let mut deny_src: Option<(String, String)> = None;
+    let mut volumes_src: Option<(String, String)> = None;
     for layer in [pod_plain, pod_own, ctr_plain, ctr_own] {
         for (k, s) in layer {
             let p = &mut out.policy;
@@ -398,7 +409,11 @@ where
                 (Key::FailurePolicy, Value::FailurePolicy(f)) => out.failure_policy = f,
                 (Key::Drift, Value::Bool(b)) => p.rules.drift = b,
                 (Key::Fileless, Value::Bool(b)) => p.rules.fileless = b,
-                (Key::NonOverlay, Value::Bool(b)) => p.rules.non_overlay = b,
+                (Key::NonImage | Key::NonOverlay, Value::Bool(b)) => p.rules.non_image = b,
+                (Key::ExecVolumes, Value::Paths(l)) => {
+                    p.exec_volumes = l;
+                    volumes_src = Some((s.key, s.raw));
+                }
                 (Key::AllowlistOnly, Value::Bool(b)) => p.rules.allowlist_only = b,
                 (Key::Allow, Value::Paths(l)) => {
                     p.allow = l;
@@ -416,6 +431,7 @@ where
     if let Err(problem) = out.policy.validate() {
         let sources = match problem {
             PolicyError::PathInBothLists(_) => allow_src.into_iter().chain(deny_src).collect(),
+            PolicyError::TooManyExecVolumes { .. } | PolicyError::RuntimeMount(_) => volumes_src.into_iter().collect(),
             _ => Vec::new(),
         };
         return Err(AnnotationError::InvalidPolicy { sources, problem });
@@ -487,7 +503,7 @@ mod tests {
                 ("driftguard.dev/deny", "/usr/bin/nc"),
                 ("driftguard.dev/drift", "false"),
                 ("driftguard.dev/fileless", "false"),
-                ("driftguard.dev/non-overlay", "true"),
+                ("driftguard.dev/non-image", "false"),
                 ("driftguard.dev/allowlist-only", "true"),
                 ("driftguard.dev/failure-policy", "ignore"),
                 ("unrelated", "x"),
@@ -498,7 +514,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.policy.mode, Mode::Enforce);
-        assert_eq!(r.policy.rules, Rules { drift: false, fileless: false, non_overlay: true, allowlist_only: true });
+        assert_eq!(r.policy.rules, Rules { drift: false, fileless: false, non_image: false, allowlist_only: true });
         assert_eq!(r.policy.allow, paths(&["/bin/sh", "/usr/bin/curl"]));
         assert_eq!(r.policy.deny, paths(&["/usr/bin/nc"]));
         assert_eq!(r.failure_policy, FailurePolicy::Ignore);
@@ -573,7 +589,7 @@ mod tests {
     fn error_unknown_key() {
         assert_eq!(
             err(&[("driftguard.dev/mdoe", "enforce")], "app", &[]),
-            "annotation \"driftguard.dev/mdoe\" = \"enforce\": unknown key \"mdoe\": expected one of mode, allow, deny, drift, fileless, non-overlay, allowlist-only, failure-policy, optionally followed by .<container-name>"
+            "annotation \"driftguard.dev/mdoe\" = \"enforce\": unknown key \"mdoe\": expected one of mode, allow, deny, drift, fileless, non-image, exec-volumes, allowlist-only, failure-policy, optionally followed by .<container-name>"
         );
         assert!(matches!(
             res(&[], "app", &[("driftguard.dev/mdoe.app", "x")]),
@@ -672,6 +688,33 @@ mod tests {
             "invalid failure policy \"x\": expected one of fail, ignore"
         );
         assert_eq!(serde_json::to_string(&FailurePolicy::Ignore).unwrap(), "\"ignore\"");
+    }
+
+    #[test]
+    fn exec_volumes_and_the_non_overlay_alias() {
+        let r = res(
+            &[("driftguard.dev/mode", "enforce"), ("driftguard.dev/exec-volumes", "/data, /opt/tools")],
+            "app",
+            &[],
+        )
+        .unwrap();
+        assert!(r.policy.rules.non_image, "non-image is on by default");
+        assert_eq!(r.policy.exec_volumes, paths(&["/data", "/opt/tools"]));
+        // per-container list replaces the pod's
+        let r = res(&[("driftguard.dev/exec-volumes", "/data"), ("driftguard.dev/exec-volumes.app", "")], "app", &[])
+            .unwrap();
+        assert!(r.policy.exec_volumes.is_empty());
+        // the deprecated name still works; at one level non-image wins
+        assert!(!res(&[("driftguard.dev/non-overlay", "false")], "app", &[]).unwrap().policy.rules.non_image);
+        let both = [("driftguard.dev/non-overlay", "false"), ("driftguard.dev/non-image", "true")];
+        assert!(res(&both, "app", &[]).unwrap().policy.rules.non_image);
+        // runtime-made mounts are refused, naming the annotation
+        let e = err(&[("driftguard.dev/exec-volumes", "/data,/dev/shm")], "app", &[]);
+        assert!(e.contains("driftguard.dev/exec-volumes") && e.contains("/dev/shm"), "{e}");
+        let e = err(&[("driftguard.dev/exec-volumes.app", "/etc/hosts")], "app", &[]);
+        assert!(e.contains("driftguard.dev/exec-volumes.app") && e.contains("runtime"), "{e}");
+        let e = err(&[("driftguard.dev/exec-volumes", "data")], "app", &[]);
+        assert!(e.contains("not absolute"), "{e}");
     }
 
     #[test]

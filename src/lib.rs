@@ -3,9 +3,12 @@
 //! - [`enforcer`]: loads the BPF programs in `bpf/`, pins them, manages per-cgroup policy
 //!   and streams verdict events.
 //! - [`policy`]: the policy model (mode, rules, path lists) and its kernel encoding.
+//! - [`provenance`]: which filesystem a container's code may come from (its root overlay,
+//!   exempted volumes), read from mountinfo before the entrypoint runs.
 pub mod agent;
 pub mod annotations;
 pub mod cgroup;
 pub mod config;
 pub mod enforcer;
 pub mod policy;
+pub mod provenance;

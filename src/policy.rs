@@ -85,15 +85,19 @@ pub struct Rules {
     pub drift: bool,
     /// Fileless code: memfd_create + fexecve, O_TMPFILE, unlinked files.
     pub fileless: bool,
-    /// Executables on non-overlay mounts: volumes, emptyDir, tmpfs, host paths.
-    pub non_overlay: bool,
+    /// Code that is not from the container's own image layers: another filesystem (runc's `/dev`
+    /// tmpfs, host files the runtime bind-mounts such as `/etc/hosts`, volumes, emptyDir) or
+    /// another overlay (one mounted inside the container). Volumes named in
+    /// [`Policy::exec_volumes`] are exempt.
+    #[serde(alias = "non_overlay")]
+    pub non_image: bool,
     /// Only paths on the allow list may be executed.
     pub allowlist_only: bool,
 }
 
 impl Default for Rules {
     fn default() -> Self {
-        Rules { drift: true, fileless: true, non_overlay: false, allowlist_only: false }
+        Rules { drift: true, fileless: true, non_image: true, allowlist_only: false }
     }
 }
 
@@ -163,16 +167,49 @@ pub struct Policy {
     pub mode: Mode,
     /// Which rules apply.
     pub rules: Rules,
-    /// Paths exempt from the drift, non-overlay and allow-list-only rules.
+    /// Image paths exempt from the drift rule (and, in allow-list-only mode, the paths that
+    /// may be executed). Entries name files of the container's root filesystem.
     pub allow: BTreeSet<ExecPath>,
-    /// Paths that may never be executed or mapped executable (takes precedence over `allow`).
+    /// Image paths that may never be executed or mapped executable (takes precedence over `allow`).
     pub deny: BTreeSet<ExecPath>,
+    /// Mount points of volumes the pod declared whose files may be executed although they are
+    /// not image (exempt from the non-image rule). At most [`MAX_EXEC_VOLUMES`]; never a mount
+    /// the runtime makes on its own ([`RUNTIME_MOUNTS`]).
+    pub exec_volumes: BTreeSet<ExecPath>,
+}
+
+/// Most volumes one container may exempt from the non-image rule.
+pub const MAX_EXEC_VOLUMES: usize = abi::DG_MAX_EXEC_MOUNTS;
+
+/// Mounts the runtime (runc, containerd, CRI-O, the kubelet) makes in every container. They are
+/// never exec sources and cannot be exempted: an exempt entry equal to one of these, or below
+/// one ending in `/`, is refused.
+pub const RUNTIME_MOUNTS: &[&str] = &[
+    "/",
+    "/dev/",
+    "/dev",
+    "/proc/",
+    "/proc",
+    "/sys/",
+    "/sys",
+    "/etc/hosts",
+    "/etc/hostname",
+    "/etc/resolv.conf",
+    "/run/secrets/",
+    "/run/secrets",
+    "/var/run/secrets/",
+    "/var/run/secrets",
+];
+
+/// Whether `path` is (or is under) a runtime-made mount.
+pub fn is_runtime_mount(path: &str) -> bool {
+    RUNTIME_MOUNTS.iter().any(|m| if m.ends_with('/') && *m != "/" { path.starts_with(m) } else { path == *m })
 }
 
 /// A path list entry as stored in the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ListKind {
-    /// Exempt from drift / non-overlay / allow-list-only.
+    /// Exempt from drift / allow-list-only.
     Allow,
     /// Always denied.
     Deny,
@@ -203,10 +240,17 @@ impl Policy {
         Policy { mode, ..Policy::default() }
     }
 
-    /// Check internal consistency (a path on both lists is ambiguous).
+    /// Check internal consistency (a path on both lists is ambiguous; exempt volumes are
+    /// limited in number and never runtime-made mounts).
     pub fn validate(&self) -> Result<(), PolicyError> {
         if let Some(p) = self.allow.intersection(&self.deny).next() {
             return Err(PolicyError::PathInBothLists(p.to_string()));
+        }
+        if self.exec_volumes.len() > MAX_EXEC_VOLUMES {
+            return Err(PolicyError::TooManyExecVolumes { count: self.exec_volumes.len(), max: MAX_EXEC_VOLUMES });
+        }
+        if let Some(p) = self.exec_volumes.iter().find(|p| is_runtime_mount(p.as_str())) {
+            return Err(PolicyError::RuntimeMount(p.to_string()));
         }
         Ok(())
     }
@@ -220,8 +264,8 @@ impl Policy {
         if self.rules.fileless {
             r |= abi::DG_RULE_FILELESS;
         }
-        if self.rules.non_overlay {
-            r |= abi::DG_RULE_NON_OVERLAY;
+        if self.rules.non_image {
+            r |= abi::DG_RULE_NON_IMAGE;
         }
         if self.rules.allowlist_only {
             r |= abi::DG_RULE_ALLOWLIST_ONLY;
@@ -237,7 +281,7 @@ impl Policy {
         Rules {
             drift: bits & abi::DG_RULE_DRIFT != 0,
             fileless: bits & abi::DG_RULE_FILELESS != 0,
-            non_overlay: bits & abi::DG_RULE_NON_OVERLAY != 0,
+            non_image: bits & abi::DG_RULE_NON_IMAGE != 0,
             allowlist_only: bits & abi::DG_RULE_ALLOWLIST_ONLY != 0,
         }
     }
@@ -271,6 +315,20 @@ pub enum PolicyError {
     /// A path is on both lists.
     #[error("path {0:?} is on both the allow and the deny list")]
     PathInBothLists(String),
+    /// Too many exempt volumes.
+    #[error("{count} exec volumes given; at most {max} per container")]
+    TooManyExecVolumes {
+        /// How many were given.
+        count: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// An exempt volume names a mount the runtime makes in every container.
+    #[error(
+        "{0:?} is a mount the runtime makes in every container (/dev, /proc, /sys, /etc/hosts, /etc/hostname, \
+         /etc/resolv.conf, service-account secrets): it can never be an exec source"
+    )]
+    RuntimeMount(String),
 }
 
 #[cfg(test)]
@@ -306,9 +364,14 @@ mod tests {
     #[test]
     fn kernel_rule_bits() {
         let mut p = Policy::with_mode(Mode::Enforce);
+        p.rules.non_image = false;
         assert_eq!(p.kernel_rules(), abi::DG_RULE_DRIFT | abi::DG_RULE_FILELESS);
-        p.rules = Rules { drift: false, fileless: false, non_overlay: true, allowlist_only: true };
-        assert_eq!(p.kernel_rules(), abi::DG_RULE_NON_OVERLAY | abi::DG_RULE_ALLOWLIST_ONLY);
+        assert_eq!(
+            Policy::with_mode(Mode::Enforce).kernel_rules(),
+            abi::DG_RULE_DRIFT | abi::DG_RULE_FILELESS | abi::DG_RULE_NON_IMAGE
+        );
+        p.rules = Rules { drift: false, fileless: false, non_image: true, allowlist_only: true };
+        assert_eq!(p.kernel_rules(), abi::DG_RULE_NON_IMAGE | abi::DG_RULE_ALLOWLIST_ONLY);
         p.deny.insert(ExecPath::new("/bin/nc").unwrap());
         assert_ne!(p.kernel_rules() & abi::DG_RULE_HAS_LISTS, 0);
         assert_eq!(Policy::rules_from_kernel(p.kernel_rules()), p.rules);
@@ -321,6 +384,37 @@ mod tests {
         p.allow.insert(path.clone());
         p.deny.insert(path);
         assert!(matches!(p.validate(), Err(PolicyError::PathInBothLists(_))));
+    }
+
+    #[test]
+    fn exec_volumes_are_limited_and_never_runtime_mounts() {
+        let mut p = Policy::with_mode(Mode::Enforce);
+        p.exec_volumes.insert(ExecPath::new("/data").unwrap());
+        assert!(p.validate().is_ok());
+        for bad in [
+            "/dev",
+            "/dev/shm",
+            "/dev/termination-log",
+            "/etc/hosts",
+            "/etc/hostname",
+            "/etc/resolv.conf",
+            "/proc",
+            "/sys/fs",
+            "/var/run/secrets/kubernetes.io/serviceaccount",
+            "/run/secrets",
+            "/",
+        ] {
+            let mut q = p.clone();
+            q.exec_volumes.insert(ExecPath::new(bad).unwrap());
+            assert!(matches!(q.validate(), Err(PolicyError::RuntimeMount(_))), "{bad} must be refused");
+        }
+        for ok in ["/devices", "/etc/hosts.d", "/data/dev", "/system"] {
+            assert!(!is_runtime_mount(ok), "{ok}");
+        }
+        for i in 0..MAX_EXEC_VOLUMES {
+            p.exec_volumes.insert(ExecPath::new(&format!("/v{i}")).unwrap());
+        }
+        assert!(matches!(p.validate(), Err(PolicyError::TooManyExecVolumes { .. })));
     }
 
     #[test]

@@ -30,8 +30,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use driftguard::enforcer::{self, Action, EnforcementPath, Enforcer, EnforcerOptions, Hook, Owner, PolicyStore, Rule};
+use driftguard::enforcer::{
+    self, Action, EnforcementPath, Enforcer, EnforcerOptions, FileKind, Hook, Owner, PolicyStore, Rule,
+};
 use driftguard::policy::{ExecPath, Mode, Policy};
+use driftguard::provenance::Provenance;
 use libtest_mimic::{Arguments, Failed};
 
 use suite::*;
@@ -68,7 +71,19 @@ fn main() {
         ("memfd_fexecve_and_proc_fd_exec_denied", memfd_fexecve_and_proc_fd_exec_denied),
         ("proc_self_fd_exec_of_dropped_file_denied", proc_self_fd_exec_of_dropped_file_denied),
         ("o_tmpfile_exec_denied", o_tmpfile_exec_denied),
-        ("volume_exec_with_and_without_non_overlay_rule", volume_exec_with_and_without_non_overlay_rule),
+        ("volume_exec_denied_unless_the_pod_exempts_it", volume_exec_denied_unless_the_pod_exempts_it),
+        // Image provenance: only this container's own image layers are image.
+        ("runtime_dev_tmpfs_exec_denied", runtime_dev_tmpfs_exec_denied),
+        ("runtime_bind_mounted_host_files_exec_denied", runtime_bind_mounted_host_files_exec_denied),
+        ("second_overlay_exec_denied", second_overlay_exec_denied),
+        ("second_overlay_in_user_namespace_exec_denied", second_overlay_in_user_namespace_exec_denied),
+        ("image_layer_reached_outside_the_rootfs_denied", image_layer_reached_outside_the_rootfs_denied),
+        ("other_containers_image_denied", other_containers_image_denied),
+        (
+            "chroot_bind_mounts_and_proc_root_cannot_forge_list_paths",
+            chroot_bind_mounts_and_proc_root_cannot_forge_list_paths,
+        ),
+        ("unresolvable_deep_path_never_matches_allow", unresolvable_deep_path_never_matches_allow),
         ("dropped_binary_at_path_longer_than_255_bytes_denied", dropped_binary_at_path_longer_than_255_bytes_denied),
         ("self_move_to_child_cgroup_still_enforced", self_move_to_child_cgroup_still_enforced),
         ("limit_self_move_to_sibling_cgroup_escapes", limit_self_move_to_sibling_cgroup_escapes),
@@ -739,7 +754,7 @@ fn o_tmpfile_exec_denied() -> R {
     Ok(())
 }
 
-fn volume_exec_with_and_without_non_overlay_rule() -> R {
+fn volume_exec_denied_unless_the_pod_exempts_it() -> R {
     let h = harness()?;
     let mut c = container("volumes")?;
     // A tmpfs (emptyDir) on /mnt and a host directory bind-mounted on /vol.
@@ -749,22 +764,283 @@ fn volume_exec_with_and_without_non_overlay_rule() -> R {
     let hostdir = c.dir.path().join("hostvol");
     fs::create_dir_all(&hostdir).map_err(es)?;
     copy_exec(Path::new(bb()?), &hostdir.join("vol-tool"))?;
+    fs::write(hostdir.join("script.sh"), "echo volume-script-ran\n").map_err(es)?;
     let vol = c.host_path("/vol");
     mount_flags(hostdir.to_str().ok_or("path")?, &vol, "", "", libc::MS_BIND)?;
     c.extra_mounts.push(vol);
     c.drop_file("/mnt/tmpfs-tool", bb()?)?;
+    // Default enforce: nothing outside the image layers runs, volumes included.
     c.install(h, &enforce())?;
-    for p in ["/mnt/tmpfs-tool", "/vol/vol-tool"] {
-        assert_runs(&c.run("true", &[p])?, &format!("{p} with the non-overlay rule off (documented limit)"))?;
-    }
-    let mut p = enforce();
-    p.rules.non_overlay = true;
-    c.install(h, &p)?;
     for path in ["/mnt/tmpfs-tool", "/vol/vol-tool"] {
-        assert_denied(h, &c.run("true", &[path])?, &format!("{path} with the non-overlay rule on"))?;
-        expect_event(h, &c, path, Rule::NonOverlay, denied_action(h))?;
+        assert_denied(h, &c.run("true", &[path])?, &format!("{path} under the default rules"))?;
+        let e = expect_event(h, &c, path, Rule::NonImage, denied_action(h))?;
+        if e.file != FileKind::OtherFs {
+            return Err(format!("{path}: file kind {:?}, expected other_fs", e.file).into());
+        }
     }
-    assert_runs(&c.run("true", &["/bin/busybox"])?, "image binary with the non-overlay rule on")?;
+    // An interpreter reading a script from a volume is an image binary reading data.
+    match c.run("sh", &["/bin/sh", "/vol/script.sh"])? {
+        Outcome::Exited(0, t) if t.contains("volume-script-ran") => {}
+        other => return Err(format!("`sh /vol/script.sh`: {other:?}").into()),
+    }
+    // The pod exempts /vol (driftguard.dev/exec-volumes): only that mount runs.
+    let mut p = enforce();
+    p.exec_volumes.insert(ExecPath::new("/vol").map_err(es)?);
+    c.install(h, &p)?;
+    assert_runs(&c.run("true", &["/vol/vol-tool"])?, "binary on the exempt volume")?;
+    assert_denied(h, &c.run("true", &["/mnt/tmpfs-tool"])?, "binary on a volume that is not exempt")?;
+    // The same data reached through another mount is not the exempt volume: a bind of it
+    // elsewhere, or a bind over its path made later (what a process with mount rights in its
+    // own namespace could do).
+    let again = c.host_path("/mnt");
+    mount_flags(hostdir.to_str().ok_or("path")?, &again, "", "", libc::MS_BIND)?;
+    c.extra_mounts.push(again);
+    assert_denied(h, &c.run("true", &["/mnt/vol-tool"])?, "the exempt volume's data bound elsewhere")?;
+    let over = c.host_path("/vol");
+    mount("tmpfs", &over, "tmpfs", "size=16m")?;
+    c.extra_mounts.push(over);
+    c.drop_file("/vol/vol-tool", bb()?)?;
+    assert_denied(h, &c.run("true", &["/vol/vol-tool"])?, "a tmpfs mounted over the exempt volume's path")?;
+    // Switching the rule off is the documented opt-out.
+    let mut p = enforce();
+    p.rules.non_image = false;
+    c.install(h, &p)?;
+    assert_runs(&c.run("true", &["/mnt/vol-tool"])?, "volume binary with the non-image rule off")?;
+    assert_runs(&c.run("true", &["/bin/busybox"])?, "image binary")?;
+    Ok(())
+}
+
+/// The container of the provenance trials: its image also has `/dev`, `/proc`, `/etc` with
+/// the files runtimes bind-mount over (`hostname`, `hosts`, `resolv.conf`), and two deep
+/// copies of busybox named `true` for the walk-budget trial.
+fn provenance_container(tag: &str) -> Result<Container, Failed> {
+    Container::with_image(tag, |lower| {
+        for d in ["dev", "proc", "etc", "vol2"] {
+            fs::create_dir_all(lower.join(d)).map_err(es)?;
+        }
+        for f in ["hostname", "hosts", "resolv.conf"] {
+            fs::write(lower.join("etc").join(f), "image\n").map_err(es)?;
+        }
+        let deep = deep_dirs();
+        for base in [lower.to_path_buf(), lower.join("x")] {
+            let d = base.join(deep.join("/"));
+            fs::create_dir_all(&d).map_err(es)?;
+            copy_exec(Path::new(bb()?), &d.join("true"))?;
+        }
+        Ok(())
+    })
+}
+
+/// 31 directory names: `/<31 dirs>/true` has exactly as many components as the kernel's
+/// path walk resolves (32).
+fn deep_dirs() -> Vec<String> {
+    (0..31).map(|i| format!("d{i}")).collect()
+}
+
+/// Issue 12, bypass 1: runc gives every container a writable tmpfs on /dev without noexec.
+fn runtime_dev_tmpfs_exec_denied() -> R {
+    let h = harness()?;
+    let mut c = provenance_container("devtmpfs")?;
+    let dev = c.host_path("/dev");
+    mount("tmpfs", &dev, "tmpfs", "size=16m,mode=755")?;
+    c.extra_mounts.push(dev);
+    c.install(h, &enforce())?;
+    let out = c.sh("busybox cp /bin/busybox /dev/echo && /dev/echo true")?;
+    assert_shell_denied(h, &out, "cp /bin/busybox /dev/echo && /dev/echo")?;
+    let e = expect_event(h, &c, "/dev/echo", Rule::NonImage, denied_action(h))?;
+    if e.file != FileKind::OtherFs || e.path_image {
+        return Err(format!("event: {e:?}").into());
+    }
+    assert_shell_denied(h, &c.sh("cd /dev && ./echo true")?, "./echo from /dev")?;
+    assert_denied(h, &c.run("echo", &["/dev/echo", "true"])?, "direct exec of /dev/echo")?;
+    Ok(())
+}
+
+/// Issue 12, bypass 2: host files the runtime bind-mounts into every container are writable.
+fn runtime_bind_mounted_host_files_exec_denied() -> R {
+    let h = harness()?;
+    let mut c = provenance_container("hostfiles")?;
+    let sandbox = c.dir.path().join("sandbox");
+    fs::create_dir_all(&sandbox).map_err(es)?;
+    for f in ["hostname", "hosts", "resolv.conf"] {
+        let host = sandbox.join(f);
+        fs::write(&host, "node-1\n").map_err(es)?;
+        let target = c.host_path(&format!("/etc/{f}"));
+        mount_flags(host.to_str().ok_or("path")?, &target, "", "", libc::MS_BIND)?;
+        c.extra_mounts.push(target);
+    }
+    c.install(h, &enforce())?;
+    for f in ["hostname", "hosts", "resolv.conf"] {
+        // No arguments: were it to run, `hostname` would only print the name.
+        let out = c.sh(&format!("busybox cat /bin/busybox > /etc/{f} && busybox chmod 755 /etc/{f} && /etc/{f}"))?;
+        assert_shell_denied(h, &out, &format!("busybox written into /etc/{f}"))?;
+        expect_event(h, &c, &format!("/etc/{f}"), Rule::NonImage, denied_action(h))?;
+    }
+    Ok(())
+}
+
+/// Issue 12, bypass 3: an overlay other than the container's root, its lower layer holding the
+/// payload. Mounted by the harness here (the user-namespace variant is the next trial).
+fn second_overlay_exec_denied() -> R {
+    let h = harness()?;
+    let mut c = provenance_container("overlay2")?;
+    let d = c.dir.path().to_path_buf();
+    let (lower, upper, work) = (d.join("ov2-lower"), d.join("ov2-upper"), d.join("ov2-work"));
+    for x in [&lower, &upper, &work] {
+        fs::create_dir_all(x).map_err(es)?;
+    }
+    copy_exec(Path::new(bb()?), &lower.join("payload"))?;
+    let at = c.host_path("/mnt");
+    let opts = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
+    mount("overlay", &at, "overlay", &opts)?;
+    c.extra_mounts.push(at);
+    // A second overlay over the container's *own image* layer: the same bytes, another overlay.
+    let at2 = c.host_path("/vol2");
+    let empty = d.join("ov2-empty");
+    fs::create_dir_all(&empty).map_err(es)?;
+    // Read-only overlay: two lower layers, no upper.
+    let opts2 = format!("lowerdir={}:{}", d.join("lower").display(), empty.display());
+    mount("overlay", &at2, "overlay", &opts2)?;
+    c.extra_mounts.push(at2);
+    c.install(h, &enforce())?;
+    assert_denied(h, &c.run("payload", &["/mnt/payload"])?, "lower-layer file of a second overlay")?;
+    let e = expect_event(h, &c, "/mnt/payload", Rule::NonImage, denied_action(h))?;
+    if e.file != FileKind::OtherOverlay {
+        return Err(format!("file kind {:?}, expected other_overlay", e.file).into());
+    }
+    assert_denied(h, &c.run("true", &["/vol2/bin/busybox"])?, "the image's bytes through another overlay")?;
+    assert_runs(&c.run("true", &["/bin/busybox"])?, "the image itself")?;
+    Ok(())
+}
+
+/// Issue 12, bypass 3 as an attacker does it: `unshare -Urm`, a tmpfs and an overlay whose
+/// lower layer holds the payload, all from inside the container's cgroup with its image's
+/// busybox. (Not chrooted: the kernel refuses CLONE_NEWUSER to chrooted processes; real
+/// containers pivot_root, where it works.)
+fn second_overlay_in_user_namespace_exec_denied() -> R {
+    let h = harness()?;
+    let c = provenance_container("userns")?;
+    c.install(h, &enforce())?;
+    let bbx = c.host_str("/bin/busybox");
+    let scratch = c.dir.path().join("userns-scratch");
+    fs::create_dir_all(&scratch).map_err(es)?;
+    let s = scratch.display();
+    let script = format!(
+        "{bbx} mount -t tmpfs t {s} && {bbx} mkdir {s}/l {s}/u {s}/w {s}/m && {bbx} cp {bbx} {s}/l/payload && \
+         {bbx} mount -t overlay o -o lowerdir={s}/l,upperdir={s}/u,workdir={s}/w {s}/m && echo mounted && \
+         {s}/m/payload true"
+    );
+    let out = c.run_in(&c.cgroup, "/", "busybox", &[&bbx, "unshare", "-Urm", &bbx, "sh", "-c", &script], false)?;
+    match &out {
+        Outcome::Exited(_, t) if !t.contains("mounted") => {
+            return Err(format!("the user namespace overlay could not be set up (test precondition): {out:?}").into())
+        }
+        _ => {}
+    }
+    assert_shell_denied(h, &out, "payload in an overlay mounted in a user namespace")?;
+    let e = expect_event_suffix(h, &c, "/m/payload", Rule::NonImage, denied_action(h))?;
+    if e.file != FileKind::OtherOverlay {
+        return Err(format!("file kind {:?}, expected other_overlay", e.file).into());
+    }
+    Ok(())
+}
+
+/// The container's own image layer reached through a bind mount instead of its root overlay:
+/// the same bytes, but not this container's root filesystem.
+fn image_layer_reached_outside_the_rootfs_denied() -> R {
+    let h = harness()?;
+    let mut c = provenance_container("layerbind")?;
+    let lower = c.dir.path().join("lower");
+    let at = c.host_path("/vol2");
+    mount_flags(lower.to_str().ok_or("path")?, &at, "", "", libc::MS_BIND)?;
+    c.extra_mounts.push(at);
+    c.install(h, &enforce())?;
+    assert_denied(h, &c.run("true", &["/vol2/bin/busybox"])?, "image layer through a bind mount")?;
+    expect_event(h, &c, "/vol2/bin/busybox", Rule::NonImage, denied_action(h))?;
+    Ok(())
+}
+
+/// Another container's image (what `/proc/<pid>/root/...` of a process of another container
+/// reaches) is not this container's image.
+fn other_containers_image_denied() -> R {
+    let h = harness()?;
+    let a = provenance_container("ctr-a")?;
+    let b = provenance_container("ctr-b")?;
+    a.install(h, &enforce())?;
+    let theirs = b.host_str("/bin/busybox");
+    assert_denied(h, &a.run_in(&a.cgroup, "/", "true", &[&theirs], false)?, "another container's image binary")?;
+    let e = expect_event_suffix(h, &a, &theirs, Rule::NonImage, denied_action(h))?;
+    if e.file != FileKind::OtherOverlay {
+        return Err(format!("file kind {:?}, expected other_overlay", e.file).into());
+    }
+    // Its own image by the same host-side route still runs.
+    assert_runs(&a.run_in(&a.cgroup, "/", "true", &[&a.host_str("/bin/busybox")], false)?, "own image")?;
+    Ok(())
+}
+
+/// Issue 12, bypass 4: list entries are image paths; chroot, bind mounts and /proc/self/root
+/// change what the task sees, not what the file is.
+fn chroot_bind_mounts_and_proc_root_cannot_forge_list_paths() -> R {
+    let h = harness()?;
+    let mut c = provenance_container("forge")?;
+    let proc_at = c.host_path("/proc");
+    mount("proc", &proc_at, "proc", "")?;
+    c.extra_mounts.push(proc_at);
+    let mut p = enforce();
+    p.deny.insert(ExecPath::new("/bin/tool").map_err(es)?);
+    c.install(h, &p)?;
+    // `chroot /bin /tool`: the task sees /tool; the file is /bin/tool.
+    let out = c.run("busybox", &["/bin/busybox", "chroot", "/bin", "/tool", "true"])?;
+    assert_shell_denied(h, &out, "chroot /bin /tool")?;
+    let e = expect_event(h, &c, "/bin/tool", Rule::DenyList, denied_action(h))?;
+    if !e.path_image {
+        return Err(format!("deny-list event path must be the image path: {e:?}").into());
+    }
+    assert_denied(h, &c.run("tool", &["/proc/self/root/bin/tool", "true"])?, "/proc/self/root/bin/tool")?;
+    // A bind mount of the deny-listed file elsewhere is still that file.
+    let alias = c.host_path("/bin/tool3");
+    mount_flags(&c.host_str("/bin/tool"), &alias, "", "", libc::MS_BIND)?;
+    c.extra_mounts.push(alias);
+    assert_denied(h, &c.run("tool3", &["/bin/tool3", "true"])?, "deny-listed file bound over another path")?;
+    // Allow-list-only: a bind of an unlisted image file over an allowed path does not make it
+    // allowed; an allowed file reached through a chroot still is. (`true` is a busybox copy:
+    // run under that name it is busybox's `true`.)
+    let mut p = enforce();
+    p.rules.allowlist_only = true;
+    p.allow.insert(ExecPath::new("/bin/true").map_err(es)?);
+    p.allow.insert(ExecPath::new("/bin/busybox").map_err(es)?);
+    c.install(h, &p)?;
+    assert_runs(&c.run("true", &["/bin/true"])?, "allowed image binary")?;
+    assert_runs(&c.run("busybox", &["/bin/busybox", "chroot", "/bin", "/true"])?, "allowed file via chroot")?;
+    let over = c.host_path("/bin/true");
+    mount_flags(&c.host_str("/bin/unlisted"), &over, "", "", libc::MS_BIND)?;
+    c.extra_mounts.push(over);
+    assert_denied(h, &c.run("true", &["/bin/true"])?, "unlisted file bound over an allowed path")?;
+    expect_event(h, &c, "/bin/unlisted", Rule::NotAllowed, denied_action(h))?;
+    Ok(())
+}
+
+/// Issue 12, bypass 5: a path deeper than the kernel's walk resolves is flagged and never
+/// matches an allow entry, even when its last components spell one.
+fn unresolvable_deep_path_never_matches_allow() -> R {
+    let h = harness()?;
+    let c = provenance_container("deep")?;
+    let allowed = format!("/{}/true", deep_dirs().join("/"));
+    let deeper = format!("/x{allowed}");
+    let mut p = enforce();
+    p.rules.allowlist_only = true;
+    p.allow.insert(ExecPath::new(&allowed).map_err(es)?);
+    c.install(h, &p)?;
+    assert_runs(&c.run("true", &[&allowed])?, "allowed image binary at the walk's full depth")?;
+    assert_denied(h, &c.run("true", &[&deeper])?, "deeper file whose suffix is the allowed path")?;
+    let e = wait_event(
+        h,
+        |e| e.policy_cgroup_id == c.cgid && e.rule == Rule::NotAllowed && e.path.ends_with("/d30/true"),
+        "not_allowed event of the deep path",
+    )?;
+    if !(e.path_truncated || e.path_unresolved) {
+        return Err(format!("the deep path must be flagged: {e:?}").into());
+    }
     Ok(())
 }
 
@@ -802,7 +1078,8 @@ fn self_move_to_child_cgroup_still_enforced() -> R {
     // Not chrooted (cgroupfs must be reachable): the process moves *itself*, then execs.
     for target in [&child, &deep] {
         let script = format!("echo 0 > {}/cgroup.procs && exec {} true", target.display(), c.host_str("/tmp/dropped"));
-        let out = c.run_full(&c.cgroup, "/", "sh", &[bb()?, "-c", &script], false, &[])?;
+        // The shell is the image's busybox: a host binary is not image and would be stopped itself.
+        let out = c.run_full(&c.cgroup, "/", "sh", &[&c.host_str("/bin/busybox"), "-c", &script], false, &[])?;
         assert_shell_denied(h, &out, &format!("after moving itself to {}", target.display()))?;
     }
     let e = wait_event(h, |e| e.policy_cgroup_id == c.cgid && e.cgroup_id != c.cgid, "event from the nested cgroup")?;
@@ -825,7 +1102,7 @@ fn limit_self_move_to_sibling_cgroup_escapes() -> R {
     let sibling = root.join(format!("dg-adv-{}-sibling-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
     fs::create_dir(&sibling).map_err(es)?;
     let script = format!("echo 0 > {}/cgroup.procs && exec {}", sibling.display(), c.host_str("/tmp/true"));
-    let out = c.run_full(&c.cgroup, "/", "sh", &[bb()?, "-c", &script], false, &[]);
+    let out = c.run_full(&c.cgroup, "/", "sh", &[&c.host_str("/bin/busybox"), "-c", &script], false, &[]);
     let _ = fs::remove_dir(&sibling);
     assert_runs(&out?, "limit changed: a process that moved itself out of the container's cgroup")?;
     Ok(())
@@ -879,7 +1156,7 @@ fn exec_during_and_after_enforcement_reload_denied() -> R {
     c.drop_file("/tmp/dropped", bb()?)?;
     let result = (|| -> R {
         let first = Enforcer::load(&opts).map_err(es)?;
-        first.store().set(c.cgid, c.level, &enforce()).map_err(es)?;
+        first.store().set(c.cgid, c.level, &enforce(), &c.provenance(&enforce())?).map_err(es)?;
         let stop = AtomicBool::new(false);
         let outcomes: Mutex<Vec<Outcome>> = Mutex::new(Vec::new());
         let reload = std::thread::scope(|s| -> R {
@@ -933,9 +1210,7 @@ fn exec_during_and_after_enforcement_reload_denied() -> R {
 fn image_binaries_and_scripts_keep_working() -> R {
     let h = harness()?;
     let c = container("keep")?;
-    let mut p = enforce();
-    p.rules.non_overlay = true;
-    c.install(h, &p)?;
+    c.install(h, &enforce())?;
     assert_runs(&c.run("true", &["/bin/busybox"])?, "image binary")?;
     assert_runs(&c.run("true", &["/bin/true"])?, "image binary under another name")?;
     match c.run("image-script.sh", &["/bin/image-script.sh"])? {
@@ -978,8 +1253,7 @@ fn interpreter_reading_dropped_script_runs() -> R {
 fn monitor_mode_denies_nothing_reports_everything() -> R {
     let h = harness()?;
     let mut c = container("monitor")?;
-    let mut p = Policy::with_mode(Mode::Monitor);
-    p.rules.non_overlay = true;
+    let p = Policy::with_mode(Mode::Monitor);
     c.install(h, &p)?;
     c.drop_file("/tmp/dropped", bb()?)?;
     copy_exec(c.host_path("/bin/busybox"), &c.host_path("/tmp/copy"))?;
@@ -1005,7 +1279,7 @@ fn monitor_mode_denies_nothing_reports_everything() -> R {
         ("/tmp/dropped", Rule::Drift),
         ("/tmp/copy", Rule::Drift),
         ("/bin/tool", Rule::Drift),
-        ("/mnt/vol-tool", Rule::NonOverlay),
+        ("/mnt/vol-tool", Rule::NonImage),
     ] {
         expect_event(h, &c, path, rule, Action::Alert)?;
     }
@@ -1049,7 +1323,9 @@ fn fault_ringbuf_overflow_counts_drops_and_recovers() -> R {
     let enf = Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: false }).map_err(es)?;
     let mut c = container("ringbuf")?;
     c.store = Some(enf.store().try_clone().map_err(es)?);
-    enf.store().set(c.cgid, c.level, &Policy::with_mode(Mode::Monitor)).map_err(es)?;
+    enf.store()
+        .set(c.cgid, c.level, &Policy::with_mode(Mode::Monitor), &c.provenance(&Policy::with_mode(Mode::Monitor))?)
+        .map_err(es)?;
     let before = enf.stats().map_err(es)?;
     const N: usize = 14_000;
     let t = Instant::now();
@@ -1150,8 +1426,8 @@ fn fault_vanished_cgroup_policy_collected() -> R {
     fs::create_dir(&kept).map_err(es)?;
     let res = (|| -> R {
         let (gid, kid) = (cgroup_id(&gone)?, cgroup_id(&kept)?);
-        store.set(gid, 1, &enforce()).map_err(es)?;
-        store.set(kid, 1, &enforce()).map_err(es)?;
+        store.set(gid, 1, &enforce(), &Provenance::unknown()).map_err(es)?;
+        store.set(kid, 1, &enforce(), &Provenance::unknown()).map_err(es)?;
         let registry = driftguard::agent::Registry::new(None);
         let info = |id: &str, path: &Path, cgid: u64| ContainerInfo {
             container_id: id.into(),

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use driftguard::enforcer::{self, EnforcementPath, Owner, PolicyStore};
 use driftguard::policy::{Mode, Policy};
+use driftguard::provenance::Provenance;
 use libtest_mimic::{Arguments, Failed};
 
 #[path = "support/vm.rs"]
@@ -37,6 +38,7 @@ fn main() {
         ("agent_refuses_bad_annotations", agent_refuses_bad_annotations),
         ("agent_restart_keeps_enforcing_and_resynchronizes", agent_restart_keeps_enforcing_and_resynchronizes),
         ("agent_reports_non_overlay_rootfs", agent_reports_non_overlay_rootfs),
+        ("agent_exempts_only_declared_volumes", agent_exempts_only_declared_volumes),
     ] {
         trials.push(gate.trial(name, &reason, f));
     }
@@ -312,7 +314,7 @@ impl RuncCtr {
         for d in [&lower, &upper, &work, &merged] {
             fs::create_dir_all(d).map_err(|e| e.to_string())?;
         }
-        for d in ["bin", "tmp", "proc", "dev"] {
+        for d in ["bin", "tmp", "proc", "dev", "data"] {
             fs::create_dir_all(lower.join(d)).map_err(|e| e.to_string())?;
         }
         fs::copy("/bin/busybox", lower.join("bin/busybox")).map_err(|e| e.to_string())?;
@@ -373,7 +375,14 @@ impl RuncCtr {
             },
             "root": {"path": merged, "readonly": false},
             "hostname": "dg",
-            "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+            // As containerd's default spec: /dev is a writable tmpfs without noexec. /data is a
+            // volume the pod declares.
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+                 "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+                {"destination": "/data", "type": "tmpfs", "source": "tmpfs", "options": ["size=65536k"]}
+            ],
             "linux": {
                 "cgroupsPath": cgroups_path,
                 "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}]
@@ -561,6 +570,13 @@ fn agent_enforces_annotated_pods() -> R {
     enforced.drop_binary("/tmp/dropped")?;
     let (code, out) = enforced.exec(&["/tmp/dropped", "true"])?;
     assert_stopped(path, code, &out, "dropped binary in the enforced pod")?;
+    // runc's /dev tmpfs is not image: a binary copied there is stopped too.
+    let (code, out) = enforced.exec(&["/bin/sh", "-c", "cp /bin/busybox /dev/x && /dev/x true"])?;
+    assert_stopped(path, code, &out, "binary copied into runc's /dev tmpfs")?;
+    let ev = agent.wait_event(|e| e["path"] == "/dev/x" && e["rule"] == "non_image", "for /dev/x")?;
+    if ev["file"] != "other_fs" {
+        return Err(format!("event for /dev/x: {ev}").into());
+    }
     let ev = agent.wait_event(|e| e["event"] == "verdict" && e["path"] == "/tmp/dropped", "for /tmp/dropped")?;
     for (k, want) in [
         ("namespace", "shop"),
@@ -754,8 +770,12 @@ fn agent_restart_keeps_enforcing_and_resynchronizes() -> R {
     }
     let id = |p: &Path| driftguard::cgroup::cgroup_id(p).map_err(|e| Failed::from(e.to_string()));
     let (stale, foreign) = (id(&stale_dir)?, id(&foreign_dir)?);
-    store.set_owned(stale, 1, &Policy::with_mode(Mode::Enforce), Owner::Agent).map_err(|e| e.to_string())?;
-    store.set_owned(foreign, 1, &Policy::with_mode(Mode::Enforce), Owner::OciHook).map_err(|e| e.to_string())?;
+    store
+        .set_owned(stale, 1, &Policy::with_mode(Mode::Enforce), &Provenance::unknown(), Owner::Agent)
+        .map_err(|e| e.to_string())?;
+    store
+        .set_owned(foreign, 1, &Policy::with_mode(Mode::Enforce), &Provenance::unknown(), Owner::OciHook)
+        .map_err(|e| e.to_string())?;
 
     // Restart: the new agent adopts the pins and resynchronizes with the runtime's view.
     agent.start()?;
@@ -784,10 +804,51 @@ fn agent_restart_keeps_enforcing_and_resynchronizes() -> R {
     Ok(())
 }
 
+/// `driftguard.dev/exec-volumes`: the exempt volume's files run, runc's /dev tmpfs still does
+/// not; a path that is not a mount of the container, or a runtime-made mount, is refused.
+fn agent_exempts_only_declared_volumes() -> R {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut agent = Agent::new(dir.path())?;
+    let rt = rt();
+    let _guard = rt.enter();
+    let mut peer = RuntimePeer::bind(&agent.socket).map_err(|e| e.to_string())?;
+    peer.set_timeout(Duration::from_secs(60));
+    agent.start()?;
+    let conn = rt.block_on(connect(&peer, vec![], vec![]))?;
+    let path = agent.path();
+    let ctr = RuncCtr::create(dir.path(), "vols")?;
+    // Not a mount in the container: refused at StartContainer, naming the path.
+    let p = pod("tools", &[("driftguard.dev/mode", "enforce"), ("driftguard.dev/exec-volumes", "/bin")]);
+    match rt.block_on(start_container(&conn, Delivery::Dedicated, &p, &ctr.nri(&p, "app"))) {
+        Err(e) if format!("{e:?}").contains("/bin") && format!("{e:?}").contains("no mount") => {}
+        other => return Err(format!("exempting a path that is not a mount must be refused: {other:?}").into()),
+    }
+    // A runtime-made mount: refused at CreateContainer, naming the annotation.
+    let p = pod("tools", &[("driftguard.dev/mode", "enforce"), ("driftguard.dev/exec-volumes", "/dev")]);
+    match rt.block_on(conn.send(Delivery::Dedicated, LifecycleEvent::CreateContainer(p.clone(), ctr.nri(&p, "app")))) {
+        Err(e) if e.to_string().contains("driftguard.dev/exec-volumes") && e.to_string().contains("runtime") => {}
+        other => return Err(format!("exempting /dev must be refused: {other:?}").into()),
+    }
+    let p = pod("tools", &[("driftguard.dev/mode", "enforce"), ("driftguard.dev/exec-volumes", "/data")]);
+    rt.block_on(start_container(&conn, Delivery::Dedicated, &p, &ctr.nri(&p, "app")))?;
+    ctr.start()?;
+    let (code, out) = ctr.exec(&["/bin/sh", "-c", "cp /bin/busybox /data/busybox && /data/busybox true"])?;
+    if code != 0 {
+        return Err(format!("binary on the exempt volume: exit {code} {out}\n{}", agent.log()).into());
+    }
+    let (code, out) = ctr.exec(&["/bin/sh", "-c", "cp /bin/busybox /dev/x && /dev/x true"])?;
+    assert_stopped(path, code, &out, "binary in /dev with /data exempt")?;
+    let installed = agent.store()?.list().map_err(|e| e.to_string())?;
+    if installed.len() != 1 || installed[0].exec_mount_ids.len() != 1 || installed[0].rootfs_dev == 0 {
+        return Err(format!("pinned policy: {installed:?}").into());
+    }
+    Ok(())
+}
+
 fn agent_reports_non_overlay_rootfs() -> R {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mut agent = Agent::new(dir.path())?;
-    // With the unit's capabilities (no CAP_SYS_PTRACE) the agent cannot statfs the container's
+    // With the unit's capabilities (no CAP_SYS_PTRACE) the agent cannot look into the container's
     // /proc/<pid>/root and must tell the filesystem from mountinfo. (Host only: the VM re-run's
     // minimal guest runs the agent with full root.)
     agent.unit_caps = true;
@@ -798,7 +859,20 @@ fn agent_reports_non_overlay_rootfs() -> R {
     agent.start()?;
     let conn = rt.block_on(connect(&peer, vec![], vec![]))?;
     let ctr = RuncCtr::create_with(dir.path(), "plainfs", false)?;
+    // Enforce with the default rules: no file of a plain-directory root can be told to be
+    // image, so the container is refused (failure-policy fail) with the reason.
     let p = pod("legacy", &[("driftguard.dev/mode", "enforce")]);
+    let c = ctr.nri(&p, "app");
+    match rt.block_on(start_container(&conn, Delivery::Dedicated, &p, &c)) {
+        Err(e) if format!("{e:?}").contains("not overlayfs") && format!("{e:?}").contains("non-image") => {}
+        other => return Err(format!("enforce on a non-overlay root must be refused with the reason: {other:?}").into()),
+    }
+    if !agent.store()?.list().map_err(|e| e.to_string())?.is_empty() {
+        return Err("a refused container got a policy".into());
+    }
+    // With the non-image rule off for it, it runs under policy and the notice says why the
+    // drift rule cannot apply.
+    let p = pod("legacy", &[("driftguard.dev/mode", "enforce"), ("driftguard.dev/non-image", "false")]);
     let c = ctr.nri(&p, "app");
     rt.block_on(start_container(&conn, Delivery::Dedicated, &p, &c))?;
     let n = agent.wait_event(|e| e["event"] == "notice" && e["pod"] == "legacy", "rootfs notice")?;

@@ -28,9 +28,10 @@ use std::time::{Duration, Instant};
 
 use driftguard::enforcer::abi::{self, RawInput};
 use driftguard::enforcer::{
-    self, Action, DecisionTester, EnforcementPath, Enforcer, EnforcerOptions, Hook, PolicyStore, Rule,
+    self, Action, DecisionTester, EnforcementPath, Enforcer, EnforcerOptions, FileKind, Hook, Owner, PolicyStore, Rule,
 };
 use driftguard::policy::{ExecPath, Mode, Policy};
+use driftguard::provenance::Provenance;
 use libtest_mimic::Arguments;
 
 use suite::*;
@@ -62,11 +63,12 @@ fn main() {
         ("deny_listed_image_binary_denied_via_symlink", deny_listed_image_binary_denied_via_symlink),
         ("deny_listed_image_binary_denied_via_relative_path", deny_listed_image_binary_denied_via_relative_path),
         ("allowlist_only_denies_unlisted_image_binary", allowlist_only_denies_unlisted_image_binary),
-        ("non_overlay_rule_denies_tmpfs_binary", non_overlay_rule_denies_tmpfs_binary),
+        ("non_image_rule_and_exec_volumes", non_image_rule_and_exec_volumes),
         ("policy_replace_and_remove", policy_replace_and_remove),
         ("pinned_enforcement_survives_agent_exit", pinned_enforcement_survives_agent_exit),
         ("adopted_pins_flag_their_levels", adopted_pins_flag_their_levels),
         ("full_policy_map_is_a_clear_error", full_policy_map_is_a_clear_error),
+        ("policies_pinned_by_v0_1_are_carried_over", policies_pinned_by_v0_1_are_carried_over),
         ("level_mask_updates_are_atomic_across_writers", level_mask_updates_are_atomic_across_writers),
     ] {
         trials.push(gate.trial(name, &host_reason, f));
@@ -102,10 +104,13 @@ fn spec_decide(i: &RawInput) -> (u32, u32) {
     } else if i.list == abi::DG_LIST_ALLOW && i.rules & abi::DG_RULE_ALLOWLIST_ONLY == 0 {
         // Outside allow-list-only mode an allow entry exempts the path from the file rules.
         abi::DG_MATCH_NONE
-    } else if i.file_kind == abi::DG_FILE_OVERLAY_UPPER && i.rules & abi::DG_RULE_DRIFT != 0 {
+    } else if i.file_kind == abi::DG_FILE_UPPER && i.rules & abi::DG_RULE_DRIFT != 0 {
         abi::DG_MATCH_DRIFT
-    } else if i.file_kind == abi::DG_FILE_OTHER_FS && i.rules & abi::DG_RULE_NON_OVERLAY != 0 {
-        abi::DG_MATCH_NON_OVERLAY
+    } else if matches!(i.file_kind, abi::DG_FILE_OTHER_FS | abi::DG_FILE_OTHER_OVERLAY)
+        && i.rules & abi::DG_RULE_NON_IMAGE != 0
+    {
+        // Not from this container's image layers; an exempt volume (EXEC_VOLUME) is not matched.
+        abi::DG_MATCH_NON_IMAGE
     } else if i.access == abi::DG_ACCESS_EXEC
         && i.rules & abi::DG_RULE_ALLOWLIST_ONLY != 0
         && i.list != abi::DG_LIST_ALLOW
@@ -124,8 +129,8 @@ fn decision_function_matches_spec() -> R {
     let t = DecisionTester::load().map_err(|e| e.to_string())?;
     let mut n = 0;
     for mode in 0..4 {
-        for rules in 0..32 {
-            for file_kind in 0..4 {
+        for rules in 0..64 {
+            for file_kind in 0..7 {
                 for list in 0..3 {
                     for access in 0..2 {
                         for enforce_action in [abi::DG_ACT_DENY, abi::DG_ACT_KILL] {
@@ -146,7 +151,7 @@ fn decision_function_matches_spec() -> R {
     let drift = RawInput {
         mode: abi::DG_MODE_ENFORCE,
         rules: abi::DG_RULE_DRIFT,
-        file_kind: abi::DG_FILE_OVERLAY_UPPER,
+        file_kind: abi::DG_FILE_UPPER,
         list: 0,
         access: 0,
         enforce_action: abi::DG_ACT_DENY,
@@ -154,6 +159,16 @@ fn decision_function_matches_spec() -> R {
     assert_eq!(t.decide(drift).map_err(|e| e.to_string())?, (abi::DG_MATCH_DRIFT, abi::DG_ACT_DENY));
     let allowed = RawInput { list: abi::DG_LIST_ALLOW, ..drift };
     assert_eq!(t.decide(allowed).map_err(|e| e.to_string())?, (abi::DG_MATCH_NONE, abi::DG_ACT_ALLOW));
+    let defaults = Policy::with_mode(Mode::Enforce).kernel_rules();
+    for (kind, want) in [
+        (abi::DG_FILE_IMAGE, abi::DG_MATCH_NONE),
+        (abi::DG_FILE_OTHER_FS, abi::DG_MATCH_NON_IMAGE),
+        (abi::DG_FILE_OTHER_OVERLAY, abi::DG_MATCH_NON_IMAGE),
+        (abi::DG_FILE_EXEC_VOLUME, abi::DG_MATCH_NONE),
+    ] {
+        let i = RawInput { rules: defaults, file_kind: kind, ..drift };
+        assert_eq!(t.decide(i).map_err(|e| e.to_string())?.0, want, "file kind {kind} under the default rules");
+    }
     println!("{n} inputs checked against the spec");
     Ok(())
 }
@@ -161,6 +176,11 @@ fn decision_function_matches_spec() -> R {
 fn enforcement_path_is_the_expected_one() -> R {
     let h = harness()?;
     println!("enforcement path: {} ({:?})", h.path.as_str(), h.fallback_reason);
+    // Verifier cost of each program on this kernel (budget 1,000,000), for docs/bpf.md.
+    let enf = Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: false }).map_err(|e| e.to_string())?;
+    for p in enf.program_stats() {
+        println!("verified_insns {} {}", p.name, p.verified_insns);
+    }
     if let Some(want) = harness_expectation() {
         if h.path != want {
             return Err(
@@ -332,7 +352,7 @@ fn level_mask_updates_are_atomic_across_writers() -> R {
             ids.push(level);
             sc.spawn(move || {
                 for _ in 0..200 {
-                    let _ = st.set(base, level, &Policy::with_mode(Mode::Monitor));
+                    let _ = st.set(base, level, &Policy::with_mode(Mode::Monitor), &Provenance::unknown());
                 }
             });
         }
@@ -403,20 +423,36 @@ fn allowlist_only_denies_unlisted_image_binary() -> R {
     Ok(())
 }
 
-fn non_overlay_rule_denies_tmpfs_binary() -> R {
+fn non_image_rule_and_exec_volumes() -> R {
     let h = harness()?;
-    let mut c = Container::new("nonoverlay")?;
+    let mut c = Container::new("nonimage")?;
     let mnt = c.host_path("/mnt");
     mount("tmpfs", &mnt, "tmpfs", "size=16m")?;
-    c.extra_mounts.push(mnt);
+    c.extra_mounts.push(mnt.clone());
     c.drop_file("/mnt/vol-tool", busybox().ok_or("busybox")?)?;
+    // Default enforce: not from the image layers, denied.
     c.install(h, &enforce())?;
-    assert_runs(&c.run("true", &["/mnt/vol-tool"])?, "volume binary with the non-overlay rule off")?;
+    assert_denied(h, &c.run("true", &["/mnt/vol-tool"])?, "tmpfs binary under the default rules")?;
+    let e = expect_event(h, &c, "/mnt/vol-tool", Rule::NonImage, denied_action(h))?;
+    if e.file != FileKind::OtherFs || e.path_image {
+        return Err(format!("event for a tmpfs file: {e:?}").into());
+    }
+    // The pod exempts the volume by its mount point.
     let mut p = enforce();
-    p.rules.non_overlay = true;
+    p.exec_volumes.insert(ExecPath::new("/mnt").map_err(|e| e.to_string())?);
     c.install(h, &p)?;
-    assert_denied(h, &c.run("true", &["/mnt/vol-tool"])?, "volume binary with the non-overlay rule on")?;
-    expect_event(h, &c, "/mnt/vol-tool", Rule::NonOverlay, denied_action(h))?;
+    assert_runs(&c.run("true", &["/mnt/vol-tool"])?, "binary on an exempt volume")?;
+    // A new mount over the same path is not the exempt volume.
+    let over = c.host_path("/mnt");
+    mount("tmpfs", &over, "tmpfs", "size=16m")?;
+    c.extra_mounts.push(over);
+    c.drop_file("/mnt/vol-tool", busybox().ok_or("busybox")?)?;
+    assert_denied(h, &c.run("true", &["/mnt/vol-tool"])?, "tmpfs mounted over the exempt volume")?;
+    // The rule switched off (documented opt-out): runs.
+    let mut p = enforce();
+    p.rules.non_image = false;
+    c.install(h, &p)?;
+    assert_runs(&c.run("true", &["/mnt/vol-tool"])?, "tmpfs binary with the non-image rule off")?;
     Ok(())
 }
 
@@ -461,7 +497,7 @@ fn pinned_enforcement_survives_agent_exit() -> R {
     c.drop_file("/tmp/dropped", busybox().ok_or("busybox")?)?;
     let result = (|| -> R {
         let first = Enforcer::load(&opts).map_err(|e| e.to_string())?;
-        first.store().set(c.cgid, c.level, &enforce()).map_err(|e| e.to_string())?;
+        first.store().set(c.cgid, c.level, &enforce(), &c.provenance(&enforce())?).map_err(|e| e.to_string())?;
         let path = first.path();
         drop(first); // the agent exits (or is SIGKILLed): nothing of its own remains
         if enforcer::pinned_path(&pin_dir) != Some(path) {
@@ -515,7 +551,7 @@ fn adopted_pins_flag_their_levels() -> R {
     c.drop_file("/tmp/dropped", bb()?)?;
     let result = (|| -> R {
         let first = Enforcer::load(&opts).map_err(|e| e.to_string())?;
-        first.store().set(c.cgid, c.level, &enforce()).map_err(|e| e.to_string())?;
+        first.store().set(c.cgid, c.level, &enforce(), &c.provenance(&enforce())?).map_err(|e| e.to_string())?;
         drop(first);
         fs::remove_file(pin_dir.join("dg_level_mask")).map_err(|e| format!("removing the mask pin: {e}"))?;
         let second = Enforcer::load(&opts).map_err(|e| e.to_string())?;
@@ -529,6 +565,51 @@ fn adopted_pins_flag_their_levels() -> R {
     result
 }
 
+/// An agent upgraded from 0.1 (16-byte `dg_policies` values, no root filesystem) keeps every
+/// pinned policy: the new map gets each one with the root read from a process of its cgroup.
+fn policies_pinned_by_v0_1_are_carried_over() -> R {
+    use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
+    let h = harness()?;
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/dg-test-v01-{}", std::process::id()));
+    let _ = enforcer::unload(&pin_dir);
+    fs::create_dir_all(&pin_dir).map_err(|e| e.to_string())?;
+    let c = Container::new("v01")?;
+    c.drop_file("/tmp/dropped", busybox().ok_or("busybox")?)?;
+    let mut sleeper = c.spawn(&["/bin/busybox", "sleep", "600"])?;
+    let result = (|| -> R {
+        let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
+            sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
+            ..Default::default()
+        };
+        let mut old = MapHandle::create(MapType::Hash, Some("dg_policies"), 8, 16, 16384, &opts)
+            .map_err(|e| format!("creating a 0.1 policy map: {e}"))?;
+        old.pin(pin_dir.join("dg_policies")).map_err(|e| e.to_string())?;
+        let mut v = Vec::new();
+        for w in [abi::DG_MODE_ENFORCE, abi::DG_RULE_DRIFT | abi::DG_RULE_FILELESS, c.level, 1] {
+            v.extend_from_slice(&w.to_le_bytes());
+        }
+        old.update(&c.cgid.to_le_bytes(), &v, MapFlags::ANY).map_err(|e| e.to_string())?;
+        let enf = Enforcer::load(&EnforcerOptions { pin_dir: Some(pin_dir.clone()), force_fallback: false })
+            .map_err(|e| format!("loading over 0.1 pins: {e}"))?;
+        let got = enf.store().get(c.cgid).map_err(|e| e.to_string())?.ok_or("the 0.1 policy was lost")?;
+        let want = c.provenance(&enforce())?.rootfs_dev;
+        if got.rootfs_dev != want || got.policy.mode != Mode::Enforce || got.owner != Owner::Agent {
+            return Err(format!("carried-over policy {got:?}, want rootfs_dev {want}").into());
+        }
+        if pin_dir.join("dg_policies_v1").exists() {
+            return Err("the 0.1 map is still pinned after the new programs attached".into());
+        }
+        assert_denied(h, &c.run("true", &["/tmp/dropped"])?, "drift after the upgrade")?;
+        assert_runs(&c.run("true", &["/bin/busybox"])?, "image binary after the upgrade")?;
+        enf.store().remove(c.cgid).map_err(|e| e.to_string())?;
+        Ok(())
+    })();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let _ = enforcer::unload(&pin_dir);
+    result
+}
+
 fn full_policy_map_is_a_clear_error() -> R {
     let enf = Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: false }).map_err(|e| e.to_string())?;
     let store = enf.store();
@@ -537,9 +618,9 @@ fn full_policy_map_is_a_clear_error() -> R {
     // Fake cgroup ids far from real inode numbers: nothing runs in them.
     let base = 1u64 << 60;
     for i in 0..max as u64 {
-        store.set(base + i, 3, &p).map_err(|e| format!("entry {i} of {max}: {e}"))?;
+        store.set(base + i, 3, &p, &Provenance::unknown()).map_err(|e| format!("entry {i} of {max}: {e}"))?;
     }
-    match store.set(base + max as u64, 3, &p) {
+    match store.set(base + max as u64, 3, &p, &Provenance::unknown()) {
         Err(enforcer::Error::MapFull { map, max: m, cgroup_id }) => {
             if map != "dg_policies" || m != max || cgroup_id != base + max as u64 {
                 return Err(format!("MapFull fields wrong: {map} {m} {cgroup_id}").into());
@@ -555,9 +636,9 @@ fn full_policy_map_is_a_clear_error() -> R {
     if store.get(base).map_err(|e| e.to_string())?.is_none() {
         return Err("existing entry lost after a failed insert".into());
     }
-    store.set(base, 3, &Policy::with_mode(Mode::Monitor)).map_err(|e| e.to_string())?;
+    store.set(base, 3, &Policy::with_mode(Mode::Monitor), &Provenance::unknown()).map_err(|e| e.to_string())?;
     store.remove(base + 1).map_err(|e| e.to_string())?;
-    store.set(base + max as u64, 3, &p).map_err(|e| e.to_string())?;
+    store.set(base + max as u64, 3, &p, &Provenance::unknown()).map_err(|e| e.to_string())?;
     Ok(())
 }
 
@@ -636,9 +717,15 @@ fn lsm_mprotect_exec_of_dropped_file_denied() -> R {
     unsafe { libc::waitpid(pid, &mut status, 0) };
     let code = libc::WEXITSTATUS(status);
     if code != 1 {
-        return Err(format!("mprotect(PROT_EXEC) of a dropped file: expected EPERM (1), child exit {code}").into());
+        std::thread::sleep(Duration::from_millis(300));
+        return Err(format!(
+            "mprotect(PROT_EXEC) of a dropped file: expected EPERM (1), child exit {code}; events: {:?}",
+            events_for(h, c.cgid)
+        )
+        .into());
     }
-    let e = expect_event(h, &c, &path.display().to_string(), Rule::Drift, Action::Deny)?;
+    // A file of the container's root filesystem is reported by its image path.
+    let e = expect_event(h, &c, "/tmp/blob", Rule::Drift, Action::Deny)?;
     if e.hook != Hook::FileMprotect {
         return Err(format!("expected the file_mprotect hook, got {:?}", e.hook).into());
     }

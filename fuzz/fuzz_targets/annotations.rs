@@ -27,6 +27,8 @@ const KEYS: &[&str] = &[
     "drift",
     "fileless",
     "non-overlay",
+    "non-image",
+    "exec-volumes",
     "allowlist-only",
     "allow",
     "deny",

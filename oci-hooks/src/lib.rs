@@ -24,6 +24,7 @@ use driftguard::cgroup::{self, CgroupError, CgroupRoot};
 use driftguard::config::{Config, ConfigError};
 use driftguard::enforcer::{self, Owner, PolicyStore};
 use driftguard::policy::Mode;
+use driftguard::provenance::{self, Provenance, ProvenanceError};
 use oci_spec::runtime::{Spec, State};
 use serde::{Deserialize, Serialize};
 
@@ -179,6 +180,16 @@ pub enum HookError {
         /// Cause (nothing pinned, not permitted, map full, ...).
         source: enforcer::Error,
     },
+    /// The container's root filesystem or exempt volumes could not be identified.
+    #[error("container {id}: cannot tell its image (init pid {pid}): {source}")]
+    Provenance {
+        /// Container id.
+        id: String,
+        /// Init pid.
+        pid: u32,
+        /// Cause.
+        source: ProvenanceError,
+    },
     /// The maps are pinned but no programs are attached: the policy would do nothing.
     #[error("container {id}: driftguard maps are pinned under {dir} but no enforcement programs are attached (no link_dg_* pins): start the agent (`driftguard run`) first")]
     NotAttached {
@@ -229,6 +240,7 @@ impl HookError {
             | HookError::MalformedRecord { .. } => ErrorClass::Input,
             HookError::Cgroup { .. }
             | HookError::CgroupRoot { .. }
+            | HookError::Provenance { .. }
             | HookError::Enforcer { .. }
             | HookError::NotAttached { .. }
             | HookError::Record { .. } => ErrorClass::Install,
@@ -301,10 +313,23 @@ fn check_id(id: &str) -> Result<(), HookError> {
 struct AnnotationsOnly {
     #[serde(default)]
     annotations: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    root: Option<RootOnly>,
+}
+
+#[derive(Deserialize)]
+struct RootOnly {
+    path: PathBuf,
 }
 
 /// The annotations of `<bundle>/config.json`.
 pub fn bundle_annotations(st: &HookState) -> Result<(PathBuf, BTreeMap<String, String>), HookError> {
+    bundle_config(st).map(|(p, a, _)| (p, a))
+}
+
+/// `<bundle>/config.json`'s path, annotations and `root.path` (made absolute against the
+/// bundle; `rootfs` when the spec names none, as runc does).
+pub fn bundle_config(st: &HookState) -> Result<(PathBuf, BTreeMap<String, String>, PathBuf), HookError> {
     if st.bundle.as_os_str().is_empty() || !st.bundle.is_dir() {
         return Err(HookError::MissingBundle { id: st.id.clone(), bundle: st.bundle.clone() });
     }
@@ -314,15 +339,19 @@ pub fn bundle_annotations(st: &HookState) -> Result<(PathBuf, BTreeMap<String, S
         path: path.clone(),
         source,
     })?;
-    let annotations = match serde_json::from_slice::<Spec>(&bytes) {
-        Ok(spec) => spec.annotations().clone().map(|m| m.into_iter().collect()),
+    let (annotations, root) = match serde_json::from_slice::<Spec>(&bytes) {
+        Ok(spec) => (
+            spec.annotations().clone().map(|m| m.into_iter().collect()),
+            spec.root().as_ref().map(|r| r.path().clone()),
+        ),
         Err(spec_err) => match serde_json::from_slice::<AnnotationsOnly>(&bytes) {
-            Ok(a) => a.annotations,
+            Ok(a) => (a.annotations, a.root.map(|r| r.path)),
             // Not even JSON with an annotations object: report oci-spec's error.
             Err(_) => return Err(HookError::MalformedConfigJson { id: st.id.clone(), path, error: spec_err }),
         },
     };
-    Ok((path, annotations.unwrap_or_default()))
+    let rootfs = st.bundle.join(root.unwrap_or_else(|| PathBuf::from("rootfs")));
+    Ok((path, annotations.unwrap_or_default(), rootfs))
 }
 
 /// What createRuntime stored for poststop (`<state-dir>/<id>`, JSON).
@@ -381,7 +410,7 @@ fn record_path(opts: &Options, id: &str) -> PathBuf {
 
 /// The createRuntime hook for the container described by `st`.
 pub fn create_runtime(st: &HookState, opts: &Options) -> Result<CreateOutcome, HookError> {
-    let (config_json, annotations) = bundle_annotations(st)?;
+    let (config_json, annotations, rootfs) = bundle_config(st)?;
     let config = Config::load(opts.config.as_deref())?;
     let name = annotations.get(CONTAINER_NAME_ANNOTATION).cloned().unwrap_or_default();
     let no_pod: [(&str, &str); 0] = [];
@@ -396,7 +425,7 @@ pub fn create_runtime(st: &HookState, opts: &Options) -> Result<CreateOutcome, H
         Some(p) => p as u32,
     };
     let pin_dir = opts.pin_dir.clone().unwrap_or_else(|| config.bpf.pin_dir.clone());
-    match install(st, opts, &config, pid, &pin_dir, &resolved.policy) {
+    match install(st, opts, &config, pid, &pin_dir, &rootfs, &resolved.policy) {
         Ok(rec) => Ok(CreateOutcome::Installed(rec)),
         Err(e) if e.class() == ErrorClass::Install && resolved.failure_policy == FailurePolicy::Ignore => {
             Ok(CreateOutcome::Unprotected(e))
@@ -411,6 +440,7 @@ fn install(
     config: &Config,
     pid: u32,
     pin_dir: &Path,
+    rootfs: &Path,
     policy: &driftguard::policy::Policy,
 ) -> Result<Record, HookError> {
     let id = &st.id;
@@ -422,6 +452,13 @@ fn install(
     let cgroup = root.cgroup_of_pid(pid).map_err(cg_err)?;
     let level = root.level(&cgroup).map_err(cg_err)?;
     let cgroup_id = cgroup::cgroup_id(&cgroup).map_err(cg_err)?;
+    // createRuntime runs after the runtime made the container's mounts and before it pivots
+    // into the root: in the init process's mountinfo the root is still at the bundle's path.
+    let prov = provenance_at_create(pid, rootfs, policy).map_err(|source| HookError::Provenance {
+        id: id.clone(),
+        pid,
+        source,
+    })?;
     let enf_err = |source| HookError::Enforcer { id: id.clone(), mode: policy.mode, source };
     let store = PolicyStore::open_pinned(pin_dir).map_err(enf_err)?;
     if enforcer::pinned_path(pin_dir).is_none() {
@@ -448,11 +485,29 @@ fn install(
     }
     // Record first, so poststop can always clean up what is installed.
     write_record(&rec, &path)?;
-    if let Err(source) = store.set_owned(cgroup_id, level, policy, Owner::OciHook) {
+    if let Err(source) = store.set_owned(cgroup_id, level, policy, &prov, Owner::OciHook) {
         let _ = std::fs::remove_file(&path);
         return Err(enf_err(source));
     }
     Ok(rec)
+}
+
+/// The container's provenance at createRuntime: its root at `rootfs` (not pivoted yet), or, if
+/// the runtime has pivoted already (some run the hook later), at `/`.
+fn provenance_at_create(
+    pid: u32,
+    rootfs: &Path,
+    policy: &driftguard::policy::Policy,
+) -> Result<Provenance, ProvenanceError> {
+    let abs = rootfs.canonicalize().unwrap_or_else(|_| rootfs.to_path_buf());
+    let prov = match provenance::of_pid(pid, &abs, policy) {
+        Err(ProvenanceError::NoRoot { .. }) => provenance::of_pid(pid, Path::new("/"), policy)?,
+        other => other?,
+    };
+    if !prov.is_overlay() && policy.rules.non_image {
+        return Err(ProvenanceError::RootNotOverlay { fstype: prov.rootfs_type });
+    }
+    Ok(prov)
 }
 
 fn write_record(rec: &Record, path: &Path) -> Result<(), HookError> {

@@ -38,7 +38,8 @@ pub struct Verdict {
     pub uid: u32,
     /// Task name at the time of the check.
     pub comm: String,
-    /// Resolved path as seen inside the container.
+    /// Resolved path: the file's path in the container's image for files of its root
+    /// filesystem, otherwise as the process saw it.
     pub path: String,
     /// Rule that matched.
     pub rule: Rule,
@@ -57,6 +58,9 @@ pub struct Verdict {
     /// The path was truncated by the kernel buffer.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub path_truncated: bool,
+    /// The path could not be resolved completely (it never matched a list entry).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub path_unresolved: bool,
 }
 
 /// A status line (`"event": "notice"`): things an operator must know that are not verdicts,
@@ -137,6 +141,7 @@ pub fn enrich(ev: &Event, node: &str, registry: &Registry, clock: &BootClock) ->
         cgroup_id: ev.cgroup_id,
         policy_cgroup_id: ev.policy_cgroup_id,
         path_truncated: ev.path_truncated,
+        path_unresolved: ev.path_unresolved,
     }
 }
 
@@ -258,6 +263,7 @@ mod tests {
             mode: Mode::Enforce,
             path_truncated: false,
             path_unresolved: false,
+            path_image: true,
         };
         let v = enrich(&ev, "node-1", &reg, &BootClock::now());
         let j = serde_json::to_value(&v).unwrap();
@@ -280,6 +286,9 @@ mod tests {
         }
         assert_eq!(j["pid"], 7);
         assert!(j.get("path_truncated").is_none());
+        assert!(j.get("path_unresolved").is_none());
+        let partial = enrich(&Event { path_unresolved: true, ..ev.clone() }, "n", &reg, &BootClock::now());
+        assert_eq!(serde_json::to_value(&partial).unwrap()["path_unresolved"], true);
         assert!(j["time"].as_str().unwrap().ends_with('Z'));
         // Unknown cgroup: empty names, event still complete.
         let unknown = enrich(&Event { policy_cgroup_id: 9, ..ev }, "n", &reg, &BootClock::now());

@@ -13,7 +13,8 @@ use super::registry::{ContainerInfo, Registry, Rootfs};
 use crate::annotations::{self, Defaults, FailurePolicy};
 use crate::cgroup::{self, CgroupError, CgroupRoot};
 use crate::enforcer::{Owner, PolicyStore};
-use crate::policy::Mode;
+use crate::policy::{Mode, Policy};
+use crate::provenance::{self, ExecMount, Provenance, ProvenanceError};
 
 /// Annotation containerd's CRI plugin sets with the image reference.
 const CRI_IMAGE_ANNOTATION: &str = "io.kubernetes.cri.image-name";
@@ -42,6 +43,16 @@ pub enum ApplyError {
         cgroups_path: String,
         /// Cause.
         source: CgroupError,
+    },
+    /// The container's root filesystem or exempt volumes could not be identified.
+    #[error("driftguard cannot tell the image of container {container:?} (pid {pid}): {source}")]
+    Provenance {
+        /// Container.
+        container: String,
+        /// Its init process.
+        pid: u32,
+        /// Cause.
+        source: ProvenanceError,
     },
     /// The kernel maps refused the policy.
     #[error("driftguard cannot install the policy of container {container:?}: {source}")]
@@ -131,36 +142,36 @@ impl DriftguardPlugin {
         }
     }
 
-    fn install(&self, pod: &PodSandbox, ctr: &Container, policy: &crate::policy::Policy) -> Result<u64, ApplyError> {
+    fn install(&self, pod: &PodSandbox, ctr: &Container, policy: &Policy) -> Result<u64, ApplyError> {
         let cgroups_path = ctr.linux.cgroups_path.clone();
         let cg_err =
             |source| ApplyError::Cgroup { container: ctr.name.clone(), cgroups_path: cgroups_path.clone(), source };
         let path = self.cgroot.resolve_cgroups_path(&cgroups_path).map_err(cg_err)?;
         let cgroup_id = cgroup::cgroup_id(&path).map_err(cg_err)?;
         let level = self.cgroot.level(&path).map_err(cg_err)?;
-        self.store
-            .set_owned(cgroup_id, level, policy, Owner::Agent)
-            .map_err(|source| ApplyError::Install { container: ctr.name.clone(), source })?;
         let previous = self.registry.get(&ctr.id);
-        // Known from before (resync, restart): don't re-read /proc/<pid>/mountinfo.
-        let rootfs = match &previous {
-            Some(old) if old.cgroup_id == cgroup_id && old.rootfs != Rootfs::Unknown => old.rootfs.clone(),
-            _ => {
-                let r = rootfs_of(ctr.pid);
-                if let Rootfs::Other(fs) = &r {
-                    self.notice(
-                        pod,
-                        ctr,
-                        "rootfs_not_overlay",
-                        &format!(
-                            "root filesystem is {fs}, not overlayfs: the drift rule cannot tell image files from written ones \
-                             for this container; deny/allow lists and the fileless rule still apply"
-                        ),
-                    );
-                }
-                r
-            }
+        let prov = self.provenance(ctr, cgroup_id, policy, previous.as_ref())?;
+        self.store
+            .set_owned(cgroup_id, level, policy, &prov, Owner::Agent)
+            .map_err(|source| ApplyError::Install { container: ctr.name.clone(), source })?;
+        let rootfs = match prov.rootfs_type.as_str() {
+            "" => previous.as_ref().map(|p| p.rootfs.clone()).unwrap_or(Rootfs::Unknown),
+            provenance::OVERLAY_FSTYPE => Rootfs::Overlay,
+            other => Rootfs::Other(other.to_string()),
         };
+        if let Rootfs::Other(fs) = &rootfs {
+            if previous.as_ref().map(|p| &p.rootfs) != Some(&rootfs) {
+                self.notice(
+                    pod,
+                    ctr,
+                    "rootfs_not_overlay",
+                    &format!(
+                        "root filesystem is {fs}, not overlayfs: the drift rule cannot tell image files from written ones \
+                         for this container (non-image is off for it); deny lists and the fileless rule still apply"
+                    ),
+                );
+            }
+        }
         // A container id re-started on a new cgroup leaves the old entry behind: drop it.
         if let Some(old) = previous {
             if old.cgroup_id != cgroup_id {
@@ -181,9 +192,50 @@ impl DriftguardPlugin {
         });
         tracing::debug!(
             namespace = %pod.namespace, pod = %pod.name, container = %ctr.name, mode = %policy.mode,
-            cgroup = %path.display(), cgroup_id, "policy installed"
+            cgroup = %path.display(), cgroup_id, rootfs_dev = prov.rootfs_dev, "policy installed"
         );
         Ok(cgroup_id)
+    }
+
+    /// Which filesystem is this container's image, and which volumes are exempt.
+    ///
+    /// A policy already in the kernel for this cgroup (resync, agent restart) keeps its
+    /// provenance: it was read before the entrypoint ran, and the container's processes may
+    /// have changed their own mounts since (a process that pivots into a filesystem of its own
+    /// must not make that filesystem "image"). Otherwise it is read now from the container's
+    /// mountinfo: at StartContainer the entrypoint has not run yet.
+    fn provenance(
+        &self,
+        ctr: &Container,
+        cgroup_id: u64,
+        policy: &Policy,
+        previous: Option<&ContainerInfo>,
+    ) -> Result<Provenance, ApplyError> {
+        let prov_err = |source| ApplyError::Provenance { container: ctr.name.clone(), pid: ctr.pid, source };
+        if let Ok(Some((dev, ids))) = self.store.provenance(cgroup_id) {
+            if dev != 0 && ids.len() == policy.exec_volumes.len() {
+                let exec_mounts = policy
+                    .exec_volumes
+                    .iter()
+                    .zip(ids)
+                    .map(|(path, mount_id)| ExecMount { path: path.clone(), mount_id })
+                    .collect();
+                let rootfs_type = match previous.map(|p| &p.rootfs) {
+                    Some(Rootfs::Overlay) => provenance::OVERLAY_FSTYPE.to_string(),
+                    Some(Rootfs::Other(t)) => t.clone(),
+                    _ => String::new(),
+                };
+                return Ok(Provenance { rootfs_dev: dev, rootfs_type, exec_mounts });
+            }
+        }
+        let prov = provenance::of_pid(ctr.pid, std::path::Path::new("/"), policy).map_err(prov_err)?;
+        if !prov.is_overlay() {
+            if policy.rules.non_image {
+                return Err(prov_err(ProvenanceError::RootNotOverlay { fstype: prov.rootfs_type }));
+            }
+            tracing::warn!(container = %ctr.name, fstype = %prov.rootfs_type, "root filesystem is not overlayfs");
+        }
+        Ok(prov)
     }
 
     /// Remove a container's policy (stop/remove, or mode off).
@@ -307,81 +359,11 @@ fn image_of(ctr: &Container) -> String {
     ctr.annotations.get(CRI_IMAGE_ANNOTATION).cloned().unwrap_or_default()
 }
 
-/// The filesystem type of a process's root.
-///
-/// One `statfs(2)` of `/proc/<pid>/root` (the process's own root, so chroot and pivot_root
-/// both count). That needs ptrace access to the process, which the agent lacks when it runs
-/// with the capabilities the systemd unit and the DaemonSet grant (no `CAP_SYS_PTRACE`); then,
-/// and to name a filesystem whose magic number is not in [`fs_name`], the last mount on `/` in
-/// `/proc/<pid>/mountinfo` (readable without ptrace access) decides. Reading mountinfo for
-/// every container was the largest cost of a Synchronize of thousands of containers.
-pub fn rootfs_of(pid: u32) -> Rootfs {
-    if pid == 0 {
-        return Rootfs::Unknown;
-    }
-    let Ok(path) = std::ffi::CString::new(format!("/proc/{pid}/root")) else {
-        return Rootfs::Unknown;
-    };
-    // SAFETY: statfs writes into a zeroed, properly sized struct; path is NUL-terminated.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    let magic = if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 {
-        #[allow(clippy::unnecessary_cast)] // f_type is i64 on x86_64, u32/i32 elsewhere
-        let m = st.f_type as u64 & 0xffff_ffff;
-        if m == OVERLAYFS_SUPER_MAGIC {
-            return Rootfs::Overlay;
-        }
-        if let Some(name) = fs_name(m) {
-            return Rootfs::Other(name.to_string());
-        }
-        Some(m)
-    } else {
-        None // no ptrace access, or the process is gone: mountinfo tells which
-    };
-    match std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok().as_deref().and_then(root_fstype) {
-        Some(t) if t == "overlay" => Rootfs::Overlay,
-        Some(t) => Rootfs::Other(t),
-        None => magic.map(|m| Rootfs::Other(format!("{m:#x}"))).unwrap_or(Rootfs::Unknown),
-    }
-}
-
-const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
-
-/// Names of the filesystems a container root is commonly on (statfs magic numbers, from
-/// `include/uapi/linux/magic.h`).
-pub fn fs_name(magic: u64) -> Option<&'static str> {
-    Some(match magic {
-        0x794c_7630 => "overlay",
-        0xef53 => "ext4", // ext2/3/4 share the magic
-        0x5846_5342 => "xfs",
-        0x9123_683e => "btrfs",
-        0x2fc1_2fc1 => "zfs",
-        0x0102_1994 => "tmpfs",
-        0x8584_58f6 => "ramfs",
-        0x7371_7368 => "squashfs",
-        0x6969 => "nfs",
-        0x6573_5546 => "fuse",
-        0xf15f => "ecryptfs",
-        0x0187 => "autofs",
-        _ => return None,
-    })
-}
-
-/// fstype of the last mount on "/" in a mountinfo text.
-pub fn root_fstype(mountinfo: &str) -> Option<String> {
-    mountinfo
-        .lines()
-        .filter_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            let mount_point = pre.split_whitespace().nth(4)?;
-            (mount_point == "/").then(|| post.split_whitespace().next().map(str::to_string))?
-        })
-        .next_back()
-}
-
 fn refuse(metrics: &Metrics, e: ApplyError) -> nri_plugin::BoxError {
     let reason = match &e {
         ApplyError::Annotation { .. } => "annotation",
         ApplyError::Cgroup { .. } => "cgroup",
+        ApplyError::Provenance { .. } => "provenance",
         ApplyError::Install { .. } => "install",
     };
     metrics.refused.with_label_values(&[reason]).inc();
@@ -442,24 +424,5 @@ impl Plugin for DriftguardPlugin {
     async fn remove_container(&self, _pod: &PodSandbox, ctr: &Container) -> HandlerResult<()> {
         self.timed("remove_container", || self.forget(ctr));
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn root_fstype_takes_the_last_root_mount() {
-        let mi = "22 1 0:21 / / rw - ext4 /dev/vda rw\n\
-                  30 22 0:40 / / rw,relatime - overlay overlay rw,lowerdir=/l,upperdir=/u,workdir=/w\n\
-                  31 30 0:5 / /proc rw - proc proc rw\n";
-        assert_eq!(root_fstype(mi).as_deref(), Some("overlay"));
-        assert_eq!(root_fstype("31 30 0:5 / /proc rw - proc proc rw\n"), None);
-        assert_eq!(rootfs_of(0), Rootfs::Unknown);
-        assert_eq!(rootfs_of(u32::MAX), Rootfs::Unknown, "no such process");
-        assert_eq!(fs_name(0x794c_7630), Some("overlay"));
-        assert_eq!(fs_name(0xef53), Some("ext4"));
-        assert_eq!(fs_name(1), None);
     }
 }

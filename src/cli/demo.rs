@@ -138,7 +138,9 @@ pub fn run(cfg: &Config) -> anyhow::Result<ExitCode> {
     println!("   as the agent does for a pod annotated");
     println!("       driftguard.dev/mode: enforce");
     let policy = Policy::with_mode(Mode::Enforce);
-    enf.store.set_owned(cg_id, level, &policy, Owner::Other).context("installing the policy")?;
+    let prov = driftguard::provenance::of_pid(init_pid, Path::new("/"), &policy)
+        .context("finding the container's root filesystem")?;
+    enf.store.set_owned(cg_id, level, &policy, &prov, Owner::Other).context("installing the policy")?;
     guard.policy = Some((enf.store.try_clone()?, cg_id));
     println!(
         "   installed: mode enforce, rules drift={} fileless={} (policy map key: cgroup id {cg_id})",

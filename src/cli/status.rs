@@ -48,7 +48,7 @@ pub fn run(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
         let rules = [
             ("drift", r.drift),
             ("fileless", r.fileless),
-            ("non_overlay", r.non_overlay),
+            ("non_image", r.non_image),
             ("allowlist_only", r.allowlist_only),
         ]
         .into_iter()

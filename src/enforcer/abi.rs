@@ -5,6 +5,7 @@
 
 pub const DG_PATH_MAX: usize = 256;
 pub const DG_MAX_LEVELS: u32 = 32;
+pub const DG_MAX_EXEC_MOUNTS: usize = 8;
 
 pub const DG_MODE_OFF: u32 = 0;
 pub const DG_MODE_MONITOR: u32 = 1;
@@ -12,24 +13,27 @@ pub const DG_MODE_ENFORCE: u32 = 2;
 
 pub const DG_RULE_DRIFT: u32 = 1 << 0;
 pub const DG_RULE_FILELESS: u32 = 1 << 1;
-pub const DG_RULE_NON_OVERLAY: u32 = 1 << 2;
+pub const DG_RULE_NON_IMAGE: u32 = 1 << 2;
 pub const DG_RULE_ALLOWLIST_ONLY: u32 = 1 << 3;
 pub const DG_RULE_HAS_LISTS: u32 = 1 << 4;
+pub const DG_RULE_HAS_MOUNTS: u32 = 1 << 5;
 
 pub const DG_LIST_NONE: u32 = 0;
 pub const DG_LIST_ALLOW: u32 = 1;
 pub const DG_LIST_DENY: u32 = 2;
 
-pub const DG_FILE_OVERLAY_LOWER: u32 = 0;
-pub const DG_FILE_OVERLAY_UPPER: u32 = 1;
+pub const DG_FILE_IMAGE: u32 = 0;
+pub const DG_FILE_UPPER: u32 = 1;
 pub const DG_FILE_FILELESS: u32 = 2;
 pub const DG_FILE_OTHER_FS: u32 = 3;
+pub const DG_FILE_OTHER_OVERLAY: u32 = 4;
+pub const DG_FILE_EXEC_VOLUME: u32 = 5;
 
 pub const DG_MATCH_NONE: u32 = 0;
 pub const DG_MATCH_DENY_LIST: u32 = 1;
 pub const DG_MATCH_DRIFT: u32 = 2;
 pub const DG_MATCH_FILELESS: u32 = 3;
-pub const DG_MATCH_NON_OVERLAY: u32 = 4;
+pub const DG_MATCH_NON_IMAGE: u32 = 4;
 pub const DG_MATCH_NOT_ALLOWED: u32 = 5;
 
 pub const DG_ACT_ALLOW: u32 = 0;
@@ -47,6 +51,7 @@ pub const DG_ACCESS_MMAP_EXEC: u32 = 1;
 
 pub const DG_EVF_PATH_TRUNCATED: u32 = 1 << 0;
 pub const DG_EVF_PATH_UNRESOLVED: u32 = 1 << 1;
+pub const DG_EVF_PATH_IMAGE: u32 = 1 << 2;
 
 pub const DG_STAT_EVENTS: usize = 0;
 pub const DG_STAT_RINGBUF_DROPS: usize = 1;
@@ -57,17 +62,20 @@ pub const DG_STAT_PATH_ERRORS: usize = 5;
 pub const DG_STAT_CHECKS: usize = 6;
 pub const DG_STAT_MAX: usize = 8;
 
-/// `struct dg_policy` (16 bytes).
+/// `struct dg_policy` (64 bytes).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RawPolicy {
     pub mode: u32,
     pub rules: u32,
     pub level: u32,
     pub reserved: u32,
+    pub rootfs_dev: u64,
+    pub exec_mnt_count: u32,
+    pub exec_mnt_ids: [u32; DG_MAX_EXEC_MOUNTS],
 }
 
 impl RawPolicy {
-    pub const SIZE: usize = 16;
+    pub const SIZE: usize = 64;
 
     pub fn to_bytes(self) -> [u8; Self::SIZE] {
         let mut b = [0u8; Self::SIZE];
@@ -75,6 +83,11 @@ impl RawPolicy {
         b[4..8].copy_from_slice(&self.rules.to_le_bytes());
         b[8..12].copy_from_slice(&self.level.to_le_bytes());
         b[12..16].copy_from_slice(&self.reserved.to_le_bytes());
+        b[16..24].copy_from_slice(&self.rootfs_dev.to_le_bytes());
+        b[24..28].copy_from_slice(&self.exec_mnt_count.to_le_bytes());
+        for (i, id) in self.exec_mnt_ids.iter().enumerate() {
+            b[28 + i * 4..32 + i * 4].copy_from_slice(&id.to_le_bytes());
+        }
         b
     }
 
@@ -82,7 +95,19 @@ impl RawPolicy {
         if b.len() != Self::SIZE {
             return None;
         }
-        Some(RawPolicy { mode: u32_at(b, 0), rules: u32_at(b, 4), level: u32_at(b, 8), reserved: u32_at(b, 12) })
+        let mut exec_mnt_ids = [0u32; DG_MAX_EXEC_MOUNTS];
+        for (i, id) in exec_mnt_ids.iter_mut().enumerate() {
+            *id = u32_at(b, 28 + i * 4);
+        }
+        Some(RawPolicy {
+            mode: u32_at(b, 0),
+            rules: u32_at(b, 4),
+            level: u32_at(b, 8),
+            reserved: u32_at(b, 12),
+            rootfs_dev: u64_at(b, 16),
+            exec_mnt_count: u32_at(b, 24),
+            exec_mnt_ids,
+        })
     }
 }
 
@@ -238,12 +263,22 @@ mod tests {
 
     #[test]
     fn policy_bytes_roundtrip() {
-        let p = RawPolicy { mode: 2, rules: 0x13, level: 5, reserved: 0 };
+        let p = RawPolicy {
+            mode: 2,
+            rules: 0x13,
+            level: 5,
+            reserved: 0,
+            rootfs_dev: 0x0102,
+            exec_mnt_count: 2,
+            exec_mnt_ids: [7, 9, 0, 0, 0, 0, 0, 0],
+        };
         let b = p.to_bytes();
         assert_eq!(&b[0..4], &[2, 0, 0, 0]);
         assert_eq!(&b[4..8], &[0x13, 0, 0, 0]);
+        assert_eq!(&b[16..18], &[2, 1]);
+        assert_eq!(&b[24..32], &[2, 0, 0, 0, 7, 0, 0, 0]);
         assert_eq!(RawPolicy::from_bytes(&b), Some(p));
-        assert_eq!(RawPolicy::from_bytes(&b[..15]), None);
+        assert_eq!(RawPolicy::from_bytes(&b[..63]), None);
     }
 
     #[test]
@@ -271,7 +306,7 @@ mod tests {
             matched: DG_MATCH_DRIFT,
             action: DG_ACT_DENY,
             hook: DG_HOOK_BPRM_CHECK,
-            file_kind: DG_FILE_OVERLAY_UPPER,
+            file_kind: DG_FILE_UPPER,
             mode: DG_MODE_ENFORCE,
             flags: 0,
             comm: "sh".into(),

@@ -24,8 +24,8 @@ pub enum Rule {
     Drift,
     /// memfd / unlinked file.
     Fileless,
-    /// File on a non-overlay mount.
-    NonOverlay,
+    /// Not from the container's own image layers (another filesystem or overlay).
+    NonImage,
     /// Allow-list-only policy and the path is not listed.
     NotAllowed,
     /// A code this version does not know.
@@ -38,7 +38,7 @@ impl Rule {
             abi::DG_MATCH_DENY_LIST => Rule::DenyList,
             abi::DG_MATCH_DRIFT => Rule::Drift,
             abi::DG_MATCH_FILELESS => Rule::Fileless,
-            abi::DG_MATCH_NON_OVERLAY => Rule::NonOverlay,
+            abi::DG_MATCH_NON_IMAGE => Rule::NonImage,
             abi::DG_MATCH_NOT_ALLOWED => Rule::NotAllowed,
             _ => Rule::Unknown,
         }
@@ -50,7 +50,7 @@ impl Rule {
             Rule::DenyList => "deny_list",
             Rule::Drift => "drift",
             Rule::Fileless => "fileless",
-            Rule::NonOverlay => "non_overlay",
+            Rule::NonImage => "non_image",
             Rule::NotAllowed => "not_allowed",
             Rule::Unknown => "unknown",
         }
@@ -124,22 +124,29 @@ impl Hook {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FileKind {
-    /// Shipped in the image (overlayfs lower layer).
+    /// Shipped in the image (a lower layer of the container's root overlay).
     Image,
-    /// Written or modified in the container (overlayfs upper layer).
+    /// Written or modified in the container (the upper layer of its root overlay).
     Upper,
     /// memfd, O_TMPFILE or unlinked.
     Fileless,
-    /// On a non-overlay mount.
+    /// On another filesystem: tmpfs (runc's `/dev`), a host file the runtime bind-mounted,
+    /// a volume.
     OtherFs,
+    /// On an overlay that is not the container's root (e.g. mounted inside the container).
+    OtherOverlay,
+    /// On a volume the policy exempts from the non-image rule.
+    ExecVolume,
 }
 
 impl FileKind {
     fn from_raw(v: u32) -> FileKind {
         match v {
-            abi::DG_FILE_OVERLAY_LOWER => FileKind::Image,
-            abi::DG_FILE_OVERLAY_UPPER => FileKind::Upper,
+            abi::DG_FILE_IMAGE => FileKind::Image,
+            abi::DG_FILE_UPPER => FileKind::Upper,
             abi::DG_FILE_FILELESS => FileKind::Fileless,
+            abi::DG_FILE_OTHER_OVERLAY => FileKind::OtherOverlay,
+            abi::DG_FILE_EXEC_VOLUME => FileKind::ExecVolume,
             _ => FileKind::OtherFs,
         }
     }
@@ -164,7 +171,8 @@ pub struct Event {
     pub uid: u32,
     /// Task command name at the time of the check.
     pub comm: String,
-    /// Resolved path as the process sees it (container-relative).
+    /// Resolved path: for files of the container's root filesystem its path in the image
+    /// (`path_image`), otherwise as the process sees it.
     pub path: String,
     /// Rule that matched.
     pub rule: Rule,
@@ -178,8 +186,11 @@ pub struct Event {
     pub mode: Mode,
     /// The path was longer than the kernel buffer.
     pub path_truncated: bool,
-    /// The path could not be resolved.
+    /// The path could not be resolved completely (never matches a list entry).
     pub path_unresolved: bool,
+    /// `path` is the file's path in the container's root filesystem, independent of the
+    /// process's root, mounts and namespaces.
+    pub path_image: bool,
 }
 
 impl Event {
@@ -203,6 +214,7 @@ impl Event {
             mode: Mode::from_raw(r.mode).unwrap_or(Mode::Off),
             path_truncated: r.flags & abi::DG_EVF_PATH_TRUNCATED != 0,
             path_unresolved: r.flags & abi::DG_EVF_PATH_UNRESOLVED != 0,
+            path_image: r.flags & abi::DG_EVF_PATH_IMAGE != 0,
         })
     }
 }

@@ -22,6 +22,7 @@ pub mod abi;
 mod error;
 mod events;
 mod libbpf_log;
+mod migrate;
 mod store;
 
 #[allow(clippy::all, dead_code, non_camel_case_types, non_upper_case_globals, missing_docs, unused_imports)]
@@ -127,6 +128,12 @@ impl Enforcer {
             prepare_pin_dir(dir)?;
         }
 
+        // Pins of an older layout: read before the loader replaces them.
+        let v1 = match &opts.pin_dir {
+            Some(dir) => migrate::take_v1_policies(dir)?,
+            None => None,
+        };
+
         let mut fallback_reason = None;
         let lsm = if opts.force_fallback {
             fallback_reason = Some("fallback forced by configuration".to_string());
@@ -160,6 +167,10 @@ impl Enforcer {
         };
 
         let store = store_from_skel(&skel)?;
+        if let Some(old) = v1 {
+            let n = migrate::restore(old, store.policies_map())?;
+            tracing::info!(policies = n, "policies of driftguard 0.1 carried over");
+        }
         let adopted = store.flag_installed_levels()?;
         if adopted > 0 {
             tracing::info!(policies = adopted, "adopted pinned policies");
@@ -217,11 +228,13 @@ impl Enforcer {
                         .map_err(|e| Error::io(format!("removing stale link {}", p.display()), e))?;
                 }
             }
-            // An older version's per-level array: only its (now replaced) programs used it.
-            let legacy = dir.join(store::LEGACY_MAP_LEVELS);
-            if legacy.exists() {
-                std::fs::remove_file(&legacy)
-                    .map_err(|e| Error::io(format!("removing stale map {}", legacy.display()), e))?;
+            // An older version's maps: only its (now replaced) programs used them.
+            for name in [store::LEGACY_MAP_LEVELS, migrate::V1_PIN] {
+                let legacy = dir.join(name);
+                if legacy.exists() {
+                    std::fs::remove_file(&legacy)
+                        .map_err(|e| Error::io(format!("removing stale map {}", legacy.display()), e))?;
+                }
             }
         }
         self.links = links;
@@ -293,6 +306,7 @@ impl Enforcer {
                     id: *id,
                     run_time_ns: info.run_time_ns,
                     run_count: info.run_cnt,
+                    verified_insns: info.verified_insns,
                 })
             })
             .collect()
@@ -310,6 +324,9 @@ pub struct ProgramStats {
     pub run_time_ns: u64,
     /// Runs while `kernel.bpf_stats_enabled` was 1.
     pub run_count: u64,
+    /// Instructions the verifier processed to accept it (its budget is 1,000,000): how close
+    /// the program is to being refused on this kernel.
+    pub verified_insns: u32,
 }
 
 /// Open the pinned ring buffer (for a reader in another process, e.g. `driftguard events`

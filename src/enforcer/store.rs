@@ -15,6 +15,7 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use super::abi::{self, RawPolicy};
 use super::error::{Error, Result};
 use crate::policy::{ExecPath, ListKind, Mode, Policy};
+use crate::provenance::Provenance;
 
 pub(crate) const MAP_POLICIES: &str = "dg_policies";
 pub(crate) const MAP_PATHS: &str = "dg_paths";
@@ -65,8 +66,13 @@ pub struct InstalledPolicy {
     pub level: u32,
     /// Who installed it.
     pub owner: Owner,
-    /// The policy (lists included).
+    /// The policy (lists included; `exec_volumes` is not stored in the kernel, only the
+    /// mount ids it resolved to).
     pub policy: Policy,
+    /// `s_dev` of the container's root filesystem (kernel encoding; 0 = unknown).
+    pub rootfs_dev: u64,
+    /// Mount ids exempt from the non-image rule.
+    pub exec_mount_ids: Vec<u32>,
 }
 
 /// Counters kept by the BPF programs (summed over CPUs, cumulative since first load).
@@ -172,6 +178,11 @@ impl PolicyStore {
         Ok(PolicyStore { policies, paths, levels: LevelMask::new(levels)?, stats })
     }
 
+    /// The policies map (for the loader's migration of older pins).
+    pub(crate) fn policies_map(&self) -> &MapHandle {
+        &self.policies
+    }
+
     /// Duplicate the map handles (for another thread or component).
     pub fn try_clone(&self) -> Result<Self> {
         let dup = |name: &'static str, m: &MapHandle| {
@@ -205,13 +216,30 @@ impl PolicyStore {
     /// Order matters for a running workload: path lists first, then the policy
     /// entry, then the level marker, then stale list entries go. A failure
     /// leaves the previous policy in force and removes what this call added.
-    pub fn set(&self, cgroup_id: u64, level: u32, policy: &Policy) -> Result<()> {
-        self.set_owned(cgroup_id, level, policy, Owner::Other)
+    ///
+    /// `prov` says which filesystem is the container's image (its root) and which volume
+    /// mounts are exempt; see [`crate::provenance`].
+    pub fn set(&self, cgroup_id: u64, level: u32, policy: &Policy, prov: &Provenance) -> Result<()> {
+        self.set_owned(cgroup_id, level, policy, prov, Owner::Other)
     }
 
     /// [`PolicyStore::set`], recording who installed the policy.
-    pub fn set_owned(&self, cgroup_id: u64, level: u32, policy: &Policy, owner: Owner) -> Result<()> {
+    pub fn set_owned(
+        &self,
+        cgroup_id: u64,
+        level: u32,
+        policy: &Policy,
+        prov: &Provenance,
+        owner: Owner,
+    ) -> Result<()> {
         policy.validate()?;
+        let ids = prov.mount_ids();
+        if ids.len() > abi::DG_MAX_EXEC_MOUNTS {
+            return Err(Error::Policy(crate::policy::PolicyError::TooManyExecVolumes {
+                count: ids.len(),
+                max: abi::DG_MAX_EXEC_MOUNTS,
+            }));
+        }
         if policy.mode == Mode::Off {
             self.remove(cgroup_id)?;
             return Ok(());
@@ -246,8 +274,17 @@ impl PolicyStore {
                 added.push(key);
             }
         }
-        let raw =
-            RawPolicy { mode: policy.mode.as_raw(), rules: policy.kernel_rules(), level, reserved: owner.as_raw() };
+        let mut exec_mnt_ids = [0u32; abi::DG_MAX_EXEC_MOUNTS];
+        exec_mnt_ids[..ids.len()].copy_from_slice(&ids);
+        let raw = RawPolicy {
+            mode: policy.mode.as_raw(),
+            rules: policy.kernel_rules() | if ids.is_empty() { 0 } else { abi::DG_RULE_HAS_MOUNTS },
+            level,
+            reserved: owner.as_raw(),
+            rootfs_dev: prov.rootfs_dev,
+            exec_mnt_count: ids.len() as u32,
+            exec_mnt_ids,
+        };
         if let Err(e) = self.policies.update(&cgroup_id.to_le_bytes(), &raw.to_bytes(), MapFlags::ANY) {
             for k in &added {
                 let _ = self.paths.delete(k);
@@ -292,6 +329,16 @@ impl PolicyStore {
         let has_lists = RawPolicy::from_bytes(&v).is_some_and(|r| r.rules & abi::DG_RULE_HAS_LISTS != 0);
         let lists = if has_lists { self.lists()? } else { BTreeMap::new() };
         Ok(Some(decode_policy(cgroup_id, &v, lists.get(&cgroup_id))?))
+    }
+
+    /// The provenance installed for one cgroup (root filesystem and exempt mount ids), if a
+    /// policy is installed. Re-installing a running container's policy reuses it rather than
+    /// reading the container's mountinfo again, which its processes may have changed since.
+    pub fn provenance(&self, cgroup_id: u64) -> Result<Option<(u64, Vec<u32>)>> {
+        Ok(self.raw_policy(cgroup_id)?.map(|r| {
+            let n = (r.exec_mnt_count as usize).min(abi::DG_MAX_EXEC_MOUNTS);
+            (r.rootfs_dev, r.exec_mnt_ids[..n].to_vec())
+        }))
     }
 
     /// The raw policy value of one cgroup (one map lookup).
@@ -463,5 +510,13 @@ fn decode_policy(cgroup_id: u64, value: &[u8], lists: Option<&Vec<(String, u32)>
             None => {}
         }
     }
-    Ok(InstalledPolicy { cgroup_id, level: raw.level, owner: Owner::from_raw(raw.reserved), policy })
+    let n = (raw.exec_mnt_count as usize).min(abi::DG_MAX_EXEC_MOUNTS);
+    Ok(InstalledPolicy {
+        cgroup_id,
+        level: raw.level,
+        owner: Owner::from_raw(raw.reserved),
+        policy,
+        rootfs_dev: raw.rootfs_dev,
+        exec_mount_ids: raw.exec_mnt_ids[..n].to_vec(),
+    })
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use driftguard::enforcer::{Action, EnforcementPath, Enforcer, EnforcerOptions, Event, Hook, PolicyStore, Rule};
 use driftguard::policy::{Mode, Policy};
+use driftguard::provenance::{self, Provenance};
 use libtest_mimic::Failed;
 
 use crate::vm;
@@ -312,7 +313,14 @@ impl Container {
     }
 
     pub fn install(&self, h: &Harness, policy: &Policy) -> R {
-        h.store.set(self.cgid, self.level, policy).map_err(es)
+        h.store.set(self.cgid, self.level, policy, &self.provenance(policy)?).map_err(es)
+    }
+
+    /// The container's provenance as the agent would find it: its root is the overlay at
+    /// `merged`; `policy.exec_volumes` are mount points below it.
+    pub fn provenance(&self, policy: &Policy) -> Result<Provenance, Failed> {
+        let mi = fs::read_to_string("/proc/self/mountinfo").map_err(es)?;
+        provenance::resolve(&mi, Path::new("/proc/self/mountinfo"), &self.merged, policy).map_err(es)
     }
 
     /// Run `argv` inside the container (joins `cgroup`, chroots into merged when `chroot`,
@@ -392,6 +400,35 @@ impl Container {
                 None => Err(format!("spawn failed: {e}").into()),
             },
         }
+    }
+
+    /// Start `argv` chrooted in the container and in its cgroup, in the background.
+    pub fn spawn(&self, argv: &[&str]) -> Result<std::process::Child, Failed> {
+        let procs = fs::OpenOptions::new()
+            .write(true)
+            .open(self.cgroup.join("cgroup.procs"))
+            .map_err(|e| format!("open cgroup.procs: {e}"))?;
+        use std::os::fd::AsRawFd;
+        let procs_fd = procs.as_raw_fd();
+        let root = CString::new(self.merged.as_os_str().as_bytes()).map_err(es)?;
+        let mut cmd = Command::new(argv[0]);
+        cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.env_clear().env("PATH", "/bin:/usr/bin");
+        // SAFETY: only async-signal-safe syscalls on memory prepared before fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::write(procs_fd, b"0\n".as_ptr().cast(), 2) < 0 || libc::chroot(root.as_ptr()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::chdir(c"/".as_ptr()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| format!("spawning {argv:?} in the container: {e}"))?;
+        drop(procs);
+        Ok(child)
     }
 
     /// [`Container::run_full`] without extra environment.
