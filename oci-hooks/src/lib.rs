@@ -452,6 +452,11 @@ fn install(
     let cgroup = root.cgroup_of_pid(pid).map_err(cg_err)?;
     let level = root.level(&cgroup).map_err(cg_err)?;
     let cgroup_id = cgroup::cgroup_id(&cgroup).map_err(cg_err)?;
+    let enf_err = |source| HookError::Enforcer { id: id.clone(), mode: policy.mode, source };
+    let store = PolicyStore::open_pinned(pin_dir).map_err(enf_err)?;
+    if enforcer::pinned_path(pin_dir).is_none() {
+        return Err(HookError::NotAttached { id: id.clone(), dir: pin_dir.to_path_buf() });
+    }
     // createRuntime runs after the runtime made the container's mounts and before it pivots
     // into the root: in the init process's mountinfo the root is still at the bundle's path.
     let prov = provenance_at_create(pid, rootfs, policy).map_err(|source| HookError::Provenance {
@@ -459,11 +464,6 @@ fn install(
         pid,
         source,
     })?;
-    let enf_err = |source| HookError::Enforcer { id: id.clone(), mode: policy.mode, source };
-    let store = PolicyStore::open_pinned(pin_dir).map_err(enf_err)?;
-    if enforcer::pinned_path(pin_dir).is_none() {
-        return Err(HookError::NotAttached { id: id.clone(), dir: pin_dir.to_path_buf() });
-    }
 
     let rec = Record {
         container_id: id.clone(),
