@@ -853,6 +853,12 @@ fn runtime_dev_tmpfs_exec_denied() -> R {
     }
     assert_shell_denied(h, &c.sh("cd /dev && ./echo true")?, "./echo from /dev")?;
     assert_denied(h, &c.run("echo", &["/dev/echo", "true"])?, "direct exec of /dev/echo")?;
+    // The procfs magic link to the same file is the same file.
+    let proc_at = c.host_path("/proc");
+    mount("proc", &proc_at, "proc", "")?;
+    c.extra_mounts.push(proc_at);
+    let out = c.sh("exec 3</dev/echo && /proc/self/fd/3 true")?;
+    assert_shell_denied(h, &out, "/proc/self/fd/N of the /dev file")?;
     Ok(())
 }
 
