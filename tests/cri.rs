@@ -73,6 +73,9 @@ fn main() {
     let args = Arguments::from_args();
     let gate = vm::Gate::from_env();
     let reason = containerd::requirements();
+    if reason.is_none() {
+        containerd::sweep_stale();
+    }
     let trials: Vec<Trial> = TRIALS
         .iter()
         .map(|(name, f)| {

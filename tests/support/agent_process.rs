@@ -7,6 +7,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -31,7 +32,10 @@ impl AgentProcess {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/dg-cri-{}-{n}", std::process::id()));
         let _ = driftguard::enforcer::unload(&pin_dir);
-        let dir = tempfile::Builder::new().prefix("dg-cri-agent-").tempdir().map_err(|e| e.to_string())?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("dg-cri-agent-{}-", std::process::id()))
+            .tempdir()
+            .map_err(|e| e.to_string())?;
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
             l.local_addr().map_err(|e| e.to_string())?.port()
@@ -63,7 +67,15 @@ impl AgentProcess {
             .append(true)
             .open(self.dir.path().join("agent.log"))
             .map_err(|e| e.to_string())?;
-        let child = Command::new(env!("CARGO_BIN_EXE_driftguard"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_driftguard"));
+        // SAFETY: prctl is async-signal-safe. The agent must not outlive a killed test process.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            })
+        };
+        let child = cmd
             .args(["run", "--config"])
             .arg(&self.config)
             .env("DRIFTGUARD_STATE_DIR", self.state_dir())

@@ -422,7 +422,16 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             .map_err(|e| format!("containerd.log: {e}"))?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
         let path = format!("{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", self.bins.dir.display());
-        let child = Command::new(&self.bins.containerd)
+        let mut cmd = Command::new(&self.bins.containerd);
+        // SAFETY: prctl is async-signal-safe. If the test process dies (its drop guards do not
+        // run), containerd goes with it; `sweep_stale` removes the rest on the next run.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            })
+        };
+        let child = cmd
             .arg("--config")
             .arg(&self.config)
             .env_clear()
@@ -703,44 +712,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 
     // --- cleanup ---
 
-    /// Every process whose command line names this containerd's socket as `-address`
-    /// (its shims; nothing else carries it).
-    fn shim_pids(&self) -> Vec<i32> {
-        let want = self.sock.as_os_str().as_encoded_bytes().to_vec();
-        let mut pids = Vec::new();
-        let Ok(rd) = fs::read_dir("/proc") else { return pids };
-        for e in rd.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-            let Ok(cmdline) = fs::read(e.path().join("cmdline")) else { continue };
-            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            if args.windows(2).any(|w| w[0] == b"-address" && w[1] == want.as_slice()) {
-                pids.push(pid);
-            }
-        }
-        pids
-    }
-
-    /// Cgroup directories of this instance in every hierarchy (v1 controllers and v2).
-    fn cgroup_roots(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        let rel = self.cgroup_base.trim_start_matches('/');
-        if let Ok(mi) = fs::read_to_string("/proc/self/mountinfo") {
-            for line in mi.lines() {
-                let Some((_, post)) = line.split_once(" - ") else { continue };
-                let fstype = post.split_whitespace().next().unwrap_or("");
-                if fstype == "cgroup" || fstype == "cgroup2" {
-                    if let Some(mp) = line.split_whitespace().nth(4) {
-                        let p = Path::new(mp).join(rel);
-                        if p.is_dir() {
-                            out.push(p);
-                        }
-                    }
-                }
-            }
-        }
-        out
-    }
-
     fn cleanup(&mut self) {
         // 1. The orderly way: remove every pod through CRI, so containerd unmounts and deletes.
         if self.running() {
@@ -750,64 +721,160 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         }
         // 2. Stop containerd.
         self.stop();
-        // 3. Leftovers, by identity only: processes in this instance's cgroup tree, then its shims.
-        let root = driftguard::cgroup::CgroupRoot::detect().ok();
-        if let Some(root) = &root {
-            let top = root.path.join(self.cgroup_base.trim_start_matches('/'));
-            if top.is_dir() {
-                let _ = fs::write(top.join("cgroup.kill"), "1");
+        // 3.-6. Whatever is left, by identity only.
+        self.keep_dir = !remove_leftovers(&self.dir, &self.cgroup_base);
+        if !self.keep_dir {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Remove what a harness containerd with scratch directory `dir` and cgroup parent
+/// `cgroup_base` left behind once containerd itself is gone: processes in its cgroup tree, its
+/// shims (by `-address`), runc state under its private runc root, mounts under `dir` (deepest
+/// first) and its cgroup directories in every hierarchy. False if a mount could not be
+/// detached (then `dir` must not be deleted).
+fn remove_leftovers(dir: &Path, cgroup_base: &str) -> bool {
+    if let Ok(root) = driftguard::cgroup::CgroupRoot::detect() {
+        let top = root.path.join(cgroup_base.trim_start_matches('/'));
+        if top.is_dir() {
+            let _ = fs::write(top.join("cgroup.kill"), "1");
+        }
+    }
+    let shims = pids_with_args(&["-address", &dir.join("c.sock").to_string_lossy()]);
+    for pid in &shims {
+        // SAFETY: a shim of a containerd this harness started.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    let _ = wait_for(Duration::from_secs(5), "shims to exit", || {
+        shims.iter().all(|p| !Path::new(&format!("/proc/{p}")).exists()).then_some(())
+    });
+    let runc_root = dir.join("runc");
+    if let Ok(out) = Command::new(RUNC).arg("--root").arg(&runc_root).args(["list", "-q"]).output() {
+        for id in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()) {
+            let _ = Command::new(RUNC)
+                .arg("--root")
+                .arg(&runc_root)
+                .args(["delete", "-f", id])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+    for _ in 0..5 {
+        let mounts = mounts_under(dir);
+        if mounts.is_empty() {
+            break;
+        }
+        for m in mounts {
+            if let Ok(c) = std::ffi::CString::new(m.as_os_str().as_encoded_bytes()) {
+                // SAFETY: valid C string.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
             }
         }
-        let shims = self.shim_pids();
-        for pid in &shims {
-            // SAFETY: a shim of the containerd this harness started.
-            unsafe { libc::kill(*pid, libc::SIGKILL) };
-        }
-        let _ = wait_for(Duration::from_secs(5), "shims to exit", || {
-            shims.iter().all(|p| !Path::new(&format!("/proc/{p}")).exists()).then_some(())
+    }
+    let clean = mounts_under(dir).is_empty();
+    if !clean {
+        eprintln!("containerd cleanup: mounts left under {}; keeping the directory", dir.display());
+    }
+    for top in cgroup_dirs(cgroup_base) {
+        let _ = wait_for(Duration::from_secs(5), "cgroups to be removable", || {
+            remove_cgroup_tree(&top);
+            (!top.exists()).then_some(())
         });
-        // 4. runc state under the private root.
-        let runc_root = self.dir.join("runc");
-        if let Ok(out) = Command::new(RUNC).arg("--root").arg(&runc_root).args(["list", "-q"]).output() {
-            for id in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()) {
-                let _ = Command::new(RUNC)
-                    .arg("--root")
-                    .arg(&runc_root)
-                    .args(["delete", "-f", id])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
-            }
+        if top.exists() {
+            eprintln!("containerd cleanup: could not remove cgroup {}", top.display());
         }
-        // 5. Mounts under the scratch directory, deepest first.
-        for _ in 0..5 {
-            let mounts = mounts_under(&self.dir);
-            if mounts.is_empty() {
-                break;
-            }
-            for m in mounts {
-                if let Ok(c) = std::ffi::CString::new(m.as_os_str().as_encoded_bytes()) {
-                    // SAFETY: valid C string.
-                    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+    clean
+}
+
+/// Pids of processes whose command line contains `args` as consecutive arguments.
+fn pids_with_args(args: &[&str]) -> Vec<i32> {
+    let mut pids = Vec::new();
+    let Ok(rd) = fs::read_dir("/proc") else { return pids };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Ok(cmdline) = fs::read(e.path().join("cmdline")) else { continue };
+        let have: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if have.windows(args.len()).any(|w| w.iter().zip(args).all(|(h, a)| *h == a.as_bytes())) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// `<hierarchy>/<cgroup_base>` for every mounted cgroup v1 and v2 hierarchy where it exists.
+fn cgroup_dirs(cgroup_base: &str) -> Vec<PathBuf> {
+    let rel = cgroup_base.trim_start_matches('/');
+    let mut out = Vec::new();
+    for line in fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines() {
+        let Some((_, post)) = line.split_once(" - ") else { continue };
+        let fstype = post.split_whitespace().next().unwrap_or("");
+        if fstype == "cgroup" || fstype == "cgroup2" {
+            if let Some(mp) = line.split_whitespace().nth(4) {
+                let p = Path::new(&unescape_mountinfo(mp)).join(rel);
+                if p.is_dir() && !out.contains(&p) {
+                    out.push(p);
                 }
             }
         }
-        if !mounts_under(&self.dir).is_empty() {
-            eprintln!("containerd cleanup: mounts left under {}; keeping the directory", self.dir.display());
-            self.keep_dir = true;
-        }
-        // 6. Cgroup directories, children first, in every hierarchy.
-        for top in self.cgroup_roots() {
-            let _ = wait_for(Duration::from_secs(5), "cgroups to be removable", || {
-                remove_cgroup_tree(&top);
-                (!top.exists()).then_some(())
-            });
-            if top.exists() {
-                eprintln!("containerd cleanup: could not remove cgroup {}", top.display());
+    }
+    out
+}
+
+/// `(pid, n)` of a harness name `dg-cri-<pid>-<n>` whose test process is gone.
+fn dead_run(name: &str) -> Option<(u32, u32)> {
+    let (pid, n) = name.strip_prefix("dg-cri-")?.split_once('-')?;
+    let (pid, n) = (pid.parse::<u32>().ok()?, n.parse::<u32>().ok()?);
+    (!Path::new(&format!("/proc/{pid}")).exists()).then_some((pid, n))
+}
+
+/// Clean up after earlier test processes that died without running their drop guards
+/// (SIGKILL, a Ctrl-C of an ignored panic): their containerds (found by the `--config` path
+/// only this harness uses), shims, containers, mounts, cgroups, and the agents' pinned BPF
+/// state. Only `dg-cri-<pid>-<n>` names whose `<pid>` no longer exists are touched.
+pub fn sweep_stale() {
+    if let Ok(rd) = fs::read_dir("/tmp") {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            // Agent directories (`support/agent_process.rs`): `dg-cri-agent-<pid>-<random>`.
+            if let Some(pid) = name.strip_prefix("dg-cri-agent-").and_then(|r| r.split('-').next()) {
+                if pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists() {
+                    let _ = fs::remove_dir_all(e.path());
+                }
+                continue;
+            }
+            let Some((pid, n)) = dead_run(&name) else { continue };
+            let dir = e.path();
+            eprintln!("cleaning up after a dead test run: {}", dir.display());
+            let config = dir.join("config.toml");
+            for p in pids_with_args(&["--config", &config.to_string_lossy()]) {
+                // SAFETY: a containerd started by this harness (its config path is unique to it).
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+            if remove_leftovers(&dir, &format!("/dg-cri-{pid}-{n}")) {
+                let _ = fs::remove_dir_all(&dir);
             }
         }
-        if !self.keep_dir {
-            let _ = fs::remove_dir_all(&self.dir);
+    }
+    if let Ok(rd) = fs::read_dir("/sys/fs/bpf") {
+        for e in rd.flatten() {
+            if dead_run(&e.file_name().to_string_lossy()).is_some() {
+                let _ = driftguard::enforcer::unload(&e.path());
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    // Cgroup parents whose scratch directory is already gone.
+    for top in cgroup_dirs("") {
+        let Ok(rd) = fs::read_dir(&top) else { continue };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.path().is_dir() && dead_run(&name).is_some() {
+                let _ = fs::write(e.path().join("cgroup.kill"), "1");
+                remove_cgroup_tree(&e.path());
+            }
         }
     }
 }
