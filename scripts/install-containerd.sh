@@ -94,6 +94,7 @@ case $version in
 esac
 if [[ -x $dir/root/usr/bin/containerd && "$(cat "$dir/version" 2>/dev/null)" == "$version" ]]; then
     log "containerd $version already in $dir"
+    rm -rf "$apt_dir"
     exit 0
 fi
 
@@ -109,5 +110,6 @@ done
 rm -rf "$dir/root"
 mv "$dir/root.new" "$dir/root"
 echo "$version" >"$dir/version"
-rm -f "$deb"
+# The trixie package lists are only needed again for a refresh, which fetches them anew.
+rm -rf "$apt_dir"
 log "containerd $version in $dir/root/usr/bin ($("$dir/root/usr/bin/containerd" --version 2>/dev/null || true))"
