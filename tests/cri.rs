@@ -10,13 +10,18 @@
 //! Without root or containerd the trials print `SKIP <name>: <reason>`; under
 //! `DRIFTGUARD_REQUIRE_ALL=1` (CI) they fail instead.
 //!
-//! Known gaps are trials too ([`KNOWN_GAPS`]): they assert the desired behaviour, fail today,
-//! and are marked ignored until the change that closes the gap removes them from that list
-//! (`cargo test --test cri -- --include-ignored runtime_mount_` runs them):
+//! Known gaps are trials too ([`KNOWN_GAPS`]): they assert the desired behaviour and fail
+//! today.
 //! - `runtime_mount_*`: execs from the writable mounts the runtime adds to every container
-//!   (runc's `/dev` tmpfs, the `/etc/hostname` bind mount) must be stopped like drift.
+//!   (runc's `/dev` tmpfs, the `/etc/hostname` bind mount) must be stopped like drift. They run
+//!   by default as *expected failures*: green while the exec is not stopped (the output says
+//!   `KNOWN GAP … still open`), a failure once it is, so that the change closing the gap deletes
+//!   their `KNOWN_GAPS` line. Any other failure (setup, containerd) fails them as usual.
 //! - `bug_container_started_while_agent_down_is_unprotected`: such a container must be refused
-//!   or enforced from its first exec; today it runs unprotected until the agent is back.
+//!   or enforced from its first exec; today it runs unprotected until the agent is back. Not in
+//!   the default list (ignored; `-- --include-ignored` runs it).
+//!
+//! `DRIFTGUARD_CRI_STRICT=1` runs every known-gap trial as a plain trial (they fail today).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -57,17 +62,33 @@ const TRIALS: &[(&str, TrialFn)] = &[
     ("bug_container_started_while_agent_down_is_unprotected", bug_container_started_while_agent_down_is_unprotected),
 ];
 
-/// Trials that assert the desired behaviour of a known gap and fail today: marked ignored so
-/// the suite is green; run them with `cargo test --test cri -- --include-ignored <name>`. The
-/// change that closes a gap deletes its line here.
-const KNOWN_GAPS: &[(&str, &str)] = &[
-    ("runtime_mount_dev_tmpfs_exec_is_denied", "execs from runc's /dev tmpfs are not stopped yet"),
-    ("runtime_mount_etc_hostname_exec_is_denied", "execs from the /etc/hostname bind mount are not stopped yet"),
+enum Gap {
+    /// Run by default; passes while the gap is open (the trial fails with [`GAP_MARKER`]),
+    /// fails once the trial passes.
+    ExpectedFailure,
+    /// Not in the default list (marked ignored).
+    Ignored,
+}
+
+/// Trials asserting the desired behaviour where driftguard falls short today. The change that
+/// closes a gap deletes its line.
+const KNOWN_GAPS: &[(&str, Gap, &str)] = &[
+    ("runtime_mount_dev_tmpfs_exec_is_denied", Gap::ExpectedFailure, "execs from runc's /dev tmpfs are not stopped"),
+    (
+        "runtime_mount_etc_hostname_exec_is_denied",
+        Gap::ExpectedFailure,
+        "execs from the /etc/hostname bind mount are not stopped",
+    ),
     (
         "bug_container_started_while_agent_down_is_unprotected",
+        Gap::Ignored,
         "a container started while the agent is down runs unprotected until the agent is back",
     ),
 ];
+
+/// What [`Env::assert_stopped`] says when an exec was not stopped: an expected failure must
+/// be this one, not any failure.
+const GAP_MARKER: &str = "expected the exec to be stopped";
 
 fn main() {
     let args = Arguments::from_args();
@@ -76,20 +97,40 @@ fn main() {
     if reason.is_none() {
         containerd::sweep_stale();
     }
+    let strict = std::env::var("DRIFTGUARD_CRI_STRICT").is_ok_and(|v| v == "1");
     let trials: Vec<Trial> = TRIALS
         .iter()
-        .map(|(name, f)| {
-            let t = gate.trial(name, &reason, *f);
-            match KNOWN_GAPS.iter().find(|(n, _)| n == name) {
-                Some((_, why)) if reason.is_none() => {
-                    eprintln!("KNOWN GAP {name}: {why} (ignored; run with --include-ignored)");
-                    t.with_ignored_flag(true)
-                }
-                _ => t,
+        .map(|&(name, f)| match KNOWN_GAPS.iter().find(|(n, ..)| *n == name) {
+            Some((_, Gap::ExpectedFailure, why)) if reason.is_none() && !strict => {
+                Trial::test(name, move || expect_gap(name, why, f))
             }
+            Some((_, Gap::Ignored, why)) if reason.is_none() && !strict => {
+                eprintln!("KNOWN GAP {name}: {why} (ignored; run with --include-ignored)");
+                gate.trial(name, &reason, f).with_ignored_flag(true)
+            }
+            _ => gate.trial(name, &reason, f),
         })
         .collect();
     libtest_mimic::run(&args, trials).exit();
+}
+
+/// Run a known-gap trial as an expected failure.
+fn expect_gap(name: &str, why: &str, f: TrialFn) -> R {
+    match f() {
+        Ok(()) => Err(format!(
+            "{name} passed: the known gap \"{why}\" looks closed. Delete its line from KNOWN_GAPS in \
+             tests/cri.rs so that it is a plain trial."
+        )
+        .into()),
+        Err(e) => {
+            let msg = e.message().unwrap_or_default();
+            if !msg.contains(GAP_MARKER) {
+                return Err(e);
+            }
+            eprintln!("KNOWN GAP {name} still open ({why}): {}", msg.lines().next().unwrap_or_default());
+            Ok(())
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
