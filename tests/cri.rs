@@ -498,6 +498,10 @@ fn cri_containerd_restart_agent_reregisters() -> R {
             return Err(format!("status changed over the containerd restart:\nbefore {before:?}\nafter  {after:?}"));
         }
         env.assert_stopped(&env.ctd.sh(&a, "cp /bin/busybox /tmp/x && /tmp/x")?, "drift after containerd restart")?;
+        let m = env.agent.metrics()?;
+        if !m.lines().any(|l| l.starts_with("driftguard_nri_reconnects_total ") && !l.ends_with(" 0")) {
+            return Err(format!("driftguard_nri_reconnects_total did not count the reconnection:\n{m}"));
+        }
         // New containers go through the new NRI connection.
         let (_, b) = env.pod_with("after", &[ENFORCE], "app")?;
         env.assert_stopped(&env.ctd.sh(&b, "cp /bin/busybox /tmp/x && /tmp/x")?, "drift in a pod made after it")?;
@@ -523,6 +527,9 @@ fn cri_container_removed_while_agent_down_is_cleaned() -> R {
         env.ctd.restart()?;
         let synced = env.agent.synced_count();
         env.agent.start_synced(synced + 1)?;
+        let log = env.agent.log();
+        let how = log.lines().rev().find(|l| l.contains("synchronized with the runtime")).unwrap_or_default();
+        eprintln!("agent back after the removal: {}", how.trim());
         let ids: BTreeSet<u64> = env.status_rows()?.into_iter().map(|r| r.0).collect();
         if ids != BTreeSet::from([keep_cg]) {
             return Err(format!(

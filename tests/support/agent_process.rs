@@ -134,8 +134,9 @@ impl AgentProcess {
         }
     }
 
+    /// The agent's stderr so far, without terminal colour codes.
     pub fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+        strip_ansi(&fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default())
     }
 
     /// The last lines of the log, without libbpf's loader chatter.
@@ -204,6 +205,25 @@ impl AgentProcess {
             format!("driftguard status --json: {e} ({}): {}", out.status, String::from_utf8_lossy(&out.stderr))
         })
     }
+}
+
+/// Drop `ESC [ … letter` sequences.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        if c == '\x1b' && it.peek() == Some(&'[') {
+            it.next();
+            for n in it.by_ref() {
+                if n.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn tail(s: &str, n: usize) -> String {
