@@ -132,6 +132,22 @@ fn run() -> Result<(), String> {
                 .map_err(|e| format!("{} pod {i}: {e}\n{}\n{}", c.name(), agent.log_tail(), ctd.log_tail()))?;
         }
     }
+    // What the agent itself spent per NRI event (its own histogram), to set against the CRI deltas.
+    let metrics = agent.metrics()?;
+    let metric = |name: &str, event: &str| -> f64 {
+        let prefix = format!("driftguard_nri_handler_seconds_{name}{{event=\"{event}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let mut handlers = serde_json::Map::new();
+    for event in ["create_container", "start_container", "stop_container", "remove_container"] {
+        let (sum, count) = (metric("sum", event), metric("count", event));
+        println!("agent handler {event}: {count} calls, mean {:.1} µs", sum / count * 1e6);
+        handlers.insert(event.into(), serde_json::json!({"count": count, "mean_us": sum / count * 1e6}));
+    }
     let policies = agent.status()?["containers"].as_array().map(|a| a.len()).unwrap_or(0);
     println!("{} pods in {:.1}s; policies left after removal: {policies}", pods * 3, started.elapsed().as_secs_f64());
 
@@ -177,6 +193,7 @@ fn run() -> Result<(), String> {
         format!("{}/bench-cri.json", std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()))
     });
     json.insert("pods_per_config".into(), serde_json::json!(pods));
+    json.insert("agent_handlers".into(), serde_json::Value::Object(handlers));
     json.insert("containerd".into(), serde_json::json!(bare.bins.version));
     match std::fs::write(&out, serde_json::to_vec_pretty(&serde_json::Value::Object(json)).unwrap_or_default()) {
         Ok(()) => println!("\nwrote {out}"),
