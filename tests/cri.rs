@@ -268,6 +268,8 @@ fn cri_enforce_pod_kills_drift_and_runs_image_files() -> R {
         let e = env.ctd.sh(&id, "/bin/busybox echo image-binary && ls /bin/hello.sh && /bin/hello.sh")?;
         expect_ok(&e, "image-binary", "image binaries in an enforce pod")?;
         expect_ok(&e, HELLO, "the image's script /bin/hello.sh")?;
+        // The script exec'd directly (kernel `#!` handling, then /bin/sh from the image).
+        expect_ok(&env.ctd.exec(&id, &["/bin/hello.sh"])?, HELLO, "ExecSync of /bin/hello.sh")?;
         let e = env.ctd.sh(&id, "cp /bin/busybox /tmp/x && /tmp/x echo hi")?;
         env.assert_stopped(&e, "drift exec /tmp/x in an enforce pod")?;
         let ev = env.agent.wait_event("for /tmp/x", |ev| ev["event"] == "verdict" && ev["path"] == "/tmp/x")?;
