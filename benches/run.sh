@@ -1,6 +1,7 @@
 #!/bin/sh
 # Run every driftguard benchmark (root, BPF, cgroup v2, overlayfs, cc for benches/exec-chain.c;
-# qemu + tests/vm kernels for the BPF LSM numbers). Results: stdout, $CARGO_TARGET_DIR/bench-driftguard.json,
+# qemu + tests/vm kernels for the BPF LSM numbers; containerd from scripts/install-containerd.sh for
+# the cri bench). Results: stdout, $CARGO_TARGET_DIR/bench-driftguard.json,
 # docs/bench-exec.svg, docs/bench-exec-vm.svg. See BENCHMARKS.md.
 #
 #   benches/run.sh                 # everything (~4-6 minutes on 2 cores after the build)
@@ -15,5 +16,7 @@ cargo bench --bench driftguard -- "$@" || status=$?
 if [ $# -eq 0 ]; then
     echo "== oci-hook (cargo bench -p driftguard-oci-hook --bench create_runtime)"
     cargo bench -p driftguard-oci-hook --bench create_runtime || status=$?
+    echo "== cri: pod start through a real containerd, with and without the agent (cargo bench --bench cri)"
+    cargo bench --bench cri || status=$?
 fi
 exit $status

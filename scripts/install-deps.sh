@@ -27,6 +27,9 @@ pkgs=(
     busybox-static runc podman coreutils binutils xz-utils cpio iproute2 procps
     # packaging: dpkg-deb / rpm inspection
     dpkg-dev rpm python3-yaml
+    # tests/cri.rs: k8s-cri compiles the CRI protos at build time; building and importing its
+    # OCI images uses tar and sha256sum (coreutils)
+    protobuf-compiler tar debian-archive-keyring
 )
 missing=()
 for p in "${pkgs[@]}"; do

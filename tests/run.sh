@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run every driftguard test: unit tests, the NRI protocol suite, host kernel tests (real BPF,
-# overlayfs, cgroups, runc, podman) and the VM suites (Debian 6.1 and 6.12 kernels with BPF LSM
-# in qemu). Installs what it needs first. Run as root on Debian 12:
+# overlayfs, cgroups, runc, podman), the real-containerd CRI suite (tests/cri.rs) and the VM
+# suites (Debian 6.1 and 6.12 kernels with BPF LSM in qemu). Installs what it needs first. Run
+# as root on Debian 12:
 #
 #     sudo ./tests/run.sh
 #
@@ -12,6 +13,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 ./scripts/install-deps.sh
 bash tests/vm/fetch-kernels.sh
+# containerd 1.7 from Debian trixie, unpacked into .cache/containerd for tests/cri.rs (the
+# system's apt state is not touched; see the script).
+./scripts/install-containerd.sh
 
 echo "== cargo fmt --check (rustfmt.toml)" >&2
 if cargo fmt --version >/dev/null 2>&1; then

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Fetch Debian trixie's containerd (1.7.x, built with NRI 0.6) for the real-runtime CRI tests
+# (tests/cri.rs), as root, WITHOUT touching the system's apt state: a private apt configuration
+# (its own sources list, lists and cache directories) downloads the one .deb, which is unpacked
+# with `dpkg -x` into a cache directory. Nothing from trixie is installed on the system; the
+# package only needs runc (bookworm's 1.1.5 is fine) and libc >= 2.34.
+#
+#     sudo ./scripts/install-containerd.sh        # idempotent; prints the directory at the end
+#
+# Result: ${DRIFTGUARD_CONTAINERD_DIR:-<repo>/.cache/containerd}/root/usr/bin/{containerd,ctr,
+# containerd-shim-runc-v2} plus `version` (the package version). tests/cri.rs reads the same
+# variable. A complete directory is not fetched again; DRIFTGUARD_CONTAINERD_REFRESH=1 re-resolves
+# and refetches if trixie has a newer package.
+set -euo pipefail
+
+log() { echo "install-containerd: $*" >&2; }
+die() { log "$*"; exit 1; }
+[[ $(id -u) -eq 0 ]] || die "run as root"
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+dir=${DRIFTGUARD_CONTAINERD_DIR:-$repo/.cache/containerd}
+suite=${DRIFTGUARD_CONTAINERD_SUITE:-trixie}
+
+if [[ -x $dir/root/usr/bin/containerd && -x $dir/root/usr/bin/containerd-shim-runc-v2 && -s $dir/version &&
+    ${DRIFTGUARD_CONTAINERD_REFRESH:-0} != 1 ]]; then
+    log "have containerd $(cat "$dir/version") in $dir"
+    exit 0
+fi
+
+command -v dpkg >/dev/null || die "dpkg not found (this script is for Debian)"
+
+# The Debian mirror the system already uses for its main (bookworm) suite, from one-line
+# sources.list files and deb822 .sources files alike. Security and third-party sources are
+# skipped: trixie lives on the main archive.
+find_mirror() {
+    local f
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+        [[ -f $f ]] || continue
+        # deb [options] URI suite components...
+        awk '$1 == "deb" {
+                i = 2
+                if ($i ~ /^\[/) { while ($i !~ /\]$/ && i < NF) i++; i++ }
+                uri = $i; s = $(i + 1)
+                if (s ~ /^(bookworm|stable|trixie)$/) print uri
+            }' "$f"
+    done
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [[ -f $f ]] || continue
+        # Paragraphs separated by blank lines; Types/URIs/Suites/Enabled fields.
+        awk 'function flush() {
+                 if (types ~ /(^| )deb( |$)/ && enabled != "no" && suites ~ /(^| )(bookworm|stable|trixie)( |$)/) {
+                     n = split(uris, u, " "); for (k = 1; k <= n; k++) print u[k]
+                 }
+                 types = uris = suites = ""; enabled = "yes"
+             }
+             BEGIN { enabled = "yes" }
+             /^[[:space:]]*$/ { flush(); next }
+             /^#/ { next }
+             tolower($1) == "types:"   { $1 = ""; types = $0 }
+             tolower($1) == "uris:"    { $1 = ""; uris = $0 }
+             tolower($1) == "suites:"  { $1 = ""; suites = $0 }
+             tolower($1) == "enabled:" { enabled = tolower($2) }
+             END { flush() }' "$f"
+    done
+}
+mirror=${DRIFTGUARD_DEBIAN_MIRROR:-$(find_mirror | grep -v -- '-security' | head -n1 || true)}
+[[ -n $mirror ]] || die "no Debian mirror found in /etc/apt/sources.list{,.d} (set DRIFTGUARD_DEBIAN_MIRROR)"
+mirror=${mirror%/}
+
+keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+[[ -f $keyring ]] || die "$keyring missing (apt-get install debian-archive-keyring)"
+
+apt_dir=$dir/apt
+mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/dl"
+echo "deb [signed-by=$keyring] $mirror $suite main" >"$apt_dir/sources.list"
+apt_opts=(
+    -o "Dir::Etc::sourcelist=$apt_dir/sources.list"
+    -o "Dir::Etc::sourceparts=-"
+    -o "Dir::State::Lists=$apt_dir/lists"
+    -o "Dir::Cache=$apt_dir/cache"
+    -o "Dir::Cache::pkgcache=" -o "Dir::Cache::srcpkgcache="
+    -o "Acquire::Languages=none"
+    -o "APT::Get::List-Cleanup=0"
+    -o "APT::Sandbox::User=root"
+)
+
+log "apt-get update ($suite from $mirror, private lists in $apt_dir)"
+apt-get "${apt_opts[@]}" update -qq >/dev/null || die "apt-get update of $suite failed"
+version=$(apt-cache "${apt_opts[@]}" policy containerd | awk '/Candidate:/ { print $2 }')
+[[ -n $version && $version != "(none)" ]] || die "no containerd in $suite at $mirror"
+case $version in
+1.7.*) ;;
+*) log "warning: $suite has containerd $version; the tests were written against 1.7.24" ;;
+esac
+if [[ -x $dir/root/usr/bin/containerd && "$(cat "$dir/version" 2>/dev/null)" == "$version" ]]; then
+    log "containerd $version already in $dir"
+    rm -rf "$apt_dir"
+    exit 0
+fi
+
+log "apt-get download containerd=$version"
+rm -f "$apt_dir/dl"/*.deb
+(cd "$apt_dir/dl" && apt-get "${apt_opts[@]}" download -qq "containerd=$version") || die "download failed"
+deb=$(ls "$apt_dir/dl"/containerd_*.deb)
+rm -rf "$dir/root.new"
+dpkg -x "$deb" "$dir/root.new"
+for b in containerd ctr containerd-shim-runc-v2; do
+    [[ -x $dir/root.new/usr/bin/$b ]] || die "$deb lacks usr/bin/$b"
+done
+rm -rf "$dir/root"
+mv "$dir/root.new" "$dir/root"
+echo "$version" >"$dir/version"
+# The trixie package lists are only needed again for a refresh, which fetches them anew.
+rm -rf "$apt_dir"
+log "containerd $version in $dir/root/usr/bin ($("$dir/root/usr/bin/containerd" --version 2>/dev/null || true))"

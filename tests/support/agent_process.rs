@@ -1,0 +1,239 @@
+//! The real `driftguard run` binary as a test drives it: its own config (NRI socket, pin dir
+//! `/sys/fs/bpf/dg-cri-<pid>-<n>`, events file, metrics port), state dir and log file under a
+//! temporary directory. Killed and its pinned state unloaded on drop.
+//!
+//! Include with `#[path = "support/agent_process.rs"] mod agent_process;`.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+const TAIL: usize = 40;
+
+pub struct AgentProcess {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub pin_dir: PathBuf,
+    pub events_file: PathBuf,
+    pub metrics_addr: String,
+    child: Option<Child>,
+}
+
+impl AgentProcess {
+    /// Write the config for an agent connecting to `nri_socket` (not started yet).
+    pub fn new(nri_socket: &Path) -> Result<Self, String> {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/dg-cri-{}-{n}", std::process::id()));
+        let _ = driftguard::enforcer::unload(&pin_dir);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("dg-cri-agent-{}-", std::process::id()))
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+            l.local_addr().map_err(|e| e.to_string())?.port()
+        };
+        let events_file = dir.path().join("events.jsonl");
+        let config = dir.path().join("config.toml");
+        fs::write(
+            &config,
+            format!(
+                "default_mode = \"off\"\n[nri]\nsocket = \"{}\"\nreconnect_max_backoff_ms = 300\n\
+                 [bpf]\npin_dir = \"{}\"\n[events]\nstdout = false\nfile = \"{}\"\nnode_name = \"cri-node\"\n\
+                 [metrics]\naddress = \"127.0.0.1:{port}\"\n[log]\nlevel = \"info,driftguard=debug\"\n",
+                nri_socket.display(),
+                pin_dir.display(),
+                events_file.display()
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(AgentProcess { dir, config, pin_dir, events_file, metrics_addr: format!("127.0.0.1:{port}"), child: None })
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn start(&mut self) -> Result<(), String> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_driftguard"));
+        // SAFETY: prctl is async-signal-safe. The agent must not outlive a killed test process.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            })
+        };
+        let child = cmd
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("DRIFTGUARD_STATE_DIR", self.state_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("starting driftguard run: {e}"))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Start and wait until the agent has registered and synchronized `n` times in total
+    /// (counted over the whole log, which is appended to across restarts).
+    pub fn start_synced(&mut self, n: usize) -> Result<(), String> {
+        self.start()?;
+        self.wait_synced(n)
+    }
+
+    /// Barrier: the log has at least `n` "synchronized with the runtime" lines.
+    pub fn wait_synced(&mut self, n: usize) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.synced_count() >= n {
+                return Ok(());
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    self.child = None;
+                    return Err(format!("the agent exited ({st}) before synchronizing\n{}", self.log_tail()));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the agent did not synchronize with containerd (#{n}) within 60s\n{}",
+                    self.log_tail()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn synced_count(&self) -> usize {
+        self.log().matches("synchronized with the runtime").count()
+    }
+
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// SIGKILL, no cleanup by the agent (pinned state stays).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The agent's stderr so far, without terminal colour codes.
+    pub fn log(&self) -> String {
+        strip_ansi(&fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default())
+    }
+
+    /// The last lines of the log, without libbpf's loader chatter.
+    pub fn log_tail(&self) -> String {
+        let full = self.log();
+        let log: Vec<String> = full
+            .lines()
+            .filter(|l| !l.starts_with("libbpf: "))
+            .map(|l| match l.char_indices().nth(400) {
+                Some((i, _)) => format!("{}…", &l[..i]),
+                None => l.to_string(),
+            })
+            .collect();
+        format!("--- agent log (last {TAIL} lines, libbpf lines left out) ---\n{}", tail(&log.join("\n"), TAIL))
+    }
+
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        fs::read_to_string(&self.events_file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Barrier: the first event matching `pred` (30 s deadline).
+    pub fn wait_event(
+        &self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value, String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(e) = self.events().into_iter().find(|e| pred(e)) {
+                return Ok(e);
+            }
+            if Instant::now() >= deadline {
+                let evs: Vec<String> = self.events().iter().map(|e| e.to_string()).collect();
+                return Err(format!("no event {what} within 30s; events:\n{}", evs.join("\n")));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// GET /metrics.
+    pub fn metrics(&self) -> Result<String, String> {
+        let mut s = std::net::TcpStream::connect(&self.metrics_addr)
+            .map_err(|e| format!("metrics: connect {}: {e}", self.metrics_addr))?;
+        s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .map_err(|e| format!("metrics: write: {e}"))?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).map_err(|e| format!("metrics: read: {e}"))?;
+        Ok(body)
+    }
+
+    /// `driftguard status --json` with this agent's config and state dir.
+    pub fn status(&self) -> Result<serde_json::Value, String> {
+        let out = Command::new(env!("CARGO_BIN_EXE_driftguard"))
+            .args(["status", "--json", "--config"])
+            .arg(&self.config)
+            .env("DRIFTGUARD_STATE_DIR", self.state_dir())
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("driftguard status: {e}"))?;
+        serde_json::from_slice(&out.stdout).map_err(|e| {
+            format!("driftguard status --json: {e} ({}): {}", out.status, String::from_utf8_lossy(&out.stderr))
+        })
+    }
+}
+
+/// Drop `ESC [ … letter` sequences.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        if c == '\x1b' && it.peek() == Some(&'[') {
+            it.next();
+            for n in it.by_ref() {
+                if n.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = driftguard::enforcer::unload(&self.pin_dir);
+    }
+}
