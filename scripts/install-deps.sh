@@ -1,11 +1,40 @@
 #!/usr/bin/env bash
-# Install everything driftguard needs to build, run and test on Debian 12 (bookworm), as root.
-# Idempotent. Used by the README's quick start, tests/run.sh and .ci/run.
+# Install what driftguard needs on Debian 12 (bookworm), as root. Idempotent.
+#
+#     install-deps.sh           everything to build, run and test (tests/run.sh, .ci/run):
+#                               adds the bookworm-backports apt source for qemu
+#     install-deps.sh --agent   only what building and running the agent (and its demo) needs:
+#                               no apt source is added (the README's quick start)
 set -euo pipefail
 
 log() { echo "install-deps: $*" >&2; }
-[[ $(id -u) -eq 0 ]] || { log "run as root"; exit 1; }
+[[ $(id -u) -eq 0 ]] || { log "run as root (or with sudo)"; exit 1; }
 export DEBIAN_FRONTEND=noninteractive
+agent_only=0
+case "${1:-}" in
+    --agent) agent_only=1 ;;
+    "") ;;
+    *) log "unknown option $1 (expected --agent or nothing)"; exit 2 ;;
+esac
+
+if [[ $agent_only == 1 ]]; then
+    # build: BPF C via clang, libbpf-sys needs libelf/zlib, pkg-config, make; the demo: runc, busybox
+    pkgs=(clang llvm libelf-dev zlib1g-dev pkg-config make runc busybox-static)
+    missing=()
+    for p in "${pkgs[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [[ ${#missing[@]} -gt 0 ]]; then
+        log "installing: ${missing[*]}"
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+    command -v cargo >/dev/null || { log "cargo not found: install a Rust toolchain (>= 1.82), e.g. with rustup (https://rustup.rs)"; exit 1; }
+    mountpoint -q /sys/fs/bpf || mount -t bpf -o mode=0700 bpf /sys/fs/bpf || log "could not mount bpffs on /sys/fs/bpf"
+    mountpoint -q /sys/kernel/security || mount -t securityfs securityfs /sys/kernel/security || true
+    log "done (agent build and run dependencies)"
+    exit 0
+fi
 
 # qemu-system-x86 must come from bookworm-backports (the image's qemu-utils is the backports
 # build, so bookworm's qemu-system-x86 conflicts with it).

@@ -60,6 +60,7 @@ fn main() {
         Trial::test("check_reports_every_item", check_reports_every_item),
         gate("demo_stops_dropped_binary", &demo_reason, demo_stops_dropped_binary),
         gate("demo_uses_pinned_enforcement", &demo_reason, demo_uses_pinned_enforcement),
+        gate("unload_removes_pins_and_state", &demo_reason, unload_removes_pins_and_state),
     ];
     libtest_mimic::run(&args, trials).exit();
 }
@@ -308,6 +309,39 @@ fn demo_uses_pinned_enforcement() -> R {
     }
     if enforcer::pinned_path(&cfg.pin_dir).is_none() {
         return Err("the demo removed the pinned enforcement".into());
+    }
+    Ok(())
+}
+
+/// `driftguard unload` leaves nothing behind that a later install or test would trip over:
+/// the pins, and the state that described them (registry, events socket, OCI hook records).
+fn unload_removes_pins_and_state() -> R {
+    let cfg = TestConfig::new()?;
+    drop(
+        Enforcer::load(&EnforcerOptions { pin_dir: Some(cfg.pin_dir.clone()), force_fallback: false })
+            .map_err(|e| format!("pinning enforcement: {e}"))?,
+    );
+    let state = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let dir = state.path().join("driftguard");
+    std::fs::create_dir_all(dir.join("oci")).map_err(|e| e.to_string())?;
+    for f in ["containers.json", "events.sock", "oci/abc"] {
+        std::fs::write(dir.join(f), "x").map_err(|e| e.to_string())?;
+    }
+    let o = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg.path)
+        .arg("unload")
+        .env("DRIFTGUARD_STATE_DIR", &dir)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !o.status.success() || enforcer::pinned_path(&cfg.pin_dir).is_some() || dir.exists() {
+        return Err(format!(
+            "after unload: pinned {:?}, state dir exists {}\n{}",
+            enforcer::pinned_path(&cfg.pin_dir),
+            dir.exists(),
+            show(&o)
+        )
+        .into());
     }
     Ok(())
 }

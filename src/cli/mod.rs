@@ -32,6 +32,27 @@ pub fn dispatch(config: Option<&Path>, command: crate::Command) -> anyhow::Resul
                 }
                 println!("driftguard enforcement is unloaded: no container on this node is protected until the agent starts again");
             }
+            // The state that described those pins: the container registry, the events socket,
+            // the OCI hook's records. Nothing of it means anything without the pins.
+            let state = driftguard::agent::state_dir();
+            for p in [
+                driftguard::agent::registry_file(&state),
+                driftguard::agent::events_socket(&state),
+                state.join("oci"),
+                state.clone(),
+            ] {
+                // The state dir itself only when nothing else is in it.
+                let removed = match (p.is_dir(), p == state) {
+                    (true, true) => std::fs::remove_dir(&p),
+                    (true, false) => std::fs::remove_dir_all(&p),
+                    (false, _) => std::fs::remove_file(&p),
+                };
+                match removed {
+                    Ok(()) => println!("removed {}", p.display()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => eprintln!("warning: could not remove {}: {e}", p.display()),
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -567,7 +567,18 @@ pub fn wait_event(h: &Harness, pred: impl Fn(&Event) -> bool, what: &str) -> Res
                     v.iter()
                         .rev()
                         .take(40)
-                        .map(|e| format!("{}:{}:{:?}:{:?}", e.policy_cgroup_id, e.path, e.rule, e.action))
+                        .map(|e| {
+                            format!(
+                                "{}:{}:{:?}:{:?}:{:?}{}{}",
+                                e.policy_cgroup_id,
+                                e.path,
+                                e.rule,
+                                e.action,
+                                e.hook,
+                                if e.path_truncated { ":truncated" } else { "" },
+                                if e.path_unresolved { ":unresolved" } else { "" }
+                            )
+                        })
                         .collect()
                 })
                 .unwrap_or_default();
