@@ -81,10 +81,32 @@ struct {
 	__type(value, __u64);
 } dg_stats SEC(".maps");
 
+/*
+ * State of a path walk. It lives in the per-CPU scratch map, not on the stack:
+ * the verifier treats map memory as unknown, whereas a walk_ctx on the stack
+ * starts with known constants (n = 0), and verifiers without the 6.8 fix for
+ * callbacks verify a bpf_loop callback as if it ran once with those values and
+ * remove the branches they "prove" dead -- on Debian's 6.1 that removed the
+ * n >= DG_WALK_MAX check, so a 33-component path wrapped the names array
+ * without being flagged (unresolvable_deep_path_never_matches_allow).
+ */
+struct walk_ctx {
+	struct dentry *d;
+	struct vfsmount *vmnt;
+	struct mount *mnt;
+	struct dentry *root_d;
+	struct vfsmount *root_m;
+	__u32 n;
+	__u32 off;
+	__u32 flags;
+	__u32 done;
+};
+
 struct dg_scratch {
 	struct dg_path_key key;
 	char buf[2 * DG_PATH_MAX];
 	const unsigned char *names[DG_WALK_MAX];
+	struct walk_ctx walk;
 };
 
 struct {
@@ -323,17 +345,6 @@ static __always_inline struct dg_scratch *scratch_raw(void)
  * components than fit, is flagged: such a path never matches a list entry.
  * The loops run under bpf_loop() so the verifier checks each body once.
  */
-struct walk_ctx {
-	struct dentry *d;
-	struct vfsmount *vmnt;
-	struct mount *mnt;
-	struct dentry *root_d;
-	struct vfsmount *root_m;
-	__u32 n;
-	__u32 off;
-	__u32 flags;
-	__u32 done;
-};
 
 /* Records the name of c->d; returns 1 when the walk must stop. */
 static __always_inline long walk_record(struct walk_ctx *c, struct dg_scratch *s, struct dentry *d)
@@ -350,13 +361,15 @@ static __always_inline long walk_record(struct walk_ctx *c, struct dg_scratch *s
 /* Image path: up to the root of the file's own superblock, never crossing a mount. */
 static long walk_up_image(__u64 i, void *ctx)
 {
-	struct walk_ctx *c = ctx;
 	struct dg_scratch *s = scratch_raw();
-	/* Locals, not c->x, inside BPF_CORE_READ: walk_ctx is ours, not a kernel type. */
-	struct dentry *d = c->d, *parent_d;
+	struct walk_ctx *c;
+	struct dentry *d, *parent_d;
 
 	if (!s)
 		return 1;
+	c = &s->walk;
+	/* Locals, not c->x, inside BPF_CORE_READ: walk_ctx is ours, not a kernel type. */
+	d = c->d;
 	parent_d = BPF_CORE_READ(d, d_parent);
 	if (parent_d == d) {
 		/* the superblock's root: "/" of the image */
@@ -372,14 +385,18 @@ static long walk_up_image(__u64 i, void *ctx)
 /* Task path: up to the task's root, crossing mounts, like d_path(). */
 static long walk_up_task(__u64 i, void *ctx)
 {
-	struct walk_ctx *c = ctx;
 	struct dg_scratch *s = scratch_raw();
-	struct dentry *d = c->d, *parent_d;
-	struct vfsmount *vmnt = c->vmnt;
-	struct mount *mnt = c->mnt;
+	struct walk_ctx *c;
+	struct dentry *d, *parent_d;
+	struct vfsmount *vmnt;
+	struct mount *mnt;
 
 	if (!s)
 		return 1;
+	c = &s->walk;
+	d = c->d;
+	vmnt = c->vmnt;
+	mnt = c->mnt;
 	if (d == c->root_d && vmnt == c->root_m) {
 		c->done = 1;
 		return 1;
@@ -410,12 +427,15 @@ static long walk_up_task(__u64 i, void *ctx)
 
 static long write_down(__u64 j, void *ctx)
 {
-	struct walk_ctx *c = ctx;
 	struct dg_scratch *s = scratch_raw();
+	struct walk_ctx *c;
 	__u32 idx;
 	long r;
 
-	if (!s || j >= c->n)
+	if (!s)
+		return 1;
+	c = &s->walk;
+	if (j >= c->n)
 		return 1;
 	if (c->off >= DG_PATH_MAX - 1) {
 		c->flags |= DG_EVF_PATH_TRUNCATED;
@@ -451,38 +471,42 @@ __noinline __u32 dg_walk_path(__u64 dentry, __u64 vmnt, __u32 cross)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct dg_scratch *s = scratch_raw();
-	struct walk_ctx c = {};
+	struct walk_ctx *c;
+	__u32 flags;
 
 	if (!s)
 		return DG_EVF_PATH_UNRESOLVED;
-	c.d = (struct dentry *)dentry;
-	c.vmnt = (struct vfsmount *)vmnt;
-	c.mnt = container_of(c.vmnt, struct mount, mnt);
-	c.root_d = BPF_CORE_READ(task, fs, root.dentry);
-	c.root_m = BPF_CORE_READ(task, fs, root.mnt);
+	c = &s->walk;
+	__builtin_memset(c, 0, sizeof(*c));
+	c->d = (struct dentry *)dentry;
+	c->vmnt = (struct vfsmount *)vmnt;
+	c->mnt = container_of(c->vmnt, struct mount, mnt);
+	c->root_d = BPF_CORE_READ(task, fs, root.dentry);
+	c->root_m = BPF_CORE_READ(task, fs, root.mnt);
 
 	if (!dentry) {
-		c.flags |= DG_EVF_PATH_UNRESOLVED;
+		c->flags |= DG_EVF_PATH_UNRESOLVED;
 	} else {
 		/* Two callbacks rather than one with a branch: fewer states for the verifier. */
 		if (cross)
-			bpf_loop(DG_WALK_STEPS, walk_up_task, &c, 0);
+			bpf_loop(DG_WALK_STEPS, walk_up_task, NULL, 0);
 		else
-			bpf_loop(DG_WALK_STEPS, walk_up_image, &c, 0);
-		if (!c.done)
-			c.flags |= DG_EVF_PATH_UNRESOLVED;
+			bpf_loop(DG_WALK_STEPS, walk_up_image, NULL, 0);
+		if (!c->done)
+			c->flags |= DG_EVF_PATH_UNRESOLVED;
 	}
 	__builtin_memset(s->buf, 0, sizeof(s->buf));
-	if (c.n == 0)
+	if (c->n == 0)
 		s->buf[0] = '/';
-	bpf_loop(DG_WALK_MAX, write_down, &c, 0);
-	if (c.off >= DG_PATH_MAX) {
-		c.flags |= DG_EVF_PATH_TRUNCATED;
+	bpf_loop(DG_WALK_MAX, write_down, NULL, 0);
+	if (c->off >= DG_PATH_MAX) {
+		c->flags |= DG_EVF_PATH_TRUNCATED;
 		s->buf[DG_PATH_MAX - 1] = 0;
 	}
+	flags = c->flags;
 	__builtin_memset(&s->key, 0, sizeof(s->key));
 	__builtin_memcpy(s->key.path, s->buf, DG_PATH_MAX);
-	return c.flags | (cross ? 0 : DG_EVF_PATH_IMAGE);
+	return flags | (cross ? 0 : DG_EVF_PATH_IMAGE);
 }
 
 static __always_inline __u32 walk_path(struct dentry *dentry, struct vfsmount *vmnt, __u32 cross)
