@@ -91,8 +91,12 @@ fn main() {
         containerd::sweep_stale();
     }
     let strict = std::env::var("DRIFTGUARD_CRI_STRICT").is_ok_and(|v| v == "1");
-    let trials: Vec<Trial> = TRIALS
+    // The VM re-run runs a subset (containerd under TCG emulation is slow).
+    let only: Option<Vec<String>> =
+        std::env::var(ONLY_ENV).ok().map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
+    let mut trials: Vec<Trial> = TRIALS
         .iter()
+        .filter(|(name, _)| only.as_ref().is_none_or(|o| o.iter().any(|n| n == name)))
         .map(|&(name, f)| match KNOWN_GAPS.iter().find(|(n, ..)| *n == name) {
             Some((_, Gap::ExpectedFailure, why)) if reason.is_none() && !strict => {
                 Trial::test(name, move || expect_gap(name, why, f))
@@ -104,7 +108,77 @@ fn main() {
             _ => gate.trial(name, &reason, f),
         })
         .collect();
+    if !vm::in_vm() {
+        trials.extend(gate.vm_trials_if("vm_cri", &reason, cri_suite_in_vm));
+    } else {
+        // The guest's loopback is down by default; the agent's metrics endpoint needs it.
+        let _ = std::process::Command::new("/bin/busybox").args(["ip", "link", "set", "lo", "up"]).status();
+    }
     libtest_mimic::run(&args, trials).exit();
+}
+
+/// Restricts the trials to a comma-separated list of names (the VM re-run).
+const ONLY_ENV: &str = "DG_CRI_ONLY";
+
+/// The trials the VM re-run must pass: drift, the runtime-made mounts and a refused
+/// annotation, with containerd, runc and the agent inside a Debian kernel with BPF LSM, where
+/// a stopped exec is EPERM.
+const VM_TRIALS: [&str; 4] = [
+    "cri_enforce_pod_kills_drift_and_runs_image_files",
+    "runtime_mount_dev_tmpfs_exec_is_denied",
+    "runtime_mount_etc_hostname_exec_is_denied",
+    "cri_bad_annotation_refused_at_create_container",
+];
+
+/// The same containerd, runc, images and agent inside the Debian VMs (BPF LSM: EPERM).
+fn cri_suite_in_vm(k: &vm::Kernel) -> R {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let bins = containerd::binaries().map_err(Failed::from)?;
+    let agent_bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_driftguard"));
+    let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let stripped = scratch.path().join("driftguard");
+    let ok = std::process::Command::new("strip").arg("--strip-debug").arg("-o").arg(&stripped).arg(&agent_bin).status();
+    if !ok.is_ok_and(|s| s.success()) {
+        std::fs::copy(&agent_bin, &stripped).map_err(|e| e.to_string())?;
+    }
+    let install = containerd::install_dir();
+    let runc = std::path::PathBuf::from(containerd::RUNC);
+    let mut files = vec![(runc.clone(), runc), (stripped, agent_bin)];
+    for b in ["containerd", "ctr", "containerd-shim-runc-v2"] {
+        files.push((bins.dir.join(b), bins.dir.join(b)));
+    }
+    let version = install.join("version");
+    if version.is_file() {
+        files.push((version.clone(), version));
+    }
+    let req = vm::VmRequest {
+        exe,
+        args: vec!["--test-threads=1".into(), "--color=never".into()],
+        env: vec![
+            ("DG_EXPECT_PATH".into(), "lsm".into()),
+            ("DRIFTGUARD_REQUIRE_ALL".into(), "1".into()),
+            (ONLY_ENV.into(), VM_TRIALS.join(",")),
+            (containerd::DIR_ENV.into(), install.display().to_string()),
+            ("RUST_BACKTRACE".into(), "1".into()),
+            ("PATH".into(), "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+        ],
+        files,
+        timeout: Duration::from_secs(900),
+        memory_mb: 2048,
+    };
+    let t = std::time::Instant::now();
+    let res = vm::run_in_vm(k, &req).map_err(|e| format!("VM {} ({}): {e}", k.name, k.version))?;
+    println!(
+        "--- kernel {} ({}): boot to result in {:.1}s ---\n{}",
+        k.name,
+        k.version,
+        t.elapsed().as_secs_f64(),
+        res.output
+    );
+    if res.exit_code != 0 {
+        return Err(format!("CRI suite failed inside the {} VM (exit {}); output above", k.name, res.exit_code).into());
+    }
+    res.check_trials(&VM_TRIALS).map_err(Failed::from)
 }
 
 /// Run a known-gap trial as an expected failure.
@@ -164,7 +238,12 @@ impl Env {
     /// the BPF LSM path.
     fn assert_stopped(&self, e: &Exec, what: &str) -> T {
         let text = format!("{}{}", e.stdout, e.stderr).to_lowercase();
-        match self.path() {
+        let path = self.path();
+        // Inside the VMs BPF LSM must be what stopped it: a silent fallback is a failure.
+        if std::env::var("DG_EXPECT_PATH").as_deref() == Ok("lsm") && path != Some(EnforcementPath::Lsm) {
+            return Err(format!("{what}: expected the BPF LSM path, the agent pinned {path:?}"));
+        }
+        match path {
             Some(EnforcementPath::TracepointKill) if e.code == 137 => Ok(()),
             Some(EnforcementPath::Lsm)
                 if e.code != 0 && (text.contains("permission denied") || text.contains("operation not permitted")) =>
