@@ -84,6 +84,10 @@ fn main() {
             chroot_bind_mounts_and_proc_root_cannot_forge_list_paths,
         ),
         ("unresolvable_deep_path_never_matches_allow", unresolvable_deep_path_never_matches_allow),
+        (
+            "limit_exec_volume_exemption_stays_in_its_mount_namespace",
+            limit_exec_volume_exemption_stays_in_its_mount_namespace,
+        ),
         ("dropped_binary_at_path_longer_than_255_bytes_denied", dropped_binary_at_path_longer_than_255_bytes_denied),
         ("self_move_to_child_cgroup_still_enforced", self_move_to_child_cgroup_still_enforced),
         ("limit_self_move_to_sibling_cgroup_escapes", limit_self_move_to_sibling_cgroup_escapes),
@@ -1023,6 +1027,27 @@ fn chroot_bind_mounts_and_proc_root_cannot_forge_list_paths() -> R {
     c.extra_mounts.push(over);
     assert_denied(h, &c.run("true", &["/bin/true"])?, "unlisted file bound over an allowed path")?;
     expect_event(h, &c, "/bin/unlisted", Rule::NotAllowed, denied_action(h))?;
+    Ok(())
+}
+
+/// An exemption names the runtime's mount (its id). A process that copies its mount namespace
+/// (`unshare -m`) sees copies with new ids: the volume is no longer exempt there (fail closed).
+fn limit_exec_volume_exemption_stays_in_its_mount_namespace() -> R {
+    let h = harness()?;
+    let mut c = provenance_container("mntns")?;
+    let vol = c.host_path("/vol2");
+    mount("tmpfs", &vol, "tmpfs", "size=16m")?;
+    c.extra_mounts.push(vol);
+    c.drop_file("/vol2/true", bb()?)?;
+    let mut p = enforce();
+    p.exec_volumes.insert(ExecPath::new("/vol2").map_err(es)?);
+    c.install(h, &p)?;
+    let bbx = c.host_str("/bin/busybox");
+    let tool = c.host_str("/vol2/true");
+    assert_runs(&c.run_in(&c.cgroup, "/", "true", &[&tool], false)?, "exempt volume in its own namespace")?;
+    let out = c.run_in(&c.cgroup, "/", "busybox", &[&bbx, "unshare", "-m", &tool], false)?;
+    // busybox's unshare execs it: EPERM is reported by busybox (LSM), or the new image is killed.
+    assert_shell_denied(h, &out, "limit changed: the exempt volume through a copied mount namespace")?;
     Ok(())
 }
 
