@@ -113,6 +113,13 @@ fn main() {
     } else {
         // The guest's loopback is down by default; the agent's metrics endpoint needs it.
         let _ = std::process::Command::new("/bin/busybox").args(["ip", "link", "set", "lo", "up"]).status();
+        // containerd copies these host files into every sandbox; the minimal guest has none.
+        for (f, body) in [("/etc/hosts", "127.0.0.1 localhost\n"), ("/etc/resolv.conf", ""), ("/etc/hostname", "vm\n")]
+        {
+            if !std::path::Path::new(f).exists() {
+                let _ = std::fs::write(f, body);
+            }
+        }
     }
     libtest_mimic::run(&args, trials).exit();
 }
@@ -143,7 +150,9 @@ fn cri_suite_in_vm(k: &vm::Kernel) -> R {
     }
     let install = containerd::install_dir();
     let runc = std::path::PathBuf::from(containerd::RUNC);
-    let mut files = vec![(runc.clone(), runc), (stripped, agent_bin)];
+    // GNU tar builds the images reproducibly (busybox's tar lacks --owner/--sort/--mtime).
+    let tar = std::path::PathBuf::from("/usr/bin/tar");
+    let mut files = vec![(runc.clone(), runc), (stripped, agent_bin), (tar.clone(), tar)];
     for b in ["containerd", "ctr", "containerd-shim-runc-v2"] {
         files.push((bins.dir.join(b), bins.dir.join(b)));
     }
