@@ -1,5 +1,7 @@
 //! `driftguard-oci-hook`: installs a container's driftguard policy from an OCI runtime hook,
-//! for runtimes without NRI (podman, CRI-O without NRI, plain runc).
+//! for runtimes without NRI (podman, CRI-O without NRI, plain runc), and, run from containerd's
+//! base runtime spec next to the NRI agent, so that container start fails closed while the agent
+//! is down (`packaging/containerd/`).
 //!
 //! Contract (OCI runtime-spec, "hooks"): the runtime runs the hook with the container
 //! state JSON on stdin (`ociVersion`, `id`, `status`, `pid`, `bundle`, `annotations`).
