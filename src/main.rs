@@ -34,6 +34,10 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// containerd's config file to inspect (NRI, and the OCI hook in the runc runtime's
+        /// base runtime spec).
+        #[arg(long, value_name = "PATH", default_value = "/etc/containerd/config.toml")]
+        containerd_config: std::path::PathBuf,
     },
     /// One-minute demo with runc and a busybox container: a dropped binary is stopped.
     Demo,

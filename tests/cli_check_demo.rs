@@ -22,7 +22,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_driftguard");
 const DROPPED: &str = "/tmp/busybox";
 
 /// Every item `driftguard check` reports.
-const CHECK_ITEMS: [&str; 14] = [
+const CHECK_ITEMS: [&str; 15] = [
     "root",
     "kernel",
     "btf",
@@ -35,6 +35,7 @@ const CHECK_ITEMS: [&str; 14] = [
     "nri_socket",
     "containerd",
     "containerd_nri",
+    "containerd_hook",
     "runc",
     "podman",
 ];

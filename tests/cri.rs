@@ -7,24 +7,20 @@
 //! Each trial gets its own containerd (own root/state/sockets/cgroup parent) and agent (own pin
 //! dir), so trials run in parallel and clean up after themselves even when they fail.
 //!
-//! Without root or containerd the trials print `SKIP <name>: <reason>`; under
+//! containerd runs the way the packages ship it (`packaging/containerd/oci-hook-1.7.toml`):
+//! `driftguard-oci-hook` runs as a createRuntime and poststop hook of every runc container from
+//! the shipped base runtime spec, and the pod's and container's `driftguard.dev/` annotations
+//! are passed through into the spec. The hook binary is the one cargo built next to this test
+//! (`<target>/<profile>/driftguard-oci-hook`, or `$DRIFTGUARD_OCI_HOOK_BIN`): build it first with
+//! `cargo build -p driftguard-oci-hook` (a hook older than its sources fails every trial).
+//! Trials named `nri_only_*` run containerd without the hook, to show what the hook adds.
+//!
+//! Without root, containerd or the hook binary the trials print `SKIP <name>: <reason>`; under
 //! `DRIFTGUARD_REQUIRE_ALL=1` (CI) they fail instead.
-//!
-//! Known gaps are trials too ([`KNOWN_GAPS`]): they assert the desired behaviour and fail
-//! today.
-//! - A gap listed as [`Gap::ExpectedFailure`] runs by default: green while the exec is not
-//!   stopped (the output says `KNOWN GAP … still open`), a failure once it is, so that the
-//!   change closing the gap deletes its `KNOWN_GAPS` line. Any other failure (setup,
-//!   containerd) fails it as usual. (The `runtime_mount_*` trials were such gaps until image
-//!   provenance closed them.)
-//! - `bug_container_started_while_agent_down_is_unprotected`: such a container must be refused
-//!   or enforced from its first exec; today it runs unprotected until the agent is back. Not in
-//!   the default list (ignored; `-- --include-ignored` runs it).
-//!
-//! `DRIFTGUARD_CRI_STRICT=1` runs every known-gap trial as a plain trial (they fail today).
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use driftguard::enforcer::{self, EnforcementPath};
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -39,7 +35,7 @@ mod containerd;
 mod agent_process;
 
 use agent_process::AgentProcess;
-use containerd::{Containerd, Exec, Pod, APP_IMAGE, HELLO};
+use containerd::{Containerd, Exec, HookWiring, Pod, APP_IMAGE, HELLO};
 
 type R = Result<(), Failed>;
 type T = Result<(), String>;
@@ -59,54 +55,28 @@ const TRIALS: &[(&str, TrialFn)] = &[
     ("cri_container_removed_while_agent_down_is_cleaned", cri_container_removed_while_agent_down_is_cleaned),
     ("runtime_mount_dev_tmpfs_exec_is_denied", runtime_mount_dev_tmpfs_exec_is_denied),
     ("runtime_mount_etc_hostname_exec_is_denied", runtime_mount_etc_hostname_exec_is_denied),
-    ("bug_container_started_while_agent_down_is_unprotected", bug_container_started_while_agent_down_is_unprotected),
+    ("container_started_while_agent_down_is_enforced", container_started_while_agent_down_is_enforced),
+    ("container_refused_when_nothing_is_pinned", container_refused_when_nothing_is_pinned),
+    ("unannotated_pod_starts_when_nothing_is_pinned", unannotated_pod_starts_when_nothing_is_pinned),
+    ("containerd_restart_racing_agent_reconnect_enforces_every_start", containerd_restart_racing_agent_reconnect),
+    ("hook_and_agent_leave_one_policy_removed_at_stop", hook_and_agent_leave_one_policy_removed_at_stop),
+    ("nri_only_container_started_while_agent_down_is_unprotected", nri_only_container_started_while_agent_down),
 ];
-
-enum Gap {
-    /// Run by default; passes while the gap is open (the trial fails with [`GAP_MARKER`]),
-    /// fails once the trial passes. None is open at the moment.
-    #[allow(dead_code)]
-    ExpectedFailure,
-    /// Not in the default list (marked ignored).
-    Ignored,
-}
-
-/// Trials asserting the desired behaviour where driftguard falls short today. The change that
-/// closes a gap deletes its line.
-const KNOWN_GAPS: &[(&str, Gap, &str)] = &[(
-    "bug_container_started_while_agent_down_is_unprotected",
-    Gap::Ignored,
-    "a container started while the agent is down runs unprotected until the agent is back",
-)];
-
-/// What [`Env::assert_stopped`] says when an exec was not stopped: an expected failure must
-/// be this one, not any failure.
-const GAP_MARKER: &str = "expected the exec to be stopped";
 
 fn main() {
     let args = Arguments::from_args();
     let gate = vm::Gate::from_env();
-    let reason = containerd::requirements();
+    let reason = containerd::requirements().or_else(|| hook_binary().err());
     if reason.is_none() {
         containerd::sweep_stale();
     }
-    let strict = std::env::var("DRIFTGUARD_CRI_STRICT").is_ok_and(|v| v == "1");
     // The VM re-run runs a subset (containerd under TCG emulation is slow).
     let only: Option<Vec<String>> =
         std::env::var(ONLY_ENV).ok().map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
     let mut trials: Vec<Trial> = TRIALS
         .iter()
         .filter(|(name, _)| only.as_ref().is_none_or(|o| o.iter().any(|n| n == name)))
-        .map(|&(name, f)| match KNOWN_GAPS.iter().find(|(n, ..)| *n == name) {
-            Some((_, Gap::ExpectedFailure, why)) if reason.is_none() && !strict => {
-                Trial::test(name, move || expect_gap(name, why, f))
-            }
-            Some((_, Gap::Ignored, why)) if reason.is_none() && !strict => {
-                eprintln!("KNOWN GAP {name}: {why} (ignored; run with --include-ignored)");
-                gate.trial(name, &reason, f).with_ignored_flag(true)
-            }
-            _ => gate.trial(name, &reason, f),
-        })
+        .map(|&(name, f)| gate.trial(name, &reason, f))
         .collect();
     if !vm::in_vm() {
         trials.extend(gate.vm_trials_if("vm_cri", &reason, cri_suite_in_vm));
@@ -127,14 +97,15 @@ fn main() {
 /// Restricts the trials to a comma-separated list of names (the VM re-run).
 const ONLY_ENV: &str = "DG_CRI_ONLY";
 
-/// The trials the VM re-run must pass: drift, the runtime-made mounts and a refused
-/// annotation, with containerd, runc and the agent inside a Debian kernel with BPF LSM, where
-/// a stopped exec is EPERM.
-const VM_TRIALS: [&str; 4] = [
+/// The trials the VM re-run must pass: drift, the runtime-made mounts, a refused annotation and
+/// a container started while the agent is down (the hook's policy), with containerd, runc, the
+/// hook and the agent inside a Debian kernel with BPF LSM, where a stopped exec is EPERM.
+const VM_TRIALS: [&str; 5] = [
     "cri_enforce_pod_kills_drift_and_runs_image_files",
     "runtime_mount_dev_tmpfs_exec_is_denied",
     "runtime_mount_etc_hostname_exec_is_denied",
     "cri_bad_annotation_refused_at_create_container",
+    "container_started_while_agent_down_is_enforced",
 ];
 
 /// The same containerd, runc, images and agent inside the Debian VMs (BPF LSM: EPERM).
@@ -152,7 +123,15 @@ fn cri_suite_in_vm(k: &vm::Kernel) -> R {
     let runc = std::path::PathBuf::from(containerd::RUNC);
     // GNU tar builds the images reproducibly (busybox's tar lacks --owner/--sort/--mtime).
     let tar = std::path::PathBuf::from("/usr/bin/tar");
-    let mut files = vec![(runc.clone(), runc), (stripped, agent_bin), (tar.clone(), tar)];
+    let hook = hook_binary().map_err(Failed::from)?;
+    let spec = containerd::repo_root().join(containerd::SHIPPED_BASE_SPEC);
+    let mut files = vec![
+        (runc.clone(), runc),
+        (stripped, agent_bin),
+        (tar.clone(), tar),
+        (hook.clone(), hook),
+        (spec.clone(), spec),
+    ];
     for b in ["containerd", "ctr", "containerd-shim-runc-v2"] {
         files.push((bins.dir.join(b), bins.dir.join(b)));
     }
@@ -190,22 +169,57 @@ fn cri_suite_in_vm(k: &vm::Kernel) -> R {
     res.check_trials(&VM_TRIALS).map_err(Failed::from)
 }
 
-/// Run a known-gap trial as an expected failure.
-fn expect_gap(name: &str, why: &str, f: TrialFn) -> R {
-    match f() {
-        Ok(()) => Err(format!(
-            "{name} passed: the known gap \"{why}\" looks closed. Delete its line from KNOWN_GAPS in \
-             tests/cri.rs so that it is a plain trial."
-        )
-        .into()),
-        Err(e) => {
-            let msg = e.message().unwrap_or_default();
-            if !msg.contains(GAP_MARKER) {
-                return Err(e);
+/// `$DRIFTGUARD_OCI_HOOK_BIN`, or `driftguard-oci-hook` in the profile directory this test was
+/// built into (`<target>/debug/deps/cri-<hash>` → `<target>/debug/driftguard-oci-hook`). Err:
+/// why the trials cannot run (missing: skipped; see [`check_fresh`] for a stale one).
+fn hook_binary() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("DRIFTGUARD_OCI_HOOK_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let profile =
+        exe.parent().and_then(Path::parent).ok_or_else(|| format!("no profile dir above {}", exe.display()))?;
+    let bin = profile.join("driftguard-oci-hook");
+    if !bin.is_file() {
+        return Err(format!(
+            "{} not built (run `cargo build -p driftguard-oci-hook` with the same target dir and profile first, \
+             or set DRIFTGUARD_OCI_HOOK_BIN)",
+            bin.display()
+        ));
+    }
+    Ok(bin)
+}
+
+/// Fail when the hook binary is older than a source it is built from: the trials would test
+/// old code.
+fn check_fresh(bin: &Path) -> T {
+    if std::env::var_os("DRIFTGUARD_OCI_HOOK_BIN").is_some() {
+        return Ok(());
+    }
+    let built = std::fs::metadata(bin).and_then(|m| m.modified()).map_err(|e| format!("{}: {e}", bin.display()))?;
+    let root = containerd::repo_root();
+    let mut newest: Option<(SystemTime, PathBuf)> = None;
+    let mut stack: Vec<PathBuf> = ["oci-hooks/src", "src", "bpf"].iter().map(|d| root.join(d)).collect();
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
+                if newest.as_ref().is_none_or(|(n, _)| t > *n) {
+                    newest = Some((t, p));
+                }
             }
-            eprintln!("KNOWN GAP {name} still open ({why}): {}", msg.lines().next().unwrap_or_default());
-            Ok(())
         }
+    }
+    match newest {
+        Some((t, p)) if t > built => Err(format!(
+            "{} is older than {}: run `cargo build -p driftguard-oci-hook` before the CRI suite",
+            bin.display(),
+            p.display()
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -221,11 +235,37 @@ struct Env {
 }
 
 impl Env {
+    /// containerd with the OCI hook wired in (as shipped) and a synchronized agent.
     fn new() -> Result<Env, String> {
-        let ctd = Containerd::start()?;
-        let mut agent = AgentProcess::new(&ctd.nri_sock)?;
-        agent.start_synced(1).map_err(|e| format!("{e}\n{}", ctd.log_tail()))?;
+        let env = Env::without_agent()?;
+        env.start_agent()
+    }
+
+    /// containerd with the OCI hook wired in; the agent is configured (pin dir, the hook's
+    /// config) but never started: nothing is pinned, as on a node where the agent has not run
+    /// since boot.
+    fn without_agent() -> Result<Env, String> {
+        let bin = hook_binary()?;
+        check_fresh(&bin)?;
+        let ctd = Containerd::start_with(Some(HookWiring { bin }))?;
+        let agent = AgentProcess::new(&ctd.nri_sock)?;
+        // The hook reads the agent's config: same pin dir, same defaults.
+        std::fs::copy(&agent.config, &ctd.hook_config)
+            .map_err(|e| format!("{} -> {}: {e}", agent.config.display(), ctd.hook_config.display()))?;
         Ok(Env { agent, ctd, seq: 0 })
+    }
+
+    /// containerd without the hook (NRI only) and a synchronized agent.
+    fn nri_only() -> Result<Env, String> {
+        let ctd = Containerd::start()?;
+        let agent = AgentProcess::new(&ctd.nri_sock)?;
+        Env { agent, ctd, seq: 0 }.start_agent()
+    }
+
+    fn start_agent(mut self) -> Result<Env, String> {
+        let n = self.agent.synced_count() + 1;
+        self.agent.start_synced(n).map_err(|e| format!("{e}\n{}", self.ctd.log_tail()))?;
+        Ok(self)
     }
 
     fn diagnostics(&self) -> String {
@@ -319,7 +359,11 @@ impl Env {
 
 /// Run `f` in a fresh [`Env`]; a failure carries the agent's and containerd's log tails.
 fn with_env(f: impl FnOnce(&mut Env) -> T) -> R {
-    let mut env = Env::new()?;
+    with(Env::new(), f)
+}
+
+fn with(env: Result<Env, String>, f: impl FnOnce(&mut Env) -> T) -> R {
+    let mut env = env?;
     match f(&mut env) {
         Ok(()) => Ok(()),
         Err(e) => Err(format!("{e}\n{}", env.diagnostics()).into()),
@@ -645,27 +689,185 @@ fn runtime_mount_etc_hostname_exec_is_denied() -> R {
     })
 }
 
-/// Desired: a container created and started while the agent is down is refused, or enforced
-/// from its first exec. Today it runs unprotected until the agent is back (no NRI plugin is
-/// registered, so containerd starts it without asking).
-fn bug_container_started_while_agent_down_is_unprotected() -> R {
+/// Fail closed, agent dead: the agent is killed (SIGKILL; enforcement stays pinned) and a
+/// container of an enforce pod is created and started through CRI. No NRI plugin is registered,
+/// so containerd asks nobody; the OCI hook installs the policy at createRuntime, before the
+/// entrypoint runs, and the first drift exec is stopped. When the agent is back it adopts the
+/// container.
+fn container_started_while_agent_down_is_enforced() -> R {
     with_env(|env| {
         env.agent.kill9();
-        let pod = env.ctd.run_pod("unguarded", &[ENFORCE])?;
-        let id = match env.ctd.create_container(&pod, "app", &[]) {
-            Err(e) => return refused(&e),
-            Ok(id) => id,
-        };
-        if let Err(e) = env.ctd.start_container(&id) {
-            return refused(&e);
-        }
+        let (pod, id) = env.pod_with("unguarded", &[ENFORCE], "app")?;
         // Named busybox-*: if nothing stops it, it runs and prints "hi".
         let e = env.ctd.sh(&id, DRIFT_RUNS)?;
-        env.assert_stopped(&e, "first drift exec in a container started while the agent was down")
+        env.assert_stopped(&e, "first drift exec in a container started while the agent was down")?;
+        let cg = env.cgroup_id(&pod, &id)?;
+        let synced = env.agent.synced_count();
+        env.agent.start_synced(synced + 1)?;
+        let rows = env.wait_status(1)?;
+        if !rows.iter().any(|r| r.0 == cg && r.1 == "shop/unguarded/app" && r.2 == "enforce") {
+            return Err(format!("the agent did not adopt container {id} (cgroup {cg}): {rows:?}"));
+        }
+        env.assert_stopped(&env.ctd.sh(&id, "/tmp/busybox-x echo hi")?, "drift exec after the agent is back")
     })
 }
 
-fn refused(e: &tonic::Status) -> T {
-    eprintln!("refused while the agent is down: {}", e.message());
-    Ok(())
+/// Fail closed, nothing pinned (the agent never ran since boot): the hook refuses an opted-in
+/// container (failure-policy fail, the default) and containerd returns the hook's message from
+/// StartContainer. The pod's sandbox starts (the hook skips sandboxes).
+fn container_refused_when_nothing_is_pinned() -> R {
+    with(Env::without_agent(), |env| {
+        let pod = env.ctd.run_pod("early", &[ENFORCE])?;
+        let id = env.ctd.create_container(&pod, "app", &[]).map_err(|e| format!("CreateContainer: {}", e.message()))?;
+        let err = match env.ctd.start_container(&id) {
+            Ok(()) => {
+                let e = env.ctd.sh(&id, DRIFT_RUNS)?;
+                return Err(format!(
+                    "StartContainer of an enforce container succeeded with nothing pinned; drift: {e}"
+                ));
+            }
+            Err(e) => e.message().to_string(),
+        };
+        eprintln!("containerd's refusal: {err}");
+        for want in ["driftguard-oci-hook", "no driftguard enforcement is pinned", "start the agent"] {
+            if !err.contains(want) {
+                return Err(format!("the refusal does not say {want:?}: {err}"));
+            }
+        }
+        let st = env.ctd.container_status(&id)?;
+        if st.state == k8s_cri::v1::ContainerState::ContainerRunning as i32 {
+            return Err(format!("the refused container is running: {st:?}"));
+        }
+        Ok(())
+    })
+}
+
+/// Nothing pinned, pod without driftguard annotations: the hook does nothing, the pod runs.
+fn unannotated_pod_starts_when_nothing_is_pinned() -> R {
+    with(Env::without_agent(), |env| {
+        let (_, id) = env.pod_with("plain", &[], "app")?;
+        expect_ok(&env.ctd.sh(&id, DRIFT_RUNS)?, "hi", "drift exec in an unannotated pod with nothing pinned")?;
+        // Explicit off is the same.
+        let (_, off) = env.pod_with("off", &[("driftguard.dev/mode", "off")], "app")?;
+        expect_ok(&env.ctd.sh(&off, "echo up")?, "up", "a mode-off pod with nothing pinned")
+    })
+}
+
+/// containerd restarts, and containers start before the agent is back on NRI (the agent is
+/// stopped with SIGSTOP over the restart: deterministic) and while it reconnects and
+/// synchronizes (after SIGCONT). Every started enforce container is enforced, and once the
+/// agent has synchronized each has exactly its one policy.
+fn containerd_restart_racing_agent_reconnect() -> R {
+    with_env(|env| {
+        let mut started = vec![env.pod_with("before", &[ENFORCE], "app")?];
+        env.wait_status(1)?;
+        let synced = env.agent.synced_count();
+        if !env.agent.pause() {
+            return Err("could not SIGSTOP the agent".into());
+        }
+        let restarted = env.ctd.restart();
+        // Started and exec'd while the agent cannot answer: only the hook can have put the
+        // policy there.
+        let early = restarted.and_then(|()| {
+            let (pod, id) = env.pod_with("early", &[ENFORCE], "app")?;
+            env.assert_stopped(&env.ctd.sh(&id, DRIFT_RUNS)?, "drift before the agent is back")?;
+            let store = enforcer::PolicyStore::open_pinned(&env.agent.pin_dir).map_err(|e| e.to_string())?;
+            let owner = store.owner(env.cgroup_id(&pod, &id)?).map_err(|e| e.to_string())?;
+            if owner != Some(enforcer::Owner::OciHook) {
+                return Err(format!("container started while the agent was stopped: owner {owner:?}, want OciHook"));
+            }
+            Ok((pod, id))
+        });
+        // Start containers on another thread while the agent is resumed and reconnects and
+        // synchronizes. Resumed whatever happened above, so that a failure does not leave it
+        // stopped.
+        let env_ref: &Env = env;
+        let (racing, before_sync) = std::thread::scope(|s| {
+            let racer = s.spawn(|| {
+                let mut v = Vec::new();
+                let mut before_sync = 0;
+                for i in 0..4 {
+                    v.push(env_ref.pod_with(&format!("racing-{i}"), &[ENFORCE], "app")?);
+                    if env_ref.agent.synced_count() <= synced {
+                        before_sync += 1;
+                    }
+                }
+                Ok::<_, String>((v, before_sync))
+            });
+            env_ref.agent.resume();
+            racer.join().unwrap_or_else(|_| Err("the racing thread panicked".into()))
+        })?;
+        started.push(early?);
+        started.extend(racing);
+        eprintln!(
+            "{} containers started around the restart; {before_sync} of the 4 racing ones completed StartContainer \
+             before the agent's Synchronize",
+            started.len()
+        );
+        for (_, id) in &started {
+            env.assert_stopped(&env.ctd.sh(id, DRIFT_RUNS)?, &format!("drift in {id} (started around the restart)"))?;
+        }
+        env.agent.wait_synced(synced + 1)?;
+        let want: BTreeSet<u64> = started.iter().map(|(p, id)| env.cgroup_id(p, id)).collect::<Result<_, _>>()?;
+        let rows = env.wait_status(started.len())?;
+        let got: BTreeSet<u64> = rows.iter().map(|r| r.0).collect();
+        if got != want || rows.iter().any(|r| r.2 != "enforce") {
+            return Err(format!("status after the agent is back: {rows:?}, want enforce on {want:?}"));
+        }
+        let store = enforcer::PolicyStore::open_pinned(&env.agent.pin_dir).map_err(|e| e.to_string())?;
+        let ids: BTreeSet<u64> = store.cgroup_ids().into_iter().collect();
+        if ids != want {
+            return Err(format!("policies in the map: {ids:?}, want exactly {want:?}"));
+        }
+        Ok(())
+    })
+}
+
+/// Hook and agent together: the hook installs at createRuntime, the agent takes the entry over
+/// at StartContainer (same policy, the hook's provenance kept). The container has exactly one
+/// policy, and it is gone, with the hook's record, once the container is stopped and removed.
+fn hook_and_agent_leave_one_policy_removed_at_stop() -> R {
+    with_env(|env| {
+        let (pod, id) = env.pod_with("both", &[ENFORCE], "app")?;
+        let (_, plain) = env.pod_with("both-plain", &[], "app")?;
+        let cg = env.cgroup_id(&pod, &id)?;
+        let record = env.ctd.hook_state.join(&id);
+        if !record.is_file() {
+            return Err(format!("the hook did not run for {id}: no record {}", record.display()));
+        }
+        if env.ctd.hook_state.join(&plain).exists() || env.ctd.hook_state.join(&pod.id).exists() {
+            return Err("the hook recorded an unannotated container or a sandbox".into());
+        }
+        let store = enforcer::PolicyStore::open_pinned(&env.agent.pin_dir).map_err(|e| e.to_string())?;
+        let list = store.list().map_err(|e| e.to_string())?;
+        if list.len() != 1 || list[0].cgroup_id != cg || store.owner(cg).ok().flatten() != Some(enforcer::Owner::Agent)
+        {
+            return Err(format!("want one agent-owned policy on {cg}, got {list:?}"));
+        }
+        env.assert_stopped(&env.ctd.sh(&id, DRIFT_RUNS)?, "drift with hook and agent")?;
+        env.ctd.remove_container(&id)?;
+        containerd::wait_for(Duration::from_secs(10), "the policy and the hook's record to be removed", || {
+            (store.cgroup_ids().is_empty() && !record.exists()).then_some(())
+        })
+        .map_err(|e| format!("{e}: policies {:?}, record exists: {}", store.cgroup_ids(), record.exists()))?;
+        Ok(())
+    })
+}
+
+/// What the hook adds: with NRI only (no hook wired), a container started while the agent is
+/// down runs unprotected until the agent is back. The threat model's "fail open" claim.
+fn nri_only_container_started_while_agent_down() -> R {
+    with(Env::nri_only(), |env| {
+        env.agent.kill9();
+        let (_, id) = env.pod_with("unguarded", &[ENFORCE], "app")?;
+        expect_ok(
+            &env.ctd.sh(&id, DRIFT_RUNS)?,
+            "hi",
+            "NRI only: drift in a container started while the agent is down",
+        )?;
+        let synced = env.agent.synced_count();
+        env.agent.start_synced(synced + 1)?;
+        env.wait_status(1)?;
+        env.assert_stopped(&env.ctd.sh(&id, "/tmp/busybox-x echo hi")?, "NRI only: drift once the agent is back")
+    })
 }

@@ -1,5 +1,7 @@
 //! `driftguard-oci-hook`: installs a container's driftguard policy from an OCI runtime hook,
-//! for runtimes without NRI (podman, CRI-O without NRI, plain runc).
+//! for runtimes without NRI (podman, CRI-O without NRI, plain runc), and, run from containerd's
+//! base runtime spec next to the NRI agent, so that container start fails closed while the agent
+//! is down (`packaging/containerd/`).
 //!
 //! Contract (OCI runtime-spec, "hooks"): the runtime runs the hook with the container
 //! state JSON on stdin (`ociVersion`, `id`, `status`, `pid`, `bundle`, `annotations`).
@@ -30,9 +32,16 @@ use serde::{Deserialize, Serialize};
 
 /// Where createRuntime records the cgroup id of each container, for poststop.
 pub const DEFAULT_STATE_DIR: &str = "/run/driftguard/oci";
-/// Container annotation naming the container (set by CRI-O and containerd), used to
-/// match per-container keys `driftguard.dev/<key>.<name>`.
-pub const CONTAINER_NAME_ANNOTATION: &str = "io.kubernetes.container.name";
+/// Annotations naming the container, used to match per-container keys
+/// `driftguard.dev/<key>.<name>`, in the order they are consulted: containerd's CRI plugin
+/// sets `io.kubernetes.cri.container-name`, CRI-O sets `io.kubernetes.container.name`.
+pub const CONTAINER_NAME_ANNOTATIONS: [&str; 2] = ["io.kubernetes.cri.container-name", "io.kubernetes.container.name"];
+/// Annotations naming the kind of container, with the value that marks a pod sandbox
+/// ("pause") container: containerd's CRI plugin, then CRI-O. A sandbox is never put under
+/// policy (the agent does not see sandboxes as containers either); with containerd's
+/// `pod_annotations` passthrough the sandbox's spec carries the pod's driftguard keys too.
+pub const SANDBOX_MARKERS: [(&str, &str); 2] =
+    [("io.kubernetes.cri.container-type", "sandbox"), ("io.kubernetes.cri-o.ContainerType", "sandbox")];
 /// Largest state JSON accepted on stdin.
 pub const MAX_STATE_BYTES: u64 = 1 << 20;
 
@@ -371,11 +380,24 @@ pub struct Record {
     pub mode: String,
 }
 
+/// The container's name from the runtime's annotations (empty when none is set: then only
+/// pod-wide keys apply).
+pub fn container_name(annotations: &BTreeMap<String, String>) -> &str {
+    CONTAINER_NAME_ANNOTATIONS.iter().find_map(|k| annotations.get(*k)).map_or("", String::as_str)
+}
+
+/// Whether the annotations mark a pod sandbox ("pause") container.
+pub fn is_sandbox(annotations: &BTreeMap<String, String>) -> bool {
+    SANDBOX_MARKERS.iter().any(|(k, v)| annotations.get(*k).is_some_and(|a| a == v))
+}
+
 /// What [`create_runtime`] did.
 #[derive(Debug)]
 pub enum CreateOutcome {
     /// The policy resolves to `off`: nothing touched.
     Off,
+    /// A pod sandbox ("pause") container: never under policy, nothing touched.
+    Sandbox,
     /// The policy is in the map.
     Installed(Record),
     /// It could not be installed and the failure policy is `ignore`: the container
@@ -387,6 +409,7 @@ impl fmt::Display for CreateOutcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CreateOutcome::Off => f.write_str("mode off: nothing to do"),
+            CreateOutcome::Sandbox => f.write_str("pod sandbox container: nothing to do"),
             CreateOutcome::Installed(r) => write!(
                 f,
                 "container {}: {} policy installed for cgroup {} (id {}, level {}) in {}",
@@ -411,10 +434,13 @@ fn record_path(opts: &Options, id: &str) -> PathBuf {
 /// The createRuntime hook for the container described by `st`.
 pub fn create_runtime(st: &HookState, opts: &Options) -> Result<CreateOutcome, HookError> {
     let (config_json, annotations, rootfs) = bundle_config(st)?;
+    if is_sandbox(&annotations) {
+        return Ok(CreateOutcome::Sandbox);
+    }
     let config = Config::load(opts.config.as_deref())?;
-    let name = annotations.get(CONTAINER_NAME_ANNOTATION).cloned().unwrap_or_default();
+    let name = container_name(&annotations);
     let no_pod: [(&str, &str); 0] = [];
-    let resolved = annotations::resolve(&config.annotation_defaults(), no_pod, &name, &annotations)
+    let resolved = annotations::resolve(&config.annotation_defaults(), no_pod, name, &annotations)
         .map_err(|source| HookError::Annotation { id: st.id.clone(), path: config_json, source: Box::new(source) })?;
     if resolved.policy.mode == Mode::Off {
         return Ok(CreateOutcome::Off);
@@ -662,6 +688,60 @@ mod tests {
         assert!(matches!(create_runtime(&st, &opts).unwrap(), CreateOutcome::Off));
         assert!(!opts.state_dir.exists());
         assert!(matches!(poststop(&st, &opts).unwrap(), PoststopOutcome::NothingRecorded));
+    }
+
+    fn bundle(t: &Path, annotations: serde_json::Value) -> (HookState, Options) {
+        std::fs::write(
+            t.join("config.json"),
+            serde_json::json!({"ociVersion": "1.0.2", "annotations": annotations}).to_string(),
+        )
+        .unwrap();
+        let cfg = t.join("config.toml");
+        std::fs::write(&cfg, "").unwrap();
+        let st = HookState { id: "c1".into(), pid: Some(1), bundle: t.into() };
+        let opts = Options { pin_dir: Some(t.join("nope")), config: Some(cfg), state_dir: t.join("state") };
+        (st, opts)
+    }
+
+    #[test]
+    fn containerd_and_crio_container_names_select_per_container_keys() {
+        // The pod says enforce, the per-container key for "debug" says off: "debug" must be off
+        // whichever runtime named it (off touches nothing, so no pinned maps are needed).
+        for key in CONTAINER_NAME_ANNOTATIONS {
+            let t = tempfile::tempdir().unwrap();
+            let (st, opts) = bundle(
+                t.path(),
+                serde_json::json!({"driftguard.dev/mode": "enforce", "driftguard.dev/mode.debug": "off", key: "debug"}),
+            );
+            let out = create_runtime(&st, &opts).unwrap();
+            assert!(matches!(out, CreateOutcome::Off), "{key}: {out}");
+        }
+        let a: BTreeMap<String, String> = [
+            ("io.kubernetes.cri.container-name".to_string(), "app".to_string()),
+            ("io.kubernetes.container.name".to_string(), "other".to_string()),
+        ]
+        .into();
+        assert_eq!(container_name(&a), "app");
+        assert_eq!(container_name(&BTreeMap::new()), "");
+    }
+
+    #[test]
+    fn sandbox_containers_are_skipped() {
+        for (k, v) in SANDBOX_MARKERS {
+            let t = tempfile::tempdir().unwrap();
+            // An enforce pod's sandbox, with nothing pinned: skipped, not refused.
+            let (st, opts) = bundle(t.path(), serde_json::json!({"driftguard.dev/mode": "enforce", k: v}));
+            let out = create_runtime(&st, &opts).unwrap();
+            assert!(matches!(out, CreateOutcome::Sandbox), "{k}: {out}");
+            assert!(!opts.state_dir.exists());
+        }
+        // A workload container of the same pod is not a sandbox: it needs the (missing) maps.
+        let t = tempfile::tempdir().unwrap();
+        let (st, opts) = bundle(
+            t.path(),
+            serde_json::json!({"driftguard.dev/mode": "enforce", "io.kubernetes.cri.container-type": "container"}),
+        );
+        assert!(create_runtime(&st, &opts).is_err());
     }
 
     #[test]

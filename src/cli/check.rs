@@ -18,8 +18,12 @@ use serde::Serialize;
 const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 const LSM_LIST: &str = "/sys/kernel/security/lsm";
 const LOCKDOWN: &str = "/sys/kernel/security/lockdown";
+#[cfg(test)]
 const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
 const NRI_SECTION: &str = "io.containerd.nri.v1.nri";
+/// Where the packages install the base runtime spec with driftguard's hooks.
+const SHIPPED_BASE_SPEC: &str = "/usr/share/driftguard/containerd/base-runtime-spec.json";
+const ANNOTATION_PATTERN: &str = "driftguard.dev/*";
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 /// Outcome of one check.
@@ -66,7 +70,7 @@ impl Item {
 }
 
 /// Names of every item, in report order (the integration test relies on them).
-pub const ITEM_NAMES: [&str; 14] = [
+pub const ITEM_NAMES: [&str; 15] = [
     "root",
     "kernel",
     "btf",
@@ -79,12 +83,13 @@ pub const ITEM_NAMES: [&str; 14] = [
     "nri_socket",
     "containerd",
     "containerd_nri",
+    "containerd_hook",
     "runc",
     "podman",
 ];
 
-pub fn run(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
-    let items = gather(cfg);
+pub fn run(cfg: &Config, json: bool, containerd_config: &Path) -> anyhow::Result<ExitCode> {
+    let items = gather(cfg, containerd_config);
     if json {
         println!("{}", serde_json::to_string_pretty(&items)?);
     } else {
@@ -118,7 +123,7 @@ fn render_text(items: &[Item]) -> String {
 // ---------------------------------------------------------------------------
 // Gathering (reads the system, calls the pure checks)
 
-fn gather(cfg: &Config) -> Vec<Item> {
+fn gather(cfg: &Config, containerd_config: &Path) -> Vec<Item> {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     let cap_eff = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| parse_cap_eff(&s));
@@ -158,10 +163,10 @@ fn gather(cfg: &Config) -> Vec<Item> {
     let containerd =
         check_containerd(containerd_bin.as_deref(), containerd_version_text.as_deref(), containerd_version);
 
-    let config_text = std::fs::read_to_string(CONTAINERD_CONFIG).ok();
+    let config_text = std::fs::read_to_string(containerd_config).ok();
     let nri = check_containerd_nri(
         config_text.as_deref(),
-        Path::new(CONTAINERD_CONFIG),
+        containerd_config,
         containerd_bin.is_some(),
         containerd_version,
         &cfg.nri.socket,
@@ -172,6 +177,10 @@ fn gather(cfg: &Config) -> Vec<Item> {
         Ok(_) => SocketState::NotASocket,
         Err(_) => SocketState::Missing,
     };
+    let hook = check_containerd_hook(config_text.as_deref(), containerd_config, containerd_bin.is_some(), |p| {
+        std::fs::read_to_string(p).map_err(|e| e.to_string())
+    });
+
     let nri_socket = check_nri_socket(&cfg.nri.socket, socket_kind, containerd_bin.is_some(), nri.status);
 
     let runc_bin = find_in_path("runc");
@@ -194,6 +203,7 @@ fn gather(cfg: &Config) -> Vec<Item> {
         nri_socket,
         containerd,
         nri,
+        hook,
         runc,
         podman,
     ];
@@ -681,6 +691,120 @@ fn check_containerd_nri(
     Item::ok("containerd_nri", format!("{where_}: NRI enabled ({how}){imports_note}"))
 }
 
+/// The runtime keys that make containerd run `driftguard-oci-hook` for every container of the
+/// runtime, fail closed (packaging/containerd/oci-hook-1.7.toml).
+fn hook_toml(cri_plugin: &str, runtime: &str) -> String {
+    format!(
+        "[plugins.\"{cri_plugin}\".containerd.runtimes.{runtime}]\n  base_runtime_spec = \"{SHIPPED_BASE_SPEC}\"\n  \
+         pod_annotations = [\"{ANNOTATION_PATTERN}\"]\n  container_annotations = [\"{ANNOTATION_PATTERN}\"]"
+    )
+}
+
+/// containerd's annotation passthrough patterns (Go's `path.Match`, where `*` does not cross
+/// `/`): do they pass both pod-wide and per-container driftguard keys?
+fn passes_driftguard_keys(patterns: Option<&toml::Value>) -> bool {
+    let Some(list) = patterns.and_then(|v| v.as_array()) else { return false };
+    let matches = |pat: &str, key: &str| match pat.strip_suffix('*') {
+        Some(prefix) => key.strip_prefix(prefix).is_some_and(|rest| !rest.contains('/')),
+        None => pat == key,
+    };
+    ["driftguard.dev/mode", "driftguard.dev/mode.app", "driftguard.dev/allow"]
+        .iter()
+        .all(|k| list.iter().filter_map(|p| p.as_str()).any(|p| matches(p, k)))
+}
+
+/// Does the OCI spec text run `driftguard-oci-hook <stage-arg>` at `stage`?
+fn spec_runs_hook(spec: &serde_json::Value, stage: &str, arg: &str) -> bool {
+    spec["hooks"][stage].as_array().is_some_and(|hooks| {
+        hooks.iter().any(|h| {
+            h["path"].as_str().is_some_and(|p| p.ends_with("/driftguard-oci-hook"))
+                && h["args"].as_array().is_some_and(|a| a.iter().any(|x| x == arg))
+        })
+    })
+}
+
+/// Is `driftguard-oci-hook` in the default runtime's base runtime spec, with the driftguard
+/// annotations passed through (fail-closed start)? `read` reads the spec file.
+fn check_containerd_hook(
+    config: Option<&str>,
+    config_path: &Path,
+    containerd_installed: bool,
+    read: impl Fn(&Path) -> Result<String, String>,
+) -> Item {
+    const NAME: &str = "containerd_hook";
+    let restart = "systemctl restart containerd";
+    let consequence = "containerd starts opted-in containers while the agent is down or restarting without \
+                       their policy (fail open; docs/oci-hooks.md, \"containerd\")";
+    let Some(text) = config else {
+        if !containerd_installed {
+            return Item::ok(NAME, "containerd not installed (CRI-O and podman run the hook from hooks.d)");
+        }
+        return Item::warn(
+            NAME,
+            format!("no {}: {consequence}", config_path.display()),
+            format!(
+                "create {} with `version = 2` (containerd 1.7) and:\n{}\nthen `{restart}`",
+                config_path.display(),
+                hook_toml("io.containerd.grpc.v1.cri", "runc")
+            ),
+        );
+    };
+    let Ok(doc) = text.parse::<toml::Table>() else {
+        return Item::warn(
+            NAME,
+            format!("{} is not valid TOML (see containerd_nri)", config_path.display()),
+            "fix the file",
+        );
+    };
+    let cfg_version = doc.get("version").and_then(|v| v.as_integer()).unwrap_or(1);
+    let cri_plugin = if cfg_version >= 3 { "io.containerd.cri.v1.runtime" } else { "io.containerd.grpc.v1.cri" };
+    let ctd = doc.get("plugins").and_then(|p| p.get(cri_plugin)).and_then(|c| c.get("containerd"));
+    let runtime = ctd.and_then(|c| c.get("default_runtime_name")).and_then(|v| v.as_str()).unwrap_or("runc");
+    let section = ctd.and_then(|c| c.get("runtimes")).and_then(|r| r.get(runtime)).and_then(|s| s.as_table());
+    let where_ = format!("{} [plugins.\"{cri_plugin}\".containerd.runtimes.{runtime}]", config_path.display());
+    let fix = |what: &str| {
+        format!(
+            "{what} in {}:\n{}\nthen `{restart}` (docs/oci-hooks.md, \"containerd\")",
+            config_path.display(),
+            hook_toml(cri_plugin, runtime)
+        )
+    };
+    let Some(section) = section else {
+        return Item::warn(NAME, format!("{where_} is not in the file: {consequence}"), fix("add"));
+    };
+    let mut missing = Vec::new();
+    match section.get("base_runtime_spec").and_then(|v| v.as_str()) {
+        None => missing.push("no base_runtime_spec".to_string()),
+        Some(p) => match read(Path::new(p))
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).map_err(|e| e.to_string()))
+        {
+            Err(e) => missing.push(format!("base_runtime_spec {p} unreadable: {e}")),
+            Ok(spec) => {
+                for (stage, arg) in [("createRuntime", "create-runtime"), ("poststop", "poststop")] {
+                    if !spec_runs_hook(&spec, stage, arg) {
+                        missing.push(format!("base_runtime_spec {p} has no {stage} hook `driftguard-oci-hook {arg}`"));
+                    }
+                }
+            }
+        },
+    }
+    for key in ["pod_annotations", "container_annotations"] {
+        if !passes_driftguard_keys(section.get(key)) {
+            missing.push(format!("{key} does not pass \"{ANNOTATION_PATTERN}\""));
+        }
+    }
+    if missing.is_empty() {
+        return Item::ok(
+            NAME,
+            format!(
+                "{where_}: driftguard-oci-hook in the base runtime spec, driftguard.dev/* passed through (fail closed)"
+            ),
+        );
+    }
+    let cfg_note = if cfg_version >= 3 { " (containerd 2.x: untested)" } else { "" };
+    Item::warn(NAME, format!("{where_}: {}: {consequence}{cfg_note}", missing.join("; ")), fix("set"))
+}
+
 fn check_runtime_tool(name: &'static str, bin: Option<&Path>, version_text: Option<&str>) -> Item {
     let role = match name {
         "runc" => "OCI runtime: `driftguard demo` and the OCI hook path use it",
@@ -881,5 +1005,97 @@ mod tests {
         assert_eq!(j[0]["status"], "ok");
         assert!(j[0]["fix"].is_null());
         assert_eq!(j[2]["name"], "root");
+    }
+
+    fn hook(config: Option<&str>) -> Item {
+        let spec = include_str!("../../packaging/containerd/base-runtime-spec.json");
+        check_containerd_hook(config, Path::new(CONTAINERD_CONFIG), true, |p| {
+            if p == Path::new(SHIPPED_BASE_SPEC) {
+                Ok(spec.to_string())
+            } else if p == Path::new("/etc/containerd/plain-spec.json") {
+                Ok(r#"{"ociVersion":"1.1.0","process":{},"root":{"path":"rootfs"}}"#.to_string())
+            } else {
+                Err("No such file or directory (os error 2)".to_string())
+            }
+        })
+    }
+
+    #[test]
+    fn containerd_hook_shipped_snippet_is_ok() {
+        // The snippet the packages ship, merged into a stock 1.7 config.
+        let shipped = include_str!("../../packaging/containerd/oci-hook-1.7.toml");
+        let it = hook(Some(shipped));
+        assert_eq!(it.status, Status::Ok, "{it:?}");
+        assert!(it.detail.contains("fail closed"), "{it:?}");
+        let cfg = r#"version = 2
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  default_runtime_name = "runc"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+    base_runtime_spec = "/usr/share/driftguard/containerd/base-runtime-spec.json"
+    pod_annotations = ["driftguard.dev/*"]
+    container_annotations = ["driftguard.dev/*", "other/*"]
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      SystemdCgroup = true
+"#;
+        assert_eq!(hook(Some(cfg)).status, Status::Ok);
+        // containerd 2.x (config version 3): the same keys under the new plugin name.
+        let v3 = include_str!("../../packaging/containerd/oci-hook-2.x.toml");
+        assert_eq!(hook(Some(v3)).status, Status::Ok, "{:?}", hook(Some(v3)));
+    }
+
+    #[test]
+    fn containerd_hook_missing_pieces_are_named() {
+        // NRI only: fail open, with the keys to add.
+        let nri_only = "version = 2\n[plugins.\"io.containerd.nri.v1.nri\"]\n  disable = false\n";
+        let it = hook(Some(nri_only));
+        assert_eq!(it.status, Status::Warn);
+        assert!(it.detail.contains("fail open"), "{it:?}");
+        let fix = it.fix.unwrap_or_default();
+        assert!(
+            fix.contains("base_runtime_spec = \"/usr/share/driftguard/containerd/base-runtime-spec.json\""),
+            "{fix}"
+        );
+        assert!(fix.contains("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]"), "{fix}");
+        // Spec without the hooks, annotations not passed.
+        let cfg = r#"version = 2
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  base_runtime_spec = "/etc/containerd/plain-spec.json"
+  pod_annotations = ["driftguard.dev/mode"]
+"#;
+        let it = hook(Some(cfg));
+        assert_eq!(it.status, Status::Warn);
+        for want in [
+            "has no createRuntime hook `driftguard-oci-hook create-runtime`",
+            "has no poststop hook",
+            "pod_annotations does not pass",
+            "container_annotations does not pass",
+        ] {
+            assert!(it.detail.contains(want), "{want}: {it:?}");
+        }
+        // Unreadable spec file; another default runtime without the keys.
+        let cfg = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  base_runtime_spec = \"/nope.json\"\n";
+        assert!(hook(Some(cfg)).detail.contains("/nope.json unreadable"), "{:?}", hook(Some(cfg)));
+        let cfg = format!(
+            "{}\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  default_runtime_name = \"kata\"\n",
+            include_str!("../../packaging/containerd/oci-hook-1.7.toml")
+        );
+        let it = hook(Some(&cfg));
+        assert_eq!(it.status, Status::Warn, "{it:?}");
+        assert!(it.detail.contains("runtimes.kata] is not in the file"), "{it:?}");
+        // No config at all; containerd not installed.
+        assert_eq!(hook(None).status, Status::Warn);
+        let it = check_containerd_hook(None, Path::new(CONTAINERD_CONFIG), false, |_| Err(String::new()));
+        assert_eq!(it.status, Status::Ok);
+    }
+
+    #[test]
+    fn annotation_patterns_follow_path_match() {
+        let v = |l: &[&str]| toml::Value::Array(l.iter().map(|s| toml::Value::String(s.to_string())).collect());
+        assert!(passes_driftguard_keys(Some(&v(&["driftguard.dev/*"]))));
+        assert!(!passes_driftguard_keys(Some(&v(&["*", "x"])))); // `*` does not cross `/`
+        assert!(!passes_driftguard_keys(Some(&v(&["driftguard.*"]))));
+        assert!(!passes_driftguard_keys(Some(&v(&["driftguard.dev/mode"]))));
+        assert!(!passes_driftguard_keys(None));
     }
 }

@@ -19,7 +19,7 @@ pub fn dispatch(config: Option<&Path>, command: crate::Command) -> anyhow::Resul
         crate::Command::Run => run::run(cfg),
         crate::Command::Status { json } => status::run(&cfg, json),
         crate::Command::Events => events::run(&cfg),
-        crate::Command::Check { json } => check::run(&cfg, json),
+        crate::Command::Check { json, containerd_config } => check::run(&cfg, json, &containerd_config),
         crate::Command::Demo => demo::run(&cfg),
         crate::Command::Unload => {
             let report = driftguard::enforcer::unload(&cfg.bpf.pin_dir)

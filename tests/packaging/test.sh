@@ -66,6 +66,9 @@ common=(
     /etc/driftguard/config.toml
     /usr/share/driftguard/containerd/nri-1.7.toml
     /usr/share/driftguard/containerd/nri-2.x.toml
+    /usr/share/driftguard/containerd/oci-hook-1.7.toml
+    /usr/share/driftguard/containerd/oci-hook-2.x.toml
+    /usr/share/driftguard/containerd/base-runtime-spec.json
     /usr/share/doc/driftguard/README.md
     /usr/share/doc/driftguard/LICENSE
     /usr/share/doc/driftguard/copyright
@@ -158,6 +161,19 @@ for f, ver in (("packaging/containerd/nri-1.7.toml", 2), ("packaging/containerd/
     nri = d["plugins"]["io.containerd.nri.v1.nri"]
     assert nri["disable"] is False, f"{f}: disable is not false"
     assert nri["socket_path"] == "/var/run/nri/nri.sock", f
+import json
+for f, ver, cri in (("packaging/containerd/oci-hook-1.7.toml", 2, "io.containerd.grpc.v1.cri"),
+                    ("packaging/containerd/oci-hook-2.x.toml", 3, "io.containerd.cri.v1.runtime")):
+    d = tomllib.load(open(f, "rb"))
+    assert d["version"] == ver, f"{f}: version {d['version']} != {ver}"
+    rt = d["plugins"][cri]["containerd"]["runtimes"]["runc"]
+    assert rt["base_runtime_spec"] == "/usr/share/driftguard/containerd/base-runtime-spec.json", f
+    assert rt["pod_annotations"] == ["driftguard.dev/*"] and rt["container_annotations"] == ["driftguard.dev/*"], f
+spec = json.load(open("packaging/containerd/base-runtime-spec.json"))
+for stage, arg in (("createRuntime", "create-runtime"), ("poststop", "poststop")):
+    h = spec["hooks"][stage]
+    assert h[0]["path"] == "/usr/bin/driftguard-oci-hook" and h[0]["args"][1:] == [arg], (stage, h)
+assert spec["process"] and spec["root"] and spec["linux"]["namespaces"], "base spec is not a full spec"
 EOF
 check license-file grep -q "Apache License" LICENSE
 check bpf-license-mentioned grep -q "GPL-2.0-only" packaging/copyright packaging/doc/README.md

@@ -134,6 +134,25 @@ impl AgentProcess {
         }
     }
 
+    /// SIGSTOP: the agent stays alive (its NRI connection, if any, stays open) but does
+    /// nothing until [`AgentProcess::resume`]. False if it is not running.
+    pub fn pause(&self) -> bool {
+        self.signal(libc::SIGSTOP)
+    }
+
+    /// SIGCONT after [`AgentProcess::pause`].
+    pub fn resume(&self) -> bool {
+        self.signal(libc::SIGCONT)
+    }
+
+    fn signal(&self, sig: i32) -> bool {
+        match &self.child {
+            // SAFETY: signalling our own, not yet reaped, child.
+            Some(c) => unsafe { libc::kill(c.id() as i32, sig) == 0 },
+            None => false,
+        }
+    }
+
     /// The agent's stderr so far, without terminal colour codes.
     pub fn log(&self) -> String {
         strip_ansi(&fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default())

@@ -46,21 +46,36 @@ pub const APP_IMAGE: &str = "docker.io/library/dg-app:test";
 pub const HELLO: &str = "hello from the image";
 /// The runc containerd is told to use.
 pub const RUNC: &str = "/usr/sbin/runc";
+/// The base runtime spec the packages ship (containerd 1.7's default spec plus the
+/// `driftguard-oci-hook` createRuntime and poststop hooks), relative to the repository.
+pub const SHIPPED_BASE_SPEC: &str = "packaging/containerd/base-runtime-spec.json";
+/// Where the shipped spec expects the hook.
+pub const SHIPPED_HOOK_PATH: &str = "/usr/bin/driftguard-oci-hook";
 
 const TAIL: usize = 40;
+
+/// The repository root (the directory with `scripts/install-containerd.sh`).
+pub fn repo_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.ancestors().find(|d| d.join("scripts/install-containerd.sh").is_file()).unwrap_or(&manifest).to_path_buf()
+}
 
 /// `$DRIFTGUARD_CONTAINERD_DIR` or `<repo>/.cache/containerd`.
 pub fn install_dir() -> PathBuf {
     if let Some(d) = std::env::var_os(DIR_ENV) {
         return PathBuf::from(d);
     }
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let repo = manifest
-        .ancestors()
-        .find(|d| d.join("scripts/install-containerd.sh").is_file())
-        .unwrap_or(&manifest)
-        .to_path_buf();
-    repo.join(".cache/containerd")
+    repo_root().join(".cache/containerd")
+}
+
+/// The OCI hook wired into containerd the way the packages ship it
+/// (`packaging/containerd/oci-hook-1.7.toml`): the shipped base runtime spec, with the hook's
+/// path replaced by `bin` and private `--config`/`--state-dir` arguments appended, and
+/// `pod_annotations`/`container_annotations` = `["driftguard.dev/*"]` on the runc runtime.
+#[derive(Debug, Clone)]
+pub struct HookWiring {
+    /// The `driftguard-oci-hook` binary to run.
+    pub bin: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -304,6 +319,12 @@ pub struct Containerd {
     /// NRI socket the agent connects to.
     pub nri_sock: PathBuf,
     pub config: PathBuf,
+    /// With [`HookWiring`]: the driftguard config file the hook reads (`--config`), written by
+    /// the test (read at every hook run, so it may be written after containerd started).
+    pub hook_config: PathBuf,
+    /// With [`HookWiring`]: the hook's per-container records (`--state-dir`).
+    pub hook_state: PathBuf,
+    hook: Option<HookWiring>,
     /// Cgroup parent of every pod of this instance (`/dg-cri-<pid>-<n>`), relative to each
     /// hierarchy's root.
     pub cgroup_base: String,
@@ -316,8 +337,14 @@ pub struct Containerd {
 }
 
 impl Containerd {
-    /// Start a private containerd and import the test images.
+    /// Start a private containerd (NRI only, no OCI hook) and import the test images.
     pub fn start() -> Result<Self, String> {
+        Self::start_with(None)
+    }
+
+    /// Start a private containerd, with the OCI hook wired in when `hook` is given, and import
+    /// the test images.
+    pub fn start_with(hook: Option<HookWiring>) -> Result<Self, String> {
         let bins = binaries()?;
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
@@ -339,6 +366,9 @@ impl Containerd {
             sock: dir.join("c.sock"),
             nri_sock: dir.join("nri.sock"),
             config: dir.join("config.toml"),
+            hook_config: dir.join("hook-config.toml"),
+            hook_state: dir.join("hook-state"),
+            hook,
             cgroup_base: format!("/dg-cri-{pid}-{n}"),
             dir,
             pods: AtomicU32::new(0),
@@ -347,6 +377,10 @@ impl Containerd {
             client: None,
             keep_dir: false,
         };
+        if let Some(h) = &c.hook {
+            let spec = c.base_spec(&h.bin)?;
+            fs::write(c.dir.join("base-spec.json"), spec).map_err(|e| format!("{}: {e}", c.dir.display()))?;
+        }
         fs::write(&c.config, c.config_toml()).map_err(|e| format!("{}: {e}", c.config.display()))?;
         c.launch()?;
         let images = build_images(&c.dir.join("images"))?;
@@ -356,8 +390,45 @@ impl Containerd {
         Ok(c)
     }
 
+    /// The shipped base runtime spec with the hook at `bin` and this instance's `--config` and
+    /// `--state-dir`. Fails if the shipped spec does not run the hook at both stages.
+    fn base_spec(&self, bin: &Path) -> Result<String, String> {
+        let path = repo_root().join(SHIPPED_BASE_SPEC);
+        let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut spec: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        for stage in ["createRuntime", "poststop"] {
+            let hooks =
+                spec["hooks"][stage].as_array_mut().ok_or_else(|| format!("{}: no hooks.{stage}", path.display()))?;
+            let mut found = false;
+            for h in hooks.iter_mut().filter(|h| h["path"] == SHIPPED_HOOK_PATH) {
+                found = true;
+                h["path"] = bin.to_string_lossy().into_owned().into();
+                let args = h["args"].as_array_mut().ok_or_else(|| format!("{}: hook without args", path.display()))?;
+                for a in
+                    ["--config", &self.hook_config.to_string_lossy(), "--state-dir", &self.hook_state.to_string_lossy()]
+                {
+                    args.push(a.into());
+                }
+            }
+            if !found {
+                return Err(format!("{}: hooks.{stage} does not run {SHIPPED_HOOK_PATH}", path.display()));
+            }
+        }
+        serde_json::to_string_pretty(&spec).map_err(|e| e.to_string())
+    }
+
     fn config_toml(&self) -> String {
         let d = self.dir.display();
+        // What packaging/containerd/oci-hook-1.7.toml tells admins to add to the runc runtime.
+        let hook = if self.hook.is_some() {
+            format!(
+                "base_runtime_spec = \"{d}/base-spec.json\"\n      \
+                 pod_annotations = [\"driftguard.dev/*\"]\n      container_annotations = [\"driftguard.dev/*\"]"
+            )
+        } else {
+            "# no OCI hook".to_string()
+        };
         format!(
             r#"version = 2
 root = "{d}/root"
@@ -392,6 +463,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     default_runtime_name = "runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
+      {hook}
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
         BinaryName = "{RUNC}"
