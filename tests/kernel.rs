@@ -69,6 +69,7 @@ fn main() {
         ("adopted_pins_flag_their_levels", adopted_pins_flag_their_levels),
         ("full_policy_map_is_a_clear_error", full_policy_map_is_a_clear_error),
         ("policies_pinned_by_v0_1_are_carried_over", policies_pinned_by_v0_1_are_carried_over),
+        ("path_lists_replaced_and_removed_across_writers", path_lists_replaced_and_removed_across_writers),
         ("level_mask_updates_are_atomic_across_writers", level_mask_updates_are_atomic_across_writers),
     ] {
         trials.push(gate.trial(name, &host_reason, f));
@@ -606,6 +607,65 @@ fn policies_pinned_by_v0_1_are_carried_over() -> R {
     })();
     let _ = sleeper.kill();
     let _ = sleeper.wait();
+    let _ = enforcer::unload(&pin_dir);
+    result
+}
+
+/// Each store remembers the list keys it wrote (so replacing or removing a policy does not scan
+/// all of dg_paths), but another writer (the OCI hook, the agent, an earlier agent) may have
+/// replaced the entry since: no list entry may be left behind or lost either way.
+fn path_lists_replaced_and_removed_across_writers() -> R {
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/dg-test-idx-{}", std::process::id()));
+    let _ = enforcer::unload(&pin_dir);
+    let result = (|| -> R {
+        let enf = Enforcer::load(&EnforcerOptions { pin_dir: Some(pin_dir.clone()), force_fallback: false })
+            .map_err(|e| e.to_string())?;
+        let hook = enf.store();
+        let agent = PolicyStore::open_pinned(&pin_dir).map_err(|e| e.to_string())?;
+        let x = (1u64 << 59) + u64::from(std::process::id());
+        let with = |paths: &[&str]| -> Result<Policy, libtest_mimic::Failed> {
+            let mut p = enforce();
+            for d in paths {
+                p.deny.insert(ExecPath::new(d).map_err(|e| e.to_string())?);
+            }
+            Ok(p)
+        };
+        let deny_of = |st: &PolicyStore| -> Result<Vec<String>, libtest_mimic::Failed> {
+            let got = st.get(x).map_err(|e| e.to_string())?.ok_or("policy missing")?;
+            Ok(got.policy.deny.iter().map(|p| p.to_string()).collect())
+        };
+        let unknown = Provenance::unknown();
+        hook.set_owned(x, 3, &with(&["/bin/a", "/bin/b"])?, &unknown, Owner::OciHook).map_err(|e| e.to_string())?;
+        // Another writer takes over: it never saw /bin/a and /bin/b, they must still go.
+        agent.set_owned(x, 3, &with(&["/bin/c"])?, &unknown, Owner::Agent).map_err(|e| e.to_string())?;
+        if deny_of(&agent)? != ["/bin/c"] {
+            return Err(format!("after the takeover: {:?}", deny_of(&agent)?).into());
+        }
+        // The first writer again: what it remembers (/bin/a, /bin/b) is stale, /bin/c must go.
+        hook.set_owned(x, 3, &with(&["/bin/d"])?, &unknown, Owner::OciHook).map_err(|e| e.to_string())?;
+        if deny_of(&hook)? != ["/bin/d"] {
+            return Err(format!("after the second takeover: {:?}", deny_of(&hook)?).into());
+        }
+        // Remove by a writer whose memory is stale, then reinstall: nothing of before comes back.
+        agent.remove(x).map_err(|e| e.to_string())?;
+        agent.set_owned(x, 3, &with(&["/bin/e"])?, &unknown, Owner::Agent).map_err(|e| e.to_string())?;
+        if deny_of(&agent)? != ["/bin/e"] {
+            return Err(format!("after remove and reinstall: {:?}", deny_of(&agent)?).into());
+        }
+        // The indexed path: the same writer replaces and removes its own lists.
+        agent.set_owned(x, 3, &with(&["/bin/f", "/bin/g"])?, &unknown, Owner::Agent).map_err(|e| e.to_string())?;
+        agent.set_owned(x, 3, &with(&["/bin/g"])?, &unknown, Owner::Agent).map_err(|e| e.to_string())?;
+        if deny_of(&agent)? != ["/bin/g"] {
+            return Err(format!("after an indexed replace: {:?}", deny_of(&agent)?).into());
+        }
+        agent.remove(x).map_err(|e| e.to_string())?;
+        hook.set_owned(x, 3, &with(&["/bin/h"])?, &unknown, Owner::OciHook).map_err(|e| e.to_string())?;
+        if deny_of(&hook)? != ["/bin/h"] {
+            return Err(format!("after an indexed remove: {:?}", deny_of(&hook)?).into());
+        }
+        hook.remove(x).map_err(|e| e.to_string())?;
+        Ok(())
+    })();
     let _ = enforcer::unload(&pin_dir);
     result
 }

@@ -4,7 +4,7 @@
 //! loaded the programs), the OCI hook and `driftguard status` (which open the
 //! pinned maps) share one implementation.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::ptr::NonNull;
@@ -101,7 +101,14 @@ pub struct PolicyStore {
     paths: MapHandle,
     levels: LevelMask,
     stats: MapHandle,
+    index: KeyIndex,
 }
+
+/// The `dg_paths` keys this process wrote, per cgroup, with the owner it wrote them as.
+/// Replacing or removing a policy with lists looks here instead of scanning every bucket of
+/// `dg_paths` (65,536 even when empty). Shared by [`PolicyStore::try_clone`]s. A cgroup missing
+/// from it, or whose entry another writer (the OCI hook, an earlier agent) owns now, is scanned.
+type KeyIndex = std::sync::Arc<std::sync::Mutex<HashMap<u64, (u32, BTreeSet<Vec<u8>>)>>>;
 
 /// `dg_level_mask` mapped into this process: bit `l` set means some policy lives at cgroup
 /// depth `l`. Bits are set with an atomic OR in the page shared with the kernel (and with any
@@ -175,7 +182,28 @@ fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(libbpf_rs::Error)
 
 impl PolicyStore {
     pub(crate) fn new(policies: MapHandle, paths: MapHandle, levels: MapHandle, stats: MapHandle) -> Result<Self> {
-        Ok(PolicyStore { policies, paths, levels: LevelMask::new(levels)?, stats })
+        Ok(PolicyStore { policies, paths, levels: LevelMask::new(levels)?, stats, index: KeyIndex::default() })
+    }
+
+    /// The keys of `cgroup_id` this process wrote, if the entry in the kernel is still the one it
+    /// wrote (same owner); `None`: scan.
+    fn indexed_keys(&self, cgroup_id: u64, raw: Option<&RawPolicy>) -> Option<BTreeSet<Vec<u8>>> {
+        let raw = raw?;
+        let idx = self.index.lock().ok()?;
+        let (owner, keys) = idx.get(&cgroup_id)?;
+        (*owner == raw.reserved).then(|| keys.clone())
+    }
+
+    fn index_set(&self, cgroup_id: u64, owner: u32, keys: BTreeSet<Vec<u8>>) {
+        if let Ok(mut idx) = self.index.lock() {
+            idx.insert(cgroup_id, (owner, keys));
+        }
+    }
+
+    fn index_forget(&self, cgroup_id: u64) {
+        if let Ok(mut idx) = self.index.lock() {
+            idx.remove(&cgroup_id);
+        }
     }
 
     /// The policies map (for the loader's migration of older pins).
@@ -188,12 +216,14 @@ impl PolicyStore {
         let dup = |name: &'static str, m: &MapHandle| {
             MapHandle::try_from(m).map_err(|source| Error::Map { map: name, op: "dup", source })
         };
-        PolicyStore::new(
+        let mut clone = PolicyStore::new(
             dup(MAP_POLICIES, &self.policies)?,
             dup(MAP_PATHS, &self.paths)?,
             dup(MAP_LEVELS, &self.levels.map)?,
             dup(MAP_STATS, &self.stats)?,
-        )
+        )?;
+        clone.index = self.index.clone();
+        Ok(clone)
     }
 
     /// Open the maps an agent pinned under `pin_dir` (default `/sys/fs/bpf/driftguard`).
@@ -252,9 +282,13 @@ impl PolicyStore {
         }
         // Scanning dg_paths walks every bucket of the hash map (65,536) even when it is empty:
         // only do it when the old or the new policy has path lists.
-        let had_lists = self.raw_policy(cgroup_id)?.is_some_and(|r| r.rules & abi::DG_RULE_HAS_LISTS != 0);
+        let previous = self.raw_policy(cgroup_id)?;
+        let had_lists = previous.is_some_and(|r| r.rules & abi::DG_RULE_HAS_LISTS != 0);
         let old: BTreeSet<Vec<u8>> = if had_lists || policy.kernel_rules() & abi::DG_RULE_HAS_LISTS != 0 {
-            self.path_keys_of(cgroup_id)?.into_iter().collect()
+            match self.indexed_keys(cgroup_id, previous.as_ref()) {
+                Some(keys) => keys,
+                None => self.path_keys_of(cgroup_id)?.into_iter().collect(),
+            }
         } else {
             BTreeSet::new()
         };
@@ -293,14 +327,22 @@ impl PolicyStore {
         }
         self.mark_level(level)?;
         for stale in old.difference(&wanted) {
-            self.paths.delete(stale).map_err(map_err(MAP_PATHS, "delete"))?;
+            match self.paths.delete(stale) {
+                Ok(()) => {}
+                Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
+                Err(e) => return Err(map_err(MAP_PATHS, "delete")(e)),
+            }
         }
+        self.index_set(cgroup_id, owner.as_raw(), wanted);
         Ok(())
     }
 
     /// Remove a cgroup's policy and path lists. Returns whether a policy was installed.
     pub fn remove(&self, cgroup_id: u64) -> Result<bool> {
-        let had_lists = self.raw_policy(cgroup_id)?.is_some_and(|r| r.rules & abi::DG_RULE_HAS_LISTS != 0);
+        let previous = self.raw_policy(cgroup_id)?;
+        let had_lists = previous.is_some_and(|r| r.rules & abi::DG_RULE_HAS_LISTS != 0);
+        let known = self.indexed_keys(cgroup_id, previous.as_ref());
+        self.index_forget(cgroup_id);
         let existed = match self.policies.delete(&cgroup_id.to_le_bytes()) {
             Ok(()) => true,
             Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => false,
@@ -309,7 +351,11 @@ impl PolicyStore {
         if !had_lists && existed {
             return Ok(existed);
         }
-        for k in self.path_keys_of(cgroup_id)? {
+        let keys = match known {
+            Some(keys) if existed => keys.into_iter().collect(),
+            _ => self.path_keys_of(cgroup_id)?,
+        };
+        for k in keys {
             match self.paths.delete(&k) {
                 Ok(()) => {}
                 Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
