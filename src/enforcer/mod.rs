@@ -37,7 +37,7 @@ use libbpf_rs::{Link, MapHandle, OpenObject};
 use serde::Serialize;
 
 pub use error::{Error, Result};
-pub use events::{Action, Event, EventStream, FileKind, Hook, Rule, EVENT_CHANNEL_CAPACITY};
+pub use events::{Action, Event, EventStream, FileKind, Hook, ReaderHeartbeat, Rule, EVENT_CHANNEL_CAPACITY};
 pub use store::{InstalledPolicy, Owner, PolicyStore, Stats};
 
 use skel::{DriftguardSkel, DriftguardSkelBuilder, OpenDriftguardSkel};
