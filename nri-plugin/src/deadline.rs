@@ -111,6 +111,19 @@ pub struct Overrun<'a> {
     pub deadline: Deadline,
 }
 
+impl<'a> Overrun<'a> {
+    /// An overrun (for testing [`Plugin::on_deadline`](crate::Plugin::on_deadline) implementations).
+    pub fn new(
+        method: &'a str,
+        event: Option<Event>,
+        pod: Option<&'a PodSandbox>,
+        container: Option<&'a Container>,
+        deadline: Deadline,
+    ) -> Self {
+        Overrun { method, event, pod, container, deadline }
+    }
+}
+
 /// What to answer in place of a handler that missed its deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

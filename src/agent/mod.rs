@@ -11,6 +11,7 @@
 pub mod health;
 pub mod metrics;
 pub mod output;
+pub mod overrun;
 pub mod plugin;
 pub mod registry;
 pub mod sd_notify;
