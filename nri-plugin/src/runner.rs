@@ -487,6 +487,7 @@ impl Runner {
         waiting.woken = false;
         waiting.quick_retries = 0;
         if waiting.watch {
+            tracing::debug!(socket = %self.socket_path.display(), fallback = ?self.backoff.max, "waiting for the NRI socket to appear");
             match watch::wait_for_socket(&self.socket_path, stale, self.backoff.max).await {
                 Ok(watch::Wake::Appeared) => {
                     tracing::debug!(socket = %self.socket_path.display(), "NRI socket appeared");
