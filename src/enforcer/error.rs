@@ -48,7 +48,7 @@ pub enum Error {
     },
 
     /// bpffs is not mounted where pins should go.
-    #[error("{0} is not on a bpf filesystem: mount it with `mount -t bpf bpf /sys/fs/bpf`")]
+    #[error("{0} is not on a bpf filesystem: mount it with `mount -t bpf -o mode=0700 bpf /sys/fs/bpf`")]
     NoBpffs(PathBuf),
 
     /// The pin directory, or a directory above it, could be changed by someone other than root:
