@@ -431,14 +431,21 @@ impl Runner {
                     if inherited || !self.reconnect {
                         return Err(e);
                     }
-                    failures = failures.saturating_add(1);
                     // The socket was just created but the runtime is not listening on it yet
                     // (bind and listen are two calls): try again in a moment, not at the fallback.
-                    if waiting.woken && is_refused(&e) && waiting.quick_retries < QUICK_RETRIES {
+                    // Also when a fallback attempt hits a socket other than the last one refused.
+                    let new_socket = socket_id.is_some() && socket_id != waiting.refused;
+                    let quick = waiting.watch && (waiting.woken || new_socket) && waiting.quick_retries < QUICK_RETRIES;
+                    if quick && is_refused(&e) {
+                        tokio::time::sleep(QUICK_RETRY_FIRST * 2u32.pow(waiting.quick_retries)).await;
                         waiting.quick_retries += 1;
-                        tokio::time::sleep(QUICK_RETRY_DELAY * waiting.quick_retries).await;
+                        waiting.woken = true;
                         continue;
                     }
+                    if is_refused(&e) {
+                        waiting.refused = socket_id;
+                    }
+                    failures = failures.saturating_add(1);
                     let retry_in = if waiting.watch { self.backoff.max } else { self.backoff.delay(failures) };
                     waiting.log_failure(&self.socket_path, &e, retry_in);
                     self.emit(ConnectionEvent::ConnectFailed { attempt: failures, error: e.to_string(), retry_in });
@@ -605,9 +612,10 @@ fn close_result(res: crate::mux::CloseResult) -> Result<(), Error> {
 }
 
 /// Connection attempts right after the socket appeared that may still find it not listening.
-const QUICK_RETRIES: u32 = 8;
-/// Delay unit of those attempts (5, 10, ... 40 ms: 180 ms in all).
-const QUICK_RETRY_DELAY: Duration = Duration::from_millis(5);
+const QUICK_RETRIES: u32 = 9;
+/// Delay before the first of them; each next one waits twice as long (1, 2, 4 ... 256 ms: about
+/// half a second in all).
+const QUICK_RETRY_FIRST: Duration = Duration::from_millis(1);
 
 fn is_refused(e: &Error) -> bool {
     matches!(e, Error::Connect { source, .. } if source.kind() == std::io::ErrorKind::ConnectionRefused)
@@ -622,18 +630,21 @@ struct Waiting {
     woken: bool,
     /// Quick attempts made since the socket appeared.
     quick_retries: u32,
+    /// The socket file whose connection was last refused after the quick attempts.
+    refused: Option<watch::FileId>,
     /// The reason last logged for the current outage.
     logged: Option<String>,
 }
 
 impl Waiting {
     fn new(watch: bool) -> Self {
-        Waiting { watch, woken: false, quick_retries: 0, logged: None }
+        Waiting { watch, woken: false, quick_retries: 0, refused: None, logged: None }
     }
 
     fn reset(&mut self) {
         self.woken = false;
         self.quick_retries = 0;
+        self.refused = None;
         self.logged = None;
     }
 
