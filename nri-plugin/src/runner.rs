@@ -437,7 +437,7 @@ impl Runner {
                     let new_socket = socket_id.is_some() && socket_id != waiting.refused;
                     let quick = waiting.watch && (waiting.woken || new_socket) && waiting.quick_retries < QUICK_RETRIES;
                     if quick && is_refused(&e) {
-                        tokio::time::sleep(QUICK_RETRY_FIRST * 2u32.pow(waiting.quick_retries)).await;
+                        tokio::time::sleep(quick_retry_delay(waiting.quick_retries)).await;
                         waiting.quick_retries += 1;
                         waiting.woken = true;
                         continue;
@@ -612,10 +612,14 @@ fn close_result(res: crate::mux::CloseResult) -> Result<(), Error> {
 }
 
 /// Connection attempts right after the socket appeared that may still find it not listening.
-const QUICK_RETRIES: u32 = 9;
-/// Delay before the first of them; each next one waits twice as long (1, 2, 4 ... 256 ms: about
-/// half a second in all).
-const QUICK_RETRY_FIRST: Duration = Duration::from_millis(1);
+const QUICK_RETRIES: u32 = 28;
+
+/// Delay before quick attempt `n` (from 0): every millisecond for 20 ms (a runtime preempted
+/// between bind and listen on a busy node), then doubling from 2 to 256 ms: about half a second
+/// in all.
+fn quick_retry_delay(n: u32) -> Duration {
+    Duration::from_millis(if n < 20 { 1 } else { 1 << (n - 19).min(8) })
+}
 
 fn is_refused(e: &Error) -> bool {
     matches!(e, Error::Connect { source, .. } if source.kind() == std::io::ErrorKind::ConnectionRefused)
@@ -705,6 +709,15 @@ mod tests {
         assert!(Runner::builder("bad name", "10").use_env(false).build().is_err());
         assert!(Runner::builder("good", "7").use_env(false).build().is_err());
         assert!(Runner::builder("good", "07").use_env(false).build().is_ok());
+    }
+
+    #[test]
+    fn quick_retries_cover_half_a_second() {
+        let total: Duration = (0..QUICK_RETRIES).map(quick_retry_delay).sum();
+        assert_eq!(quick_retry_delay(0), Duration::from_millis(1));
+        assert_eq!(quick_retry_delay(19), Duration::from_millis(1));
+        assert_eq!(quick_retry_delay(20), Duration::from_millis(2));
+        assert_eq!(total, Duration::from_millis(20 + 510));
     }
 
     #[test]
