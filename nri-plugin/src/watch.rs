@@ -13,13 +13,15 @@ use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 
-/// Identity of a file: (device, inode).
-pub(crate) type FileId = (u64, u64);
+/// Identity of a file: device, inode and change time. Filesystems reuse inode numbers at once
+/// (ext4 does): a socket re-created in place can get the one of the socket it replaces, but not
+/// its ctime.
+pub(crate) type FileId = (u64, u64, i64, i64);
 
 /// The identity of the file at `path`, if there is one.
 pub(crate) fn file_id(path: &Path) -> Option<FileId> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
 }
 
 /// How [`wait_for_socket`] returned.
