@@ -92,7 +92,24 @@ fn deepest_existing_ancestor(path: &Path) -> Option<PathBuf> {
 
 /// One inotify instance watching one directory for entries appearing or disappearing.
 struct Inotify {
-    fd: AsyncFd<OwnedFd>,
+    /// `None` only while being dropped.
+    fd: Option<AsyncFd<OwnedFd>>,
+}
+
+impl Drop for Inotify {
+    /// Closing an inotify descriptor waits for an SRCU grace period in the kernel (the group's
+    /// marks are destroyed synchronously): ~15 ms on an idle 2-vCPU machine, seconds under load.
+    /// That must not delay the connection attempt the wait was for: close it on the blocking
+    /// pool.
+    fn drop(&mut self) {
+        if let Some(fd) = self.fd.take() {
+            let owned = fd.into_inner();
+            match tokio::runtime::Handle::try_current() {
+                Ok(h) => drop(h.spawn_blocking(move || drop(owned))),
+                Err(_) => drop(owned),
+            }
+        }
+    }
 }
 
 impl Inotify {
@@ -118,19 +135,20 @@ impl Inotify {
         }
         // SAFETY: the AsyncFd owns the descriptor (OwnedFd) and so closes it only after it is
         // deregistered; nothing else refers to it.
-        Ok(Inotify { fd: unsafe { AsyncFd::register(fd)? } })
+        Ok(Inotify { fd: Some(unsafe { AsyncFd::register(fd)? }) })
     }
 
     /// Waits for at least one event and drains the queue.
     async fn next_batch(&self) -> io::Result<Batch> {
+        let Some(fd) = &self.fd else { return Err(io::Error::other("inotify closed")) };
         let mut buf = [0u8; 4096];
         loop {
-            let mut guard = self.fd.readable().await?;
+            let mut guard = fd.readable().await?;
             let mut batch = Batch::default();
             let mut got = false;
             loop {
                 // SAFETY: reading into a buffer of the given length from a valid fd.
-                let n = unsafe { libc::read(self.fd.get_ref().as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                let n = unsafe { libc::read(fd.get_ref().as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
                 if n < 0 {
                     let e = io::Error::last_os_error();
                     if e.kind() == io::ErrorKind::WouldBlock {
