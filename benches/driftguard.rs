@@ -11,6 +11,7 @@
 //! | `sync`   | Synchronize of 5,000 containers in chunks, end to end | no-op plugin, same stack |
 //! | `events` | ring-buffer record bytes -> enriched JSON lines, one core; drops under an exec load of 20k/s and unpaced | decode only |
 //! | `memory` | `driftguard run` RSS with 1,000 containers under policy; BPF map memory | same agent, 0 containers |
+//! | `reconnect` | runtime restart: gap from its socket reappearing to the plugin's RegisterPlugin | the old blind backoff (250 ms doubling to 5 s) |
 //!
 //! Sections: positional arguments (`cargo bench --bench driftguard -- exec nri`) or
 //! `DG_BENCH_ONLY=exec,nri`; default all. Sizes come from environment variables (see `Knobs`).
@@ -89,6 +90,9 @@ struct Knobs {
     /// `DG_BENCH_LOAD_RATES` (20000,0): total exec rates of the drop test (0 = as fast as the
     /// chains go).
     load_rates: Vec<u64>,
+    /// `DG_BENCH_RECONNECT_OUTAGES` (0.3,0.8,1.5,2.5,4,6): seconds the runtime stays away in
+    /// each round of the `reconnect` section.
+    reconnect_outages: Vec<f64>,
     /// `DG_BENCH_EXEC_BIN` (chain): what the exec loop runs: `chain` = `exec-chain 0` (a 9 KiB
     /// static binary that exits at once), `busybox` = `busybox true`.
     exec_bin: ExecBin,
@@ -114,6 +118,10 @@ impl Knobs {
                 .ok()
                 .map(|s| s.split(',').filter_map(|r| r.trim().parse().ok()).collect())
                 .unwrap_or_else(|| vec![20_000, 0]),
+            reconnect_outages: std::env::var("DG_BENCH_RECONNECT_OUTAGES")
+                .ok()
+                .map(|s| s.split(',').filter_map(|r| r.trim().parse().ok()).collect())
+                .unwrap_or_else(|| vec![0.3, 0.8, 1.5, 2.5, 4.0, 6.0]),
             exec_bin: match std::env::var("DG_BENCH_EXEC_BIN").as_deref() {
                 Ok("busybox") => ExecBin::Busybox,
                 _ => ExecBin::Chain,
@@ -1838,6 +1846,89 @@ fn machine() -> String {
     format!("{cpu}, {ncpu} CPUs, {:.0} GiB", mem as f64 / 1048576.0)
 }
 
+// ---------------------------------------------------------------------------------------------
+// reconnect: containerd restarts
+
+/// One runner (the agent's backoff settings, `watch` on or off) reconnecting to a runtime that
+/// goes away for each of `outages` and comes back: the gap between the new socket being bound
+/// and the plugin's RegisterPlugin reaching the runtime, per outage.
+async fn reconnect_gaps(dir: &Path, watch: bool, outages: &[f64]) -> Res<Vec<f64>> {
+    let sock = dir.join(if watch { "watch/nri.sock" } else { "blind/nri.sock" });
+    fs::create_dir_all(sock.parent().ok_or("socket dir")?).map_err(|e| e.to_string())?;
+    let peer = RuntimePeer::bind(&sock).map_err(|e| e.to_string())?;
+    // As agent::run builds it ([nri] reconnect_max_backoff_ms = 5000, the default).
+    let runner = nri_plugin::Runner::builder("driftguard", "10")
+        .socket_path(&sock)
+        .use_env(false)
+        .watch_socket(watch)
+        .backoff(nri_plugin::Backoff {
+            initial: Duration::from_millis(250),
+            max: Duration::from_millis(5000),
+            multiplier: 2.0,
+        })
+        .build()
+        .map_err(|e| e.to_string())?;
+    let task = tokio::spawn(async move {
+        let _ = runner.run(NoopPlugin).await;
+    });
+    let accept = |peer: RuntimePeer| async move {
+        let mut conn = tokio::time::timeout(Duration::from_secs(60), peer.accept())
+            .await
+            .map_err(|_| "plugin did not connect within 60s".to_string())?
+            .map_err(|e| e.to_string())?;
+        conn.set_timeout(Duration::from_secs(60));
+        conn.registration().await.map_err(|e| e.to_string())?;
+        let at = Instant::now();
+        conn.configure(PeerConnection::default_configure_request()).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((peer, conn, at))
+    };
+    let (mut peer, mut conn, _) = accept(peer).await?;
+    let mut gaps = Vec::new();
+    for outage in outages {
+        conn.close();
+        peer.close();
+        // The runtime is down for this long (the scenario, not a synchronization).
+        tokio::time::sleep(Duration::from_secs_f64(*outage)).await;
+        let back = Instant::now();
+        let p = RuntimePeer::bind(&sock).map_err(|e| e.to_string())?;
+        let (p, c, registered) = accept(p).await?;
+        gaps.push((registered - back).as_secs_f64() * 1e3);
+        (peer, conn) = (p, c);
+    }
+    task.abort();
+    Ok(gaps)
+}
+
+fn bench_reconnect(k: &Knobs, rep: &mut Report) -> Res<()> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let rt = runtime();
+    let outages = &k.reconnect_outages;
+    let blind = rt.block_on(reconnect_gaps(dir.path(), false, outages))?;
+    let watched = rt.block_on(reconnect_gaps(dir.path(), true, outages))?;
+    let fmt = |v: &[f64]| {
+        let (lo, med, hi) = mmm(v);
+        format!("min {lo:.1} / median {med:.1} / max {hi:.1} ms")
+    };
+    let n = outages.len();
+    rep.row(
+        "reconnect",
+        format!("baseline: blind backoff, gap to RegisterPlugin ({n} outages)"),
+        fmt(&blind),
+        "",
+        None,
+    );
+    let (_, _, hi) = mmm(&watched);
+    rep.row(
+        "reconnect",
+        format!("inotify on the socket dir, gap to RegisterPlugin ({n} outages)"),
+        fmt(&watched),
+        "< 100 ms",
+        Some(hi < 100.0),
+    );
+    rep.put("reconnect", serde_json::json!({ "outages_s": outages, "blind_ms": blind, "watched_ms": watched }));
+    Ok(())
+}
+
 fn main() {
     match std::env::var(CHILD_ENV).as_deref() {
         Ok("exec-loop") => exec_loop_child(),
@@ -1903,6 +1994,7 @@ fn main() {
         ("sync", Box::new(bench_sync)),
         ("events", Box::new(|k: &Knobs, r: &mut Report| bench_events(k, r, false))),
         ("memory", Box::new(bench_memory)),
+        ("reconnect", Box::new(bench_reconnect)),
     ];
     let mut failed = false;
     for (name, f) in sections {

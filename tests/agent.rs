@@ -45,6 +45,22 @@ fn main() {
     for (name, f) in TRIALS {
         trials.push(gate.trial(name, &reason, *f));
     }
+    // Host only (their names do not match the VM re-run's `agent_` filter): the process-level
+    // behaviour does not depend on the kernel.
+    for (name, f) in [
+        ("exits_nonzero_when_the_metrics_port_is_taken", exits_nonzero_when_the_metrics_port_is_taken as fn() -> R),
+        ("health_endpoints_and_sd_notify_follow_nri_registration", health_endpoints_and_sd_notify_follow_nri),
+        ("reregisters_as_soon_as_the_nri_socket_reappears", reregisters_as_soon_as_the_nri_socket_reappears),
+    ] {
+        trials.push(gate.trial(name, &reason, f));
+    }
+    let unprivileged = reason.clone().or_else(|| which("setpriv").is_none().then(|| "setpriv not installed".into()));
+    for (name, f) in [
+        ("pins_resist_an_unprivileged_user", pins_resist_an_unprivileged_user as fn() -> R),
+        ("refuses_a_pin_dir_owned_by_nobody", refuses_a_pin_dir_owned_by_nobody),
+    ] {
+        trials.push(gate.trial(name, &unprivileged, f));
+    }
     if !vm::in_vm() {
         trials.extend(gate.vm_trials("vm_agent", agent_suite_in_vm));
     } else {
@@ -136,6 +152,8 @@ struct Agent {
     /// Start with only the capabilities packaging/systemd/driftguard.service and the DaemonSet
     /// grant (through setpriv), instead of full root.
     unit_caps: bool,
+    /// Extra environment of the agent process.
+    env: Vec<(String, String)>,
 }
 
 /// The capabilities the systemd unit grants (`AmbientCapabilities=`).
@@ -171,6 +189,7 @@ impl Agent {
             metrics: format!("127.0.0.1:{port}"),
             child: None,
             unit_caps: false,
+            env: Vec::new(),
         })
     }
 
@@ -196,6 +215,7 @@ impl Agent {
             .args(["run", "--config"])
             .arg(&self.config)
             .env("DRIFTGUARD_STATE_DIR", self.dir.join("state"))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -210,6 +230,43 @@ impl Agent {
             let _ = c.kill(); // SIGKILL
             let _ = c.wait();
         }
+    }
+
+    /// Waits (up to 60 s) for the agent process to exit on its own.
+    fn wait_exit(&mut self) -> Result<std::process::ExitStatus, Failed> {
+        let child = self.child.as_mut().ok_or("agent not started")?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
+                self.child = None;
+                return Ok(st);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("the agent did not exit within 60s\nagent log:\n{}", self.log()).into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits (up to 60 s) until the agent's log contains `needle` at least `count` times.
+    fn wait_log(&self, needle: &str, count: usize) -> R {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.log().matches(needle).count() < count {
+            if Instant::now() > deadline {
+                return Err(format!("agent log lacks {needle:?} (x{count}):\n{}", self.log()).into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    fn set_config(&self, from: &str, to: &str) -> R {
+        let text = fs::read_to_string(&self.config).map_err(|e| e.to_string())?;
+        if !text.contains(from) {
+            return Err(format!("config lacks {from:?}").into());
+        }
+        fs::write(&self.config, text.replace(from, to)).map_err(|e| e.to_string())?;
+        Ok(())
     }
 
     fn log(&self) -> String {
@@ -886,6 +943,256 @@ fn agent_reports_non_overlay_rootfs() -> R {
     // Still under policy: the fileless rule and lists apply.
     if agent.store()?.list().map_err(|e| e.to_string())?.len() != 1 {
         return Err("non-overlay container should still get its policy".into());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Staying up, health, re-registration, pin ownership (host only)
+
+/// Polls an HTTP endpoint of the agent until it answers (the agent binds it at start).
+fn http_get_when_up(agent: &Agent, path: &str) -> Result<String, Failed> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match http_get(&agent.metrics, path) {
+            Ok(r) => return Ok(r),
+            Err(e) if Instant::now() > deadline => return Err(format!("{e:?}\nagent log:\n{}", agent.log()).into()),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// Polls `path` until its status line starts with `status` (e.g. "HTTP/1.1 503").
+fn wait_http_status(agent: &Agent, path: &str, status: &str) -> Result<String, Failed> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = http_get_when_up(agent, path)?;
+        if r.starts_with(status) {
+            return Ok(r);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{path} never answered {status}; last:\n{r}\nagent log:\n{}", agent.log()).into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn exits_nonzero_when_the_metrics_port_is_taken() -> R {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut agent = Agent::new(dir.path())?;
+    let _taken = std::net::TcpListener::bind(&agent.metrics).map_err(|e| e.to_string())?;
+    agent.start()?;
+    let st = agent.wait_exit()?;
+    if st.success() {
+        return Err(format!("exited {st} with the metrics port taken\n{}", agent.log()).into());
+    }
+    let log = agent.log();
+    if !log.contains(&format!("metrics endpoint {}", agent.metrics)) || !log.contains("in use") {
+        return Err(format!("exit {st}, but the error does not name the endpoint and the cause:\n{log}").into());
+    }
+    Ok(())
+}
+
+fn health_endpoints_and_sd_notify_follow_nri() -> R {
+    use nri_plugin::api::Event;
+    use nri_plugin::EventMask;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut agent = Agent::new(dir.path())?;
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).map_err(|e| e.to_string())?;
+    notify.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
+    agent.env =
+        vec![("NOTIFY_SOCKET".into(), notify_path.display().to_string()), ("WATCHDOG_USEC".into(), "400000".into())];
+    let rt = rt();
+    let _guard = rt.enter();
+    // No runtime yet (boot): live, not ready.
+    agent.start()?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    while !(got.iter().any(|m: &String| m.contains("READY=1")) && got.iter().any(|m| m == "WATCHDOG=1")) {
+        let n =
+            notify.recv(&mut buf).map_err(|e| format!("no READY=1 and WATCHDOG=1 ({got:?}): {e}\n{}", agent.log()))?;
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let h = wait_http_status(&agent, "/healthz", "HTTP/1.1 200")?;
+    if !h.contains("ring buffer reader: polling") || !h.contains("waiting for its socket") {
+        return Err(format!("/healthz without the runtime:\n{h}").into());
+    }
+    let r = http_get_when_up(&agent, "/readyz")?;
+    if !r.starts_with("HTTP/1.1 503") || !r.contains("not ready") {
+        return Err(format!("/readyz without the runtime:\n{r}").into());
+    }
+
+    // The runtime arrives: registered, ready, subscribed to exactly the four events handled.
+    let mut peer = RuntimePeer::bind(&agent.socket).map_err(|e| e.to_string())?;
+    peer.set_timeout(Duration::from_secs(60));
+    let conn = rt.block_on(connect(&peer, vec![], vec![]))?;
+    let want = EventMask::of(&[
+        Event::CREATE_CONTAINER,
+        Event::START_CONTAINER,
+        Event::STOP_CONTAINER,
+        Event::REMOVE_CONTAINER,
+    ]);
+    if conn.events() != Some(want) {
+        return Err(format!("subscription {:?}, want {want:?}", conn.events()).into());
+    }
+    let r = wait_http_status(&agent, "/readyz", "HTTP/1.1 200")?;
+    if !r.contains("registered with containerd") {
+        return Err(format!("/readyz when registered:\n{r}").into());
+    }
+
+    // The runtime goes away: not ready, still live (restarting the agent would not help).
+    conn.close();
+    peer.close();
+    wait_http_status(&agent, "/readyz", "HTTP/1.1 503")?;
+    let h = http_get_when_up(&agent, "/healthz")?;
+    if !h.starts_with("HTTP/1.1 200") {
+        return Err(format!("/healthz after the runtime left:\n{h}").into());
+    }
+    Ok(())
+}
+
+fn reregisters_as_soon_as_the_nri_socket_reappears() -> R {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut agent = Agent::new(dir.path())?;
+    // The slow fallback retry is 10 minutes away: only the socket's appearance brings it back.
+    agent.set_config("reconnect_max_backoff_ms = 300", "reconnect_max_backoff_ms = 600000")?;
+    let rt = rt();
+    let _guard = rt.enter();
+    let mut peer = RuntimePeer::bind(&agent.socket).map_err(|e| e.to_string())?;
+    peer.set_timeout(Duration::from_secs(60));
+    agent.start()?;
+    let conn = rt.block_on(connect(&peer, vec![], vec![]))?;
+
+    // containerd restarts: the socket goes away; barrier: the agent waits for it.
+    conn.close();
+    peer.close();
+    agent.wait_log("waiting for the NRI socket to appear", 1)?;
+    let t = Instant::now();
+    let mut peer = RuntimePeer::bind(&agent.socket).map_err(|e| e.to_string())?;
+    peer.set_timeout(Duration::from_secs(30));
+    let _conn = rt
+        .block_on(connect(&peer, vec![], vec![]))
+        .map_err(|e| format!("not re-registered after the socket reappeared: {e:?}\n{}", agent.log()))?;
+    println!(
+        "re-registered {:.1} ms after the socket reappeared (fallback retry: 600 s)",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    // One line per outage, not one per attempt.
+    if agent.log().matches("NRI socket unavailable").count() > 2 {
+        return Err(format!("the outage was logged more than once per reason:\n{}", agent.log()).into());
+    }
+    Ok(())
+}
+
+fn as_nobody(args: &[&str]) -> Result<std::process::Output, Failed> {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "/bin/busybox"])
+        .args(args)
+        .output()
+        .map_err(|e| format!("setpriv {args:?}: {e}").into())
+}
+
+fn pins_resist_an_unprivileged_user() -> R {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut agent = Agent::new(dir.path())?;
+    agent.start()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while agent.path().is_none() {
+        if Instant::now() > deadline {
+            return Err(format!("nothing pinned under {}\n{}", agent.pin_dir.display(), agent.log()).into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let meta = fs::metadata(&agent.pin_dir).map_err(|e| e.to_string())?;
+    if meta.uid() != 0 || meta.mode() & 0o777 != 0o700 {
+        return Err(format!("pin dir owner {} mode {:o}", meta.uid(), meta.mode() & 0o7777).into());
+    }
+    let listing = |d: &Path| -> Result<Vec<(String, u64)>, Failed> {
+        let mut v: Vec<(String, u64)> = fs::read_dir(d)
+            .map_err(|e| e.to_string())?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| Some((e.file_name().to_string_lossy().into_owned(), e.metadata().ok()?.ino())))
+            .collect();
+        v.sort();
+        Ok(v)
+    };
+    let before = listing(&agent.pin_dir)?;
+    if !before.iter().any(|(n, _)| n.starts_with("link_")) || !before.iter().any(|(n, _)| n == "dg_policies") {
+        return Err(format!("unexpected pins: {before:?}").into());
+    }
+    // Something nobody may create next to the pin directory (bpffs's root is sticky and
+    // world-writable unless mounted with a mode), to try renaming over the pins.
+    let decoy = agent.pin_dir.with_file_name(format!("dg-nobody-{}", std::process::id()));
+    let _ = fs::remove_dir(&decoy);
+    let decoy_made = as_nobody(&["mkdir", decoy.to_str().ok_or("path")?])?.status.success();
+    struct Rmdir(PathBuf);
+    impl Drop for Rmdir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir(&self.0);
+        }
+    }
+    let _decoy = Rmdir(decoy.clone());
+    let pin_dir = agent.pin_dir.to_str().ok_or("path")?.to_string();
+    let mut attempts: Vec<Vec<String>> = vec![
+        vec!["rm".into(), "-rf".into(), pin_dir.clone()],
+        vec!["mv".into(), pin_dir.clone(), format!("{pin_dir}-moved")],
+        vec!["mkdir".into(), format!("{pin_dir}/link_dg_new")],
+    ];
+    for (name, _) in &before {
+        let pin = format!("{pin_dir}/{name}");
+        attempts.push(vec!["rm".into(), "-f".into(), pin.clone()]);
+        attempts.push(vec!["mv".into(), pin.clone(), format!("{pin}_x")]);
+        attempts.push(vec!["ln".into(), "-sf".into(), "/dev/null".into(), pin.clone()]);
+        if decoy_made {
+            attempts.push(vec!["mv".into(), "-f".into(), decoy.display().to_string(), pin.clone()]);
+        }
+    }
+    let mut succeeded = Vec::new();
+    for a in &attempts {
+        let args: Vec<&str> = a.iter().map(String::as_str).collect();
+        let out = as_nobody(&args)?;
+        if out.status.success() {
+            succeeded.push(a.join(" "));
+        }
+    }
+    let after = listing(&agent.pin_dir)?;
+    if !succeeded.is_empty() || after != before || agent.path().is_none() {
+        return Err(format!(
+            "an unprivileged user changed the pins: succeeded {succeeded:?}\nbefore {before:?}\nafter {after:?}"
+        )
+        .into());
+    }
+    println!("{} removal/replacement attempts as uid 65534 all failed", attempts.len());
+    Ok(())
+}
+
+fn refuses_a_pin_dir_owned_by_nobody() -> R {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut agent = Agent::new(dir.path())?;
+    let pin_dir = agent.pin_dir.clone();
+    // Created first by an unprivileged user (possible while /sys/fs/bpf is drwxrwxrwt); when
+    // bpffs was mounted with a mode, root creates it and hands it over.
+    if !as_nobody(&["mkdir", pin_dir.to_str().ok_or("path")?])?.status.success() {
+        fs::create_dir(&pin_dir).map_err(|e| e.to_string())?;
+        std::os::unix::fs::chown(&pin_dir, Some(65534), Some(65534)).map_err(|e| e.to_string())?;
+    }
+    if fs::metadata(&pin_dir).map_err(|e| e.to_string())?.uid() != 65534 {
+        return Err("could not set up a pin dir owned by nobody".into());
+    }
+    agent.start()?;
+    let st = agent.wait_exit()?;
+    let log = agent.log();
+    let named = log.contains(&format!("refusing to pin under {}", pin_dir.display()))
+        && log.contains("is not owned by root")
+        && log.contains("uid 65534");
+    if st.success() || !named {
+        return Err(format!("exit {st}; the refusal must name the path and owner:\n{log}").into());
+    }
+    if fs::read_dir(&pin_dir).map_err(|e| e.to_string())?.next().is_some() {
+        return Err("something was pinned into the refused directory".into());
     }
     Ok(())
 }

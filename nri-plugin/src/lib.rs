@@ -41,8 +41,10 @@
 //!   notifications of runtimes up to v0.11 reach the same [`Plugin`] methods.
 //! * **Runner** ([`Runner`]): connects to `/var/run/nri/nri.sock` (configurable) or uses the socket
 //!   inherited through `NRI_PLUGIN_SOCKET`, registers, answers `Configure` with the event mask,
-//!   reassembles chunked `Synchronize`, dispatches requests concurrently, reconnects with capped
-//!   exponential backoff and reports connection events to a callback.
+//!   reassembles chunked `Synchronize`, dispatches requests concurrently, answers each by a
+//!   [`Deadline`] below the runtime's request timeout, reconnects as soon as the runtime's socket
+//!   reappears (inotify on its directory; slow fallback retry) and reports connection events to
+//!   a callback.
 //! * **Runtime calls**: [`RuntimeClient::update_containers`].
 //! * **Testing** (`test-peer` feature): `testing::RuntimePeer`, an in-process runtime side
 //!   that drives a plugin over a real unix socket.
@@ -51,7 +53,9 @@
 //!
 //! * An error returned from [`Plugin::create_container`] or [`Plugin::start_container`] fails that
 //!   container in containerd. A handler that exceeds the runtime's request timeout (2 s by default)
-//!   makes the runtime drop the plugin instead (fail open), and the runner reconnects.
+//!   would make the runtime drop the plugin instead (fail open); the runner answers in its place
+//!   by the handler's [`Deadline`] (timeout minus a margin) with [`Plugin::on_deadline`]'s choice,
+//!   an error by default.
 //! * `StartContainer` runs after the container's task (cgroup, init process) exists and before its
 //!   entrypoint is executed: the race-free moment to put a per-container policy in place.
 
@@ -69,6 +73,7 @@ pub mod api {
 }
 
 mod client;
+mod deadline;
 mod error;
 mod events;
 pub mod mux;
@@ -77,11 +82,15 @@ mod rpc;
 mod runner;
 #[cfg(feature = "test-peer")]
 pub mod testing;
+mod watch;
 
 pub use async_trait::async_trait;
 pub use protobuf;
 
 pub use client::{RuntimeClient, DEFAULT_CALL_TIMEOUT};
+pub use deadline::{
+    Deadline, DeadlinePolicy, Overrun, OverrunAnswer, DEFAULT_DEADLINE_MARGIN, DEFAULT_REQUEST_TIMEOUT,
+};
 pub use error::{BoxError, Error, HandlerResult, MuxError};
 pub use events::{event_name, EventMask};
 pub use plugin::Plugin;

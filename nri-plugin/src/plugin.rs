@@ -1,6 +1,7 @@
 //! The [`Plugin`] trait and the plugin-side dispatch of NRI requests.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use protobuf::{Enum, EnumOrUnknown};
 use ttrpc::Code;
@@ -16,6 +17,7 @@ use crate::api::{
     UpdateContainerResponse, UpdatePodSandboxRequest, UpdatePodSandboxResponse, ValidateContainerAdjustmentRequest,
     ValidateContainerAdjustmentResponse,
 };
+use crate::deadline::{Deadline, DeadlinePolicy, Overrun, OverrunAnswer};
 use crate::error::{BoxError, HandlerResult};
 use crate::events::{event_name, EventMask};
 use crate::rpc::{decode, encode, BoxFuture, Dispatch, RpcStatus};
@@ -30,9 +32,12 @@ use crate::rpc::{decode, encode, BoxFuture, Dispatch, RpcStatus};
 ///
 /// Returning an error sends the runtime a ttrpc error status (code `UNKNOWN`, the error's message).
 /// For [`create_container`](Self::create_container) and [`start_container`](Self::start_container)
-/// the runtime then fails that container: this is how a plugin refuses a container. Keep handlers
-/// well within the runtime's request timeout (2 s by default, see `ConfigureRequest.request_timeout`):
-/// a timeout makes the runtime drop the plugin.
+/// the runtime then fails that container: this is how a plugin refuses a container.
+///
+/// A runtime whose request timeout (2 s by default, `ConfigureRequest.request_timeout`) passes
+/// drops the plugin. The [`Runner`](crate::Runner) prevents that: each handler has a
+/// [`Deadline`](crate::Deadline) a margin below the timeout, and a handler still running then is
+/// answered for by [`on_deadline`](Self::on_deadline) (see [`crate::DeadlinePolicy`]).
 #[async_trait::async_trait]
 pub trait Plugin: Send + Sync + 'static {
     /// Events to subscribe to, sent in the reply to `Configure`. The default is
@@ -40,6 +45,16 @@ pub trait Plugin: Send + Sync + 'static {
     /// [`RunnerBuilder::events`](crate::RunnerBuilder::events) takes precedence.
     fn events(&self) -> EventMask {
         EventMask::LIFECYCLE
+    }
+
+    /// What to answer when a handler misses its [`Deadline`](crate::Deadline) (the handler keeps
+    /// running in the background; its result is dropped). The default is
+    /// [`OverrunAnswer::Error`]: for CreateContainer and StartContainer that fails the container,
+    /// which is the safe answer for a container the plugin must see before it runs. Answer
+    /// [`OverrunAnswer::Proceed`] for requests where letting the runtime go on is safe.
+    fn on_deadline(&self, overrun: &Overrun<'_>) -> OverrunAnswer {
+        let _ = overrun;
+        OverrunAnswer::Error
     }
 
     /// The runtime configures the plugin (`req.config` is the plugin's configuration from the
@@ -211,6 +226,9 @@ pub(crate) struct PluginDispatch<P: Plugin> {
     events_override: Option<EventMask>,
     sync_buffer: Mutex<Option<(Vec<PodSandbox>, Vec<Container>)>>,
     signals: tokio::sync::mpsc::UnboundedSender<SessionSignal>,
+    deadlines: Option<DeadlinePolicy>,
+    /// The runtime's request timeout, from `Configure` (0 there means "not said").
+    request_timeout: Mutex<Option<Duration>>,
 }
 
 impl<P: Plugin> PluginDispatch<P> {
@@ -219,7 +237,20 @@ impl<P: Plugin> PluginDispatch<P> {
         events_override: Option<EventMask>,
         signals: tokio::sync::mpsc::UnboundedSender<SessionSignal>,
     ) -> Self {
-        PluginDispatch { plugin, events_override, sync_buffer: Mutex::new(None), signals }
+        PluginDispatch {
+            plugin,
+            events_override,
+            sync_buffer: Mutex::new(None),
+            signals,
+            deadlines: None,
+            request_timeout: Mutex::new(None),
+        }
+    }
+
+    /// Enforce handler deadlines derived with `policy` (`None`: no deadlines).
+    pub(crate) fn with_deadlines(mut self, policy: Option<DeadlinePolicy>) -> Self {
+        self.deadlines = policy;
+        self
     }
 
     fn signal(&self, s: SessionSignal) {
@@ -244,6 +275,11 @@ impl<P: Plugin> PluginDispatch<P> {
                     nri_version = %req.NRI_version,
                     "NRI configure"
                 );
+                if req.request_timeout > 0 {
+                    if let Ok(mut t) = self.request_timeout.lock() {
+                        *t = Some(Duration::from_millis(u64::try_from(req.request_timeout).unwrap_or(0)));
+                    }
+                }
                 p.configure(&req).await.map_err(handler_error(method))?;
                 let events = self.events_override.unwrap_or_else(|| p.events());
                 if EventMask::from_bits(events.bits()).is_err() {
@@ -445,6 +481,123 @@ impl<P: Plugin> PluginDispatch<P> {
 impl<P: Plugin> Dispatch for PluginDispatch<P> {
     fn dispatch<'a>(&'a self, method: &'a str, payload: Vec<u8>) -> BoxFuture<'a, Result<Vec<u8>, RpcStatus>> {
         Box::pin(self.handle(method, payload))
+    }
+
+    fn deadline(&self, _method: &str, runtime_timeout: Option<Duration>) -> Option<Deadline> {
+        let policy = self.deadlines?;
+        let configured = self.request_timeout.lock().ok().and_then(|t| *t);
+        let mut timeout = configured.unwrap_or(policy.default_request_timeout);
+        if let Some(t) = runtime_timeout {
+            timeout = timeout.min(t);
+        }
+        Some(policy.deadline(timeout))
+    }
+
+    fn overrun(&self, method: &str, payload: &[u8], deadline: &Deadline) -> Result<Vec<u8>, RpcStatus> {
+        let subject = Subject::decode(method, payload);
+        let answer = if method == "Configure" {
+            OverrunAnswer::Error
+        } else {
+            self.plugin.on_deadline(&Overrun {
+                method,
+                event: subject.event,
+                pod: subject.pod.as_ref(),
+                container: subject.container.as_ref(),
+                deadline: *deadline,
+            })
+        };
+        let what = match (&subject.pod, &subject.container) {
+            (Some(p), Some(c)) => format!(" for container {:?} of pod {}/{}", c.name, p.namespace, p.name),
+            (Some(p), None) => format!(" for pod {}/{}", p.namespace, p.name),
+            _ => String::new(),
+        };
+        tracing::warn!(
+            method,
+            event = subject.event.map(event_name),
+            budget = ?deadline.budget(),
+            runtime_timeout = ?deadline.runtime_timeout(),
+            answer = ?answer,
+            "NRI handler missed its deadline{what}; answering in its place (it keeps running)"
+        );
+        match answer {
+            // Every reply message but Configure's is all-defaults when there is nothing to say,
+            // and encodes to zero bytes.
+            OverrunAnswer::Proceed => Ok(Vec::new()),
+            _ => Err(RpcStatus::new(
+                Code::UNKNOWN,
+                format!(
+                    "NRI {method}{what}: the plugin did not answer within its deadline of {:?} \
+                     (runtime request timeout {:?}); answered with an error instead of leaving the \
+                     runtime to time out",
+                    deadline.budget(),
+                    deadline.runtime_timeout()
+                ),
+            )),
+        }
+    }
+}
+
+/// The event, pod and container a request is about (for [`Overrun`]).
+#[derive(Default)]
+struct Subject {
+    event: Option<Event>,
+    pod: Option<PodSandbox>,
+    container: Option<Container>,
+}
+
+impl Subject {
+    fn decode(method: &str, payload: &[u8]) -> Subject {
+        use protobuf::Message;
+        fn pc<M: Message>(
+            payload: &[u8],
+            event: Event,
+            f: impl FnOnce(M) -> (Option<PodSandbox>, Option<Container>),
+        ) -> Subject {
+            match M::parse_from_bytes(payload) {
+                Ok(m) => {
+                    let (pod, container) = f(m);
+                    Subject { event: Some(event), pod, container }
+                }
+                Err(_) => Subject { event: Some(event), ..Subject::default() },
+            }
+        }
+        macro_rules! both {
+            ($ty:ty, $ev:expr) => {
+                pc::<$ty>(payload, $ev, |r| (r.pod.into_option(), r.container.into_option()))
+            };
+        }
+        macro_rules! pod {
+            ($ty:ty, $ev:expr) => {
+                pc::<$ty>(payload, $ev, |r| (r.pod.into_option(), None))
+            };
+        }
+        match method {
+            "CreateContainer" => both!(CreateContainerRequest, Event::CREATE_CONTAINER),
+            "PostCreateContainer" => both!(PostCreateContainerRequest, Event::POST_CREATE_CONTAINER),
+            "StartContainer" => both!(StartContainerRequest, Event::START_CONTAINER),
+            "PostStartContainer" => both!(PostStartContainerRequest, Event::POST_START_CONTAINER),
+            "UpdateContainer" => both!(UpdateContainerRequest, Event::UPDATE_CONTAINER),
+            "PostUpdateContainer" => both!(PostUpdateContainerRequest, Event::POST_UPDATE_CONTAINER),
+            "StopContainer" => both!(StopContainerRequest, Event::STOP_CONTAINER),
+            "RemoveContainer" => both!(RemoveContainerRequest, Event::REMOVE_CONTAINER),
+            "ValidateContainerAdjustment" => {
+                both!(ValidateContainerAdjustmentRequest, Event::VALIDATE_CONTAINER_ADJUSTMENT)
+            }
+            "RunPodSandbox" => pod!(RunPodSandboxRequest, Event::RUN_POD_SANDBOX),
+            "UpdatePodSandbox" => pod!(UpdatePodSandboxRequest, Event::UPDATE_POD_SANDBOX),
+            "PostUpdatePodSandbox" => pod!(PostUpdatePodSandboxRequest, Event::POST_UPDATE_POD_SANDBOX),
+            "StopPodSandbox" => pod!(StopPodSandboxRequest, Event::STOP_POD_SANDBOX),
+            "RemovePodSandbox" => pod!(RemovePodSandboxRequest, Event::REMOVE_POD_SANDBOX),
+            "StateChange" => match StateChangeEvent::parse_from_bytes(payload) {
+                Ok(e) => Subject {
+                    event: event_of(&e.event),
+                    pod: e.pod.into_option(),
+                    container: e.container.into_option(),
+                },
+                Err(_) => Subject::default(),
+            },
+            _ => Subject::default(),
+        }
     }
 }
 

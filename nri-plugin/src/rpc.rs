@@ -12,6 +12,7 @@ use ttrpc::proto::ResponseInit;
 use ttrpc::r#async::{MethodHandler, Service, TtrpcContext};
 use ttrpc::{Code, Request, Response};
 
+use crate::deadline::Deadline;
 use crate::error::Error;
 
 /// Fully qualified name of the plugin-side service.
@@ -38,6 +39,19 @@ impl RpcStatus {
 /// request payload, returns the raw response payload or a status.
 pub(crate) trait Dispatch: Send + Sync + 'static {
     fn dispatch<'a>(&'a self, method: &'a str, payload: Vec<u8>) -> BoxFuture<'a, Result<Vec<u8>, RpcStatus>>;
+
+    /// The deadline of a request arriving now (`runtime_timeout`: the caller's `timeout_nano`,
+    /// if it sent one); `None` lets the handler take as long as it takes.
+    fn deadline(&self, method: &str, runtime_timeout: Option<Duration>) -> Option<Deadline> {
+        let _ = (method, runtime_timeout);
+        None
+    }
+
+    /// The answer sent in place of a handler that missed `deadline`.
+    fn overrun(&self, method: &str, payload: &[u8], deadline: &Deadline) -> Result<Vec<u8>, RpcStatus> {
+        let _ = payload;
+        Err(RpcStatus::new(Code::DEADLINE_EXCEEDED, format!("{method} did not finish within {:?}", deadline.budget())))
+    }
 }
 
 struct MethodEntry<D: Dispatch> {
@@ -47,8 +61,13 @@ struct MethodEntry<D: Dispatch> {
 
 #[async_trait::async_trait]
 impl<D: Dispatch> MethodHandler for MethodEntry<D> {
-    async fn handler(&self, _ctx: TtrpcContext, req: Request) -> ttrpc::Result<Response> {
-        let res = match self.dispatcher.dispatch(self.method, req.payload).await {
+    async fn handler(&self, ctx: TtrpcContext, req: Request) -> ttrpc::Result<Response> {
+        let runtime_timeout = u64::try_from(ctx.timeout_nano).ok().filter(|n| *n > 0).map(Duration::from_nanos);
+        let res = match self.dispatcher.deadline(self.method, runtime_timeout) {
+            None => self.dispatcher.dispatch(self.method, req.payload).await,
+            Some(deadline) => self.dispatch_by(deadline, req.payload).await,
+        };
+        let res = match res {
             Ok(payload) => {
                 let mut res = Response::init_status(ttrpc::get_status(Code::OK, ""));
                 res.set_payload(payload);
@@ -57,6 +76,26 @@ impl<D: Dispatch> MethodHandler for MethodEntry<D> {
             Err(status) => Response::init_status(ttrpc::get_status(status.code, status.message)),
         };
         Ok(res)
+    }
+}
+
+impl<D: Dispatch> MethodEntry<D> {
+    /// Runs the handler in its own task and answers by `deadline` whatever it does: with its
+    /// result if it is done, else with [`Dispatch::overrun`]. The handler is not cancelled (it
+    /// may be in the middle of changing state); it finishes in the background.
+    async fn dispatch_by(&self, deadline: Deadline, payload: Vec<u8>) -> Result<Vec<u8>, RpcStatus> {
+        let method = self.method;
+        let request = payload.clone();
+        let dispatcher = self.dispatcher.clone();
+        let task = tokio::spawn(deadline.scope(async move { dispatcher.dispatch(method, payload).await }));
+        match tokio::time::timeout_at(deadline.instant(), task).await {
+            Ok(Ok(res)) => res,
+            Ok(Err(e)) => {
+                tracing::error!(method, error = %e, "NRI handler panicked");
+                Err(RpcStatus::new(Code::INTERNAL, format!("{method} handler failed: {e}")))
+            }
+            Err(_) => self.dispatcher.overrun(method, &request, &deadline),
+        }
     }
 }
 

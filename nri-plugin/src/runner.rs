@@ -9,11 +9,13 @@ use tokio::net::UnixStream;
 
 use crate::api::{Empty, RegisterPluginRequest};
 use crate::client::RuntimeClient;
+use crate::deadline::DeadlinePolicy;
 use crate::error::Error;
 use crate::events::EventMask;
 use crate::mux::{Mux, PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN};
 use crate::plugin::{Plugin, PluginDispatch, SessionSignal, PLUGIN_METHODS};
 use crate::rpc::{call, client_on, serve_stream, service_table, PLUGIN_SERVICE, RUNTIME_SERVICE};
+use crate::watch;
 
 /// Default NRI socket path.
 pub const DEFAULT_SOCKET_PATH: &str = "/var/run/nri/nri.sock";
@@ -132,7 +134,8 @@ pub enum ConnectionEvent {
         /// Reason, if any.
         error: Option<String>,
     },
-    /// Connecting failed; the next attempt follows after `retry_in`.
+    /// Connecting failed; the next attempt follows after `retry_in` at the latest (earlier when
+    /// the watched socket appears, see [`RunnerBuilder::watch_socket`]).
     ConnectFailed {
         /// Consecutive failures so far.
         attempt: u32,
@@ -156,6 +159,8 @@ pub struct RunnerBuilder {
     registration_timeout: Duration,
     configure_timeout: Duration,
     reconnect: bool,
+    watch_socket: bool,
+    deadlines: Option<DeadlinePolicy>,
     on_event: Option<EventCallback>,
 }
 
@@ -169,6 +174,8 @@ impl std::fmt::Debug for RunnerBuilder {
             .field("backoff", &self.backoff)
             .field("events", &self.events)
             .field("reconnect", &self.reconnect)
+            .field("watch_socket", &self.watch_socket)
+            .field("deadlines", &self.deadlines)
             .finish_non_exhaustive()
     }
 }
@@ -188,9 +195,21 @@ impl RunnerBuilder {
         self
     }
 
-    /// Backoff between connection attempts (default [`Backoff::default`]).
+    /// Backoff between connection attempts (default [`Backoff::default`]). While the socket's
+    /// directory is watched ([`watch_socket`](Self::watch_socket)), `backoff.max` is the slow
+    /// fallback period between attempts; the exponential delays apply when it is not.
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
+        self
+    }
+
+    /// Whether to watch the socket's directory with inotify while the runtime is unreachable
+    /// (default `true`): the next attempt is made as soon as the socket is created (a restarted
+    /// runtime binds a new one), with attempts every `backoff.max` as a fallback. A directory that
+    /// does not exist yet is waited for through its deepest existing ancestor. If inotify cannot
+    /// be used the runner retries with the backoff.
+    pub fn watch_socket(mut self, yes: bool) -> Self {
+        self.watch_socket = yes;
         self
     }
 
@@ -217,6 +236,16 @@ impl RunnerBuilder {
     /// `false`, [`Runner::run`] returns after the first connection ends or fails.
     pub fn reconnect(mut self, yes: bool) -> Self {
         self.reconnect = yes;
+        self
+    }
+
+    /// Handler deadlines (default [`DeadlinePolicy::default`]: the runtime's request timeout from
+    /// `Configure`, 2 s until then, minus 500 ms). Each request is answered by its deadline: by
+    /// the handler, or else by [`Plugin::on_deadline`](crate::Plugin::on_deadline) while the
+    /// handler finishes in the background. `None` lets handlers take as long as they take (and
+    /// the runtime drop the plugin when they exceed its timeout).
+    pub fn deadlines(mut self, policy: Option<DeadlinePolicy>) -> Self {
+        self.deadlines = policy;
         self
     }
 
@@ -271,6 +300,8 @@ impl RunnerBuilder {
             registration_timeout: self.registration_timeout,
             configure_timeout: self.configure_timeout,
             reconnect: self.reconnect,
+            watch_socket: self.watch_socket,
+            deadlines: self.deadlines,
             on_event: self.on_event,
             client: RuntimeClient::default(),
         })
@@ -278,8 +309,9 @@ impl RunnerBuilder {
 }
 
 /// Runs a [`Plugin`]: connects to the runtime's NRI socket (or uses the socket inherited through
-/// `NRI_PLUGIN_SOCKET`), registers, serves the runtime's requests, and reconnects with capped
-/// exponential backoff when the runtime restarts or is not there yet.
+/// `NRI_PLUGIN_SOCKET`), registers, serves the runtime's requests, and reconnects when the runtime
+/// restarts or is not there yet: as soon as its socket appears (inotify on the socket's
+/// directory), with a slow fallback retry, or with capped exponential backoff when not watching.
 ///
 /// ```no_run
 /// # use nri_plugin::{Plugin, Runner};
@@ -303,6 +335,8 @@ pub struct Runner {
     registration_timeout: Duration,
     configure_timeout: Duration,
     reconnect: bool,
+    watch_socket: bool,
+    deadlines: Option<DeadlinePolicy>,
     on_event: Option<EventCallback>,
     client: RuntimeClient,
 }
@@ -337,6 +371,8 @@ impl Runner {
             registration_timeout: DEFAULT_REGISTRATION_TIMEOUT,
             configure_timeout: DEFAULT_CONFIGURE_TIMEOUT,
             reconnect: true,
+            watch_socket: true,
+            deadlines: Some(DeadlinePolicy::default()),
             on_event: None,
         }
     }
@@ -379,26 +415,45 @@ impl Runner {
     pub async fn run_shared<P: Plugin>(self, plugin: Arc<P>) -> Result<(), Error> {
         let mut connections: u64 = 0;
         let mut failures: u32 = 0;
+        let mut waiting = Waiting::new(self.watch_socket);
         loop {
             let transport = match self.inherited_fd.lock().ok().and_then(|mut g| g.take()) {
                 Some(fd) => Transport::Fd(fd),
                 None => Transport::Path(self.socket_path.clone()),
             };
             let inherited = matches!(transport, Transport::Fd(_));
+            // The socket file this attempt is about: once it fails or its session ends, only a
+            // new one is worth another attempt.
+            let socket_id = if inherited { None } else { watch::file_id(&self.socket_path) };
             let stream = match connect(transport).await {
                 Ok(s) => s,
                 Err(e) => {
                     if inherited || !self.reconnect {
                         return Err(e);
                     }
+                    // The socket was just created but the runtime is not listening on it yet
+                    // (bind and listen are two calls): try again in a moment, not at the fallback.
+                    // Also when a fallback attempt hits a socket other than the last one refused.
+                    let new_socket = socket_id.is_some() && socket_id != waiting.refused;
+                    let quick = waiting.watch && (waiting.woken || new_socket) && waiting.quick_retries < QUICK_RETRIES;
+                    if quick && is_refused(&e) {
+                        tokio::time::sleep(quick_retry_delay(waiting.quick_retries)).await;
+                        waiting.quick_retries += 1;
+                        waiting.woken = true;
+                        continue;
+                    }
+                    if is_refused(&e) {
+                        waiting.refused = socket_id;
+                    }
                     failures = failures.saturating_add(1);
-                    let retry_in = self.backoff.delay(failures);
-                    tracing::info!(error = %e, ?retry_in, "NRI connect failed, retrying");
+                    let retry_in = if waiting.watch { self.backoff.max } else { self.backoff.delay(failures) };
+                    waiting.log_failure(&self.socket_path, &e, retry_in);
                     self.emit(ConnectionEvent::ConnectFailed { attempt: failures, error: e.to_string(), retry_in });
-                    tokio::time::sleep(retry_in).await;
+                    self.wait_for_socket(&mut waiting, failures, socket_id).await;
                     continue;
                 }
             };
+            waiting.reset();
             connections += 1;
             tracing::info!(connection = connections, plugin = %self.name, index = %self.index, "NRI connected");
             self.emit(ConnectionEvent::Connected { connection: connections });
@@ -417,16 +472,46 @@ impl Runner {
             }
             if configured {
                 failures = 0;
-            }
-            failures = failures.saturating_add(1);
-            let retry_in = if configured {
-                // The runtime went away after a working session: it is probably restarting.
-                self.backoff.initial
+                // The runtime went away after a working session: it is probably restarting. With
+                // the socket watched, try right away (a refused or missing socket then waits for
+                // the new one); without, give it a moment.
+                if !waiting.watch {
+                    tokio::time::sleep(self.backoff.initial).await;
+                }
             } else {
-                self.backoff.delay(failures)
-            };
-            tokio::time::sleep(retry_in).await;
+                // Connected but never configured: a runtime going down as we connected, or one
+                // that does not take us (registration refused, handshake timeout). Wait for a
+                // new socket, or back off.
+                failures = failures.saturating_add(1);
+                self.wait_for_socket(&mut waiting, failures, socket_id).await;
+            }
         }
+    }
+
+    /// Waits after a failed connection attempt: until the socket is (re)created, when watched,
+    /// or the fallback delay; without a watch, the backoff delay.
+    async fn wait_for_socket(&self, waiting: &mut Waiting, failures: u32, stale: Option<watch::FileId>) {
+        waiting.woken = false;
+        waiting.quick_retries = 0;
+        if waiting.watch {
+            tracing::debug!(socket = %self.socket_path.display(), fallback = ?self.backoff.max, "waiting for the NRI socket to appear");
+            match watch::wait_for_socket(&self.socket_path, stale, self.backoff.max).await {
+                Ok(watch::Wake::Appeared) => {
+                    tracing::debug!(socket = %self.socket_path.display(), "NRI socket appeared");
+                    waiting.woken = true;
+                    return;
+                }
+                Ok(watch::Wake::Fallback) => return,
+                Err(e) => {
+                    tracing::warn!(
+                        socket = %self.socket_path.display(), error = %e,
+                        "cannot watch the NRI socket's directory; retrying with backoff instead"
+                    );
+                    waiting.watch = false;
+                }
+            }
+        }
+        tokio::time::sleep(self.backoff.delay(failures)).await;
     }
 
     /// Serves one connection until it ends. Returns whether it got configured, and how it ended.
@@ -453,7 +538,7 @@ impl Runner {
         let plugin_conn = mux.open(PLUGIN_SERVICE_CONN)?;
         let runtime_conn = mux.open(RUNTIME_SERVICE_CONN)?;
         let (sig_tx, mut sig_rx) = tokio::sync::mpsc::unbounded_channel();
-        let dispatch = Arc::new(PluginDispatch::new(plugin, self.events, sig_tx));
+        let dispatch = Arc::new(PluginDispatch::new(plugin, self.events, sig_tx).with_deadlines(self.deadlines));
         // Kept alive for the session; dropping it shuts the server's connection down.
         let _server = serve_stream(plugin_conn, service_table(PLUGIN_SERVICE, PLUGIN_METHODS, dispatch)).await?;
         let client = client_on(runtime_conn);
@@ -526,6 +611,68 @@ fn close_result(res: crate::mux::CloseResult) -> Result<(), Error> {
     }
 }
 
+/// Connection attempts right after the socket appeared that may still find it not listening.
+const QUICK_RETRIES: u32 = 28;
+
+/// Delay before quick attempt `n` (from 0): every millisecond for 20 ms (a runtime preempted
+/// between bind and listen on a busy node), then doubling from 2 to 256 ms: about half a second
+/// in all.
+fn quick_retry_delay(n: u32) -> Duration {
+    Duration::from_millis(if n < 20 { 1 } else { 1 << (n - 19).min(8) })
+}
+
+fn is_refused(e: &Error) -> bool {
+    matches!(e, Error::Connect { source, .. } if source.kind() == std::io::ErrorKind::ConnectionRefused)
+}
+
+/// State of the wait for the runtime's socket, and what has been logged about it: one line when
+/// the runtime becomes unreachable and one when the reason changes, not one per attempt.
+struct Waiting {
+    /// Whether the socket's directory is watched (false when disabled or inotify failed).
+    watch: bool,
+    /// The last wait ended because the socket appeared.
+    woken: bool,
+    /// Quick attempts made since the socket appeared.
+    quick_retries: u32,
+    /// The socket file whose connection was last refused after the quick attempts.
+    refused: Option<watch::FileId>,
+    /// The reason last logged for the current outage.
+    logged: Option<String>,
+}
+
+impl Waiting {
+    fn new(watch: bool) -> Self {
+        Waiting { watch, woken: false, quick_retries: 0, refused: None, logged: None }
+    }
+
+    fn reset(&mut self) {
+        self.woken = false;
+        self.quick_retries = 0;
+        self.refused = None;
+        self.logged = None;
+    }
+
+    fn log_failure(&mut self, socket: &Path, e: &Error, retry_in: Duration) {
+        let reason = match e {
+            Error::Connect { source, .. } => source.kind().to_string(),
+            other => other.to_string(),
+        };
+        if self.logged.as_deref() == Some(reason.as_str()) {
+            tracing::debug!(socket = %socket.display(), error = %e, ?retry_in, "NRI connect failed");
+            return;
+        }
+        if self.watch {
+            tracing::info!(
+                socket = %socket.display(), error = %e, fallback_retry = ?retry_in,
+                "NRI socket unavailable; connecting as soon as it appears"
+            );
+        } else {
+            tracing::info!(socket = %socket.display(), error = %e, ?retry_in, "NRI socket unavailable; retrying with backoff");
+        }
+        self.logged = Some(reason);
+    }
+}
+
 async fn connect(transport: Transport) -> Result<UnixStream, Error> {
     match transport {
         Transport::Path(path) => UnixStream::connect(&path)
@@ -562,6 +709,15 @@ mod tests {
         assert!(Runner::builder("bad name", "10").use_env(false).build().is_err());
         assert!(Runner::builder("good", "7").use_env(false).build().is_err());
         assert!(Runner::builder("good", "07").use_env(false).build().is_ok());
+    }
+
+    #[test]
+    fn quick_retries_cover_half_a_second() {
+        let total: Duration = (0..QUICK_RETRIES).map(quick_retry_delay).sum();
+        assert_eq!(quick_retry_delay(0), Duration::from_millis(1));
+        assert_eq!(quick_retry_delay(19), Duration::from_millis(1));
+        assert_eq!(quick_retry_delay(20), Duration::from_millis(2));
+        assert_eq!(total, Duration::from_millis(20 + 510));
     }
 
     #[test]

@@ -1,6 +1,5 @@
 //! Prometheus metrics and their HTTP endpoint.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use prometheus::{
@@ -8,6 +7,7 @@ use prometheus::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::health::Health;
 use crate::enforcer::{EnforcementPath, Stats};
 use crate::policy::Mode;
 
@@ -150,13 +150,30 @@ impl Metrics {
     }
 }
 
-/// Serve `/metrics` (and `/healthz`) on `addr` until the task is dropped.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "metrics endpoint listening");
+/// Serve `/metrics`, `/healthz` and `/readyz` on `listener` until the task is dropped. A
+/// failing `accept` (e.g. out of file descriptors) is logged and retried, not fatal.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, health: Arc<Health>) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "metrics endpoint listening");
+    }
+    let mut accept_failing = false;
     loop {
-        let (mut sock, _) = listener.accept().await?;
+        let mut sock = match listener.accept().await {
+            Ok((sock, _)) => {
+                accept_failing = false;
+                sock
+            }
+            Err(e) => {
+                if !accept_failing {
+                    tracing::warn!(error = %e, "metrics endpoint: accept failed; retrying");
+                    accept_failing = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let metrics = metrics.clone();
+        let health = health.clone();
         tokio::spawn(async move {
             // Read the whole request head (bounded): answering and closing with unread bytes
             // in the socket makes the kernel send RST, and the client loses the response.
@@ -171,10 +188,15 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(
             }
             let req = String::from_utf8_lossy(&buf);
             let path = req.split_whitespace().nth(1).unwrap_or("/");
+            let probe = |v: super::health::Verdict| match v {
+                Ok(body) => ("200 OK", "text/plain", body),
+                Err(body) => ("503 Service Unavailable", "text/plain", body),
+            };
             let (status, ctype, body) = match path {
                 "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-                "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-                _ => ("404 Not Found", "text/plain", "not found: try /metrics\n".to_string()),
+                "/healthz" => probe(health.liveness()),
+                "/readyz" => probe(health.readiness()),
+                _ => ("404 Not Found", "text/plain", "not found: try /metrics, /healthz or /readyz\n".to_string()),
             };
             let resp = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

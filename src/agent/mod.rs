@@ -8,10 +8,13 @@
 //!                 output::Output (stdout / file / events.sock)   metrics (/metrics)
 //! ```
 
+pub mod health;
 pub mod metrics;
 pub mod output;
+pub mod overrun;
 pub mod plugin;
 pub mod registry;
+pub mod sd_notify;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,6 +26,7 @@ use crate::cgroup::{CgroupError, CgroupRoot};
 use crate::config::Config;
 use crate::enforcer::Enforcer;
 
+pub use health::Health;
 pub use metrics::Metrics;
 pub use output::{Output, Sinks};
 pub use plugin::DriftguardPlugin;
@@ -74,9 +78,64 @@ pub enum AgentError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The metrics endpoint could not listen.
+    #[error("metrics endpoint {addr}: {source} (set [metrics] address to a free port, or \"\" to disable it)")]
+    Metrics {
+        /// Configured address.
+        addr: std::net::SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// An essential task ended: the agent stops so that its supervisor restarts it.
+    #[error("agent task '{task}' ended: {reason}")]
+    TaskEnded {
+        /// Which task.
+        task: &'static str,
+        /// Why.
+        reason: String,
+    },
 }
 
-/// Run the agent until `shutdown` resolves. Enforcement stays pinned afterwards.
+/// The agent's essential tasks: each runs for the agent's whole life, and any of them ending
+/// (returning, failing or panicking) ends the agent with [`AgentError::TaskEnded`].
+struct Tasks {
+    set: tokio::task::JoinSet<Result<(), String>>,
+    names: std::collections::HashMap<tokio::task::Id, &'static str>,
+}
+
+impl Tasks {
+    fn new() -> Self {
+        Tasks { set: tokio::task::JoinSet::new(), names: Default::default() }
+    }
+
+    fn spawn(
+        &mut self,
+        name: &'static str,
+        fut: impl std::future::Future<Output = Result<(), String>> + Send + 'static,
+    ) {
+        let handle = self.set.spawn(fut);
+        self.names.insert(handle.id(), name);
+    }
+
+    /// Waits for the first task to end and says which and why. Pending forever without tasks.
+    async fn first_ended(&mut self) -> AgentError {
+        match self.set.join_next_with_id().await {
+            Some(Ok((id, res))) => AgentError::TaskEnded {
+                task: self.names.get(&id).copied().unwrap_or("unknown"),
+                reason: res.err().unwrap_or_else(|| "returned".to_string()),
+            },
+            Some(Err(e)) => AgentError::TaskEnded {
+                task: self.names.get(&e.id()).copied().unwrap_or("unknown"),
+                reason: if e.is_panic() { "panicked".to_string() } else { e.to_string() },
+            },
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Run the agent until `shutdown` resolves (`Ok`) or one of its essential tasks ends (`Err`,
+/// naming the task and why: the caller exits non-zero so the service manager restarts it).
+/// Enforcement stays pinned afterwards either way.
 pub async fn run(
     cfg: Config,
     enforcer: Enforcer,
@@ -104,18 +163,27 @@ pub async fn run(
     let registry = Arc::new(Registry::load(registry_file(&state_dir)));
     metrics.set_containers(&registry.count_by_mode());
 
-    let mut tasks = tokio::task::JoinSet::new();
+    let health = Arc::new(Health::default());
+    // Bound before anything else runs: a taken port is a start-up error, not a silent gap.
+    let metrics_listener = match cfg.metrics.address {
+        Some(addr) => {
+            Some(tokio::net::TcpListener::bind(addr).await.map_err(|source| AgentError::Metrics { addr, source })?)
+        }
+        None => None,
+    };
+    let mut tasks = Tasks::new();
 
     // Verdict events → enriched JSON lines + metrics.
     let mut stream = enforcer.events()?;
+    health.set_reader(stream.heartbeat());
     {
         let (registry, output, metrics, node) = (registry.clone(), output.clone(), metrics.clone(), node.clone());
-        tasks.spawn(async move {
+        tasks.spawn("ring buffer reader", async move {
             let clock = output::BootClock::now();
             while let Some(ev) = stream.next().await {
                 output::publish(&ev, &node, &registry, &clock, &metrics, &output);
             }
-            tracing::error!("event stream ended");
+            Err("the ring buffer reader stopped".to_string())
         });
     }
 
@@ -123,7 +191,7 @@ pub async fn run(
     {
         let store = enforcer.store().try_clone()?;
         let metrics = metrics.clone();
-        tasks.spawn(async move {
+        tasks.spawn("kernel counters", async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             loop {
                 tick.tick().await;
@@ -147,7 +215,7 @@ pub async fn run(
     // Persist the registry (debounced: an NRI event never rewrites the file itself).
     {
         let registry = registry.clone();
-        tasks.spawn(async move {
+        tasks.spawn("registry writer", async move {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             loop {
                 tick.tick().await;
@@ -161,7 +229,7 @@ pub async fn run(
         let store = enforcer.store().try_clone()?;
         let cgroot = cgroot.clone();
         let registry = registry.clone();
-        tasks.spawn(async move {
+        tasks.spawn("vanished-cgroup collector", async move {
             // Not at start: that is when the runtime is busy starting and resyncing containers.
             let period = Duration::from_secs(60);
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -182,9 +250,12 @@ pub async fn run(
         match tokio::net::UnixListener::bind(&path) {
             Ok(listener) => {
                 let output = output.clone();
-                tasks.spawn(async move {
+                tasks.spawn("events socket", async move {
                     loop {
-                        let Ok((mut sock, _)) = listener.accept().await else { continue };
+                        let Ok((mut sock, _)) = listener.accept().await else {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        };
                         let mut rx = output.subscribe();
                         tokio::spawn(async move {
                             loop {
@@ -210,12 +281,11 @@ pub async fn run(
         }
     }
 
-    if let Some(addr) = cfg.metrics.address {
-        let metrics = metrics.clone();
-        tasks.spawn(async move {
-            if let Err(e) = metrics::serve(addr, metrics).await {
-                tracing::error!(%addr, error = %e, "metrics endpoint failed");
-            }
+    if let Some(listener) = metrics_listener {
+        let (metrics, health) = (metrics.clone(), health.clone());
+        tasks.spawn("metrics endpoint", async move {
+            metrics::serve(listener, metrics, health).await;
+            Err("stopped serving".to_string())
         });
     }
 
@@ -229,8 +299,9 @@ pub async fn run(
         output.clone(),
         node.clone(),
     ));
-    let m = metrics.clone();
+    let (m, h) = (metrics.clone(), health.clone());
     let socket = cfg.nri.socket.clone();
+    let ever_connected = std::sync::atomic::AtomicBool::new(false);
     let runner = nri_plugin::Runner::builder(cfg.nri.plugin_name.clone(), cfg.nri.plugin_index.clone())
         .socket_path(cfg.nri.socket.clone())
         .backoff(nri_plugin::Backoff {
@@ -238,57 +309,119 @@ pub async fn run(
             max: Duration::from_millis(cfg.nri.reconnect_max_backoff_ms.max(250)),
             multiplier: 2.0,
         })
-        .on_connection_event(move |ev| on_connection_event(&m, &socket, ev))
+        .on_connection_event(move |ev| on_connection_event(&m, &h, &socket, &ever_connected, ev))
         .build()?;
+    tasks.spawn("NRI connection", async move {
+        match runner.run_shared(plugin).await {
+            Ok(()) => Err("the NRI runner returned".to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    });
+
+    // Enforcement is attached and every task runs: ready, whether or not the runtime is there
+    // (it may start after us; /readyz tells whether NRI is registered).
+    let notifier = sd_notify::Notifier::from_env().map(Arc::new);
+    if let Some(n) = &notifier {
+        if let Err(e) = n.notify("READY=1\nSTATUS=enforcement attached; waiting for the NRI runtime") {
+            tracing::warn!(error = %e, "sd_notify READY failed");
+        }
+        tasks.spawn("watchdog", supervise(n.clone(), health.clone(), sd_notify::watchdog_interval()));
+    }
     tracing::info!(
         path = enforcer.path().as_str(), node = %node, nri_socket = %cfg.nri.socket.display(),
         "driftguard agent running; pinned enforcement stays active if the agent stops"
     );
-    tasks.spawn(async move {
-        if let Err(e) = runner.run_shared(plugin).await {
-            tracing::error!(error = %e, "NRI runner stopped");
-        }
-    });
 
-    tokio::select! {
-        _ = shutdown => tracing::info!("shutting down (enforcement stays pinned; `driftguard unload` removes it)"),
-        Some(res) = tasks.join_next() => {
-            if let Err(e) = res {
-                tracing::error!(error = %e, "an agent task failed");
-            }
+    let outcome = tokio::select! {
+        _ = shutdown => {
+            tracing::info!("shutting down (enforcement stays pinned; `driftguard unload` removes it)");
+            Ok(())
         }
+        e = tasks.first_ended() => {
+            tracing::error!(error = %e, "agent task ended; exiting with an error so the service manager restarts the agent (enforcement stays pinned)");
+            Err(e)
+        }
+    };
+    if let Some(n) = &notifier {
+        let _ = n.notify("STOPPING=1");
     }
-    tasks.abort_all();
+    tasks.set.abort_all();
     registry.flush();
     let _ = std::fs::remove_file(events_socket(&state_dir));
     drop(enforcer);
-    Ok(())
+    outcome
 }
 
-fn on_connection_event(m: &Metrics, socket: &Path, ev: &nri_plugin::ConnectionEvent) {
+/// Pings the systemd watchdog, but only while [`Health::liveness`] holds: the ping proves the
+/// async runtime schedules tasks, the ring-buffer reader polls and NRI is not stuck (a stuck
+/// agent is then killed and restarted by systemd). Also keeps `systemctl status` current.
+async fn supervise(n: Arc<sd_notify::Notifier>, health: Arc<Health>, watchdog: Option<Duration>) -> Result<(), String> {
+    let period = watchdog.unwrap_or(Duration::from_secs(10)).max(Duration::from_millis(100));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_status = String::new();
+    let mut was_live = true;
+    loop {
+        tick.tick().await;
+        let live = health.liveness();
+        let status = match (&live, health.registered()) {
+            (Ok(_), true) => "enforcing; registered with the NRI runtime".to_string(),
+            (Ok(_), false) => "enforcing; waiting for the NRI runtime".to_string(),
+            (Err(body), _) => format!("unhealthy: {}", body.lines().skip(1).collect::<Vec<_>>().join("; ")),
+        };
+        match &live {
+            Ok(_) if watchdog.is_some() => {
+                let _ = n.notify("WATCHDOG=1");
+            }
+            Err(body) if was_live => {
+                tracing::error!(reason = %body.replace('\n', "; "), "agent unhealthy; not pinging the systemd watchdog");
+            }
+            _ => {}
+        }
+        was_live = live.is_ok();
+        if status != last_status {
+            let _ = n.notify(&format!("STATUS={status}"));
+            last_status = status;
+        }
+    }
+}
+
+fn on_connection_event(
+    m: &Metrics,
+    h: &Health,
+    socket: &Path,
+    ever_connected: &std::sync::atomic::AtomicBool,
+    ev: &nri_plugin::ConnectionEvent,
+) {
     use nri_plugin::ConnectionEvent as E;
+    use std::sync::atomic::Ordering;
     match ev {
         E::Connected { connection } => {
             if *connection > 1 {
                 m.nri_reconnects.inc();
             }
-            tracing::info!(connection, "connected to the NRI socket");
+            ever_connected.store(true, Ordering::Relaxed);
+            h.nri_connected();
         }
         E::Registered { .. } => {}
-        E::Configured { runtime_name, runtime_version, nri_version, .. } => {
+        E::Configured { runtime_name, runtime_version, nri_version, events, .. } => {
             m.nri_connected.set(1);
-            tracing::info!(%runtime_name, %runtime_version, %nri_version, "registered with the runtime");
+            h.nri_registered(format!("{runtime_name} {runtime_version}"));
+            tracing::info!(%runtime_name, %runtime_version, %nri_version, %events, "registered with the runtime");
         }
         E::Disconnected { error, .. } => {
             m.nri_connected.set(0);
+            h.nri_disconnected();
             tracing::warn!(error = ?error, "NRI connection closed; reconnecting (pinned enforcement stays active)");
         }
-        E::ConnectFailed { attempt, error, retry_in } => {
+        E::ConnectFailed { attempt, error, .. } => {
             m.nri_connected.set(0);
-            if *attempt == 1 || attempt % 20 == 0 {
+            h.nri_unreachable(error);
+            // Once, at start-up: the runtime may simply not be up yet, or NRI may be disabled.
+            if *attempt == 1 && !ever_connected.swap(true, Ordering::Relaxed) {
                 tracing::info!(
-                    socket = %socket.display(), %error, retry_in = ?retry_in,
-                    "waiting for the container runtime's NRI socket (is containerd running with NRI enabled? see `driftguard check`)"
+                    socket = %socket.display(),
+                    "no NRI runtime yet: is containerd running with NRI enabled? (see `driftguard check`)"
                 );
             }
         }

@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use nri_plugin::api::{Container, ContainerState, ContainerUpdate, PodSandbox};
+use nri_plugin::api::{Container, ContainerState, ContainerUpdate, Event, PodSandbox};
 use nri_plugin::{EventMask, HandlerResult, Plugin};
 
 use super::metrics::Metrics;
@@ -374,7 +374,18 @@ fn refuse(metrics: &Metrics, e: ApplyError) -> nri_plugin::BoxError {
 #[nri_plugin::async_trait]
 impl Plugin for DriftguardPlugin {
     fn events(&self) -> EventMask {
-        EventMask::LIFECYCLE
+        // Exactly the events handled below (Configure and Synchronize come regardless). Runtimes
+        // up to NRI v0.11 send StartContainer and RemoveContainer as StateChange for these bits.
+        EventMask::of(&[
+            Event::CREATE_CONTAINER,
+            Event::START_CONTAINER,
+            Event::STOP_CONTAINER,
+            Event::REMOVE_CONTAINER,
+        ])
+    }
+
+    fn on_deadline(&self, o: &nri_plugin::Overrun<'_>) -> nri_plugin::OverrunAnswer {
+        super::overrun::answer(o, |pod, ctr| self.resolve(pod, ctr).map(|r| r.policy.mode))
     }
 
     async fn synchronize(

@@ -454,13 +454,13 @@ fn check_bpffs(parent: &Path, mounted: bool) -> Item {
         Item::warn(
             "bpffs",
             "/sys/fs/bpf is not mounted (the agent mounts it when it starts)",
-            "mount -t bpf bpf /sys/fs/bpf   (persist: `bpf /sys/fs/bpf bpf defaults 0 0` in /etc/fstab)",
+            "mount -t bpf -o mode=0700 bpf /sys/fs/bpf   (persist: `bpf /sys/fs/bpf bpf mode=0700 0 0` in /etc/fstab)",
         )
     } else {
         Item::fail(
             "bpffs",
             format!("{} (parent of bpf.pin_dir) is not a bpf filesystem", parent.display()),
-            format!("mount -t bpf bpf {}   or set bpf.pin_dir under /sys/fs/bpf", parent.display()),
+            format!("mount -t bpf -o mode=0700 bpf {}   or set bpf.pin_dir under /sys/fs/bpf", parent.display()),
         )
     }
 }

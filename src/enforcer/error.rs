@@ -48,8 +48,29 @@ pub enum Error {
     },
 
     /// bpffs is not mounted where pins should go.
-    #[error("{0} is not on a bpf filesystem: mount it with `mount -t bpf bpf /sys/fs/bpf`")]
+    #[error("{0} is not on a bpf filesystem: mount it with `mount -t bpf -o mode=0700 bpf /sys/fs/bpf`")]
     NoBpffs(PathBuf),
+
+    /// The pin directory, or a directory above it, could be changed by someone other than root:
+    /// that user could unpin (and so detach) the enforcement.
+    #[error(
+        "refusing to pin under {pin_dir}: {path} {problem} (owner uid {uid}, mode {mode:04o}); a user who can \
+         write there can remove or replace the pinned programs and maps. Remove it (if it is the pin \
+         directory: `rm -rf {path}`, after checking what is in it) or make it root-owned and not writable \
+         by group or others, then start the agent again"
+    )]
+    UnsafePinDir {
+        /// The pin directory configured.
+        pin_dir: PathBuf,
+        /// The offending component (the pin directory or one above it).
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: &'static str,
+        /// Its owner.
+        uid: u32,
+        /// Its permission bits.
+        mode: u32,
+    },
 
     /// Pinned maps from another driftguard version do not match this one.
     #[error(

@@ -222,6 +222,55 @@ impl Event {
 /// Capacity of the channel between the ring-buffer reader and the consumer.
 pub const EVENT_CHANNEL_CAPACITY: usize = 65536;
 
+/// Liveness of a ring-buffer reader thread: the time of its last poll (or event), and whether
+/// it stopped. Cheap to clone; read by the agent's health checks.
+#[derive(Clone, Debug)]
+pub struct ReaderHeartbeat {
+    inner: Arc<Beat>,
+}
+
+#[derive(Debug)]
+struct Beat {
+    origin: std::time::Instant,
+    /// Milliseconds since `origin` of the last beat.
+    last_ms: AtomicU64,
+    stopped: AtomicBool,
+}
+
+impl ReaderHeartbeat {
+    /// A heartbeat that has just beaten (the reader starts with it).
+    pub fn beating() -> Self {
+        ReaderHeartbeat {
+            inner: Arc::new(Beat {
+                origin: std::time::Instant::now(),
+                last_ms: AtomicU64::new(0),
+                stopped: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    fn beat(&self) {
+        let ms = self.inner.origin.elapsed().as_millis();
+        self.inner.last_ms.store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Marks the reader as stopped (its thread exited).
+    pub fn stop(&self) {
+        self.inner.stopped.store(true, Ordering::Relaxed);
+    }
+
+    /// Time since the last beat.
+    pub fn age(&self) -> Duration {
+        let last = Duration::from_millis(self.inner.last_ms.load(Ordering::Relaxed));
+        self.inner.origin.elapsed().saturating_sub(last)
+    }
+
+    /// Whether the reader thread exited.
+    pub fn stopped(&self) -> bool {
+        self.inner.stopped.load(Ordering::Relaxed)
+    }
+}
+
 /// A stream of events read from the ring buffer by a background thread.
 ///
 /// When the consumer falls behind, the channel fills, the reader blocks, the
@@ -231,6 +280,7 @@ pub struct EventStream {
     rx: mpsc::Receiver<Event>,
     stop: Arc<AtomicBool>,
     malformed: Arc<AtomicU64>,
+    heartbeat: ReaderHeartbeat,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -240,12 +290,22 @@ impl EventStream {
         let stop = Arc::new(AtomicBool::new(false));
         let malformed = Arc::new(AtomicU64::new(0));
         let (stop2, malformed2) = (stop.clone(), malformed.clone());
+        let heartbeat = ReaderHeartbeat::beating();
+        let hb = heartbeat.clone();
         // Build once here so a broken map is reported to the caller, not the thread.
-        drop(build_ringbuf(&ringbuf, None, malformed.clone())?);
+        drop(build_ringbuf(&ringbuf, None, malformed.clone(), None)?);
         let thread = std::thread::Builder::new()
             .name("dg-ringbuf".into())
             .spawn(move || {
-                let rb = match build_ringbuf(&ringbuf, Some(tx.clone()), malformed2) {
+                // Marks the heartbeat stopped however the thread ends.
+                struct Stopped(ReaderHeartbeat);
+                impl Drop for Stopped {
+                    fn drop(&mut self) {
+                        self.0.stop();
+                    }
+                }
+                let _stopped = Stopped(hb.clone());
+                let rb = match build_ringbuf(&ringbuf, Some(tx.clone()), malformed2, Some(hb.clone())) {
                     Ok(rb) => rb,
                     Err(e) => {
                         tracing::error!(error = %e, "ring buffer reader could not start");
@@ -253,6 +313,7 @@ impl EventStream {
                     }
                 };
                 while !stop2.load(Ordering::Relaxed) && !tx.is_closed() {
+                    hb.beat();
                     if let Err(e) = rb.poll(Duration::from_millis(100)) {
                         if e.kind() != libbpf_rs::ErrorKind::Interrupted {
                             tracing::error!(error = %e, "ring buffer poll failed");
@@ -262,7 +323,12 @@ impl EventStream {
                 }
             })
             .map_err(|e| Error::io("spawning ring buffer reader", e))?;
-        Ok(EventStream { rx, stop, malformed, thread: Some(thread) })
+        Ok(EventStream { rx, stop, malformed, heartbeat, thread: Some(thread) })
+    }
+
+    /// The reader thread's heartbeat.
+    pub fn heartbeat(&self) -> ReaderHeartbeat {
+        self.heartbeat.clone()
     }
 
     /// Next event; `None` when the reader stopped.
@@ -309,9 +375,14 @@ fn build_ringbuf(
     map: &MapHandle,
     tx: Option<mpsc::Sender<Event>>,
     malformed: Arc<AtomicU64>,
+    heartbeat: Option<ReaderHeartbeat>,
 ) -> Result<libbpf_rs::RingBuffer<'static>> {
     let mut b = RingBufferBuilder::new();
     b.add(map, move |data: &[u8]| {
+        // A sustained stream of events keeps one poll busy: every event is progress.
+        if let Some(hb) = &heartbeat {
+            hb.beat();
+        }
         match Event::decode(data) {
             Some(ev) => {
                 if let Some(tx) = &tx {

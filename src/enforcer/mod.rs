@@ -38,7 +38,7 @@ use libbpf_rs::{Link, MapHandle, OpenObject};
 use serde::Serialize;
 
 pub use error::{Error, Result};
-pub use events::{Action, Event, EventStream, FileKind, Hook, Rule, EVENT_CHANNEL_CAPACITY};
+pub use events::{Action, Event, EventStream, FileKind, Hook, ReaderHeartbeat, Rule, EVENT_CHANNEL_CAPACITY};
 pub use store::{InstalledPolicy, Owner, PolicyStore, Stats};
 
 use skel::{DriftguardSkel, DriftguardSkelBuilder, OpenDriftguardSkel};
@@ -418,19 +418,74 @@ fn raise_memlock() {
     }
 }
 
+/// Mode bpffs is mounted with when driftguard mounts it: only root may enter it.
+pub const BPFFS_MOUNT_MODE: u32 = 0o700;
+
 fn prepare_pin_dir(dir: &Path) -> Result<()> {
     let parent = dir.parent().unwrap_or(Path::new("/"));
     if !is_bpffs(parent) && parent == Path::new("/sys/fs/bpf") {
-        // systemd mounts it on most distributions; containers and minimal hosts may not.
-        tracing::info!("mounting bpffs on /sys/fs/bpf");
-        let (src, target) = (c"bpf", c"/sys/fs/bpf");
+        // systemd mounts it on most distributions; containers and minimal hosts may not. Without
+        // a mode, bpffs's root is world-writable (sticky) and anyone may create entries in it.
+        tracing::info!(mode = format!("{BPFFS_MOUNT_MODE:04o}"), "mounting bpffs on /sys/fs/bpf");
+        let (src, target, data) = (c"bpf", c"/sys/fs/bpf", c"mode=0700");
         // SAFETY: mount(2) with valid NUL-terminated strings.
-        unsafe { libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
+        unsafe { libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, data.as_ptr().cast()) };
     }
     if !is_bpffs(parent) {
         return Err(Error::NoBpffs(parent.to_path_buf()));
     }
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating pin directory {}", dir.display()), e))
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        // 0700: pins (0600) in a directory only root can change. Components created here get the
+        // same mode; the check below covers the ones that already existed.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::io(format!("creating pin directory {}", dir.display()), e))?;
+    }
+    check_pin_dir(dir)
+}
+
+/// Refuses a pin directory that a user other than root could change, or that sits below such a
+/// directory: every component from `/` down to `dir` must be a real directory (no symlink) owned
+/// by root and not writable by group or others. A root-owned directory with the sticky bit
+/// (`drwxrwxrwt`, what bpffs's root is when mounted without a mode) is accepted *above* the pin
+/// directory: others may create entries there, but the sticky bit keeps them from removing or
+/// renaming the root-owned pin directory. The pin directory itself must not be writable by
+/// anyone but root, sticky or not: entries in it are the pins.
+pub fn check_pin_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let mut components: Vec<&Path> = dir.ancestors().collect();
+    components.reverse();
+    for path in components {
+        let meta = std::fs::symlink_metadata(path)
+            .map_err(|e| Error::io(format!("checking pin directory component {}", path.display()), e))?;
+        let mode = meta.mode() & 0o7777;
+        let unsafe_dir = |problem| Error::UnsafePinDir {
+            pin_dir: dir.to_path_buf(),
+            path: path.to_path_buf(),
+            problem,
+            uid: meta.uid(),
+            mode,
+        };
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            return Err(unsafe_dir("is a symbolic link"));
+        }
+        if !ft.is_dir() {
+            return Err(unsafe_dir("is not a directory"));
+        }
+        if meta.uid() != 0 {
+            return Err(unsafe_dir("is not owned by root"));
+        }
+        let writable_by_others = mode & 0o022 != 0;
+        let sticky = mode & 0o1000 != 0;
+        if writable_by_others && (path == dir || !sticky) {
+            return Err(unsafe_dir("is writable by group or others"));
+        }
+    }
+    Ok(())
 }
 
 fn is_bpffs(p: &Path) -> bool {
@@ -554,5 +609,70 @@ impl DecisionTester {
         })?;
         abi::decide_verdict(&ctx)
             .ok_or_else(|| Error::Corrupt { map: "dg_test_decide", detail: "short context".into() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn chmod(p: &Path, mode: u32) {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn problem(dir: &Path) -> String {
+        match check_pin_dir(dir) {
+            Err(Error::UnsafePinDir { path, problem, .. }) => format!("{}: {problem}", path.display()),
+            other => format!("{other:?}"),
+        }
+    }
+
+    /// Ownership and mode rules of the pin directory and its parents (on any filesystem: the
+    /// check is the same on bpffs).
+    #[test]
+    fn pin_dir_must_be_root_owned_and_not_writable_by_others() {
+        // SAFETY: no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            println!("SKIP pin_dir_must_be_root_owned_and_not_writable_by_others: needs root (chown)");
+            return;
+        }
+        // /tmp is root-owned and sticky: an accepted parent, like bpffs's drwxrwxrwt root.
+        let base = tempfile::tempdir().unwrap();
+        let parent = base.path().join("parent");
+        let pins = parent.join("pins");
+        std::fs::create_dir_all(&pins).unwrap();
+        chmod(base.path(), 0o755);
+        chmod(&parent, 0o755);
+        chmod(&pins, 0o700);
+        check_pin_dir(&pins).unwrap();
+
+        chmod(&pins, 0o1777);
+        assert_eq!(problem(&pins), format!("{}: is writable by group or others", pins.display()));
+        chmod(&pins, 0o770);
+        assert!(problem(&pins).ends_with("is writable by group or others"));
+        chmod(&pins, 0o700);
+
+        // A world-writable parent without the sticky bit lets anyone rename the pin directory.
+        chmod(&parent, 0o777);
+        assert_eq!(problem(&pins), format!("{}: is writable by group or others", parent.display()));
+        chmod(&parent, 0o1777);
+        check_pin_dir(&pins).unwrap();
+        chmod(&parent, 0o755);
+
+        // Owned by nobody: its owner could unpin everything.
+        std::os::unix::fs::chown(&pins, Some(65534), Some(65534)).unwrap();
+        let e = check_pin_dir(&pins).unwrap_err();
+        assert!(e.to_string().contains(&format!("{}", pins.display())) && e.to_string().contains("uid 65534"), "{e}");
+        assert_eq!(problem(&pins), format!("{}: is not owned by root", pins.display()));
+        std::os::unix::fs::chown(&pins, Some(0), Some(0)).unwrap();
+        std::os::unix::fs::chown(&parent, Some(65534), None).unwrap();
+        assert_eq!(problem(&pins), format!("{}: is not owned by root", parent.display()));
+        std::os::unix::fs::chown(&parent, Some(0), None).unwrap();
+
+        // A symlink on the way could point anywhere its owner likes.
+        let link = base.path().join("link");
+        std::os::unix::fs::symlink(&parent, &link).unwrap();
+        assert_eq!(problem(&link.join("pins")), format!("{}: is a symbolic link", link.display()));
     }
 }

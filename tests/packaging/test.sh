@@ -113,7 +113,11 @@ unit=packaging/systemd/driftguard.service
 unit_text_check() {
     local u=$1 errs=()
     grep -qx 'ExecStart=/usr/bin/driftguard run' "$u" || errs+=("ExecStart is not '/usr/bin/driftguard run'")
-    grep -qx 'Restart=on-failure' "$u" || errs+=("no Restart=on-failure")
+    grep -qx 'Restart=always' "$u" || errs+=("no Restart=always")
+    grep -qx 'StartLimitIntervalSec=0' "$u" || errs+=("no StartLimitIntervalSec=0 (restarts would stop after 5 failures)")
+    grep -qx 'Type=notify' "$u" || errs+=("no Type=notify")
+    grep -qx 'NotifyAccess=main' "$u" || errs+=("no NotifyAccess=main")
+    grep -Eq '^WatchdogSec=[1-9]' "$u" || errs+=("no WatchdogSec=")
     grep -Eq '^After=.*containerd\.service' "$u" || errs+=("no After=containerd.service")
     grep -qx 'Wants=containerd.service' "$u" || errs+=("no Wants=containerd.service")
     grep -Eq '^(Requires|BindsTo|Requisite)=.*containerd' "$u" && errs+=("hard dependency on containerd")
@@ -132,7 +136,7 @@ unit_text_check() {
         WantedBy=multi-user.target; do
         grep -qx "$d" "$u" || errs+=("no $d")
     done
-    grep -Eq "^ExecStartPre=-?\+.*mount -t bpf bpf /sys/fs/bpf" "$u" || errs+=("no host-namespace bpffs mount in ExecStartPre=+")
+    grep -Eq "^ExecStartPre=-?\+.*mount -t bpf -o mode=0700 bpf /sys/fs/bpf" "$u" || errs+=("no host-namespace bpffs mount (mode=0700) in ExecStartPre=+")
     # every CAP_ named in the bounding set is justified in a comment
     for c in $caps; do grep -Eq "^#.*${c#CAP_}" "$u" || errs+=("$c not explained in a comment"); done
     [[ ${#errs[@]} -eq 0 ]] || { printf '%s; ' "${errs[@]}"; return 1; }
@@ -338,6 +342,8 @@ assert ann["prometheus.io/scrape"] == "true" and ann["prometheus.io/port"] == "9
 assert c["image"] == "ghcr.io/driftguard/driftguard:0.1.0", c["image"]
 assert "run" in c["command"], c["command"]
 assert {"containerPort": 9963, "name": "metrics", "protocol": "TCP"} in c["ports"], c["ports"]
+assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}, c["livenessProbe"]
+assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}, c["readinessProbe"]
 sc = c["securityContext"]
 assert sc.get("privileged") is False, "expected capabilities instead of privileged"
 caps = set(sc["capabilities"]["add"])
@@ -364,6 +370,7 @@ svc = kinds["Service"]
 assert svc["spec"]["ports"][0]["port"] == 9963
 assert all(pod["metadata"]["labels"].get(k) == v for k, v in svc["spec"]["selector"].items()), "Service selector"
 assert svc["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+assert svc["spec"].get("publishNotReadyAddresses") is True, "unready agents must still be scraped"
 EOF
 
 check helm-chart-files "$PY" - <<'EOF'
