@@ -466,7 +466,7 @@ import re, yaml
 pod = yaml.safe_load(open("deploy/examples/annotated-pod.yaml"))
 ann = pod["metadata"]["annotations"]
 names = {c["name"] for c in pod["spec"]["containers"]}
-keys = {"mode", "allow", "deny", "drift", "fileless", "non-overlay", "allowlist-only", "failure-policy"}
+keys = {"mode", "allow", "deny", "drift", "fileless", "non-image", "non-overlay", "exec-volumes", "allowlist-only", "failure-policy"}
 assert ann.get("driftguard.dev/mode") == "enforce", "no pod-level driftguard.dev/mode: enforce"
 overrides = 0
 for k, v in ann.items():
