@@ -332,9 +332,15 @@ impl DriftguardPlugin {
         }
     }
 
+    /// Run a handler body, timed. The bodies make blocking syscalls (stat, mountinfo reads, BPF
+    /// map updates): on the agent's multi-threaded runtime they run under `block_in_place`, so
+    /// the worker's other tasks (the NRI connection, metrics, the event pipeline) move to
+    /// another worker instead of waiting behind them.
     fn timed<T>(&self, event: &str, f: impl FnOnce() -> T) -> T {
         let t = Instant::now();
-        let r = f();
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let r = if multi_thread { tokio::task::block_in_place(f) } else { f() };
         self.metrics.handler_seconds.with_label_values(&[event]).observe(t.elapsed().as_secs_f64());
         r
     }
