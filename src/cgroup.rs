@@ -121,46 +121,13 @@ pub fn cgroup_id(path: &Path) -> Result<u64, CgroupError> {
     Ok(md.ino())
 }
 
-/// Undo the octal escapes (`\040` for space, ...) of a mountinfo field.
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() {
-            let oct = &b[i + 1..i + 4];
-            if oct.iter().all(|c| (b'0'..=b'7').contains(c)) {
-                let v = (u32::from(oct[0] - b'0') << 6) | (u32::from(oct[1] - b'0') << 3) | u32::from(oct[2] - b'0');
-                if let Ok(byte) = u8::try_from(v) {
-                    out.push(byte);
-                    i += 4;
-                    continue;
-                }
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// A cgroup2 mount from mountinfo: (mount point, root of the mount within the fs).
 fn cgroup2_mounts(mountinfo: &str) -> Vec<(PathBuf, String)> {
-    let mut out = Vec::new();
-    for line in mountinfo.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        // id parent major:minor root mountpoint options [optional...] - fstype source superopts
-        if fields.len() < 7 {
-            continue;
-        }
-        let Some(sep) = fields.iter().skip(6).position(|f| *f == "-").map(|p| p + 6) else {
-            continue;
-        };
-        if fields.get(sep + 1) == Some(&"cgroup2") {
-            out.push((PathBuf::from(unescape_mountinfo(fields[4])), unescape_mountinfo(fields[3])));
-        }
-    }
-    out
+    crate::provenance::parse_mountinfo(mountinfo)
+        .into_iter()
+        .filter(|m| m.fstype == "cgroup2")
+        .map(|m| (m.mount_point, m.root))
+        .collect()
 }
 
 /// The root of the cgroup v2 hierarchy.
@@ -462,6 +429,7 @@ garbage line
 
     #[test]
     fn unescape() {
+        use crate::provenance::unescape_mountinfo;
         assert_eq!(unescape_mountinfo("a\\040b\\011c\\134d"), "a b\tc\\d");
         assert_eq!(unescape_mountinfo("trailing\\04"), "trailing\\04");
         assert_eq!(unescape_mountinfo("\\999"), "\\999");

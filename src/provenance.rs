@@ -68,6 +68,8 @@ pub struct MountEntry {
     pub dev: u64,
     /// Mount point, relative to the reading process's root, unescaped.
     pub mount_point: PathBuf,
+    /// Root of the mount within its filesystem (`/` unless it is a bind of a subdirectory).
+    pub root: String,
     /// Filesystem type.
     pub fstype: String,
 }
@@ -128,17 +130,21 @@ pub fn kernel_dev_of_st_dev(st_dev: u64) -> u64 {
     kernel_dev(libc::major(st_dev), libc::minor(st_dev))
 }
 
-fn unescape(s: &str) -> String {
+/// Undo the octal escapes (`\040` for space, ...) of a mountinfo field.
+pub(crate) fn unescape_mountinfo(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            let v = (b[i + 1] - b'0') as u32 * 64 + (b[i + 2] - b'0') as u32 * 8 + (b[i + 3] - b'0') as u32;
-            if let Ok(c) = u8::try_from(v) {
-                out.push(c);
-                i += 4;
-                continue;
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            let oct = &b[i + 1..i + 4];
+            if oct.iter().all(|c| (b'0'..=b'7').contains(c)) {
+                let v = (u32::from(oct[0] - b'0') << 6) | (u32::from(oct[1] - b'0') << 3) | u32::from(oct[2] - b'0');
+                if let Ok(byte) = u8::try_from(v) {
+                    out.push(byte);
+                    i += 4;
+                    continue;
+                }
             }
         }
         out.push(b[i]);
@@ -147,7 +153,8 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Parse mountinfo text. Malformed lines are skipped (the kernel writes this file; a line we
+/// Parse mountinfo text (the one parser: [`crate::cgroup`] finds its cgroup2 mounts here too).
+/// Malformed lines are skipped (the kernel writes this file; a line we
 /// cannot read is one we never match, which errs on the side of "not a mount").
 pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
     text.lines()
@@ -157,10 +164,16 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
             let mount_id = f.next()?.parse().ok()?;
             let _parent = f.next()?;
             let (maj, min) = f.next()?.split_once(':')?;
-            let _root = f.next()?;
-            let mount_point = PathBuf::from(unescape(f.next()?));
+            let root = unescape_mountinfo(f.next()?);
+            let mount_point = PathBuf::from(unescape_mountinfo(f.next()?));
             let fstype = post.split_whitespace().next()?.to_string();
-            Some(MountEntry { mount_id, dev: kernel_dev(maj.parse().ok()?, min.parse().ok()?), mount_point, fstype })
+            Some(MountEntry {
+                mount_id,
+                dev: kernel_dev(maj.parse().ok()?, min.parse().ok()?),
+                mount_point,
+                root,
+                fstype,
+            })
         })
         .collect()
 }
@@ -240,6 +253,7 @@ mod tests {
         assert_eq!(e[1].dev, 95);
         assert_eq!(e[1].fstype, "overlay");
         assert_eq!(e[3].dev, (254 << 20) | 1);
+        assert_eq!(e[3].root, "/var/lib/containerd/sandboxes/x/hostname");
         assert_eq!(e[4].mount_point, PathBuf::from("/opt/my tools"));
         assert!(parse_mountinfo("garbage\n1 2 x:y / / - tmpfs\n").is_empty());
     }
