@@ -1042,8 +1042,8 @@ fn health_endpoints_and_sd_notify_follow_nri() -> R {
     }
 
     // The runtime goes away: not ready, still live (restarting the agent would not help).
-    conn.close();
     peer.close();
+    conn.close();
     wait_http_status(&agent, "/readyz", "HTTP/1.1 503")?;
     let h = http_get_when_up(&agent, "/healthz")?;
     if !h.starts_with("HTTP/1.1 200") {
@@ -1065,8 +1065,8 @@ fn reregisters_as_soon_as_the_nri_socket_reappears() -> R {
     let conn = rt.block_on(connect(&peer, vec![], vec![]))?;
 
     // containerd restarts: the socket goes away; barrier: the agent waits for it.
-    conn.close();
     peer.close();
+    conn.close();
     agent.wait_log("waiting for the NRI socket to appear", 1)?;
     let t = Instant::now();
     let mut peer = RuntimePeer::bind(&agent.socket).map_err(|e| e.to_string())?;

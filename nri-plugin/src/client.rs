@@ -46,7 +46,9 @@ impl RuntimeClient {
         RuntimeClient { inner: self.inner.clone(), timeout }
     }
 
-    /// Whether the runner currently has a registered connection to the runtime.
+    /// Whether the runner currently has a connection to the runtime. It is set as soon as the
+    /// plugin has connected and is registering (the runtime may configure it, and handlers may
+    /// call back, before the registration reply arrives) and cleared when the connection ends.
     pub fn is_connected(&self) -> bool {
         self.inner.read().map(|g| g.is_some()).unwrap_or(false)
     }

@@ -156,10 +156,11 @@ async fn reconnects_and_resynchronizes() {
     assert!(matches!(h.next_call().await, Call::Synchronize(p, _) if p.len() == 1));
     assert!(h.client.is_connected());
 
-    // The runtime goes away: socket closed and removed.
+    // The runtime goes away: its socket is removed first, then the connection closes. (In the
+    // other order the runner's immediate retry can reach the old listener before it is gone.)
     let path = peer.path().to_path_buf();
-    conn.close();
     peer.close();
+    conn.close();
     h.wait_event(|e| matches!(e, ConnectionEvent::Disconnected { connection: 1, .. })).await;
     assert!(!h.client.is_connected());
     // Connecting fails while the socket is absent, with growing delays.

@@ -56,8 +56,8 @@ async fn reregisters_when_the_socket_reappears_not_at_the_fallback() {
 
     // The runtime restarts: its socket goes away, the runner's immediate attempt fails and it
     // waits (the barrier: its ConnectFailed), then the socket comes back.
-    conn.close();
     peer.close();
+    conn.close();
     wait_for(&mut events, |e| matches!(e, ConnectionEvent::ConnectFailed { .. })).await;
     let peer = RuntimePeer::bind(&path).unwrap();
     let mut conn = peer.accept().await.expect("reconnected when the socket reappeared");
