@@ -64,6 +64,7 @@ const TRIALS: &[(&str, TrialFn)] = &[
     ("containerd_restarts_while_starts_loop_enforces_every_start", containerd_restarts_while_starts_loop),
     ("hook_and_agent_leave_one_policy_removed_at_stop", hook_and_agent_leave_one_policy_removed_at_stop),
     ("nri_only_container_started_while_agent_down_is_unprotected", nri_only_container_started_while_agent_down),
+    ("daemonset_node_setup_makes_start_fail_closed", daemonset_node_setup_makes_start_fail_closed),
 ];
 
 /// The core trials again on containerd 2.x (Debian sid's 2.1; config version 3, CRI plugins
@@ -81,6 +82,9 @@ const TRIALS_2X: &[(&str, TrialFn)] = &[
         on(Line::V2, container_started_while_agent_down_is_enforced)
     }),
     ("containerd2_container_refused_when_nothing_is_pinned", || on(Line::V2, container_refused_when_nothing_is_pinned)),
+    ("containerd2_daemonset_node_setup_makes_start_fail_closed", || {
+        on(Line::V2, daemonset_node_setup_makes_start_fail_closed)
+    }),
 ];
 
 thread_local! {
@@ -286,7 +290,7 @@ impl Env {
     fn without_agent() -> Result<Env, String> {
         let bin = hook_binary()?;
         check_fresh(&bin)?;
-        let ctd = Containerd::start_line(LINE.with(Cell::get), Some(HookWiring { bin }))?;
+        let ctd = Containerd::start_line(LINE.with(Cell::get), Some(HookWiring { bin, spec: None }))?;
         eprintln!("containerd {} in {}", ctd.bins.version, ctd.dir.display());
         let agent = AgentProcess::new(&ctd.nri_sock)?;
         // The hook reads the agent's config: same pin dir, same defaults.
@@ -1014,6 +1018,95 @@ fn hook_and_agent_leave_one_policy_removed_at_stop() -> R {
         })
         .map_err(|e| format!("{e}: policies {:?}, record exists: {}", store.cgroup_ids(), record.exists()))?;
         Ok(())
+    })
+}
+
+/// Run the DaemonSet's init container script (`deploy/helm/driftguard/files/node-setup.sh`)
+/// with this machine as the node (`HOST_ROOT=/`, so the hook's trial run needs no chroot) and
+/// `prefix` instead of `/opt/driftguard`; its output on failure.
+fn node_setup(prefix: &Path, hook: &Path, config: &Path) -> Result<String, String> {
+    let script = containerd::repo_root().join("deploy/helm/driftguard/files/node-setup.sh");
+    let out = std::process::Command::new("/bin/sh")
+        .arg(&script)
+        .env("HOST_ROOT", "/")
+        .env("PREFIX", prefix)
+        .env("SRC_HOOK", hook)
+        .env("SRC_SPEC", containerd::repo_root().join(containerd::SHIPPED_BASE_SPEC))
+        .env("SRC_CONFIG", config)
+        .output()
+        .map_err(|e| format!("{}: {e}", script.display()))?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() || text.contains("ERROR") {
+        return Err(format!("node-setup.sh failed ({}):\n{text}", out.status));
+    }
+    Ok(text)
+}
+
+/// A node set up through the DaemonSet: its init container's script installs the hook, its
+/// config and a base runtime spec (here under a scratch prefix), and containerd runs with that
+/// spec and the three keys the script prints. `driftguard check` then reports the hook in
+/// place, an opted-in container is refused while nothing is pinned, and one started while the
+/// agent is dead is enforced from its first exec.
+fn daemonset_node_setup_makes_start_fail_closed() -> R {
+    let bin = hook_binary()?;
+    check_fresh(&bin)?;
+    let prefix = tempfile::Builder::new().prefix("dg-node-").tempdir().map_err(|e| e.to_string())?;
+    let defaults = containerd::repo_root().join("packaging/config.toml");
+    // First run: the ConfigMap's config is not known yet (the agent's pin dir is private to
+    // this trial); the spec only names the config file.
+    let printed = node_setup(prefix.path(), &bin, &defaults)?;
+    let spec = prefix.path().join("containerd/base-runtime-spec.json");
+    let snippet = std::fs::read_to_string(prefix.path().join("containerd/oci-hook.toml")).map_err(|e| e.to_string())?;
+    if !printed.contains("base_runtime_spec") || !snippet.contains(&spec.display().to_string()) {
+        return Err(
+            format!("node-setup.sh did not print the containerd change for {}:\n{printed}", spec.display()).into()
+        );
+    }
+    let line = LINE.with(Cell::get);
+    let ctd = Containerd::start_line(line, Some(HookWiring { bin: bin.clone(), spec: Some(spec.clone()) }))?;
+    eprintln!("containerd {} in {}", ctd.bins.version, ctd.dir.display());
+    let agent = AgentProcess::new(&ctd.nri_sock)?;
+    let before = std::fs::read(&spec).map_err(|e| e.to_string())?;
+    // The init container runs again at every pod start, now with the agent's config: idempotent.
+    node_setup(prefix.path(), &bin, &agent.config)?;
+    if std::fs::read(&spec).map_err(|e| e.to_string())? != before {
+        return Err("node-setup.sh changed the base runtime spec on its second run".into());
+    }
+    with(Ok(Env { agent, ctd, seq: 0 }), |env| {
+        // `driftguard check` finds the hook in containerd's config (both config versions).
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_driftguard"))
+            .args(["check", "--json", "--containerd-config"])
+            .arg(&env.ctd.config)
+            .output()
+            .map_err(|e| format!("driftguard check: {e}"))?;
+        let items: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("driftguard check --json: {e}: {}", String::from_utf8_lossy(&out.stdout)))?;
+        let hook = items
+            .as_array()
+            .and_then(|a| a.iter().find(|i| i["name"] == "containerd_hook"))
+            .ok_or_else(|| format!("no containerd_hook item: {items}"))?;
+        if hook["status"] != "ok" {
+            return Err(format!("driftguard check containerd_hook: {hook}"));
+        }
+        // Nothing pinned yet: refused.
+        let pod = env.ctd.run_pod("ds-early", &[ENFORCE])?;
+        let id = env.ctd.create_container(&pod, "app", &[]).map_err(|e| format!("CreateContainer: {}", e.message()))?;
+        match env.ctd.start_container(&id) {
+            Ok(()) => {
+                return Err(format!(
+                    "StartContainer of an enforce container succeeded with nothing pinned; drift: {}",
+                    env.ctd.sh(&id, DRIFT_RUNS)?
+                ))
+            }
+            Err(e) if e.message().contains("no driftguard enforcement is pinned") => {}
+            Err(e) => return Err(format!("refused, but not by the hook: {}", e.message())),
+        }
+        // The agent ran once and died: enforced from the first exec.
+        let n = env.agent.synced_count() + 1;
+        env.agent.start_synced(n)?;
+        env.agent.kill9();
+        let (_, id) = env.pod_with("ds-unguarded", &[ENFORCE], "app")?;
+        env.assert_stopped(&env.ctd.sh(&id, DRIFT_RUNS)?, "first drift exec, agent dead, DaemonSet-installed hook")
     })
 }
 

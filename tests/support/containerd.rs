@@ -116,6 +116,10 @@ pub fn install_dir_of(line: Line) -> PathBuf {
 pub struct HookWiring {
     /// The `driftguard-oci-hook` binary to run.
     pub bin: PathBuf,
+    /// A ready base runtime spec to use instead of the shipped one (e.g. the one the
+    /// DaemonSet's node-setup.sh installs). Used as it is, except that a private `--state-dir`
+    /// is appended to its driftguard-oci-hook entries; `bin` is then unused.
+    pub spec: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -450,7 +454,10 @@ impl Containerd {
             keep_dir: false,
         };
         if let Some(h) = &c.hook {
-            let spec = c.base_spec(&h.bin)?;
+            let spec = match &h.spec {
+                None => c.base_spec(&h.bin)?,
+                Some(p) => c.given_spec(p)?,
+            };
             fs::write(c.dir.join("base-spec.json"), spec).map_err(|e| format!("{}: {e}", c.dir.display()))?;
         }
         fs::write(&c.config, c.config_toml()).map_err(|e| format!("{}: {e}", c.config.display()))?;
@@ -485,6 +492,31 @@ impl Containerd {
             }
             if !found {
                 return Err(format!("{}: hooks.{stage} does not run {SHIPPED_HOOK_PATH}", path.display()));
+            }
+        }
+        serde_json::to_string_pretty(&spec).map_err(|e| e.to_string())
+    }
+
+    /// The spec at `path` with this instance's `--state-dir` appended to every
+    /// driftguard-oci-hook entry. Fails if it has none at createRuntime or poststop.
+    fn given_spec(&self, path: &Path) -> Result<String, String> {
+        let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut spec: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        for stage in ["createRuntime", "poststop"] {
+            let hooks =
+                spec["hooks"][stage].as_array_mut().ok_or_else(|| format!("{}: no hooks.{stage}", path.display()))?;
+            let mut found = false;
+            for h in
+                hooks.iter_mut().filter(|h| h["path"].as_str().is_some_and(|p| p.ends_with("/driftguard-oci-hook")))
+            {
+                found = true;
+                let args = h["args"].as_array_mut().ok_or_else(|| format!("{}: hook without args", path.display()))?;
+                args.push("--state-dir".into());
+                args.push(self.hook_state.to_string_lossy().into_owned().into());
+            }
+            if !found {
+                return Err(format!("{}: hooks.{stage} does not run driftguard-oci-hook", path.display()));
             }
         }
         serde_json::to_string_pretty(&spec).map_err(|e| e.to_string())
