@@ -719,7 +719,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         }
     }
 
-    /// Stop and start containerd again with the same state.
+    /// Stop and start containerd again with the same state. Call it from a thread that lives
+    /// as long as containerd should: containerd gets SIGKILL when the thread that started it
+    /// exits (`PR_SET_PDEATHSIG` follows the parent thread, not the process).
     pub fn restart(&self) -> Result<(), String> {
         self.stop();
         self.launch()
