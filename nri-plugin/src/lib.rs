@@ -6,9 +6,10 @@
 //! events, adjust containers as they are created, update the resources of running containers,
 //! and refuse containers.
 //!
-//! The crate speaks the protocol of NRI [`NRI_API_VERSION`] and serves runtimes back to NRI
-//! v0.3 (containerd 1.7.0): events that older runtimes deliver as `StateChange` notifications
-//! reach the same handler methods as the dedicated requests of newer ones.
+//! The crate speaks the protocol of NRI [`NRI_API_VERSION`] and serves older runtimes too (it is
+//! tested against containerd 1.7.24, which has NRI v0.6.1): events that runtimes up to NRI v0.11
+//! deliver as `StateChange` notifications reach the same handler methods as the dedicated
+//! requests of newer ones.
 //!
 //! ## Observe
 //!
