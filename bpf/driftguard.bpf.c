@@ -29,6 +29,14 @@ char LICENSE[] SEC("license") = "GPL";
 #define DG_WALK_MAX 32 /* path components resolved by the fallback walk */
 #define DG_WALK_STEPS 64
 
+/*
+ * Set by the loader before load (rodata: the verifier sees the value and drops
+ * the branch not taken). bpf_d_path() is allowed in lsm/bprm_check_security and
+ * lsm/mmap_file from 5.11 (the LSM d_path allowlist); 5.10 refuses the call,
+ * so the loader retries with 0 and the dentry walk makes the event path.
+ */
+const volatile __u32 dg_use_d_path = 1;
+
 #ifndef container_of
 #define container_of(ptr, type, member) ((type *)((void *)(ptr) - __builtin_offsetof(type, member)))
 #endif
@@ -115,6 +123,16 @@ struct {
 	__type(key, __u32);
 	__type(value, struct dg_scratch);
 } dg_scratch_map SEC(".maps");
+
+/*
+ * The current task for CO-RE reads. bpf_get_current_task_btf() needs 5.11;
+ * bpf_get_current_task() (4.8) plus BPF_CORE_READ (probe reads) works on
+ * every kernel we support, and we never dereference the task directly.
+ */
+static __always_inline struct task_struct *current_task(void)
+{
+	return (struct task_struct *)bpf_get_current_task();
+}
 
 static __always_inline void stat_inc(__u32 slot)
 {
@@ -331,7 +349,7 @@ static __always_inline struct dg_scratch *scratch_raw(void)
 
 /*
  * Path resolution by walking dentries (bpf_d_path is not allowed in tp_btf
- * and file_mprotect). Two kinds:
+ * and file_mprotect, nor in any LSM hook on 5.10). Two kinds:
  *
  * - image paths (cross == 0): from the file up to the root of its own
  *   superblock, never crossing a mount. For a file on the container's root
@@ -343,7 +361,14 @@ static __always_inline struct dg_scratch *scratch_raw(void)
  *
  * A walk that does not reach its root within the step budget, or has more
  * components than fit, is flagged: such a path never matches a list entry.
- * The loops run under bpf_loop() so the verifier checks each body once.
+ *
+ * The loops are bounded for loops (5.3+), not bpf_loop() (5.17): a program
+ * that passes a bpf_loop callback holds an ld_imm64 BPF_PSEUDO_FUNC, which
+ * kernels before 5.13 refuse while parsing the program, before any dead code
+ * is removed -- so no CO-RE guard can keep bpf_loop in a program that must
+ * also load on 5.10. The walk state lives in map memory (unknown to the
+ * verifier), so the states of one iteration converge and each iteration is
+ * verified about once: see docs/bpf.md for the cost per kernel.
  */
 
 /* Records the name of c->d; returns 1 when the walk must stop. */
@@ -359,15 +384,11 @@ static __always_inline long walk_record(struct walk_ctx *c, struct dg_scratch *s
 }
 
 /* Image path: up to the root of the file's own superblock, never crossing a mount. */
-static long walk_up_image(__u64 i, void *ctx)
+static __always_inline long walk_up_image(struct dg_scratch *s)
 {
-	struct dg_scratch *s = scratch_raw();
-	struct walk_ctx *c;
+	struct walk_ctx *c = &s->walk;
 	struct dentry *d, *parent_d;
 
-	if (!s)
-		return 1;
-	c = &s->walk;
 	/* Locals, not c->x, inside BPF_CORE_READ: walk_ctx is ours, not a kernel type. */
 	d = c->d;
 	parent_d = BPF_CORE_READ(d, d_parent);
@@ -383,17 +404,13 @@ static long walk_up_image(__u64 i, void *ctx)
 }
 
 /* Task path: up to the task's root, crossing mounts, like d_path(). */
-static long walk_up_task(__u64 i, void *ctx)
+static __always_inline long walk_up_task(struct dg_scratch *s)
 {
-	struct dg_scratch *s = scratch_raw();
-	struct walk_ctx *c;
+	struct walk_ctx *c = &s->walk;
 	struct dentry *d, *parent_d;
 	struct vfsmount *vmnt;
 	struct mount *mnt;
 
-	if (!s)
-		return 1;
-	c = &s->walk;
 	d = c->d;
 	vmnt = c->vmnt;
 	mnt = c->mnt;
@@ -425,16 +442,12 @@ static long walk_up_task(__u64 i, void *ctx)
 	return 0;
 }
 
-static long write_down(__u64 j, void *ctx)
+static __always_inline long write_down(struct dg_scratch *s, __u32 j)
 {
-	struct dg_scratch *s = scratch_raw();
-	struct walk_ctx *c;
+	struct walk_ctx *c = &s->walk;
 	__u32 idx;
 	long r;
 
-	if (!s)
-		return 1;
-	c = &s->walk;
 	if (j >= c->n)
 		return 1;
 	if (c->off >= DG_PATH_MAX - 1) {
@@ -469,7 +482,7 @@ static long write_down(__u64 j, void *ctx)
  */
 __noinline __u32 dg_walk_path(__u64 dentry, __u64 vmnt, __u32 cross)
 {
-	struct task_struct *task = bpf_get_current_task_btf();
+	struct task_struct *task = current_task();
 	struct dg_scratch *s = scratch_raw();
 	struct walk_ctx *c;
 	__u32 flags;
@@ -487,18 +500,25 @@ __noinline __u32 dg_walk_path(__u64 dentry, __u64 vmnt, __u32 cross)
 	if (!dentry) {
 		c->flags |= DG_EVF_PATH_UNRESOLVED;
 	} else {
-		/* Two callbacks rather than one with a branch: fewer states for the verifier. */
-		if (cross)
-			bpf_loop(DG_WALK_STEPS, walk_up_task, NULL, 0);
-		else
-			bpf_loop(DG_WALK_STEPS, walk_up_image, NULL, 0);
+		/* Two loops rather than one with a branch: fewer states for the verifier. */
+		if (cross) {
+			for (__u32 i = 0; i < DG_WALK_STEPS; i++)
+				if (walk_up_task(s))
+					break;
+		} else {
+			for (__u32 i = 0; i < DG_WALK_STEPS; i++)
+				if (walk_up_image(s))
+					break;
+		}
 		if (!c->done)
 			c->flags |= DG_EVF_PATH_UNRESOLVED;
 	}
 	__builtin_memset(s->buf, 0, sizeof(s->buf));
 	if (c->n == 0)
 		s->buf[0] = '/';
-	bpf_loop(DG_WALK_MAX, write_down, NULL, 0);
+	for (__u32 j = 0; j < DG_WALK_MAX; j++)
+		if (write_down(s, j))
+			break;
 	if (c->off >= DG_PATH_MAX) {
 		c->flags |= DG_EVF_PATH_TRUNCATED;
 		s->buf[DG_PATH_MAX - 1] = 0;
@@ -519,7 +539,7 @@ static __always_inline void emit(struct dg_scratch *s, const struct dg_verdict *
 				 __u64 matched)
 {
 	struct dg_event *e;
-	struct task_struct *task = bpf_get_current_task_btf();
+	struct task_struct *task = current_task();
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 
 	stat_inc(v->action == DG_ACT_DENY ? DG_STAT_DENIES :
@@ -548,7 +568,7 @@ static __always_inline void emit(struct dg_scratch *s, const struct dg_verdict *
 	stat_inc(DG_STAT_EVENTS);
 }
 
-#define DG_PATH_DPATH 0  /* LSM exec/mmap: bpf_d_path for task paths */
+#define DG_PATH_DPATH 0  /* LSM exec/mmap: bpf_d_path for task paths (walk if dg_use_d_path == 0) */
 #define DG_PATH_WALK 1   /* tracepoint: dentry walk for task paths */
 #define DG_PATH_MAPPED 2 /* file_mprotect: overlay file behind a mapping, dentry walk */
 
@@ -609,9 +629,9 @@ static __always_inline __u32 check_file(struct file *file, __u32 hook, __u32 acc
 		if (v.action == DG_ACT_ALLOW)
 			return DG_ACT_ALLOW;
 	}
-	/* One walk call site: each bpf_loop call site is verified on its own. */
+	/* One walk call site: the walk is verified once per call site. */
 	cross = on_rootfs(in.file_kind) ? 0 : 1;
-	if (path_mode == DG_PATH_DPATH && cross) {
+	if (path_mode == DG_PATH_DPATH && cross && dg_use_d_path) {
 		/*
 		 * Task-relative path with the kernel's own d_path. It builds the
 		 * string at the end of the buffer and moves it to the front, leaving
@@ -674,13 +694,13 @@ static __always_inline bool exec_maps_own_binary(struct file *file)
 
 	if (!bpf_core_field_exists(struct task_struct, in_execve))
 		return false;
-	task = bpf_get_current_task_btf();
-	if (!BPF_CORE_READ_BITFIELD(task, in_execve))
+	task = current_task();
+	if (!BPF_CORE_READ_BITFIELD_PROBED(task, in_execve))
 		return false;
-	mm = task->mm;
+	mm = BPF_CORE_READ(task, mm);
 	if (!mm)
 		return false;
-	return (unsigned long)mm->exe_file == (unsigned long)file;
+	return (unsigned long)BPF_CORE_READ(mm, exe_file) == (unsigned long)file;
 }
 
 SEC("lsm/mmap_file")

@@ -98,6 +98,7 @@ pub struct Enforcer {
     fallback_reason: Option<String>,
     pin_dir: Option<PathBuf>,
     store: PolicyStore,
+    lsm_d_path: bool,
 }
 
 impl std::fmt::Debug for Enforcer {
@@ -148,8 +149,20 @@ impl Enforcer {
             }
         };
 
+        let mut lsm_d_path = true;
         let skel = if lsm {
-            match open_and_load(opts.pin_dir.as_deref(), true) {
+            let first = open_and_load(opts.pin_dir.as_deref(), true, true);
+            // 5.10 has BPF LSM but refuses bpf_d_path() in LSM hooks (allowed from 5.11): the
+            // same programs without it make event paths with the dentry walk instead.
+            let first = match first {
+                Err(Error::ProgramRejected { ref log, .. }) if d_path_refused(log) => {
+                    tracing::info!("bpf_d_path is not allowed in BPF LSM hooks on this kernel; event paths of non-image files come from the dentry walk");
+                    lsm_d_path = false;
+                    open_and_load(opts.pin_dir.as_deref(), true, false)
+                }
+                r => r,
+            };
+            match first {
                 Ok(s) => Some(s),
                 Err(e @ (Error::ProgramRejected { .. } | Error::NotPermitted(_) | Error::Load { .. })) => {
                     tracing::warn!(error = %e, "BPF LSM programs could not be loaded; using the exec tracepoint fallback");
@@ -163,7 +176,7 @@ impl Enforcer {
         };
         let (skel, path) = match skel {
             Some(s) => (s, EnforcementPath::Lsm),
-            None => (open_and_load(opts.pin_dir.as_deref(), false)?, EnforcementPath::TracepointKill),
+            None => (open_and_load(opts.pin_dir.as_deref(), false, false)?, EnforcementPath::TracepointKill),
         };
 
         let store = store_from_skel(&skel)?;
@@ -175,8 +188,16 @@ impl Enforcer {
         if adopted > 0 {
             tracing::info!(policies = adopted, "adopted pinned policies");
         }
-        let mut enforcer =
-            Enforcer { skel, links: Vec::new(), path, fallback_reason, pin_dir: opts.pin_dir.clone(), store };
+        let lsm_d_path = lsm_d_path && path == EnforcementPath::Lsm;
+        let mut enforcer = Enforcer {
+            skel,
+            links: Vec::new(),
+            path,
+            fallback_reason,
+            pin_dir: opts.pin_dir.clone(),
+            store,
+            lsm_d_path,
+        };
         enforcer.attach()?;
         tracing::info!(path = path.as_str(), reason = ?enforcer.fallback_reason, "enforcement attached");
         Ok(enforcer)
@@ -249,6 +270,12 @@ impl Enforcer {
     /// Why the fallback is used, when it is (may span lines: the verifier's tail).
     pub fn fallback_reason(&self) -> Option<&str> {
         self.fallback_reason.as_deref()
+    }
+
+    /// Whether the LSM programs make task paths with `bpf_d_path()` (false on 5.10, which
+    /// refuses it in LSM hooks, and on the fallback: the dentry walk is used instead).
+    pub fn uses_d_path(&self) -> bool {
+        self.lsm_d_path
     }
 
     /// Pin directory, if pinned.
@@ -515,12 +542,23 @@ fn set_autoload(open: &mut OpenDriftguardSkel<'static>, lsm: bool) {
     p.dg_test_decide.set_autoload(false);
 }
 
-fn open_and_load(pin_dir: Option<&Path>, lsm: bool) -> Result<DriftguardSkel<'static>> {
+/// The verifier refused a `bpf_d_path()` call (5.10: not in the LSM hooks' allowlist).
+fn d_path_refused(log: &str) -> bool {
+    log.contains("helper call is not allowed in probe") && log.contains("bpf_d_path")
+}
+
+fn open_and_load(pin_dir: Option<&Path>, lsm: bool, d_path: bool) -> Result<DriftguardSkel<'static>> {
     let builder = DriftguardSkelBuilder::default();
     let mut open = builder
         .open(leak_storage())
         .map_err(|e| Error::Load { reason: format!("opening the BPF object: {e}"), log: libbpf_log::tail(20) })?;
     set_autoload(&mut open, lsm);
+    match open.maps.rodata_data.as_deref_mut() {
+        Some(ro) => ro.dg_use_d_path = u32::from(d_path),
+        None => {
+            return Err(Error::Load { reason: "the BPF object has no read-only data section".into(), log: String::new() })
+        }
+    }
     if let Some(dir) = pin_dir {
         let m = &mut open.maps;
         for (name, map) in [
