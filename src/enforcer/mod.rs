@@ -556,7 +556,10 @@ fn open_and_load(pin_dir: Option<&Path>, lsm: bool, d_path: bool) -> Result<Drif
     match open.maps.rodata_data.as_deref_mut() {
         Some(ro) => ro.dg_use_d_path = u32::from(d_path),
         None => {
-            return Err(Error::Load { reason: "the BPF object has no read-only data section".into(), log: String::new() })
+            return Err(Error::Load {
+                reason: "the BPF object has no read-only data section".into(),
+                log: String::new(),
+            })
         }
     }
     if let Some(dir) = pin_dir {
@@ -648,6 +651,22 @@ impl DecisionTester {
         abi::decide_verdict(&ctx)
             .ok_or_else(|| Error::Corrupt { map: "dg_test_decide", detail: "short context".into() })
     }
+}
+
+/// Does the running kernel's BTF (`/sys/kernel/btf/vmlinux`) list `func` (e.g. `BPF_FUNC_loop`)
+/// in `enum bpf_func_id`, i.e. does the kernel have that BPF helper? `None`: no readable BTF.
+pub fn kernel_has_bpf_helper(func: &str) -> Option<bool> {
+    kernel_enum_has("bpf_func_id", func)
+}
+
+/// Does the running kernel's BTF have the enumerator `value` in `enum name` (e.g.
+/// `bpf_prog_type`, `BPF_PROG_TYPE_SYSCALL`)? `None`: no readable BTF or no such enum.
+pub fn kernel_enum_has(name: &str, value: &str) -> Option<bool> {
+    use libbpf_rs::btf::{types::Enum, Btf};
+    let btf = Btf::from_vmlinux().ok()?;
+    let e: Enum<'_> = btf.type_by_name(name)?;
+    let found = e.iter().any(|m| m.name.is_some_and(|n| n == value));
+    Some(found)
 }
 
 #[cfg(test)]

@@ -246,9 +246,7 @@ impl Gate {
                         out.push(missing(trial_name(n), format!("{why} (run tests/vm/fetch-kernels.sh)")));
                     }
                 }
-                out.extend(
-                    kernels.into_iter().map(|k| Trial::test(trial_name(&k.name), move || run(&k))),
-                );
+                out.extend(kernels.into_iter().map(|k| Trial::test(trial_name(&k.name), move || run(&k))));
                 return out;
             }
             (Err(e), _) => format!("{e} (run tests/vm/fetch-kernels.sh)"),
