@@ -166,6 +166,35 @@ static __always_inline __u32 top_bit(__u32 x)
 	return r | DG_GT(x, 0x1);
 }
 
+/*
+ * Until 6.0 struct cgroup kept the ids of its ancestors in ancestor_ids[]
+ * (indexed by level; 6.0 replaced it with ancestors[]). Those kernels may
+ * refuse bpf_get_current_ancestor_cgroup_id() in tracing and LSM programs
+ * (5.10 does: "unknown func"), so read the array with CO-RE there; the field
+ * is absent from 6.0, where the helper is allowed.
+ */
+struct cgroup___pre60 {
+	int level;
+	u64 ancestor_ids[];
+} __attribute__((preserve_access_index));
+
+static __always_inline __u64 ancestor_cgroup_id(__u32 lvl)
+{
+	if (bpf_core_field_exists(struct cgroup___pre60, ancestor_ids)) {
+		struct task_struct *task = current_task();
+		struct cgroup___pre60 *cg = (void *)BPF_CORE_READ(task, cgroups, dfl_cgrp);
+		__u64 id = 0;
+
+		if (!cg || (int)lvl > BPF_CORE_READ(cg, level))
+			return 0;
+		bpf_probe_read_kernel(&id, sizeof(id),
+				      (void *)cg + bpf_core_field_offset(struct cgroup___pre60, ancestor_ids) +
+					      (__u64)lvl * sizeof(__u64));
+		return id;
+	}
+	return bpf_get_current_ancestor_cgroup_id(lvl);
+}
+
 /* Policy of the current task's cgroup, or of its deepest ancestor that has one. */
 static __always_inline struct dg_policy *lookup_policy(__u64 *cgid, __u64 *matched)
 {
@@ -188,7 +217,7 @@ static __always_inline struct dg_policy *lookup_policy(__u64 *cgid, __u64 *match
 		__u32 lvl = top_bit(mask);
 
 		mask &= ~(1u << lvl);
-		id = bpf_get_current_ancestor_cgroup_id(lvl);
+		id = ancestor_cgroup_id(lvl);
 		/* id == own: the task sits at that depth, looked up above. */
 		if (!id || id == own)
 			continue;
