@@ -70,7 +70,7 @@ fn main() {
     libtest_mimic::run(&args, trials).exit();
 }
 
-/// The same agent trials inside the Debian 6.1 / 6.12 VMs, where BPF LSM denies with EPERM.
+/// The same agent trials inside the Debian 5.10 / 6.1 / 6.12 VMs, where BPF LSM denies with EPERM.
 fn agent_suite_in_vm(k: &vm::Kernel) -> R {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let runc = which("runc").ok_or("runc not installed")?;

@@ -2,7 +2,7 @@
 //!
 //! * On the host they run against this kernel (here: the tracepoint + SIGKILL
 //!   fallback, because trampolines are refused on this machine).
-//! * The `vm_lsm_*` trials boot Debian's 6.1 and 6.12 kernels in qemu and run
+//! * The `vm_lsm_*` trials boot Debian's 5.10, 6.1 and 6.12 kernels in qemu and run
 //!   this same binary inside, where BPF LSM works: every exec case must then
 //!   fail with EPERM, and the LSM-only cases (ld.so, `#!` scripts) run too.
 //!
