@@ -143,35 +143,12 @@ static __always_inline void stat_inc(__u32 slot)
 }
 
 /*
- * Index of the highest set bit of x (x != 0), without branches: a branch per
- * step would multiply the paths the verifier walks in the level loop.
- * DG_GT(x, c) is 1 when x > c: the 64-bit c - x then wraps to a set top bit.
- */
-#define DG_GT(x, c) ((__u32)(((__u64)(c) - (__u64)(x)) >> 63))
-static __always_inline __u32 top_bit(__u32 x)
-{
-	__u32 r, s;
-
-	r = DG_GT(x, 0xffff) << 4;
-	x >>= r;
-	s = DG_GT(x, 0xff) << 3;
-	x >>= s;
-	r |= s;
-	s = DG_GT(x, 0xf) << 2;
-	x >>= s;
-	r |= s;
-	s = DG_GT(x, 0x3) << 1;
-	x >>= s;
-	r |= s;
-	return r | DG_GT(x, 0x1);
-}
-
-/*
  * Until 6.0 struct cgroup kept the ids of its ancestors in ancestor_ids[]
  * (indexed by level; 6.0 replaced it with ancestors[]). Those kernels may
  * refuse bpf_get_current_ancestor_cgroup_id() in tracing and LSM programs
  * (5.10 does: "unknown func"), so read the array with CO-RE there; the field
- * is absent from 6.0, where the helper is allowed.
+ * is absent from 6.0, where the helper is allowed. The branch not taken is
+ * dead code to the verifier (libbpf turns the guard into a constant).
  */
 struct cgroup___pre60 {
 	int level;
@@ -195,53 +172,90 @@ static __always_inline __u64 ancestor_cgroup_id(__u32 lvl)
 	return bpf_get_current_ancestor_cgroup_id(lvl);
 }
 
-/* Policy of the current task's cgroup, or of its deepest ancestor that has one. */
-static __always_inline struct dg_policy *lookup_policy(__u64 *cgid, __u64 *matched)
+/*
+ * Id of the cgroup whose policy applies to the current task: its own cgroup
+ * (own), or its deepest ancestor that has one; 0 when none has.
+ *
+ * A global function (verified once per program, whatever the caller's state)
+ * whose loop never changes what it tests: the level is the loop counter and
+ * the mask of policied levels stays an unknown scalar, so the states of an
+ * iteration are all alike and converge. An earlier loop cleared the top set
+ * bit of the mask each round; every cleared bit made a distinct verifier state
+ * and Debian 6.1's verifier went past its 1,000,000-instruction budget in the
+ * exec tracepoint (E2BIG). Runtime cost: 31 shift-and-test steps.
+ */
+__noinline __u64 dg_policy_cgroup(__u64 own)
 {
-	struct dg_policy *p;
 	__u32 zero = 0, *maskp, mask;
-	__u64 own = bpf_get_current_cgroup_id(), id;
+	__u64 id;
 
-	*cgid = own;
-	p = bpf_map_lookup_elem(&dg_policies, &own);
-	if (p) {
-		*matched = own;
-		return p;
-	}
+	if (bpf_map_lookup_elem(&dg_policies, &own))
+		return own;
 	maskp = bpf_map_lookup_elem(&dg_level_mask, &zero);
 	if (!maskp)
-		return NULL;
+		return 0;
 	mask = *maskp & ~1u; /* depth 0 is the root: never policied */
-	/* Deepest flagged level first; one iteration per flagged level. */
-	for (__u32 n = 0; n < DG_MAX_LEVELS && mask; n++) {
-		__u32 lvl = top_bit(mask);
+	if (!mask)
+		return 0;
+	/* Deepest flagged level first. */
+	for (__u32 i = 1; i < DG_MAX_LEVELS; i++) {
+		__u32 lvl = DG_MAX_LEVELS - i;
 
-		mask &= ~(1u << lvl);
+		if (!((mask >> lvl) & 1))
+			continue;
 		id = ancestor_cgroup_id(lvl);
 		/* id == own: the task sits at that depth, looked up above. */
 		if (!id || id == own)
 			continue;
-		p = bpf_map_lookup_elem(&dg_policies, &id);
-		if (p) {
-			*matched = id;
-			return p;
-		}
+		if (bpf_map_lookup_elem(&dg_policies, &id))
+			return id;
 	}
-	return NULL;
+	return 0;
+}
+
+/* Policy of the current task's cgroup, or of its deepest ancestor that has one. */
+static __always_inline struct dg_policy *lookup_policy(__u64 *cgid, __u64 *matched)
+{
+	__u64 own = bpf_get_current_cgroup_id(), id;
+
+	*cgid = own;
+	id = dg_policy_cgroup(own);
+	if (!id)
+		return NULL;
+	*matched = id;
+	return bpf_map_lookup_elem(&dg_policies, &id);
 }
 
 /*
- * struct ovl_inode embeds struct inode vfs_inode immediately followed by
- * struct dentry *__upperdentry on every kernel from 4.19 to 6.18. overlay is
- * often a module, so its BTF may not be loaded when we are: use the CO-RE size
- * of struct inode instead of a relocation against ovl_inode. With metacopy=on a
- * metadata-only copy-up also sets it: still drift (the file was changed).
+ * The upper dentry of an overlay inode (NULL: the file is only in a lower
+ * layer). With metacopy=on a metadata-only copy-up also sets it: still drift
+ * (the file was changed).
+ *
+ * CO-RE against struct ovl_inode where a BTF has it: vmlinux when overlay is
+ * built in, the overlay module's BTF when it is a module loaded before us
+ * (libbpf searches module BTF; 5.10 has none, CONFIG_DEBUG_INFO_BTF_MODULES is
+ * 5.11+). Fallback: ovl_inode embeds struct inode vfs_inode immediately
+ * followed by struct dentry *__upperdentry on every kernel from 4.19 to 6.18,
+ * so the pointer after the CO-RE size of struct inode. The fallback is what
+ * 5.10 runs, so the VM suites check it there; the agent and `driftguard
+ * check` say which one is in use (overlay_upper_source() in src/enforcer).
  */
+struct ovl_inode___dg {
+	struct inode vfs_inode;
+	struct dentry *__upperdentry;
+} __attribute__((preserve_access_index));
+
 static __always_inline struct dentry *ovl_upper(struct inode *inode)
 {
 	struct dentry *upper = NULL;
+	__u64 off;
 
-	bpf_probe_read_kernel(&upper, sizeof(upper), (void *)inode + bpf_core_type_size(struct inode));
+	if (bpf_core_field_exists(struct ovl_inode___dg, __upperdentry))
+		off = bpf_core_field_offset(struct ovl_inode___dg, __upperdentry) -
+		      bpf_core_field_offset(struct ovl_inode___dg, vfs_inode);
+	else
+		off = bpf_core_type_size(struct inode);
+	bpf_probe_read_kernel(&upper, sizeof(upper), (void *)inode + off);
 	return upper;
 }
 
@@ -296,10 +310,19 @@ static __always_inline __u32 classify_inode(struct inode *inode, struct vfsmount
 }
 
 /*
+ * From 6.8 overlay's real file is a struct backing_file whose user_path is
+ * the overlay path (6.5-6.7 named the other path real_path, and f_path was
+ * the overlay path as before). CO-RE finds user_path inside its anonymous
+ * union (6.12+); kernels without the field use f_path only.
+ */
+struct backing_file___dg {
+	struct path user_path;
+} __attribute__((preserve_access_index));
+
+/*
  * A mapping of an overlay file holds overlay's *real* file in vma->vm_file,
- * so the overlay inode must be found again: on 6.1 the real file's f_path is
- * the overlay path ("fake path"); from 6.5 the real file is a struct
- * backing_file whose user_path is. A candidate counts as upper only if its
+ * so the overlay inode must be found again: up to 6.7 the real file's f_path
+ * is the overlay path ("fake path"); from 6.8 the backing_file's user_path is. A candidate counts as upper only if its
  * overlay inode's upper dentry is the mapped inode, so memory that is not a
  * backing file can never make a file look drifted. Sets *pd/*pm to the path
  * to report (the overlay path when found).
@@ -314,10 +337,11 @@ static __always_inline __u32 classify_mapped(struct file *file, const struct dg_
 
 	cand_d[0] = BPF_CORE_READ(file, f_path.dentry);
 	cand_m[0] = BPF_CORE_READ(file, f_path.mnt);
-	if (bpf_core_type_exists(struct backing_file)) {
+	if (bpf_core_field_exists(struct backing_file___dg, user_path)) {
 		struct path up = {};
 
-		bpf_probe_read_kernel(&up, sizeof(up), (void *)file + bpf_core_type_size(struct file));
+		bpf_probe_read_kernel(&up, sizeof(up),
+				      (void *)file + bpf_core_field_offset(struct backing_file___dg, user_path));
 		cand_d[1] = up.dentry;
 		cand_m[1] = up.mnt;
 	}
