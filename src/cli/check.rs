@@ -12,7 +12,7 @@ use std::process::{Command, ExitCode, Stdio};
 
 use driftguard::cgroup::CgroupRoot;
 use driftguard::config::Config;
-use driftguard::enforcer::{self, EnforcementPath, Enforcer, EnforcerOptions};
+use driftguard::enforcer::{self, EnforcementPath, Enforcer, EnforcerOptions, OverlayUpper};
 use serde::Serialize;
 
 const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
@@ -161,7 +161,7 @@ fn gather(cfg: &Config, containerd_config: &Path) -> Vec<Item> {
         &probe,
         enforcer::kernel_has_bpf_helper("BPF_FUNC_loop"),
         Path::new(BTF_PATH).exists(),
-        Path::new("/sys/kernel/btf/overlay").exists(),
+        enforcer::overlay_upper(),
     );
 
     let bpffs = {
@@ -317,7 +317,7 @@ fn check_enforcement(cfg: &Config, probe: &Probe) -> Item {
 }
 
 /// What this kernel gives, in one table: the rows of docs/bpf.md's kernel table.
-fn check_capabilities(probe: &Probe, has_loop: Option<bool>, vmlinux_btf: bool, overlay_btf: bool) -> Item {
+fn check_capabilities(probe: &Probe, has_loop: Option<bool>, vmlinux_btf: bool, ovl: OverlayUpper) -> Item {
     let path = match probe {
         Probe::Pinned(p) => Some(*p),
         Probe::Loaded { path, .. } => Some(*path),
@@ -356,10 +356,13 @@ fn check_capabilities(probe: &Probe, has_loop: Option<bool>, vmlinux_btf: bool, 
         Some(false) => "absent (5.17+); not needed: the path walks are bounded loops",
         None => "unknown (no readable BTF)",
     };
-    let btf = match (vmlinux_btf, overlay_btf) {
-        (true, true) => format!("kernel ({BTF_PATH}); overlay module BTF loaded"),
-        (true, false) => format!("kernel ({BTF_PATH}); overlay needs no BTF of its own (CO-RE size of struct inode)"),
-        (false, _) => "none: CO-RE cannot relocate the programs".to_string(),
+    let btf = if vmlinux_btf {
+        format!(
+            "kernel ({BTF_PATH}){}",
+            if enforcer::overlay_module_btf() { "; overlay module BTF loaded" } else { "" }
+        )
+    } else {
+        "none: CO-RE cannot relocate the programs".to_string()
     };
     let rows = [
         ("LSM hooks", lsm),
@@ -368,6 +371,7 @@ fn check_capabilities(probe: &Probe, has_loop: Option<bool>, vmlinux_btf: bool, 
         ("event paths", d_path.to_string()),
         ("bpf_loop", bpf_loop.to_string()),
         ("BTF", btf),
+        ("overlay", ovl.describe().to_string()),
     ];
     let detail = rows.iter().map(|(k, v)| format!("{k:<12}{v}")).collect::<Vec<_>>().join("\n");
     match path {
@@ -974,6 +978,32 @@ mod tests {
         assert_eq!(check_kernel("5.10.0-32-cloud-amd64").status, Status::Ok);
         assert_eq!(check_kernel("5.19.1").status, Status::Ok);
         assert_eq!(check_kernel("6.12.9+bpo-cloud-amd64").status, Status::Ok);
+    }
+
+    /// The capabilities table follows the one probe: no row says more than the load test found.
+    #[test]
+    fn capabilities_follow_the_probe() {
+        let fallback = Probe::Loaded {
+            path: EnforcementPath::TracepointKill,
+            reason: Some("BPF program 'dg_bprm_check' was rejected: EPERM\nmore".into()),
+            d_path: false,
+        };
+        let i = check_capabilities(&fallback, Some(true), true, OverlayUpper::VmlinuxBtf);
+        assert_eq!(i.status, Status::Warn);
+        assert!(i.detail.contains("LSM hooks   no (BPF program 'dg_bprm_check' was rejected: EPERM)"), "{}", i.detail);
+        assert!(i.detail.contains("PROT_EXEC   NOT covered"), "{}", i.detail);
+        assert!(!i.detail.contains("covered: mmap_file"), "{}", i.detail);
+
+        let lsm510 = Probe::Loaded { path: EnforcementPath::Lsm, reason: None, d_path: false };
+        let i = check_capabilities(&lsm510, Some(false), true, OverlayUpper::Layout);
+        assert_eq!(i.status, Status::Ok);
+        assert!(i.detail.contains("event paths dentry walk (bpf_d_path is refused"), "{}", i.detail);
+        assert!(i.detail.contains("bpf_loop    absent"), "{}", i.detail);
+        assert!(i.detail.contains("overlay     no BTF has struct ovl_inode"), "{}", i.detail);
+
+        let i = check_capabilities(&Probe::Skipped, None, false, OverlayUpper::Layout);
+        assert_eq!(i.status, Status::Warn);
+        assert!(i.detail.contains("LSM hooks   unknown"), "{}", i.detail);
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use driftguard::agent;
 use driftguard::config::Config;
-use driftguard::enforcer::{self, Enforcer, EnforcerOptions};
+use driftguard::enforcer::{Enforcer, EnforcerOptions};
 
 pub fn run(cfg: Config) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -25,10 +25,9 @@ pub fn run(cfg: Config) -> anyhow::Result<ExitCode> {
             "enforcement path: exec tracepoint + SIGKILL fallback (no mmap checks; `#!` scripts seen as their interpreter)"
         ),
     }
-    if enforcer.path() == enforcer::EnforcementPath::Lsm && !enforcer.uses_d_path() {
-        tracing::info!(
-            "this kernel refuses bpf_d_path in BPF LSM hooks (before 5.11): event paths of non-image files come from the dentry walk; verdicts are unchanged"
-        );
+    // What this kernel cannot guarantee, said once at start (docs/bpf.md, "Kernels").
+    for limit in enforcer.kernel_limits() {
+        tracing::warn!(limit = %limit, "kernel limit");
     }
     let state_dir = agent::state_dir();
     rt.block_on(agent::run(cfg, enforcer, state_dir, shutdown_signal()))?;

@@ -19,6 +19,7 @@
 //! [`unload`] removes everything.
 
 pub mod abi;
+mod caps;
 mod error;
 mod events;
 mod libbpf_log;
@@ -37,6 +38,7 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapHandle, OpenObject};
 use serde::Serialize;
 
+pub use caps::{kernel_enum_has, kernel_has_bpf_helper, overlay_module_btf, overlay_upper, OverlayUpper};
 pub use error::{Error, Result};
 pub use events::{Action, Event, EventStream, FileKind, Hook, ReaderHeartbeat, Rule, EVENT_CHANNEL_CAPACITY};
 pub use store::{InstalledPolicy, Owner, PolicyStore, Stats};
@@ -99,6 +101,7 @@ pub struct Enforcer {
     pin_dir: Option<PathBuf>,
     store: PolicyStore,
     lsm_d_path: bool,
+    ovl_upper: OverlayUpper,
 }
 
 impl std::fmt::Debug for Enforcer {
@@ -197,6 +200,7 @@ impl Enforcer {
             pin_dir: opts.pin_dir.clone(),
             store,
             lsm_d_path,
+            ovl_upper: caps::overlay_upper(),
         };
         enforcer.attach()?;
         tracing::info!(path = path.as_str(), reason = ?enforcer.fallback_reason, "enforcement attached");
@@ -276,6 +280,17 @@ impl Enforcer {
     /// refuses it in LSM hooks, and on the fallback: the dentry walk is used instead).
     pub fn uses_d_path(&self) -> bool {
         self.lsm_d_path
+    }
+
+    /// What this kernel cannot guarantee with the loaded programs, one sentence each (the agent
+    /// logs them at start; `driftguard check` tabulates the same facts).
+    pub fn kernel_limits(&self) -> Vec<String> {
+        caps::limits(self.path, self.lsm_d_path, self.ovl_upper)
+    }
+
+    /// Where the loaded programs find an overlay inode's upper dentry.
+    pub fn overlay_upper(&self) -> OverlayUpper {
+        self.ovl_upper
     }
 
     /// Pin directory, if pinned.
@@ -651,22 +666,6 @@ impl DecisionTester {
         abi::decide_verdict(&ctx)
             .ok_or_else(|| Error::Corrupt { map: "dg_test_decide", detail: "short context".into() })
     }
-}
-
-/// Does the running kernel's BTF (`/sys/kernel/btf/vmlinux`) list `func` (e.g. `BPF_FUNC_loop`)
-/// in `enum bpf_func_id`, i.e. does the kernel have that BPF helper? `None`: no readable BTF.
-pub fn kernel_has_bpf_helper(func: &str) -> Option<bool> {
-    kernel_enum_has("bpf_func_id", func)
-}
-
-/// Does the running kernel's BTF have the enumerator `value` in `enum name` (e.g.
-/// `bpf_prog_type`, `BPF_PROG_TYPE_SYSCALL`)? `None`: no readable BTF or no such enum.
-pub fn kernel_enum_has(name: &str, value: &str) -> Option<bool> {
-    use libbpf_rs::btf::{types::Enum, Btf};
-    let btf = Btf::from_vmlinux().ok()?;
-    let e: Enum<'_> = btf.type_by_name(name)?;
-    let found = e.iter().any(|m| m.name.is_some_and(|n| n == value));
-    Some(found)
 }
 
 #[cfg(test)]
