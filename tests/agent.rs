@@ -106,6 +106,7 @@ fn agent_suite_in_vm(k: &vm::Kernel) -> R {
     if !res.output.lines().any(|l| l.starts_with(&want) && l.contains(" 0 ignored;")) {
         return Err(format!("VM summary is not `ok. {} passed` with 0 ignored", TRIALS.len()).into());
     }
+    res.check_limits(&k.name)?;
     Ok(())
 }
 

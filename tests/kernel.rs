@@ -192,6 +192,15 @@ fn enforcement_path_is_the_expected_one() -> R {
     for p in enf.program_stats() {
         println!("verified_insns {} {}", p.name, p.verified_insns);
     }
+    // The fallback must load on every kernel too (a kernel booted without `bpf` in `lsm=` uses
+    // it): Debian 6.1 once refused dg_exec_tp alone (E2BIG) while the LSM programs loaded.
+    if enf.path() == EnforcementPath::Lsm {
+        let tp = Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: true })
+            .map_err(|e| format!("the tracepoint fallback does not load on this kernel: {e}"))?;
+        for p in tp.program_stats() {
+            println!("verified_insns {} {}", p.name, p.verified_insns);
+        }
+    }
     if let Some(want) = harness_expectation() {
         if h.path != want {
             return Err(

@@ -144,6 +144,47 @@ impl VmResult {
     }
 }
 
+/// Trials that, on a kernel of the matrix, state a kernel limit (`LIMIT <trial>: <why>` on stdout)
+/// instead of making their check, because the kernel cannot run it or the attack cannot be staged
+/// there. docs/bpf.md's kernel table lists the same. [`VmResult::check_limits`] fails a VM run
+/// with a LIMIT line not in this list, and prints the ones it saw: a limit is never a silent pass.
+pub const EXPECTED_LIMITS: &[(&str, &[&str])] = &[(
+    "5.10",
+    &[
+        // BPF_PROG_TYPE_SYSCALL (the decision tester) is 5.14+
+        "decision_function_matches_spec",
+        // overlay mounts in a user namespace are 5.11+
+        "second_overlay_in_user_namespace_exec_denied",
+    ],
+)];
+
+impl VmResult {
+    /// The trials that printed `LIMIT <trial>:` must be among [`EXPECTED_LIMITS`] for `kernel`;
+    /// prints them, so the VM trial's output counts them. Returns how many there were.
+    pub fn check_limits(&self, kernel: &str) -> Result<usize, String> {
+        let expected: &[&str] = EXPECTED_LIMITS.iter().find(|(k, _)| *k == kernel).map(|(_, l)| *l).unwrap_or(&[]);
+        let mut seen: Vec<&str> = Vec::new();
+        for l in self.output.lines() {
+            // the line may follow libtest's "test <name> ... " on the same line
+            if let Some(rest) = l.split("LIMIT ").nth(1) {
+                if let Some((name, _)) = rest.split_once(':') {
+                    if !name.contains(' ') {
+                        seen.push(name);
+                    }
+                }
+            }
+        }
+        let unexpected: Vec<&&str> = seen.iter().filter(|n| !expected.contains(n)).collect();
+        if !unexpected.is_empty() {
+            return Err(format!(
+                "kernel {kernel}: trials stated a limit not listed in EXPECTED_LIMITS: {unexpected:?}"
+            ));
+        }
+        println!("kernel {kernel}: {} trial(s) stated a kernel limit (listed in docs/bpf.md): {seen:?}", seen.len());
+        Ok(seen.len())
+    }
+}
+
 /// True inside the VM (the guest command's environment has `DRIFTGUARD_IN_VM=1`).
 pub fn in_vm() -> bool {
     std::env::var(IN_VM_ENV).map(|v| v == "1").unwrap_or(false)
