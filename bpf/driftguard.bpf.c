@@ -525,6 +525,31 @@ static __always_inline long write_down(struct dg_scratch *s, __u32 j)
 }
 
 /*
+ * One step of a walk and one component written, as global functions: the
+ * verifier checks each body once per program, and each round of the bounded
+ * loops below costs only the call. Inlined, every round was verified again
+ * (the loop counter differs), about twice the instructions of the whole
+ * program. Their state is in the per-CPU scratch map; they take only scalars.
+ */
+__noinline long dg_walk_step(__u32 cross)
+{
+	struct dg_scratch *s = scratch_raw();
+
+	if (!s)
+		return 1;
+	return cross ? walk_up_task(s) : walk_up_image(s);
+}
+
+__noinline long dg_write_step(__u32 j)
+{
+	struct dg_scratch *s = scratch_raw();
+
+	if (!s)
+		return 1;
+	return write_down(s, j);
+}
+
+/*
  * Writes the per-CPU scratch's key.path; returns DG_EVF_* flags.
  *
  * A global function (not static, not inlined) taking only scalars: the verifier
@@ -553,16 +578,9 @@ __noinline __u32 dg_walk_path(__u64 dentry, __u64 vmnt, __u32 cross)
 	if (!dentry) {
 		c->flags |= DG_EVF_PATH_UNRESOLVED;
 	} else {
-		/* Two loops rather than one with a branch: fewer states for the verifier. */
-		if (cross) {
-			for (__u32 i = 0; i < DG_WALK_STEPS; i++)
-				if (walk_up_task(s))
-					break;
-		} else {
-			for (__u32 i = 0; i < DG_WALK_STEPS; i++)
-				if (walk_up_image(s))
-					break;
-		}
+		for (__u32 i = 0; i < DG_WALK_STEPS; i++)
+			if (dg_walk_step(cross))
+				break;
 		if (!c->done)
 			c->flags |= DG_EVF_PATH_UNRESOLVED;
 	}
@@ -570,7 +588,7 @@ __noinline __u32 dg_walk_path(__u64 dentry, __u64 vmnt, __u32 cross)
 	if (c->n == 0)
 		s->buf[0] = '/';
 	for (__u32 j = 0; j < DG_WALK_MAX; j++)
-		if (write_down(s, j))
+		if (dg_write_step(j))
 			break;
 	if (c->off >= DG_PATH_MAX) {
 		c->flags |= DG_EVF_PATH_TRUNCATED;
