@@ -596,6 +596,17 @@ fn agent_enforces_annotated_pods() -> R {
     if std::env::var("DG_EXPECT_PATH").as_deref() == Ok("lsm") && path != Some(EnforcementPath::Lsm) {
         return Err(format!("expected the BPF LSM path, agent pinned {path:?}\n{}", agent.log()).into());
     }
+    // The agent states at start what this kernel cannot guarantee (docs/bpf.md, "Kernels").
+    let log = agent.log();
+    let limits: Vec<&str> = log.lines().filter(|l| l.contains("kernel limit")).collect();
+    let want: &[&str] = match (path, vm::guest_kernel().as_deref()) {
+        (Some(EnforcementPath::TracepointKill), _) => &["PROT_EXEC mappings are not checked", "SIGKILL"],
+        (Some(EnforcementPath::Lsm), Some("5.10")) => &["bpf_d_path is refused", "no BTF has struct ovl_inode"],
+        _ => &[],
+    };
+    if limits.len() != want.len() || !want.iter().all(|w| limits.iter().any(|l| l.contains(w))) {
+        return Err(format!("kernel limits logged at start {limits:?}, expected lines with {want:?}").into());
+    }
 
     // `driftguard events` follows the running agent's events socket.
     let mut follower = Command::new(env!("CARGO_BIN_EXE_driftguard"))
