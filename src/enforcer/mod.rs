@@ -19,6 +19,7 @@
 //! [`unload`] removes everything.
 
 pub mod abi;
+mod caps;
 mod error;
 mod events;
 mod libbpf_log;
@@ -37,6 +38,7 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapHandle, OpenObject};
 use serde::Serialize;
 
+pub use caps::{kernel_enum_has, kernel_has_bpf_helper, overlay_module_btf, overlay_upper, OverlayUpper};
 pub use error::{Error, Result};
 pub use events::{Action, Event, EventStream, FileKind, Hook, ReaderHeartbeat, Rule, EVENT_CHANNEL_CAPACITY};
 pub use store::{InstalledPolicy, Owner, PolicyStore, Stats};
@@ -98,6 +100,8 @@ pub struct Enforcer {
     fallback_reason: Option<String>,
     pin_dir: Option<PathBuf>,
     store: PolicyStore,
+    lsm_d_path: bool,
+    ovl_upper: OverlayUpper,
 }
 
 impl std::fmt::Debug for Enforcer {
@@ -148,12 +152,26 @@ impl Enforcer {
             }
         };
 
+        let mut lsm_d_path = true;
         let skel = if lsm {
-            match open_and_load(opts.pin_dir.as_deref(), true) {
+            let first = open_and_load(opts.pin_dir.as_deref(), true, true);
+            // 5.10 has BPF LSM but refuses bpf_d_path() in LSM hooks (allowed from 5.11): the
+            // same programs without it make event paths with the dentry walk instead.
+            let first = match first {
+                Err(Error::ProgramRejected { ref log, .. }) if d_path_refused(log) => {
+                    tracing::info!("bpf_d_path is not allowed in BPF LSM hooks on this kernel; event paths of non-image files come from the dentry walk");
+                    lsm_d_path = false;
+                    open_and_load(opts.pin_dir.as_deref(), true, false)
+                }
+                r => r,
+            };
+            match first {
                 Ok(s) => Some(s),
                 Err(e @ (Error::ProgramRejected { .. } | Error::NotPermitted(_) | Error::Load { .. })) => {
-                    tracing::warn!(error = %e, "BPF LSM programs could not be loaded; using the exec tracepoint fallback");
-                    fallback_reason = Some(format!("BPF LSM programs failed to load: {e}"));
+                    // libbpf's own lines (and the verifier log) went to the debug level as they
+                    // came; the caller reports the one-line reason once.
+                    tracing::debug!(error = %first_line(&e.to_string()), "BPF LSM programs could not be loaded");
+                    fallback_reason = Some(lsm_refusal(&e));
                     None
                 }
                 Err(e) => return Err(e),
@@ -163,7 +181,7 @@ impl Enforcer {
         };
         let (skel, path) = match skel {
             Some(s) => (s, EnforcementPath::Lsm),
-            None => (open_and_load(opts.pin_dir.as_deref(), false)?, EnforcementPath::TracepointKill),
+            None => (open_and_load(opts.pin_dir.as_deref(), false, false)?, EnforcementPath::TracepointKill),
         };
 
         let store = store_from_skel(&skel)?;
@@ -175,10 +193,19 @@ impl Enforcer {
         if adopted > 0 {
             tracing::info!(policies = adopted, "adopted pinned policies");
         }
-        let mut enforcer =
-            Enforcer { skel, links: Vec::new(), path, fallback_reason, pin_dir: opts.pin_dir.clone(), store };
+        let lsm_d_path = lsm_d_path && path == EnforcementPath::Lsm;
+        let mut enforcer = Enforcer {
+            skel,
+            links: Vec::new(),
+            path,
+            fallback_reason,
+            pin_dir: opts.pin_dir.clone(),
+            store,
+            lsm_d_path,
+            ovl_upper: caps::overlay_upper(),
+        };
         enforcer.attach()?;
-        tracing::info!(path = path.as_str(), reason = ?enforcer.fallback_reason, "enforcement attached");
+        tracing::debug!(path = path.as_str(), "enforcement attached");
         Ok(enforcer)
     }
 
@@ -246,9 +273,26 @@ impl Enforcer {
         self.path
     }
 
-    /// Why the fallback is used, when it is (may span lines: the verifier's tail).
+    /// Why the fallback is used, when it is: one line that names the cause and what to change.
     pub fn fallback_reason(&self) -> Option<&str> {
         self.fallback_reason.as_deref()
+    }
+
+    /// Whether the LSM programs make task paths with `bpf_d_path()` (false on 5.10, which
+    /// refuses it in LSM hooks, and on the fallback: the dentry walk is used instead).
+    pub fn uses_d_path(&self) -> bool {
+        self.lsm_d_path
+    }
+
+    /// What this kernel cannot guarantee with the loaded programs, one sentence each (the agent
+    /// logs them at start; `driftguard check` tabulates the same facts).
+    pub fn kernel_limits(&self) -> Vec<String> {
+        caps::limits(self.path, self.lsm_d_path, self.ovl_upper)
+    }
+
+    /// Where the loaded programs find an overlay inode's upper dentry.
+    pub fn overlay_upper(&self) -> OverlayUpper {
+        self.ovl_upper
     }
 
     /// Pin directory, if pinned.
@@ -409,6 +453,32 @@ fn mount_securityfs() {
     }
 }
 
+/// One line for the operator: why the BPF LSM programs were refused and what to change. The
+/// libbpf/verifier lines behind it are logged at debug level (`DRIFTGUARD_LOG=debug`).
+fn lsm_refusal(e: &Error) -> String {
+    match e {
+        Error::ProgramRejected { program, reason, .. } if reason.contains("refused before verification") => format!(
+            "the kernel refused BPF LSM program {program} before verifying it ({}): bpf is in the active LSM \
+             list, but this kernel cannot attach BPF programs to LSM hooks (BPF trampolines unavailable, \
+             e.g. no BPF JIT, a kernel build without trampoline support, or kernel lockdown). For EPERM enforcement run a \
+             kernel with CONFIG_BPF_LSM=y, bpf in lsm= and BPF trampolines (e.g. Debian 12's 6.1 kernel)",
+            reason.trim_end_matches(" (refused before verification)")
+        ),
+        Error::ProgramRejected { program, reason, .. } => format!(
+            "the verifier rejected BPF LSM program {program} ({reason}); its log is at debug level \
+             (DRIFTGUARD_LOG=debug); please report it with `uname -r`"
+        ),
+        Error::NotPermitted(why) => format!(
+            "loading BPF LSM programs was not permitted ({why}); give the agent CAP_BPF, CAP_PERFMON \
+             and CAP_SYS_ADMIN, and check kernel lockdown"
+        ),
+        Error::Load { reason, .. } => {
+            format!("the BPF LSM programs failed to load ({reason}); details at debug level (DRIFTGUARD_LOG=debug)")
+        }
+        other => first_line(&other.to_string()).to_string(),
+    }
+}
+
 fn raise_memlock() {
     // Kernels >= 5.11 charge BPF memory to the memcg; older ones need RLIMIT_MEMLOCK.
     let r = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
@@ -515,12 +585,26 @@ fn set_autoload(open: &mut OpenDriftguardSkel<'static>, lsm: bool) {
     p.dg_test_decide.set_autoload(false);
 }
 
-fn open_and_load(pin_dir: Option<&Path>, lsm: bool) -> Result<DriftguardSkel<'static>> {
+/// The verifier refused a `bpf_d_path()` call (5.10: not in the LSM hooks' allowlist).
+fn d_path_refused(log: &str) -> bool {
+    log.contains("helper call is not allowed in probe") && log.contains("bpf_d_path")
+}
+
+fn open_and_load(pin_dir: Option<&Path>, lsm: bool, d_path: bool) -> Result<DriftguardSkel<'static>> {
     let builder = DriftguardSkelBuilder::default();
     let mut open = builder
         .open(leak_storage())
         .map_err(|e| Error::Load { reason: format!("opening the BPF object: {e}"), log: libbpf_log::tail(20) })?;
     set_autoload(&mut open, lsm);
+    match open.maps.rodata_data.as_deref_mut() {
+        Some(ro) => ro.dg_use_d_path = u32::from(d_path),
+        None => {
+            return Err(Error::Load {
+                reason: "the BPF object has no read-only data section".into(),
+                log: String::new(),
+            })
+        }
+    }
     if let Some(dir) = pin_dir {
         let m = &mut open.maps;
         for (name, map) in [
@@ -615,6 +699,25 @@ impl DecisionTester {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lsm_refusal_is_one_line_with_the_cause_and_the_remedy() {
+        let e = Error::ProgramRejected {
+            program: "dg_bprm_check".into(),
+            reason: "Operation not permitted (os error 1) (refused before verification)".into(),
+            log: "libbpf: prog 'dg_bprm_check': failed to load: -1\nlibbpf: try raising 'ulimit -l'".into(),
+        };
+        let r = lsm_refusal(&e);
+        assert!(!r.contains('\n') && !r.contains("ulimit") && !r.contains("libbpf"), "{r}");
+        assert!(r.contains("dg_bprm_check") && r.contains("trampolines") && r.contains("CONFIG_BPF_LSM"), "{r}");
+        let v = Error::ProgramRejected {
+            program: "dg_mmap_file".into(),
+            reason: "Invalid argument".into(),
+            log: "R0 x".into(),
+        };
+        let r = lsm_refusal(&v);
+        assert!(!r.contains('\n') && r.contains("verifier") && r.contains("DRIFTGUARD_LOG=debug"), "{r}");
+    }
     use std::os::unix::fs::PermissionsExt;
 
     fn chmod(p: &Path, mode: u32) {
