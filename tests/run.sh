@@ -27,5 +27,13 @@ fi
 echo "== cargo test --workspace" >&2
 cargo test --workspace --all-targets --color never 2>&1
 
+# nri-plugin is meant to be published: its doctests (not run by --all-targets), its docs with
+# every warning an error, and a publish dry run (packages and builds the crate as crates.io
+# would; needs the crates.io index).
+echo "== nri-plugin: doctests, cargo doc -D warnings, cargo publish --dry-run" >&2
+cargo test --doc -p nri-plugin --color never 2>&1
+RUSTDOCFLAGS="-D warnings" cargo doc -p nri-plugin --no-deps --features test-peer --color never 2>&1
+cargo publish --dry-run -p nri-plugin --allow-dirty --color never 2>&1
+
 echo "== packaging: build .deb/.rpm, install, purge, validate deploy/ (tests/packaging/test.sh)" >&2
 bash tests/packaging/test.sh
