@@ -983,7 +983,6 @@ fn xml(s: &str) -> String {
 /// The baseline plugin: same Runner, mux and ttrpc stack, handlers do nothing.
 struct NoopPlugin;
 
-#[nri_plugin::async_trait]
 impl Plugin for NoopPlugin {
     async fn synchronize(
         &self,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run every driftguard test: unit tests, the NRI protocol suite, host kernel tests (real BPF,
 # overlayfs, cgroups, runc, podman), the real-containerd CRI suite (tests/cri.rs) and the VM
-# suites (Debian 6.1 and 6.12 kernels with BPF LSM in qemu). Installs what it needs first. Run
+# suites (Debian 5.10, 6.1 and 6.12 kernels with BPF LSM in qemu). Installs what it needs first. Run
 # as root on Debian 12:
 #
 #     sudo ./tests/run.sh
@@ -27,6 +27,14 @@ fi
 
 echo "== cargo test --workspace" >&2
 cargo test --workspace --all-targets --color never 2>&1
+
+# nri-plugin is meant to be published: its doctests (not run by --all-targets), its docs with
+# every warning an error, and a publish dry run (packages and builds the crate as crates.io
+# would; needs the crates.io index).
+echo "== nri-plugin: doctests, cargo doc -D warnings, cargo publish --dry-run" >&2
+cargo test --doc -p nri-plugin --color never 2>&1
+RUSTDOCFLAGS="-D warnings" cargo doc -p nri-plugin --no-deps --features test-peer --color never 2>&1
+cargo publish --dry-run -p nri-plugin --allow-dirty --color never 2>&1
 
 echo "== packaging: build .deb/.rpm, install, purge, validate deploy/ (tests/packaging/test.sh)" >&2
 bash tests/packaging/test.sh
