@@ -13,9 +13,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 ./scripts/install-deps.sh
 bash tests/vm/fetch-kernels.sh
-# containerd 1.7 from Debian trixie, unpacked into .cache/containerd for tests/cri.rs (the
-# system's apt state is not touched; see the script).
+# containerd 1.7 from Debian trixie and 2.x from sid, unpacked into .cache/containerd and
+# .cache/containerd-2 for tests/cri.rs (the system's apt state is not touched; see the script).
 ./scripts/install-containerd.sh
+./scripts/install-containerd.sh 2
 
 echo "== cargo fmt --check (rustfmt.toml)" >&2
 if cargo fmt --version >/dev/null 2>&1; then
