@@ -121,6 +121,14 @@ pub fn cgroup_id(path: &Path) -> Result<u64, CgroupError> {
     Ok(md.ino())
 }
 
+/// The processes (thread-group ids) that are members of the cgroup directory `path` itself, not
+/// of its children, as its `cgroup.procs` lists them. Entries that are not numbers are skipped.
+pub fn procs(path: &Path) -> Result<Vec<u32>, CgroupError> {
+    let file = path.join("cgroup.procs");
+    let text = std::fs::read_to_string(&file).map_err(|e| io_err(&file, e))?;
+    Ok(text.split_whitespace().filter_map(|s| s.parse().ok()).collect())
+}
+
 /// A cgroup2 mount from mountinfo: (mount point, root of the mount within the fs).
 fn cgroup2_mounts(mountinfo: &str) -> Vec<(PathBuf, String)> {
     crate::provenance::parse_mountinfo(mountinfo)

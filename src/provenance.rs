@@ -112,6 +112,24 @@ pub enum ProvenanceError {
         /// What it is.
         fstype: String,
     },
+    /// The runtime gave no pid and the container's cgroup does not hold exactly one process, so
+    /// the process whose mounts are the container's cannot be told.
+    #[error(
+        "the runtime gave no pid for the container and its cgroup {cgroup} holds {count} processes, not the \
+         one init process that waits to be started"
+    )]
+    NoInitProcess {
+        /// The container's cgroup directory.
+        cgroup: PathBuf,
+        /// How many processes it holds.
+        count: usize,
+    },
+    /// The runtime gave no pid and the container's cgroup could not be read.
+    #[error("the runtime gave no pid for the container and its cgroup cannot be read: {source}")]
+    CgroupProcs {
+        /// Why.
+        source: crate::cgroup::CgroupError,
+    },
     /// An exempt volume is the root filesystem itself, or on it.
     #[error("exec volume {path}: the mount is the container's root filesystem, not a volume")]
     RootfsVolume {

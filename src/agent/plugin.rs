@@ -150,7 +150,7 @@ impl DriftguardPlugin {
         let cgroup_id = cgroup::cgroup_id(&path).map_err(cg_err)?;
         let level = self.cgroot.level(&path).map_err(cg_err)?;
         let previous = self.registry.get(&ctr.id);
-        let prov = self.provenance(ctr, cgroup_id, policy, previous.as_ref())?;
+        let prov = self.provenance(ctr, &path, cgroup_id, policy, previous.as_ref())?;
         self.store
             .set_owned(cgroup_id, level, policy, &prov, Owner::Agent)
             .map_err(|source| ApplyError::Install { container: ctr.name.clone(), source })?;
@@ -207,6 +207,7 @@ impl DriftguardPlugin {
     fn provenance(
         &self,
         ctr: &Container,
+        cgroup_dir: &std::path::Path,
         cgroup_id: u64,
         policy: &Policy,
         previous: Option<&ContainerInfo>,
@@ -228,7 +229,11 @@ impl DriftguardPlugin {
                 return Ok(Provenance { rootfs_dev: dev, rootfs_type, exec_mounts });
             }
         }
-        let prov = provenance::of_pid(ctr.pid, std::path::Path::new("/"), policy).map_err(prov_err)?;
+        let pid = match ctr.pid {
+            0 => init_process(cgroup_dir).map_err(prov_err)?,
+            pid => pid,
+        };
+        let prov = provenance::of_pid(pid, std::path::Path::new("/"), policy).map_err(prov_err)?;
         if !prov.is_overlay() {
             if policy.rules.non_image {
                 return Err(prov_err(ProvenanceError::RootNotOverlay { fstype: prov.rootfs_type }));
@@ -440,5 +445,51 @@ impl Plugin for DriftguardPlugin {
     async fn remove_container(&self, _pod: &PodSandbox, ctr: &Container) -> HandlerResult<()> {
         self.timed("remove_container", || self.forget(ctr));
         Ok(())
+    }
+}
+
+/// The container's init process when the runtime sent no pid. containerd does that when its own
+/// task-state call to the shim fails (seen under load: StartContainer with pid 0). Before the
+/// entrypoint runs, the container's cgroup holds exactly one process, runc's init waiting to be
+/// started, and its mounts are the container's. Anything else is ambiguous: no guess is made.
+fn init_process(cgroup_dir: &std::path::Path) -> Result<u32, ProvenanceError> {
+    let procs = cgroup::procs(cgroup_dir).map_err(|source| ProvenanceError::CgroupProcs { source })?;
+    match procs.as_slice() {
+        [pid] => {
+            tracing::info!(cgroup = %cgroup_dir.display(), pid, "runtime sent no pid; using the one process in the container's cgroup");
+            Ok(*pid)
+        }
+        _ => Err(ProvenanceError::NoInitProcess { cgroup: cgroup_dir.to_path_buf(), count: procs.len() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A plain directory with a cgroup.procs file stands in for a cgroup here (the file's format
+    // is all init_process reads); tests/agent.rs sends pid 0 for a real runc container.
+    fn cgroup_with(procs: &str) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("cgroup.procs"), procs).unwrap();
+        d
+    }
+
+    #[test]
+    fn init_process_is_the_one_process_of_the_cgroup() {
+        assert_eq!(init_process(cgroup_with("4242\n").path()).unwrap(), 4242);
+    }
+
+    #[test]
+    fn init_process_is_not_guessed() {
+        let two = cgroup_with("4242\n4243\n");
+        let e = init_process(two.path()).unwrap_err();
+        assert!(matches!(e, ProvenanceError::NoInitProcess { count: 2, .. }), "{e}");
+        assert!(e.to_string().contains("holds 2 processes"), "{e}");
+        let none = cgroup_with("");
+        assert!(matches!(init_process(none.path()), Err(ProvenanceError::NoInitProcess { count: 0, .. })));
+        let gone = tempfile::tempdir().unwrap();
+        let e = init_process(&gone.path().join("removed")).unwrap_err();
+        assert!(matches!(e, ProvenanceError::CgroupProcs { source: CgroupError::NotFound { .. } }), "{e}");
     }
 }
