@@ -24,6 +24,8 @@ mod containerd;
 
 #[path = "../tests/support/agent_process.rs"]
 mod agent_process;
+#[path = "../tests/support/vm.rs"]
+mod vm;
 
 use std::time::{Duration, Instant};
 
