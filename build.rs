@@ -1,8 +1,15 @@
-//! Compiles the CO-RE BPF programs in bpf/ into a libbpf-rs skeleton in OUT_DIR, and checks that
-//! src/enforcer/abi.rs agrees with bpf/driftguard.h (see `check_abi`).
+//! Compiles the CO-RE BPF programs in bpf/ into a libbpf-rs skeleton in OUT_DIR, checks that
+//! src/enforcer/abi.rs agrees with bpf/driftguard.h (see `check_abi`), and generates the man
+//! pages (OUT_DIR/man/) and shell completions (OUT_DIR/completions/) from the command line's
+//! definition in src/args.rs; packaging/build.sh ships them.
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+#[allow(dead_code)]
+mod args {
+    include!("src/args.rs");
+}
 
 use libbpf_cargo::SkeletonBuilder;
 
@@ -33,8 +40,11 @@ fn main() {
         .unwrap_or_else(|e| panic!("building BPF skeleton from {SRC} failed: {e:#}"));
 
     check_abi(&out, &bpf_dir);
-
     println!("cargo:rerun-if-changed=src/enforcer/abi.rs");
+
+    generate_docs(&out).unwrap_or_else(|e| panic!("generating man pages and completions failed: {e}"));
+    println!("cargo:rerun-if-changed=src/args.rs");
+
     for f in ["driftguard.bpf.c", "driftguard.h", "decision.h", "vmlinux.h"] {
         println!("cargo:rerun-if-changed=bpf/{f}");
     }
@@ -62,4 +72,19 @@ fn check_abi(out: &Path, bpf_dir: &Path) {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+}
+
+/// `driftguard.1` and `driftguard-<command>.1`; completions for bash, zsh and fish.
+fn generate_docs(out: &Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    let cmd = args::Args::command();
+    let man = out.join("man");
+    std::fs::create_dir_all(&man)?;
+    clap_mangen::generate_to(cmd.clone(), &man)?;
+    let comp = out.join("completions");
+    std::fs::create_dir_all(&comp)?;
+    for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
+        clap_complete::generate_to(shell, &mut cmd.clone(), "driftguard", &comp)?;
+    }
+    Ok(())
 }

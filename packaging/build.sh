@@ -40,7 +40,26 @@ command -v dpkg-shlibdeps >/dev/null || log "warning: dpkg-shlibdeps missing (ap
 
 # 2. Release binaries of both crates.
 log "cargo build --release (driftguard, driftguard-oci-hook) into $target"
-cargo build --release -p driftguard -p driftguard-oci-hook --bins
+# The JSON messages name driftguard's build-script OUT_DIR, where build.rs generated the man pages
+# and shell completions from the CLI definition (src/args.rs).
+build_json=$(mktemp)
+trap 'rm -f "$build_json"' EXIT
+cargo build --release -p driftguard -p driftguard-oci-hook --bins --message-format=json-render-diagnostics >"$build_json"
+out_dir=$(python3 - "$build_json" <<'PY'
+import json, os, sys
+for line in open(sys.argv[1]):
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    d = m.get("out_dir") or ""
+    if m.get("reason") == "build-script-executed" and os.path.isdir(os.path.join(d, "man")):
+        print(d)
+        break
+PY
+)
+[[ -n $out_dir && -d $out_dir/man && -d $out_dir/completions ]] \
+    || die "no generated man pages/completions in driftguard's build-script OUT_DIR ('$out_dir')"
 rel=$target/release
 for b in driftguard driftguard-oci-hook; do
     [[ -x $rel/$b ]] || die "$rel/$b was not built"
@@ -49,7 +68,10 @@ done
 # 3. Stage: stripped binaries for the rpm (cargo-deb strips its own copy), OCI hook descriptors.
 stage=$rel/driftguard-pkg
 rm -rf "$stage"
-mkdir -p "$stage/bin" "$stage/hooks.d"
+mkdir -p "$stage/bin" "$stage/hooks.d" "$stage/man" "$stage/completions"
+cp "$out_dir"/man/*.1 "$stage/man/"
+cp "$out_dir"/completions/driftguard.bash "$out_dir"/completions/_driftguard "$out_dir"/completions/driftguard.fish \
+    "$stage/completions/"
 for b in driftguard driftguard-oci-hook; do
     cp "$rel/$b" "$stage/bin/$b"
     strip --strip-unneeded "$stage/bin/$b" 2>/dev/null || log "warning: could not strip $b"

@@ -608,7 +608,7 @@ fn health_endpoints_and_sd_notify_follow_nri() -> R {
 fn reregisters_as_soon_as_the_nri_socket_reappears() -> R {
     let mut agent = AgentProcess::with_own_socket("agent")?;
     // The slow fallback retry is 10 minutes away: only the socket's appearance brings it back.
-    agent.set_config("reconnect_max_backoff_ms = 300", "reconnect_max_backoff_ms = 600000")?;
+    agent.edit_config("reconnect_max_backoff_ms = 300", "reconnect_max_backoff_ms = 600000")?;
     let rt = rt();
     let _guard = rt.enter();
     let mut peer = RuntimePeer::bind(&agent.socket).map_err(|e| e.to_string())?;

@@ -249,7 +249,7 @@ impl<P: Plugin> PluginDispatch<P> {
         match method {
             "Configure" => {
                 let req: ConfigureRequest = self.decode(method, &payload)?;
-                tracing::info!(
+                tracing::debug!(
                     runtime = %req.runtime_name,
                     runtime_version = %req.runtime_version,
                     nri_version = %req.NRI_version,

@@ -455,13 +455,15 @@ impl Runner {
             };
             waiting.reset();
             connections += 1;
-            tracing::info!(connection = connections, plugin = %self.name, index = %self.index, "NRI connected");
+            tracing::debug!(connection = connections, plugin = %self.name, index = %self.index, "NRI connected");
             self.emit(ConnectionEvent::Connected { connection: connections });
             let (configured, result) = self.session(stream, plugin.clone(), connections).await;
             self.client.set(None);
             match &result {
-                Ok(()) => tracing::info!(connection = connections, "NRI connection closed"),
-                Err(e) => tracing::warn!(connection = connections, error = %e, "NRI connection failed"),
+                // Debug only: the application hears it as ConnectionEvent::Disconnected and says
+                // what it means for it, once.
+                Ok(()) => tracing::debug!(connection = connections, "NRI connection closed"),
+                Err(e) => tracing::debug!(connection = connections, error = %e, "NRI connection failed"),
             }
             self.emit(ConnectionEvent::Disconnected {
                 connection: connections,
@@ -548,7 +550,7 @@ impl Runner {
         req.plugin_name = self.name.clone();
         req.plugin_idx = self.index.clone();
         req.NRI_version = NRI_API_VERSION.to_string();
-        tracing::info!(plugin = %self.name, index = %self.index, "registering NRI plugin");
+        tracing::debug!(plugin = %self.name, index = %self.index, "registering NRI plugin");
         // Usable from here on: the runtime may configure the plugin (and handlers may call the
         // runtime) before the registration reply has reached us.
         self.client.set(Some(client.clone()));
@@ -568,7 +570,7 @@ impl Runner {
                 res = &mut register, if !registered => match res {
                     Ok(_) => {
                         registered = true;
-                        tracing::info!(plugin = %self.name, index = %self.index, "NRI plugin registered");
+                        tracing::debug!(plugin = %self.name, index = %self.index, "NRI plugin registered");
                         self.emit(ConnectionEvent::Registered { connection });
                     }
                     // Failed because the connection went away: report how it went away.

@@ -15,6 +15,7 @@ pub mod overrun;
 pub mod plugin;
 pub mod registry;
 pub mod sd_notify;
+pub mod state_file;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -299,7 +300,8 @@ pub async fn run(
         output.clone(),
         node.clone(),
     ));
-    let (m, h) = (metrics.clone(), health.clone());
+    let state_file = Arc::new(state_file::StateFile::create(&state_dir, enforcer.path().as_str(), &cfg.nri.socket));
+    let (m, h, sf) = (metrics.clone(), health.clone(), state_file.clone());
     let socket = cfg.nri.socket.clone();
     let ever_connected = std::sync::atomic::AtomicBool::new(false);
     let runner = nri_plugin::Runner::builder(cfg.nri.plugin_name.clone(), cfg.nri.plugin_index.clone())
@@ -309,7 +311,7 @@ pub async fn run(
             max: Duration::from_millis(cfg.nri.reconnect_max_backoff_ms.max(250)),
             multiplier: 2.0,
         })
-        .on_connection_event(move |ev| on_connection_event(&m, &h, &socket, &ever_connected, ev))
+        .on_connection_event(move |ev| on_connection_event(&m, &h, &sf, &socket, &ever_connected, ev))
         .build()?;
     tasks.spawn("NRI connection", async move {
         match runner.run_shared(plugin).await {
@@ -348,6 +350,7 @@ pub async fn run(
     tasks.set.abort_all();
     registry.flush();
     let _ = std::fs::remove_file(events_socket(&state_dir));
+    state_file.remove();
     drop(enforcer);
     outcome
 }
@@ -389,6 +392,7 @@ async fn supervise(n: Arc<sd_notify::Notifier>, health: Arc<Health>, watchdog: O
 fn on_connection_event(
     m: &Metrics,
     h: &Health,
+    sf: &state_file::StateFile,
     socket: &Path,
     ever_connected: &std::sync::atomic::AtomicBool,
     ev: &nri_plugin::ConnectionEvent,
@@ -402,21 +406,35 @@ fn on_connection_event(
             }
             ever_connected.store(true, Ordering::Relaxed);
             h.nri_connected();
+            sf.set_nri("handshake", "");
         }
         E::Registered { .. } => {}
         E::Configured { runtime_name, runtime_version, nri_version, events, .. } => {
             m.nri_connected.set(1);
             h.nri_registered(format!("{runtime_name} {runtime_version}"));
+            sf.set_nri("registered", &format!("{runtime_name} {runtime_version}"));
+            // Runtimes before NRI v0.10 (containerd 1.7, 2.0) do not tell their NRI version.
+            let nri_version = if nri_version.is_empty() { "unknown" } else { nri_version.as_str() };
             tracing::info!(%runtime_name, %runtime_version, %nri_version, %events, "registered with the runtime");
         }
         E::Disconnected { error, .. } => {
             m.nri_connected.set(0);
             h.nri_disconnected();
-            tracing::warn!(error = ?error, "NRI connection closed; reconnecting (pinned enforcement stays active)");
+            sf.set_nri("connecting", error.as_deref().unwrap_or(""));
+            match error {
+                Some(error) => tracing::warn!(
+                    %error,
+                    "NRI connection lost; reconnecting (pinned enforcement stays active)"
+                ),
+                None => tracing::warn!(
+                    "NRI connection closed by the runtime; reconnecting (pinned enforcement stays active)"
+                ),
+            }
         }
         E::ConnectFailed { attempt, error, .. } => {
             m.nri_connected.set(0);
             h.nri_unreachable(error);
+            sf.set_nri("unreachable", error);
             // Once, at start-up: the runtime may simply not be up yet, or NRI may be disabled.
             if *attempt == 1 && !ever_connected.swap(true, Ordering::Relaxed) {
                 tracing::info!(

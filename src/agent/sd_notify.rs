@@ -22,7 +22,7 @@ impl Notifier {
         match Self::open(&raw) {
             Ok(n) => Some(n),
             Err(e) => {
-                tracing::warn!(notify_socket = ?raw, error = %e, "cannot use NOTIFY_SOCKET; no readiness or watchdog notifications");
+                tracing::warn!(notify_socket = %raw.to_string_lossy(), error = %e, "cannot use NOTIFY_SOCKET; no readiness or watchdog notifications");
                 None
             }
         }

@@ -88,8 +88,24 @@ pub const ITEM_NAMES: [&str; 15] = [
     "podman",
 ];
 
-pub fn run(cfg: &Config, json: bool, containerd_config: &Path) -> anyhow::Result<ExitCode> {
-    let items = gather(cfg, containerd_config);
+/// Where the runtime is, when not at its default place (`--containerd-config`, `--containerd`;
+/// the NRI socket comes from `--nri-socket` / `[nri] socket`).
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    /// containerd's config file.
+    pub containerd_config: PathBuf,
+    /// containerd's binary; `None`: `containerd` on `$PATH` or in the sbin directories.
+    pub containerd_bin: Option<PathBuf>,
+}
+
+pub fn run(cfg: &Config, json: bool, runtime: &Runtime) -> anyhow::Result<ExitCode> {
+    if let Some(bin) = &runtime.containerd_bin {
+        // A path the operator typed that is not there is a typo, not "containerd not installed".
+        if !bin.is_file() {
+            anyhow::bail!("--containerd {}: no such file", bin.display());
+        }
+    }
+    let items = gather(cfg, runtime);
     if json {
         println!("{}", serde_json::to_string_pretty(&items)?);
     } else {
@@ -123,7 +139,8 @@ fn render_text(items: &[Item]) -> String {
 // ---------------------------------------------------------------------------
 // Gathering (reads the system, calls the pure checks)
 
-fn gather(cfg: &Config, containerd_config: &Path) -> Vec<Item> {
+fn gather(cfg: &Config, runtime: &Runtime) -> Vec<Item> {
+    let containerd_config = runtime.containerd_config.as_path();
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     let cap_eff = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| parse_cap_eff(&s));
@@ -157,7 +174,7 @@ fn gather(cfg: &Config, containerd_config: &Path) -> Vec<Item> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let cgroup = check_cgroup(&mountinfo, cfg.cgroup.root.as_deref());
 
-    let containerd_bin = find_in_path("containerd");
+    let containerd_bin = runtime.containerd_bin.clone().or_else(|| find_in_path("containerd"));
     let containerd_version_text = containerd_bin.as_ref().and_then(|p| command_output(p, &["--version"]));
     let containerd_version = containerd_version_text.as_deref().and_then(parse_containerd_version);
     let containerd =
@@ -337,7 +354,8 @@ fn check_root(euid: u32, cap_eff: Option<u64>) -> Item {
         return Item::fail(
             "root",
             format!("running as uid {euid}: the agent loads BPF programs, mounts and reads every cgroup"),
-            "run as root: `sudo driftguard check` (the DaemonSet runs privileged)",
+            "run it as root (`sudo driftguard check`); the agent runs as root with only CAP_BPF, CAP_PERFMON \
+             and CAP_SYS_ADMIN (systemd unit), plus CAP_SYS_RESOURCE in the DaemonSet, which is not privileged",
         );
     }
     if missing.is_empty() {
@@ -346,8 +364,8 @@ fn check_root(euid: u32, cap_eff: Option<u64>) -> Item {
         Item::fail(
             "root",
             format!("root, but the effective capabilities lack {}", missing.join(", ")),
-            "run privileged (Kubernetes: securityContext.privileged: true, or add the capabilities \
-             SYS_ADMIN, BPF, PERFMON), not in a restricted container",
+            "grant the capabilities BPF, PERFMON and SYS_ADMIN (Kubernetes: securityContext.capabilities.add, \
+             as deploy/daemonset.yaml does; privileged is not needed)",
         )
     }
 }
@@ -560,7 +578,8 @@ fn check_containerd(bin: Option<&Path>, version_text: Option<&str>, version: Opt
         return Item::warn(
             "containerd",
             "containerd not found on PATH (fine for runc/podman with the OCI hook, or CRI-O)",
-            "Kubernetes nodes: install containerd 1.7 or newer (NRI support)",
+            "Kubernetes nodes: install containerd 1.7 or newer (NRI support); elsewhere on disk: \
+             `driftguard check --containerd /path/to/containerd --containerd-config /path/to/config.toml`",
         );
     };
     let shown = version_text.map(|t| first_line(t).trim().to_string()).unwrap_or_else(|| "version unknown".into());
@@ -848,6 +867,12 @@ mod tests {
         assert_eq!(i.status, Status::Fail);
         assert!(i.detail.contains("CAP_BPF"), "{i:?}");
         assert_eq!(check_root(1000, Some(0)).status, Status::Fail);
+        // The advice matches docs/install.md: root with three capabilities, not privileged.
+        for i in [check_root(1000, Some(0)), check_root(0, Some(0))] {
+            let fix = i.fix.unwrap_or_default();
+            assert!(!fix.contains("privileged: true") && !fix.contains("runs privileged"), "{fix}");
+            assert!(fix.contains("BPF") && fix.contains("PERFMON") && fix.contains("SYS_ADMIN"), "{fix}");
+        }
     }
 
     #[test]

@@ -20,9 +20,10 @@ pub fn run(cfg: Config) -> anyhow::Result<ExitCode> {
     .context("loading BPF enforcement")?;
     match enforcer.fallback_reason() {
         None => tracing::info!("enforcement path: BPF LSM (exec and PROT_EXEC mappings denied with EPERM)"),
+        // Once, with the reason and what to change (the loader's details are at debug level).
         Some(why) => tracing::warn!(
-            reason = %why,
-            "enforcement path: exec tracepoint + SIGKILL fallback (no mmap checks; `#!` scripts seen as their interpreter)"
+            "enforcement path: exec tracepoint + SIGKILL fallback (dropped binaries are killed right after exec, \
+             not denied; no mmap checks; `#!` scripts seen as their interpreter) because {why}"
         ),
     }
     let state_dir = agent::state_dir();

@@ -3,7 +3,7 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use driftguard::agent::{self, registry::ContainerInfo, Registry};
+use driftguard::agent::{self, registry::ContainerInfo, state_file, Registry};
 use driftguard::cgroup::CgroupRoot;
 use driftguard::config::Config;
 use driftguard::enforcer::{self, PolicyStore};
@@ -25,6 +25,8 @@ struct Row {
 
 #[derive(Serialize)]
 struct Status {
+    /// The agent that runs (or ran last and did not exit cleanly); `null` when none left a state file.
+    agent: Option<state_file::AgentView>,
     pin_dir: String,
     enforcement_path: Option<&'static str>,
     stats: enforcer::Stats,
@@ -68,6 +70,7 @@ pub fn run(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
         });
     }
     let status = Status {
+        agent: state_file::read(&agent::state_dir()),
         pin_dir: cfg.bpf.pin_dir.display().to_string(),
         enforcement_path: path.map(|p| p.as_str()),
         stats: store.stats().context("reading kernel counters")?,
@@ -77,6 +80,7 @@ pub fn run(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(ExitCode::SUCCESS);
     }
+    println!("{}", agent_line(status.agent.as_ref()));
     println!("enforcement: {} (pinned under {})", status.enforcement_path.unwrap_or("NOT ATTACHED"), status.pin_dir);
     let s = &status.stats;
     println!(
@@ -93,4 +97,30 @@ pub fn run(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line: is an agent running, and is it registered with the runtime.
+fn agent_line(agent: Option<&state_file::AgentView>) -> String {
+    let Some(a) = agent else {
+        return "agent: not running (no state file; pinned enforcement, if any, keeps working)".to_string();
+    };
+    let s = &a.state;
+    if !a.running {
+        return format!(
+            "agent: NOT RUNNING (pid {} ended without a clean exit; its last NRI state: {}); pinned enforcement keeps working",
+            s.pid,
+            s.nri
+        );
+    }
+    let nri = match s.nri.as_str() {
+        "registered" => format!("registered with {} for {}", s.nri_detail, state_file::ago(s.nri_since)),
+        "unreachable" => format!(
+            "NOT connected for {}: {} unreachable ({})",
+            state_file::ago(s.nri_since),
+            s.nri_socket,
+            s.nri_detail
+        ),
+        other => format!("{other} for {} ({})", state_file::ago(s.nri_since), s.nri_socket),
+    };
+    format!("agent: running (pid {}, driftguard {}, up {}); NRI: {nri}", s.pid, s.version, state_file::ago(s.started))
 }

@@ -19,7 +19,10 @@ fn callback(level: PrintLevel, msg: String) {
         }
     }
     if let Ok(mut l) = LINES.lock() {
-        for line in msg.lines() {
+        // libbpf suggests `ulimit -l` on any EPERM; the loader already lifts RLIMIT_MEMLOCK, and
+        // kernels >= 5.11 do not charge BPF memory to it: the hint would point operators the
+        // wrong way in the error messages built from these lines.
+        for line in msg.lines().filter(|l| !l.contains("ulimit -l")) {
             if l.len() >= KEEP {
                 l.pop_front();
             }

@@ -152,8 +152,10 @@ impl Enforcer {
             match open_and_load(opts.pin_dir.as_deref(), true) {
                 Ok(s) => Some(s),
                 Err(e @ (Error::ProgramRejected { .. } | Error::NotPermitted(_) | Error::Load { .. })) => {
-                    tracing::warn!(error = %e, "BPF LSM programs could not be loaded; using the exec tracepoint fallback");
-                    fallback_reason = Some(format!("BPF LSM programs failed to load: {e}"));
+                    // libbpf's own lines (and the verifier log) went to the debug level as they
+                    // came; the caller reports the one-line reason once.
+                    tracing::debug!(error = %first_line(&e.to_string()), "BPF LSM programs could not be loaded");
+                    fallback_reason = Some(lsm_refusal(&e));
                     None
                 }
                 Err(e) => return Err(e),
@@ -178,7 +180,7 @@ impl Enforcer {
         let mut enforcer =
             Enforcer { skel, links: Vec::new(), path, fallback_reason, pin_dir: opts.pin_dir.clone(), store };
         enforcer.attach()?;
-        tracing::info!(path = path.as_str(), reason = ?enforcer.fallback_reason, "enforcement attached");
+        tracing::debug!(path = path.as_str(), "enforcement attached");
         Ok(enforcer)
     }
 
@@ -246,7 +248,7 @@ impl Enforcer {
         self.path
     }
 
-    /// Why the fallback is used, when it is (may span lines: the verifier's tail).
+    /// Why the fallback is used, when it is: one line that names the cause and what to change.
     pub fn fallback_reason(&self) -> Option<&str> {
         self.fallback_reason.as_deref()
     }
@@ -406,6 +408,32 @@ fn mount_securityfs() {
     // SAFETY: plain mount(2) with valid NUL-terminated strings; failure is reported via the LSM list read.
     unsafe {
         libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null());
+    }
+}
+
+/// One line for the operator: why the BPF LSM programs were refused and what to change. The
+/// libbpf/verifier lines behind it are logged at debug level (`DRIFTGUARD_LOG=debug`).
+fn lsm_refusal(e: &Error) -> String {
+    match e {
+        Error::ProgramRejected { program, reason, .. } if reason.contains("refused before verification") => format!(
+            "the kernel refused BPF LSM program {program} before verifying it ({}): bpf is in the active LSM \
+             list, but this kernel cannot attach BPF programs to LSM hooks (BPF trampolines unavailable, \
+             e.g. no BPF JIT, a kernel build without trampoline support, or kernel lockdown). For EPERM enforcement run a \
+             kernel with CONFIG_BPF_LSM=y, bpf in lsm= and BPF trampolines (e.g. Debian 12's 6.1 kernel)",
+            reason.trim_end_matches(" (refused before verification)")
+        ),
+        Error::ProgramRejected { program, reason, .. } => format!(
+            "the verifier rejected BPF LSM program {program} ({reason}); its log is at debug level \
+             (DRIFTGUARD_LOG=debug); please report it with `uname -r`"
+        ),
+        Error::NotPermitted(why) => format!(
+            "loading BPF LSM programs was not permitted ({why}); give the agent CAP_BPF, CAP_PERFMON \
+             and CAP_SYS_ADMIN, and check kernel lockdown"
+        ),
+        Error::Load { reason, .. } => {
+            format!("the BPF LSM programs failed to load ({reason}); details at debug level (DRIFTGUARD_LOG=debug)")
+        }
+        other => first_line(&other.to_string()).to_string(),
     }
 }
 
@@ -615,6 +643,25 @@ impl DecisionTester {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lsm_refusal_is_one_line_with_the_cause_and_the_remedy() {
+        let e = Error::ProgramRejected {
+            program: "dg_bprm_check".into(),
+            reason: "Operation not permitted (os error 1) (refused before verification)".into(),
+            log: "libbpf: prog 'dg_bprm_check': failed to load: -1\nlibbpf: try raising 'ulimit -l'".into(),
+        };
+        let r = lsm_refusal(&e);
+        assert!(!r.contains('\n') && !r.contains("ulimit") && !r.contains("libbpf"), "{r}");
+        assert!(r.contains("dg_bprm_check") && r.contains("trampolines") && r.contains("CONFIG_BPF_LSM"), "{r}");
+        let v = Error::ProgramRejected {
+            program: "dg_mmap_file".into(),
+            reason: "Invalid argument".into(),
+            log: "R0 x".into(),
+        };
+        let r = lsm_refusal(&v);
+        assert!(!r.contains('\n') && r.contains("verifier") && r.contains("DRIFTGUARD_LOG=debug"), "{r}");
+    }
     use std::os::unix::fs::PermissionsExt;
 
     fn chmod(p: &Path, mode: u32) {

@@ -73,9 +73,22 @@ common=(
     /usr/share/doc/driftguard/LICENSE
     /usr/share/doc/driftguard/copyright
     "${hooks[@]}"
+    # Operator kit (issue 16): docs, man pages and completions generated from the CLI definition,
+    # logrotate for the events file, the Grafana dashboard and the Prometheus rules.
+    /usr/share/man/man1/driftguard.1
+    /usr/share/man/man1/driftguard-run.1
+    /usr/share/man/man1/driftguard-status.1
+    /usr/share/man/man1/driftguard-check.1
+    /usr/share/bash-completion/completions/driftguard
+    /usr/share/fish/vendor_completions.d/driftguard.fish
+    /etc/logrotate.d/driftguard
+    /usr/share/driftguard/grafana/driftguard-dashboard.json
+    /usr/share/driftguard/prometheus/driftguard-alerts.yaml
+    /usr/share/driftguard/prometheus/driftguard-rules.yaml
 )
-deb_files=("${common[@]}" /lib/systemd/system/driftguard.service)
-rpm_files=("${common[@]}" /usr/lib/systemd/system/driftguard.service)
+for d in docs/*.md; do common+=("/usr/share/doc/driftguard/docs/$(basename "$d")"); done
+deb_files=("${common[@]}" /lib/systemd/system/driftguard.service /usr/share/zsh/vendor-completions/_driftguard)
+rpm_files=("${common[@]}" /usr/lib/systemd/system/driftguard.service /usr/share/zsh/site-functions/_driftguard)
 
 # ---- build ---------------------------------------------------------------------------------
 find_pkgs() {
@@ -191,6 +204,36 @@ for f in "${deb_files[@]}"; do grep -qx "$f" <<<"$deb_list" || missing+=("$f"); 
 ctrl=$(mktemp -d)
 dpkg-deb -e "$deb" "$ctrl"
 check deb-conffiles grep -qx /etc/driftguard/config.toml "$ctrl/conffiles"
+check deb-conffiles-logrotate grep -qx /etc/logrotate.d/driftguard "$ctrl/conffiles"
+# The man page and completions are generated from the CLI definition: they know its flags.
+generated_docs_check() {
+    local x errs=()
+    x=$(mktemp -d)
+    dpkg-deb -x "$deb" "$x"
+    for f in --nri-socket --pin-dir --containerd-config; do
+        # roff escapes hyphens (\-): compare without backslashes.
+        cat "$x/usr/share/man/man1/driftguard.1" "$x/usr/share/man/man1/driftguard-check.1" | tr -d '\\' \
+            | grep -q -- "$f" || errs+=("man pages lack $f")
+        grep -q -- "$f" "$x/usr/share/bash-completion/completions/driftguard" || errs+=("bash completion lacks $f")
+    done
+    grep -q '^\.TH driftguard 1' "$x/usr/share/man/man1/driftguard.1" || errs+=("driftguard.1 has no .TH header")
+    bash -n "$x/usr/share/bash-completion/completions/driftguard" || errs+=("bash completion has syntax errors")
+    rm -rf "$x"
+    [[ ${#errs[@]} -eq 0 ]] || { printf '%s; ' "${errs[@]}"; return 1; }
+}
+check deb-man-and-completions-from-cli generated_docs_check
+logrotate_check() {
+    grep -q 'copytruncate' packaging/logrotate/driftguard || { echo "no copytruncate (the agent does not reopen the file)"; return 1; }
+    if ! command -v logrotate >/dev/null; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq logrotate >/dev/null 2>&1 \
+            || { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq logrotate >/dev/null 2>&1; }
+    fi
+    command -v logrotate >/dev/null || { echo "logrotate could not be installed"; return 1; }
+    local st
+    st=$(mktemp)
+    logrotate --debug --state "$st" packaging/logrotate/driftguard
+}
+check logrotate-config logrotate_check
 check deb-control-package grep -qx 'Package: driftguard' "$ctrl/control"
 deb_scripts_check() {
     local d=$1 errs=()
@@ -293,6 +336,7 @@ if command -v rpm >/dev/null; then
         || bad rpm-info "$(head -n 3 <<<"$info" | tr '\n' ' ')"
     flags=$(rpm -qp --qf '[%{FILENAMES} %{FILEFLAGS:fflags}\n]' "$rpm" 2>/dev/null)
     grep -Eq '^/etc/driftguard/config.toml c.*n' <<<"$flags" && ok rpm-config-noreplace || bad rpm-config-noreplace "$(grep config.toml <<<"$flags")"
+    grep -Eq '^/etc/logrotate.d/driftguard c.*n' <<<"$flags" && ok rpm-logrotate-noreplace || bad rpm-logrotate-noreplace "$(grep logrotate <<<"$flags")"
     scripts=$(rpm -qp --scripts "$rpm" 2>/dev/null)
     rpm_scripts_check() {
         local errs=()

@@ -39,6 +39,8 @@ pub struct AgentProcess {
     pub unit_caps: bool,
     /// Extra environment of the agent process.
     pub env: Vec<(String, String)>,
+    /// Arguments after `run --config <file>` (e.g. flags overriding the file).
+    extra_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -90,6 +92,7 @@ impl AgentProcess {
             metrics_addr: format!("127.0.0.1:{port}"),
             unit_caps: false,
             env: Vec::new(),
+            extra_args: Vec::new(),
             child: None,
         })
     }
@@ -128,6 +131,7 @@ impl AgentProcess {
         let child = cmd
             .args(["run", "--config"])
             .arg(&self.config)
+            .args(&self.extra_args)
             .env("DRIFTGUARD_STATE_DIR", self.state_dir())
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -197,15 +201,6 @@ impl AgentProcess {
         Ok(())
     }
 
-    /// Replaces `from` by `to` in the config file (before a (re)start).
-    pub fn set_config(&self, from: &str, to: &str) -> Result<(), String> {
-        let text = fs::read_to_string(&self.config).map_err(|e| e.to_string())?;
-        if !text.contains(from) {
-            return Err(format!("config lacks {from:?}"));
-        }
-        fs::write(&self.config, text.replace(from, to)).map_err(|e| e.to_string())
-    }
-
     /// The agent's process id while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
@@ -235,6 +230,62 @@ impl AgentProcess {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// SIGTERM (a clean stop, as systemd and the kubelet do it) and wait up to 60 s for the exit.
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus, String> {
+        if !self.signal(libc::SIGTERM) {
+            return Err("the agent is not running".into());
+        }
+        let mut child = self.child.take().ok_or("the agent is not running")?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
+                return Ok(st);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("the agent did not exit within 60 s of SIGTERM\n{}", self.log_tail()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Arguments `driftguard run` gets after its `--config` (from the next start on).
+    pub fn set_extra_args(&mut self, args: &[&str]) {
+        self.extra_args = args.iter().map(|a| a.to_string()).collect();
+    }
+
+    /// The agent's stderr exactly as written (colour codes, if any, kept).
+    pub fn raw_log(&self) -> String {
+        fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// Replace `from` by `to` in the config file (before [`AgentProcess::start`]).
+    pub fn edit_config(&self, from: &str, to: &str) -> Result<(), String> {
+        let text = fs::read_to_string(&self.config).map_err(|e| e.to_string())?;
+        if !text.contains(from) {
+            return Err(format!("config lacks {from:?}"));
+        }
+        fs::write(&self.config, text.replace(from, to)).map_err(|e| e.to_string())
+    }
+
+    /// `driftguard <args…>` with this agent's config and state dir: (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> Result<(i32, String, String), String> {
+        let out = Command::new(env!("CARGO_BIN_EXE_driftguard"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env("DRIFTGUARD_STATE_DIR", self.state_dir())
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("driftguard {args:?}: {e}"))?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
     }
 
     /// SIGSTOP: the agent stays alive (its NRI connection, if any, stays open) but does

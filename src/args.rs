@@ -1,0 +1,64 @@
+// The command line, as clap derives it. Also compiled by build.rs (`include!`), which generates
+// the man pages and shell completions from it: keep it free of anything but clap and std (no
+// inner attributes or `//!` docs either, which `include!` does not accept).
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Stop container drift: deny exec of binaries the image did not ship.
+#[derive(Parser, Debug)]
+#[command(
+    name = "driftguard",
+    version,
+    about,
+    long_about = "driftguard stops container drift on Kubernetes nodes: a container may run what its \
+                  image shipped, and nothing else. `driftguard run` is the node agent (BPF LSM, or an exec \
+                  tracepoint fallback; containers followed through NRI); the other commands inspect and \
+                  manage a node."
+)]
+pub struct Args {
+    /// Configuration file (TOML).
+    #[arg(long, short = 'c', global = true, env = "DRIFTGUARD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The runtime's NRI socket; overrides `[nri] socket` of the configuration file.
+    #[arg(long, global = true, value_name = "PATH", env = "DRIFTGUARD_NRI_SOCKET")]
+    pub nri_socket: Option<PathBuf>,
+    /// Where enforcement is pinned (on bpffs); overrides `[bpf] pin_dir` of the configuration
+    /// file. `status` and `unload` need the agent's value.
+    #[arg(long, global = true, value_name = "PATH", env = "DRIFTGUARD_PIN_DIR")]
+    pub pin_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the agent: load or adopt enforcement, follow containers through NRI, publish events.
+    Run,
+    /// Whether an agent runs and is registered with the runtime, the enforcement path, and the
+    /// containers under policy with their modes, from the pinned maps.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow verdict events as JSON lines.
+    Events,
+    /// Check kernel and runtime readiness and say what to do about each problem.
+    Check {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// containerd's config file to inspect (NRI, and the OCI hook in the runc runtime's
+        /// base runtime spec).
+        #[arg(long, value_name = "PATH", default_value = "/etc/containerd/config.toml")]
+        containerd_config: PathBuf,
+        /// containerd's binary, when it is not on PATH (its version decides what NRI needs).
+        #[arg(long = "containerd", value_name = "PATH")]
+        containerd_bin: Option<PathBuf>,
+    },
+    /// One-minute demo with runc and a busybox container: a dropped binary is stopped.
+    Demo,
+    /// Detach every pinned program and delete the pinned maps (stops enforcement on this node).
+    Unload,
+}
