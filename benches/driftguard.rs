@@ -905,7 +905,12 @@ fn write_svg(path: &Path, title: &str, r: &ExecResult) -> Res<()> {
     let (x0, x1) = (q(&all, 0.005), q(&all, 0.995));
     let pad = ((x1 - x0) * 0.02).max(0.5);
     let (x0, x1) = (x0 - pad, x1 + pad);
-    let colors = [RGBColor(0x22, 0x22, 0x22), RGBColor(0x1f, 0x77, 0xb4), RGBColor(0x2c, 0xa0, 0x2c), RGBColor(0xd6, 0x27, 0x28)];
+    let colors = [
+        RGBColor(0x22, 0x22, 0x22),
+        RGBColor(0x1f, 0x77, 0xb4),
+        RGBColor(0x2c, 0xa0, 0x2c),
+        RGBColor(0xd6, 0x27, 0x28),
+    ];
 
     let root = SVGBackend::new(path, (760, 440)).into_drawing_area();
     root.fill(&WHITE).map_err(|err| e(&err))?;
@@ -930,19 +935,12 @@ fn write_svg(path: &Path, title: &str, r: &ExecResult) -> Res<()> {
             continue;
         }
         let step = (n / 400).max(1);
-        let points = (0..n)
-            .step_by(step)
-            .chain(std::iter::once(n - 1))
-            .map(|j| (v[j].clamp(x0, x1), (j + 1) as f64 / n as f64));
+        let points =
+            (0..n).step_by(step).chain(std::iter::once(n - 1)).map(|j| (v[j].clamp(x0, x1), (j + 1) as f64 / n as f64));
         let label = if *cfg == ExecCfg::Base {
             format!("{} — median {:.1} µs (n={n})", cfg.label(), q(&v, 0.5))
         } else {
-            format!(
-                "{} — median {:.1} µs, ratio {:.4}× (n={n})",
-                cfg.label(),
-                q(&v, 0.5),
-                mmm(&r.ratios[cfg.key()]).1
-            )
+            format!("{} — median {:.1} µs, ratio {:.4}× (n={n})", cfg.label(), q(&v, 0.5), mmm(&r.ratios[cfg.key()]).1)
         };
         let color = colors[i % colors.len()];
         chart
@@ -1997,8 +1995,9 @@ fn main() {
         println!("  ({name}: {:.1}s)", t.elapsed().as_secs_f64());
     }
     println!("\n== summary ({:.0}s)\n\n{}", t0.elapsed().as_secs_f64(), rep.markdown());
-    let json_path =
-        std::env::var_os("DG_BENCH_JSON").map(PathBuf::from).unwrap_or_else(|| target_dir().join("bench-driftguard.json"));
+    let json_path = std::env::var_os("DG_BENCH_JSON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("bench-driftguard.json"));
     rep.put("table_markdown", serde_json::json!(rep.markdown()));
     if let Ok(s) = serde_json::to_string_pretty(&serde_json::Value::Object(rep.json.clone())) {
         if fs::write(&json_path, s).is_ok() {

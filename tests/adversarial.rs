@@ -15,10 +15,10 @@
 
 #[path = "support/agent_process.rs"]
 mod agent_process;
-#[path = "support/bpf_suite.rs"]
-mod suite;
 #[path = "support/runc_nri.rs"]
 mod runc_nri;
+#[path = "support/bpf_suite.rs"]
+mod suite;
 #[path = "support/vm.rs"]
 mod vm;
 
@@ -34,9 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use driftguard::enforcer::{
-    self, Action, Enforcer, EnforcerOptions, FileKind, Hook, Owner, PolicyStore, Rule,
-};
+use driftguard::enforcer::{self, Action, Enforcer, EnforcerOptions, FileKind, Hook, Owner, PolicyStore, Rule};
 use driftguard::policy::{ExecPath, Mode, Policy};
 use driftguard::provenance::Provenance;
 use libtest_mimic::{Arguments, Failed};
@@ -54,7 +52,9 @@ fn main() {
     let host_reason = host_requirements();
     // Without a C compiler the dlopen/LD_PRELOAD payloads cannot be built: those trials are
     // counted as skipped (a failure under DRIFTGUARD_REQUIRE_ALL), never quietly passed.
-    let payload_reason = host_reason.clone().or_else(|| payloads().err().map(|e| e.message().unwrap_or("payloads unavailable").to_string()));
+    let payload_reason = host_reason
+        .clone()
+        .or_else(|| payloads().err().map(|e| e.message().unwrap_or("payloads unavailable").to_string()));
 
     for (name, f) in [
         ("enforcement_path_is_the_expected_one", enforcement_path_is_the_expected_one as fn() -> R),

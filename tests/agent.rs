@@ -25,8 +25,8 @@ mod runc_nri;
 mod vm;
 
 use agent_process::AgentProcess;
-use runc_nri::{assert_stopped, cgroup2_root, connect, pod, rt, start_container, CgroupDirs, KillOnDrop, RuncCtr};
 use nri_plugin::testing::{Delivery, LifecycleEvent, RuntimePeer};
+use runc_nri::{assert_stopped, cgroup2_root, connect, pod, rt, start_container, CgroupDirs, KillOnDrop, RuncCtr};
 
 type R = Result<(), Failed>;
 
@@ -131,7 +131,6 @@ fn requirements() -> Option<String> {
 fn which(bin: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(bin)).find(|p| p.exists())
 }
-
 
 // ---------------------------------------------------------------------------
 // Trials

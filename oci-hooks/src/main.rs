@@ -82,7 +82,8 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Cli) -> anyhow::Result<u8> {
-    let opts = Options { pin_dir: args.pin_dir.clone(), config: args.config.clone(), state_dir: args.state_dir.clone() };
+    let opts =
+        Options { pin_dir: args.pin_dir.clone(), config: args.config.clone(), state_dir: args.state_dir.clone() };
     let st = read_state(std::io::stdin().lock())?;
     match args.stage {
         Stage::CreateRuntime => {

@@ -555,8 +555,11 @@ mod tests {
         clang_check(&header).expect("the real header passes the check");
         let cases = [
             // Swap two event fields: same size, different offsets.
-            ("\t__u32 pid;              /* thread id */\n\t__u32 tgid;             /* process id */",
-             "\t__u32 tgid;\n\t__u32 pid;", "offsetof(dg_event.pid)"),
+            (
+                "\t__u32 pid;              /* thread id */\n\t__u32 tgid;             /* process id */",
+                "\t__u32 tgid;\n\t__u32 pid;",
+                "offsetof(dg_event.pid)",
+            ),
             ("\tchar comm[16];", "\tchar comm[20];", "sizeof(dg_event.comm)"),
             // A field added where the padding was.
             ("\t__u32 pad;\n};", "\t__u16 new_field;\n\t__u16 pad;\n};", "offsetof(dg_policy.pad)"),

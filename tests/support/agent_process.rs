@@ -23,6 +23,9 @@ const TAIL: usize = 40;
 /// (`AmbientCapabilities=`), for [`AgentProcess::unit_caps`].
 pub const UNIT_CAPS: &str = "-all,+bpf,+perfmon,+sys_admin";
 
+/// The `[log] level` of the config the harness writes.
+pub const LOG_LEVEL: &str = "info,driftguard=debug,nri_plugin=debug";
+
 pub struct AgentProcess {
     /// The agent's own directory: config, state, log, events, and (for
     /// [`AgentProcess::with_own_socket`]) the NRI socket.
@@ -75,7 +78,7 @@ impl AgentProcess {
             format!(
                 "default_mode = \"off\"\n[nri]\nsocket = \"{}\"\nreconnect_max_backoff_ms = 300\n\
                  [bpf]\npin_dir = \"{}\"\n[events]\nstdout = false\nfile = \"{}\"\nnode_name = \"test-node\"\n\
-                 [metrics]\naddress = \"127.0.0.1:{port}\"\n[log]\nlevel = \"info,driftguard=debug,nri_plugin=debug\"\n",
+                 [metrics]\naddress = \"127.0.0.1:{port}\"\n[log]\nlevel = \"{LOG_LEVEL}\"\n",
                 socket.display(),
                 pin_dir.display(),
                 events_file.display()

@@ -29,7 +29,11 @@ pub fn rt() -> tokio::runtime::Runtime {
 }
 
 /// Accept the agent's connection and do the NRI handshake and an initial Synchronize.
-pub async fn connect(peer: &RuntimePeer, pods: Vec<PodSandbox>, ctrs: Vec<Container>) -> Result<PeerConnection, Failed> {
+pub async fn connect(
+    peer: &RuntimePeer,
+    pods: Vec<PodSandbox>,
+    ctrs: Vec<Container>,
+) -> Result<PeerConnection, Failed> {
     let mut conn = tokio::time::timeout(Duration::from_secs(60), peer.accept())
         .await
         .map_err(|_| "the agent did not connect to the NRI socket within 60s")?
@@ -279,7 +283,6 @@ pub async fn start_container(conn: &PeerConnection, d: Delivery, pod: &PodSandbo
     }
     Ok(())
 }
-
 
 impl RuncCtr {
     /// Cgroup v2 id of the container's cgroup.
