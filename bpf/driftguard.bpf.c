@@ -29,6 +29,14 @@ char LICENSE[] SEC("license") = "GPL";
 #define DG_WALK_MAX 32 /* path components resolved by the fallback walk */
 #define DG_WALK_STEPS 64
 
+/*
+ * Set by the loader before load (rodata: the verifier sees the value and drops
+ * the branch not taken). bpf_d_path() is allowed in lsm/bprm_check_security and
+ * lsm/mmap_file from 5.11 (the LSM d_path allowlist); 5.10 refuses the call,
+ * so the loader retries with 0 and the dentry walk makes the event path.
+ */
+const volatile __u32 dg_use_d_path = 1;
+
 #ifndef container_of
 #define container_of(ptr, type, member) ((type *)((void *)(ptr) - __builtin_offsetof(type, member)))
 #endif
@@ -116,6 +124,16 @@ struct {
 	__type(value, struct dg_scratch);
 } dg_scratch_map SEC(".maps");
 
+/*
+ * The current task for CO-RE reads. bpf_get_current_task_btf() needs 5.11;
+ * bpf_get_current_task() (4.8) plus BPF_CORE_READ (probe reads) works on
+ * every kernel we support, and we never dereference the task directly.
+ */
+static __always_inline struct task_struct *current_task(void)
+{
+	return (struct task_struct *)bpf_get_current_task();
+}
+
 static __always_inline void stat_inc(__u32 slot)
 {
 	__u64 *v = bpf_map_lookup_elem(&dg_stats, &slot);
@@ -125,76 +143,119 @@ static __always_inline void stat_inc(__u32 slot)
 }
 
 /*
- * Index of the highest set bit of x (x != 0), without branches: a branch per
- * step would multiply the paths the verifier walks in the level loop.
- * DG_GT(x, c) is 1 when x > c: the 64-bit c - x then wraps to a set top bit.
+ * Until 6.0 struct cgroup kept the ids of its ancestors in ancestor_ids[]
+ * (indexed by level; 6.0 replaced it with ancestors[]). Those kernels may
+ * refuse bpf_get_current_ancestor_cgroup_id() in tracing and LSM programs
+ * (5.10 does: "unknown func"), so read the array with CO-RE there; the field
+ * is absent from 6.0, where the helper is allowed. The branch not taken is
+ * dead code to the verifier (libbpf turns the guard into a constant).
  */
-#define DG_GT(x, c) ((__u32)(((__u64)(c) - (__u64)(x)) >> 63))
-static __always_inline __u32 top_bit(__u32 x)
-{
-	__u32 r, s;
+struct cgroup___pre60 {
+	int level;
+	u64 ancestor_ids[];
+} __attribute__((preserve_access_index));
 
-	r = DG_GT(x, 0xffff) << 4;
-	x >>= r;
-	s = DG_GT(x, 0xff) << 3;
-	x >>= s;
-	r |= s;
-	s = DG_GT(x, 0xf) << 2;
-	x >>= s;
-	r |= s;
-	s = DG_GT(x, 0x3) << 1;
-	x >>= s;
-	r |= s;
-	return r | DG_GT(x, 0x1);
+static __always_inline __u64 ancestor_cgroup_id(__u32 lvl)
+{
+	if (bpf_core_field_exists(struct cgroup___pre60, ancestor_ids)) {
+		struct task_struct *task = current_task();
+		struct cgroup___pre60 *cg = (void *)BPF_CORE_READ(task, cgroups, dfl_cgrp);
+		__u64 id = 0;
+
+		if (!cg || (int)lvl > BPF_CORE_READ(cg, level))
+			return 0;
+		bpf_probe_read_kernel(&id, sizeof(id),
+				      (void *)cg + bpf_core_field_offset(struct cgroup___pre60, ancestor_ids) +
+					      (__u64)lvl * sizeof(__u64));
+		return id;
+	}
+	return bpf_get_current_ancestor_cgroup_id(lvl);
+}
+
+/*
+ * Id of the cgroup whose policy applies to the current task: its own cgroup
+ * (own), or its deepest ancestor that has one; 0 when none has.
+ *
+ * A global function (verified once per program, whatever the caller's state)
+ * whose loop never changes what it tests: the level is the loop counter and
+ * the mask of policied levels stays an unknown scalar, so the states of an
+ * iteration are all alike and converge. An earlier loop cleared the top set
+ * bit of the mask each round; every cleared bit made a distinct verifier state
+ * and Debian 6.1's verifier went past its 1,000,000-instruction budget in the
+ * exec tracepoint (E2BIG). Runtime cost: 31 shift-and-test steps.
+ */
+__noinline __u64 dg_policy_cgroup(__u64 own)
+{
+	__u32 zero = 0, *maskp, mask;
+	__u64 id;
+
+	if (bpf_map_lookup_elem(&dg_policies, &own))
+		return own;
+	maskp = bpf_map_lookup_elem(&dg_level_mask, &zero);
+	if (!maskp)
+		return 0;
+	mask = *maskp & ~1u; /* depth 0 is the root: never policied */
+	if (!mask)
+		return 0;
+	/* Deepest flagged level first. */
+	for (__u32 i = 1; i < DG_MAX_LEVELS; i++) {
+		__u32 lvl = DG_MAX_LEVELS - i;
+
+		if (!((mask >> lvl) & 1))
+			continue;
+		id = ancestor_cgroup_id(lvl);
+		/* id == own: the task sits at that depth, looked up above. */
+		if (!id || id == own)
+			continue;
+		if (bpf_map_lookup_elem(&dg_policies, &id))
+			return id;
+	}
+	return 0;
 }
 
 /* Policy of the current task's cgroup, or of its deepest ancestor that has one. */
 static __always_inline struct dg_policy *lookup_policy(__u64 *cgid, __u64 *matched)
 {
-	struct dg_policy *p;
-	__u32 zero = 0, *maskp, mask;
 	__u64 own = bpf_get_current_cgroup_id(), id;
 
 	*cgid = own;
-	p = bpf_map_lookup_elem(&dg_policies, &own);
-	if (p) {
-		*matched = own;
-		return p;
-	}
-	maskp = bpf_map_lookup_elem(&dg_level_mask, &zero);
-	if (!maskp)
+	id = dg_policy_cgroup(own);
+	if (!id)
 		return NULL;
-	mask = *maskp & ~1u; /* depth 0 is the root: never policied */
-	/* Deepest flagged level first; one iteration per flagged level. */
-	for (__u32 n = 0; n < DG_MAX_LEVELS && mask; n++) {
-		__u32 lvl = top_bit(mask);
-
-		mask &= ~(1u << lvl);
-		id = bpf_get_current_ancestor_cgroup_id(lvl);
-		/* id == own: the task sits at that depth, looked up above. */
-		if (!id || id == own)
-			continue;
-		p = bpf_map_lookup_elem(&dg_policies, &id);
-		if (p) {
-			*matched = id;
-			return p;
-		}
-	}
-	return NULL;
+	*matched = id;
+	return bpf_map_lookup_elem(&dg_policies, &id);
 }
 
 /*
- * struct ovl_inode embeds struct inode vfs_inode immediately followed by
- * struct dentry *__upperdentry on every kernel from 4.19 to 6.18. overlay is
- * often a module, so its BTF may not be loaded when we are: use the CO-RE size
- * of struct inode instead of a relocation against ovl_inode. With metacopy=on a
- * metadata-only copy-up also sets it: still drift (the file was changed).
+ * The upper dentry of an overlay inode (NULL: the file is only in a lower
+ * layer). With metacopy=on a metadata-only copy-up also sets it: still drift
+ * (the file was changed).
+ *
+ * CO-RE against struct ovl_inode where a BTF has it: vmlinux when overlay is
+ * built in, the overlay module's BTF when it is a module loaded before us
+ * (libbpf searches module BTF; 5.10 has none, CONFIG_DEBUG_INFO_BTF_MODULES is
+ * 5.11+). Fallback: ovl_inode embeds struct inode vfs_inode immediately
+ * followed by struct dentry *__upperdentry on every kernel from 4.19 to 6.18,
+ * so the pointer after the CO-RE size of struct inode. The fallback is what
+ * 5.10 runs, so the VM suites check it there; the agent and `driftguard
+ * check` say which one is in use (overlay_upper_source() in src/enforcer).
  */
+struct ovl_inode___dg {
+	struct inode vfs_inode;
+	struct dentry *__upperdentry;
+} __attribute__((preserve_access_index));
+
 static __always_inline struct dentry *ovl_upper(struct inode *inode)
 {
 	struct dentry *upper = NULL;
+	__u64 off;
 
-	bpf_probe_read_kernel(&upper, sizeof(upper), (void *)inode + bpf_core_type_size(struct inode));
+	if (bpf_core_field_exists(struct ovl_inode___dg, __upperdentry))
+		off = bpf_core_field_offset(struct ovl_inode___dg, __upperdentry) -
+		      bpf_core_field_offset(struct ovl_inode___dg, vfs_inode);
+	else
+		off = bpf_core_type_size(struct inode);
+	bpf_probe_read_kernel(&upper, sizeof(upper), (void *)inode + off);
 	return upper;
 }
 
@@ -249,10 +310,19 @@ static __always_inline __u32 classify_inode(struct inode *inode, struct vfsmount
 }
 
 /*
+ * From 6.8 overlay's real file is a struct backing_file whose user_path is
+ * the overlay path (6.5-6.7 named the other path real_path, and f_path was
+ * the overlay path as before). CO-RE finds user_path inside its anonymous
+ * union (6.12+); kernels without the field use f_path only.
+ */
+struct backing_file___dg {
+	struct path user_path;
+} __attribute__((preserve_access_index));
+
+/*
  * A mapping of an overlay file holds overlay's *real* file in vma->vm_file,
- * so the overlay inode must be found again: on 6.1 the real file's f_path is
- * the overlay path ("fake path"); from 6.5 the real file is a struct
- * backing_file whose user_path is. A candidate counts as upper only if its
+ * so the overlay inode must be found again: up to 6.7 the real file's f_path
+ * is the overlay path ("fake path"); from 6.8 the backing_file's user_path is. A candidate counts as upper only if its
  * overlay inode's upper dentry is the mapped inode, so memory that is not a
  * backing file can never make a file look drifted. Sets *pd/*pm to the path
  * to report (the overlay path when found).
@@ -267,10 +337,11 @@ static __always_inline __u32 classify_mapped(struct file *file, const struct dg_
 
 	cand_d[0] = BPF_CORE_READ(file, f_path.dentry);
 	cand_m[0] = BPF_CORE_READ(file, f_path.mnt);
-	if (bpf_core_type_exists(struct backing_file)) {
+	if (bpf_core_field_exists(struct backing_file___dg, user_path)) {
 		struct path up = {};
 
-		bpf_probe_read_kernel(&up, sizeof(up), (void *)file + bpf_core_type_size(struct file));
+		bpf_probe_read_kernel(&up, sizeof(up),
+				      (void *)file + bpf_core_field_offset(struct backing_file___dg, user_path));
 		cand_d[1] = up.dentry;
 		cand_m[1] = up.mnt;
 	}
@@ -331,7 +402,7 @@ static __always_inline struct dg_scratch *scratch_raw(void)
 
 /*
  * Path resolution by walking dentries (bpf_d_path is not allowed in tp_btf
- * and file_mprotect). Two kinds:
+ * and file_mprotect, nor in any LSM hook on 5.10). Two kinds:
  *
  * - image paths (cross == 0): from the file up to the root of its own
  *   superblock, never crossing a mount. For a file on the container's root
@@ -343,7 +414,14 @@ static __always_inline struct dg_scratch *scratch_raw(void)
  *
  * A walk that does not reach its root within the step budget, or has more
  * components than fit, is flagged: such a path never matches a list entry.
- * The loops run under bpf_loop() so the verifier checks each body once.
+ *
+ * The loops are bounded for loops (5.3+), not bpf_loop() (5.17): a program
+ * that passes a bpf_loop callback holds an ld_imm64 BPF_PSEUDO_FUNC, which
+ * kernels before 5.13 refuse while parsing the program, before any dead code
+ * is removed -- so no CO-RE guard can keep bpf_loop in a program that must
+ * also load on 5.10. The walk state lives in map memory (unknown to the
+ * verifier), so the states of one iteration converge and each iteration is
+ * verified about once: see docs/bpf.md for the cost per kernel.
  */
 
 /* Records the name of c->d; returns 1 when the walk must stop. */
@@ -359,15 +437,11 @@ static __always_inline long walk_record(struct walk_ctx *c, struct dg_scratch *s
 }
 
 /* Image path: up to the root of the file's own superblock, never crossing a mount. */
-static long walk_up_image(__u64 i, void *ctx)
+static __always_inline long walk_up_image(struct dg_scratch *s)
 {
-	struct dg_scratch *s = scratch_raw();
-	struct walk_ctx *c;
+	struct walk_ctx *c = &s->walk;
 	struct dentry *d, *parent_d;
 
-	if (!s)
-		return 1;
-	c = &s->walk;
 	/* Locals, not c->x, inside BPF_CORE_READ: walk_ctx is ours, not a kernel type. */
 	d = c->d;
 	parent_d = BPF_CORE_READ(d, d_parent);
@@ -383,17 +457,13 @@ static long walk_up_image(__u64 i, void *ctx)
 }
 
 /* Task path: up to the task's root, crossing mounts, like d_path(). */
-static long walk_up_task(__u64 i, void *ctx)
+static __always_inline long walk_up_task(struct dg_scratch *s)
 {
-	struct dg_scratch *s = scratch_raw();
-	struct walk_ctx *c;
+	struct walk_ctx *c = &s->walk;
 	struct dentry *d, *parent_d;
 	struct vfsmount *vmnt;
 	struct mount *mnt;
 
-	if (!s)
-		return 1;
-	c = &s->walk;
 	d = c->d;
 	vmnt = c->vmnt;
 	mnt = c->mnt;
@@ -425,16 +495,12 @@ static long walk_up_task(__u64 i, void *ctx)
 	return 0;
 }
 
-static long write_down(__u64 j, void *ctx)
+static __always_inline long write_down(struct dg_scratch *s, __u32 j)
 {
-	struct dg_scratch *s = scratch_raw();
-	struct walk_ctx *c;
+	struct walk_ctx *c = &s->walk;
 	__u32 idx;
 	long r;
 
-	if (!s)
-		return 1;
-	c = &s->walk;
 	if (j >= c->n)
 		return 1;
 	if (c->off >= DG_PATH_MAX - 1) {
@@ -459,6 +525,31 @@ static long write_down(__u64 j, void *ctx)
 }
 
 /*
+ * One step of a walk and one component written, as global functions: the
+ * verifier checks each body once per program, and each round of the bounded
+ * loops below costs only the call. Inlined, every round was verified again
+ * (the loop counter differs), about twice the instructions of the whole
+ * program. Their state is in the per-CPU scratch map; they take only scalars.
+ */
+__noinline long dg_walk_step(__u32 cross)
+{
+	struct dg_scratch *s = scratch_raw();
+
+	if (!s)
+		return 1;
+	return cross ? walk_up_task(s) : walk_up_image(s);
+}
+
+__noinline long dg_write_step(__u32 j)
+{
+	struct dg_scratch *s = scratch_raw();
+
+	if (!s)
+		return 1;
+	return write_down(s, j);
+}
+
+/*
  * Writes the per-CPU scratch's key.path; returns DG_EVF_* flags.
  *
  * A global function (not static, not inlined) taking only scalars: the verifier
@@ -469,7 +560,7 @@ static long write_down(__u64 j, void *ctx)
  */
 __noinline __u32 dg_walk_path(__u64 dentry, __u64 vmnt, __u32 cross)
 {
-	struct task_struct *task = bpf_get_current_task_btf();
+	struct task_struct *task = current_task();
 	struct dg_scratch *s = scratch_raw();
 	struct walk_ctx *c;
 	__u32 flags;
@@ -487,18 +578,18 @@ __noinline __u32 dg_walk_path(__u64 dentry, __u64 vmnt, __u32 cross)
 	if (!dentry) {
 		c->flags |= DG_EVF_PATH_UNRESOLVED;
 	} else {
-		/* Two callbacks rather than one with a branch: fewer states for the verifier. */
-		if (cross)
-			bpf_loop(DG_WALK_STEPS, walk_up_task, NULL, 0);
-		else
-			bpf_loop(DG_WALK_STEPS, walk_up_image, NULL, 0);
+		for (__u32 i = 0; i < DG_WALK_STEPS; i++)
+			if (dg_walk_step(cross))
+				break;
 		if (!c->done)
 			c->flags |= DG_EVF_PATH_UNRESOLVED;
 	}
 	__builtin_memset(s->buf, 0, sizeof(s->buf));
 	if (c->n == 0)
 		s->buf[0] = '/';
-	bpf_loop(DG_WALK_MAX, write_down, NULL, 0);
+	for (__u32 j = 0; j < DG_WALK_MAX; j++)
+		if (dg_write_step(j))
+			break;
 	if (c->off >= DG_PATH_MAX) {
 		c->flags |= DG_EVF_PATH_TRUNCATED;
 		s->buf[DG_PATH_MAX - 1] = 0;
@@ -519,7 +610,7 @@ static __always_inline void emit(struct dg_scratch *s, const struct dg_verdict *
 				 __u64 matched)
 {
 	struct dg_event *e;
-	struct task_struct *task = bpf_get_current_task_btf();
+	struct task_struct *task = current_task();
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 
 	stat_inc(v->action == DG_ACT_DENY ? DG_STAT_DENIES :
@@ -548,7 +639,7 @@ static __always_inline void emit(struct dg_scratch *s, const struct dg_verdict *
 	stat_inc(DG_STAT_EVENTS);
 }
 
-#define DG_PATH_DPATH 0  /* LSM exec/mmap: bpf_d_path for task paths */
+#define DG_PATH_DPATH 0  /* LSM exec/mmap: bpf_d_path for task paths (walk if dg_use_d_path == 0) */
 #define DG_PATH_WALK 1   /* tracepoint: dentry walk for task paths */
 #define DG_PATH_MAPPED 2 /* file_mprotect: overlay file behind a mapping, dentry walk */
 
@@ -609,9 +700,9 @@ static __always_inline __u32 check_file(struct file *file, __u32 hook, __u32 acc
 		if (v.action == DG_ACT_ALLOW)
 			return DG_ACT_ALLOW;
 	}
-	/* One walk call site: each bpf_loop call site is verified on its own. */
+	/* One walk call site: the walk is verified once per call site. */
 	cross = on_rootfs(in.file_kind) ? 0 : 1;
-	if (path_mode == DG_PATH_DPATH && cross) {
+	if (path_mode == DG_PATH_DPATH && cross && dg_use_d_path) {
 		/*
 		 * Task-relative path with the kernel's own d_path. It builds the
 		 * string at the end of the buffer and moves it to the front, leaving
@@ -674,13 +765,13 @@ static __always_inline bool exec_maps_own_binary(struct file *file)
 
 	if (!bpf_core_field_exists(struct task_struct, in_execve))
 		return false;
-	task = bpf_get_current_task_btf();
-	if (!BPF_CORE_READ_BITFIELD(task, in_execve))
+	task = current_task();
+	if (!BPF_CORE_READ_BITFIELD_PROBED(task, in_execve))
 		return false;
-	mm = task->mm;
+	mm = BPF_CORE_READ(task, mm);
 	if (!mm)
 		return false;
-	return (unsigned long)mm->exe_file == (unsigned long)file;
+	return (unsigned long)BPF_CORE_READ(mm, exe_file) == (unsigned long)file;
 }
 
 SEC("lsm/mmap_file")

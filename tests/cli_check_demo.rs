@@ -22,13 +22,14 @@ const BIN: &str = env!("CARGO_BIN_EXE_driftguard");
 const DROPPED: &str = "/tmp/busybox";
 
 /// Every item `driftguard check` reports.
-const CHECK_ITEMS: [&str; 15] = [
+const CHECK_ITEMS: [&str; 16] = [
     "root",
     "kernel",
     "btf",
     "lockdown",
     "bpf_lsm",
     "enforcement",
+    "capabilities",
     "bpffs",
     "overlayfs",
     "cgroup_v2",

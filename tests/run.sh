@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run every driftguard test: unit tests, the NRI protocol suite, host kernel tests (real BPF,
 # overlayfs, cgroups, runc, podman), the real-containerd CRI suite (tests/cri.rs) and the VM
-# suites (Debian 6.1 and 6.12 kernels with BPF LSM in qemu). Installs what it needs first. Run
+# suites (Debian 5.10, 6.1 and 6.12 kernels with BPF LSM in qemu). Installs what it needs first. Run
 # as root on Debian 12:
 #
 #     sudo ./tests/run.sh

@@ -12,7 +12,7 @@ use std::process::{Command, ExitCode, Stdio};
 
 use driftguard::cgroup::CgroupRoot;
 use driftguard::config::Config;
-use driftguard::enforcer::{self, EnforcementPath, Enforcer, EnforcerOptions};
+use driftguard::enforcer::{self, EnforcementPath, Enforcer, EnforcerOptions, OverlayUpper};
 use serde::Serialize;
 
 const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
@@ -70,13 +70,14 @@ impl Item {
 }
 
 /// Names of every item, in report order (the integration test relies on them).
-pub const ITEM_NAMES: [&str; 15] = [
+pub const ITEM_NAMES: [&str; 16] = [
     "root",
     "kernel",
     "btf",
     "lockdown",
     "bpf_lsm",
     "enforcement",
+    "capabilities",
     "bpffs",
     "overlayfs",
     "cgroup_v2",
@@ -119,9 +120,9 @@ fn render_text(items: &[Item]) -> String {
     let mut out = String::new();
     for i in items {
         let tag = format!("[{}]", i.status.as_str());
-        let _ = writeln!(out, "{tag:<7}{:<width$}  {}", i.name, i.detail.replace('\n', "\n         "));
+        let pad = " ".repeat(7 + width + 2);
+        let _ = writeln!(out, "{tag:<7}{:<width$}  {}", i.name, i.detail.replace('\n', &format!("\n{pad}")));
         if let Some(fix) = &i.fix {
-            let pad = " ".repeat(7 + width + 2);
             let mut lines = fix.lines();
             if let Some(first) = lines.next() {
                 let _ = writeln!(out, "{pad}fix: {first}");
@@ -156,11 +157,29 @@ fn gather(cfg: &Config, runtime: &Runtime) -> Vec<Item> {
     let lsm_verdict = enforcer::bpf_lsm_active();
     let lsm_list = std::fs::read_to_string(LSM_LIST).ok();
     let kconfig = std::fs::read_to_string(format!("/boot/config-{}", release.trim())).ok();
-    let bpf_lsm = check_bpf_lsm(lsm_list.as_deref(), lsm_verdict.err().as_deref(), kconfig.as_deref());
-
     let lockdown = check_lockdown(std::fs::read_to_string(LOCKDOWN).ok().as_deref());
 
-    let enforcement = check_enforcement(cfg, privileged && btf.status == Status::Ok);
+    // One load test (or the pinned state) feeds bpf_lsm, enforcement and capabilities, so they
+    // cannot contradict each other.
+    let probe = probe_enforcement(cfg, privileged && btf.status == Status::Ok);
+    let mut bpf_lsm = check_bpf_lsm(lsm_list.as_deref(), lsm_verdict.err().as_deref(), kconfig.as_deref());
+    if bpf_lsm.status == Status::Ok {
+        if let Some(why) = probe.lsm_refused() {
+            bpf_lsm = Item::warn(
+                "bpf_lsm",
+                format!("bpf is in the active LSM list, but this kernel refuses the BPF LSM programs: {why}"),
+                "nothing to configure: the kernel refuses BPF trampolines (see the enforcement item); \
+                 a kernel that allows them gets EPERM enforcement",
+            );
+        }
+    }
+    let enforcement = check_enforcement(cfg, &probe);
+    let capabilities = check_capabilities(
+        &probe,
+        enforcer::kernel_has_bpf_helper("BPF_FUNC_loop"),
+        Path::new(BTF_PATH).exists(),
+        enforcer::overlay_upper(),
+    );
 
     let bpffs = {
         let parent = cfg.bpf.pin_dir.parent().unwrap_or(Path::new("/sys/fs/bpf")).to_path_buf();
@@ -214,6 +233,7 @@ fn gather(cfg: &Config, runtime: &Runtime) -> Vec<Item> {
         lockdown,
         bpf_lsm,
         enforcement,
+        capabilities,
         bpffs,
         overlayfs,
         cgroup,
@@ -228,14 +248,50 @@ fn gather(cfg: &Config, runtime: &Runtime) -> Vec<Item> {
     items
 }
 
-fn check_enforcement(cfg: &Config, can_probe: bool) -> Item {
+/// What `check` learnt about enforcement: what is pinned, or what a load test gave.
+enum Probe {
+    Pinned(EnforcementPath),
+    Skipped,
+    Loaded { path: EnforcementPath, reason: Option<String>, d_path: bool },
+    Failed(String),
+}
+
+impl Probe {
+    /// Why BPF LSM is not usable, when a load test found out.
+    fn lsm_refused(&self) -> Option<String> {
+        match self {
+            Probe::Loaded { path: EnforcementPath::TracepointKill, reason, .. } => {
+                Some(first_line(reason.as_deref().unwrap_or("unknown")).to_string())
+            }
+            _ => None,
+        }
+    }
+}
+
+fn probe_enforcement(cfg: &Config, can_probe: bool) -> Probe {
+    if let Some(p) = enforcer::pinned_path(&cfg.bpf.pin_dir) {
+        return Probe::Pinned(p);
+    }
+    if !can_probe {
+        return Probe::Skipped;
+    }
+    // Load test: attach unpinned programs for a moment (no policy installed: nothing is affected).
+    match quiet(|| Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: cfg.bpf.force_fallback })) {
+        Ok(e) => {
+            Probe::Loaded { path: e.path(), reason: e.fallback_reason().map(str::to_string), d_path: e.uses_d_path() }
+        }
+        Err(e) => Probe::Failed(first_line(&e.to_string()).to_string()),
+    }
+}
+
+fn check_enforcement(cfg: &Config, probe: &Probe) -> Item {
     let dir = &cfg.bpf.pin_dir;
-    match enforcer::pinned_path(dir) {
-        Some(EnforcementPath::Lsm) => Item::ok(
+    match probe {
+        Probe::Pinned(EnforcementPath::Lsm) => Item::ok(
             "enforcement",
             format!("BPF LSM enforcement pinned under {} (exec of drifted files fails with EPERM)", dir.display()),
         ),
-        Some(EnforcementPath::TracepointKill) => Item::warn(
+        Probe::Pinned(EnforcementPath::TracepointKill) => Item::warn(
             "enforcement",
             format!(
                 "fallback enforcement pinned under {}: drifted binaries are SIGKILLed right after exec; \
@@ -244,41 +300,105 @@ fn check_enforcement(cfg: &Config, can_probe: bool) -> Item {
             ),
             "enable BPF LSM (see bpf_lsm), then restart the agent: it replaces the pinned links without a gap",
         ),
-        None if !can_probe => Item::warn(
+        Probe::Skipped => Item::warn(
             "enforcement",
             format!("nothing pinned under {} and the load test was skipped (needs root and BTF)", dir.display()),
             "fix the items above, then run `driftguard check` again as root",
         ),
-        None => {
-            // Load test: attach unpinned programs for a moment (no policy installed: nothing is affected).
-            match quiet(|| Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: cfg.bpf.force_fallback })) {
-                Ok(e) => {
-                    let not_running = format!("no agent enforcement pinned under {}", dir.display());
-                    let start = "start the agent: `driftguard run` (or the DaemonSet)";
-                    match e.path() {
-                        EnforcementPath::Lsm => Item::warn(
-                            "enforcement",
-                            format!("{not_running}; load test: BPF LSM programs load and attach (path: lsm)"),
-                            start,
-                        ),
-                        EnforcementPath::TracepointKill => Item::warn(
-                            "enforcement",
-                            format!(
-                                "{not_running}; load test: BPF LSM unusable, the exec tracepoint fallback works \
-                                 (path: tracepoint_kill; drifted binaries are SIGKILLed, exit 137). Reason: {}",
-                                first_line(e.fallback_reason().unwrap_or("unknown"))
-                            ),
-                            format!("{start}; for EPERM instead of SIGKILL enable BPF LSM (see bpf_lsm)"),
-                        ),
-                    }
-                }
-                Err(e) => Item::fail(
+        Probe::Loaded { path, reason, .. } => {
+            let not_running = format!("no agent enforcement pinned under {}", dir.display());
+            let start = "start the agent: `driftguard run` (or the DaemonSet)";
+            match path {
+                EnforcementPath::Lsm => Item::warn(
                     "enforcement",
-                    format!("load test failed: no enforcement path works: {}", first_line(&e.to_string())),
-                    "run `DRIFTGUARD_LOG=debug driftguard check` for the verifier log; see the kernel, btf and lockdown items",
+                    format!("{not_running}; load test: BPF LSM programs load and attach (path: lsm)"),
+                    start,
+                ),
+                EnforcementPath::TracepointKill => Item::warn(
+                    "enforcement",
+                    format!(
+                        "{not_running}; load test: BPF LSM unusable, the exec tracepoint fallback works \
+                         (path: tracepoint_kill; drifted binaries are SIGKILLed, exit 137). Reason: {}",
+                        first_line(reason.as_deref().unwrap_or("unknown"))
+                    ),
+                    format!("{start}; for EPERM instead of SIGKILL enable BPF LSM (see bpf_lsm)"),
                 ),
             }
         }
+        Probe::Failed(e) => Item::fail(
+            "enforcement",
+            format!("load test failed: no enforcement path works: {e}"),
+            "run `DRIFTGUARD_LOG=debug driftguard check` for the verifier log; see the kernel, btf and lockdown items",
+        ),
+    }
+}
+
+/// What this kernel gives, in one table: the rows of docs/bpf.md's kernel table.
+fn check_capabilities(probe: &Probe, has_loop: Option<bool>, vmlinux_btf: bool, ovl: OverlayUpper) -> Item {
+    let path = match probe {
+        Probe::Pinned(p) => Some(*p),
+        Probe::Loaded { path, .. } => Some(*path),
+        Probe::Skipped | Probe::Failed(_) => None,
+    };
+    let lsm = match (path, probe) {
+        (Some(EnforcementPath::Lsm), _) => "yes: bprm_check_security, mmap_file, file_mprotect (EPERM)".to_string(),
+        (Some(EnforcementPath::TracepointKill), p) => match p.lsm_refused() {
+            Some(why) => format!("no ({why})"),
+            None => "no (fallback pinned)".to_string(),
+        },
+        (None, _) => "unknown (no load test)".to_string(),
+    };
+    let fallback = match path {
+        Some(EnforcementPath::TracepointKill) => "in use: tp_btf/sched_process_exec + SIGKILL (exit 137)",
+        Some(EnforcementPath::Lsm) => "not needed (tp_btf/sched_process_exec + SIGKILL when BPF LSM is refused)",
+        None => "unknown (no load test)",
+    };
+    let prot_exec = match path {
+        Some(EnforcementPath::Lsm) => "covered: mmap_file and file_mprotect deny PROT_EXEC of drifted files",
+        Some(EnforcementPath::TracepointKill) => {
+            "NOT covered: ld.so /dropped, LD_PRELOAD and dlopen of drifted files run; #! scripts seen as their interpreter"
+        }
+        None => "unknown (no load test)",
+    };
+    let d_path = match probe {
+        Probe::Loaded { path: EnforcementPath::Lsm, d_path: true, .. } => "bpf_d_path in LSM hooks",
+        Probe::Loaded { path: EnforcementPath::Lsm, d_path: false, .. } => {
+            "dentry walk (bpf_d_path is refused in LSM hooks before 5.11; same verdicts)"
+        }
+        Probe::Loaded { .. } => "dentry walk (the tracepoint cannot use bpf_d_path; same verdicts)",
+        _ => "unknown (no load test)",
+    };
+    let bpf_loop = match has_loop {
+        Some(true) => "present (not needed: the path walks are bounded loops on every kernel)",
+        Some(false) => "absent (5.17+); not needed: the path walks are bounded loops",
+        None => "unknown (no readable BTF)",
+    };
+    let btf = if vmlinux_btf {
+        format!(
+            "kernel ({BTF_PATH}){}",
+            if enforcer::overlay_module_btf() { "; overlay module BTF loaded" } else { "" }
+        )
+    } else {
+        "none: CO-RE cannot relocate the programs".to_string()
+    };
+    let rows = [
+        ("LSM hooks", lsm),
+        ("fallback", fallback.to_string()),
+        ("PROT_EXEC", prot_exec.to_string()),
+        ("event paths", d_path.to_string()),
+        ("bpf_loop", bpf_loop.to_string()),
+        ("BTF", btf),
+        ("overlay", ovl.describe().to_string()),
+    ];
+    let detail = rows.iter().map(|(k, v)| format!("{k:<12}{v}")).collect::<Vec<_>>().join("\n");
+    match path {
+        Some(EnforcementPath::Lsm) if vmlinux_btf => Item::ok("capabilities", detail),
+        Some(EnforcementPath::Lsm) | Some(EnforcementPath::TracepointKill) => Item::warn(
+            "capabilities",
+            detail,
+            "for EPERM and PROT_EXEC coverage use a kernel with BPF LSM and trampolines (see bpf_lsm); tested: 5.10, 6.1, 6.12",
+        ),
+        None => Item::warn("capabilities", detail, "run `driftguard check` as root with BTF for the load test"),
     }
 }
 
@@ -380,15 +500,14 @@ fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
 fn check_kernel(release: &str) -> Item {
     match parse_kernel_version(release) {
         None => Item::warn("kernel", format!("cannot parse kernel release {release:?}"), "check `uname -r`"),
-        Some(v) if v < (5, 17) => Item::fail(
+        Some(v) if v < (5, 10) => Item::fail(
             "kernel",
-            format!("kernel {release}: too old (BPF ring buffer, bpf_loop and BPF LSM need at least 5.17)"),
-            "upgrade the kernel; tested: 6.1, 6.12, 6.18 (Debian bookworm: linux-image-cloud-amd64)",
+            format!("kernel {release}: too old (the oldest supported and tested kernel is 5.10)"),
+            "upgrade the kernel; tested: 5.10, 6.1, 6.12, 6.18 (Debian: linux-image-cloud-amd64)",
         ),
-        Some(v) if v < (6, 1) => Item::warn(
+        Some(v) if v < (5, 11) => Item::ok(
             "kernel",
-            format!("kernel {release}: should work but is older than any tested kernel (6.1, 6.12, 6.18)"),
-            "prefer kernel 6.1 or newer",
+            format!("kernel {release} (5.10 LTS: tested; BPF LSM needs bpf in lsm=, see bpf_lsm and capabilities)"),
         ),
         Some(_) => Item::ok("kernel", format!("kernel {release}")),
     }
@@ -880,9 +999,36 @@ mod tests {
         assert_eq!(parse_kernel_version("6.18.0-custom"), Some((6, 18)));
         assert_eq!(parse_kernel_version("6.1.0-28-cloud-amd64"), Some((6, 1)));
         assert_eq!(parse_kernel_version("garbage"), None);
-        assert_eq!(check_kernel("5.10.0-30-amd64").status, Status::Fail);
-        assert_eq!(check_kernel("5.19.1").status, Status::Warn);
+        assert_eq!(check_kernel("5.4.0-42-generic").status, Status::Fail);
+        assert_eq!(check_kernel("5.10.0-32-cloud-amd64").status, Status::Ok);
+        assert_eq!(check_kernel("5.19.1").status, Status::Ok);
         assert_eq!(check_kernel("6.12.9+bpo-cloud-amd64").status, Status::Ok);
+    }
+
+    /// The capabilities table follows the one probe: no row says more than the load test found.
+    #[test]
+    fn capabilities_follow_the_probe() {
+        let fallback = Probe::Loaded {
+            path: EnforcementPath::TracepointKill,
+            reason: Some("BPF program 'dg_bprm_check' was rejected: EPERM\nmore".into()),
+            d_path: false,
+        };
+        let i = check_capabilities(&fallback, Some(true), true, OverlayUpper::VmlinuxBtf);
+        assert_eq!(i.status, Status::Warn);
+        assert!(i.detail.contains("LSM hooks   no (BPF program 'dg_bprm_check' was rejected: EPERM)"), "{}", i.detail);
+        assert!(i.detail.contains("PROT_EXEC   NOT covered"), "{}", i.detail);
+        assert!(!i.detail.contains("covered: mmap_file"), "{}", i.detail);
+
+        let lsm510 = Probe::Loaded { path: EnforcementPath::Lsm, reason: None, d_path: false };
+        let i = check_capabilities(&lsm510, Some(false), true, OverlayUpper::Layout);
+        assert_eq!(i.status, Status::Ok);
+        assert!(i.detail.contains("event paths dentry walk (bpf_d_path is refused"), "{}", i.detail);
+        assert!(i.detail.contains("bpf_loop    absent"), "{}", i.detail);
+        assert!(i.detail.contains("overlay     no BTF has struct ovl_inode"), "{}", i.detail);
+
+        let i = check_capabilities(&Probe::Skipped, None, false, OverlayUpper::Layout);
+        assert_eq!(i.status, Status::Warn);
+        assert!(i.detail.contains("LSM hooks   unknown"), "{}", i.detail);
     }
 
     #[test]

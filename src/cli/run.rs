@@ -26,6 +26,10 @@ pub fn run(cfg: Config) -> anyhow::Result<ExitCode> {
              not denied; no mmap checks; `#!` scripts seen as their interpreter) because {why}"
         ),
     }
+    // What this kernel cannot guarantee, said once at start (docs/bpf.md, "Kernels").
+    for limit in enforcer.kernel_limits() {
+        tracing::warn!(limit = %limit, "kernel limit");
+    }
     let state_dir = agent::state_dir();
     rt.block_on(agent::run(cfg, enforcer, state_dir, shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)

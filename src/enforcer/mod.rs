@@ -19,6 +19,7 @@
 //! [`unload`] removes everything.
 
 pub mod abi;
+mod caps;
 mod error;
 mod events;
 mod libbpf_log;
@@ -37,6 +38,7 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapHandle, OpenObject};
 use serde::Serialize;
 
+pub use caps::{kernel_enum_has, kernel_has_bpf_helper, overlay_module_btf, overlay_upper, OverlayUpper};
 pub use error::{Error, Result};
 pub use events::{Action, Event, EventStream, FileKind, Hook, ReaderHeartbeat, Rule, EVENT_CHANNEL_CAPACITY};
 pub use store::{InstalledPolicy, Owner, PolicyStore, Stats};
@@ -98,6 +100,8 @@ pub struct Enforcer {
     fallback_reason: Option<String>,
     pin_dir: Option<PathBuf>,
     store: PolicyStore,
+    lsm_d_path: bool,
+    ovl_upper: OverlayUpper,
 }
 
 impl std::fmt::Debug for Enforcer {
@@ -148,8 +152,20 @@ impl Enforcer {
             }
         };
 
+        let mut lsm_d_path = true;
         let skel = if lsm {
-            match open_and_load(opts.pin_dir.as_deref(), true) {
+            let first = open_and_load(opts.pin_dir.as_deref(), true, true);
+            // 5.10 has BPF LSM but refuses bpf_d_path() in LSM hooks (allowed from 5.11): the
+            // same programs without it make event paths with the dentry walk instead.
+            let first = match first {
+                Err(Error::ProgramRejected { ref log, .. }) if d_path_refused(log) => {
+                    tracing::info!("bpf_d_path is not allowed in BPF LSM hooks on this kernel; event paths of non-image files come from the dentry walk");
+                    lsm_d_path = false;
+                    open_and_load(opts.pin_dir.as_deref(), true, false)
+                }
+                r => r,
+            };
+            match first {
                 Ok(s) => Some(s),
                 Err(e @ (Error::ProgramRejected { .. } | Error::NotPermitted(_) | Error::Load { .. })) => {
                     // libbpf's own lines (and the verifier log) went to the debug level as they
@@ -165,7 +181,7 @@ impl Enforcer {
         };
         let (skel, path) = match skel {
             Some(s) => (s, EnforcementPath::Lsm),
-            None => (open_and_load(opts.pin_dir.as_deref(), false)?, EnforcementPath::TracepointKill),
+            None => (open_and_load(opts.pin_dir.as_deref(), false, false)?, EnforcementPath::TracepointKill),
         };
 
         let store = store_from_skel(&skel)?;
@@ -177,8 +193,17 @@ impl Enforcer {
         if adopted > 0 {
             tracing::info!(policies = adopted, "adopted pinned policies");
         }
-        let mut enforcer =
-            Enforcer { skel, links: Vec::new(), path, fallback_reason, pin_dir: opts.pin_dir.clone(), store };
+        let lsm_d_path = lsm_d_path && path == EnforcementPath::Lsm;
+        let mut enforcer = Enforcer {
+            skel,
+            links: Vec::new(),
+            path,
+            fallback_reason,
+            pin_dir: opts.pin_dir.clone(),
+            store,
+            lsm_d_path,
+            ovl_upper: caps::overlay_upper(),
+        };
         enforcer.attach()?;
         tracing::debug!(path = path.as_str(), "enforcement attached");
         Ok(enforcer)
@@ -251,6 +276,23 @@ impl Enforcer {
     /// Why the fallback is used, when it is: one line that names the cause and what to change.
     pub fn fallback_reason(&self) -> Option<&str> {
         self.fallback_reason.as_deref()
+    }
+
+    /// Whether the LSM programs make task paths with `bpf_d_path()` (false on 5.10, which
+    /// refuses it in LSM hooks, and on the fallback: the dentry walk is used instead).
+    pub fn uses_d_path(&self) -> bool {
+        self.lsm_d_path
+    }
+
+    /// What this kernel cannot guarantee with the loaded programs, one sentence each (the agent
+    /// logs them at start; `driftguard check` tabulates the same facts).
+    pub fn kernel_limits(&self) -> Vec<String> {
+        caps::limits(self.path, self.lsm_d_path, self.ovl_upper)
+    }
+
+    /// Where the loaded programs find an overlay inode's upper dentry.
+    pub fn overlay_upper(&self) -> OverlayUpper {
+        self.ovl_upper
     }
 
     /// Pin directory, if pinned.
@@ -543,12 +585,26 @@ fn set_autoload(open: &mut OpenDriftguardSkel<'static>, lsm: bool) {
     p.dg_test_decide.set_autoload(false);
 }
 
-fn open_and_load(pin_dir: Option<&Path>, lsm: bool) -> Result<DriftguardSkel<'static>> {
+/// The verifier refused a `bpf_d_path()` call (5.10: not in the LSM hooks' allowlist).
+fn d_path_refused(log: &str) -> bool {
+    log.contains("helper call is not allowed in probe") && log.contains("bpf_d_path")
+}
+
+fn open_and_load(pin_dir: Option<&Path>, lsm: bool, d_path: bool) -> Result<DriftguardSkel<'static>> {
     let builder = DriftguardSkelBuilder::default();
     let mut open = builder
         .open(leak_storage())
         .map_err(|e| Error::Load { reason: format!("opening the BPF object: {e}"), log: libbpf_log::tail(20) })?;
     set_autoload(&mut open, lsm);
+    match open.maps.rodata_data.as_deref_mut() {
+        Some(ro) => ro.dg_use_d_path = u32::from(d_path),
+        None => {
+            return Err(Error::Load {
+                reason: "the BPF object has no read-only data section".into(),
+                log: String::new(),
+            })
+        }
+    }
     if let Some(dir) = pin_dir {
         let m = &mut open.maps;
         for (name, map) in [

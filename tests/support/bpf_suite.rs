@@ -152,7 +152,9 @@ pub fn run_suite_in_vm(
         )
         .into());
     }
-    res.check_trials(must_run).map_err(Failed::from)
+    res.check_trials(must_run).map_err(Failed::from)?;
+    res.check_limits(&k.name).map_err(Failed::from)?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------

@@ -31,12 +31,12 @@ use std::time::{Duration, Instant};
 
 /// Environment variable set to `1` for the command run inside the VM.
 pub const IN_VM_ENV: &str = "DRIFTGUARD_IN_VM";
-/// Environment variable holding the kernel name ("6.1", "6.12") inside the VM.
+/// Environment variable holding the kernel name ("5.10", "6.1", "6.12") inside the VM.
 pub const VM_KERNEL_ENV: &str = "DRIFTGUARD_VM_KERNEL";
 /// When set to `1`, missing kernels/qemu must fail tests instead of skipping them (CI).
 pub const REQUIRE_VM_ENV: &str = "DRIFTGUARD_REQUIRE_VM";
 /// Kernel names of the test matrix, in order (cache sub-directories).
-pub const EXPECTED_KERNELS: &[&str] = &["6.1", "6.12"];
+pub const EXPECTED_KERNELS: &[&str] = &["5.10", "6.1", "6.12"];
 
 const START_MARKER: &str = "@@DG_START@@";
 const EXIT_MARKER: &str = "@@DG_EXIT=";
@@ -46,13 +46,16 @@ const TAIL_LINES: usize = 40;
 
 #[derive(Debug, Clone)]
 pub struct Kernel {
-    /// "6.1" or "6.12" (cache sub-directory name).
+    /// "5.10", "6.1" or "6.12" (cache sub-directory name).
     pub name: String,
     /// Kernel release (`uname -r`), e.g. "6.12.95+deb12-cloud-amd64".
     pub version: String,
     pub vmlinuz: PathBuf,
     /// Modules insmod'ed by init, in this order (overlay.ko first).
     pub modules: Vec<PathBuf>,
+    /// Extra kernel command line from `<cache>/<name>/cmdline` (5.10: the `lsm=` list with
+    /// `bpf`, which its default CONFIG_LSM lacks). Empty when the file is absent.
+    pub cmdline: String,
 }
 
 #[derive(Debug, Clone)]
@@ -141,12 +144,53 @@ impl VmResult {
     }
 }
 
+/// Trials that, on a kernel of the matrix, state a kernel limit (`LIMIT <trial>: <why>` on stdout)
+/// instead of making their check, because the kernel cannot run it or the attack cannot be staged
+/// there. docs/bpf.md's kernel table lists the same. [`VmResult::check_limits`] fails a VM run
+/// with a LIMIT line not in this list, and prints the ones it saw: a limit is never a silent pass.
+pub const EXPECTED_LIMITS: &[(&str, &[&str])] = &[(
+    "5.10",
+    &[
+        // BPF_PROG_TYPE_SYSCALL (the decision tester) is 5.14+
+        "decision_function_matches_spec",
+        // overlay mounts in a user namespace are 5.11+
+        "second_overlay_in_user_namespace_exec_denied",
+    ],
+)];
+
+impl VmResult {
+    /// The trials that printed `LIMIT <trial>:` must be among [`EXPECTED_LIMITS`] for `kernel`;
+    /// prints them, so the VM trial's output counts them. Returns how many there were.
+    pub fn check_limits(&self, kernel: &str) -> Result<usize, String> {
+        let expected: &[&str] = EXPECTED_LIMITS.iter().find(|(k, _)| *k == kernel).map(|(_, l)| *l).unwrap_or(&[]);
+        let mut seen: Vec<&str> = Vec::new();
+        for l in self.output.lines() {
+            // the line may follow libtest's "test <name> ... " on the same line
+            if let Some(rest) = l.split("LIMIT ").nth(1) {
+                if let Some((name, _)) = rest.split_once(':') {
+                    if !name.contains(' ') {
+                        seen.push(name);
+                    }
+                }
+            }
+        }
+        let unexpected: Vec<&&str> = seen.iter().filter(|n| !expected.contains(n)).collect();
+        if !unexpected.is_empty() {
+            return Err(format!(
+                "kernel {kernel}: trials stated a limit not listed in EXPECTED_LIMITS: {unexpected:?}"
+            ));
+        }
+        println!("kernel {kernel}: {} trial(s) stated a kernel limit (listed in docs/bpf.md): {seen:?}", seen.len());
+        Ok(seen.len())
+    }
+}
+
 /// True inside the VM (the guest command's environment has `DRIFTGUARD_IN_VM=1`).
 pub fn in_vm() -> bool {
     std::env::var(IN_VM_ENV).map(|v| v == "1").unwrap_or(false)
 }
 
-/// Kernel name ("6.1", "6.12") when running inside the VM.
+/// Kernel name ("5.10", "6.1", "6.12") when running inside the VM.
 pub fn guest_kernel() -> Option<String> {
     if in_vm() {
         std::env::var(VM_KERNEL_ENV).ok()
@@ -201,7 +245,7 @@ impl Gate {
         }
     }
 
-    /// One trial per VM kernel (`<prefix>_6_1`, `<prefix>_6_12`) running `run`; failed (CI, or
+    /// One trial per VM kernel (`<prefix>_5_10`, `<prefix>_6_1`, `<prefix>_6_12`) running `run`; failed (CI, or
     /// `DRIFTGUARD_REQUIRE_VM=1`) or skipped when the kernels are missing.
     pub fn vm_trials(
         &self,
@@ -219,30 +263,37 @@ impl Gate {
         run: fn(&Kernel) -> Result<(), libtest_mimic::Failed>,
     ) -> Vec<libtest_mimic::Trial> {
         use libtest_mimic::Trial;
+        let required = self.require_all || require_vm();
+        let missing = |name: String, why: String| {
+            if required {
+                Trial::test(name, move || Err(format!("cannot run: {why}").into()))
+            } else {
+                eprintln!("SKIP {name}: {why}");
+                Trial::test(name, || Ok(())).with_ignored_flag(true)
+            }
+        };
+        let trial_name = |k: &str| format!("{prefix}_{}", k.replace('.', "_"));
         let why = match (kernels(), reason) {
             (Ok(kernels), None) => {
-                return kernels
-                    .into_iter()
-                    .map(|k| Trial::test(format!("{prefix}_{}", k.name.replace('.', "_")), move || run(&k)))
-                    .collect();
+                // A kernel of the matrix that is not cached is a skip (failure under
+                // DRIFTGUARD_REQUIRE_VM / _ALL), never silently absent -- unless the run is
+                // restricted to other kernels with DRIFTGUARD_VM_KERNELS.
+                let only = std::env::var("DRIFTGUARD_VM_KERNELS").ok();
+                let selected = |n: &str| only.as_deref().map(|o| o.split([',', ' ']).any(|x| x == n)).unwrap_or(true);
+                let mut out = Vec::new();
+                for n in EXPECTED_KERNELS.iter().filter(|n| selected(n)) {
+                    if !kernels.iter().any(|k| k.name == *n) {
+                        let why = load_kernel(n).err().unwrap_or_else(|| format!("kernel {n} not loadable"));
+                        out.push(missing(trial_name(n), format!("{why} (run tests/vm/fetch-kernels.sh)")));
+                    }
+                }
+                out.extend(kernels.into_iter().map(|k| Trial::test(trial_name(&k.name), move || run(&k))));
+                return out;
             }
             (Err(e), _) => format!("{e} (run tests/vm/fetch-kernels.sh)"),
             (Ok(_), Some(r)) => r.clone(),
         };
-        let required = self.require_all || require_vm();
-        ["6_1", "6_12"]
-            .into_iter()
-            .map(|v| {
-                let name = format!("{prefix}_{v}");
-                if required {
-                    let why = why.clone();
-                    Trial::test(name, move || Err(format!("cannot run: {why}").into()))
-                } else {
-                    eprintln!("SKIP {name}: {why}");
-                    Trial::test(name, || Ok(())).with_ignored_flag(true)
-                }
-            })
-            .collect()
+        EXPECTED_KERNELS.iter().map(|v| missing(trial_name(v), why.clone())).collect()
     }
 }
 
@@ -306,7 +357,12 @@ pub fn load_kernel(name: &str) -> Result<Kernel, String> {
         .filter(|p| p.extension().map(|x| x == "ko").unwrap_or(false))
         .collect();
     modules.sort_by_key(|p| (p.file_name() != Some("overlay.ko".as_ref()), p.clone()));
-    Ok(Kernel { name: name.to_string(), version, vmlinuz, modules })
+    let cmdline = match fs::read_to_string(dir.join("cmdline")) {
+        Ok(s) => s.split_whitespace().collect::<Vec<_>>().join(" "),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(format!("kernel {name}: {}: {e}", dir.join("cmdline").display())),
+    };
+    Ok(Kernel { name: name.to_string(), version, vmlinuz, modules, cmdline })
 }
 
 /// For each name of [`EXPECTED_KERNELS`]: the kernel, or why it cannot be used (for skip or
@@ -845,6 +901,10 @@ pub fn run_in_vm(kernel: &Kernel, req: &VmRequest) -> Result<VmResult, String> {
     let qemu_log = tmp.0.join("qemu.log");
     let accel = std::env::var("DRIFTGUARD_VM_ACCEL").unwrap_or_else(|_| "tcg".into());
     let mut append = String::from("console=ttyS0 panic=-1 oops=panic quiet 8250.nr_uarts=2");
+    if !kernel.cmdline.is_empty() {
+        append.push(' ');
+        append.push_str(&kernel.cmdline);
+    }
     if let Ok(extra) = std::env::var("DRIFTGUARD_VM_APPEND") {
         append.push(' ');
         append.push_str(&extra);

@@ -1,24 +1,30 @@
 #!/usr/bin/env bash
 # Fetch the Debian cloud kernels used by the qemu VM tests (tests/support/vm.rs).
 #
+#   5.10  linux-image-5.10.0-*-cloud-amd64       (bullseye, through a private apt configuration)
 #   6.1   linux-image-6.1.0-*-cloud-amd64        (bookworm / bookworm-security)
 #   6.12  linux-image-6.12.*+deb12-cloud-amd64   (bookworm-backports)
 #
-# Both have CONFIG_BPF_LSM=y with "bpf" in the default LSM list; overlayfs is a module.
+# All have CONFIG_BPF_LSM=y and BTF; overlayfs is a module. 6.1 and 6.12 have "bpf" in the
+# default LSM list; 5.10 does not, so its cache dir gets a `cmdline` file with the lsm= list
+# that tests/support/vm.rs appends to the kernel command line.
 # Result, per kernel, in ${DRIFTGUARD_VM_CACHE:-<repo>/.vm-cache}/<name>/:
-#   vmlinuz, overlay.ko (uncompressed), version (kernel release, `uname -r`), package (name=version)
+#   vmlinuz, overlay.ko (uncompressed), version (kernel release, `uname -r`), package (name=version),
+#   cmdline (optional, extra kernel command line)
 #
 # Idempotent: a kernel whose cache dir is complete is not fetched again (no apt-get update, no
 # download). Set DRIFTGUARD_VM_REFRESH=1 to re-resolve the current package names and refetch when
 # they changed. Runs as root (uses apt-get); installs nothing system-wide except the backports
-# apt source when it is missing.
+# apt source when it is missing. Bullseye is never added to the system's apt sources: its package
+# lists live in <cache>/.apt-bullseye and are used for `apt-get download` only, so nothing on the
+# host can be upgraded from it.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 cache="${DRIFTGUARD_VM_CACHE:-$repo/.vm-cache}"
 refresh="${DRIFTGUARD_VM_REFRESH:-0}"
-kernels_spec="${DRIFTGUARD_VM_KERNELS:-6.1 6.12}"
+kernels_spec="${DRIFTGUARD_VM_KERNELS:-5.10 6.1 6.12}"
 read -r -a kernels <<<"${kernels_spec//,/ }"
 
 log() { echo "fetch-kernels: $*" >&2; }
@@ -26,7 +32,9 @@ die() { log "ERROR: $*"; exit 1; }
 
 complete() {
     local d="$cache/$1"
-    [[ -s "$d/vmlinuz" && -s "$d/overlay.ko" && -s "$d/version" ]]
+    [[ -s "$d/vmlinuz" && -s "$d/overlay.ko" && -s "$d/version" ]] || return 1
+    # 5.10 cannot run BPF LSM without its lsm= command line
+    [[ $1 != 5.10 || -s "$d/cmdline" ]]
 }
 
 need=()
@@ -112,11 +120,49 @@ trap 'rm -rf "$work"' EXIT
 chmod 0755 "$work"
 chown _apt "$work" 2>/dev/null || true
 
+# --- bullseye (5.10) through a private apt configuration --------------------------------------
+# Own sources list, package lists and cache under <cache>/.apt-bullseye: the system's apt state is
+# not touched, so nothing can be installed or upgraded from bullseye by accident.
+bullseye_opts=()
+bullseye_setup() {
+    [[ ${#bullseye_opts[@]} -eq 0 ]] || return 0
+    local a="$cache/.apt-bullseye" keyring=/usr/share/keyrings/debian-archive-keyring.gpg m
+    [[ -f $keyring ]] || die "$keyring missing (apt-get install debian-archive-keyring)"
+    m="${DRIFTGUARD_DEBIAN_MIRROR:-$(grep -rhsE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null |
+        awk '{print $2}' | grep -v -- '-security' | grep -m1 debian || true)}"
+    m="${m:-http://deb.debian.org/debian}"
+    mkdir -p "$a/lists/partial" "$a/cache/archives/partial"
+    echo "deb [signed-by=$keyring] ${m%/} bullseye main" >"$a/sources.list"
+    bullseye_opts=(
+        -o "Dir::Etc::sourcelist=$a/sources.list" -o "Dir::Etc::sourceparts=-"
+        -o "Dir::State::Lists=$a/lists" -o "Dir::Cache=$a/cache"
+        -o "Dir::Cache::pkgcache=" -o "Dir::Cache::srcpkgcache="
+        -o "Acquire::Languages=none" -o "APT::Get::List-Cleanup=0" -o "APT::Sandbox::User=root"
+    )
+    log "5.10: apt-get update of bullseye ($m, private lists in $a)"
+    apt-get "${bullseye_opts[@]}" update -qq >&2 || die "apt-get update of bullseye failed"
+}
+bullseye_pkg() {
+    local v dep
+    bullseye_setup
+    v="$(apt-cache "${bullseye_opts[@]}" policy linux-image-cloud-amd64 | awk '/Candidate:/ { print $2 }')"
+    [[ -n $v && $v != "(none)" ]] || die "no linux-image-cloud-amd64 in bullseye"
+    dep="$(apt-cache "${bullseye_opts[@]}" show "linux-image-cloud-amd64=$v" | sed -n 's/^Depends: //p' |
+        head -n1 | tr ',' '\n' | sed 's/^ *//; s/ .*//' | grep -m1 '^linux-image-5\.10\.' || true)"
+    [[ -n "$dep" ]] || die "bullseye linux-image-cloud-amd64=$v does not depend on linux-image-5.10.*"
+    v="$(apt-cache "${bullseye_opts[@]}" policy "$dep" | awk '/Candidate:/ { print $2 }')"
+    echo "$dep=$v"
+}
+
+# Set up in this shell, not in the $(bullseye_pkg) subshell, so the download below can use it.
+for k in "${need[@]}"; do [[ $k == 5.10 ]] && bullseye_setup; done
+
 for k in "${need[@]}"; do
     case "$k" in
+    5.10) spec="$(bullseye_pkg)" ;;
     6.1) spec="$(image_pkg stable 6.1.)" ;;
     6.12) spec="$(image_pkg backports 6.12.)" ;;
-    *) die "unknown kernel name '$k' (known: 6.1 6.12)" ;;
+    *) die "unknown kernel name '$k' (known: 5.10 6.1 6.12)" ;;
     esac
     pkg="${spec%%=*}"
     d="$cache/$k"
@@ -126,7 +172,10 @@ for k in "${need[@]}"; do
     fi
     log "$k: downloading $spec"
     rm -rf "${work:?}"/*
-    if ! (cd "$work" && apt-get download -q -o APT::Sandbox::User=root "$spec" >&2); then
+    if [[ $k == 5.10 ]]; then
+        (cd "$work" && apt-get "${bullseye_opts[@]}" download -q "$spec" >&2) ||
+            die "apt-get download $spec (bullseye) failed"
+    elif ! (cd "$work" && apt-get download -q -o APT::Sandbox::User=root "$spec" >&2); then
         # Stale package lists give 404s: refresh once and retry.
         if [[ $updated -eq 0 ]]; then
             apt_update
@@ -161,6 +210,11 @@ for k in "${need[@]}"; do
     esac
     echo "$release" >"$tmp/version"
     echo "$spec" >"$tmp/package"
+    case "$k" in
+    # bpf is not in 5.10's default CONFIG_LSM: without it on the command line no BPF LSM program
+    # can attach. The list is Debian's default (lockdown,yama,apparmor) plus integrity and bpf.
+    5.10) echo "lsm=lockdown,yama,integrity,apparmor,bpf" >"$tmp/cmdline" ;;
+    esac
     rm -rf "$d"
     mv "$tmp" "$d"
     log "$k: cached $release in $d ($(du -sh "$d" | cut -f1))"
