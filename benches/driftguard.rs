@@ -967,7 +967,6 @@ fn write_svg(path: &Path, title: &str, r: &ExecResult) -> Res<()> {
 /// The baseline plugin: same Runner, mux and ttrpc stack, handlers do nothing.
 struct NoopPlugin;
 
-#[nri_plugin::async_trait]
 impl Plugin for NoopPlugin {
     async fn synchronize(
         &self,

@@ -9,7 +9,8 @@
 #   benches/run.sh --docs [...]    # also refresh the tracked charts docs/bench-exec*.svg
 #
 # Sizes: DG_BENCH_ROUNDS, DG_BENCH_EXECS, DG_BENCH_VM_EXECS, DG_BENCH_VM=0, DG_BENCH_NRI_*,
-# DG_BENCH_SYNC_*, DG_BENCH_EVENTS, DG_BENCH_LOAD_* (documented in benches/driftguard.rs).
+# DG_BENCH_SYNC_*, DG_BENCH_EVENTS, DG_BENCH_LOAD_* (documented in benches/driftguard.rs);
+# DG_BENCH_CRI_* for the cri bench (documented in benches/cri.rs).
 set -eu
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--docs" ]; then
@@ -22,7 +23,7 @@ cargo bench --bench driftguard -- "$@" || status=$?
 if [ $# -eq 0 ]; then
     echo "== oci-hook (cargo bench -p driftguard-oci-hook --bench create_runtime)"
     cargo bench -p driftguard-oci-hook --bench create_runtime || status=$?
-    echo "== cri: pod start through a real containerd, with and without the agent (cargo bench --bench cri)"
+    echo "== cri: pod start, StartContainer with 1,000 registered, re-registration after a restart; real containerd (cargo bench --bench cri)"
     cargo bench --bench cri || status=$?
 fi
 exit $status

@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Fetch Debian trixie's containerd (1.7.x, built with NRI 0.6) for the real-runtime CRI tests
-# (tests/cri.rs), as root, WITHOUT touching the system's apt state: a private apt configuration
-# (its own sources list, lists and cache directories) downloads the one .deb, which is unpacked
-# with `dpkg -x` into a cache directory. Nothing from trixie is installed on the system; the
-# package only needs runc (bookworm's 1.1.5 is fine) and libc >= 2.34.
+# Fetch Debian's containerd for the real-runtime CRI tests (tests/cri.rs), as root, WITHOUT
+# touching the system's apt state: a private apt configuration (its own sources list, lists and
+# cache directories) downloads the one .deb, which is unpacked with `dpkg -x` into a cache
+# directory. Nothing from trixie or sid is installed on the system; both packages only need runc
+# (bookworm's 1.1.5 is fine) and libc >= 2.34 (bookworm has 2.36).
 #
-#     sudo ./scripts/install-containerd.sh        # idempotent; prints the directory at the end
+#     sudo ./scripts/install-containerd.sh        # containerd 1.7 from trixie (NRI 0.6)
+#     sudo ./scripts/install-containerd.sh 2      # containerd 2.x from sid (2.1.9 in 2026-12)
 #
-# Result: ${DRIFTGUARD_CONTAINERD_DIR:-<repo>/.cache/containerd}/root/usr/bin/{containerd,ctr,
-# containerd-shim-runc-v2} plus `version` (the package version). tests/cri.rs reads the same
-# variable. A complete directory is not fetched again; DRIFTGUARD_CONTAINERD_REFRESH=1 re-resolves
-# and refetches if trixie has a newer package.
+# Idempotent; prints the directory at the end. Result: <dir>/root/usr/bin/{containerd,ctr,
+# containerd-shim-runc-v2} plus `version` (the package version), where <dir> is
+# ${DRIFTGUARD_CONTAINERD_DIR:-<repo>/.cache/containerd} for 1.7 and
+# ${DRIFTGUARD_CONTAINERD2_DIR:-<repo>/.cache/containerd-2} for 2.x; tests/cri.rs reads the same
+# variables. A complete directory is not fetched again; DRIFTGUARD_CONTAINERD_REFRESH=1
+# re-resolves and refetches if the suite has a newer package. DRIFTGUARD_CONTAINERD_SUITE
+# overrides the suite (trixie / sid).
 set -euo pipefail
 
 log() { echo "install-containerd: $*" >&2; }
@@ -18,8 +22,18 @@ die() { log "$*"; exit 1; }
 [[ $(id -u) -eq 0 ]] || die "run as root"
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-dir=${DRIFTGUARD_CONTAINERD_DIR:-$repo/.cache/containerd}
-suite=${DRIFTGUARD_CONTAINERD_SUITE:-trixie}
+line=${1:-1.7}
+case $line in
+1.7)
+    dir=${DRIFTGUARD_CONTAINERD_DIR:-$repo/.cache/containerd}
+    suite=${DRIFTGUARD_CONTAINERD_SUITE:-trixie}
+    ;;
+2)
+    dir=${DRIFTGUARD_CONTAINERD2_DIR:-$repo/.cache/containerd-2}
+    suite=${DRIFTGUARD_CONTAINERD_SUITE:-sid}
+    ;;
+*) die "usage: $0 [1.7|2]" ;;
+esac
 
 if [[ -x $dir/root/usr/bin/containerd && -x $dir/root/usr/bin/containerd-shim-runc-v2 && -s $dir/version &&
     ${DRIFTGUARD_CONTAINERD_REFRESH:-0} != 1 ]]; then
@@ -88,9 +102,11 @@ log "apt-get update ($suite from $mirror, private lists in $apt_dir)"
 apt-get "${apt_opts[@]}" update -qq >/dev/null || die "apt-get update of $suite failed"
 version=$(apt-cache "${apt_opts[@]}" policy containerd | awk '/Candidate:/ { print $2 }')
 [[ -n $version && $version != "(none)" ]] || die "no containerd in $suite at $mirror"
-case $version in
-1.7.*) ;;
-*) log "warning: $suite has containerd $version; the tests were written against 1.7.24" ;;
+case $line:$version in
+1.7:1.7.*) ;;
+2:2.*) ;;
+1.7:*) log "warning: $suite has containerd $version; the 1.7 trials were written against 1.7.24" ;;
+*) die "$suite has containerd $version, not 2.x (set DRIFTGUARD_CONTAINERD_SUITE to a suite with 2.x)" ;;
 esac
 if [[ -x $dir/root/usr/bin/containerd && "$(cat "$dir/version" 2>/dev/null)" == "$version" ]]; then
     log "containerd $version already in $dir"
@@ -107,9 +123,13 @@ dpkg -x "$deb" "$dir/root.new"
 for b in containerd ctr containerd-shim-runc-v2; do
     [[ -x $dir/root.new/usr/bin/$b ]] || die "$deb lacks usr/bin/$b"
 done
+# Only runc and libc come from the system: fail here, not in the tests, if the package outgrew them.
+log "$deb depends on: $(dpkg-deb -f "$deb" Depends)"
+"$dir/root.new/usr/bin/containerd" --version >/dev/null ||
+    die "$deb's containerd does not run on this system (Depends: $(dpkg-deb -f "$deb" Depends))"
 rm -rf "$dir/root"
 mv "$dir/root.new" "$dir/root"
 echo "$version" >"$dir/version"
-# The trixie package lists are only needed again for a refresh, which fetches them anew.
+# The package lists are only needed again for a refresh, which fetches them anew.
 rm -rf "$apt_dir"
 log "containerd $version in $dir/root/usr/bin ($("$dir/root/usr/bin/containerd" --version 2>/dev/null || true))"

@@ -337,22 +337,13 @@ fn check_abs(p: &Path) -> Result<(), String> {
     }
 }
 
+/// The NRI library's rule, the one the runtime applies at registration.
 fn check_plugin_name(s: &str) -> Result<(), String> {
-    if s.is_empty() {
-        return Err("must not be empty".into());
-    }
-    if !s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
-        return Err("may contain only letters, digits, '-', '_' and '.'".into());
-    }
-    Ok(())
+    nri_plugin::validate_name(s).map_err(|_| nri_plugin::NAME_RULE.to_string())
 }
 
 fn check_plugin_index(s: &str) -> Result<(), String> {
-    if s.len() == 2 && s.bytes().all(|b| b.is_ascii_digit()) {
-        Ok(())
-    } else {
-        Err("expected two digits, \"00\" to \"99\"".into())
-    }
+    nri_plugin::validate_index(s).map_err(|_| nri_plugin::INDEX_RULE.to_string())
 }
 
 fn check_backoff(ms: u64) -> Result<(), String> {
@@ -447,7 +438,7 @@ fn de_plugin_index<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> 
     let s = match idx {
         Index::Str(s) => s,
         Index::Int(n) if (0..=99).contains(&n) => format!("{n:02}"),
-        Index::Int(n) => return Err(invalid("nri.plugin_index", n, "expected two digits, \"00\" to \"99\"")),
+        Index::Int(n) => return Err(invalid("nri.plugin_index", n, nri_plugin::INDEX_RULE)),
     };
     check_plugin_index(&s).map_err(|e| invalid("nri.plugin_index", &s, e))?;
     Ok(s)
@@ -608,14 +599,14 @@ root = "/sys/fs/cgroup/unified"
             ),
             ("failure_policy = \"Fail\"", "invalid failure_policy \"Fail\": expected one of fail, ignore"),
             ("[nri]\nsocket = \"nri.sock\"", "invalid nri.socket \"nri.sock\": must be an absolute path"),
-            ("[nri]\nplugin_name = \"\"", "invalid nri.plugin_name \"\": must not be empty"),
+            ("[nri]\nplugin_name = \"\"", "invalid nri.plugin_name \"\": must be non-empty"),
             (
                 "[nri]\nplugin_name = \"a/b\"",
-                "invalid nri.plugin_name \"a/b\": may contain only letters, digits, '-', '_' and '.'",
+                "invalid nri.plugin_name \"a/b\": must be non-empty and contain only ASCII letters, digits, '_', '.', '+' and '-'",
             ),
-            ("[nri]\nplugin_index = \"1\"", "invalid nri.plugin_index \"1\": expected two digits, \"00\" to \"99\""),
-            ("[nri]\nplugin_index = \"1a\"", "invalid nri.plugin_index \"1a\": expected two digits"),
-            ("[nri]\nplugin_index = 100", "invalid nri.plugin_index 100: expected two digits"),
+            ("[nri]\nplugin_index = \"1\"", "invalid nri.plugin_index \"1\": must be exactly two digits, \"00\" to \"99\""),
+            ("[nri]\nplugin_index = \"1a\"", "invalid nri.plugin_index \"1a\": must be exactly two digits"),
+            ("[nri]\nplugin_index = 100", "invalid nri.plugin_index 100: must be exactly two digits"),
             ("[nri]\nplugin_index = true", "invalid nri.plugin_index: expected a two-digit string like \"10\""),
             ("[nri]\nreconnect_max_backoff_ms = 0", "invalid nri.reconnect_max_backoff_ms 0: must be at least 1"),
             ("[bpf]\npin_dir = \"bpf\"", "invalid bpf.pin_dir \"bpf\": must be an absolute path"),
@@ -641,7 +632,7 @@ root = "/sys/fs/cgroup/unified"
         c.nri.plugin_index = "100".into();
         assert_eq!(
             c.validate().unwrap_err().to_string(),
-            "invalid config value nri.plugin_index = \"100\": expected two digits, \"00\" to \"99\""
+            "invalid config value nri.plugin_index = \"100\": must be exactly two digits, \"00\" to \"99\""
         );
         let mut c = Config::default();
         c.log.level = "".into();

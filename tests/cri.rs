@@ -1,5 +1,5 @@
-//! Real-runtime tests: a real containerd (Debian trixie's 1.7, NRI enabled; see
-//! `scripts/install-containerd.sh` and `tests/support/containerd.rs`) driven through the CRI
+//! Real-runtime tests: a real containerd (Debian trixie's 1.7, NRI enabled; the `containerd2_*`
+//! trials: Debian sid's 2.1; see `scripts/install-containerd.sh` and `tests/support/containerd.rs`) driven through the CRI
 //! gRPC API like the kubelet drives it, the real `driftguard run` binary registered on its NRI
 //! socket, real runc containers on overlayfs snapshots, and the BPF programs of this kernel.
 //! Nothing is simulated: verdicts come from execs made with CRI ExecSync.
@@ -18,8 +18,10 @@
 //! Without root, containerd or the hook binary the trials print `SKIP <name>: <reason>`; under
 //! `DRIFTGUARD_REQUIRE_ALL=1` (CI) they fail instead.
 
+use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use driftguard::enforcer::{self, EnforcementPath};
@@ -35,7 +37,7 @@ mod containerd;
 mod agent_process;
 
 use agent_process::AgentProcess;
-use containerd::{Containerd, Exec, HookWiring, Pod, APP_IMAGE, HELLO};
+use containerd::{Containerd, Exec, HookWiring, Line, Pod, APP_IMAGE, HELLO};
 
 type R = Result<(), Failed>;
 type T = Result<(), String>;
@@ -59,16 +61,52 @@ const TRIALS: &[(&str, TrialFn)] = &[
     ("container_refused_when_nothing_is_pinned", container_refused_when_nothing_is_pinned),
     ("unannotated_pod_starts_when_nothing_is_pinned", unannotated_pod_starts_when_nothing_is_pinned),
     ("containerd_restart_racing_agent_reconnect_enforces_every_start", containerd_restart_racing_agent_reconnect),
+    ("containerd_restarts_while_starts_loop_enforces_every_start", containerd_restarts_while_starts_loop),
     ("hook_and_agent_leave_one_policy_removed_at_stop", hook_and_agent_leave_one_policy_removed_at_stop),
     ("nri_only_container_started_while_agent_down_is_unprotected", nri_only_container_started_while_agent_down),
+    ("daemonset_node_setup_makes_start_fail_closed", daemonset_node_setup_makes_start_fail_closed),
     ("operator_check_status_log_and_clean_stop", operator_check_status_log_and_clean_stop),
 ];
+
+/// The core trials again on containerd 2.x (Debian sid's 2.1; config version 3, CRI plugins
+/// `io.containerd.cri.v1.runtime`/`images`), with the OCI hook wired in the same way: drift
+/// denied, a bad annotation refused by the agent, and fail-closed start through the hook while
+/// the agent is dead and when nothing is pinned.
+const TRIALS_2X: &[(&str, TrialFn)] = &[
+    ("containerd2_enforce_pod_kills_drift_and_runs_image_files", || {
+        on(Line::V2, cri_enforce_pod_kills_drift_and_runs_image_files)
+    }),
+    ("containerd2_bad_annotation_refused_at_create_container", || {
+        on(Line::V2, cri_bad_annotation_refused_at_create_container)
+    }),
+    ("containerd2_container_started_while_agent_down_is_enforced", || {
+        on(Line::V2, container_started_while_agent_down_is_enforced)
+    }),
+    ("containerd2_container_refused_when_nothing_is_pinned", || on(Line::V2, container_refused_when_nothing_is_pinned)),
+    ("containerd2_daemonset_node_setup_makes_start_fail_closed", || {
+        on(Line::V2, daemonset_node_setup_makes_start_fail_closed)
+    }),
+];
+
+thread_local! {
+    /// The containerd line the trial on this thread runs against ([`on`]).
+    static LINE: Cell<Line> = const { Cell::new(Line::V1_7) };
+}
+
+/// Run trial `f` against containerd of `line`.
+fn on(line: Line, f: TrialFn) -> R {
+    LINE.with(|l| l.set(line));
+    let r = f();
+    LINE.with(|l| l.set(Line::V1_7));
+    r
+}
 
 fn main() {
     let args = Arguments::from_args();
     let gate = vm::Gate::from_env();
     let reason = containerd::requirements().or_else(|| hook_binary().err());
-    if reason.is_none() {
+    let reason2 = containerd::requirements_of(Line::V2).or_else(|| hook_binary().err());
+    if reason.is_none() || reason2.is_none() {
         containerd::sweep_stale();
     }
     // The VM re-run runs a subset (containerd under TCG emulation is slow).
@@ -76,8 +114,10 @@ fn main() {
         std::env::var(ONLY_ENV).ok().map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
     let mut trials: Vec<Trial> = TRIALS
         .iter()
-        .filter(|(name, _)| only.as_ref().is_none_or(|o| o.iter().any(|n| n == name)))
-        .map(|&(name, f)| gate.trial(name, &reason, f))
+        .map(|t| (t, &reason))
+        .chain(TRIALS_2X.iter().map(|t| (t, &reason2)))
+        .filter(|((name, _), _)| only.as_ref().is_none_or(|o| o.iter().any(|n| n == name)))
+        .map(|(&(name, f), why)| gate.trial(name, why, f))
         .collect();
     if !vm::in_vm() {
         // Debian 6.12 only: containerd under TCG takes minutes per kernel, and CI has an hour.
@@ -251,7 +291,8 @@ impl Env {
     fn without_agent() -> Result<Env, String> {
         let bin = hook_binary()?;
         check_fresh(&bin)?;
-        let ctd = Containerd::start_with(Some(HookWiring { bin }))?;
+        let ctd = Containerd::start_line(LINE.with(Cell::get), Some(HookWiring { bin, spec: None }))?;
+        eprintln!("containerd {} in {}", ctd.bins.version, ctd.dir.display());
         let agent = AgentProcess::new(&ctd.nri_sock)?;
         // The hook reads the agent's config: same pin dir, same defaults.
         std::fs::copy(&agent.config, &ctd.hook_config)
@@ -261,7 +302,7 @@ impl Env {
 
     /// containerd without the hook (NRI only) and a synchronized agent.
     fn nri_only() -> Result<Env, String> {
-        let ctd = Containerd::start()?;
+        let ctd = Containerd::start_line(LINE.with(Cell::get), None)?;
         let agent = AgentProcess::new(&ctd.nri_sock)?;
         Env { agent, ctd, seq: 0 }.start_agent()
     }
@@ -718,7 +759,8 @@ fn container_started_while_agent_down_is_enforced() -> R {
 
 /// Fail closed, nothing pinned (the agent never ran since boot): the hook refuses an opted-in
 /// container (failure-policy fail, the default) and containerd returns the hook's message from
-/// StartContainer. The pod's sandbox starts (the hook skips sandboxes).
+/// StartContainer. The pod's sandbox starts (the hook skips sandboxes). Once the agent has
+/// started (after containerd), the retried container starts and is enforced.
 fn container_refused_when_nothing_is_pinned() -> R {
     with(Env::without_agent(), |env| {
         let pod = env.ctd.run_pod("early", &[ENFORCE])?;
@@ -741,6 +783,19 @@ fn container_refused_when_nothing_is_pinned() -> R {
         let st = env.ctd.container_status(&id)?;
         if st.state == k8s_cri::v1::ContainerState::ContainerRunning as i32 {
             return Err(format!("the refused container is running: {st:?}"));
+        }
+        // The agent starts after containerd (its unit is ordered after it, or its DaemonSet pod
+        // comes up later): the kubelet's next attempt, a new container in the same pod, starts
+        // and is enforced from its first exec.
+        let synced = env.agent.synced_count();
+        env.agent.start_synced(synced + 1)?;
+        env.ctd.remove_container(&id)?;
+        let retry = env.ctd.run_container(&pod, "app", &[])?;
+        env.assert_stopped(&env.ctd.sh(&retry, DRIFT_RUNS)?, "drift in the retried container once the agent runs")?;
+        let cg = env.cgroup_id(&pod, &retry)?;
+        let rows = env.wait_status(1)?;
+        if !rows.iter().any(|r| r.0 == cg && r.2 == "enforce") {
+            return Err(format!("the retried container {retry} (cgroup {cg}) is not under policy: {rows:?}"));
         }
         Ok(())
     })
@@ -827,6 +882,115 @@ fn containerd_restart_racing_agent_reconnect() -> R {
     })
 }
 
+/// containerd restarts twice while another thread starts enforce pods in a loop (as kubelets
+/// retry), the agent running throughout and reconnecting on its own. Starts land before the
+/// restart, fail while containerd is away, and race the agent's re-registration and
+/// Synchronize after it. Afterwards every container containerd runs (whether or not its
+/// StartContainer answer reached the loop) is enforced from its first exec: the drift exec is
+/// stopped; none runs drift.
+fn containerd_restarts_while_starts_loop() -> R {
+    with_env(|env| {
+        let stop = AtomicBool::new(false);
+        // Set from before containerd stops until the agent has synchronized again.
+        let restarting = AtomicBool::new(false);
+        let ok_starts = AtomicUsize::new(0);
+        let raced = AtomicUsize::new(0);
+        let env_ref: &Env = env;
+        let (restarts, loops) = std::thread::scope(|s| {
+            // Two loops, as two kubelet workers.
+            let racers: Vec<_> = (0..2)
+                .map(|t| {
+                    let (stop, restarting, ok_starts, raced) = (&stop, &restarting, &ok_starts, &raced);
+                    s.spawn(move || {
+                        let (mut attempts, mut failures, mut first_errors) = (0usize, 0usize, Vec::new());
+                        while !stop.load(Ordering::SeqCst) {
+                            attempts += 1;
+                            let during = restarting.load(Ordering::SeqCst);
+                            let r = env_ref
+                                .ctd
+                                .run_pod(&format!("race-{t}-{attempts}"), &[ENFORCE])
+                                .and_then(|p| env_ref.ctd.run_container(&p, "app", &[]));
+                            match r {
+                                Ok(_) => {
+                                    ok_starts.fetch_add(1, Ordering::SeqCst);
+                                    if during {
+                                        raced.fetch_add(1, Ordering::SeqCst);
+                                    }
+                                }
+                                Err(e) => {
+                                    failures += 1;
+                                    if first_errors.len() < 2 {
+                                        first_errors.push(e.lines().next().unwrap_or_default().to_string());
+                                    }
+                                    // containerd is away: retry soon, as the kubelet does.
+                                    std::thread::sleep(Duration::from_millis(5));
+                                }
+                            }
+                        }
+                        (attempts, failures, first_errors)
+                    })
+                })
+                .collect();
+            // Barrier on the loops' progress, not on time: some starts before each restart, and
+            // some after the last one, once the agent is back.
+            let wait_starts = |n: usize| {
+                containerd::wait_for(Duration::from_secs(120), &format!("{n} started containers"), || {
+                    (ok_starts.load(Ordering::SeqCst) >= n).then_some(())
+                })
+            };
+            let restarts = (|| {
+                for _ in 0..2 {
+                    wait_starts(ok_starts.load(Ordering::SeqCst) + 2)?;
+                    let synced = env_ref.agent.synced_count();
+                    restarting.store(true, Ordering::SeqCst);
+                    env_ref.ctd.restart()?;
+                    // The loops keep starting while the agent reconnects and synchronizes.
+                    let r = containerd::wait_for(Duration::from_secs(60), "the agent to synchronize again", || {
+                        (env_ref.agent.synced_count() > synced).then_some(())
+                    });
+                    restarting.store(false, Ordering::SeqCst);
+                    r?;
+                }
+                wait_starts(ok_starts.load(Ordering::SeqCst) + 2)
+            })();
+            stop.store(true, Ordering::SeqCst);
+            let loops: Result<Vec<_>, String> = racers
+                .into_iter()
+                .map(|r| r.join().map_err(|_| "a racing thread panicked".to_string()))
+                .collect::<Result<_, _>>();
+            (restarts, loops)
+        });
+        let loops = loops?;
+        restarts?;
+        eprintln!(
+            "{} pod starts tried, {} answered OK ({} of them begun while containerd restarted or before the agent's \
+             Synchronize), failures (containerd away): {:?}",
+            loops.iter().map(|l| l.0).sum::<usize>(),
+            ok_starts.load(Ordering::SeqCst),
+            raced.load(Ordering::SeqCst),
+            loops.iter().map(|l| (l.1, &l.2)).collect::<Vec<_>>()
+        );
+        let running: Vec<_> = env
+            .ctd
+            .list_containers()?
+            .into_iter()
+            .filter(|c| c.state == k8s_cri::v1::ContainerState::ContainerRunning as i32)
+            .collect();
+        if running.len() < ok_starts.load(Ordering::SeqCst) {
+            return Err(format!(
+                "{} containers running, fewer than the {} StartContainer calls answered OK",
+                running.len(),
+                ok_starts.load(Ordering::SeqCst)
+            ));
+        }
+        for c in &running {
+            let name = c.metadata.as_ref().map(|m| m.name.as_str()).unwrap_or("?");
+            env.assert_stopped(&env.ctd.sh(&c.id, DRIFT_RUNS)?, &format!("first exec (drift) in {name} {}", c.id))?;
+        }
+        Ok(())
+    })
+}
+
 /// Hook and agent together: the hook installs at createRuntime, the agent takes the entry over
 /// at StartContainer (same policy, the hook's provenance kept). The container has exactly one
 /// policy, and it is gone, with the hook's record, once the container is stopped and removed.
@@ -855,6 +1019,95 @@ fn hook_and_agent_leave_one_policy_removed_at_stop() -> R {
         })
         .map_err(|e| format!("{e}: policies {:?}, record exists: {}", store.cgroup_ids(), record.exists()))?;
         Ok(())
+    })
+}
+
+/// Run the DaemonSet's init container script (`deploy/helm/driftguard/files/node-setup.sh`)
+/// with this machine as the node (`HOST_ROOT=/`, so the hook's trial run needs no chroot) and
+/// `prefix` instead of `/opt/driftguard`; its output on failure.
+fn node_setup(prefix: &Path, hook: &Path, config: &Path) -> Result<String, String> {
+    let script = containerd::repo_root().join("deploy/helm/driftguard/files/node-setup.sh");
+    let out = std::process::Command::new("/bin/sh")
+        .arg(&script)
+        .env("HOST_ROOT", "/")
+        .env("PREFIX", prefix)
+        .env("SRC_HOOK", hook)
+        .env("SRC_SPEC", containerd::repo_root().join(containerd::SHIPPED_BASE_SPEC))
+        .env("SRC_CONFIG", config)
+        .output()
+        .map_err(|e| format!("{}: {e}", script.display()))?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() || text.contains("ERROR") {
+        return Err(format!("node-setup.sh failed ({}):\n{text}", out.status));
+    }
+    Ok(text)
+}
+
+/// A node set up through the DaemonSet: its init container's script installs the hook, its
+/// config and a base runtime spec (here under a scratch prefix), and containerd runs with that
+/// spec and the three keys the script prints. `driftguard check` then reports the hook in
+/// place, an opted-in container is refused while nothing is pinned, and one started while the
+/// agent is dead is enforced from its first exec.
+fn daemonset_node_setup_makes_start_fail_closed() -> R {
+    let bin = hook_binary()?;
+    check_fresh(&bin)?;
+    let prefix = tempfile::Builder::new().prefix("dg-node-").tempdir().map_err(|e| e.to_string())?;
+    let defaults = containerd::repo_root().join("packaging/config.toml");
+    // First run: the ConfigMap's config is not known yet (the agent's pin dir is private to
+    // this trial); the spec only names the config file.
+    let printed = node_setup(prefix.path(), &bin, &defaults)?;
+    let spec = prefix.path().join("containerd/base-runtime-spec.json");
+    let snippet = std::fs::read_to_string(prefix.path().join("containerd/oci-hook.toml")).map_err(|e| e.to_string())?;
+    if !printed.contains("base_runtime_spec") || !snippet.contains(&spec.display().to_string()) {
+        return Err(
+            format!("node-setup.sh did not print the containerd change for {}:\n{printed}", spec.display()).into()
+        );
+    }
+    let line = LINE.with(Cell::get);
+    let ctd = Containerd::start_line(line, Some(HookWiring { bin: bin.clone(), spec: Some(spec.clone()) }))?;
+    eprintln!("containerd {} in {}", ctd.bins.version, ctd.dir.display());
+    let agent = AgentProcess::new(&ctd.nri_sock)?;
+    let before = std::fs::read(&spec).map_err(|e| e.to_string())?;
+    // The init container runs again at every pod start, now with the agent's config: idempotent.
+    node_setup(prefix.path(), &bin, &agent.config)?;
+    if std::fs::read(&spec).map_err(|e| e.to_string())? != before {
+        return Err("node-setup.sh changed the base runtime spec on its second run".into());
+    }
+    with(Ok(Env { agent, ctd, seq: 0 }), |env| {
+        // `driftguard check` finds the hook in containerd's config (both config versions).
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_driftguard"))
+            .args(["check", "--json", "--containerd-config"])
+            .arg(&env.ctd.config)
+            .output()
+            .map_err(|e| format!("driftguard check: {e}"))?;
+        let items: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("driftguard check --json: {e}: {}", String::from_utf8_lossy(&out.stdout)))?;
+        let hook = items
+            .as_array()
+            .and_then(|a| a.iter().find(|i| i["name"] == "containerd_hook"))
+            .ok_or_else(|| format!("no containerd_hook item: {items}"))?;
+        if hook["status"] != "ok" {
+            return Err(format!("driftguard check containerd_hook: {hook}"));
+        }
+        // Nothing pinned yet: refused.
+        let pod = env.ctd.run_pod("ds-early", &[ENFORCE])?;
+        let id = env.ctd.create_container(&pod, "app", &[]).map_err(|e| format!("CreateContainer: {}", e.message()))?;
+        match env.ctd.start_container(&id) {
+            Ok(()) => {
+                return Err(format!(
+                    "StartContainer of an enforce container succeeded with nothing pinned; drift: {}",
+                    env.ctd.sh(&id, DRIFT_RUNS)?
+                ))
+            }
+            Err(e) if e.message().contains("no driftguard enforcement is pinned") => {}
+            Err(e) => return Err(format!("refused, but not by the hook: {}", e.message())),
+        }
+        // The agent ran once and died: enforced from the first exec.
+        let n = env.agent.synced_count() + 1;
+        env.agent.start_synced(n)?;
+        env.agent.kill9();
+        let (_, id) = env.pod_with("ds-unguarded", &[ENFORCE], "app")?;
+        env.assert_stopped(&env.ctd.sh(&id, DRIFT_RUNS)?, "first drift exec, agent dead, DaemonSet-installed hook")
     })
 }
 

@@ -13,9 +13,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 ./scripts/install-deps.sh
 bash tests/vm/fetch-kernels.sh
-# containerd 1.7 from Debian trixie, unpacked into .cache/containerd for tests/cri.rs (the
-# system's apt state is not touched; see the script).
+# containerd 1.7 from Debian trixie and 2.x from sid, unpacked into .cache/containerd and
+# .cache/containerd-2 for tests/cri.rs (the system's apt state is not touched; see the script).
 ./scripts/install-containerd.sh
+./scripts/install-containerd.sh 2
 
 echo "== cargo fmt --check (rustfmt.toml)" >&2
 if cargo fmt --version >/dev/null 2>&1; then
@@ -26,6 +27,14 @@ fi
 
 echo "== cargo test --workspace" >&2
 cargo test --workspace --all-targets --color never 2>&1
+
+# nri-plugin is meant to be published: its doctests (not run by --all-targets), its docs with
+# every warning an error, and a publish dry run (packages and builds the crate as crates.io
+# would; needs the crates.io index).
+echo "== nri-plugin: doctests, cargo doc -D warnings, cargo publish --dry-run" >&2
+cargo test --doc -p nri-plugin --color never 2>&1
+RUSTDOCFLAGS="-D warnings" cargo doc -p nri-plugin --no-deps --features test-peer --color never 2>&1
+cargo publish --dry-run -p nri-plugin --allow-dirty --color never 2>&1
 
 echo "== packaging: build .deb/.rpm, install, purge, validate deploy/ (tests/packaging/test.sh)" >&2
 bash tests/packaging/test.sh

@@ -15,8 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use nri_plugin::api::{
     ConfigureRequest, Container, ContainerUpdate, CreateContainerResponse, LinuxResources, PodSandbox,
-    UpdateContainerResponse, UpdatePodSandboxRequest, ValidateContainerAdjustmentRequest,
-    ValidateContainerAdjustmentResponse,
+    UpdateContainerResponse, ValidateContainerAdjustmentRequest, ValidateContainerAdjustmentResponse,
 };
 use nri_plugin::protobuf::MessageFull;
 use nri_plugin::{ConnectionEvent, EventMask, HandlerResult, Plugin, Runner, DEFAULT_SOCKET_PATH};
@@ -45,7 +44,6 @@ fn pod_ctr(event: &str, pod: &PodSandbox, ctr: &Container) {
     emit(event, json!({"pod": to_json(pod), "container": to_json(ctr)}));
 }
 
-#[nri_plugin::async_trait]
 impl Plugin for Logger {
     fn events(&self) -> EventMask {
         self.events
@@ -75,8 +73,15 @@ impl Plugin for Logger {
         emit("RunPodSandbox", json!({"pod": to_json(pod)}));
         Ok(())
     }
-    async fn update_pod_sandbox(&self, req: &UpdatePodSandboxRequest) -> HandlerResult<()> {
-        emit("UpdatePodSandbox", json!({"request": to_json(req)}));
+    async fn update_pod_sandbox(
+        &self,
+        pod: &PodSandbox,
+        overhead: Option<&LinuxResources>,
+        resources: Option<&LinuxResources>,
+    ) -> HandlerResult<()> {
+        let overhead = overhead.map(to_json);
+        let resources = resources.map(to_json);
+        emit("UpdatePodSandbox", json!({"pod": to_json(pod), "overhead": overhead, "resources": resources}));
         Ok(())
     }
     async fn post_update_pod_sandbox(&self, pod: &PodSandbox) -> HandlerResult<()> {

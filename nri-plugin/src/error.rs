@@ -13,14 +13,16 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// Result type of [`Plugin`](crate::Plugin) handlers.
 pub type HandlerResult<T> = Result<T, BoxError>;
 
-/// Errors of the multiplexed trunk connection (see [`crate::mux`]).
+/// Errors of the multiplexed connection to the runtime (NRI runs two ttrpc connections over one
+/// unix socket; the frame codec is internal, see the crate-level design notes).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MuxError {
     /// Reading from or writing to the trunk failed.
     #[error("trunk I/O error: {0}")]
     Io(#[from] std::io::Error),
-    /// A frame header announced a payload larger than [`MAX_FRAME_PAYLOAD`](crate::mux::MAX_FRAME_PAYLOAD).
+    /// A frame header announced a payload larger than the limit (a 10-byte ttrpc header plus
+    /// ttrpc's 4 MiB message limit).
     #[error("frame for connection {conn_id} announces {len} bytes, more than the {max} byte limit")]
     Oversized {
         /// Connection id from the header.
@@ -51,11 +53,11 @@ pub enum MuxError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The plugin name does not match `[A-Za-z0-9_.+-]+`.
-    #[error("invalid plugin name {0:?}: must be non-empty and match [A-Za-z0-9_.+-]+")]
+    /// The plugin name does not match `[A-Za-z0-9_.+-]+` ([`NAME_RULE`](crate::NAME_RULE)).
+    #[error("invalid plugin name {0:?}: {rule}", rule = crate::NAME_RULE)]
     InvalidName(String),
-    /// The plugin index is not exactly two ASCII digits.
-    #[error("invalid plugin index {0:?}: must be exactly two digits (00-99)")]
+    /// The plugin index is not exactly two ASCII digits ([`INDEX_RULE`](crate::INDEX_RULE)).
+    #[error("invalid plugin index {0:?}: {rule}", rule = crate::INDEX_RULE)]
     InvalidIndex(String),
     /// The event mask has bits no NRI event corresponds to.
     #[error("invalid event mask {0:#x}: has bits of no known NRI event")]

@@ -206,7 +206,8 @@ impl Mux {
     /// Starts multiplexing over `trunk` (usually a [`tokio::net::UnixStream`]). Must be called
     /// within a tokio runtime. Reading starts at once: frames that arrive before a connection is
     /// [`open`](Self::open)ed are dropped. Use [`new_blocked`](Self::new_blocked) if the peer may
-    /// send first.
+    /// send first. (Only the unit tests need this.)
+    #[cfg(test)]
     pub fn new<T>(trunk: T) -> Mux
     where
         T: AsyncRead + AsyncWrite + Send + 'static,
@@ -216,7 +217,7 @@ impl Mux {
         mux
     }
 
-    /// Like [`new`](Self::new), but nothing is read from the trunk until [`unblock`](Self::unblock)
+    /// Like `new`, but nothing is read from the trunk until [`unblock`](Self::unblock)
     /// is called: open the logical connections first, then unblock, so that no early frame is
     /// dropped (the Go implementation's `WithBlockedRead`).
     pub fn new_blocked<T>(trunk: T) -> Mux

@@ -1,5 +1,6 @@
 //! The [`Plugin`] trait and the plugin-side dispatch of NRI requests.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,13 +23,31 @@ use crate::error::{BoxError, HandlerResult};
 use crate::events::{self, event_name, EventMask};
 use crate::rpc::{decode, encode, BoxFuture, Dispatch, RpcStatus};
 
-/// An NRI plugin: async handlers for every NRI request, all with defaults.
+/// An NRI plugin: a handler for every NRI request, each with a default that does nothing.
 ///
 /// Override the handlers you need and, if they are not among the default subscription
 /// ([`EventMask::LIFECYCLE`]), [`events`](Self::events). Handlers run concurrently: a slow handler
 /// does not hold up other requests. Each handler gets the pod and container as the runtime sent
 /// them, whether the runtime used the dedicated RPC (NRI v0.12+) or a `StateChange` notification
 /// (runtimes up to NRI v0.11): both end up in the same method.
+///
+/// Handlers are declared as `fn … -> impl Future<Output = …> + Send`; implement them with plain
+/// `async fn` (no macro needed). The future must be `Send`: do not hold a
+/// `std::sync::MutexGuard` or an `Rc` across an `.await`.
+///
+/// ```
+/// use nri_plugin::api::{Container, PodSandbox};
+/// use nri_plugin::{HandlerResult, Plugin};
+///
+/// struct Observer;
+///
+/// impl Plugin for Observer {
+///     async fn start_container(&self, pod: &PodSandbox, ctr: &Container) -> HandlerResult<()> {
+///         println!("{}/{}: {} is starting", pod.namespace, pod.name, ctr.name);
+///         Ok(())
+///     }
+/// }
+/// ```
 ///
 /// Returning an error sends the runtime a ttrpc error status (code `UNKNOWN`, the error's message).
 /// For [`create_container`](Self::create_container) and [`start_container`](Self::start_container)
@@ -38,7 +57,6 @@ use crate::rpc::{decode, encode, BoxFuture, Dispatch, RpcStatus};
 /// drops the plugin. The [`Runner`](crate::Runner) prevents that: each handler has a
 /// [`Deadline`](crate::Deadline) a margin below the timeout, and a handler still running then is
 /// answered for by [`on_deadline`](Self::on_deadline) (see [`crate::DeadlinePolicy`]).
-#[async_trait::async_trait]
 pub trait Plugin: Send + Sync + 'static {
     /// Events to subscribe to, sent in the reply to `Configure`. The default is
     /// [`EventMask::LIFECYCLE`] (events 1-11). A mask set with
@@ -58,125 +76,162 @@ pub trait Plugin: Send + Sync + 'static {
     }
 
     /// The runtime configures the plugin (`req.config` is the plugin's configuration from the
-    /// runtime, if any). Called once per connection, before `synchronize`. An error fails the
-    /// registration; the runtime closes the connection.
-    async fn configure(&self, req: &ConfigureRequest) -> HandlerResult<()> {
+    /// runtime, if any; `req.request_timeout` the runtime's request timeout in milliseconds,
+    /// which the runner already turned into handler deadlines). Called once per connection,
+    /// before `synchronize`. An error fails the registration; the runtime closes the connection.
+    fn configure(&self, req: &ConfigureRequest) -> impl Future<Output = HandlerResult<()>> + Send {
         let _ = req;
-        Ok(())
+        async { Ok(()) }
     }
 
     /// The runtime's current pods and containers, sent once per connection after `configure`.
     /// Chunked synchronization is reassembled: this is called once with everything. Return updates
-    /// to apply to existing containers (usually none).
-    async fn synchronize(
+    /// to apply to existing containers (usually none; see [`UpdateBuilder`](crate::UpdateBuilder)).
+    fn synchronize(
         &self,
         pods: Vec<PodSandbox>,
         containers: Vec<Container>,
-    ) -> HandlerResult<Vec<ContainerUpdate>> {
+    ) -> impl Future<Output = HandlerResult<Vec<ContainerUpdate>>> + Send {
         let _ = (pods, containers);
-        Ok(Vec::new())
+        async { Ok(Vec::new()) }
     }
 
     /// The runtime is shutting down; the connection will close afterwards.
-    async fn shutdown(&self) {}
-
-    /// A pod sandbox is being started.
-    async fn run_pod_sandbox(&self, pod: &PodSandbox) -> HandlerResult<()> {
-        let _ = pod;
-        Ok(())
+    fn shutdown(&self) -> impl Future<Output = ()> + Send {
+        async {}
     }
 
-    /// A pod sandbox's resources are being updated (event 12, NRI v0.10+).
-    async fn update_pod_sandbox(&self, req: &UpdatePodSandboxRequest) -> HandlerResult<()> {
-        let _ = req;
-        Ok(())
+    /// A pod sandbox is being started.
+    fn run_pod_sandbox(&self, pod: &PodSandbox) -> impl Future<Output = HandlerResult<()>> + Send {
+        let _ = pod;
+        async { Ok(()) }
+    }
+
+    /// A pod sandbox's resources are being updated (event 12, NRI v0.10+): `overhead` is the pod's
+    /// overhead, `resources` the sum of its containers' resources, each `None` if the runtime did
+    /// not send it.
+    fn update_pod_sandbox(
+        &self,
+        pod: &PodSandbox,
+        overhead: Option<&LinuxResources>,
+        resources: Option<&LinuxResources>,
+    ) -> impl Future<Output = HandlerResult<()>> + Send {
+        let _ = (pod, overhead, resources);
+        async { Ok(()) }
     }
 
     /// A pod sandbox was updated (event 13, NRI v0.10+).
-    async fn post_update_pod_sandbox(&self, pod: &PodSandbox) -> HandlerResult<()> {
+    fn post_update_pod_sandbox(&self, pod: &PodSandbox) -> impl Future<Output = HandlerResult<()>> + Send {
         let _ = pod;
-        Ok(())
+        async { Ok(()) }
     }
 
     /// A pod sandbox is being stopped.
-    async fn stop_pod_sandbox(&self, pod: &PodSandbox) -> HandlerResult<()> {
+    fn stop_pod_sandbox(&self, pod: &PodSandbox) -> impl Future<Output = HandlerResult<()>> + Send {
         let _ = pod;
-        Ok(())
+        async { Ok(()) }
     }
 
     /// A pod sandbox was removed.
-    async fn remove_pod_sandbox(&self, pod: &PodSandbox) -> HandlerResult<()> {
+    fn remove_pod_sandbox(&self, pod: &PodSandbox) -> impl Future<Output = HandlerResult<()>> + Send {
         let _ = pod;
-        Ok(())
+        async { Ok(()) }
     }
 
-    /// A container is being created (its cgroup does not exist yet). Return adjustments, updates
-    /// of other containers, or evictions; an error fails the container's creation.
-    async fn create_container(
+    /// A container is being created (its cgroup does not exist yet). Return adjustments of this
+    /// container (build them with [`AdjustmentBuilder`](crate::AdjustmentBuilder)), updates of
+    /// other containers, or evictions; an error fails the container's creation.
+    fn create_container(
         &self,
         pod: &PodSandbox,
         container: &Container,
-    ) -> HandlerResult<CreateContainerResponse> {
+    ) -> impl Future<Output = HandlerResult<CreateContainerResponse>> + Send {
         let _ = (pod, container);
-        Ok(CreateContainerResponse::new())
+        async { Ok(CreateContainerResponse::new()) }
     }
 
     /// A container was created.
-    async fn post_create_container(&self, pod: &PodSandbox, container: &Container) -> HandlerResult<()> {
+    fn post_create_container(
+        &self,
+        pod: &PodSandbox,
+        container: &Container,
+    ) -> impl Future<Output = HandlerResult<()>> + Send {
         let _ = (pod, container);
-        Ok(())
+        async { Ok(()) }
     }
 
     /// A container is about to start: its task exists (cgroup and init pid are there) but its
     /// entrypoint has not been executed yet. An error fails the container's start.
-    async fn start_container(&self, pod: &PodSandbox, container: &Container) -> HandlerResult<()> {
+    fn start_container(
+        &self,
+        pod: &PodSandbox,
+        container: &Container,
+    ) -> impl Future<Output = HandlerResult<()>> + Send {
         let _ = (pod, container);
-        Ok(())
+        async { Ok(()) }
     }
 
     /// A container was started.
-    async fn post_start_container(&self, pod: &PodSandbox, container: &Container) -> HandlerResult<()> {
+    fn post_start_container(
+        &self,
+        pod: &PodSandbox,
+        container: &Container,
+    ) -> impl Future<Output = HandlerResult<()>> + Send {
         let _ = (pod, container);
-        Ok(())
+        async { Ok(()) }
     }
 
-    /// A container's resources are being updated to `resources`.
-    async fn update_container(
+    /// A container's resources are being updated to `resources` (`None` if the runtime did not
+    /// send any). Return updates of this or other containers (see
+    /// [`UpdateBuilder`](crate::UpdateBuilder)) or evictions.
+    fn update_container(
         &self,
         pod: &PodSandbox,
         container: &Container,
         resources: Option<&LinuxResources>,
-    ) -> HandlerResult<UpdateContainerResponse> {
+    ) -> impl Future<Output = HandlerResult<UpdateContainerResponse>> + Send {
         let _ = (pod, container, resources);
-        Ok(UpdateContainerResponse::new())
+        async { Ok(UpdateContainerResponse::new()) }
     }
 
     /// A container was updated.
-    async fn post_update_container(&self, pod: &PodSandbox, container: &Container) -> HandlerResult<()> {
+    fn post_update_container(
+        &self,
+        pod: &PodSandbox,
+        container: &Container,
+    ) -> impl Future<Output = HandlerResult<()>> + Send {
         let _ = (pod, container);
-        Ok(())
+        async { Ok(()) }
     }
 
     /// A container is being stopped. Return updates to other containers (usually none).
-    async fn stop_container(&self, pod: &PodSandbox, container: &Container) -> HandlerResult<Vec<ContainerUpdate>> {
+    fn stop_container(
+        &self,
+        pod: &PodSandbox,
+        container: &Container,
+    ) -> impl Future<Output = HandlerResult<Vec<ContainerUpdate>>> + Send {
         let _ = (pod, container);
-        Ok(Vec::new())
+        async { Ok(Vec::new()) }
     }
 
     /// A container was removed.
-    async fn remove_container(&self, pod: &PodSandbox, container: &Container) -> HandlerResult<()> {
+    fn remove_container(
+        &self,
+        pod: &PodSandbox,
+        container: &Container,
+    ) -> impl Future<Output = HandlerResult<()>> + Send {
         let _ = (pod, container);
-        Ok(())
+        async { Ok(()) }
     }
 
     /// Validate the adjustments other plugins made to a container (event 14, NRI v0.10+).
     /// Return a response with `reject = true` (and a `reason`) to fail the container.
-    async fn validate_container_adjustment(
+    fn validate_container_adjustment(
         &self,
         req: &ValidateContainerAdjustmentRequest,
-    ) -> HandlerResult<ValidateContainerAdjustmentResponse> {
+    ) -> impl Future<Output = HandlerResult<ValidateContainerAdjustmentResponse>> + Send {
         let _ = req;
-        Ok(ValidateContainerAdjustmentResponse::new())
+        async { Ok(ValidateContainerAdjustmentResponse::new()) }
     }
 }
 
@@ -322,7 +377,13 @@ impl<P: Plugin> PluginDispatch<P> {
             "UpdatePodSandbox" => {
                 let req: UpdatePodSandboxRequest = self.decode(method, &payload)?;
                 trace_event(method, opt(&req.pod), None);
-                p.update_pod_sandbox(&req).await.map_err(handler_error(method))?;
+                p.update_pod_sandbox(
+                    opt(&req.pod),
+                    req.overhead_linux_resources.as_ref(),
+                    req.linux_resources.as_ref(),
+                )
+                .await
+                .map_err(handler_error(method))?;
                 encode(method, &UpdatePodSandboxResponse::new())
             }
             "PostUpdatePodSandbox" => {

@@ -25,14 +25,26 @@ pub const PLUGIN_SOCKET_ENV: &str = "NRI_PLUGIN_SOCKET";
 pub const PLUGIN_NAME_ENV: &str = "NRI_PLUGIN_NAME";
 /// Environment variable holding the plugin index when the runtime launched the plugin.
 pub const PLUGIN_IDX_ENV: &str = "NRI_PLUGIN_IDX";
-/// NRI API version this crate implements, sent in `RegisterPlugin`.
-pub const NRI_API_VERSION: &str = "v0.12.0";
+/// The NRI release whose protocol this crate speaks, sent in `RegisterPlugin`. It is stated once,
+/// in `proto/nri.proto` (the `// nri-version:` line), and read from there at build time.
+pub const NRI_API_VERSION: &str = env!("NRI_API_VERSION");
 /// Default time allowed for registration (the runtime's default is 5 s too).
 pub const DEFAULT_REGISTRATION_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default time allowed between registration and the runtime's `Configure` call.
 pub const DEFAULT_CONFIGURE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Checks a plugin name: non-empty, only `[A-Za-z0-9_.+-]`.
+/// The rule [`validate_name`] checks, in words (for error messages).
+pub const NAME_RULE: &str = "must be non-empty and contain only ASCII letters, digits, '_', '.', '+' and '-'";
+/// The rule [`validate_index`] checks, in words (for error messages).
+pub const INDEX_RULE: &str = "must be exactly two digits, \"00\" to \"99\"";
+
+/// Checks a plugin name: non-empty, only `[A-Za-z0-9_.+-]` (the rule containerd's NRI applies to
+/// the name in `RegisterPlugin`; see [`NAME_RULE`]).
+///
+/// ```
+/// assert!(nri_plugin::validate_name("my-plugin").is_ok());
+/// assert!(nri_plugin::validate_name("my plugin").is_err());
+/// ```
 pub fn validate_name(name: &str) -> Result<(), Error> {
     let ok =
         !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'+' | b'-'));
@@ -43,7 +55,12 @@ pub fn validate_name(name: &str) -> Result<(), Error> {
     }
 }
 
-/// Checks a plugin index: exactly two ASCII digits.
+/// Checks a plugin index: exactly two ASCII digits (see [`INDEX_RULE`]).
+///
+/// ```
+/// assert!(nri_plugin::validate_index("05").is_ok());
+/// assert!(nri_plugin::validate_index("5").is_err());
+/// ```
 pub fn validate_index(index: &str) -> Result<(), Error> {
     if index.len() == 2 && index.bytes().all(|b| b.is_ascii_digit()) {
         Ok(())

@@ -48,6 +48,17 @@ use crate::rpc::{
 };
 use crate::runner::{validate_index, validate_name};
 
+/// NRI's wire format, for tests and fuzzers that look at the bytes: the connection
+/// multiplexer's frame codec and limits (see the crate's design notes) and the ttrpc service
+/// names. The runner uses these internally; plugins never need them.
+pub mod wire {
+    pub use crate::mux::{
+        encode_frames, Frame, FrameDecoder, FrameHeader, HEADER_LEN, MAX_FRAME_PAYLOAD, MAX_WRITE_PAYLOAD,
+        PLUGIN_SERVICE_CONN, READ_QUEUE_BYTES, READ_QUEUE_FRAMES, RUNTIME_SERVICE_CONN,
+    };
+    pub use crate::rpc::{PLUGIN_SERVICE, RUNTIME_SERVICE};
+}
+
 /// Default timeout of the peer's calls to the plugin and of its waits.
 pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_secs(5);
 

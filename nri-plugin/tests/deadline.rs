@@ -21,7 +21,6 @@ struct Slow {
     finished: mpsc::UnboundedSender<String>,
 }
 
-#[nri_plugin::async_trait]
 impl Plugin for Slow {
     fn events(&self) -> EventMask {
         EventMask::ALL

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use nri_plugin::api::SynchronizeRequest;
-use nri_plugin::mux::{FrameDecoder, MAX_WRITE_PAYLOAD, PLUGIN_SERVICE_CONN};
 use nri_plugin::protobuf::Message;
+use nri_plugin::testing::wire::{FrameDecoder, MAX_WRITE_PAYLOAD, PLUGIN_SERVICE_CONN};
 use nri_plugin::testing::RuntimePeer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::*;
 use nri_plugin::api::{ConfigureRequest, ConfigureResponse, RegisterPluginRequest};
-use nri_plugin::mux::{FrameDecoder, FrameHeader, MAX_WRITE_PAYLOAD};
 use nri_plugin::protobuf::Message;
+use nri_plugin::testing::wire::{FrameDecoder, FrameHeader, MAX_WRITE_PAYLOAD};
 use nri_plugin::EventMask;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};

@@ -377,7 +377,6 @@ fn refuse(metrics: &Metrics, e: ApplyError) -> nri_plugin::BoxError {
     Box::new(e)
 }
 
-#[nri_plugin::async_trait]
 impl Plugin for DriftguardPlugin {
     fn events(&self) -> EventMask {
         // Exactly the events handled below (Configure and Synchronize come regardless). Runtimes

@@ -829,11 +829,26 @@ fn check_containerd_nri(
     Item::ok("containerd_nri", format!("{where_}: NRI enabled ({how}){imports_note}"))
 }
 
+/// Where the DaemonSet's init container (deploy/helm/driftguard/files/node-setup.sh) installs
+/// the base runtime spec on a node.
+const DAEMONSET_BASE_SPEC: &str = "/opt/driftguard/containerd/base-runtime-spec.json";
+
+/// The base runtime spec to name in a fix: the DaemonSet's on a node it set up (the agent's pod
+/// mounts the node's /opt/driftguard), else the package's.
+fn base_spec_path() -> &'static str {
+    if Path::new(DAEMONSET_BASE_SPEC).is_file() {
+        DAEMONSET_BASE_SPEC
+    } else {
+        SHIPPED_BASE_SPEC
+    }
+}
+
 /// The runtime keys that make containerd run `driftguard-oci-hook` for every container of the
 /// runtime, fail closed (packaging/containerd/oci-hook-1.7.toml).
 fn hook_toml(cri_plugin: &str, runtime: &str) -> String {
+    let spec = base_spec_path();
     format!(
-        "[plugins.\"{cri_plugin}\".containerd.runtimes.{runtime}]\n  base_runtime_spec = \"{SHIPPED_BASE_SPEC}\"\n  \
+        "[plugins.\"{cri_plugin}\".containerd.runtimes.{runtime}]\n  base_runtime_spec = \"{spec}\"\n  \
          pod_annotations = [\"{ANNOTATION_PATTERN}\"]\n  container_annotations = [\"{ANNOTATION_PATTERN}\"]"
     )
 }
@@ -939,8 +954,7 @@ fn check_containerd_hook(
             ),
         );
     }
-    let cfg_note = if cfg_version >= 3 { " (containerd 2.x: untested)" } else { "" };
-    Item::warn(NAME, format!("{where_}: {}: {consequence}{cfg_note}", missing.join("; ")), fix("set"))
+    Item::warn(NAME, format!("{where_}: {}: {consequence}", missing.join("; ")), fix("set"))
 }
 
 fn check_runtime_tool(name: &'static str, bin: Option<&Path>, version_text: Option<&str>) -> Item {

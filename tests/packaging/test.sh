@@ -415,6 +415,22 @@ assert svc["spec"]["ports"][0]["port"] == 9963
 assert all(pod["metadata"]["labels"].get(k) == v for k, v in svc["spec"]["selector"].items()), "Service selector"
 assert svc["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
 assert svc["spec"].get("publishNotReadyAddresses") is True, "unready agents must still be scraped"
+# Fail-closed start: the init container installs the hook, its config and the base runtime spec
+# under /opt/driftguard on the node (tests/cri.rs daemonset_node_setup_* runs the script against
+# a real containerd); the agent sees the node's containerd config and /opt/driftguard for check.
+[init] = spec["initContainers"]
+assert init["command"] == ["/bin/sh", "/etc/driftguard/node-setup.sh"], init["command"]
+assert init["image"] == c["image"], "node-setup runs the agent's image"
+assert init["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["SYS_CHROOT"]}, init["securityContext"]
+imounts = {m["mountPath"]: m for m in init["volumeMounts"]}
+assert vols[imounts["/host"]["name"]]["hostPath"]["path"] == "/" and imounts["/host"].get("readOnly") is True
+assert vols[imounts["/host/opt/driftguard"]["name"]]["hostPath"]["path"] == "/opt/driftguard"
+assert not imounts["/host/opt/driftguard"].get("readOnly"), "node-setup writes /opt/driftguard"
+for path in ("/etc/containerd", "/opt/driftguard"):
+    assert mounts[path].get("readOnly") is True and vols[mounts[path]["name"]]["hostPath"]["path"] == path, path
+script = kinds["ConfigMap"]["data"]["node-setup.sh"]
+assert script == open("deploy/helm/driftguard/files/node-setup.sh").read(), \
+    "deploy/daemonset.yaml's node-setup.sh differs from deploy/helm/driftguard/files/node-setup.sh"
 EOF
 
 check helm-chart-files "$PY" - <<'EOF'
@@ -442,6 +458,7 @@ for k in ("ServiceAccount", "ConfigMap", "DaemonSet", "Service"):
     assert r[k]["metadata"]["name"] == p[k]["metadata"]["name"], k
     assert r[k]["metadata"]["namespace"] == "driftguard-system", k
 assert tomllib.loads(r["ConfigMap"]["data"]["config.toml"]) == tomllib.loads(p["ConfigMap"]["data"]["config.toml"]), "config.toml differs"
+assert r["ConfigMap"]["data"]["node-setup.sh"] == p["ConfigMap"]["data"]["node-setup.sh"], "node-setup.sh differs"
 rs, ps = r["DaemonSet"]["spec"], p["DaemonSet"]["spec"]
 assert rs["selector"] == ps["selector"], "selector"
 rt, pt = rs["template"]["spec"], ps["template"]["spec"]

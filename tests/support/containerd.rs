@@ -1,5 +1,5 @@
-//! A real containerd (Debian trixie's 1.7, fetched by `scripts/install-containerd.sh`) with the
-//! CRI plugin and NRI enabled, private to one test: its own root, state, gRPC/ttrpc addresses,
+//! A real containerd (Debian trixie's 1.7 or sid's 2.1, fetched by `scripts/install-containerd.sh`)
+//! with the CRI plugin and NRI enabled, private to one test: its own root, state, gRPC/ttrpc addresses,
 //! NRI socket, runc root and cgroup parent, all under a scratch directory. Pods are driven
 //! through the CRI v1 gRPC API the way the kubelet drives them (k8s-cri bindings over the unix
 //! socket).
@@ -30,14 +30,18 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-/// Where `scripts/install-containerd.sh` put containerd (default `<repo>/.cache/containerd`).
+/// Where `scripts/install-containerd.sh` put containerd 1.7 (default `<repo>/.cache/containerd`).
 pub const DIR_ENV: &str = "DRIFTGUARD_CONTAINERD_DIR";
+/// Where `scripts/install-containerd.sh` put containerd 2.x (Debian sid's; default
+/// `<repo>/.cache/containerd-2`).
+pub const DIR2_ENV: &str = "DRIFTGUARD_CONTAINERD2_DIR";
 /// The sandbox ("pause") image every pod uses.
 pub const PAUSE_IMAGE: &str = "docker.io/library/dg-pause:test";
 /// The workload image.
@@ -60,12 +64,48 @@ pub fn repo_root() -> PathBuf {
     manifest.ancestors().find(|d| d.join("scripts/install-containerd.sh").is_file()).unwrap_or(&manifest).to_path_buf()
 }
 
-/// `$DRIFTGUARD_CONTAINERD_DIR` or `<repo>/.cache/containerd`.
+/// Which containerd a harness instance runs: the 1.7 line (config version 2, CRI plugin
+/// `io.containerd.grpc.v1.cri`) or the 2.x line (config version 3, CRI plugins
+/// `io.containerd.cri.v1.runtime` / `io.containerd.cri.v1.images`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Line {
+    V1_7,
+    V2,
+}
+
+impl Line {
+    /// The environment variable naming its install directory.
+    pub fn dir_env(self) -> &'static str {
+        match self {
+            Line::V1_7 => DIR_ENV,
+            Line::V2 => DIR2_ENV,
+        }
+    }
+
+    /// What `scripts/install-containerd.sh` needs to fetch it.
+    pub fn install_hint(self) -> &'static str {
+        match self {
+            Line::V1_7 => "sudo scripts/install-containerd.sh",
+            Line::V2 => "sudo DRIFTGUARD_CONTAINERD_SUITE=sid scripts/install-containerd.sh",
+        }
+    }
+}
+
+/// `$DRIFTGUARD_CONTAINERD_DIR` or `<repo>/.cache/containerd` (containerd 1.7).
 pub fn install_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os(DIR_ENV) {
+    install_dir_of(Line::V1_7)
+}
+
+/// The install directory of `line`: its environment variable, or `<repo>/.cache/containerd`
+/// (1.7) / `<repo>/.cache/containerd-2` (2.x).
+pub fn install_dir_of(line: Line) -> PathBuf {
+    if let Some(d) = std::env::var_os(line.dir_env()) {
         return PathBuf::from(d);
     }
-    repo_root().join(".cache/containerd")
+    repo_root().join(match line {
+        Line::V1_7 => ".cache/containerd",
+        Line::V2 => ".cache/containerd-2",
+    })
 }
 
 /// The OCI hook wired into containerd the way the packages ship it
@@ -76,6 +116,10 @@ pub fn install_dir() -> PathBuf {
 pub struct HookWiring {
     /// The `driftguard-oci-hook` binary to run.
     pub bin: PathBuf,
+    /// A ready base runtime spec to use instead of the shipped one (e.g. the one the
+    /// DaemonSet's node-setup.sh installs). Used as it is, except that a private `--state-dir`
+    /// is appended to its driftguard-oci-hook entries; `bin` is then unused.
+    pub spec: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -85,25 +129,49 @@ pub struct Binaries {
     pub ctr: PathBuf,
     /// The package version recorded by the install script (e.g. `1.7.24~ds1-6+deb13u1`).
     pub version: String,
+    pub line: Line,
 }
 
+/// containerd 1.7 (`$DRIFTGUARD_CONTAINERD_DIR`).
 pub fn binaries() -> Result<Binaries, String> {
-    let root = install_dir();
+    binaries_of(Line::V1_7)
+}
+
+/// The installed containerd of `line`; Err says why it is missing, or that the directory holds
+/// another line's containerd.
+pub fn binaries_of(line: Line) -> Result<Binaries, String> {
+    let root = install_dir_of(line);
     let dir = root.join("root/usr/bin");
     for b in ["containerd", "ctr", "containerd-shim-runc-v2"] {
         if !dir.join(b).is_file() {
             return Err(format!(
-                "containerd not installed: {} missing (run `sudo scripts/install-containerd.sh`, or set {DIR_ENV})",
-                dir.join(b).display()
+                "containerd not installed: {} missing (run `{}`, or set {})",
+                dir.join(b).display(),
+                line.install_hint(),
+                line.dir_env()
             ));
         }
     }
     let version = fs::read_to_string(root.join("version")).map(|s| s.trim().to_string()).unwrap_or_default();
-    Ok(Binaries { containerd: dir.join("containerd"), ctr: dir.join("ctr"), dir, version })
+    let found = if version.starts_with("1.") { Line::V1_7 } else { Line::V2 };
+    if found != line {
+        return Err(format!(
+            "{} holds containerd {version}, not the {line:?} line (run `{}`, or set {})",
+            root.display(),
+            line.install_hint(),
+            line.dir_env()
+        ));
+    }
+    Ok(Binaries { containerd: dir.join("containerd"), ctr: dir.join("ctr"), dir, version, line })
 }
 
-/// Why a real containerd cannot run here (`None`: it can).
+/// Why a real containerd 1.7 cannot run here (`None`: it can).
 pub fn requirements() -> Option<String> {
+    requirements_of(Line::V1_7)
+}
+
+/// Why a real containerd of `line` cannot run here (`None`: it can).
+pub fn requirements_of(line: Line) -> Option<String> {
     // SAFETY: no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Some("needs root".into());
@@ -119,7 +187,7 @@ pub fn requirements() -> Option<String> {
             return Some(format!("{tool} not found"));
         }
     }
-    if let Err(e) = binaries() {
+    if let Err(e) = binaries_of(line) {
         return Some(e);
     }
     if driftguard::cgroup::CgroupRoot::detect().is_err() {
@@ -329,23 +397,31 @@ pub struct Containerd {
     /// hierarchy's root.
     pub cgroup_base: String,
     pods: AtomicU32,
-    child: Option<Child>,
+    /// The containerd process. Behind locks so that one thread can restart containerd while
+    /// others make CRI calls (those fail with `Unavailable` while it is away).
+    child: Mutex<Option<Child>>,
     rt: tokio::runtime::Runtime,
-    client: Option<RuntimeServiceClient<Channel>>,
+    client: Mutex<Option<RuntimeServiceClient<Channel>>>,
     /// Set when the scratch directory must not be deleted (a mount could not be detached).
     keep_dir: bool,
 }
 
 impl Containerd {
-    /// Start a private containerd (NRI only, no OCI hook) and import the test images.
+    /// Start a private containerd 1.7 (NRI only, no OCI hook) and import the test images.
     pub fn start() -> Result<Self, String> {
         Self::start_with(None)
     }
 
-    /// Start a private containerd, with the OCI hook wired in when `hook` is given, and import
-    /// the test images.
+    /// Start a private containerd 1.7, with the OCI hook wired in when `hook` is given, and
+    /// import the test images.
     pub fn start_with(hook: Option<HookWiring>) -> Result<Self, String> {
-        let bins = binaries()?;
+        Self::start_line(Line::V1_7, hook)
+    }
+
+    /// Start a private containerd of `line`, with the OCI hook wired in when `hook` is given,
+    /// and import the test images.
+    pub fn start_line(line: Line, hook: Option<HookWiring>) -> Result<Self, String> {
+        let bins = binaries_of(line)?;
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         // Short: unix socket paths are limited to 108 bytes.
@@ -361,7 +437,7 @@ impl Containerd {
             .enable_all()
             .build()
             .map_err(|e| format!("tokio runtime: {e}"))?;
-        let mut c = Containerd {
+        let c = Containerd {
             bins,
             sock: dir.join("c.sock"),
             nri_sock: dir.join("nri.sock"),
@@ -372,13 +448,16 @@ impl Containerd {
             cgroup_base: format!("/dg-cri-{pid}-{n}"),
             dir,
             pods: AtomicU32::new(0),
-            child: None,
+            child: Mutex::new(None),
             rt,
-            client: None,
+            client: Mutex::new(None),
             keep_dir: false,
         };
         if let Some(h) = &c.hook {
-            let spec = c.base_spec(&h.bin)?;
+            let spec = match &h.spec {
+                None => c.base_spec(&h.bin)?,
+                Some(p) => c.given_spec(p)?,
+            };
             fs::write(c.dir.join("base-spec.json"), spec).map_err(|e| format!("{}: {e}", c.dir.display()))?;
         }
         fs::write(&c.config, c.config_toml()).map_err(|e| format!("{}: {e}", c.config.display()))?;
@@ -418,9 +497,35 @@ impl Containerd {
         serde_json::to_string_pretty(&spec).map_err(|e| e.to_string())
     }
 
+    /// The spec at `path` with this instance's `--state-dir` appended to every
+    /// driftguard-oci-hook entry. Fails if it has none at createRuntime or poststop.
+    fn given_spec(&self, path: &Path) -> Result<String, String> {
+        let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut spec: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        for stage in ["createRuntime", "poststop"] {
+            let hooks =
+                spec["hooks"][stage].as_array_mut().ok_or_else(|| format!("{}: no hooks.{stage}", path.display()))?;
+            let mut found = false;
+            for h in
+                hooks.iter_mut().filter(|h| h["path"].as_str().is_some_and(|p| p.ends_with("/driftguard-oci-hook")))
+            {
+                found = true;
+                let args = h["args"].as_array_mut().ok_or_else(|| format!("{}: hook without args", path.display()))?;
+                args.push("--state-dir".into());
+                args.push(self.hook_state.to_string_lossy().into_owned().into());
+            }
+            if !found {
+                return Err(format!("{}: hooks.{stage} does not run driftguard-oci-hook", path.display()));
+            }
+        }
+        serde_json::to_string_pretty(&spec).map_err(|e| e.to_string())
+    }
+
     fn config_toml(&self) -> String {
         let d = self.dir.display();
-        // What packaging/containerd/oci-hook-1.7.toml tells admins to add to the runc runtime.
+        // What packaging/containerd/oci-hook-{1.7,2.x}.toml tell admins to add to the runc
+        // runtime (the same keys on both lines).
         let hook = if self.hook.is_some() {
             format!(
                 "base_runtime_spec = \"{d}/base-spec.json\"\n      \
@@ -429,30 +534,11 @@ impl Containerd {
         } else {
             "# no OCI hook".to_string()
         };
-        format!(
-            r#"version = 2
-root = "{d}/root"
-state = "{d}/state"
-# Snapshotters that cannot work here only add noise to the log.
-disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.blockfile", "io.containerd.tracing.processor.v1.otlp",
-  "io.containerd.internal.v1.tracing"]
-
-[grpc]
-  address = "{d}/c.sock"
-[ttrpc]
-  address = "{d}/c.sock.ttrpc"
-[debug]
-  address = ""
-  level = "info"
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{d}/opt"
-
-[plugins."io.containerd.grpc.v1.cri"]
+        let (version, cri) = match self.bins.line {
+            Line::V1_7 => (
+                2,
+                format!(
+                    r#"[plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{PAUSE_IMAGE}"
   # root lacks CAP_SYS_RESOURCE on these machines.
   restrict_oom_score_adj = true
@@ -475,7 +561,69 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 
 [plugins."io.containerd.nri.v1.nri"]
   disable = false
-  disable_connections = false
+  disable_connections = false"#
+                ),
+            ),
+            // containerd 2.x (config version 3): the CRI plugin is split into an images and a
+            // runtime plugin; key names as in `containerd config default` of 2.1 and
+            // containerd's docs/cri/config.md. NRI is on by default; set anyway.
+            Line::V2 => (
+                3,
+                format!(
+                    r#"[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "{PAUSE_IMAGE}"
+
+[plugins."io.containerd.cri.v1.runtime"]
+  # root lacks CAP_SYS_RESOURCE on these machines.
+  restrict_oom_score_adj = true
+  enable_cdi = false
+  disable_apparmor = true
+  [plugins."io.containerd.cri.v1.runtime".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      {hook}
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+        BinaryName = "{RUNC}"
+        Root = "{d}/runc"
+  # Pods use the host network: no CNI plugin runs.
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["{d}/cni"]
+    conf_dir = "{d}/cni"
+
+[plugins."io.containerd.nri.v1.nri"]
+  disable = false
+  disable_connections = false"#
+                ),
+            ),
+        };
+        format!(
+            r#"version = {version}
+root = "{d}/root"
+state = "{d}/state"
+# Snapshotters that cannot work here only add noise to the log.
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.blockfile", "io.containerd.snapshotter.v1.erofs",
+  "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
+
+[grpc]
+  address = "{d}/c.sock"
+[ttrpc]
+  address = "{d}/c.sock.ttrpc"
+[debug]
+  address = ""
+  level = "info"
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{d}/opt"
+
+{cri}
   socket_path = "{d}/nri.sock"
   plugin_config_path = "{d}/nri-conf"
   plugin_path = "{d}/nri-plugins"
@@ -486,7 +634,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     }
 
     /// Start the containerd process and wait until CRI answers.
-    fn launch(&mut self) -> Result<(), String> {
+    fn launch(&self) -> Result<(), String> {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -516,14 +664,18 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             .process_group(0)
             .spawn()
             .map_err(|e| format!("starting {}: {e}", self.bins.containerd.display()))?;
-        self.child = Some(child);
+        *lock(&self.child) = Some(child);
         let sock = self.sock.clone();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(st)) = c.try_wait() {
-                    self.child = None;
-                    return Err(format!("containerd exited at start ({st})\n{}", self.log_tail()));
+            {
+                let mut guard = lock(&self.child);
+                if let Some(c) = guard.as_mut() {
+                    if let Ok(Some(st)) = c.try_wait() {
+                        *guard = None;
+                        drop(guard);
+                        return Err(format!("containerd exited at start ({st})\n{}", self.log_tail()));
+                    }
                 }
             }
             if sock.exists() {
@@ -536,7 +688,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                     Ok::<_, String>(client)
                 });
                 if let Ok(client) = r {
-                    self.client = Some(client);
+                    *lock(&self.client) = Some(client);
                     return Ok(());
                 }
             }
@@ -548,10 +700,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     }
 
     /// Stop containerd (SIGTERM, SIGKILL after 10 s). Shims and containers keep running, as
-    /// on a node where containerd restarts.
-    pub fn stop(&mut self) {
-        self.client = None;
-        if let Some(mut c) = self.child.take() {
+    /// on a node where containerd restarts. CRI calls of other threads fail meanwhile.
+    pub fn stop(&self) {
+        *lock(&self.client) = None;
+        let child = lock(&self.child).take();
+        if let Some(mut c) = child {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -566,14 +719,16 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         }
     }
 
-    /// Stop and start containerd again with the same state.
-    pub fn restart(&mut self) -> Result<(), String> {
+    /// Stop and start containerd again with the same state. Call it from a thread that lives
+    /// as long as containerd should: containerd gets SIGKILL when the thread that started it
+    /// exits (`PR_SET_PDEATHSIG` follows the parent thread, not the process).
+    pub fn restart(&self) -> Result<(), String> {
         self.stop();
         self.launch()
     }
 
     pub fn running(&self) -> bool {
-        self.child.is_some()
+        lock(&self.child).is_some()
     }
 
     pub fn log(&self) -> String {
@@ -596,7 +751,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     }
 
     fn client(&self) -> Result<RuntimeServiceClient<Channel>, String> {
-        self.client.clone().ok_or_else(|| "containerd is not running".to_string())
+        lock(&self.client).clone().ok_or_else(|| "containerd is not running".to_string())
     }
 
     /// Run one CRI call with a 60 s deadline.
@@ -684,6 +839,40 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     pub fn start_container(&self, id: &str) -> Result<(), tonic::Status> {
         let req = cri::StartContainerRequest { container_id: id.into() };
         self.call("StartContainer", |mut c| async move { c.start_container(req).await }).map(|_| ())
+    }
+
+    /// StartContainer of every id at once: all requests in flight together on this client's
+    /// connection, as a kubelet starting many pods. Per id (in order): the time from sending the
+    /// request to its answer, and the answer.
+    pub fn start_containers_concurrently(&self, ids: &[String]) -> Vec<(Duration, Result<(), tonic::Status>)> {
+        let client = match self.client() {
+            Ok(c) => c,
+            Err(e) => {
+                return ids.iter().map(|_| (Duration::ZERO, Err(tonic::Status::unavailable(e.clone())))).collect()
+            }
+        };
+        self.rt.block_on(async {
+            let tasks: Vec<_> = ids
+                .iter()
+                .map(|id| {
+                    let mut c = client.clone();
+                    let req = cri::StartContainerRequest { container_id: id.clone() };
+                    tokio::spawn(async move {
+                        let t = Instant::now();
+                        let r = match tokio::time::timeout(Duration::from_secs(60), c.start_container(req)).await {
+                            Ok(r) => r.map(|_| ()),
+                            Err(_) => Err(tonic::Status::deadline_exceeded("StartContainer: no answer within 60s")),
+                        };
+                        (t.elapsed(), r)
+                    })
+                })
+                .collect();
+            let mut out = Vec::with_capacity(tasks.len());
+            for t in tasks {
+                out.push(t.await.unwrap_or_else(|e| (Duration::ZERO, Err(tonic::Status::internal(e.to_string())))));
+            }
+            out
+        })
     }
 
     /// CreateContainer + StartContainer, with the containerd log on failure.
@@ -859,6 +1048,11 @@ fn remove_leftovers(dir: &Path, cgroup_base: &str) -> bool {
         }
     }
     clean
+}
+
+/// A poisoned lock (a panicking thread) still guards valid data here.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Pids of processes whose command line contains `args` as consecutive arguments.

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nri_plugin::mux::{FrameDecoder, FrameHeader, HEADER_LEN, MAX_FRAME_PAYLOAD};
+use nri_plugin::testing::wire::{FrameDecoder, FrameHeader, HEADER_LEN, MAX_FRAME_PAYLOAD};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&split, bytes)) = data.split_first() else { return };

@@ -39,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
         18 => roundtrip::<UpdateContainersRequest>(bytes),
         _ => {
             // Mux frames whose payloads are read as ttrpc messages (10-byte header + body).
-            let mut dec = nri_plugin::mux::FrameDecoder::new();
+            let mut dec = nri_plugin::testing::wire::FrameDecoder::new();
             dec.push(bytes);
             while let Ok(Some(frame)) = dec.next_frame() {
                 if let Some((hdr, body)) = frame.payload.split_first_chunk::<10>() {

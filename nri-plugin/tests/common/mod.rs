@@ -50,7 +50,6 @@ impl Recorder {
     }
 }
 
-#[nri_plugin::async_trait]
 impl Plugin for Recorder {
     fn events(&self) -> EventMask {
         EventMask::ALL
@@ -84,8 +83,18 @@ impl Plugin for Recorder {
         self.rec(Call::RunPodSandbox(pod.clone()));
         Ok(())
     }
-    async fn update_pod_sandbox(&self, req: &UpdatePodSandboxRequest) -> HandlerResult<()> {
-        self.rec(Call::UpdatePodSandbox(req.clone()));
+    async fn update_pod_sandbox(
+        &self,
+        pod: &PodSandbox,
+        overhead: Option<&LinuxResources>,
+        resources: Option<&LinuxResources>,
+    ) -> HandlerResult<()> {
+        // Reassembled into the request, so tests compare it with what the runtime sent.
+        let mut req = UpdatePodSandboxRequest::new();
+        req.pod = MessageField::some(pod.clone());
+        req.overhead_linux_resources = overhead.cloned().into();
+        req.linux_resources = resources.cloned().into();
+        self.rec(Call::UpdatePodSandbox(req));
         Ok(())
     }
     async fn post_update_pod_sandbox(&self, pod: &PodSandbox) -> HandlerResult<()> {
