@@ -1,8 +1,10 @@
-//! Compiles the CO-RE BPF programs in bpf/ into a libbpf-rs skeleton in OUT_DIR, and generates
-//! the man pages (OUT_DIR/man/) and shell completions (OUT_DIR/completions/) from the command
-//! line's definition in src/args.rs; packaging/build.sh ships them.
+//! Compiles the CO-RE BPF programs in bpf/ into a libbpf-rs skeleton in OUT_DIR, checks that
+//! src/enforcer/abi.rs agrees with bpf/driftguard.h (see `check_abi`), and generates the man
+//! pages (OUT_DIR/man/) and shell completions (OUT_DIR/completions/) from the command line's
+//! definition in src/args.rs; packaging/build.sh ships them.
 use std::env;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 #[allow(dead_code)]
 mod args {
@@ -10,6 +12,12 @@ mod args {
 }
 
 use libbpf_cargo::SkeletonBuilder;
+
+/// The hand-written Rust mirror of the C ABI; it only uses `std`, so the build script can
+/// compile it too and turn its tables into C static assertions.
+#[allow(dead_code)]
+#[path = "src/enforcer/abi.rs"]
+mod abi;
 
 const SRC: &str = "bpf/driftguard.bpf.c";
 
@@ -31,11 +39,38 @@ fn main() {
         .build_and_generate(out.join("driftguard.skel.rs"))
         .unwrap_or_else(|e| panic!("building BPF skeleton from {SRC} failed: {e:#}"));
 
+    check_abi(&out, &bpf_dir);
+    println!("cargo:rerun-if-changed=src/enforcer/abi.rs");
+
     generate_docs(&out).unwrap_or_else(|e| panic!("generating man pages and completions failed: {e}"));
     println!("cargo:rerun-if-changed=src/args.rs");
 
     for f in ["driftguard.bpf.c", "driftguard.h", "decision.h", "vmlinux.h"] {
         println!("cargo:rerun-if-changed=bpf/{f}");
+    }
+}
+
+/// Compiles `abi::c_static_asserts()` against bpf/driftguard.h with the same clang and target as
+/// the BPF programs: a constant, struct size, member offset or member size that differs between
+/// the header and src/enforcer/abi.rs (or a member abi.rs does not list) fails the build with the
+/// name of the fact. `clang -fsyntax-only` parses only; no object is written.
+fn check_abi(out: &Path, bpf_dir: &Path) {
+    let check = out.join("abi_check.c");
+    let src = format!("#include \"vmlinux.h\"\n#include \"driftguard.h\"\n{}", abi::c_static_asserts());
+    std::fs::write(&check, src).unwrap_or_else(|e| panic!("writing {}: {e}", check.display()));
+    let clang = "clang"; // what SkeletonBuilder runs by default
+    let output = Command::new(clang)
+        .args(["-target", "bpf", "-fsyntax-only", "-I"])
+        .arg(bpf_dir)
+        .arg(&check)
+        .output()
+        .unwrap_or_else(|e| panic!("running {} for the ABI check: {e}", clang));
+    if !output.status.success() {
+        panic!(
+            "src/enforcer/abi.rs does not match bpf/driftguard.h (checked by {}):\n{}",
+            check.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 }
 

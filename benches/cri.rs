@@ -48,6 +48,8 @@ mod containerd;
 
 #[path = "../tests/support/agent_process.rs"]
 mod agent_process;
+#[path = "../tests/support/vm.rs"]
+mod vm;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;

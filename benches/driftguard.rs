@@ -15,8 +15,10 @@
 //!
 //! Sections: positional arguments (`cargo bench --bench driftguard -- exec nri`) or
 //! `DG_BENCH_ONLY=exec,nri`; default all. Sizes come from environment variables (see `Knobs`).
-//! The run writes `docs/bench-exec.svg` (+ `docs/bench-exec-vm.svg`) and a machine-readable
-//! summary to `$CARGO_TARGET_DIR/bench-driftguard.json` (or `DG_BENCH_JSON`).
+//! The run writes a machine-readable summary to `$CARGO_TARGET_DIR/bench-driftguard.json` (or
+//! `DG_BENCH_JSON`) and the exec-latency charts `bench-exec.svg` (+ `bench-exec-vm.svg`, drawn
+//! with plotters) next to it, or into `DG_BENCH_SVG_DIR` (`benches/run.sh --docs` refreshes the
+//! tracked copies in docs/).
 //!
 //! Nothing here asserts on timings: it only measures and prints (targets are shown next to the
 //! numbers with "met"/"MISSED").
@@ -809,7 +811,7 @@ fn exec_report(rep: &mut Report, section: &'static str, r: &ExecResult) {
 fn bench_exec(k: &Knobs, rep: &mut Report) -> Res<()> {
     let r = exec_measure(k, k.execs)?;
     exec_report(rep, "exec", &r);
-    write_svg(&docs_dir().join("bench-exec.svg"), &format!("exec latency, {} ({})", r.kernel, r.path), &r)?;
+    write_svg(&svg_dir().join("bench-exec.svg"), &format!("exec latency, {} ({})", r.kernel, r.path), &r)?;
     rep.put("exec", serde_json::to_value(summary_only(&r)).unwrap_or_default());
     Ok(())
 }
@@ -864,7 +866,7 @@ fn bench_exec_vm(k: &Knobs, rep: &mut Report) -> Res<()> {
     let r: ExecResult = serde_json::from_str(line).map_err(|e| e.to_string())?;
     exec_report(rep, "exec-vm", &r);
     write_svg(
-        &docs_dir().join("bench-exec-vm.svg"),
+        &svg_dir().join("bench-exec-vm.svg"),
         &format!("exec latency in qemu/TCG, {} ({})", r.kernel, r.path),
         &r,
     )?;
@@ -872,109 +874,91 @@ fn bench_exec_vm(k: &Knobs, rep: &mut Report) -> Res<()> {
     Ok(())
 }
 
-fn docs_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs")
+/// Where the exec-latency charts go: `$DG_BENCH_SVG_DIR` when set (`benches/run.sh --docs`
+/// sets it to docs/ to refresh the charts BENCHMARKS.md shows), else next to the JSON summary,
+/// so a bench run never rewrites tracked files by itself.
+fn svg_dir() -> PathBuf {
+    std::env::var_os("DG_BENCH_SVG_DIR").map(PathBuf::from).unwrap_or_else(target_dir)
+}
+
+/// `$CARGO_TARGET_DIR`, else `<repo>/target`.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
 }
 
 // ---------------------------------------------------------------------------------------------
-// SVG: empirical CDF of exec latency per configuration (hand-written SVG, no dependencies)
+// SVG (plotters): empirical CDF of exec latency per configuration
 
 fn write_svg(path: &Path, title: &str, r: &ExecResult) -> Res<()> {
-    let (w, h) = (760.0, 440.0);
-    let (ml, mr, mt, mb) = (70.0, 20.0, 40.0, 110.0);
-    let (pw, ph) = (w - ml - mr, h - mt - mb);
+    use plotters::prelude::*;
+    let e = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    if let Some(d) = path.parent() {
+        fs::create_dir_all(d).map_err(|err| e(&err))?;
+    }
     let all: Vec<f64> = sorted(r.samples.values().flatten().copied().collect());
+    if all.is_empty() {
+        return Err("no samples to plot".into());
+    }
     // x range: from the 0.5th to the 99.5th percentile of everything (the tails are in the table).
     let (x0, x1) = (q(&all, 0.005), q(&all, 0.995));
-    let (x0, x1) = (x0 - (x1 - x0) * 0.02, x1 + (x1 - x0) * 0.02);
-    let sx = |x: f64| ml + (x.clamp(x0, x1) - x0) / (x1 - x0) * pw;
-    let sy = |y: f64| mt + (1.0 - y) * ph;
-    let colors = ["#222222", "#1f77b4", "#2ca02c", "#d62728"];
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">{}</text>\n",
-        w / 2.0,
-        xml(title)
-    );
-    // Axes and grid.
-    s.push_str(&format!(
-        "<rect x=\"{ml}\" y=\"{mt}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#888\"/>\n"
-    ));
-    for i in 0..=5 {
-        let y = i as f64 / 5.0;
-        s.push_str(&format!(
-            "<line x1=\"{ml}\" x2=\"{}\" y1=\"{py:.1}\" y2=\"{py:.1}\" stroke=\"#eee\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{:.1}</text>\n",
-            ml + pw,
-            ml - 6.0,
-            sy(y) + 4.0,
-            y,
-            py = sy(y)
-        ));
-    }
-    for i in 0..=6 {
-        let x = x0 + (x1 - x0) * i as f64 / 6.0;
-        s.push_str(&format!(
-            "<line x1=\"{px:.1}\" x2=\"{px:.1}\" y1=\"{mt}\" y2=\"{}\" stroke=\"#eee\"/><text x=\"{px:.1}\" y=\"{}\" text-anchor=\"middle\">{:.0}</text>\n",
-            mt + ph,
-            mt + ph + 16.0,
-            x,
-            px = sx(x)
-        ));
-    }
-    s.push_str(&format!(
-        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">fork+exec+wait of busybox true (µs)</text>\n\
-         <text x=\"18\" y=\"{}\" transform=\"rotate(-90 18 {})\" text-anchor=\"middle\">fraction of execs ≤ x</text>\n",
-        ml + pw / 2.0,
-        mt + ph + 34.0,
-        mt + ph / 2.0,
-        mt + ph / 2.0
-    ));
+    let pad = ((x1 - x0) * 0.02).max(0.5);
+    let (x0, x1) = (x0 - pad, x1 + pad);
+    let colors = [
+        RGBColor(0x22, 0x22, 0x22),
+        RGBColor(0x1f, 0x77, 0xb4),
+        RGBColor(0x2c, 0xa0, 0x2c),
+        RGBColor(0xd6, 0x27, 0x28),
+    ];
+
+    let root = SVGBackend::new(path, (760, 440)).into_drawing_area();
+    root.fill(&WHITE).map_err(|err| e(&err))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(x0..x1, 0f64..1f64)
+        .map_err(|err| e(&err))?;
+    chart
+        .configure_mesh()
+        .x_desc(format!("fork+exec+wait of {} (µs)", r.binary))
+        .y_desc("fraction of execs ≤ x")
+        .draw()
+        .map_err(|err| e(&err))?;
     for (i, cfg) in ExecCfg::ALL.iter().enumerate() {
         let Some(v) = r.samples.get(cfg.key()) else { continue };
         let v = sorted(v.clone());
         let n = v.len();
-        let step = (n / 400).max(1);
-        let mut pts = String::new();
-        let mut j = 0;
-        while j < n {
-            pts.push_str(&format!("{:.1},{:.1} ", sx(v[j]), sy((j + 1) as f64 / n as f64)));
-            j += step;
+        if n == 0 {
+            continue;
         }
-        pts.push_str(&format!("{:.1},{:.1}", sx(v[n - 1]), sy(1.0)));
-        s.push_str(&format!(
-            "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"1.6\" points=\"{pts}\"/>\n",
-            colors[i]
-        ));
-        let ratio = if *cfg == ExecCfg::Base {
-            format!("median {:.1} µs", q(&v, 0.5))
+        let step = (n / 400).max(1);
+        let points =
+            (0..n).step_by(step).chain(std::iter::once(n - 1)).map(|j| (v[j].clamp(x0, x1), (j + 1) as f64 / n as f64));
+        let label = if *cfg == ExecCfg::Base {
+            format!("{} — median {:.1} µs (n={n})", cfg.label(), q(&v, 0.5))
         } else {
-            format!("median {:.1} µs, ratio {:.4}×", q(&v, 0.5), mmm(&r.ratios[cfg.key()]).1)
+            format!("{} — median {:.1} µs, ratio {:.4}× (n={n})", cfg.label(), q(&v, 0.5), mmm(&r.ratios[cfg.key()]).1)
         };
-        let ly = mt + ph + 54.0 + i as f64 * 14.0;
-        s.push_str(&format!(
-            "<line x1=\"{ml}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"{}\" stroke-width=\"3\"/><text x=\"{}\" y=\"{:.1}\">{} — {} (n={n})</text>\n",
-            ml + 24.0,
-            ly - 4.0,
-            ly - 4.0,
-            colors[i],
-            ml + 30.0,
-            ly,
-            xml(cfg.label()),
-            ratio
-        ));
+        let color = colors[i % colors.len()];
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))
+            .map_err(|err| e(&err))?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
     }
-    s.push_str("</svg>\n");
-    if let Some(d) = path.parent() {
-        fs::create_dir_all(d).map_err(|e| e.to_string())?;
-    }
-    fs::write(path, s).map_err(|e| format!("{}: {e}", path.display()))?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|err| e(&err))?;
+    root.present().map_err(|err| e(&err))?;
     println!("  wrote {}", path.display());
     Ok(())
-}
-
-fn xml(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2010,12 +1994,9 @@ fn main() {
         println!("  ({name}: {:.1}s)", t.elapsed().as_secs_f64());
     }
     println!("\n== summary ({:.0}s)\n\n{}", t0.elapsed().as_secs_f64(), rep.markdown());
-    let json_path = std::env::var_os("DG_BENCH_JSON").map(PathBuf::from).unwrap_or_else(|| {
-        std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
-            .join("bench-driftguard.json")
-    });
+    let json_path = std::env::var_os("DG_BENCH_JSON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("bench-driftguard.json"));
     rep.put("table_markdown", serde_json::json!(rep.markdown()));
     if let Ok(s) = serde_json::to_string_pretty(&serde_json::Value::Object(rep.json.clone())) {
         if fs::write(&json_path, s).is_ok() {

@@ -2,8 +2,10 @@
 /*
  * driftguard kernel <-> userspace ABI.
  *
- * Every struct here is mirrored byte for byte in src/enforcer/abi.rs; the
- * Rust side has size/offset tests. Change both or neither.
+ * Every struct and constant here is mirrored byte for byte in
+ * src/enforcer/abi.rs. build.rs checks the two agree (a static assertion per
+ * constant, struct size, member offset and member size, compiled against this
+ * header): change both or the build fails.
  */
 #ifndef DRIFTGUARD_H
 #define DRIFTGUARD_H

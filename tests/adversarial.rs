@@ -13,26 +13,28 @@
 //! Trials named `bug_*` assert the secure outcome of a case the product currently gets wrong:
 //! they fail until the product is fixed (see docs/threat-model.md, "Open findings").
 
+#[path = "support/agent_process.rs"]
+mod agent_process;
+#[path = "support/runc_nri.rs"]
+mod runc_nri;
 #[path = "support/bpf_suite.rs"]
 mod suite;
 #[path = "support/vm.rs"]
 mod vm;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use driftguard::enforcer::{
-    self, Action, EnforcementPath, Enforcer, EnforcerOptions, FileKind, Hook, Owner, PolicyStore, Rule,
-};
+use driftguard::enforcer::{self, Action, Enforcer, EnforcerOptions, FileKind, Hook, Owner, PolicyStore, Rule};
 use driftguard::policy::{ExecPath, Mode, Policy};
 use driftguard::provenance::Provenance;
 use libtest_mimic::{Arguments, Failed};
@@ -48,6 +50,11 @@ fn main() {
     let mut trials = Vec::new();
     let gate = Gate::from_env();
     let host_reason = host_requirements();
+    // Without a C compiler the dlopen/LD_PRELOAD payloads cannot be built: those trials are
+    // counted as skipped (a failure under DRIFTGUARD_REQUIRE_ALL), never quietly passed.
+    let payload_reason = host_reason
+        .clone()
+        .or_else(|| payloads().err().map(|e| e.message().unwrap_or("payloads unavailable").to_string()));
 
     for (name, f) in [
         ("enforcement_path_is_the_expected_one", enforcement_path_is_the_expected_one as fn() -> R),
@@ -102,7 +109,8 @@ fn main() {
         ("fault_ringbuf_overflow_counts_drops_and_recovers", fault_ringbuf_overflow_counts_drops_and_recovers),
         ("fault_vanished_cgroup_policy_collected", fault_vanished_cgroup_policy_collected),
     ] {
-        trials.push(gate.trial(name, &host_reason, f));
+        let reason = if NEEDS_PAYLOADS.contains(&name) { &payload_reason } else { &host_reason };
+        trials.push(gate.trial(name, reason, f));
     }
 
     if !in_vm() {
@@ -116,7 +124,20 @@ fn main() {
         trials.extend(gate.vm_trials("vm_adv", adversarial_suite_in_vm));
     }
 
-    libtest_mimic::run(&args, trials).exit();
+    let conclusion = libtest_mimic::run(&args, trials);
+    // Trials return (failed or not) before this; the payloads built on the host go with them.
+    if std::env::var_os("DG_ADV_PAYLOAD_DIR").is_none() {
+        let _ = fs::remove_dir_all(host_payload_dir());
+    }
+    conclusion.exit();
+}
+
+/// Trials that need the payloads (a .so and a dlopen helper built with `cc`).
+const NEEDS_PAYLOADS: [&str; 2] = ["ld_preload_of_dropped_library", "dlopen_of_dropped_library"];
+
+/// Where the host builds the payloads; removed when the run ends.
+fn host_payload_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("dg-adv-payloads-{}", std::process::id()))
 }
 
 // ---------------------------------------------------------------------------
@@ -156,7 +177,7 @@ fn payloads() -> Result<&'static Payloads, Failed> {
 
 fn build_payloads() -> Result<Payloads, String> {
     let cc = which("cc").or_else(|| which("gcc")).ok_or("no C compiler (cc) to build the test payloads")?;
-    let dir = std::env::temp_dir().join(format!("dg-adv-payloads-{}", std::process::id()));
+    let dir = host_payload_dir();
     fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let so_c = dir.join("payload.c");
     fs::write(
@@ -1266,10 +1287,8 @@ fn image_binaries_and_scripts_keep_working() -> R {
         &c.sh("/bin/image-script.sh && cd /bin && ./image-script.sh && /usr/bin/dyn")?,
         "image script and dynamic binary from the shell",
     )?;
-    if let Ok(_p) = payloads() {
-        assert_runs(&c.run("dgdlopen", &["/usr/bin/dgdlopen", "/usr/lib/libimage.so"])?, "dlopen of an image library")?;
-    }
-    std::thread::sleep(Duration::from_millis(200));
+    // dlopen of an image library: the control of dlopen_of_dropped_library.
+    event_barrier(h)?;
     let ev = events_for(h, c.cgid);
     if !ev.is_empty() {
         return Err(format!("clean execs must not produce events: {ev:?}").into());
@@ -1517,283 +1536,14 @@ fn fault_vanished_cgroup_policy_collected() -> R {
 
 mod agent_support {
     use super::*;
-    use nri_plugin::api::{Container as NriContainer, ContainerState, PodSandbox};
-    use nri_plugin::testing::{Delivery, LifecycleEvent, PeerConnection, RuntimePeer};
+    pub use crate::agent_process::{metric, AgentProcess};
+    pub use crate::runc_nri::{assert_stopped, connect, pod, rt, RuncCtr};
+    use nri_plugin::api::{Container as NriContainer, PodSandbox};
+    use nri_plugin::testing::{Delivery, PeerConnection};
 
-    pub struct Agent {
-        pub dir: PathBuf,
-        pub config: PathBuf,
-        pub pin_dir: PathBuf,
-        pub socket: PathBuf,
-        pub metrics: String,
-        pub child: Option<Child>,
-    }
-
-    fn free_port() -> Result<u16, Failed> {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(es)?;
-        Ok(l.local_addr().map_err(es)?.port())
-    }
-
-    impl Agent {
-        pub fn new(dir: &Path) -> Result<Self, Failed> {
-            let n = SEQ.fetch_add(1, Ordering::Relaxed);
-            let pin_dir = PathBuf::from(format!("/sys/fs/bpf/dg-adv-agent-{}-{n}", std::process::id()));
-            let _ = enforcer::unload(&pin_dir);
-            let port = free_port()?;
-            let socket = dir.join("nri.sock");
-            let config = dir.join("config.toml");
-            fs::write(
-                &config,
-                format!(
-                    "default_mode = \"off\"\n[nri]\nsocket = \"{}\"\nreconnect_max_backoff_ms = 300\n\
-                     [bpf]\npin_dir = \"{}\"\n[events]\nstdout = false\nfile = \"{}\"\nnode_name = \"test-node\"\n\
-                     [metrics]\naddress = \"127.0.0.1:{port}\"\n[log]\nlevel = \"debug\"\n",
-                    socket.display(),
-                    pin_dir.display(),
-                    dir.join("events.jsonl").display()
-                ),
-            )
-            .map_err(es)?;
-            Ok(Agent {
-                dir: dir.to_path_buf(),
-                config,
-                pin_dir,
-                socket,
-                metrics: format!("127.0.0.1:{port}"),
-                child: None,
-            })
-        }
-
-        pub fn start(&mut self) -> R {
-            let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log")).map_err(es)?;
-            let child = Command::new(env!("CARGO_BIN_EXE_driftguard"))
-                .args(["run", "--config"])
-                .arg(&self.config)
-                .env("DRIFTGUARD_STATE_DIR", self.dir.join("state"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .map_err(|e| format!("starting driftguard run: {e}"))?;
-            self.child = Some(child);
-            Ok(())
-        }
-
-        pub fn pid(&self) -> Option<u32> {
-            self.child.as_ref().map(|c| c.id())
-        }
-
-        pub fn kill9(&mut self) {
-            if let Some(mut c) = self.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-
-        pub fn log(&self) -> String {
-            fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
-        }
-
-        pub fn store(&self) -> Result<PolicyStore, Failed> {
-            PolicyStore::open_pinned(&self.pin_dir)
-                .map_err(|e| Failed::from(format!("{e}\nagent log:\n{}", self.log())))
-        }
-
-        pub fn path(&self) -> Option<EnforcementPath> {
-            enforcer::pinned_path(&self.pin_dir)
-        }
-    }
-
-    impl Drop for Agent {
-        fn drop(&mut self) {
-            self.kill9();
-            let _ = enforcer::unload(&self.pin_dir);
-        }
-    }
-
-    pub fn http_get(addr: &str, path: &str) -> Result<String, Failed> {
-        let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).map_err(es)?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").map_err(es)?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).map_err(es)?;
-        Ok(body)
-    }
-
-    pub fn metric(body: &str, name: &str) -> Option<f64> {
-        body.lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-    }
-
-    pub fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("tokio runtime")
-    }
-
-    pub async fn connect(
-        peer: &RuntimePeer,
-        pods: Vec<PodSandbox>,
-        ctrs: Vec<NriContainer>,
-    ) -> Result<PeerConnection, Failed> {
-        let mut conn = tokio::time::timeout(Duration::from_secs(20), peer.accept())
-            .await
-            .map_err(|_| "the agent did not connect to the NRI socket within 20s")?
-            .map_err(es)?;
-        conn.handshake().await.map_err(es)?;
-        conn.synchronize(pods, ctrs, 2).await.map_err(es)?;
-        Ok(conn)
-    }
-
-    pub fn runc(args: &[&str]) -> Result<std::process::Output, Failed> {
-        Command::new("runc")
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| Failed::from(format!("runc {args:?}: {e}")))
-    }
-
-    pub fn cgroup_root() -> Result<PathBuf, Failed> {
-        Ok(driftguard::cgroup::CgroupRoot::detect().map_err(es)?.path)
-    }
-
-    pub struct RuncCtr {
-        pub id: String,
-        pub bundle: PathBuf,
-        pub merged: PathBuf,
-        pub cgroups_path: String,
-        pub parent_cgroup: PathBuf,
-    }
-
-    impl RuncCtr {
-        pub fn create(dir: &Path, name: &str) -> Result<Self, Failed> {
-            let id = format!("dg-adv-{}-{name}", std::process::id());
-            let bundle = dir.join(format!("bundle-{name}"));
-            let (lower, upper, work, merged) =
-                (bundle.join("lower"), bundle.join("upper"), bundle.join("work"), bundle.join("rootfs"));
-            for d in [&lower, &upper, &work, &merged] {
-                fs::create_dir_all(d).map_err(es)?;
-            }
-            for d in ["bin", "tmp", "proc", "dev"] {
-                fs::create_dir_all(lower.join(d)).map_err(es)?;
-            }
-            fs::copy("/bin/busybox", lower.join("bin/busybox")).map_err(es)?;
-            for applet in ["sh", "sleep", "true", "cp", "echo", "ls"] {
-                symlink("busybox", lower.join("bin").join(applet)).map_err(es)?;
-            }
-            let opts = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
-            mount("overlay", &merged, "overlay", &opts)?;
-            let parent = format!("dg-adv-agent-{}", std::process::id());
-            let cgroups_path = format!("/{parent}/{id}");
-            let config = serde_json::json!({
-                "ociVersion": "1.0.2",
-                "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": ["/bin/sleep", "3600"],
-                            "env": ["PATH=/bin"], "cwd": "/", "noNewPrivileges": true},
-                "root": {"path": merged, "readonly": false},
-                "hostname": "dg",
-                "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
-                "linux": {"cgroupsPath": cgroups_path,
-                          "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}]}
-            });
-            fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&config).map_err(es)?).map_err(es)?;
-            let _ = runc(&["delete", "-f", &id]);
-            let log_path = bundle.join("runc-create.log");
-            let log = fs::File::create(&log_path).map_err(es)?;
-            let log2 = log.try_clone().map_err(es)?;
-            let st = Command::new("runc")
-                .args(["create", "--bundle", bundle.to_str().ok_or("bundle path")?, &id])
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(log2)
-                .status()
-                .map_err(|e| format!("runc create: {e}"))?;
-            if !st.success() {
-                return Err(format!("runc create: {}", fs::read_to_string(&log_path).unwrap_or_default()).into());
-            }
-            Ok(RuncCtr { id, bundle, merged, cgroups_path, parent_cgroup: cgroup_root()?.join(parent) })
-        }
-
-        pub fn pid(&self) -> u32 {
-            runc(&["state", &self.id])
-                .ok()
-                .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
-                .and_then(|v| v["pid"].as_u64())
-                .unwrap_or(0) as u32
-        }
-
-        pub fn start(&self) -> R {
-            let out = runc(&["start", &self.id])?;
-            if !out.status.success() {
-                return Err(format!("runc start: {}", String::from_utf8_lossy(&out.stderr)).into());
-            }
-            Ok(())
-        }
-
-        pub fn exec(&self, argv: &[&str]) -> Result<(i32, String), Failed> {
-            let mut args = vec!["exec", self.id.as_str()];
-            args.extend_from_slice(argv);
-            let out = runc(&args)?;
-            Ok((
-                out.status.code().unwrap_or(-1),
-                format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
-            ))
-        }
-
-        pub fn drop_binary(&self, inside: &str) -> R {
-            copy_exec(Path::new("/bin/busybox"), &self.merged.join(inside.trim_start_matches('/')))
-        }
-
-        pub fn cgroup_id(&self) -> Result<u64, Failed> {
-            driftguard::cgroup::cgroup_id(&cgroup_root()?.join(self.cgroups_path.trim_start_matches('/'))).map_err(es)
-        }
-
-        pub fn nri(&self, pod: &PodSandbox, name: &str) -> NriContainer {
-            let mut c = NriContainer::new();
-            c.id = self.id.clone();
-            c.pod_sandbox_id = pod.id.clone();
-            c.name = name.to_string();
-            c.state = ContainerState::CONTAINER_RUNNING.into();
-            c.linux.mut_or_insert_default().cgroups_path = self.cgroups_path.clone();
-            c.pid = self.pid();
-            c
-        }
-    }
-
-    impl Drop for RuncCtr {
-        fn drop(&mut self) {
-            let _ = runc(&["delete", "-f", &self.id]);
-            let _ = Command::new("umount").arg("-l").arg(&self.merged).status();
-            let _ = fs::remove_dir(&self.parent_cgroup);
-            let _ = fs::remove_dir_all(&self.bundle);
-        }
-    }
-
-    pub fn pod(name: &str, annotations: &[(&str, &str)]) -> PodSandbox {
-        let mut p = PodSandbox::new();
-        p.id = format!("pod-{name}");
-        p.name = name.to_string();
-        p.namespace = "adv".into();
-        p.uid = format!("uid-{name}");
-        p.annotations = annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>();
-        p
-    }
-
-    pub fn assert_stopped(path: Option<EnforcementPath>, code: i32, out: &str, what: &str) -> R {
-        match path {
-            Some(EnforcementPath::TracepointKill) if code == 137 => Ok(()),
-            Some(EnforcementPath::Lsm) if code != 0 && out.to_lowercase().contains("permission denied") => Ok(()),
-            p => Err(format!("{what}: expected the exec to be stopped on path {p:?}, got exit {code}: {out}").into()),
-        }
-    }
-
+    /// RunPodSandbox, CreateContainer, StartContainer as dedicated requests.
     pub async fn start_container(conn: &PeerConnection, pod: &PodSandbox, ctr: &NriContainer) -> R {
-        for ev in [
-            LifecycleEvent::RunPodSandbox(pod.clone()),
-            LifecycleEvent::CreateContainer(pod.clone(), ctr.clone()),
-            LifecycleEvent::StartContainer(pod.clone(), ctr.clone()),
-        ] {
-            conn.send(Delivery::Dedicated, ev).await.map_err(|e| format!("NRI event refused: {e}"))?;
-        }
-        Ok(())
+        crate::runc_nri::start_container(conn, Delivery::Dedicated, pod, ctr).await
     }
 
     pub fn ids(store: &PolicyStore) -> BTreeSet<u64> {
@@ -1805,7 +1555,7 @@ fn agent_kill9_during_container_burst() -> R {
     use agent_support::*;
     const N: usize = 6;
     let dir = tempfile::tempdir().map_err(es)?;
-    let mut agent = Agent::new(dir.path())?;
+    let mut agent = AgentProcess::with_own_socket("adv")?;
     let rt = rt();
     let _guard = rt.enter();
     let peer = nri_plugin::testing::RuntimePeer::bind(&agent.socket).map_err(es)?;
@@ -1908,7 +1658,7 @@ fn agent_kill9_during_container_burst() -> R {
 fn agent_runtime_restart_reconnects_and_resyncs() -> R {
     use agent_support::*;
     let dir = tempfile::tempdir().map_err(es)?;
-    let mut agent = Agent::new(dir.path())?;
+    let mut agent = AgentProcess::with_own_socket("adv")?;
     let rt = rt();
     let _guard = rt.enter();
     let peer = nri_plugin::testing::RuntimePeer::bind(&agent.socket).map_err(es)?;
@@ -1959,7 +1709,7 @@ fn agent_runtime_restart_reconnects_and_resyncs() -> R {
         let (code, out) = ctr.exec(&["/tmp/dropped", "true"])?;
         assert_stopped(path, code, &out, &format!("container {n} after the runtime restart"))?;
     }
-    let m = http_get(&agent.metrics, "/metrics")?;
+    let m = agent.metrics()?;
     let reconnects =
         metric(&m, "driftguard_nri_reconnects_total").ok_or_else(|| format!("no reconnect metric:\n{m}"))?;
     let connected = metric(&m, "driftguard_nri_connected");

@@ -7,29 +7,34 @@
 //! speaks the same wire protocol (mux + ttrpc + NRI protobuf) and sends the same messages, with
 //! `linux.cgroups_path` pointing at the cgroup runc really created.
 
-use std::collections::HashMap;
 use std::fs;
-use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use driftguard::enforcer::{self, EnforcementPath, Owner, PolicyStore};
+use driftguard::enforcer::{EnforcementPath, Owner};
 use driftguard::policy::{Mode, Policy};
 use driftguard::provenance::Provenance;
 use libtest_mimic::{Arguments, Failed};
 
+#[path = "support/agent_process.rs"]
+mod agent_process;
+#[path = "support/runc_nri.rs"]
+mod runc_nri;
 #[path = "support/vm.rs"]
 mod vm;
-use nri_plugin::api::{Container, ContainerState, PodSandbox};
-use nri_plugin::testing::{Delivery, LifecycleEvent, PeerConnection, RuntimePeer};
+
+use agent_process::AgentProcess;
+use nri_plugin::testing::{Delivery, LifecycleEvent, RuntimePeer};
+use runc_nri::{assert_stopped, cgroup2_root, connect, pod, rt, start_container, CgroupDirs, KillOnDrop, RuncCtr};
 
 type R = Result<(), Failed>;
 
+/// A named trial.
+type NamedTrial = (&'static str, fn() -> R);
+
 /// Every trial (the VM re-run runs them all and checks the count).
-const TRIALS: &[(&str, fn() -> R)] = &[
+const TRIALS: &[NamedTrial] = &[
     ("agent_enforces_annotated_pods_in_both_delivery_styles", agent_enforces_annotated_pods),
     ("agent_refuses_bad_annotations", agent_refuses_bad_annotations),
     ("agent_restart_keeps_enforcing_and_resynchronizes", agent_restart_keeps_enforcing_and_resynchronizes),
@@ -128,463 +133,12 @@ fn which(bin: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(bin)).find(|p| p.exists())
 }
 
-fn cgroup2_root() -> Result<PathBuf, Failed> {
-    let root = driftguard::cgroup::CgroupRoot::detect().map_err(|e| e.to_string())?;
-    Ok(root.path)
-}
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("tokio runtime")
-}
-
-// ---------------------------------------------------------------------------
-// The agent process
-
-struct Agent {
-    dir: PathBuf,
-    config: PathBuf,
-    pin_dir: PathBuf,
-    socket: PathBuf,
-    events: PathBuf,
-    metrics: String,
-    child: Option<Child>,
-    /// Start with only the capabilities packaging/systemd/driftguard.service and the DaemonSet
-    /// grant (through setpriv), instead of full root.
-    unit_caps: bool,
-    /// Extra environment of the agent process.
-    env: Vec<(String, String)>,
-}
-
-/// The capabilities the systemd unit grants (`AmbientCapabilities=`).
-const UNIT_CAPS: &str = "-all,+bpf,+perfmon,+sys_admin";
-
-impl Agent {
-    fn new(dir: &Path) -> Result<Self, Failed> {
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/dg-agent-{}-{n}", std::process::id()));
-        let _ = enforcer::unload(&pin_dir);
-        let port = free_port()?;
-        let socket = dir.join("nri.sock");
-        let events = dir.join("events.jsonl");
-        let config = dir.join("config.toml");
-        fs::write(
-            &config,
-            format!(
-                "default_mode = \"off\"\n[nri]\nsocket = \"{}\"\nreconnect_max_backoff_ms = 300\n\
-                 [bpf]\npin_dir = \"{}\"\n[events]\nstdout = false\nfile = \"{}\"\nnode_name = \"test-node\"\n\
-                 [metrics]\naddress = \"127.0.0.1:{port}\"\n[log]\nlevel = \"debug\"\n",
-                socket.display(),
-                pin_dir.display(),
-                events.display()
-            ),
-        )
-        .map_err(|e| e.to_string())?;
-        Ok(Agent {
-            dir: dir.to_path_buf(),
-            config,
-            pin_dir,
-            socket,
-            events,
-            metrics: format!("127.0.0.1:{port}"),
-            child: None,
-            unit_caps: false,
-            env: Vec::new(),
-        })
-    }
-
-    fn start(&mut self) -> R {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("agent.log"))
-            .map_err(|e| e.to_string())?;
-        let mut cmd = match which("setpriv").filter(|_| self.unit_caps && !vm::in_vm()) {
-            Some(setpriv) => {
-                let mut c = Command::new(setpriv);
-                c.arg(format!("--bounding-set={UNIT_CAPS}"))
-                    .arg(format!("--inh-caps={UNIT_CAPS}"))
-                    .arg(format!("--ambient-caps={UNIT_CAPS}"))
-                    .arg("--")
-                    .arg(env!("CARGO_BIN_EXE_driftguard"));
-                c
-            }
-            None => Command::new(env!("CARGO_BIN_EXE_driftguard")),
-        };
-        let child = cmd
-            .args(["run", "--config"])
-            .arg(&self.config)
-            .env("DRIFTGUARD_STATE_DIR", self.dir.join("state"))
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("starting driftguard run: {e}"))?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill(); // SIGKILL
-            let _ = c.wait();
-        }
-    }
-
-    /// Waits (up to 60 s) for the agent process to exit on its own.
-    fn wait_exit(&mut self) -> Result<std::process::ExitStatus, Failed> {
-        let child = self.child.as_mut().ok_or("agent not started")?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
-                self.child = None;
-                return Ok(st);
-            }
-            if Instant::now() > deadline {
-                return Err(format!("the agent did not exit within 60s\nagent log:\n{}", self.log()).into());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Waits (up to 60 s) until the agent's log contains `needle` at least `count` times.
-    fn wait_log(&self, needle: &str, count: usize) -> R {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.log().matches(needle).count() < count {
-            if Instant::now() > deadline {
-                return Err(format!("agent log lacks {needle:?} (x{count}):\n{}", self.log()).into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
-    }
-
-    fn set_config(&self, from: &str, to: &str) -> R {
-        let text = fs::read_to_string(&self.config).map_err(|e| e.to_string())?;
-        if !text.contains(from) {
-            return Err(format!("config lacks {from:?}").into());
-        }
-        fs::write(&self.config, text.replace(from, to)).map_err(|e| e.to_string())?;
-        Ok(())
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
-    }
-
-    fn store(&self) -> Result<PolicyStore, Failed> {
-        PolicyStore::open_pinned(&self.pin_dir).map_err(|e| Failed::from(format!("{e}\nagent log:\n{}", self.log())))
-    }
-
-    fn events(&self) -> Vec<serde_json::Value> {
-        fs::read_to_string(&self.events)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    fn wait_event(&self, pred: impl Fn(&serde_json::Value) -> bool, what: &str) -> Result<serde_json::Value, Failed> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(e) = self.events().into_iter().find(|e| pred(e)) {
-                return Ok(e);
-            }
-            if Instant::now() > deadline {
-                return Err(format!("no event {what}; events: {:?}\nagent log:\n{}", self.events(), self.log()).into());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn path(&self) -> Option<EnforcementPath> {
-        enforcer::pinned_path(&self.pin_dir)
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.kill9();
-        let _ = enforcer::unload(&self.pin_dir);
-    }
-}
-
-fn free_port() -> Result<u16, Failed> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
-}
-
-fn http_get(addr: &str, path: &str) -> Result<String, Failed> {
-    use std::io::Write;
-    let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("metrics: connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .map_err(|e| format!("metrics: write: {e}"))?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).map_err(|e| format!("metrics: read: {e}"))?;
-    Ok(body)
-}
-
-/// Accept the agent's connection and do the NRI handshake and an initial Synchronize.
-async fn connect(peer: &RuntimePeer, pods: Vec<PodSandbox>, ctrs: Vec<Container>) -> Result<PeerConnection, Failed> {
-    let mut conn = tokio::time::timeout(Duration::from_secs(60), peer.accept())
-        .await
-        .map_err(|_| "the agent did not connect to the NRI socket within 60s")?
-        .map_err(|e| format!("accept: {e}"))?;
-    conn.set_timeout(Duration::from_secs(60));
-    let (reg, _) = conn.handshake().await.map_err(|e| format!("handshake: {e}"))?;
-    if reg.plugin_name != "driftguard" || reg.plugin_idx != "10" {
-        return Err(format!("registered as {}-{}", reg.plugin_idx, reg.plugin_name).into());
-    }
-    conn.synchronize(pods, ctrs, 2).await.map_err(|e| format!("synchronize: {e}"))?;
-    Ok(conn)
-}
-
-// ---------------------------------------------------------------------------
-// runc containers
-
-struct RuncCtr {
-    id: String,
-    bundle: PathBuf,
-    merged: PathBuf,
-    cgroups_path: String,
-    parent_cgroup: PathBuf,
-}
-
-fn runc(args: &[&str]) -> Result<std::process::Output, Failed> {
-    Command::new("runc")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| Failed::from(format!("runc {args:?}: {e}")))
-}
-
-impl RuncCtr {
-    /// `runc create`: cgroup and init exist, entrypoint not yet exec'd (where containerd calls
-    /// NRI StartContainer).
-    fn create(dir: &Path, name: &str) -> Result<Self, Failed> {
-        Self::create_with(dir, name, true)
-    }
-
-    fn create_with(dir: &Path, name: &str, overlay: bool) -> Result<Self, Failed> {
-        let id = format!("dg-{}-{name}", std::process::id());
-        let bundle = dir.join(format!("bundle-{name}"));
-        let (lower, upper, work, merged) =
-            (bundle.join("lower"), bundle.join("upper"), bundle.join("work"), bundle.join("rootfs"));
-        for d in [&lower, &upper, &work, &merged] {
-            fs::create_dir_all(d).map_err(|e| e.to_string())?;
-        }
-        for d in ["bin", "tmp", "proc", "dev", "data"] {
-            fs::create_dir_all(lower.join(d)).map_err(|e| e.to_string())?;
-        }
-        fs::copy("/bin/busybox", lower.join("bin/busybox")).map_err(|e| e.to_string())?;
-        for applet in ["sh", "sleep", "true", "cp", "echo", "ls"] {
-            std::os::unix::fs::symlink("busybox", lower.join("bin").join(applet)).map_err(|e| e.to_string())?;
-        }
-        if overlay {
-            let opts = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
-            let st = Command::new("mount")
-                .args(["-t", "overlay", "overlay", "-o", &opts])
-                .arg(&merged)
-                .status()
-                .map_err(|e| e.to_string())?;
-            if !st.success() {
-                return Err("overlay mount failed".into());
-            }
-        } else {
-            // A plain directory rootfs, like a non-overlay snapshotter gives.
-            let st = Command::new("mount")
-                .args(["-o", "bind"])
-                .arg(&lower)
-                .arg(&merged)
-                .status()
-                .map_err(|e| e.to_string())?;
-            if !st.success() {
-                return Err("bind mount failed".into());
-            }
-        }
-        let parent = format!("dg-agent-{}", std::process::id());
-        let cgroups_path = format!("/{parent}/{id}");
-        // containerd's default capability set, as a Kubernetes pod gets it.
-        let caps = [
-            "CAP_CHOWN",
-            "CAP_DAC_OVERRIDE",
-            "CAP_FSETID",
-            "CAP_FOWNER",
-            "CAP_MKNOD",
-            "CAP_NET_RAW",
-            "CAP_SETGID",
-            "CAP_SETUID",
-            "CAP_SETFCAP",
-            "CAP_SETPCAP",
-            "CAP_NET_BIND_SERVICE",
-            "CAP_SYS_CHROOT",
-            "CAP_KILL",
-            "CAP_AUDIT_WRITE",
-        ];
-        let config = serde_json::json!({
-            "ociVersion": "1.0.2",
-            "process": {
-                "terminal": false,
-                "user": {"uid": 0, "gid": 0},
-                "args": ["/bin/sleep", "3600"],
-                "env": ["PATH=/bin"],
-                "cwd": "/",
-                "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-                "noNewPrivileges": true
-            },
-            "root": {"path": merged, "readonly": false},
-            "hostname": "dg",
-            // As containerd's default spec: /dev is a writable tmpfs without noexec. /data is a
-            // volume the pod declares.
-            "mounts": [
-                {"destination": "/proc", "type": "proc", "source": "proc"},
-                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-                 "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-                {"destination": "/data", "type": "tmpfs", "source": "tmpfs", "options": ["size=65536k"]}
-            ],
-            "linux": {
-                "cgroupsPath": cgroups_path,
-                "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}]
-            }
-        });
-        fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&config).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-        let _ = runc(&["delete", "-f", &id]);
-        // The container inherits runc's stdio: a pipe would never reach EOF, so use a file.
-        let log_path = bundle.join("runc-create.log");
-        let log = fs::File::create(&log_path).map_err(|e| e.to_string())?;
-        let log2 = log.try_clone().map_err(|e| e.to_string())?;
-        let st = Command::new("runc")
-            .args(["create", "--bundle", bundle.to_str().ok_or("bundle path")?, &id])
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .status()
-            .map_err(|e| format!("runc create: {e}"))?;
-        if !st.success() {
-            return Err(format!("runc create: {}", fs::read_to_string(&log_path).unwrap_or_default()).into());
-        }
-        Ok(RuncCtr { id, bundle, merged, cgroups_path, parent_cgroup: cgroup2_root()?.join(parent) })
-    }
-
-    fn pid(&self) -> u32 {
-        runc(&["state", &self.id])
-            .ok()
-            .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
-            .and_then(|v| v["pid"].as_u64())
-            .unwrap_or(0) as u32
-    }
-
-    fn start(&self) -> R {
-        let out = runc(&["start", &self.id])?;
-        if !out.status.success() {
-            return Err(format!("runc start: {}", String::from_utf8_lossy(&out.stderr)).into());
-        }
-        Ok(())
-    }
-
-    /// `runc exec` (the `kubectl exec` path). Returns (exit code, output).
-    fn exec(&self, argv: &[&str]) -> Result<(i32, String), Failed> {
-        let mut args = vec!["exec", self.id.as_str()];
-        args.extend_from_slice(argv);
-        let out = runc(&args)?;
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        Ok((out.status.code().unwrap_or(-1), text))
-    }
-
-    /// Drop a binary into the container's writable layer (through the overlay).
-    fn drop_binary(&self, inside: &str) -> R {
-        let p = self.merged.join(inside.trim_start_matches('/'));
-        fs::copy("/bin/busybox", &p).map_err(|e| e.to_string())?;
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
-        Ok(())
-    }
-
-    fn nri(&self, pod: &PodSandbox, name: &str) -> Container {
-        let mut c = Container::new();
-        c.id = self.id.clone();
-        c.pod_sandbox_id = pod.id.clone();
-        c.name = name.to_string();
-        c.state = ContainerState::CONTAINER_RUNNING.into();
-        c.linux.mut_or_insert_default().cgroups_path = self.cgroups_path.clone();
-        c.pid = self.pid();
-        c.annotations.insert("io.kubernetes.cri.image-name".into(), "busybox:test".into());
-        c
-    }
-}
-
-impl Drop for RuncCtr {
-    fn drop(&mut self) {
-        let _ = runc(&["delete", "-f", &self.id]);
-        let _ = Command::new("umount").arg("-l").arg(&self.merged).status();
-        let _ = fs::remove_dir(&self.parent_cgroup);
-        let _ = fs::remove_dir_all(&self.bundle);
-    }
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-struct CgroupDirs(Vec<PathBuf>);
-
-impl Drop for CgroupDirs {
-    fn drop(&mut self) {
-        for d in &self.0 {
-            let _ = fs::remove_dir(d);
-        }
-    }
-}
-
-fn pod(name: &str, annotations: &[(&str, &str)]) -> PodSandbox {
-    let mut p = PodSandbox::new();
-    p.id = format!("pod-{name}");
-    p.name = name.to_string();
-    p.namespace = "shop".into();
-    p.uid = format!("uid-{name}");
-    p.annotations = annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>();
-    p
-}
-
-fn assert_stopped(path: Option<EnforcementPath>, code: i32, out: &str, what: &str) -> R {
-    match path {
-        Some(EnforcementPath::TracepointKill) if code == 137 => Ok(()),
-        Some(EnforcementPath::Lsm)
-            if code != 0
-                && ["permission denied", "operation not permitted"].iter().any(|m| out.to_lowercase().contains(m)) =>
-        {
-            Ok(())
-        }
-        p => Err(format!("{what}: expected the exec to be stopped on path {p:?}, got exit {code}: {out}").into()),
-    }
-}
-
-async fn start_container(conn: &PeerConnection, d: Delivery, pod: &PodSandbox, ctr: &Container) -> R {
-    for ev in [
-        LifecycleEvent::RunPodSandbox(pod.clone()),
-        LifecycleEvent::CreateContainer(pod.clone(), ctr.clone()),
-        LifecycleEvent::StartContainer(pod.clone(), ctr.clone()),
-    ] {
-        let what = format!("{:?}", ev.event());
-        conn.send(d, ev).await.map_err(|e| format!("NRI {what} ({d:?}) failed: {e}"))?;
-    }
-    Ok(())
-}
-
 // ---------------------------------------------------------------------------
 // Trials
 
 fn agent_enforces_annotated_pods() -> R {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let mut agent = Agent::new(dir.path())?;
+    let mut agent = AgentProcess::with_own_socket("agent")?;
     let rt = rt();
     let _guard = rt.enter();
     let mut peer = RuntimePeer::bind(&agent.socket).map_err(|e| e.to_string())?;
@@ -612,7 +166,7 @@ fn agent_enforces_annotated_pods() -> R {
     let mut follower = Command::new(env!("CARGO_BIN_EXE_driftguard"))
         .args(["events", "--config"])
         .arg(&agent.config)
-        .env("DRIFTGUARD_STATE_DIR", agent.dir.join("state"))
+        .env("DRIFTGUARD_STATE_DIR", agent.state_dir())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -646,11 +200,11 @@ fn agent_enforces_annotated_pods() -> R {
     // runc's /dev tmpfs is not image: a binary copied there is stopped too.
     let (code, out) = enforced.exec(&["/bin/sh", "-c", "cp /bin/busybox /dev/x && /dev/x true"])?;
     assert_stopped(path, code, &out, "binary copied into runc's /dev tmpfs")?;
-    let ev = agent.wait_event(|e| e["path"] == "/dev/x" && e["rule"] == "non_image", "for /dev/x")?;
+    let ev = agent.wait_event("for /dev/x", |e| e["path"] == "/dev/x" && e["rule"] == "non_image")?;
     if ev["file"] != "other_fs" {
         return Err(format!("event for /dev/x: {ev}").into());
     }
-    let ev = agent.wait_event(|e| e["event"] == "verdict" && e["path"] == "/tmp/dropped", "for /tmp/dropped")?;
+    let ev = agent.wait_event("for /tmp/dropped", |e| e["event"] == "verdict" && e["path"] == "/tmp/dropped")?;
     for (k, want) in [
         ("namespace", "shop"),
         ("pod", "web"),
@@ -689,10 +243,9 @@ fn agent_enforces_annotated_pods() -> R {
     if code != 0 {
         return Err(format!("monitor mode must not block: exit {code} {out}").into());
     }
-    agent.wait_event(
-        |e| e["path"] == "/tmp/busybox-tool" && e["action"] == "alert" && e["pod"] == "batch",
-        "alert for /tmp/busybox-tool",
-    )?;
+    agent.wait_event("alert for /tmp/busybox-tool", |e| {
+        e["path"] == "/tmp/busybox-tool" && e["action"] == "alert" && e["pod"] == "batch"
+    })?;
 
     // Unannotated pod: untouched.
     let plain = RuncCtr::create(dir.path(), "plain")?;
@@ -721,7 +274,7 @@ fn agent_enforces_annotated_pods() -> R {
     let out = Command::new(env!("CARGO_BIN_EXE_driftguard"))
         .args(["status", "--json", "--config"])
         .arg(&agent.config)
-        .env("DRIFTGUARD_STATE_DIR", agent.dir.join("state"))
+        .env("DRIFTGUARD_STATE_DIR", agent.state_dir())
         .output()
         .map_err(|e| format!("driftguard status: {e}"))?;
     let st: serde_json::Value = serde_json::from_slice(&out.stdout)
@@ -735,7 +288,7 @@ fn agent_enforces_annotated_pods() -> R {
     }
 
     // Metrics.
-    let m = http_get(&agent.metrics, "/metrics")?;
+    let m = agent.http_get("/metrics")?;
     for want in [
         "driftguard_verdicts_total{action=",
         "driftguard_containers_under_policy{mode=\"enforce\"} 1",
@@ -762,7 +315,7 @@ fn agent_enforces_annotated_pods() -> R {
 
 fn agent_refuses_bad_annotations() -> R {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let mut agent = Agent::new(dir.path())?;
+    let mut agent = AgentProcess::with_own_socket("agent")?;
     let rt = rt();
     let _guard = rt.enter();
     let mut peer = RuntimePeer::bind(&agent.socket).map_err(|e| e.to_string())?;
@@ -808,7 +361,7 @@ fn agent_refuses_bad_annotations() -> R {
 
 fn agent_restart_keeps_enforcing_and_resynchronizes() -> R {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let mut agent = Agent::new(dir.path())?;
+    let mut agent = AgentProcess::with_own_socket("agent")?;
     let rt = rt();
     let _guard = rt.enter();
     let mut peer = RuntimePeer::bind(&agent.socket).map_err(|e| e.to_string())?;
@@ -870,7 +423,7 @@ fn agent_restart_keeps_enforcing_and_resynchronizes() -> R {
     let _ = store.remove(foreign);
     let (code, out) = ctr.exec(&["/tmp/dropped", "true"])?;
     assert_stopped(path, code, &out, "dropped binary after the restart")?;
-    agent.wait_event(|e| e["path"] == "/tmp/dropped" && e["pod"] == "api", "enriched event after restart")?;
+    agent.wait_event("enriched event after restart", |e| e["path"] == "/tmp/dropped" && e["pod"] == "api")?;
     if !agent.log().contains("synchronized with the runtime") {
         return Err(format!("no resync in the log:\n{}", agent.log()).into());
     }
@@ -881,7 +434,7 @@ fn agent_restart_keeps_enforcing_and_resynchronizes() -> R {
 /// not; a path that is not a mount of the container, or a runtime-made mount, is refused.
 fn agent_exempts_only_declared_volumes() -> R {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let mut agent = Agent::new(dir.path())?;
+    let mut agent = AgentProcess::with_own_socket("agent")?;
     let rt = rt();
     let _guard = rt.enter();
     let mut peer = RuntimePeer::bind(&agent.socket).map_err(|e| e.to_string())?;
@@ -920,7 +473,7 @@ fn agent_exempts_only_declared_volumes() -> R {
 
 fn agent_reports_non_overlay_rootfs() -> R {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let mut agent = Agent::new(dir.path())?;
+    let mut agent = AgentProcess::with_own_socket("agent")?;
     // With the unit's capabilities (no CAP_SYS_PTRACE) the agent cannot look into the container's
     // /proc/<pid>/root and must tell the filesystem from mountinfo. (Host only: the VM re-run's
     // minimal guest runs the agent with full root.)
@@ -948,7 +501,7 @@ fn agent_reports_non_overlay_rootfs() -> R {
     let p = pod("legacy", &[("driftguard.dev/mode", "enforce"), ("driftguard.dev/non-image", "false")]);
     let c = ctr.nri(&p, "app");
     rt.block_on(start_container(&conn, Delivery::Dedicated, &p, &c))?;
-    let n = agent.wait_event(|e| e["event"] == "notice" && e["pod"] == "legacy", "rootfs notice")?;
+    let n = agent.wait_event("rootfs notice", |e| e["event"] == "notice" && e["pod"] == "legacy")?;
     if n["reason"] != "rootfs_not_overlay" || !n["message"].as_str().unwrap_or("").contains("not overlayfs") {
         return Err(format!("notice: {n}").into());
     }
@@ -963,10 +516,10 @@ fn agent_reports_non_overlay_rootfs() -> R {
 // Staying up, health, re-registration, pin ownership (host only)
 
 /// Polls an HTTP endpoint of the agent until it answers (the agent binds it at start).
-fn http_get_when_up(agent: &Agent, path: &str) -> Result<String, Failed> {
+fn http_get_when_up(agent: &AgentProcess, path: &str) -> Result<String, Failed> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        match http_get(&agent.metrics, path) {
+        match agent.http_get(path) {
             Ok(r) => return Ok(r),
             Err(e) if Instant::now() > deadline => return Err(format!("{e:?}\nagent log:\n{}", agent.log()).into()),
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
@@ -975,7 +528,7 @@ fn http_get_when_up(agent: &Agent, path: &str) -> Result<String, Failed> {
 }
 
 /// Polls `path` until its status line starts with `status` (e.g. "HTTP/1.1 503").
-fn wait_http_status(agent: &Agent, path: &str, status: &str) -> Result<String, Failed> {
+fn wait_http_status(agent: &AgentProcess, path: &str, status: &str) -> Result<String, Failed> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let r = http_get_when_up(agent, path)?;
@@ -990,16 +543,15 @@ fn wait_http_status(agent: &Agent, path: &str, status: &str) -> Result<String, F
 }
 
 fn exits_nonzero_when_the_metrics_port_is_taken() -> R {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let mut agent = Agent::new(dir.path())?;
-    let _taken = std::net::TcpListener::bind(&agent.metrics).map_err(|e| e.to_string())?;
+    let mut agent = AgentProcess::with_own_socket("agent")?;
+    let _taken = std::net::TcpListener::bind(&agent.metrics_addr).map_err(|e| e.to_string())?;
     agent.start()?;
     let st = agent.wait_exit()?;
     if st.success() {
         return Err(format!("exited {st} with the metrics port taken\n{}", agent.log()).into());
     }
     let log = agent.log();
-    if !log.contains(&format!("metrics endpoint {}", agent.metrics)) || !log.contains("in use") {
+    if !log.contains(&format!("metrics endpoint {}", agent.metrics_addr)) || !log.contains("in use") {
         return Err(format!("exit {st}, but the error does not name the endpoint and the cause:\n{log}").into());
     }
     Ok(())
@@ -1009,7 +561,7 @@ fn health_endpoints_and_sd_notify_follow_nri() -> R {
     use nri_plugin::api::Event;
     use nri_plugin::EventMask;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let mut agent = Agent::new(dir.path())?;
+    let mut agent = AgentProcess::with_own_socket("agent")?;
     let notify_path = dir.path().join("notify.sock");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).map_err(|e| e.to_string())?;
     notify.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
@@ -1065,10 +617,9 @@ fn health_endpoints_and_sd_notify_follow_nri() -> R {
 }
 
 fn reregisters_as_soon_as_the_nri_socket_reappears() -> R {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let mut agent = Agent::new(dir.path())?;
+    let mut agent = AgentProcess::with_own_socket("agent")?;
     // The slow fallback retry is 10 minutes away: only the socket's appearance brings it back.
-    agent.set_config("reconnect_max_backoff_ms = 300", "reconnect_max_backoff_ms = 600000")?;
+    agent.edit_config("reconnect_max_backoff_ms = 300", "reconnect_max_backoff_ms = 600000")?;
     let rt = rt();
     let _guard = rt.enter();
     let mut peer = RuntimePeer::bind(&agent.socket).map_err(|e| e.to_string())?;
@@ -1107,8 +658,7 @@ fn as_nobody(args: &[&str]) -> Result<std::process::Output, Failed> {
 
 fn pins_resist_an_unprivileged_user() -> R {
     use std::os::unix::fs::MetadataExt;
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let mut agent = Agent::new(dir.path())?;
+    let mut agent = AgentProcess::with_own_socket("agent")?;
     agent.start()?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while agent.path().is_none() {
@@ -1182,8 +732,7 @@ fn pins_resist_an_unprivileged_user() -> R {
 
 fn refuses_a_pin_dir_owned_by_nobody() -> R {
     use std::os::unix::fs::MetadataExt;
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let mut agent = Agent::new(dir.path())?;
+    let mut agent = AgentProcess::with_own_socket("agent")?;
     let pin_dir = agent.pin_dir.clone();
     // Created first by an unprivileged user (possible while /sys/fs/bpf is drwxrwxrwt); when
     // bpffs was mounted with a mode, root creates it and hands it over.

@@ -590,7 +590,7 @@ fn cri_event_fields_and_metrics() -> R {
             ("container", "app"),
             ("container_id", id.as_str()),
             ("image", APP_IMAGE),
-            ("node", "cri-node"),
+            ("node", "test-node"),
             ("rule", "drift"),
             ("mode", "enforce"),
             ("file", "upper"),

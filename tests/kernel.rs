@@ -223,7 +223,7 @@ fn image_binary_runs() -> R {
     c.install(h, &enforce())?;
     assert_runs(&c.run("true", &["/bin/busybox"])?, "image busybox")?;
     assert_runs(&c.run("sh", &["/bin/sh", "-c", "/bin/busybox true"])?, "image shell running an image binary")?;
-    std::thread::sleep(Duration::from_millis(200));
+    event_barrier(h)?;
     let ev = events_for(h, c.cgid);
     if !ev.is_empty() {
         return Err(format!("clean execs must not produce events: {ev:?}").into());
@@ -299,7 +299,7 @@ fn unopted_cgroup_unaffected() -> R {
     let c = Container::new("unopted")?;
     c.drop_file("/tmp/dropped", busybox().ok_or("busybox")?)?;
     assert_runs(&c.run("true", &["/tmp/dropped"])?, "dropped binary in a cgroup without policy")?;
-    std::thread::sleep(Duration::from_millis(200));
+    event_barrier(h)?;
     if !events_for(h, c.cgid).is_empty() {
         return Err("a cgroup without policy produced events".into());
     }
@@ -321,7 +321,7 @@ fn monitor_mode_reports_without_blocking() -> R {
     }
     // One exec, one event: the kernel's own mapping of the binary during the exec is not
     // decided (and reported) a second time by mmap_file.
-    std::thread::sleep(Duration::from_millis(300));
+    event_barrier(h)?;
     let hooks: Vec<Hook> = events_for(h, c.cgid).iter().filter(|e| e.path == "/tmp/dropped").map(|e| e.hook).collect();
     let want = if h.path == EnforcementPath::Lsm { Hook::BprmCheck } else { Hook::ExecTracepoint };
     if hooks != [want] {
@@ -662,8 +662,8 @@ fn path_lists_replaced_and_removed_across_writers() -> R {
         }
         // The first writer again: what it remembers (/bin/a, /bin/b) is stale, /bin/c must go.
         hook.set_owned(x, 3, &with(&["/bin/d"])?, &unknown, Owner::OciHook).map_err(|e| e.to_string())?;
-        if deny_of(&hook)? != ["/bin/d"] {
-            return Err(format!("after the second takeover: {:?}", deny_of(&hook)?).into());
+        if deny_of(hook)? != ["/bin/d"] {
+            return Err(format!("after the second takeover: {:?}", deny_of(hook)?).into());
         }
         // Remove by a writer whose memory is stale, then reinstall: nothing of before comes back.
         agent.remove(x).map_err(|e| e.to_string())?;
@@ -679,8 +679,8 @@ fn path_lists_replaced_and_removed_across_writers() -> R {
         }
         agent.remove(x).map_err(|e| e.to_string())?;
         hook.set_owned(x, 3, &with(&["/bin/h"])?, &unknown, Owner::OciHook).map_err(|e| e.to_string())?;
-        if deny_of(&hook)? != ["/bin/h"] {
-            return Err(format!("after an indexed remove: {:?}", deny_of(&hook)?).into());
+        if deny_of(hook)? != ["/bin/h"] {
+            return Err(format!("after an indexed remove: {:?}", deny_of(hook)?).into());
         }
         hook.remove(x).map_err(|e| e.to_string())?;
         Ok(())
@@ -796,7 +796,7 @@ fn lsm_mprotect_exec_of_dropped_file_denied() -> R {
     unsafe { libc::waitpid(pid, &mut status, 0) };
     let code = libc::WEXITSTATUS(status);
     if code != 1 {
-        std::thread::sleep(Duration::from_millis(300));
+        let _ = event_barrier(h); // the events listed below are complete
         return Err(format!(
             "mprotect(PROT_EXEC) of a dropped file: expected EPERM (1), child exit {code}; events: {:?}",
             events_for(h, c.cgid)

@@ -82,7 +82,10 @@ fn agent_log_is_plain_one_line_per_fact() -> R {
     let socket = dir.path().join("nri.sock");
     let mut agent = AgentProcess::new(&socket)?;
     // The shipped level, plus the runner's debug lines as the count of connection attempts.
-    agent.edit_config("level = \"info,driftguard=debug\"", "level = \"info,nri_plugin::runner=debug\"")?;
+    agent.edit_config(
+        &format!("level = \"{}\"", agent_process::LOG_LEVEL),
+        "level = \"info,nri_plugin::runner=debug\"",
+    )?;
     agent.start()?;
 
     // No runtime yet: the agent retries every 300 ms (the fallback period); barrier: 4 attempts.

@@ -11,23 +11,65 @@ use crate::error::Error;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct EventMask(u32);
 
-/// Every event number this crate knows, in protocol order.
-const ALL_EVENTS: [Event; 14] = [
-    Event::RUN_POD_SANDBOX,
-    Event::STOP_POD_SANDBOX,
-    Event::REMOVE_POD_SANDBOX,
-    Event::CREATE_CONTAINER,
-    Event::POST_CREATE_CONTAINER,
-    Event::START_CONTAINER,
-    Event::POST_START_CONTAINER,
-    Event::UPDATE_CONTAINER,
-    Event::POST_UPDATE_CONTAINER,
-    Event::STOP_CONTAINER,
-    Event::REMOVE_CONTAINER,
-    Event::UPDATE_POD_SANDBOX,
-    Event::POST_UPDATE_POD_SANDBOX,
-    Event::VALIDATE_CONTAINER_ADJUSTMENT,
-];
+/// What an NRI event is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// A pod sandbox (the request carries a pod).
+    Pod,
+    /// A container of a pod (the request carries a pod and a container).
+    Container,
+}
+
+/// One NRI event: its number, its method name on the `Plugin` service, and its scope.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct EventInfo {
+    pub(crate) event: Event,
+    pub(crate) name: &'static str,
+    pub(crate) scope: Scope,
+}
+
+/// Defines [`EVENTS`] and [`PLUGIN_METHODS`](crate::plugin::PLUGIN_METHODS) from one list.
+macro_rules! nri_events {
+    ($($event:ident => $name:literal, $scope:ident;)*) => {
+        /// Every event this crate knows, in protocol order (event number `n` at index `n - 1`):
+        /// the one list the mask, the names, the method table and the dispatch checks use.
+        pub(crate) const EVENTS: &[EventInfo] =
+            &[$(EventInfo { event: Event::$event, name: $name, scope: Scope::$scope }),*];
+        /// Methods of the `Plugin` service: the session methods and one per event.
+        pub(crate) const PLUGIN_METHODS: &[&str] =
+            &["Configure", "Synchronize", "Shutdown", "StateChange", $($name),*];
+    };
+}
+
+nri_events! {
+    RUN_POD_SANDBOX => "RunPodSandbox", Pod;
+    STOP_POD_SANDBOX => "StopPodSandbox", Pod;
+    REMOVE_POD_SANDBOX => "RemovePodSandbox", Pod;
+    CREATE_CONTAINER => "CreateContainer", Container;
+    POST_CREATE_CONTAINER => "PostCreateContainer", Container;
+    START_CONTAINER => "StartContainer", Container;
+    POST_START_CONTAINER => "PostStartContainer", Container;
+    UPDATE_CONTAINER => "UpdateContainer", Container;
+    POST_UPDATE_CONTAINER => "PostUpdateContainer", Container;
+    STOP_CONTAINER => "StopContainer", Container;
+    REMOVE_CONTAINER => "RemoveContainer", Container;
+    UPDATE_POD_SANDBOX => "UpdatePodSandbox", Pod;
+    POST_UPDATE_POD_SANDBOX => "PostUpdatePodSandbox", Pod;
+    VALIDATE_CONTAINER_ADJUSTMENT => "ValidateContainerAdjustment", Container;
+}
+
+/// Number of the last event this crate knows.
+const LAST_EVENT: i32 = EVENTS.len() as i32;
+
+/// The entry of a known event (`None` for `UNKNOWN` and `LAST`).
+pub(crate) fn info(event: Event) -> Option<&'static EventInfo> {
+    EVENTS.iter().find(|i| i.event == event)
+}
+
+/// The event whose request is the `Plugin` method `method` (`None` for session methods).
+pub(crate) fn event_of_method(method: &str) -> Option<Event> {
+    EVENTS.iter().find(|i| i.name == method).map(|i| i.event)
+}
 
 impl EventMask {
     /// No event. (On the wire an empty mask means "all events" to the runtime; the runner never
@@ -43,7 +85,7 @@ impl EventMask {
 
     /// Every event up to NRI v0.12, including UpdatePodSandbox, PostUpdatePodSandbox and
     /// ValidateContainerAdjustment (needs a runtime with NRI v0.10 or later).
-    pub const ALL: EventMask = EventMask((1 << 14) - 1);
+    pub const ALL: EventMask = EventMask((1 << LAST_EVENT) - 1);
 
     /// A mask from raw bits; errors on bits of no known event.
     pub fn from_bits(bits: u32) -> Result<EventMask, Error> {
@@ -66,7 +108,7 @@ impl EventMask {
     /// This mask plus `event` (`UNKNOWN` and `LAST` are ignored).
     pub const fn with(self, event: Event) -> EventMask {
         let n = event as i32;
-        if n >= 1 && n <= 14 {
+        if n >= 1 && n <= LAST_EVENT {
             EventMask(self.0 | 1 << (n - 1))
         } else {
             self
@@ -76,7 +118,7 @@ impl EventMask {
     /// This mask without `event`.
     pub const fn without(self, event: Event) -> EventMask {
         let n = event as i32;
-        if n >= 1 && n <= 14 {
+        if n >= 1 && n <= LAST_EVENT {
             EventMask(self.0 & !(1 << (n - 1)))
         } else {
             self
@@ -86,7 +128,7 @@ impl EventMask {
     /// Whether `event` is in the mask.
     pub fn contains(self, event: Event) -> bool {
         let n = event as i32;
-        (1..=14).contains(&n) && self.0 & (1 << (n - 1)) != 0
+        (1..=LAST_EVENT).contains(&n) && self.0 & (1 << (n - 1)) != 0
     }
 
     /// Whether the mask is empty.
@@ -96,7 +138,7 @@ impl EventMask {
 
     /// The events in the mask, in protocol order.
     pub fn iter(self) -> impl Iterator<Item = Event> {
-        ALL_EVENTS.into_iter().filter(move |e| self.contains(*e))
+        EVENTS.iter().map(|i| i.event).filter(move |e| self.contains(*e))
     }
 }
 
@@ -139,23 +181,10 @@ impl fmt::Display for EventMask {
 
 /// The CamelCase name of an event, as used by the NRI method names (`"StartContainer"`).
 pub fn event_name(event: Event) -> &'static str {
-    match event {
-        Event::UNKNOWN => "Unknown",
-        Event::RUN_POD_SANDBOX => "RunPodSandbox",
-        Event::STOP_POD_SANDBOX => "StopPodSandbox",
-        Event::REMOVE_POD_SANDBOX => "RemovePodSandbox",
-        Event::CREATE_CONTAINER => "CreateContainer",
-        Event::POST_CREATE_CONTAINER => "PostCreateContainer",
-        Event::START_CONTAINER => "StartContainer",
-        Event::POST_START_CONTAINER => "PostStartContainer",
-        Event::UPDATE_CONTAINER => "UpdateContainer",
-        Event::POST_UPDATE_CONTAINER => "PostUpdateContainer",
-        Event::STOP_CONTAINER => "StopContainer",
-        Event::REMOVE_CONTAINER => "RemoveContainer",
-        Event::UPDATE_POD_SANDBOX => "UpdatePodSandbox",
-        Event::POST_UPDATE_POD_SANDBOX => "PostUpdatePodSandbox",
-        Event::VALIDATE_CONTAINER_ADJUSTMENT => "ValidateContainerAdjustment",
-        Event::LAST => "Last",
+    match info(event) {
+        Some(i) => i.name,
+        None if event == Event::UNKNOWN => "Unknown",
+        None => "Last",
     }
 }
 

@@ -20,7 +20,7 @@ use crate::api::{
 };
 use crate::deadline::{Deadline, DeadlinePolicy, Overrun, OverrunAnswer};
 use crate::error::{BoxError, HandlerResult};
-use crate::events::{event_name, EventMask};
+use crate::events::{self, event_name, EventMask};
 use crate::rpc::{decode, encode, BoxFuture, Dispatch, RpcStatus};
 
 /// An NRI plugin: a handler for every NRI request, each with a default that does nothing.
@@ -235,27 +235,7 @@ pub trait Plugin: Send + Sync + 'static {
     }
 }
 
-/// Methods of the `Plugin` service.
-pub(crate) const PLUGIN_METHODS: &[&str] = &[
-    "Configure",
-    "Synchronize",
-    "Shutdown",
-    "RunPodSandbox",
-    "UpdatePodSandbox",
-    "PostUpdatePodSandbox",
-    "StopPodSandbox",
-    "RemovePodSandbox",
-    "CreateContainer",
-    "PostCreateContainer",
-    "StartContainer",
-    "PostStartContainer",
-    "UpdateContainer",
-    "PostUpdateContainer",
-    "StopContainer",
-    "RemoveContainer",
-    "StateChange",
-    "ValidateContainerAdjustment",
-];
+pub(crate) use crate::events::PLUGIN_METHODS;
 
 /// Something that happened on the plugin service that the runner needs to know about.
 #[derive(Debug, Clone)]
@@ -508,14 +488,7 @@ impl<P: Plugin> PluginDispatch<P> {
             }
         };
         let name = event_name(event);
-        let is_container_event = !matches!(
-            event,
-            Event::RUN_POD_SANDBOX
-                | Event::STOP_POD_SANDBOX
-                | Event::REMOVE_POD_SANDBOX
-                | Event::UPDATE_POD_SANDBOX
-                | Event::POST_UPDATE_POD_SANDBOX
-        );
+        let is_container_event = events::info(event).is_some_and(|i| i.scope == events::Scope::Container);
         trace_event(name, pod, is_container_event.then_some(ctr));
         let method = "StateChange";
         match event {
@@ -622,42 +595,43 @@ impl Subject {
                 Err(_) => Subject { event: Some(event), ..Subject::default() },
             }
         }
-        macro_rules! both {
-            ($ty:ty, $ev:expr) => {
-                pc::<$ty>(payload, $ev, |r| (r.pod.into_option(), r.container.into_option()))
-            };
-        }
-        macro_rules! pod {
-            ($ty:ty, $ev:expr) => {
-                pc::<$ty>(payload, $ev, |r| (r.pod.into_option(), None))
-            };
-        }
-        match method {
-            "CreateContainer" => both!(CreateContainerRequest, Event::CREATE_CONTAINER),
-            "PostCreateContainer" => both!(PostCreateContainerRequest, Event::POST_CREATE_CONTAINER),
-            "StartContainer" => both!(StartContainerRequest, Event::START_CONTAINER),
-            "PostStartContainer" => both!(PostStartContainerRequest, Event::POST_START_CONTAINER),
-            "UpdateContainer" => both!(UpdateContainerRequest, Event::UPDATE_CONTAINER),
-            "PostUpdateContainer" => both!(PostUpdateContainerRequest, Event::POST_UPDATE_CONTAINER),
-            "StopContainer" => both!(StopContainerRequest, Event::STOP_CONTAINER),
-            "RemoveContainer" => both!(RemoveContainerRequest, Event::REMOVE_CONTAINER),
-            "ValidateContainerAdjustment" => {
-                both!(ValidateContainerAdjustmentRequest, Event::VALIDATE_CONTAINER_ADJUSTMENT)
-            }
-            "RunPodSandbox" => pod!(RunPodSandboxRequest, Event::RUN_POD_SANDBOX),
-            "UpdatePodSandbox" => pod!(UpdatePodSandboxRequest, Event::UPDATE_POD_SANDBOX),
-            "PostUpdatePodSandbox" => pod!(PostUpdatePodSandboxRequest, Event::POST_UPDATE_POD_SANDBOX),
-            "StopPodSandbox" => pod!(StopPodSandboxRequest, Event::STOP_POD_SANDBOX),
-            "RemovePodSandbox" => pod!(RemovePodSandboxRequest, Event::REMOVE_POD_SANDBOX),
-            "StateChange" => match StateChangeEvent::parse_from_bytes(payload) {
+        if method == "StateChange" {
+            return match StateChangeEvent::parse_from_bytes(payload) {
                 Ok(e) => Subject {
                     event: event_of(&e.event),
                     pod: e.pod.into_option(),
                     container: e.container.into_option(),
                 },
                 Err(_) => Subject::default(),
-            },
-            _ => Subject::default(),
+            };
+        }
+        let Some(event) = events::event_of_method(method) else { return Subject::default() };
+        macro_rules! both {
+            ($ty:ty) => {
+                pc::<$ty>(payload, event, |r| (r.pod.into_option(), r.container.into_option()))
+            };
+        }
+        macro_rules! pod {
+            ($ty:ty) => {
+                pc::<$ty>(payload, event, |r| (r.pod.into_option(), None))
+            };
+        }
+        match event {
+            Event::CREATE_CONTAINER => both!(CreateContainerRequest),
+            Event::POST_CREATE_CONTAINER => both!(PostCreateContainerRequest),
+            Event::START_CONTAINER => both!(StartContainerRequest),
+            Event::POST_START_CONTAINER => both!(PostStartContainerRequest),
+            Event::UPDATE_CONTAINER => both!(UpdateContainerRequest),
+            Event::POST_UPDATE_CONTAINER => both!(PostUpdateContainerRequest),
+            Event::STOP_CONTAINER => both!(StopContainerRequest),
+            Event::REMOVE_CONTAINER => both!(RemoveContainerRequest),
+            Event::VALIDATE_CONTAINER_ADJUSTMENT => both!(ValidateContainerAdjustmentRequest),
+            Event::RUN_POD_SANDBOX => pod!(RunPodSandboxRequest),
+            Event::UPDATE_POD_SANDBOX => pod!(UpdatePodSandboxRequest),
+            Event::POST_UPDATE_POD_SANDBOX => pod!(PostUpdatePodSandboxRequest),
+            Event::STOP_POD_SANDBOX => pod!(StopPodSandboxRequest),
+            Event::REMOVE_POD_SANDBOX => pod!(RemovePodSandboxRequest),
+            Event::UNKNOWN | Event::LAST => Subject::default(),
         }
     }
 }

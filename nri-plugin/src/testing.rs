@@ -41,7 +41,7 @@ use crate::api::{
     ValidateContainerAdjustmentRequest, ValidateContainerAdjustmentResponse,
 };
 use crate::error::Error;
-use crate::events::EventMask;
+use crate::events::{event_name, EventMask};
 use crate::mux::{Mux, PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN};
 use crate::rpc::{
     self, client_on, serve_stream, service_table, BoxFuture, Dispatch, RpcStatus, PLUGIN_SERVICE, RUNTIME_SERVICE,
@@ -427,66 +427,67 @@ impl PeerConnection {
             self.state_change(ev, pod, ctr).await?;
             return Ok(EventReply::Ack);
         }
+        let method = event_name(event.event());
         macro_rules! pod_req {
-            ($ty:ident, $method:literal, $pod:expr) => {{
+            ($ty:ident, $pod:expr) => {{
                 let mut req = $ty::new();
                 req.pod = MessageField::some($pod);
-                let _: Empty = self.call_empty($method, &req).await?;
+                let _: Empty = self.call_empty(method, &req).await?;
                 Ok(EventReply::Ack)
             }};
         }
         macro_rules! ctr_req {
-            ($ty:ident, $method:literal, $pod:expr, $ctr:expr) => {{
+            ($ty:ident, $pod:expr, $ctr:expr) => {{
                 let mut req = $ty::new();
                 req.pod = MessageField::some($pod);
                 req.container = MessageField::some($ctr);
-                let _: Empty = self.call_empty($method, &req).await?;
+                let _: Empty = self.call_empty(method, &req).await?;
                 Ok(EventReply::Ack)
             }};
         }
         match event {
-            LifecycleEvent::RunPodSandbox(p) => pod_req!(RunPodSandboxRequest, "RunPodSandbox", p),
+            LifecycleEvent::RunPodSandbox(p) => pod_req!(RunPodSandboxRequest, p),
             LifecycleEvent::PostUpdatePodSandbox(p) => {
-                pod_req!(PostUpdatePodSandboxRequest, "PostUpdatePodSandbox", p)
+                pod_req!(PostUpdatePodSandboxRequest, p)
             }
-            LifecycleEvent::StopPodSandbox(p) => pod_req!(StopPodSandboxRequest, "StopPodSandbox", p),
-            LifecycleEvent::RemovePodSandbox(p) => pod_req!(RemovePodSandboxRequest, "RemovePodSandbox", p),
+            LifecycleEvent::StopPodSandbox(p) => pod_req!(StopPodSandboxRequest, p),
+            LifecycleEvent::RemovePodSandbox(p) => pod_req!(RemovePodSandboxRequest, p),
             LifecycleEvent::UpdatePodSandbox(req) => {
-                let _: Empty = self.call_empty("UpdatePodSandbox", &req).await?;
+                let _: Empty = self.call_empty(method, &req).await?;
                 Ok(EventReply::Ack)
             }
             LifecycleEvent::CreateContainer(p, c) => {
                 let mut req = CreateContainerRequest::new();
                 req.pod = MessageField::some(p);
                 req.container = MessageField::some(c);
-                Ok(EventReply::CreateContainer(self.call("CreateContainer", &req).await?))
+                Ok(EventReply::CreateContainer(self.call(method, &req).await?))
             }
             LifecycleEvent::PostCreateContainer(p, c) => {
-                ctr_req!(PostCreateContainerRequest, "PostCreateContainer", p, c)
+                ctr_req!(PostCreateContainerRequest, p, c)
             }
-            LifecycleEvent::StartContainer(p, c) => ctr_req!(StartContainerRequest, "StartContainer", p, c),
+            LifecycleEvent::StartContainer(p, c) => ctr_req!(StartContainerRequest, p, c),
             LifecycleEvent::PostStartContainer(p, c) => {
-                ctr_req!(PostStartContainerRequest, "PostStartContainer", p, c)
+                ctr_req!(PostStartContainerRequest, p, c)
             }
             LifecycleEvent::UpdateContainer(p, c, r) => {
                 let mut req = UpdateContainerRequest::new();
                 req.pod = MessageField::some(p);
                 req.container = MessageField::some(c);
                 req.linux_resources = r.into();
-                Ok(EventReply::UpdateContainer(self.call("UpdateContainer", &req).await?))
+                Ok(EventReply::UpdateContainer(self.call(method, &req).await?))
             }
             LifecycleEvent::PostUpdateContainer(p, c) => {
-                ctr_req!(PostUpdateContainerRequest, "PostUpdateContainer", p, c)
+                ctr_req!(PostUpdateContainerRequest, p, c)
             }
             LifecycleEvent::StopContainer(p, c) => {
                 let mut req = StopContainerRequest::new();
                 req.pod = MessageField::some(p);
                 req.container = MessageField::some(c);
-                Ok(EventReply::StopContainer(self.call("StopContainer", &req).await?))
+                Ok(EventReply::StopContainer(self.call(method, &req).await?))
             }
-            LifecycleEvent::RemoveContainer(p, c) => ctr_req!(RemoveContainerRequest, "RemoveContainer", p, c),
+            LifecycleEvent::RemoveContainer(p, c) => ctr_req!(RemoveContainerRequest, p, c),
             LifecycleEvent::ValidateContainerAdjustment(req) => {
-                Ok(EventReply::ValidateContainerAdjustment(self.call("ValidateContainerAdjustment", &req).await?))
+                Ok(EventReply::ValidateContainerAdjustment(self.call(method, &req).await?))
             }
         }
     }

@@ -1,4 +1,4 @@
-//! `driftguard-oci-hook create-runtime|poststop [--pin-dir DIR] [--config FILE] [--state-dir DIR]`
+//! `driftguard-oci-hook create-runtime|poststop [--pin-dir DIR] [--config FILE] [--state-dir DIR] [-v]`
 //!
 //! OCI runtime hook; reads the container state JSON on stdin. Exit codes: 0 installed /
 //! nothing to do / unprotected under `failure-policy: ignore` (warning on stderr);
@@ -8,86 +8,69 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
 use driftguard_oci_hook::{
-    create_runtime, poststop, read_state, CreateOutcome, HookError, Options, PoststopOutcome, EXIT_INVALID_INPUT,
-    EXIT_OK,
+    create_runtime, poststop, read_state, CreateOutcome, HookError, Options, PoststopOutcome, DEFAULT_STATE_DIR,
+    EXIT_INVALID_INPUT, EXIT_OK,
 };
 
 const NAME: &str = "driftguard-oci-hook";
-const USAGE: &str =
-    "usage: driftguard-oci-hook <create-runtime|poststop> [--pin-dir DIR] [--config FILE] [--state-dir DIR]
 
-OCI runtime hook (reads the container state JSON on stdin).
-  create-runtime   install the container's driftguard policy (createRuntime stage)
-  poststop         remove it again (poststop stage)
-  --pin-dir DIR    pinned BPF maps (default: bpf.pin_dir of the config, /sys/fs/bpf/driftguard)
-  --config FILE    driftguard config (default: /etc/driftguard/config.toml, defaults if absent)
-  --state-dir DIR  per-container records (default: /run/driftguard/oci)
-  -v, --verbose    print what was done on stderr
-
-exit codes: 0 ok (or started unprotected under failure-policy ignore, with a warning),
+/// OCI runtime hook: installs (create-runtime) and removes (poststop) the driftguard policy of
+/// the container whose state JSON it reads on stdin.
+#[derive(Parser, Debug)]
+#[command(
+    name = NAME,
+    version,
+    after_help = "exit codes: 0 ok (or started unprotected under failure-policy ignore, with a warning),
             1 policy not installed, container refused (failure-policy fail),
-            2 invalid input (usage, state JSON, bundle, config.json, annotations, config)";
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    CreateRuntime,
-    Poststop,
-}
-
-struct Args {
+            2 invalid input (usage, state JSON, bundle, config.json, annotations, config)"
+)]
+struct Cli {
+    #[command(subcommand)]
     stage: Stage,
-    opts: Options,
+    /// Pinned BPF maps [default: bpf.pin_dir of the config, /sys/fs/bpf/driftguard]
+    #[arg(long, global = true, value_name = "DIR", value_parser = non_empty_path)]
+    pin_dir: Option<PathBuf>,
+    /// driftguard config [default: /etc/driftguard/config.toml, defaults if absent]
+    #[arg(long, global = true, value_name = "FILE", value_parser = non_empty_path)]
+    config: Option<PathBuf>,
+    /// Per-container records
+    #[arg(long, global = true, value_name = "DIR", value_parser = non_empty_path, default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Print what was done on stderr
+    #[arg(short, long, global = true)]
     verbose: bool,
 }
 
-fn parse_args() -> anyhow::Result<Option<Args>> {
-    let mut it = std::env::args_os().skip(1);
-    let mut stage = None;
-    let mut opts = Options::default();
-    let mut verbose = false;
-    while let Some(a) = it.next() {
-        let Some(s) = a.to_str() else { bail!("argument {a:?} is not UTF-8") };
-        let mut value = |flag: &str| -> anyhow::Result<PathBuf> {
-            let v = it.next().with_context(|| format!("{flag} needs a value"))?;
-            if v.is_empty() {
-                bail!("{flag} needs a non-empty value");
-            }
-            Ok(PathBuf::from(v))
-        };
-        match s {
-            "-h" | "--help" => return Ok(None),
-            "-V" | "--version" => {
-                println!("{NAME} {}", env!("CARGO_PKG_VERSION"));
-                std::process::exit(0);
-            }
-            "create-runtime" | "createRuntime" if stage.is_none() => stage = Some(Stage::CreateRuntime),
-            "poststop" if stage.is_none() => stage = Some(Stage::Poststop),
-            "--pin-dir" => opts.pin_dir = Some(value(s)?),
-            "--config" => opts.config = Some(value(s)?),
-            "--state-dir" => opts.state_dir = value(s)?,
-            "-v" | "--verbose" => verbose = true,
-            other => bail!("unexpected argument {other:?}"),
-        }
+#[derive(Subcommand, Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// Install the container's driftguard policy (createRuntime stage)
+    #[command(alias = "createRuntime")]
+    CreateRuntime,
+    /// Remove it again (poststop stage)
+    Poststop,
+}
+
+fn non_empty_path(s: &str) -> Result<PathBuf, String> {
+    if s.is_empty() {
+        Err("needs a non-empty value".into())
+    } else {
+        Ok(PathBuf::from(s))
     }
-    let Some(stage) = stage else { bail!("missing stage: create-runtime or poststop") };
-    Ok(Some(Args { stage, opts, verbose }))
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        // --help and --version print to stdout and succeed; usage errors exit 2
+        // (EXIT_INVALID_INPUT), like every other invalid input.
         Err(e) => {
-            eprintln!("{NAME}: error: {e:#}\n{USAGE}");
-            return ExitCode::from(EXIT_INVALID_INPUT);
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(EXIT_INVALID_INPUT) } else { ExitCode::SUCCESS };
         }
     };
-    match run(&args) {
+    match run(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let code = e.downcast_ref::<HookError>().map_or(EXIT_INVALID_INPUT, HookError::exit_code);
@@ -98,11 +81,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &Args) -> anyhow::Result<u8> {
+fn run(args: &Cli) -> anyhow::Result<u8> {
+    let opts =
+        Options { pin_dir: args.pin_dir.clone(), config: args.config.clone(), state_dir: args.state_dir.clone() };
     let st = read_state(std::io::stdin().lock())?;
     match args.stage {
         Stage::CreateRuntime => {
-            let out = create_runtime(&st, &args.opts)?;
+            let out = create_runtime(&st, &opts)?;
             match &out {
                 CreateOutcome::Unprotected(_) => eprintln!("{NAME}: warning: {out}"),
                 _ if args.verbose => eprintln!("{NAME}: {out}"),
@@ -110,7 +95,7 @@ fn run(args: &Args) -> anyhow::Result<u8> {
             }
         }
         Stage::Poststop => {
-            let out = poststop(&st, &args.opts)?;
+            let out = poststop(&st, &opts)?;
             match &out {
                 PoststopOutcome::MapsGone { .. } => eprintln!("{NAME}: warning: {out}"),
                 _ if args.verbose => eprintln!("{NAME}: {out}"),
@@ -119,4 +104,30 @@ fn run(args: &Args) -> anyhow::Result<u8> {
         }
     }
     Ok(EXIT_OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn options_before_or_after_the_stage() {
+        let a = Cli::try_parse_from([NAME, "--pin-dir", "/p", "createRuntime", "-v"]).unwrap();
+        assert_eq!(a.stage, Stage::CreateRuntime);
+        assert_eq!(a.pin_dir.as_deref(), Some(std::path::Path::new("/p")));
+        assert!(a.verbose);
+        let b = Cli::try_parse_from([NAME, "poststop", "--state-dir", "/s", "--config", "/c"]).unwrap();
+        assert_eq!(b.stage, Stage::Poststop);
+        assert_eq!(b.state_dir, PathBuf::from("/s"));
+        assert_eq!(b.config.as_deref(), Some(std::path::Path::new("/c")));
+        assert_eq!(Cli::try_parse_from([NAME, "poststop"]).unwrap().state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert!(Cli::try_parse_from([NAME, "create-runtime", "--pin-dir", ""]).is_err());
+        assert!(Cli::try_parse_from([NAME, "create-runtime", "poststop"]).is_err());
+    }
 }

@@ -473,9 +473,11 @@ fn hook_unannotated_touches_nothing() -> R {
 
 fn hook_usage_error() -> R {
     let o = hook(&["create-runtime", "--pin-dir"], b"")?;
-    expect_fail(&o, 2, &["--pin-dir needs a value", "usage:"])?;
+    expect_fail(&o, 2, &["a value is required for '--pin-dir <DIR>'", "try '--help'"])?;
+    let o = hook(&["create-runtime", "--pin-dir", ""], b"")?;
+    expect_fail(&o, 2, &["--pin-dir <DIR>", "needs a non-empty value"])?;
     let o = hook(&[], b"")?;
-    expect_fail(&o, 2, &["missing stage"])
+    expect_fail(&o, 2, &["Usage: driftguard-oci-hook", "create-runtime"])
 }
 
 fn descriptor_dir() -> PathBuf {

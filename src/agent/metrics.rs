@@ -2,10 +2,17 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::health::Health;
 use crate::enforcer::{EnforcementPath, Stats};
@@ -150,15 +157,38 @@ impl Metrics {
     }
 }
 
-/// Serve `/metrics`, `/healthz` and `/readyz` on `listener` until the task is dropped. A
-/// failing `accept` (e.g. out of file descriptors) is logged and retried, not fatal.
+/// How long a client may take to send its request head.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The answer to one request: `/metrics`, `/healthz`, `/readyz`, or 404.
+fn respond(path: &str, metrics: &Metrics, health: &Health) -> Response<Full<Bytes>> {
+    let probe = |v: super::health::Verdict| match v {
+        Ok(body) => (StatusCode::OK, "text/plain", body),
+        Err(body) => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", body),
+    };
+    let (status, ctype, body) = match path {
+        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", metrics.render()),
+        "/healthz" => probe(health.liveness()),
+        "/readyz" => probe(health.readiness()),
+        _ => (StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics, /healthz or /readyz\n".to_string()),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    resp
+}
+
+/// Serve `/metrics`, `/healthz` and `/readyz` (HTTP/1.1, hyper) on `listener` until the task is
+/// dropped. Each connection answers one request and closes; a client has
+/// [`HEADER_READ_TIMEOUT`] to send its request head. A failing `accept` (e.g. out of file
+/// descriptors) is logged and retried, not fatal.
 pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, health: Arc<Health>) {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "metrics endpoint listening");
     }
     let mut accept_failing = false;
     loop {
-        let mut sock = match listener.accept().await {
+        let sock = match listener.accept().await {
             Ok((sock, _)) => {
                 accept_failing = false;
                 sock
@@ -174,35 +204,19 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, hea
         };
         let metrics = metrics.clone();
         let health = health.clone();
+        let service = service_fn(move |req: Request<Incoming>| {
+            let resp = respond(req.uri().path(), &metrics, &health);
+            async move { Ok::<_, std::convert::Infallible>(resp) }
+        });
         tokio::spawn(async move {
-            // Read the whole request head (bounded): answering and closing with unread bytes
-            // in the socket makes the kernel send RST, and the client loses the response.
-            let mut buf = Vec::with_capacity(1024);
-            let mut chunk = [0u8; 1024];
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-            while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
-                match tokio::time::timeout_at(deadline, sock.read(&mut chunk)).await {
-                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-                    Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-                }
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(sock), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "metrics endpoint: connection ended with an error");
             }
-            let req = String::from_utf8_lossy(&buf);
-            let path = req.split_whitespace().nth(1).unwrap_or("/");
-            let probe = |v: super::health::Verdict| match v {
-                Ok(body) => ("200 OK", "text/plain", body),
-                Err(body) => ("503 Service Unavailable", "text/plain", body),
-            };
-            let (status, ctype, body) = match path {
-                "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-                "/healthz" => probe(health.liveness()),
-                "/readyz" => probe(health.readiness()),
-                _ => ("404 Not Found", "text/plain", "not found: try /metrics, /healthz or /readyz\n".to_string()),
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(resp.as_bytes()).await;
         });
     }
 }
@@ -225,5 +239,46 @@ mod tests {
         assert!(text.contains("driftguard_enforcement_path{path=\"lsm\"} 0"));
         assert!(text.contains("driftguard_ringbuf_drops_total 3"));
         assert!(text.contains("driftguard_nri_handler_seconds_bucket"));
+    }
+
+    /// One raw HTTP/1.1 request; the server closes after answering.
+    async fn get(addr: std::net::SocketAddr, request: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_string(&mut out))
+            .await
+            .expect("the server closes the connection after its answer")
+            .unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_health_and_404() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let m = Metrics::new();
+        m.events.inc_by(7);
+        let server = tokio::spawn(serve(listener, m, Arc::new(Health::default())));
+        // A client that connects and sends nothing does not hold up the others.
+        let _idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+
+        // No `Connection: close` from the client: the server closes anyway.
+        let r = get(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+        assert!(r.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4\r\n"), "{r}");
+        assert!(r.contains("\ndriftguard_events_total 7\n"), "{r}");
+        // Health::default() has no reader and no NRI connection yet: neither live nor ready.
+        for path in ["/healthz", "/readyz"] {
+            let r = get(addr, &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")).await;
+            assert!(r.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{path}: {r}");
+        }
+        let r = get(addr, "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 404 Not Found\r\n") && r.contains("try /metrics"), "{r}");
+        // A request body is read, not reset: the answer still arrives.
+        let r = get(addr, "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc").await;
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+        server.abort();
     }
 }

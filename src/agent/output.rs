@@ -7,11 +7,11 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use super::registry::Registry;
-use crate::enforcer::{Action, Event, FileKind, Hook, Rule};
-use crate::policy::Mode;
+use crate::enforcer::Event;
 
-/// One JSON line of the event stream (`"event": "verdict"`). Schema documented in
-/// docs/events.md; fields are only ever added.
+/// One JSON line of the event stream (`"event": "verdict"`): the kernel's [`Event`], every
+/// field of it, joined with what the runtime told us about its container. Schema documented in
+/// docs/events.md (a test checks the two agree); fields are only ever added.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Verdict {
     /// Always `"verdict"`.
@@ -20,6 +20,17 @@ pub struct Verdict {
     pub time: String,
     /// Node name.
     pub node: String,
+    /// The container of the policy that applied (empty names when its cgroup is unknown).
+    #[serde(flatten)]
+    pub container: ContainerNames,
+    /// The kernel's event, unchanged.
+    #[serde(flatten)]
+    pub kernel: Event,
+}
+
+/// Names of a container as the runtime reported them.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct ContainerNames {
     /// Pod namespace (empty when the cgroup is not a known container).
     pub namespace: String,
     /// Pod name.
@@ -30,37 +41,6 @@ pub struct Verdict {
     pub container_id: String,
     /// Image reference.
     pub image: String,
-    /// Process id (host pid namespace).
-    pub pid: u32,
-    /// Parent pid.
-    pub ppid: u32,
-    /// Uid.
-    pub uid: u32,
-    /// Task name at the time of the check.
-    pub comm: String,
-    /// Resolved path: the file's path in the container's image for files of its root
-    /// filesystem, otherwise as the process saw it.
-    pub path: String,
-    /// Rule that matched.
-    pub rule: Rule,
-    /// What was done.
-    pub action: Action,
-    /// Kernel hook.
-    pub hook: Hook,
-    /// Where the file came from.
-    pub file: FileKind,
-    /// Mode of the policy.
-    pub mode: Mode,
-    /// Cgroup of the process.
-    pub cgroup_id: u64,
-    /// Cgroup whose policy applied.
-    pub policy_cgroup_id: u64,
-    /// The path was truncated by the kernel buffer.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub path_truncated: bool,
-    /// The path could not be resolved completely (it never matched a list entry).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub path_unresolved: bool,
 }
 
 /// A status line (`"event": "notice"`): things an operator must know that are not verdicts,
@@ -116,32 +96,22 @@ pub fn rfc3339(t: SystemTime) -> String {
 
 /// Join a kernel event with the registry.
 pub fn enrich(ev: &Event, node: &str, registry: &Registry, clock: &BootClock) -> Verdict {
-    let c = registry.by_cgroup(ev.policy_cgroup_id);
-    let field =
-        |f: fn(&super::registry::ContainerInfo) -> &String| c.as_ref().map(|c| f(c).clone()).unwrap_or_default();
+    let container = registry
+        .by_cgroup(ev.policy_cgroup_id)
+        .map(|c| ContainerNames {
+            namespace: c.namespace.clone(),
+            pod: c.pod.clone(),
+            container: c.container.clone(),
+            container_id: c.container_id.clone(),
+            image: c.image.clone(),
+        })
+        .unwrap_or_default();
     Verdict {
         event: "verdict",
         time: rfc3339(clock.wall(ev.boot_ns)),
         node: node.to_string(),
-        namespace: field(|c| &c.namespace),
-        pod: field(|c| &c.pod),
-        container: field(|c| &c.container),
-        container_id: field(|c| &c.container_id),
-        image: field(|c| &c.image),
-        pid: ev.pid,
-        ppid: ev.ppid,
-        uid: ev.uid,
-        comm: ev.comm.clone(),
-        path: ev.path.clone(),
-        rule: ev.rule,
-        action: ev.action,
-        hook: ev.hook,
-        file: ev.file,
-        mode: ev.mode,
-        cgroup_id: ev.cgroup_id,
-        policy_cgroup_id: ev.policy_cgroup_id,
-        path_truncated: ev.path_truncated,
-        path_unresolved: ev.path_unresolved,
+        container,
+        kernel: ev.clone(),
     }
 }
 
@@ -192,7 +162,7 @@ pub fn publish(
 ) {
     metrics.events.inc();
     let v = enrich(ev, node, registry, clock);
-    metrics.verdicts.with_label_values(&[ev.action.as_str(), ev.rule.as_str(), &v.namespace]).inc();
+    metrics.verdicts.with_label_values(&[ev.action.as_str(), ev.rule.as_str(), &v.container.namespace]).inc();
     match serde_json::to_string(&v) {
         Ok(line) => output.emit(&line),
         Err(e) => tracing::error!(error = %e, "serializing an event failed"),
@@ -230,6 +200,8 @@ impl Output {
 mod tests {
     use super::*;
     use crate::agent::registry::{ContainerInfo, Rootfs};
+    use crate::enforcer::{Action, FileKind, Hook, Rule};
+    use crate::policy::Mode;
 
     #[test]
     fn enrich_joins_registry_and_serializes_schema() {
@@ -285,14 +257,88 @@ mod tests {
             assert_eq!(j[k], want, "field {k}");
         }
         assert_eq!(j["pid"], 7);
+        assert_eq!(j["tid"], 7);
+        assert_eq!(j["boot_ns"], 1_000_000_000u64);
+        assert_eq!(j["path_image"], true);
         assert!(j.get("path_truncated").is_none());
         assert!(j.get("path_unresolved").is_none());
         let partial = enrich(&Event { path_unresolved: true, ..ev.clone() }, "n", &reg, &BootClock::now());
         assert_eq!(serde_json::to_value(&partial).unwrap()["path_unresolved"], true);
+        // Lossless: every field of the kernel event is in the line.
+        let kernel = serde_json::to_value(&ev).unwrap();
+        for (k, v) in kernel.as_object().unwrap() {
+            assert_eq!(&j[k], v, "kernel field {k}");
+        }
         assert!(j["time"].as_str().unwrap().ends_with('Z'));
         // Unknown cgroup: empty names, event still complete.
         let unknown = enrich(&Event { policy_cgroup_id: 9, ..ev }, "n", &reg, &BootClock::now());
-        assert_eq!(unknown.namespace, "");
+        assert_eq!(unknown.container, ContainerNames::default());
+    }
+
+    /// Field names of the table under `## {section}` of docs/events.md, and the keys of the
+    /// section's JSON example.
+    fn documented(doc: &str, section: &str) -> (Vec<String>, Vec<String>) {
+        let body = doc.split(&format!("## `{section}`")).nth(1).expect("section in docs/events.md");
+        let body = body.split("\n## ").next().unwrap_or(body);
+        let fields = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .map(str::to_string)
+            .collect();
+        let example = body.split("```json\n").nth(1).and_then(|b| b.split("\n```").next()).expect("JSON example");
+        let v: serde_json::Value = serde_json::from_str(example).expect("the example is one JSON object");
+        assert_eq!(v["event"], section);
+        (fields, v.as_object().unwrap().keys().cloned().collect())
+    }
+
+    fn keys(v: &impl Serialize) -> Vec<String> {
+        serde_json::to_value(v).unwrap().as_object().unwrap().keys().cloned().collect()
+    }
+
+    #[test]
+    fn docs_events_md_matches_the_serialized_structs() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/events.md")).unwrap();
+        // Every optional field present: all bools true.
+        let ev = Event {
+            boot_ns: 1,
+            cgroup_id: 2,
+            policy_cgroup_id: 2,
+            pid: 3,
+            tid: 3,
+            ppid: 1,
+            uid: 0,
+            comm: "sh".into(),
+            path: "/x".into(),
+            rule: Rule::Drift,
+            action: Action::Deny,
+            hook: Hook::BprmCheck,
+            file: FileKind::Upper,
+            mode: Mode::Enforce,
+            path_truncated: true,
+            path_unresolved: true,
+            path_image: true,
+        };
+        let verdict = enrich(&ev, "n", &Registry::new(None), &BootClock::now());
+        let notice = Notice {
+            event: "notice",
+            time: String::new(),
+            node: String::new(),
+            namespace: String::new(),
+            pod: String::new(),
+            container: String::new(),
+            container_id: String::new(),
+            reason: String::new(),
+            message: String::new(),
+        };
+        for (section, mut code) in [("verdict", keys(&verdict)), ("notice", keys(&notice))] {
+            let (mut table, mut example) = documented(&doc, section);
+            code.sort();
+            table.sort();
+            example.sort();
+            assert_eq!(table, code, "docs/events.md `{section}` table vs the serialized struct");
+            assert_eq!(example, code, "docs/events.md `{section}` example vs the serialized struct");
+        }
     }
 
     #[test]

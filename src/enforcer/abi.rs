@@ -1,66 +1,220 @@
 //! Byte-exact mirror of `bpf/driftguard.h`. Encoding and decoding are explicit
 //! (little-endian fields at fixed offsets), so nothing here needs `unsafe`.
+//!
+//! The constants and the offset tables below are checked against the C header at build time:
+//! `build.rs` includes this file, writes one `_Static_assert` per constant, struct size, field
+//! offset and field size into `$OUT_DIR/abi_check.c`, and compiles that with clang for the BPF
+//! target together with `bpf/driftguard.h`. A change on either side without the other fails
+//! `cargo build`. This file must therefore only use `std` (it is also compiled into build.rs).
 
 #![allow(missing_docs)]
 
-pub const DG_PATH_MAX: usize = 256;
-pub const DG_MAX_LEVELS: u32 = 32;
-pub const DG_MAX_EXEC_MOUNTS: usize = 8;
+/// Defines each constant once and lists it in [`C_CONSTANTS`] under its C name.
+macro_rules! c_constants {
+    ($($name:ident : $ty:ty = $val:expr;)*) => {
+        $(pub const $name: $ty = $val;)*
+        /// Every `#define` of `bpf/driftguard.h` this file mirrors, by C name, with its value.
+        pub const C_CONSTANTS: &[(&str, u64)] = &[$((stringify!($name), $name as u64)),*];
+    };
+}
 
-pub const DG_MODE_OFF: u32 = 0;
-pub const DG_MODE_MONITOR: u32 = 1;
-pub const DG_MODE_ENFORCE: u32 = 2;
+c_constants! {
+    DG_PATH_MAX: usize = 256;
+    DG_MAX_LEVELS: u32 = 32;
+    DG_MAX_EXEC_MOUNTS: usize = 8;
 
-pub const DG_RULE_DRIFT: u32 = 1 << 0;
-pub const DG_RULE_FILELESS: u32 = 1 << 1;
-pub const DG_RULE_NON_IMAGE: u32 = 1 << 2;
-pub const DG_RULE_ALLOWLIST_ONLY: u32 = 1 << 3;
-pub const DG_RULE_HAS_LISTS: u32 = 1 << 4;
-pub const DG_RULE_HAS_MOUNTS: u32 = 1 << 5;
+    DG_MODE_OFF: u32 = 0;
+    DG_MODE_MONITOR: u32 = 1;
+    DG_MODE_ENFORCE: u32 = 2;
 
-pub const DG_LIST_NONE: u32 = 0;
-pub const DG_LIST_ALLOW: u32 = 1;
-pub const DG_LIST_DENY: u32 = 2;
+    DG_RULE_DRIFT: u32 = 1 << 0;
+    DG_RULE_FILELESS: u32 = 1 << 1;
+    DG_RULE_NON_IMAGE: u32 = 1 << 2;
+    DG_RULE_ALLOWLIST_ONLY: u32 = 1 << 3;
+    DG_RULE_HAS_LISTS: u32 = 1 << 4;
+    DG_RULE_HAS_MOUNTS: u32 = 1 << 5;
 
-pub const DG_FILE_IMAGE: u32 = 0;
-pub const DG_FILE_UPPER: u32 = 1;
-pub const DG_FILE_FILELESS: u32 = 2;
-pub const DG_FILE_OTHER_FS: u32 = 3;
-pub const DG_FILE_OTHER_OVERLAY: u32 = 4;
-pub const DG_FILE_EXEC_VOLUME: u32 = 5;
+    DG_LIST_NONE: u32 = 0;
+    DG_LIST_ALLOW: u32 = 1;
+    DG_LIST_DENY: u32 = 2;
 
-pub const DG_MATCH_NONE: u32 = 0;
-pub const DG_MATCH_DENY_LIST: u32 = 1;
-pub const DG_MATCH_DRIFT: u32 = 2;
-pub const DG_MATCH_FILELESS: u32 = 3;
-pub const DG_MATCH_NON_IMAGE: u32 = 4;
-pub const DG_MATCH_NOT_ALLOWED: u32 = 5;
+    DG_FILE_IMAGE: u32 = 0;
+    DG_FILE_UPPER: u32 = 1;
+    DG_FILE_FILELESS: u32 = 2;
+    DG_FILE_OTHER_FS: u32 = 3;
+    DG_FILE_OTHER_OVERLAY: u32 = 4;
+    DG_FILE_EXEC_VOLUME: u32 = 5;
 
-pub const DG_ACT_ALLOW: u32 = 0;
-pub const DG_ACT_ALERT: u32 = 1;
-pub const DG_ACT_DENY: u32 = 2;
-pub const DG_ACT_KILL: u32 = 3;
+    DG_MATCH_NONE: u32 = 0;
+    DG_MATCH_DENY_LIST: u32 = 1;
+    DG_MATCH_DRIFT: u32 = 2;
+    DG_MATCH_FILELESS: u32 = 3;
+    DG_MATCH_NON_IMAGE: u32 = 4;
+    DG_MATCH_NOT_ALLOWED: u32 = 5;
 
-pub const DG_HOOK_BPRM_CHECK: u32 = 1;
-pub const DG_HOOK_MMAP_FILE: u32 = 2;
-pub const DG_HOOK_FILE_MPROTECT: u32 = 3;
-pub const DG_HOOK_EXEC_TRACEPOINT: u32 = 4;
+    DG_ACT_ALLOW: u32 = 0;
+    DG_ACT_ALERT: u32 = 1;
+    DG_ACT_DENY: u32 = 2;
+    DG_ACT_KILL: u32 = 3;
 
-pub const DG_ACCESS_EXEC: u32 = 0;
-pub const DG_ACCESS_MMAP_EXEC: u32 = 1;
+    DG_HOOK_BPRM_CHECK: u32 = 1;
+    DG_HOOK_MMAP_FILE: u32 = 2;
+    DG_HOOK_FILE_MPROTECT: u32 = 3;
+    DG_HOOK_EXEC_TRACEPOINT: u32 = 4;
 
-pub const DG_EVF_PATH_TRUNCATED: u32 = 1 << 0;
-pub const DG_EVF_PATH_UNRESOLVED: u32 = 1 << 1;
-pub const DG_EVF_PATH_IMAGE: u32 = 1 << 2;
+    DG_ACCESS_EXEC: u32 = 0;
+    DG_ACCESS_MMAP_EXEC: u32 = 1;
 
-pub const DG_STAT_EVENTS: usize = 0;
-pub const DG_STAT_RINGBUF_DROPS: usize = 1;
-pub const DG_STAT_DENIES: usize = 2;
-pub const DG_STAT_KILLS: usize = 3;
-pub const DG_STAT_ALERTS: usize = 4;
-pub const DG_STAT_PATH_ERRORS: usize = 5;
-pub const DG_STAT_CHECKS: usize = 6;
-pub const DG_STAT_MAX: usize = 8;
+    DG_EVF_PATH_TRUNCATED: u32 = 1 << 0;
+    DG_EVF_PATH_UNRESOLVED: u32 = 1 << 1;
+    DG_EVF_PATH_IMAGE: u32 = 1 << 2;
+
+    DG_STAT_EVENTS: usize = 0;
+    DG_STAT_RINGBUF_DROPS: usize = 1;
+    DG_STAT_DENIES: usize = 2;
+    DG_STAT_KILLS: usize = 3;
+    DG_STAT_ALERTS: usize = 4;
+    DG_STAT_PATH_ERRORS: usize = 5;
+    DG_STAT_CHECKS: usize = 6;
+    DG_STAT_MAX: usize = 8;
+}
+
+/// Layout of one C struct as the encoders below assume it: `sizeof`, and for every member its
+/// C name, `offsetof` and `sizeof`. Checked against the header by build.rs.
+pub struct CStruct {
+    pub name: &'static str,
+    pub size: usize,
+    pub fields: &'static [(&'static str, usize, usize)],
+}
+
+/// Byte offsets of `struct dg_policy`.
+pub mod policy_off {
+    pub const MODE: usize = 0;
+    pub const RULES: usize = 4;
+    pub const LEVEL: usize = 8;
+    pub const OWNER: usize = 12;
+    pub const ROOTFS_DEV: usize = 16;
+    pub const EXEC_MNT_COUNT: usize = 24;
+    pub const EXEC_MNT_IDS: usize = 28;
+    pub const PAD: usize = 60;
+}
+
+/// Byte offsets of `struct dg_path_key`.
+pub mod path_key_off {
+    pub const CGROUP_ID: usize = 0;
+    pub const PATH: usize = 8;
+}
+
+/// Byte offsets of `struct dg_input` (fields in order, all `__u32`).
+pub mod input_off {
+    pub const MODE: usize = 0;
+    pub const RULES: usize = 4;
+    pub const FILE_KIND: usize = 8;
+    pub const LIST: usize = 12;
+    pub const ACCESS: usize = 16;
+    pub const ENFORCE_ACTION: usize = 20;
+}
+
+/// Byte offsets of `struct dg_decide_args` and of `struct dg_verdict` inside it.
+pub mod decide_off {
+    pub const IN: usize = 0;
+    pub const OUT: usize = 24;
+    pub const VERDICT_MATCH: usize = 0;
+    pub const VERDICT_ACTION: usize = 4;
+}
+
+/// Byte offsets of `struct dg_event`.
+pub mod event_off {
+    pub const TS_NS: usize = 0;
+    pub const CGROUP_ID: usize = 8;
+    pub const POLICY_CGROUP_ID: usize = 16;
+    pub const PID: usize = 24;
+    pub const TGID: usize = 28;
+    pub const PPID: usize = 32;
+    pub const UID: usize = 36;
+    pub const MATCH: usize = 40;
+    pub const ACTION: usize = 44;
+    pub const HOOK: usize = 48;
+    pub const FILE_KIND: usize = 52;
+    pub const MODE: usize = 56;
+    pub const FLAGS: usize = 60;
+    pub const COMM: usize = 64;
+    pub const PATH: usize = 80;
+    pub const COMM_LEN: usize = 16;
+}
+
+/// Every struct of `bpf/driftguard.h` that crosses the kernel boundary, as this file encodes it.
+pub const C_STRUCTS: &[CStruct] = &[
+    CStruct {
+        name: "dg_policy",
+        size: RawPolicy::SIZE,
+        fields: &[
+            ("mode", policy_off::MODE, 4),
+            ("rules", policy_off::RULES, 4),
+            ("level", policy_off::LEVEL, 4),
+            ("owner", policy_off::OWNER, 4),
+            ("rootfs_dev", policy_off::ROOTFS_DEV, 8),
+            ("exec_mnt_count", policy_off::EXEC_MNT_COUNT, 4),
+            ("exec_mnt_ids", policy_off::EXEC_MNT_IDS, 4 * DG_MAX_EXEC_MOUNTS),
+            ("pad", policy_off::PAD, 4),
+        ],
+    },
+    CStruct {
+        name: "dg_path_key",
+        size: PATH_KEY_SIZE,
+        fields: &[("cgroup_id", path_key_off::CGROUP_ID, 8), ("path", path_key_off::PATH, DG_PATH_MAX)],
+    },
+    CStruct {
+        name: "dg_input",
+        size: INPUT_SIZE,
+        fields: &[
+            ("mode", input_off::MODE, 4),
+            ("rules", input_off::RULES, 4),
+            ("file_kind", input_off::FILE_KIND, 4),
+            ("list", input_off::LIST, 4),
+            ("access", input_off::ACCESS, 4),
+            ("enforce_action", input_off::ENFORCE_ACTION, 4),
+        ],
+    },
+    CStruct {
+        name: "dg_verdict",
+        size: 8,
+        fields: &[("match", decide_off::VERDICT_MATCH, 4), ("action", decide_off::VERDICT_ACTION, 4)],
+    },
+    CStruct {
+        name: "dg_decide_args",
+        size: DECIDE_ARGS_SIZE,
+        fields: &[("in", decide_off::IN, INPUT_SIZE), ("out", decide_off::OUT, 8)],
+    },
+    CStruct {
+        name: "dg_event",
+        size: RawEvent::SIZE,
+        fields: &[
+            ("ts_ns", event_off::TS_NS, 8),
+            ("cgroup_id", event_off::CGROUP_ID, 8),
+            ("policy_cgroup_id", event_off::POLICY_CGROUP_ID, 8),
+            ("pid", event_off::PID, 4),
+            ("tgid", event_off::TGID, 4),
+            ("ppid", event_off::PPID, 4),
+            ("uid", event_off::UID, 4),
+            ("match", event_off::MATCH, 4),
+            ("action", event_off::ACTION, 4),
+            ("hook", event_off::HOOK, 4),
+            ("file_kind", event_off::FILE_KIND, 4),
+            ("mode", event_off::MODE, 4),
+            ("flags", event_off::FLAGS, 4),
+            ("comm", event_off::COMM, event_off::COMM_LEN),
+            ("path", event_off::PATH, DG_PATH_MAX),
+        ],
+    },
+];
+
+/// `sizeof(struct dg_path_key)`.
+pub const PATH_KEY_SIZE: usize = 8 + DG_PATH_MAX;
+/// `sizeof(struct dg_input)`.
+pub const INPUT_SIZE: usize = 24;
+/// `sizeof(struct dg_decide_args)`.
+pub const DECIDE_ARGS_SIZE: usize = INPUT_SIZE + 8;
 
 /// `struct dg_policy` (64 bytes).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -68,7 +222,8 @@ pub struct RawPolicy {
     pub mode: u32,
     pub rules: u32,
     pub level: u32,
-    pub reserved: u32,
+    /// Userspace bookkeeping (C `owner`): who installed the policy; unused by BPF.
+    pub owner: u32,
     pub rootfs_dev: u64,
     pub exec_mnt_count: u32,
     pub exec_mnt_ids: [u32; DG_MAX_EXEC_MOUNTS],
@@ -78,34 +233,36 @@ impl RawPolicy {
     pub const SIZE: usize = 64;
 
     pub fn to_bytes(self) -> [u8; Self::SIZE] {
+        use policy_off as o;
         let mut b = [0u8; Self::SIZE];
-        b[0..4].copy_from_slice(&self.mode.to_le_bytes());
-        b[4..8].copy_from_slice(&self.rules.to_le_bytes());
-        b[8..12].copy_from_slice(&self.level.to_le_bytes());
-        b[12..16].copy_from_slice(&self.reserved.to_le_bytes());
-        b[16..24].copy_from_slice(&self.rootfs_dev.to_le_bytes());
-        b[24..28].copy_from_slice(&self.exec_mnt_count.to_le_bytes());
+        put_u32(&mut b, o::MODE, self.mode);
+        put_u32(&mut b, o::RULES, self.rules);
+        put_u32(&mut b, o::LEVEL, self.level);
+        put_u32(&mut b, o::OWNER, self.owner);
+        b[o::ROOTFS_DEV..o::ROOTFS_DEV + 8].copy_from_slice(&self.rootfs_dev.to_le_bytes());
+        put_u32(&mut b, o::EXEC_MNT_COUNT, self.exec_mnt_count);
         for (i, id) in self.exec_mnt_ids.iter().enumerate() {
-            b[28 + i * 4..32 + i * 4].copy_from_slice(&id.to_le_bytes());
+            put_u32(&mut b, o::EXEC_MNT_IDS + i * 4, *id);
         }
         b
     }
 
     pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        use policy_off as o;
         if b.len() != Self::SIZE {
             return None;
         }
         let mut exec_mnt_ids = [0u32; DG_MAX_EXEC_MOUNTS];
         for (i, id) in exec_mnt_ids.iter_mut().enumerate() {
-            *id = u32_at(b, 28 + i * 4);
+            *id = u32_at(b, o::EXEC_MNT_IDS + i * 4);
         }
         Some(RawPolicy {
-            mode: u32_at(b, 0),
-            rules: u32_at(b, 4),
-            level: u32_at(b, 8),
-            reserved: u32_at(b, 12),
-            rootfs_dev: u64_at(b, 16),
-            exec_mnt_count: u32_at(b, 24),
+            mode: u32_at(b, o::MODE),
+            rules: u32_at(b, o::RULES),
+            level: u32_at(b, o::LEVEL),
+            owner: u32_at(b, o::OWNER),
+            rootfs_dev: u64_at(b, o::ROOTFS_DEV),
+            exec_mnt_count: u32_at(b, o::EXEC_MNT_COUNT),
             exec_mnt_ids,
         })
     }
@@ -113,22 +270,23 @@ impl RawPolicy {
 
 /// `struct dg_path_key` (8 + 256 bytes): cgroup id and NUL-padded path.
 pub fn path_key(cgroup_id: u64, path: &str) -> Option<Vec<u8>> {
+    use path_key_off as o;
     if path.len() >= DG_PATH_MAX {
         return None;
     }
-    let mut k = vec![0u8; 8 + DG_PATH_MAX];
-    k[0..8].copy_from_slice(&cgroup_id.to_le_bytes());
-    k[8..8 + path.len()].copy_from_slice(path.as_bytes());
+    let mut k = vec![0u8; PATH_KEY_SIZE];
+    k[o::CGROUP_ID..o::CGROUP_ID + 8].copy_from_slice(&cgroup_id.to_le_bytes());
+    k[o::PATH..o::PATH + path.len()].copy_from_slice(path.as_bytes());
     Some(k)
 }
 
 /// Split a `struct dg_path_key` into (cgroup id, path).
 pub fn parse_path_key(k: &[u8]) -> Option<(u64, String)> {
-    if k.len() != 8 + DG_PATH_MAX {
+    use path_key_off as o;
+    if k.len() != PATH_KEY_SIZE {
         return None;
     }
-    let id = u64_at(k, 0);
-    Some((id, cstr(&k[8..])))
+    Some((u64_at(k, o::CGROUP_ID), cstr(&k[o::PATH..o::PATH + DG_PATH_MAX])))
 }
 
 /// `struct dg_input`.
@@ -142,24 +300,27 @@ pub struct RawInput {
     pub enforce_action: u32,
 }
 
-/// `struct dg_decide_args` = input (24 bytes) + verdict (8 bytes).
-pub fn decide_args(input: RawInput) -> [u8; 32] {
-    let mut b = [0u8; 32];
-    for (i, v) in [input.mode, input.rules, input.file_kind, input.list, input.access, input.enforce_action]
-        .into_iter()
-        .enumerate()
-    {
-        b[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
-    }
+/// `struct dg_decide_args` = input + verdict (zeroed, filled in by the program).
+pub fn decide_args(input: RawInput) -> [u8; DECIDE_ARGS_SIZE] {
+    use input_off as o;
+    let mut b = [0u8; DECIDE_ARGS_SIZE];
+    let at = decide_off::IN;
+    put_u32(&mut b, at + o::MODE, input.mode);
+    put_u32(&mut b, at + o::RULES, input.rules);
+    put_u32(&mut b, at + o::FILE_KIND, input.file_kind);
+    put_u32(&mut b, at + o::LIST, input.list);
+    put_u32(&mut b, at + o::ACCESS, input.access);
+    put_u32(&mut b, at + o::ENFORCE_ACTION, input.enforce_action);
     b
 }
 
 /// The verdict part of `struct dg_decide_args`: (match, action).
 pub fn decide_verdict(b: &[u8]) -> Option<(u32, u32)> {
-    if b.len() < 32 {
+    use decide_off as o;
+    if b.len() < DECIDE_ARGS_SIZE {
         return None;
     }
-    Some((u32_at(b, 24), u32_at(b, 28)))
+    Some((u32_at(b, o::OUT + o::VERDICT_MATCH), u32_at(b, o::OUT + o::VERDICT_ACTION)))
 }
 
 /// `struct dg_event`.
@@ -172,6 +333,7 @@ pub struct RawEvent {
     pub tgid: u32,
     pub ppid: u32,
     pub uid: u32,
+    /// C `match`.
     pub matched: u32,
     pub action: u32,
     pub hook: u32,
@@ -183,60 +345,65 @@ pub struct RawEvent {
 }
 
 impl RawEvent {
-    pub const SIZE: usize = 24 + 40 + 16 + DG_PATH_MAX;
+    pub const SIZE: usize = event_off::PATH + DG_PATH_MAX;
 
     pub fn parse(b: &[u8]) -> Option<Self> {
+        use event_off as o;
         if b.len() < Self::SIZE {
             return None;
         }
         Some(RawEvent {
-            ts_ns: u64_at(b, 0),
-            cgroup_id: u64_at(b, 8),
-            policy_cgroup_id: u64_at(b, 16),
-            pid: u32_at(b, 24),
-            tgid: u32_at(b, 28),
-            ppid: u32_at(b, 32),
-            uid: u32_at(b, 36),
-            matched: u32_at(b, 40),
-            action: u32_at(b, 44),
-            hook: u32_at(b, 48),
-            file_kind: u32_at(b, 52),
-            mode: u32_at(b, 56),
-            flags: u32_at(b, 60),
-            comm: cstr(&b[64..80]),
-            path: cstr(&b[80..80 + DG_PATH_MAX]),
+            ts_ns: u64_at(b, o::TS_NS),
+            cgroup_id: u64_at(b, o::CGROUP_ID),
+            policy_cgroup_id: u64_at(b, o::POLICY_CGROUP_ID),
+            pid: u32_at(b, o::PID),
+            tgid: u32_at(b, o::TGID),
+            ppid: u32_at(b, o::PPID),
+            uid: u32_at(b, o::UID),
+            matched: u32_at(b, o::MATCH),
+            action: u32_at(b, o::ACTION),
+            hook: u32_at(b, o::HOOK),
+            file_kind: u32_at(b, o::FILE_KIND),
+            mode: u32_at(b, o::MODE),
+            flags: u32_at(b, o::FLAGS),
+            comm: cstr(&b[o::COMM..o::COMM + o::COMM_LEN]),
+            path: cstr(&b[o::PATH..o::PATH + DG_PATH_MAX]),
         })
     }
 
     /// Encode (used by tests and benchmarks to feed the decoder).
     pub fn to_bytes(&self) -> Vec<u8> {
+        use event_off as o;
         let mut b = vec![0u8; Self::SIZE];
-        b[0..8].copy_from_slice(&self.ts_ns.to_le_bytes());
-        b[8..16].copy_from_slice(&self.cgroup_id.to_le_bytes());
-        b[16..24].copy_from_slice(&self.policy_cgroup_id.to_le_bytes());
-        let u32s = [
-            self.pid,
-            self.tgid,
-            self.ppid,
-            self.uid,
-            self.matched,
-            self.action,
-            self.hook,
-            self.file_kind,
-            self.mode,
-            self.flags,
-        ];
-        for (i, v) in u32s.into_iter().enumerate() {
-            b[24 + i * 4..28 + i * 4].copy_from_slice(&v.to_le_bytes());
+        b[o::TS_NS..o::TS_NS + 8].copy_from_slice(&self.ts_ns.to_le_bytes());
+        b[o::CGROUP_ID..o::CGROUP_ID + 8].copy_from_slice(&self.cgroup_id.to_le_bytes());
+        b[o::POLICY_CGROUP_ID..o::POLICY_CGROUP_ID + 8].copy_from_slice(&self.policy_cgroup_id.to_le_bytes());
+        for (off, v) in [
+            (o::PID, self.pid),
+            (o::TGID, self.tgid),
+            (o::PPID, self.ppid),
+            (o::UID, self.uid),
+            (o::MATCH, self.matched),
+            (o::ACTION, self.action),
+            (o::HOOK, self.hook),
+            (o::FILE_KIND, self.file_kind),
+            (o::MODE, self.mode),
+            (o::FLAGS, self.flags),
+        ] {
+            put_u32(&mut b, off, v);
         }
         let c = self.comm.as_bytes();
-        let n = c.len().min(15);
-        b[64..64 + n].copy_from_slice(&c[..n]);
+        let n = c.len().min(o::COMM_LEN - 1);
+        b[o::COMM..o::COMM + n].copy_from_slice(&c[..n]);
         let p = self.path.as_bytes();
         let n = p.len().min(DG_PATH_MAX - 1);
-        b[80..80 + n].copy_from_slice(&p[..n]);
+        b[o::PATH..o::PATH + n].copy_from_slice(&p[..n]);
         b
     }
+}
+
+fn put_u32(b: &mut [u8], off: usize, v: u32) {
+    b[off..off + 4].copy_from_slice(&v.to_le_bytes());
 }
 
 fn u32_at(b: &[u8], off: usize) -> u32 {
@@ -257,6 +424,44 @@ pub fn cstr(b: &[u8]) -> String {
     String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
+/// The C source build.rs compiles against `bpf/driftguard.h` (after `vmlinux.h`): one
+/// `_Static_assert` per constant in [`C_CONSTANTS`] and per size, offset and member size in
+/// [`C_STRUCTS`].
+pub fn c_static_asserts() -> String {
+    let mut s = String::from("/* Generated by build.rs from src/enforcer/abi.rs: do not edit. */\n");
+    for (name, value) in C_CONSTANTS {
+        s += &format!(
+            "_Static_assert((unsigned long long)({name}) == {value}ULL, \
+             \"{name} differs between bpf/driftguard.h and src/enforcer/abi.rs ({value})\");\n"
+        );
+    }
+    for st in C_STRUCTS {
+        let name = st.name;
+        let size = st.size;
+        s += &format!(
+            "_Static_assert(sizeof(struct {name}) == {size}, \
+             \"sizeof(struct {name}) differs between bpf/driftguard.h and src/enforcer/abi.rs ({size})\");\n"
+        );
+        let mut covered = 0;
+        for (field, off, len) in st.fields {
+            s += &format!(
+                "_Static_assert(__builtin_offsetof(struct {name}, {field}) == {off}, \
+                 \"offsetof({name}.{field}) differs between bpf/driftguard.h and src/enforcer/abi.rs ({off})\");\n\
+                 _Static_assert(sizeof(((struct {name} *)0)->{field}) == {len}, \
+                 \"sizeof({name}.{field}) differs between bpf/driftguard.h and src/enforcer/abi.rs ({len})\");\n"
+            );
+            covered += len;
+        }
+        // Members must tile the struct: a member added in C (even into padding) makes the sum
+        // of the listed members' sizes fall short of sizeof.
+        s += &format!(
+            "_Static_assert(sizeof(struct {name}) == {covered}, \
+             \"struct {name} has members src/enforcer/abi.rs does not list (they cover {covered} bytes)\");\n"
+        );
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,7 +472,7 @@ mod tests {
             mode: 2,
             rules: 0x13,
             level: 5,
-            reserved: 0,
+            owner: 0,
             rootfs_dev: 0x0102,
             exec_mnt_count: 2,
             exec_mnt_ids: [7, 9, 0, 0, 0, 0, 0, 0],
@@ -316,6 +521,57 @@ mod tests {
         assert_eq!(b.len(), 336);
         assert_eq!(RawEvent::parse(&b), Some(e));
         assert_eq!(RawEvent::parse(&b[..300]), None);
+    }
+
+    /// Compiles the static assertions build.rs uses against `header` (the text of a
+    /// driftguard.h); Err carries clang's diagnostics.
+    fn clang_check(header: &str) -> Result<(), String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let bpf = concat!(env!("CARGO_MANIFEST_DIR"), "/bpf");
+        std::fs::write(dir.path().join("driftguard.h"), header).map_err(|e| e.to_string())?;
+        let check = dir.path().join("check.c");
+        let src = format!("#include \"vmlinux.h\"\n#include \"driftguard.h\"\n{}", c_static_asserts());
+        std::fs::write(&check, src).map_err(|e| e.to_string())?;
+        // The temp dir comes first so its driftguard.h wins; vmlinux.h comes from bpf/.
+        let out = std::process::Command::new("clang")
+            .args(["-target", "bpf", "-fsyntax-only", "-I"])
+            .arg(dir.path())
+            .args(["-I", bpf])
+            .arg(&check)
+            .output()
+            .map_err(|e| format!("running clang: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// The build-time ABI check fails on each kind of change to the C header: a field moved, a
+    /// field resized, a field added into padding, a field renamed, a constant changed.
+    #[test]
+    fn abi_check_rejects_changed_header() {
+        let header = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/bpf/driftguard.h")).unwrap();
+        clang_check(&header).expect("the real header passes the check");
+        let cases = [
+            // Swap two event fields: same size, different offsets.
+            (
+                "\t__u32 pid;              /* thread id */\n\t__u32 tgid;             /* process id */",
+                "\t__u32 tgid;\n\t__u32 pid;",
+                "offsetof(dg_event.pid)",
+            ),
+            ("\tchar comm[16];", "\tchar comm[20];", "sizeof(dg_event.comm)"),
+            // A field added where the padding was.
+            ("\t__u32 pad;\n};", "\t__u16 new_field;\n\t__u16 pad;\n};", "offsetof(dg_policy.pad)"),
+            ("\t__u32 owner;", "\t__u32 installer;", "no member named 'owner'"),
+            ("#define DG_MATCH_NOT_ALLOWED 5", "#define DG_MATCH_NOT_ALLOWED 6", "DG_MATCH_NOT_ALLOWED differs"),
+            ("#define DG_PATH_MAX 256", "#define DG_PATH_MAX 512", "DG_PATH_MAX differs"),
+        ];
+        for (from, to, expect) in cases {
+            assert!(header.contains(from), "test case out of date: header lacks {from:?}");
+            let err = clang_check(&header.replacen(from, to, 1)).expect_err(expect);
+            assert!(err.contains(expect), "changing {from:?} to {to:?}: expected {expect:?} in\n{err}");
+        }
     }
 
     #[test]

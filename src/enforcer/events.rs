@@ -184,9 +184,12 @@ pub struct Event {
     pub file: FileKind,
     /// Mode of the policy that applied.
     pub mode: Mode,
-    /// The path was longer than the kernel buffer.
+    /// The path was longer than the kernel buffer (omitted from JSON when false).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub path_truncated: bool,
-    /// The path could not be resolved completely (never matches a list entry).
+    /// The path could not be resolved completely (never matches a list entry; omitted from JSON
+    /// when false).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub path_unresolved: bool,
     /// `path` is the file's path in the container's root filesystem, independent of the
     /// process's root, mounts and namespaces.

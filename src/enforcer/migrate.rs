@@ -91,7 +91,7 @@ pub(crate) fn restore(pending: Pending, policies: &MapHandle) -> Result<usize> {
             mode,
             rules: rules & !abi::DG_RULE_HAS_MOUNTS,
             level,
-            reserved: owner,
+            owner,
             rootfs_dev,
             ..RawPolicy::default()
         };

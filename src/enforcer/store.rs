@@ -191,7 +191,7 @@ impl PolicyStore {
         let raw = raw?;
         let idx = self.index.lock().ok()?;
         let (owner, keys) = idx.get(&cgroup_id)?;
-        (*owner == raw.reserved).then(|| keys.clone())
+        (*owner == raw.owner).then(|| keys.clone())
     }
 
     fn index_set(&self, cgroup_id: u64, owner: u32, keys: BTreeSet<Vec<u8>>) {
@@ -314,7 +314,7 @@ impl PolicyStore {
             mode: policy.mode.as_raw(),
             rules: policy.kernel_rules() | if ids.is_empty() { 0 } else { abi::DG_RULE_HAS_MOUNTS },
             level,
-            reserved: owner.as_raw(),
+            owner: owner.as_raw(),
             rootfs_dev: prov.rootfs_dev,
             exec_mnt_count: ids.len() as u32,
             exec_mnt_ids,
@@ -398,7 +398,7 @@ impl PolicyStore {
 
     /// Who installed the policy of a cgroup, if any (one map lookup).
     pub fn owner(&self, cgroup_id: u64) -> Result<Option<Owner>> {
-        Ok(self.raw_policy(cgroup_id)?.map(|r| Owner::from_raw(r.reserved)))
+        Ok(self.raw_policy(cgroup_id)?.map(|r| Owner::from_raw(r.owner)))
     }
 
     /// Every installed policy.
@@ -560,7 +560,7 @@ fn decode_policy(cgroup_id: u64, value: &[u8], lists: Option<&Vec<(String, u32)>
     Ok(InstalledPolicy {
         cgroup_id,
         level: raw.level,
-        owner: Owner::from_raw(raw.reserved),
+        owner: Owner::from_raw(raw.owner),
         policy,
         rootfs_dev: raw.rootfs_dev,
         exec_mount_ids: raw.exec_mnt_ids[..n].to_vec(),

@@ -1,8 +1,10 @@
 //! The real `driftguard run` binary as a test drives it: its own config (NRI socket, pin dir
-//! `/sys/fs/bpf/dg-cri-<pid>-<n>`, events file, metrics port), state dir and log file under a
-//! temporary directory. Killed and its pinned state unloaded on drop.
+//! `/sys/fs/bpf/dg-<tag>-<pid>-<n>`, events file, metrics port), state dir and log file under a
+//! temporary directory. Killed and its pinned state unloaded on drop. The one agent harness of
+//! tests/agent.rs, tests/adversarial.rs, tests/cri.rs and benches/cri.rs.
 //!
-//! Include with `#[path = "support/agent_process.rs"] mod agent_process;`.
+//! Include with `#[path = "support/agent_process.rs"] mod agent_process;` next to
+//! `#[path = "support/vm.rs"] mod vm;` (it asks `crate::vm::in_vm()`).
 #![allow(dead_code)]
 
 use std::fs;
@@ -17,12 +19,29 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 
 const TAIL: usize = 40;
 
+/// The capabilities packaging/systemd/driftguard.service and the DaemonSet grant
+/// (`AmbientCapabilities=`), for [`AgentProcess::unit_caps`].
+pub const UNIT_CAPS: &str = "-all,+bpf,+perfmon,+sys_admin";
+
+/// The `[log] level` of the config the harness writes.
+pub const LOG_LEVEL: &str = "info,driftguard=debug,nri_plugin=debug";
+
 pub struct AgentProcess {
-    pub dir: tempfile::TempDir,
+    /// The agent's own directory: config, state, log, events, and (for
+    /// [`AgentProcess::with_own_socket`]) the NRI socket.
+    pub dir: PathBuf,
+    _tmp: tempfile::TempDir,
     pub config: PathBuf,
     pub pin_dir: PathBuf,
+    /// The NRI socket the agent connects to.
+    pub socket: PathBuf,
     pub events_file: PathBuf,
     pub metrics_addr: String,
+    /// Start with only [`UNIT_CAPS`] (through setpriv, when installed and not in a VM) instead of
+    /// full root.
+    pub unit_caps: bool,
+    /// Extra environment of the agent process.
+    pub env: Vec<(String, String)>,
     /// Arguments after `run --config <file>` (e.g. flags overriding the file).
     extra_args: Vec<String>,
     child: Option<Child>,
@@ -31,26 +50,36 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Write the config for an agent connecting to `nri_socket` (not started yet).
     pub fn new(nri_socket: &Path) -> Result<Self, String> {
+        Self::create("cri", Some(nri_socket))
+    }
+
+    /// An agent whose NRI socket is `nri.sock` in its own directory (for the NRI test peer);
+    /// `tag` names the suite in its pin dir and temp dir.
+    pub fn with_own_socket(tag: &str) -> Result<Self, String> {
+        Self::create(tag, None)
+    }
+
+    /// The one config writer: NRI socket, private pin dir, events file, free metrics port.
+    fn create(tag: &str, nri_socket: Option<&Path>) -> Result<Self, String> {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/dg-cri-{}-{n}", std::process::id()));
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/dg-{tag}-{}-{n}", std::process::id()));
         let _ = driftguard::enforcer::unload(&pin_dir);
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("dg-cri-agent-{}-", std::process::id()))
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("dg-{tag}-agent-{}-", std::process::id()))
             .tempdir()
             .map_err(|e| e.to_string())?;
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-            l.local_addr().map_err(|e| e.to_string())?.port()
-        };
-        let events_file = dir.path().join("events.jsonl");
-        let config = dir.path().join("config.toml");
+        let dir = tmp.path().to_path_buf();
+        let port = free_port()?;
+        let socket = nri_socket.map(Path::to_path_buf).unwrap_or_else(|| dir.join("nri.sock"));
+        let events_file = dir.join("events.jsonl");
+        let config = dir.join("config.toml");
         fs::write(
             &config,
             format!(
                 "default_mode = \"off\"\n[nri]\nsocket = \"{}\"\nreconnect_max_backoff_ms = 300\n\
-                 [bpf]\npin_dir = \"{}\"\n[events]\nstdout = false\nfile = \"{}\"\nnode_name = \"cri-node\"\n\
-                 [metrics]\naddress = \"127.0.0.1:{port}\"\n[log]\nlevel = \"info,driftguard=debug\"\n",
-                nri_socket.display(),
+                 [bpf]\npin_dir = \"{}\"\n[events]\nstdout = false\nfile = \"{}\"\nnode_name = \"test-node\"\n\
+                 [metrics]\naddress = \"127.0.0.1:{port}\"\n[log]\nlevel = \"{LOG_LEVEL}\"\n",
+                socket.display(),
                 pin_dir.display(),
                 events_file.display()
             ),
@@ -58,26 +87,43 @@ impl AgentProcess {
         .map_err(|e| e.to_string())?;
         Ok(AgentProcess {
             dir,
+            _tmp: tmp,
             config,
             pin_dir,
+            socket,
             events_file,
             metrics_addr: format!("127.0.0.1:{port}"),
+            unit_caps: false,
+            env: Vec::new(),
             extra_args: Vec::new(),
             child: None,
         })
     }
 
     pub fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("state")
+        self.dir.join("state")
     }
 
     pub fn start(&mut self) -> Result<(), String> {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.path().join("agent.log"))
+            .open(self.dir.join("agent.log"))
             .map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_driftguard"));
+        let bin = env!("CARGO_BIN_EXE_driftguard");
+        let setpriv = which("setpriv").filter(|_| self.unit_caps && !crate::vm::in_vm());
+        let mut cmd = match setpriv {
+            Some(setpriv) => {
+                let mut c = Command::new(setpriv);
+                c.arg(format!("--bounding-set={UNIT_CAPS}"))
+                    .arg(format!("--inh-caps={UNIT_CAPS}"))
+                    .arg(format!("--ambient-caps={UNIT_CAPS}"))
+                    .arg("--")
+                    .arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         // SAFETY: prctl is async-signal-safe. The agent must not outlive a killed test process.
         unsafe {
             cmd.pre_exec(|| {
@@ -90,6 +136,7 @@ impl AgentProcess {
             .arg(&self.config)
             .args(&self.extra_args)
             .env("DRIFTGUARD_STATE_DIR", self.state_dir())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -121,12 +168,55 @@ impl AgentProcess {
             }
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "the agent did not synchronize with containerd (#{n}) within 60s\n{}",
+                    "the agent did not synchronize with the runtime (#{n}) within 60s\n{}",
                     self.log_tail()
                 ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Waits (up to 60 s) for the agent process to exit on its own.
+    pub fn wait_exit(&mut self) -> Result<std::process::ExitStatus, String> {
+        let child = self.child.as_mut().ok_or("agent not started")?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
+                self.child = None;
+                return Ok(st);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("the agent did not exit within 60s\n{}", self.log_tail()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits (up to 60 s) until the agent's log contains `needle` at least `count` times.
+    pub fn wait_log(&self, needle: &str, count: usize) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.log().matches(needle).count() < count {
+            if Instant::now() > deadline {
+                return Err(format!("agent log lacks {needle:?} (x{count}):\n{}", self.log()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// The agent's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The pinned policy store (error with the agent's log when it is not pinned yet).
+    pub fn store(&self) -> Result<driftguard::enforcer::PolicyStore, String> {
+        driftguard::enforcer::PolicyStore::open_pinned(&self.pin_dir).map_err(|e| format!("{e}\n{}", self.log_tail()))
+    }
+
+    /// The pinned enforcement path.
+    pub fn path(&self) -> Option<driftguard::enforcer::EnforcementPath> {
+        driftguard::enforcer::pinned_path(&self.pin_dir)
     }
 
     pub fn synced_count(&self) -> usize {
@@ -172,7 +262,7 @@ impl AgentProcess {
 
     /// The agent's stderr exactly as written (colour codes, if any, kept).
     pub fn raw_log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+        fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
     }
 
     /// Replace `from` by `to` in the config file (before [`AgentProcess::start`]).
@@ -222,7 +312,7 @@ impl AgentProcess {
 
     /// The agent's stderr so far, without terminal colour codes.
     pub fn log(&self) -> String {
-        strip_ansi(&fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default())
+        strip_ansi(&fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default())
     }
 
     /// The last lines of the log, without libbpf's loader chatter.
@@ -266,16 +356,14 @@ impl AgentProcess {
         }
     }
 
+    /// GET `path` of the agent's metrics endpoint: the whole response, status line first.
+    pub fn http_get(&self, path: &str) -> Result<String, String> {
+        http_get(&self.metrics_addr, path)
+    }
+
     /// GET /metrics.
     pub fn metrics(&self) -> Result<String, String> {
-        let mut s = std::net::TcpStream::connect(&self.metrics_addr)
-            .map_err(|e| format!("metrics: connect {}: {e}", self.metrics_addr))?;
-        s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .map_err(|e| format!("metrics: write: {e}"))?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).map_err(|e| format!("metrics: read: {e}"))?;
-        Ok(body)
+        self.http_get("/metrics")
     }
 
     /// `driftguard status --json` with this agent's config and state dir.
@@ -291,6 +379,34 @@ impl AgentProcess {
             format!("driftguard status --json: {e} ({}): {}", out.status, String::from_utf8_lossy(&out.stderr))
         })
     }
+}
+
+/// One HTTP/1.1 GET on a fresh connection (`Connection: close`): the whole response.
+pub fn http_get(addr: &str, path: &str) -> Result<String, String> {
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("GET {path}: connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .map_err(|e| format!("GET {path}: write: {e}"))?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).map_err(|e| format!("GET {path}: read: {e}"))?;
+    Ok(body)
+}
+
+/// The value of an unlabelled metric in a Prometheus text body.
+pub fn metric(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released).
+pub fn free_port() -> Result<u16, String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(bin)).find(|p| p.exists())
 }
 
 /// Drop `ESC [ … letter` sequences.

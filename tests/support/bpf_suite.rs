@@ -625,8 +625,21 @@ pub fn expect_event_suffix(
     )
 }
 
+/// Barrier for "no event" checks: once it returns, every event of an exec that finished before
+/// the call is in `h.events`. It runs a dropped binary in a fresh monitor-mode container and
+/// waits for that alert: the ring buffer hands records to the one reader in the order they
+/// were reserved, and the sentinel's record is reserved after every earlier exec's.
+pub fn event_barrier(h: &Harness) -> R {
+    let s = Container::new("sentinel")?;
+    s.install(h, &Policy::with_mode(Mode::Monitor))?;
+    s.drop_file("/tmp/dg-sentinel", bb()?)?;
+    assert_runs(&s.run("true", &["/tmp/dg-sentinel"])?, "sentinel exec (monitor mode)")?;
+    wait_event(h, |e| e.policy_cgroup_id == s.cgid && e.path == "/tmp/dg-sentinel", "the sentinel exec")?;
+    Ok(())
+}
+
 pub fn no_event_for_path(h: &Harness, c: &Container, path: &str) -> R {
-    std::thread::sleep(Duration::from_millis(200));
+    event_barrier(h)?;
     if let Some(e) = events_for(h, c.cgid).into_iter().find(|e| e.path == path) {
         return Err(format!("unexpected event for {path}: {e:?}").into());
     }
