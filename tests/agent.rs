@@ -56,6 +56,10 @@ fn main() {
         ("exits_nonzero_when_the_metrics_port_is_taken", exits_nonzero_when_the_metrics_port_is_taken as fn() -> R),
         ("health_endpoints_and_sd_notify_follow_nri_registration", health_endpoints_and_sd_notify_follow_nri),
         ("reregisters_as_soon_as_the_nri_socket_reappears", reregisters_as_soon_as_the_nri_socket_reappears),
+        (
+            "start_without_a_pid_uses_the_one_process_of_the_cgroup",
+            start_without_a_pid_uses_the_one_process_of_the_cgroup,
+        ),
     ] {
         trials.push(gate.trial(name, &reason, f));
     }
@@ -469,6 +473,58 @@ fn agent_exempts_only_declared_volumes() -> R {
         return Err(format!("pinned policy: {installed:?}").into());
     }
     Ok(())
+}
+
+/// containerd sends StartContainer with pid 0 when its own task-state call to the shim times out
+/// (seen under load in benches/cri.rs). The container's cgroup then holds exactly one process,
+/// runc's init waiting to start: the agent reads the container's mounts from it. With a second
+/// process in the cgroup it cannot tell which one is the container's, and refuses.
+fn start_without_a_pid_uses_the_one_process_of_the_cgroup() -> R {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut agent = AgentProcess::with_own_socket("agent")?;
+    let rt = rt();
+    let _guard = rt.enter();
+    let mut peer = RuntimePeer::bind(&agent.socket).map_err(|e| e.to_string())?;
+    peer.set_timeout(Duration::from_secs(60));
+    agent.start()?;
+    let conn = rt.block_on(connect(&peer, vec![], vec![]))?;
+    let path = agent.path();
+    let p = pod("nopid", &[("driftguard.dev/mode", "enforce")]);
+
+    // A stranger in the container's cgroup: two processes, no guess.
+    let crowded = RuncCtr::create(dir.path(), "crowded")?;
+    let cgroup = cgroup2_root()?.join(crowded.cgroups_path.trim_start_matches('/'));
+    let stranger = KillOnDrop(Command::new("sleep").arg("600").spawn().map_err(|e| format!("sleep: {e}"))?);
+    fs::write(cgroup.join("cgroup.procs"), stranger.0.id().to_string())
+        .map_err(|e| format!("moving a process into {}: {e}", cgroup.display()))?;
+    let mut c = crowded.nri(&p, "app");
+    c.pid = 0;
+    match rt.block_on(start_container(&conn, Delivery::Dedicated, &p, &c)) {
+        Err(e) if format!("{e:?}").contains("holds 2 processes") => {}
+        other => return Err(format!("pid 0 with two processes in the cgroup must be refused: {other:?}").into()),
+    }
+    drop(stranger);
+    drop(crowded);
+
+    let ctr = RuncCtr::create(dir.path(), "nopid")?;
+    let mut c = ctr.nri(&p, "app");
+    c.pid = 0;
+    rt.block_on(start_container(&conn, Delivery::Dedicated, &p, &c))?;
+    if !agent.log().contains("runtime sent no pid") {
+        return Err(format!("the agent did not say it used the cgroup's process:\n{}", agent.log()).into());
+    }
+    let installed = agent.store()?.list().map_err(|e| e.to_string())?;
+    if installed.len() != 1 || installed[0].rootfs_dev == 0 {
+        return Err(format!("pinned policy: {installed:?}").into());
+    }
+    ctr.start()?;
+    let (code, out) = ctr.exec(&["/bin/busybox", "true"])?;
+    if code != 0 {
+        return Err(format!("image binary: exit {code} {out}\n{}", agent.log()).into());
+    }
+    ctr.drop_binary("/tmp/dropped")?;
+    let (code, out) = ctr.exec(&["/tmp/dropped", "true"])?;
+    assert_stopped(path, code, &out, "dropped binary in a container started with pid 0")
 }
 
 fn agent_reports_non_overlay_rootfs() -> R {
