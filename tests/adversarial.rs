@@ -402,7 +402,7 @@ fn symlink_to_image_file_then_target_replaced_denied() -> R {
     symlink("/bin/tool3", c.host_path("/tmp/tool3-link")).map_err(es)?;
     assert_runs(&c.run("true", &["/tmp/tool3-link"])?, "symlink to another image binary")?;
     let bytes = fs::read(bb()?).map_err(es)?;
-    fs::write(c.host_path("/bin/tool3"), &bytes).map_err(es)?;
+    write_exec(&c.host_path("/bin/tool3"), &bytes, 0o755)?;
     assert_denied(h, &c.run("true", &["/tmp/tool3-link"])?, "symlink to an image binary rewritten in place")?;
     expect_event(h, &c, "/bin/tool2", Rule::Drift, denied_action(h))?;
     expect_event(h, &c, "/bin/tool3", Rule::Drift, denied_action(h))?;

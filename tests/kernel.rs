@@ -741,8 +741,7 @@ fn lsm_dropped_script_denied() -> R {
     let c = Container::new("script")?;
     c.install(h, &enforce())?;
     let p = c.host_path("/tmp/run.sh");
-    fs::write(&p, "#!/bin/sh\necho script-ran\n").map_err(|e| e.to_string())?;
-    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+    write_script(&p, "#!/bin/sh\necho script-ran\n")?;
     assert_denied(h, &c.run("run.sh", &["/tmp/run.sh"])?, "#! script written in the container")?;
     expect_event(h, &c, "/tmp/run.sh", Rule::Drift, Action::Deny)?;
     Ok(())

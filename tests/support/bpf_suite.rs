@@ -225,15 +225,48 @@ pub enum Outcome {
 }
 
 pub fn copy_exec(from: impl AsRef<Path>, to: &Path) -> R {
-    let from = from.as_ref();
-    fs::copy(from, to).map_err(|e| format!("copy {} -> {}: {e}", from.display(), to.display()))?;
-    fs::set_permissions(to, fs::Permissions::from_mode(0o755)).map_err(es)?;
-    Ok(())
+    copy_with_mode(from.as_ref(), to, 0o755)
+}
+
+/// Copies `from` to `to` (created, or rewritten in place) and sets `mode`, through a child
+/// process: see [`write_exec`] for why.
+pub fn copy_with_mode(from: &Path, to: &Path, mode: u32) -> R {
+    let bytes = fs::read(from).map_err(|e| format!("read {}: {e}", from.display()))?;
+    write_exec(to, &bytes, mode)
 }
 
 pub fn write_script(p: &Path, body: &str) -> R {
-    fs::write(p, body).map_err(|e| format!("write {}: {e}", p.display()))?;
-    fs::set_permissions(p, fs::Permissions::from_mode(0o755)).map_err(es)
+    write_exec(p, body.as_bytes(), 0o755)
+}
+
+/// Writes `bytes` to `to` (created, or rewritten in place: same inode) and sets `mode`, through a
+/// child process, never through a descriptor of this process. Trials run in parallel threads and
+/// some fork long-lived children ([`fork_in_cgroup`]) that keep a copy of every descriptor open
+/// at the fork, a write descriptor to another trial's file included, until they exit; exec of a
+/// file that anyone has open for writing fails with ETXTBSY ("Text file busy", seen in CI).
+pub fn write_exec(to: &Path, bytes: &[u8], mode: u32) -> R {
+    use std::io::Write;
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", "cat > \"$0\" && chmod \"$1\" \"$0\""])
+        .arg(to)
+        .arg(format!("{mode:o}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("writing {}: sh: {e}", to.display()))?;
+    let written = child.stdin.take().ok_or("child stdin")?.write_all(bytes);
+    let out = child.wait_with_output().map_err(|e| format!("writing {}: {e}", to.display()))?;
+    if !out.status.success() || written.is_err() {
+        return Err(format!(
+            "writing {}: {:?} {written:?} {}",
+            to.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(())
 }
 
 impl Container {
@@ -258,8 +291,7 @@ impl Container {
         for name in ["tool", "tool2", "tool3", "denied", "unlisted", "true"] {
             copy_exec(bb, &lower.join("bin").join(name))?;
         }
-        fs::copy(bb, lower.join("bin/noexec")).map_err(es)?;
-        fs::set_permissions(lower.join("bin/noexec"), fs::Permissions::from_mode(0o644)).map_err(es)?;
+        copy_with_mode(Path::new(bb), &lower.join("bin/noexec"), 0o644)?;
         symlink("busybox", lower.join("bin/sh")).map_err(es)?;
         symlink("denied", lower.join("bin/link")).map_err(es)?;
         write_script(&lower.join("bin/image-script.sh"), "#!/bin/sh\necho image-script-ran\n")?;
