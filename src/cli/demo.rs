@@ -40,7 +40,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<ExitCode> {
              run `sudo driftguard demo`"
         );
     }
-    let runc = super::check::find_in_path("runc").ok_or_else(|| {
+    let runc = driftguard::check::find_in_path("runc").ok_or_else(|| {
         anyhow!(
             "runc not found on PATH: install it (Debian/Ubuntu: `apt-get install runc`; Fedora: `dnf install runc`)"
         )
@@ -360,7 +360,7 @@ impl Enforcement {
             };
             return Ok(Enforcement { own: None, store, events, path });
         }
-        let e = super::check::quiet(|| {
+        let e = driftguard::check::quiet(|| {
             Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: cfg.bpf.force_fallback })
         })
         .context("loading the BPF programs (run `driftguard check` to see why)")?;
