@@ -13,11 +13,11 @@ use std::process::{Command, Stdio};
 
 use crate::cgroup::CgroupRoot;
 use crate::config::Config;
-use crate::enforcer::{self, EnforcementPath, Enforcer, EnforcerOptions, OverlayUpper};
+use crate::enforcer::{
+    self, parse_lsm_list, EnforcementPath, Enforcer, EnforcerOptions, OverlayUpper, BTF_PATH, LSM_LIST,
+};
 use serde::Serialize;
 
-const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
-const LSM_LIST: &str = "/sys/kernel/security/lsm";
 const LOCKDOWN: &str = "/sys/kernel/security/lockdown";
 #[cfg(test)]
 const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
@@ -25,7 +25,6 @@ const NRI_SECTION: &str = "io.containerd.nri.v1.nri";
 /// Where the packages install the base runtime spec with driftguard's hooks.
 const SHIPPED_BASE_SPEC: &str = "/usr/share/driftguard/containerd/base-runtime-spec.json";
 const ANNOTATION_PATTERN: &str = "driftguard.dev/*";
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 /// Outcome of one check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -118,18 +117,19 @@ pub fn gather(cfg: &Config, runtime: &Runtime) -> Vec<Item> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let kernel = check_kernel(release.trim());
 
-    let btf = check_btf(Path::new(BTF_PATH).exists());
+    let vmlinux_btf = enforcer::has_vmlinux_btf();
+    let btf = check_btf(vmlinux_btf);
 
-    // bpf_lsm_active mounts securityfs when it is missing (root only).
-    let lsm_verdict = enforcer::bpf_lsm_active();
-    let lsm_list = std::fs::read_to_string(LSM_LIST).ok();
+    // lsm_list mounts securityfs when it is missing (root only).
+    let lsm_list = enforcer::lsm_list();
     let kconfig = std::fs::read_to_string(format!("/boot/config-{}", release.trim())).ok();
     let lockdown = check_lockdown(std::fs::read_to_string(LOCKDOWN).ok().as_deref());
 
     // One load test (or the pinned state) feeds bpf_lsm, enforcement and capabilities, so they
     // cannot contradict each other.
     let probe = probe_enforcement(cfg, privileged && btf.status == Status::Ok);
-    let mut bpf_lsm = check_bpf_lsm(lsm_list.as_deref(), lsm_verdict.err().as_deref(), kconfig.as_deref());
+    let mut bpf_lsm =
+        check_bpf_lsm(lsm_list.as_deref().ok(), lsm_list.as_ref().err().map(String::as_str), kconfig.as_deref());
     if bpf_lsm.status == Status::Ok {
         if let Some(why) = probe.lsm_refused() {
             bpf_lsm = Item::warn(
@@ -144,13 +144,13 @@ pub fn gather(cfg: &Config, runtime: &Runtime) -> Vec<Item> {
     let capabilities = check_capabilities(
         &probe,
         enforcer::kernel_has_bpf_helper("BPF_FUNC_loop"),
-        Path::new(BTF_PATH).exists(),
+        vmlinux_btf,
         enforcer::overlay_upper(),
     );
 
     let bpffs = {
         let parent = cfg.bpf.pin_dir.parent().unwrap_or(Path::new("/sys/fs/bpf")).to_path_buf();
-        check_bpffs(&parent, is_bpffs(&parent))
+        check_bpffs(&parent, enforcer::is_bpffs(&parent))
     };
 
     let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
@@ -369,21 +369,6 @@ fn check_capabilities(probe: &Probe, has_loop: Option<bool>, vmlinux_btf: bool, 
     }
 }
 
-fn is_bpffs(p: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else { return false };
-    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
-    // SAFETY: statfs with a valid path and output buffer.
-    if unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
-        return false;
-    }
-    // SAFETY: statfs succeeded and filled the struct.
-    let st = unsafe { st.assume_init() };
-    #[allow(clippy::unnecessary_cast)] // f_type's type differs between architectures
-    let magic = st.f_type as i64;
-    magic == BPF_FS_MAGIC
-}
-
 fn overlay_module_present(release: &str) -> bool {
     let base = PathBuf::from(format!("/lib/modules/{release}/kernel/fs/overlayfs"));
     ["overlay.ko", "overlay.ko.xz", "overlay.ko.zst", "overlay.ko.gz"].iter().any(|f| base.join(f).exists())
@@ -490,10 +475,6 @@ fn check_btf(present: bool) -> Item {
             "use a kernel built with CONFIG_DEBUG_INFO_BTF=y (every current distribution kernel is)",
         )
     }
-}
-
-fn parse_lsm_list(list: &str) -> Vec<&str> {
-    list.trim().split(',').map(str::trim).filter(|s| !s.is_empty()).collect()
 }
 
 /// `lsm=` value to put on the kernel command line: the active list with `bpf` appended.

@@ -53,7 +53,7 @@ fn demo_requirements() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("needs root (overlay mount, runc, BPF)".into());
     }
-    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+    if !enforcer::has_vmlinux_btf() {
         return Some("kernel has no BTF".into());
     }
     if which("runc").is_none() {
