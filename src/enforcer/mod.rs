@@ -451,7 +451,10 @@ pub fn bpf_lsm_active() -> std::result::Result<(), String> {
     if parse_lsm_list(&list).contains(&"bpf") {
         Ok(())
     } else {
-        Err(format!("BPF LSM is not active (active LSMs: {}); add bpf to the kernel's lsm= boot parameter", list.trim()))
+        Err(format!(
+            "BPF LSM is not active (active LSMs: {}); add bpf to the kernel's lsm= boot parameter",
+            list.trim()
+        ))
     }
 }
 
