@@ -5,9 +5,11 @@
 //! - [`policy`]: the policy model (mode, rules, path lists) and its kernel encoding.
 //! - [`provenance`]: which filesystem a container's code may come from (its root overlay,
 //!   exempted volumes), read from mountinfo before the entrypoint runs.
+//! - [`check`]: `driftguard check`'s items: is this node ready, and what to change if not.
 pub mod agent;
 pub mod annotations;
 pub mod cgroup;
+pub mod check;
 pub mod config;
 pub mod enforcer;
 pub mod policy;

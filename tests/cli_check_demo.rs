@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use driftguard::check::ITEM_NAMES;
 use driftguard::enforcer::{self, Enforcer, EnforcerOptions, PolicyStore};
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::Value;
@@ -20,26 +21,6 @@ type R = Result<(), Failed>;
 
 const BIN: &str = env!("CARGO_BIN_EXE_driftguard");
 const DROPPED: &str = "/tmp/busybox";
-
-/// Every item `driftguard check` reports.
-const CHECK_ITEMS: [&str; 16] = [
-    "root",
-    "kernel",
-    "btf",
-    "lockdown",
-    "bpf_lsm",
-    "enforcement",
-    "capabilities",
-    "bpffs",
-    "overlayfs",
-    "cgroup_v2",
-    "nri_socket",
-    "containerd",
-    "containerd_nri",
-    "containerd_hook",
-    "runc",
-    "podman",
-];
 
 fn main() {
     let args = Arguments::from_args();
@@ -72,7 +53,7 @@ fn demo_requirements() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("needs root (overlay mount, runc, BPF)".into());
     }
-    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+    if !enforcer::has_vmlinux_btf() {
         return Some("kernel has no BTF".into());
     }
     if which("runc").is_none() {
@@ -148,8 +129,8 @@ fn check_reports_every_item() -> R {
     let items: Vec<Value> =
         serde_json::from_str(&stdout).map_err(|e| format!("check --json is not a JSON array ({e})\n{}", show(&o)))?;
     let names: Vec<&str> = items.iter().filter_map(|i| i["name"].as_str()).collect();
-    if names != CHECK_ITEMS {
-        return Err(format!("items {names:?}, expected {CHECK_ITEMS:?}").into());
+    if names != ITEM_NAMES {
+        return Err(format!("items {names:?}, expected {ITEM_NAMES:?}").into());
     }
     let mut any_fail = false;
     for i in &items {
@@ -185,7 +166,7 @@ fn check_reports_every_item() -> R {
     if t.status.code() != Some(want) {
         return Err(format!("text mode exit status differs from --json\n{}", show(&t)).into());
     }
-    for (item, name) in items.iter().zip(CHECK_ITEMS) {
+    for (item, name) in items.iter().zip(ITEM_NAMES) {
         let tag = format!("[{}]", item["status"].as_str().unwrap_or("?"));
         if !stdout.lines().any(|l| l.starts_with(&tag) && l.split_whitespace().nth(1) == Some(name)) {
             return Err(format!("text output has no `{tag} {name}` line\n{stdout}").into());

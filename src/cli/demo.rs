@@ -21,7 +21,10 @@ use driftguard::cgroup::{self, CgroupRoot};
 use driftguard::config::Config;
 use driftguard::enforcer::{self, EnforcementPath, Enforcer, EnforcerOptions, Event, EventStream, Owner, PolicyStore};
 use driftguard::policy::{Mode, Policy};
-use serde_json::json;
+use oci_spec::runtime::{
+    Capabilities, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, MountBuilder,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
 
 const BUSYBOX_CANDIDATES: [&str; 2] = ["/bin/busybox", "/usr/bin/busybox"];
 /// Applets linked in the image's /bin.
@@ -40,7 +43,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<ExitCode> {
              run `sudo driftguard demo`"
         );
     }
-    let runc = super::check::find_in_path("runc").ok_or_else(|| {
+    let runc = driftguard::check::find_in_path("runc").ok_or_else(|| {
         anyhow!(
             "runc not found on PATH: install it (Debian/Ubuntu: `apt-get install runc`; Fedora: `dnf install runc`)"
         )
@@ -102,7 +105,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<ExitCode> {
     mount_overlay(&lower, &upper, &work, &merged)?;
     guard.mount = Some(merged.clone());
     let cgroups_path = format!("/{id}");
-    let spec = oci_spec(&merged, &cgroups_path, &id);
+    let spec = oci_spec(&merged, &cgroups_path, &id).context("building the OCI runtime spec")?;
     fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&spec)?).context("writing config.json")?;
 
     step(2, "start a busybox container with runc")?;
@@ -360,7 +363,7 @@ impl Enforcement {
             };
             return Ok(Enforcement { own: None, store, events, path });
         }
-        let e = super::check::quiet(|| {
+        let e = driftguard::check::quiet(|| {
             Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: cfg.bpf.force_fallback })
         })
         .context("loading the BPF programs (run `driftguard check` to see why)")?;
@@ -468,51 +471,70 @@ fn mount_overlay(lower: &Path, upper: &Path, work: &Path, merged: &Path) -> anyh
     Ok(())
 }
 
-fn oci_spec(rootfs: &Path, cgroups_path: &str, hostname: &str) -> serde_json::Value {
-    let caps = [
-        "CAP_CHOWN",
-        "CAP_DAC_OVERRIDE",
-        "CAP_FOWNER",
-        "CAP_FSETID",
-        "CAP_KILL",
-        "CAP_SETGID",
-        "CAP_SETUID",
-        "CAP_SETPCAP",
-        "CAP_NET_BIND_SERVICE",
-        "CAP_SYS_CHROOT",
-        "CAP_AUDIT_WRITE",
+/// The container's runtime spec: busybox `sleep 3600` as root with Docker's default capabilities,
+/// no seccomp, its own pid/mount/ipc/uts/network namespaces. Fields the `oci-spec` builders
+/// would fill with their own defaults (rlimits, resources, annotations, inheritable and ambient
+/// capabilities) are left out, as runc's minimal spec does.
+fn oci_spec(rootfs: &Path, cgroups_path: &str, hostname: &str) -> anyhow::Result<Spec> {
+    use oci_spec::runtime::Capability::*;
+    let caps: Capabilities =
+        [Chown, DacOverride, Fowner, Fsetid, Kill, Setgid, Setuid, Setpcap, NetBindService, SysChroot, AuditWrite]
+            .into_iter()
+            .collect();
+    let mut capabilities =
+        LinuxCapabilitiesBuilder::default().bounding(caps.clone()).effective(caps.clone()).permitted(caps).build()?;
+    capabilities.set_inheritable(None);
+    capabilities.set_ambient(None);
+    let mut process = ProcessBuilder::default()
+        .terminal(false)
+        .user(UserBuilder::default().uid(0u32).gid(0u32).build()?)
+        .args(["/bin/sleep", "3600"].map(String::from).to_vec())
+        .env(["PATH=/bin", "HOME=/root"].map(String::from).to_vec())
+        .cwd("/")
+        .capabilities(capabilities)
+        .no_new_privileges(true)
+        .build()?;
+    process.set_rlimits(None);
+    let mount = |dest: &str, typ: &str, source: &str, options: &[&str]| {
+        let m = MountBuilder::default().destination(dest).typ(typ).source(source);
+        let m =
+            if options.is_empty() { m } else { m.options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>()) };
+        m.build()
+    };
+    let mounts = vec![
+        mount("/proc", "proc", "proc", &[])?,
+        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
+        mount("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"])?,
+        mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?,
     ];
-    json!({
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": false,
-            "user": {"uid": 0, "gid": 0},
-            "args": ["/bin/sleep", "3600"],
-            "env": ["PATH=/bin", "HOME=/root"],
-            "cwd": "/",
-            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-            "noNewPrivileges": true
-        },
-        "root": {"path": rootfs, "readonly": false},
-        "hostname": hostname,
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
-            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}
-        ],
-        "linux": {
-            "cgroupsPath": cgroups_path,
-            "namespaces": [
-                {"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}, {"type": "network"}
-            ],
-            "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
-            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
-        }
-    })
+    let namespaces = [
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Network,
+    ]
+    .into_iter()
+    .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
+    .collect::<Result<Vec<_>, _>>()?;
+    let strings = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mut linux = LinuxBuilder::default()
+        .cgroups_path(cgroups_path)
+        .namespaces(namespaces)
+        .masked_paths(strings(&["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"]))
+        .readonly_paths(strings(&["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]))
+        .build()?;
+    linux.set_resources(None);
+    let mut spec = SpecBuilder::default()
+        .version("1.0.2")
+        .process(process)
+        .root(RootBuilder::default().path(rootfs).readonly(false).build()?)
+        .hostname(hostname)
+        .mounts(mounts)
+        .linux(linux)
+        .build()?;
+    spec.set_annotations(None);
+    Ok(spec)
 }
 
 fn container_pid(runc: &Path, id: &str) -> anyhow::Result<u32> {
@@ -667,15 +689,60 @@ mod tests {
 
     #[test]
     fn spec_has_what_runc_needs() {
-        let s = oci_spec(Path::new("/tmp/x/rootfs"), "/driftguard-demo-1", "h");
-        assert_eq!(s["root"]["path"], "/tmp/x/rootfs");
-        assert_eq!(s["process"]["terminal"], false);
-        assert_eq!(s["linux"]["cgroupsPath"], "/driftguard-demo-1");
-        assert!(s["linux"].get("seccomp").is_none());
-        let ns: Vec<&str> =
-            s["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap()).collect();
-        for want in ["pid", "mount", "ipc", "uts"] {
-            assert!(ns.contains(&want));
+        let spec = oci_spec(Path::new("/tmp/x/rootfs"), "/driftguard-demo-1", "h").unwrap();
+        let mut s = serde_json::to_value(&spec).unwrap();
+        // Capability sets serialize in hash order.
+        for set in ["bounding", "effective", "permitted"] {
+            let mut l: Vec<String> = serde_json::from_value(s["process"]["capabilities"][set].take()).unwrap();
+            l.sort();
+            s["process"]["capabilities"][set] = serde_json::json!(l);
         }
+        let mut caps = [
+            "CAP_CHOWN",
+            "CAP_DAC_OVERRIDE",
+            "CAP_FOWNER",
+            "CAP_FSETID",
+            "CAP_KILL",
+            "CAP_SETGID",
+            "CAP_SETUID",
+            "CAP_SETPCAP",
+            "CAP_NET_BIND_SERVICE",
+            "CAP_SYS_CHROOT",
+            "CAP_AUDIT_WRITE",
+        ];
+        caps.sort();
+        // The whole spec, so nothing the builders default to slips in.
+        let want = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": false,
+                "user": {"uid": 0, "gid": 0},
+                "args": ["/bin/sleep", "3600"],
+                "env": ["PATH=/bin", "HOME=/root"],
+                "cwd": "/",
+                "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+                "noNewPrivileges": true
+            },
+            "root": {"path": "/tmp/x/rootfs", "readonly": false},
+            "hostname": "h",
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+                 "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+                {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+                 "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+                {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+                 "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}
+            ],
+            "linux": {
+                "cgroupsPath": "/driftguard-demo-1",
+                "namespaces": [
+                    {"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}, {"type": "network"}
+                ],
+                "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
+                "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+            }
+        });
+        assert_eq!(s, want, "{}", serde_json::to_string_pretty(&s).unwrap());
     }
 }

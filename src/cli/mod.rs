@@ -59,7 +59,7 @@ pub fn dispatch(config: Option<&Path>, overrides: &Overrides, command: crate::Co
         crate::Command::Status { json } => status::run(&cfg, json),
         crate::Command::Events => events::run(&cfg),
         crate::Command::Check { json, containerd_config, containerd_bin } => {
-            check::run(&cfg, json, &check::Runtime { containerd_config, containerd_bin })
+            check::run(&cfg, json, &driftguard::check::Runtime { containerd_config, containerd_bin })
         }
         crate::Command::Demo => demo::run(&cfg),
         crate::Command::Unload => {

@@ -47,8 +47,10 @@ use skel::{DriftguardSkel, DriftguardSkelBuilder, OpenDriftguardSkel};
 
 /// Default pin directory.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/driftguard";
-const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
-const LSM_LIST: &str = "/sys/kernel/security/lsm";
+/// The kernel's BTF, which CO-RE relocates the programs against.
+pub const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+/// The active LSMs, comma-separated (securityfs).
+pub const LSM_LIST: &str = "/sys/kernel/security/lsm";
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 const LSM_PROGS: [&str; 3] = ["dg_bprm_check", "dg_mmap_file", "dg_file_mprotect"];
@@ -124,7 +126,7 @@ impl Enforcer {
     /// Load the programs (BPF LSM if possible, else the fallback), attach and pin them.
     pub fn load(opts: &EnforcerOptions) -> Result<Self> {
         libbpf_log::install();
-        if !Path::new(BTF_PATH).exists() {
+        if !has_vmlinux_btf() {
             return Err(Error::NoBtf(PathBuf::from(BTF_PATH)));
         }
         raise_memlock();
@@ -424,23 +426,35 @@ pub fn unload(pin_dir: &Path) -> Result<UnloadReport> {
     Ok(report)
 }
 
-/// Is BPF LSM active? `Err` says why not.
-pub fn bpf_lsm_active() -> std::result::Result<(), String> {
+/// Does the kernel have BTF ([`BTF_PATH`])? Without it the programs cannot be loaded.
+pub fn has_vmlinux_btf() -> bool {
+    Path::new(BTF_PATH).exists()
+}
+
+/// The text of [`LSM_LIST`], mounting securityfs first when it is missing (root only). `Err`
+/// says why it cannot be read.
+pub fn lsm_list() -> std::result::Result<String, String> {
     if !Path::new(LSM_LIST).exists() {
         mount_securityfs();
     }
-    match std::fs::read_to_string(LSM_LIST) {
-        Ok(list) => {
-            if list.trim().split(',').any(|l| l == "bpf") {
-                Ok(())
-            } else {
-                Err(format!(
-                    "BPF LSM is not active (active LSMs: {}); add bpf to the kernel's lsm= boot parameter",
-                    list.trim()
-                ))
-            }
-        }
-        Err(e) => Err(format!("cannot read {LSM_LIST} ({e}); is securityfs mounted?")),
+    std::fs::read_to_string(LSM_LIST).map_err(|e| format!("cannot read {LSM_LIST} ({e}); is securityfs mounted?"))
+}
+
+/// The names in the text of [`LSM_LIST`], in order.
+pub fn parse_lsm_list(list: &str) -> Vec<&str> {
+    list.trim().split(',').map(str::trim).filter(|s| !s.is_empty()).collect()
+}
+
+/// Is BPF LSM active? `Err` says why not.
+pub fn bpf_lsm_active() -> std::result::Result<(), String> {
+    let list = lsm_list()?;
+    if parse_lsm_list(&list).contains(&"bpf") {
+        Ok(())
+    } else {
+        Err(format!(
+            "BPF LSM is not active (active LSMs: {}); add bpf to the kernel's lsm= boot parameter",
+            list.trim()
+        ))
     }
 }
 
@@ -558,7 +572,8 @@ pub fn check_pin_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn is_bpffs(p: &Path) -> bool {
+/// Is `p` on a bpf filesystem (where pins can live)?
+pub fn is_bpffs(p: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else { return false };
     let mut st = MaybeUninit::<libc::statfs>::zeroed();
@@ -569,7 +584,9 @@ fn is_bpffs(p: &Path) -> bool {
     }
     // SAFETY: statfs succeeded and filled the struct.
     let st = unsafe { st.assume_init() };
-    st.f_type == BPF_FS_MAGIC
+    #[allow(clippy::unnecessary_cast)] // f_type's type differs between architectures
+    let magic = st.f_type as i64;
+    magic == BPF_FS_MAGIC
 }
 
 fn first_line(s: &str) -> &str {
