@@ -25,6 +25,12 @@ else
     echo "SKIP fmt: rustfmt is not installed with this toolchain" >&2
 fi
 
+# The example tests (nri-plugin/tests/*_example.rs, tests/nri_example.rs) run the examples as
+# programs. `cargo test --all-targets` builds examples only as test harnesses (hashed names, no
+# main), so build them as programs first.
+echo "== cargo build --workspace --examples" >&2
+cargo build --workspace --examples --color never 2>&1
+
 echo "== cargo test --workspace" >&2
 cargo test --workspace --all-targets --color never 2>&1
 

@@ -13,21 +13,11 @@ use nri_plugin::testing::{Delivery, EventReply, LifecycleEvent, RuntimePeer};
 use nri_plugin::EventMask;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-/// `<target>/<profile>/examples/adjuster`, next to this test's `deps/` directory. `cargo test`
-/// builds examples before running tests; a targeted `cargo test --test adjuster_example` does too.
-fn example_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("profile dir");
-    let bin = profile_dir.join("examples").join("adjuster");
-    assert!(bin.is_file(), "{} not built: cargo test builds it (cargo build -p nri-plugin --examples)", bin.display());
-    bin
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adjuster_answers_create_container_with_env_and_mount() {
     let dir = tempfile::tempdir().unwrap();
     let peer = RuntimePeer::bind(dir.path().join("nri.sock")).unwrap();
-    let mut child = tokio::process::Command::new(example_binary())
+    let mut child = tokio::process::Command::new(example_binary("adjuster"))
         .args(["--socket", peer.path().to_str().unwrap(), "--index", "42", "--namespace", "team-a"])
         .args(["--env", "GREETING=hello world", "--env", "EMPTY="])
         .args(["--mount", "/srv/data:/data:ro", "--mount", "/srv/scratch:/scratch"])
@@ -93,7 +83,7 @@ async fn adjuster_answers_create_container_with_env_and_mount() {
 fn adjuster_rejects_bad_arguments() {
     for args in [&["--env", "NOVALUE"][..], &["--mount", "relative:/x"], &["--mount", "/a"], &["--bogus"], &["--name"]]
     {
-        let out = std::process::Command::new(example_binary()).args(args).output().unwrap();
+        let out = std::process::Command::new(example_binary("adjuster")).args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("usage: adjuster"), "{args:?}: {err}");

@@ -8,19 +8,9 @@ use common::*;
 use nri_plugin::testing::{Delivery, LifecycleEvent, RuntimePeer};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-/// `<target>/<profile>/examples/logger`, next to this test's `deps/` directory. `cargo test`
-/// builds examples before running tests, so a missing binary is a failure, not a skip.
-fn example_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("test binary in <target>/<profile>/deps");
-    let bin = profile_dir.join("examples").join("logger");
-    assert!(bin.is_file(), "{} not built: cargo test builds it (cargo build -p nri-plugin --examples)", bin.display());
-    bin
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logger_prints_events_as_json_lines() {
-    let bin = example_binary();
+    let bin = example_binary("logger");
     let dir = tempfile::tempdir().unwrap();
     let peer = RuntimePeer::bind(dir.path().join("nri.sock")).unwrap();
     let mut child = tokio::process::Command::new(bin)

@@ -326,3 +326,19 @@ pub fn init_tracing() {
             .try_init();
     }
 }
+
+/// The example `name`, built as a program at `<target>/<profile>/examples/<name>`, next to the
+/// test's `deps/` directory. A targeted `cargo test --test <name>_example` builds it that way;
+/// `cargo test --all-targets` builds examples only as test harnesses, so tests/run.sh runs
+/// `cargo build --workspace --examples` first. A missing binary is a failure, not a skip.
+pub fn example_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("test binary in <target>/<profile>/deps");
+    let bin = profile_dir.join("examples").join(name);
+    assert!(
+        bin.is_file(),
+        "{} not built as a program: run `cargo build -p nri-plugin --examples` first (tests/run.sh does)",
+        bin.display()
+    );
+    bin
+}
