@@ -25,7 +25,7 @@ mod runc_nri;
 mod vm;
 
 use agent_process::AgentProcess;
-use nri_plugin::testing::{Delivery, LifecycleEvent, RuntimePeer};
+use nri_plugin::testing::{Delivery, LifecycleEvent, PeerConnection, RuntimePeer};
 use runc_nri::{assert_stopped, cgroup2_root, connect, pod, rt, start_container, CgroupDirs, KillOnDrop, RuncCtr};
 
 type R = Result<(), Failed>;
@@ -142,14 +142,9 @@ fn which(bin: &str) -> Option<PathBuf> {
 
 fn agent_enforces_annotated_pods() -> R {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let mut agent = AgentProcess::with_own_socket("agent")?;
     let rt = rt();
     let _guard = rt.enter();
-    let mut peer = RuntimePeer::bind(&agent.socket).map_err(|e| e.to_string())?;
-    // The VMs run under TCG emulation: everything is ~10x slower there.
-    peer.set_timeout(Duration::from_secs(60));
-    agent.start()?;
-    let conn = rt.block_on(connect(&peer, vec![], vec![]))?;
+    let (agent, _peer, conn) = registered_agent(&rt)?;
     let path = agent.path();
     if std::env::var("DG_EXPECT_PATH").as_deref() == Ok("lsm") && path != Some(EnforcementPath::Lsm) {
         return Err(format!("expected the BPF LSM path, agent pinned {path:?}\n{}", agent.log()).into());
@@ -317,16 +312,23 @@ fn agent_enforces_annotated_pods() -> R {
     Ok(())
 }
 
-fn agent_refuses_bad_annotations() -> R {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+/// The agent started against a test runtime on its own socket, connected and synchronized with
+/// nothing. Call with `rt` entered (the peer's listener lives on it).
+fn registered_agent(rt: &tokio::runtime::Runtime) -> Result<(AgentProcess, RuntimePeer, PeerConnection), Failed> {
     let mut agent = AgentProcess::with_own_socket("agent")?;
-    let rt = rt();
-    let _guard = rt.enter();
     let mut peer = RuntimePeer::bind(&agent.socket).map_err(|e| e.to_string())?;
     // The VMs run under TCG emulation: everything is ~10x slower there.
     peer.set_timeout(Duration::from_secs(60));
     agent.start()?;
     let conn = rt.block_on(connect(&peer, vec![], vec![]))?;
+    Ok((agent, peer, conn))
+}
+
+fn agent_refuses_bad_annotations() -> R {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let rt = rt();
+    let _guard = rt.enter();
+    let (agent, _peer, conn) = registered_agent(&rt)?;
     let ctr = RuncCtr::create(dir.path(), "bad")?;
     for (key, value, expect) in [
         ("driftguard.dev/mode", "enforcing", "invalid mode"),
@@ -365,14 +367,9 @@ fn agent_refuses_bad_annotations() -> R {
 
 fn agent_restart_keeps_enforcing_and_resynchronizes() -> R {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let mut agent = AgentProcess::with_own_socket("agent")?;
     let rt = rt();
     let _guard = rt.enter();
-    let mut peer = RuntimePeer::bind(&agent.socket).map_err(|e| e.to_string())?;
-    // The VMs run under TCG emulation: everything is ~10x slower there.
-    peer.set_timeout(Duration::from_secs(60));
-    agent.start()?;
-    let conn = rt.block_on(connect(&peer, vec![], vec![]))?;
+    let (mut agent, peer, conn) = registered_agent(&rt)?;
     let ctr = RuncCtr::create(dir.path(), "restart")?;
     let p = pod("api", &[("driftguard.dev/mode", "enforce")]);
     let c = ctr.nri(&p, "srv");
@@ -438,13 +435,9 @@ fn agent_restart_keeps_enforcing_and_resynchronizes() -> R {
 /// not; a path that is not a mount of the container, or a runtime-made mount, is refused.
 fn agent_exempts_only_declared_volumes() -> R {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let mut agent = AgentProcess::with_own_socket("agent")?;
     let rt = rt();
     let _guard = rt.enter();
-    let mut peer = RuntimePeer::bind(&agent.socket).map_err(|e| e.to_string())?;
-    peer.set_timeout(Duration::from_secs(60));
-    agent.start()?;
-    let conn = rt.block_on(connect(&peer, vec![], vec![]))?;
+    let (agent, _peer, conn) = registered_agent(&rt)?;
     let path = agent.path();
     let ctr = RuncCtr::create(dir.path(), "vols")?;
     // Not a mount in the container: refused at StartContainer, naming the path.
@@ -481,13 +474,9 @@ fn agent_exempts_only_declared_volumes() -> R {
 /// process in the cgroup it cannot tell which one is the container's, and refuses.
 fn start_without_a_pid_uses_the_one_process_of_the_cgroup() -> R {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let mut agent = AgentProcess::with_own_socket("agent")?;
     let rt = rt();
     let _guard = rt.enter();
-    let mut peer = RuntimePeer::bind(&agent.socket).map_err(|e| e.to_string())?;
-    peer.set_timeout(Duration::from_secs(60));
-    agent.start()?;
-    let conn = rt.block_on(connect(&peer, vec![], vec![]))?;
+    let (agent, _peer, conn) = registered_agent(&rt)?;
     let path = agent.path();
     let p = pod("nopid", &[("driftguard.dev/mode", "enforce")]);
 
