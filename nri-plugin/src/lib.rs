@@ -191,6 +191,7 @@ mod mux;
 mod plugin;
 mod rpc;
 mod runner;
+mod stop;
 #[cfg(feature = "test-peer")]
 pub mod testing;
 mod watch;
@@ -217,3 +218,4 @@ pub use runner::{
     DEFAULT_REGISTRATION_TIMEOUT, DEFAULT_SOCKET_PATH, INDEX_RULE, NAME_RULE, NRI_API_VERSION, PLUGIN_IDX_ENV,
     PLUGIN_NAME_ENV, PLUGIN_SOCKET_ENV,
 };
+pub use stop::{StopHandle, STOP_CLOSE_TIMEOUT};

@@ -15,6 +15,7 @@ use crate::events::EventMask;
 use crate::mux::{Mux, PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN};
 use crate::plugin::{Plugin, PluginDispatch, SessionSignal, PLUGIN_METHODS};
 use crate::rpc::{call, client_on, serve_stream, service_table, PLUGIN_SERVICE, RUNTIME_SERVICE};
+use crate::stop::{StopHandle, STOP_CLOSE_TIMEOUT};
 use crate::watch;
 
 /// Default NRI socket path.
@@ -321,6 +322,7 @@ impl RunnerBuilder {
             deadlines: self.deadlines,
             on_event: self.on_event,
             client: RuntimeClient::default(),
+            stop: StopHandle::new(),
         })
     }
 }
@@ -342,6 +344,9 @@ impl RunnerBuilder {
 /// runner.run(MyPlugin).await
 /// # }
 /// ```
+///
+/// To stop it gracefully (requests in flight answered, then the connection closed), use
+/// [`run_until`](Self::run_until) or a [`StopHandle`].
 pub struct Runner {
     name: String,
     index: String,
@@ -356,6 +361,7 @@ pub struct Runner {
     deadlines: Option<DeadlinePolicy>,
     on_event: Option<EventCallback>,
     client: RuntimeClient,
+    stop: StopHandle,
 }
 
 impl std::fmt::Debug for Runner {
@@ -414,6 +420,47 @@ impl Runner {
         self.client.clone()
     }
 
+    /// A handle that stops this runner gracefully: no new requests, the ones in flight answered,
+    /// the connection closed, [`run`](Self::run) returning `Ok(())`. See [`StopHandle`].
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
+    }
+
+    /// Runs `plugin` like [`run`](Self::run) until `signal` completes, then stops gracefully
+    /// (see [`StopHandle`]) and returns `Ok(())` once the runtime has its answers and the
+    /// connection is closed. Returns earlier, like `run`, if the runner gives up by itself.
+    ///
+    /// ```no_run
+    /// # use nri_plugin::{Plugin, Runner};
+    /// # struct MyPlugin;
+    /// # impl Plugin for MyPlugin {}
+    /// # async fn f() -> Result<(), nri_plugin::Error> {
+    /// let runner = Runner::builder("my-plugin", "10").build()?;
+    /// let sigterm = async {
+    ///     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    ///         .expect("SIGTERM handler");
+    ///     term.recv().await;
+    /// };
+    /// runner.run_until(MyPlugin, sigterm).await
+    /// # }
+    /// ```
+    pub async fn run_until<P, F>(self, plugin: P, signal: F) -> Result<(), Error>
+    where
+        P: Plugin,
+        F: std::future::Future<Output = ()>,
+    {
+        let stop = self.stop_handle();
+        let run = self.run(plugin);
+        tokio::pin!(run, signal);
+        tokio::select! {
+            res = &mut run => res,
+            _ = &mut signal => {
+                stop.stop();
+                run.await
+            }
+        }
+    }
+
     fn emit(&self, ev: ConnectionEvent) {
         tracing::debug!(?ev, "NRI connection event");
         if let Some(cb) = &self.on_event {
@@ -423,7 +470,8 @@ impl Runner {
 
     /// Runs `plugin` until the runner gives up: never with reconnection enabled (the default),
     /// except for an inherited socket (`NRI_PLUGIN_SOCKET`), where it returns when that connection
-    /// ends. Dropping the returned future closes the connection.
+    /// ends; or until it is stopped through its [`StopHandle`] (then `Ok(())`). Dropping the
+    /// returned future closes the connection at once, without answering requests in flight.
     pub async fn run<P: Plugin>(self, plugin: P) -> Result<(), Error> {
         self.run_shared(Arc::new(plugin)).await
     }
@@ -434,6 +482,10 @@ impl Runner {
         let mut failures: u32 = 0;
         let mut waiting = Waiting::new(self.watch_socket);
         loop {
+            if self.stop.is_stopped() {
+                tracing::debug!(plugin = %self.name, "NRI runner stopped");
+                return Ok(());
+            }
             let transport = match self.inherited_fd.lock().ok().and_then(|mut g| g.take()) {
                 Some(fd) => Transport::Fd(fd),
                 None => Transport::Path(self.socket_path.clone()),
@@ -454,7 +506,7 @@ impl Runner {
                     let new_socket = socket_id.is_some() && socket_id != waiting.refused;
                     let quick = waiting.watch && (waiting.woken || new_socket) && waiting.quick_retries < QUICK_RETRIES;
                     if quick && is_refused(&e) {
-                        tokio::time::sleep(quick_retry_delay(waiting.quick_retries)).await;
+                        self.until_stopped(tokio::time::sleep(quick_retry_delay(waiting.quick_retries))).await;
                         waiting.quick_retries += 1;
                         waiting.woken = true;
                         continue;
@@ -466,7 +518,7 @@ impl Runner {
                     let retry_in = if waiting.watch { self.backoff.max } else { self.backoff.delay(failures) };
                     waiting.log_failure(&self.socket_path, &e, retry_in);
                     self.emit(ConnectionEvent::ConnectFailed { attempt: failures, error: e.to_string(), retry_in });
-                    self.wait_for_socket(&mut waiting, failures, socket_id).await;
+                    self.until_stopped(self.wait_for_socket(&mut waiting, failures, socket_id)).await;
                     continue;
                 }
             };
@@ -486,7 +538,7 @@ impl Runner {
                 connection: connections,
                 error: result.as_ref().err().map(|e| e.to_string()),
             });
-            if inherited || !self.reconnect {
+            if inherited || !self.reconnect || self.stop.is_stopped() {
                 return result;
             }
             if configured {
@@ -495,15 +547,23 @@ impl Runner {
                 // the socket watched, try right away (a refused or missing socket then waits for
                 // the new one); without, give it a moment.
                 if !waiting.watch {
-                    tokio::time::sleep(self.backoff.initial).await;
+                    self.until_stopped(tokio::time::sleep(self.backoff.initial)).await;
                 }
             } else {
                 // Connected but never configured: a runtime going down as we connected, or one
                 // that does not take us (registration refused, handshake timeout). Wait for a
                 // new socket, or back off.
                 failures = failures.saturating_add(1);
-                self.wait_for_socket(&mut waiting, failures, socket_id).await;
+                self.until_stopped(self.wait_for_socket(&mut waiting, failures, socket_id)).await;
             }
+        }
+    }
+
+    /// Runs `fut` (a wait between attempts) unless the runner is stopped first.
+    async fn until_stopped<F: std::future::Future<Output = ()>>(&self, fut: F) {
+        tokio::select! {
+            _ = fut => {}
+            _ = self.stop.stopped() => {}
         }
     }
 
@@ -554,12 +614,13 @@ impl Runner {
         connection: u64,
         configured: &mut bool,
     ) -> Result<(), Error> {
-        let plugin_conn = mux.open(PLUGIN_SERVICE_CONN)?;
+        // Gated: once stopped, requests arriving from the runtime reach no handler.
+        let plugin_conn = mux.open_gated(PLUGIN_SERVICE_CONN, self.stop.gate())?;
         let runtime_conn = mux.open(RUNTIME_SERVICE_CONN)?;
         let (sig_tx, mut sig_rx) = tokio::sync::mpsc::unbounded_channel();
         let dispatch = Arc::new(PluginDispatch::new(plugin, self.events, sig_tx).with_deadlines(self.deadlines));
         // Kept alive for the session; dropping it shuts the server's connection down.
-        let _server = serve_stream(plugin_conn, service_table(PLUGIN_SERVICE, PLUGIN_METHODS, dispatch)).await?;
+        let server = serve_stream(plugin_conn, service_table(PLUGIN_SERVICE, PLUGIN_METHODS, dispatch)).await?;
         let client = client_on(runtime_conn);
         mux.unblock();
 
@@ -615,8 +676,38 @@ impl Runner {
                 _ = &mut configure_deadline, if !*configured => {
                     return Err(Error::HandshakeTimeout { stage: "configure", timeout: self.configure_timeout });
                 }
+                _ = self.stop.stopped() => return self.close_gracefully(mux, server, connection).await,
             }
         }
+    }
+
+    /// The stop sequence (see [`StopHandle`]): the gate already keeps new requests from the
+    /// handlers; stop the plugin's ttrpc server reading, let it answer what is in flight and
+    /// write the answers, wait until they are on the socket, close it for writing and give the
+    /// runtime [`STOP_CLOSE_TIMEOUT`] to close its end.
+    async fn close_gracefully(
+        &self,
+        mux: &Mux,
+        mut server: ttrpc::r#async::Server,
+        connection: u64,
+    ) -> Result<(), Error> {
+        tracing::debug!(connection, plugin = %self.name, "NRI stop: answering requests in flight");
+        // Returns once every handler in flight has been answered for (by its deadline at the
+        // latest) and the server's writer has written the answers to its connection.
+        server.disconnect().await;
+        drop(server);
+        mux.flushed(PLUGIN_SERVICE_CONN).await;
+        if let Err(e) = mux.shutdown_write().await {
+            tracing::debug!(connection, error = %e, "NRI stop: closing the connection for writing failed");
+            return Ok(());
+        }
+        match tokio::time::timeout(STOP_CLOSE_TIMEOUT, mux.closed()).await {
+            Ok(_) => tracing::debug!(connection, "NRI stop: the runtime closed its end"),
+            Err(_) => {
+                tracing::debug!(connection, timeout = ?STOP_CLOSE_TIMEOUT, "NRI stop: the runtime did not close its end")
+            }
+        }
+        Ok(())
     }
 }
 
