@@ -152,8 +152,18 @@ pub enum ConnectionEvent {
         /// Reason, if any.
         error: Option<String>,
     },
+    /// The runner was stopped ([`StopHandle`]) and closed the connection after answering the
+    /// requests in flight; sent instead of [`Disconnected`](Self::Disconnected), and nothing
+    /// follows it.
+    Stopped {
+        /// Connection number.
+        connection: u64,
+    },
     /// Connecting failed; the next attempt follows after `retry_in` at the latest (earlier when
     /// the watched socket appears, see [`RunnerBuilder::watch_socket`]).
+    /// Sent for every attempt; the runner itself logs outages at debug level only, so an
+    /// application says what an unreachable runtime means for it here (once per change of
+    /// `error`, not per attempt).
     ConnectFailed {
         /// Consecutive failures so far.
         attempt: u32,
@@ -534,10 +544,14 @@ impl Runner {
                 Ok(()) => tracing::debug!(connection = connections, "NRI connection closed"),
                 Err(e) => tracing::debug!(connection = connections, error = %e, "NRI connection failed"),
             }
-            self.emit(ConnectionEvent::Disconnected {
-                connection: connections,
-                error: result.as_ref().err().map(|e| e.to_string()),
-            });
+            if self.stop.is_stopped() && result.is_ok() {
+                self.emit(ConnectionEvent::Stopped { connection: connections });
+            } else {
+                self.emit(ConnectionEvent::Disconnected {
+                    connection: connections,
+                    error: result.as_ref().err().map(|e| e.to_string()),
+                });
+            }
             if inherited || !self.reconnect || self.stop.is_stopped() {
                 return result;
             }
@@ -771,13 +785,15 @@ impl Waiting {
             tracing::debug!(socket = %socket.display(), error = %e, ?retry_in, "NRI connect failed");
             return;
         }
+        // Debug only, like the disconnect: the application hears it as
+        // ConnectionEvent::ConnectFailed and says what it means for it, once.
         if self.watch {
-            tracing::info!(
+            tracing::debug!(
                 socket = %socket.display(), error = %e, fallback_retry = ?retry_in,
                 "NRI socket unavailable; connecting as soon as it appears"
             );
         } else {
-            tracing::info!(socket = %socket.display(), error = %e, ?retry_in, "NRI socket unavailable; retrying with backoff");
+            tracing::debug!(socket = %socket.display(), error = %e, ?retry_in, "NRI socket unavailable; retrying with backoff");
         }
         self.logged = Some(reason);
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use nri_plugin::api::*;
 use nri_plugin::testing::{Delivery, LifecycleEvent, PeerConnection, RuntimePeer};
-use nri_plugin::{EventMask, HandlerResult, Plugin, Runner};
+use nri_plugin::{ConnectionEvent, EventMask, HandlerResult, Plugin, Runner};
 use tokio::sync::{mpsc, Notify};
 
 /// Reports every StartContainer it is given on `seen`; pods named `slow` wait for `release`.
@@ -46,7 +46,14 @@ async fn request_in_flight_is_answered_and_later_requests_are_not_served() {
     let peer = RuntimePeer::bind(dir.path().join("nri.sock")).unwrap();
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
     let release = Arc::new(Notify::new());
-    let runner = Runner::builder("stopper", "10").socket_path(peer.path()).use_env(false).build().unwrap();
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let ev = events.clone();
+    let runner = Runner::builder("stopper", "10")
+        .socket_path(peer.path())
+        .use_env(false)
+        .on_connection_event(move |e| ev.lock().unwrap().push(e.clone()))
+        .build()
+        .unwrap();
     let stop = runner.stop_handle();
     let run = tokio::spawn(runner.run(Gatekeeper { seen: seen_tx, release: release.clone() }));
     let mut conn = peer.accept().await.unwrap();
