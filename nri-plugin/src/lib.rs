@@ -185,6 +185,7 @@ mod client;
 mod deadline;
 mod error;
 mod events;
+mod farewell;
 // The frame codec is internal; `testing::wire` re-exports parts of it for tests and fuzzers.
 #[cfg_attr(not(feature = "test-peer"), allow(dead_code))]
 mod mux;
@@ -215,7 +216,7 @@ pub use events::{event_name, EventMask};
 pub use plugin::Plugin;
 pub use runner::{
     validate_index, validate_name, Backoff, ConnectionEvent, Runner, RunnerBuilder, DEFAULT_CONFIGURE_TIMEOUT,
-    DEFAULT_REGISTRATION_TIMEOUT, DEFAULT_SOCKET_PATH, INDEX_RULE, NAME_RULE, NRI_API_VERSION, PLUGIN_IDX_ENV,
-    PLUGIN_NAME_ENV, PLUGIN_SOCKET_ENV,
+    DEFAULT_REGISTRATION_TIMEOUT, DEFAULT_SOCKET_PATH, FAREWELL_TIMEOUT, INDEX_RULE, NAME_RULE, NRI_API_VERSION,
+    PLUGIN_IDX_ENV, PLUGIN_NAME_ENV, PLUGIN_SOCKET_ENV,
 };
 pub use stop::{StopHandle, STOP_CLOSE_TIMEOUT};

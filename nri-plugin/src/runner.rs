@@ -12,6 +12,7 @@ use crate::client::RuntimeClient;
 use crate::deadline::DeadlinePolicy;
 use crate::error::Error;
 use crate::events::EventMask;
+use crate::farewell;
 use crate::mux::{Mux, PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN};
 use crate::plugin::{Plugin, PluginDispatch, SessionSignal, PLUGIN_METHODS};
 use crate::rpc::{call, client_on, serve_stream, service_table, PLUGIN_SERVICE, RUNTIME_SERVICE};
@@ -152,6 +153,15 @@ pub enum ConnectionEvent {
         /// Reason, if any.
         error: Option<String>,
     },
+    /// The runner was stopped ([`StopHandle`]) and stopped taking requests on this connection:
+    /// from now on none reaches a handler. The requests in flight are being answered.
+    Stopping {
+        /// Connection number.
+        connection: u64,
+        /// Whether the runtime is holding its events for the farewell connection (see
+        /// [`RunnerBuilder::farewell`]); `false` when the stop goes without it.
+        farewell: bool,
+    },
     /// The runner was stopped ([`StopHandle`]) and closed the connection after answering the
     /// requests in flight; sent instead of [`Disconnected`](Self::Disconnected), and nothing
     /// follows it.
@@ -189,6 +199,7 @@ pub struct RunnerBuilder {
     reconnect: bool,
     watch_socket: bool,
     deadlines: Option<DeadlinePolicy>,
+    farewell: bool,
     on_event: Option<EventCallback>,
 }
 
@@ -204,6 +215,7 @@ impl std::fmt::Debug for RunnerBuilder {
             .field("reconnect", &self.reconnect)
             .field("watch_socket", &self.watch_socket)
             .field("deadlines", &self.deadlines)
+            .field("farewell", &self.farewell)
             .finish_non_exhaustive()
     }
 }
@@ -277,6 +289,19 @@ impl RunnerBuilder {
         self
     }
 
+    /// Whether a graceful stop ([`StopHandle`]) first opens a short farewell connection (default
+    /// `true`), so that the runtime drops the plugin from its list without logging an error: the
+    /// runtime synchronizes the farewell connection while holding off its events, the main
+    /// connection is closed in that moment, and completing the farewell connection makes the
+    /// runtime remove the closed one. Until the runtime holds its events (at most
+    /// [`FAREWELL_TIMEOUT`]) the main connection keeps serving requests. Not used with an
+    /// inherited socket (`NRI_PLUGIN_SOCKET`), and skipped when it fails. With `false`, the stop
+    /// closes the main connection at once.
+    pub fn farewell(mut self, yes: bool) -> Self {
+        self.farewell = yes;
+        self
+    }
+
     /// Callback for connection lifecycle events (connects, reconnects, disconnects). Called inline:
     /// keep it quick (bump a metric, log).
     pub fn on_connection_event<F>(mut self, f: F) -> Self
@@ -330,6 +355,7 @@ impl RunnerBuilder {
             reconnect: self.reconnect,
             watch_socket: self.watch_socket,
             deadlines: self.deadlines,
+            farewell: self.farewell,
             on_event: self.on_event,
             client: RuntimeClient::default(),
             stop: StopHandle::new(),
@@ -369,6 +395,7 @@ pub struct Runner {
     reconnect: bool,
     watch_socket: bool,
     deadlines: Option<DeadlinePolicy>,
+    farewell: bool,
     on_event: Option<EventCallback>,
     client: RuntimeClient,
     stop: StopHandle,
@@ -406,6 +433,7 @@ impl Runner {
             reconnect: true,
             watch_socket: true,
             deadlines: Some(DeadlinePolicy::default()),
+            farewell: true,
             on_event: None,
         }
     }
@@ -536,7 +564,7 @@ impl Runner {
             connections += 1;
             tracing::debug!(connection = connections, plugin = %self.name, index = %self.index, "NRI connected");
             self.emit(ConnectionEvent::Connected { connection: connections });
-            let (configured, result) = self.session(stream, plugin.clone(), connections).await;
+            let (configured, result) = self.session(stream, plugin.clone(), connections, !inherited).await;
             self.client.set(None);
             match &result {
                 // Debug only: the application hears it as ConnectionEvent::Disconnected and says
@@ -613,10 +641,11 @@ impl Runner {
         stream: UnixStream,
         plugin: Arc<P>,
         connection: u64,
+        by_path: bool,
     ) -> (bool, Result<(), Error>) {
         let mux = Mux::new_blocked(stream);
         let mut configured = false;
-        let result = self.session_inner(&mux, plugin, connection, &mut configured).await;
+        let result = self.session_inner(&mux, plugin, connection, &mut configured, by_path).await;
         mux.close();
         (configured, result)
     }
@@ -627,6 +656,7 @@ impl Runner {
         plugin: Arc<P>,
         connection: u64,
         configured: &mut bool,
+        by_path: bool,
     ) -> Result<(), Error> {
         // Gated: once stopped, requests arriving from the runtime reach no handler.
         let plugin_conn = mux.open_gated(PLUGIN_SERVICE_CONN, self.stop.gate())?;
@@ -690,13 +720,61 @@ impl Runner {
                 _ = &mut configure_deadline, if !*configured => {
                     return Err(Error::HandshakeTimeout { stage: "configure", timeout: self.configure_timeout });
                 }
-                _ = self.stop.stopped() => return self.close_gracefully(mux, server, connection).await,
+                _ = self.stop.stopped() => return self.stop_session(mux, server, connection, by_path && *configured).await,
             }
         }
     }
 
-    /// The stop sequence (see [`StopHandle`]): the gate already keeps new requests from the
-    /// handlers; stop the plugin's ttrpc server reading, let it answer what is in flight and
+    /// The stop sequence (see [`StopHandle`]): the farewell connection when possible, then the
+    /// gate and [`close_gracefully`](Self::close_gracefully), then the farewell's release.
+    async fn stop_session(
+        &self,
+        mux: &Mux,
+        server: ttrpc::r#async::Server,
+        connection: u64,
+        farewell_possible: bool,
+    ) -> Result<(), Error> {
+        let mut farewell = None;
+        if self.farewell && farewell_possible {
+            let f = farewell::start(
+                self.socket_path.clone(),
+                self.name.clone(),
+                self.index.clone(),
+                self.registration_timeout.min(FAREWELL_TIMEOUT),
+            );
+            let farewell::Farewell { quiesced, release, mut task } = f;
+            // The main connection keeps serving until the runtime holds its events.
+            let held = tokio::select! {
+                q = quiesced => q.is_ok(),
+                _ = tokio::time::sleep(FAREWELL_TIMEOUT) => false,
+                _ = mux.closed() => false,
+            };
+            if held {
+                farewell = Some((release, task));
+            } else {
+                task.abort();
+                match (&mut task).await {
+                    Ok(Err(e)) => tracing::debug!(connection, error = %e, "NRI stop: no farewell connection"),
+                    _ => tracing::debug!(connection, "NRI stop: no farewell connection (timed out)"),
+                }
+            }
+        }
+        self.stop.close_gate();
+        self.emit(ConnectionEvent::Stopping { connection, farewell: farewell.is_some() });
+        let res = self.close_gracefully(mux, server, connection).await;
+        if let Some((release, task)) = farewell {
+            let _ = release.send(());
+            match tokio::time::timeout(FAREWELL_TIMEOUT, task).await {
+                Ok(Ok(Ok(()))) => tracing::debug!(connection, "NRI stop: farewell connection done"),
+                Ok(Ok(Err(e))) => tracing::debug!(connection, error = %e, "NRI stop: farewell connection failed"),
+                _ => tracing::debug!(connection, "NRI stop: farewell connection did not finish"),
+            }
+        }
+        res
+    }
+
+    /// Closing the main connection: the gate already keeps new requests from the handlers; stop
+    /// the plugin's ttrpc server reading, let it answer what is in flight and
     /// write the answers, wait until they are on the socket, close it for writing and give the
     /// runtime [`STOP_CLOSE_TIMEOUT`] to close its end.
     async fn close_gracefully(
@@ -734,6 +812,11 @@ fn close_result(res: crate::mux::CloseResult) -> Result<(), Error> {
         },
     }
 }
+
+/// How long a graceful stop waits for the runtime to take the farewell connection (register,
+/// configure, start synchronizing it) before closing without it; also the bound for the
+/// farewell connection to finish afterwards.
+pub const FAREWELL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Connection attempts right after the socket appeared that may still find it not listening.
 const QUICK_RETRIES: u32 = 28;

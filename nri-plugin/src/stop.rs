@@ -15,23 +15,32 @@ pub const STOP_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 ///
 /// After [`stop`](Self::stop) the runner
 ///
-/// 1. takes no new request: a request that reaches the plugin after `stop` returned is not given
-///    to any handler and never answered (the runtime sees the connection close instead, as when
-///    a plugin goes away, and goes on without the plugin);
-/// 2. lets the requests in flight finish: each is answered as usual, by its handler or, when the
+/// 1. when connected through a socket path, opens a farewell connection (see
+///    [`RunnerBuilder::farewell`](crate::RunnerBuilder::farewell)) and keeps serving requests
+///    until the runtime holds its events for it (at most
+///    [`FAREWELL_TIMEOUT`](crate::FAREWELL_TIMEOUT));
+/// 2. takes no new request ([`ConnectionEvent::Stopping`](crate::ConnectionEvent::Stopping)): a
+///    request that reaches the plugin from then on is not given to any handler and never
+///    answered (the runtime sees the connection close instead, as when a plugin goes away, and
+///    goes on without the plugin);
+/// 3. lets the requests in flight finish: each is answered as usual, by its handler or, when the
 ///    handler overruns, at its [`Deadline`](crate::Deadline) with
 ///    [`Plugin::on_deadline`](crate::Plugin::on_deadline)'s answer, so waiting is bounded by the
 ///    deadlines (without deadlines, by the ttrpc server's 10 s shutdown bound);
-/// 3. closes the connection for writing once every answer is on the socket, waits up to
-///    [`STOP_CLOSE_TIMEOUT`] for the runtime to close its end, and
-/// 4. returns `Ok(())` from [`run`](crate::Runner::run) without reconnecting. A runner that is
-///    waiting for the runtime (not connected) returns at once.
+/// 4. closes the connection for writing once every answer is on the socket, and waits up to
+///    [`STOP_CLOSE_TIMEOUT`] for the runtime to close its end;
+/// 5. completes and closes the farewell connection, and
+/// 6. returns `Ok(())` from [`run`](crate::Runner::run) without reconnecting
+///    ([`ConnectionEvent::Stopped`](crate::ConnectionEvent::Stopped)). A runner that is waiting
+///    for the runtime (not connected) returns at once.
 ///
-/// Stopping does not unregister the plugin: NRI has no such call. A runtime using containerd's
-/// NRI adaptation (containerd 1.7 and 2.x, CRI-O) notices the closed connection and logs it; it
-/// drops the plugin from its list only after its next event dispatch, and if that event is one
-/// the plugin subscribed to, it logs an error for it (`closing plugin …: ttrpc: closed`) before
-/// dropping the plugin. That line says the plugin had gone, not that a request was cut off.
+/// NRI has no call to unregister. containerd's NRI adaptation (containerd 1.7 and 2.x, also used
+/// by CRI-O) keeps a plugin whose connection closed in its list until its next event dispatch and
+/// sends it that event, which fails and is logged as an error (`closing plugin …, failed to
+/// handle event …: ttrpc: closed`). The farewell connection makes the runtime drop the closed
+/// plugin before any event: after a stop with it, no such error is logged, except when the
+/// runtime's very next event is a PostUpdateContainer (the farewell connection's subscription)
+/// or when the farewell could not be made (then the line says only that the plugin had gone).
 ///
 /// ```no_run
 /// # use nri_plugin::{Plugin, Runner};
@@ -70,16 +79,19 @@ impl StopHandle {
         StopHandle { inner: Arc::new(StopState { gate: Arc::new(AtomicBool::new(false)), tx }) }
     }
 
-    /// Asks the runner to stop (see the type's documentation). From the moment this returns, no
-    /// request arriving on the connection reaches a handler. Idempotent.
+    /// Asks the runner to stop (see the type's documentation). Idempotent.
     pub fn stop(&self) {
-        self.inner.gate.store(true, Ordering::Release);
         self.inner.tx.send_replace(true);
     }
 
     /// Whether [`stop`](Self::stop) was called.
     pub fn is_stopped(&self) -> bool {
-        self.inner.gate.load(Ordering::Acquire)
+        *self.inner.tx.borrow()
+    }
+
+    /// From now on no frame arriving on the plugin's connection reaches a handler.
+    pub(crate) fn close_gate(&self) {
+        self.inner.gate.store(true, Ordering::Release);
     }
 
     /// The flag the multiplexer checks for each incoming frame of the plugin's connection.
