@@ -131,6 +131,25 @@
 //! `request_timeout` to `ConfigureResponse` (containerd/nri#304) is not in any release, so this
 //! crate does not send it; raise containerd's `plugin_request_timeout` instead.
 //!
+//! ## Stopping
+//!
+//! [`Runner::run_until`] (or a [`StopHandle`] from [`Runner::stop_handle`]) stops gracefully: the
+//! requests in flight are answered, later ones reach no handler, the connection is closed and
+//! `run` returns `Ok(())`. Before closing, a short farewell connection makes containerd drop the
+//! plugin from its list without logging an error ([`RunnerBuilder::farewell`]).
+//!
+//! ```no_run
+//! # use nri_plugin::{Plugin, Runner};
+//! # struct MyPlugin;
+//! # impl Plugin for MyPlugin {}
+//! # async fn f() -> Result<(), nri_plugin::Error> {
+//! let ctrl_c = async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! };
+//! Runner::builder("my-plugin", "10").build()?.run_until(MyPlugin, ctrl_c).await
+//! # }
+//! ```
+//!
 //! ## Testing a plugin
 //!
 //! The `test-peer` feature adds the module `nri_plugin::testing`: an in-process

@@ -134,10 +134,11 @@ impl Tasks {
     }
 }
 
-/// How long a shutdown waits for the NRI runner to answer the requests in flight and close: the
-/// longest handler deadline (the runtime's request timeout, 2 s by default) plus the runner's
-/// wait for the runtime to close its end ([`nri_plugin::STOP_CLOSE_TIMEOUT`]), with room to spare.
-const NRI_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a shutdown waits for the NRI runner to stop: the farewell connection
+/// ([`nri_plugin::FAREWELL_TIMEOUT`], twice), the longest handler deadline (the runtime's request
+/// timeout, 2 s by default) and the wait for the runtime to close its end
+/// ([`nri_plugin::STOP_CLOSE_TIMEOUT`]), with room to spare; well under systemd's stop timeout.
+const NRI_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Run the agent until `shutdown` resolves (`Ok`) or one of its essential tasks ends (`Err`,
 /// naming the task and why: the caller exits non-zero so the service manager restarts it).
