@@ -317,11 +317,7 @@ fn which(prog: &str) -> Option<PathBuf> {
         let p = PathBuf::from(prog);
         return p.is_file().then_some(p);
     }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].iter().map(PathBuf::from))
-        .map(|d| d.join(prog))
-        .find(|p| fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false))
+    driftguard::check::find_in_path(prog)
 }
 
 /// `$DRIFTGUARD_QEMU` or `qemu-system-x86_64` from PATH.
@@ -334,7 +330,7 @@ fn busybox_binary() -> Result<PathBuf, String> {
     if let Ok(b) = std::env::var("DRIFTGUARD_BUSYBOX") {
         return Ok(PathBuf::from(b));
     }
-    ["/bin/busybox", "/usr/bin/busybox"]
+    driftguard::demo::BUSYBOX_CANDIDATES
         .iter()
         .map(PathBuf::from)
         .find(|p| p.is_file())
@@ -486,6 +482,30 @@ fn copy_file(src: &Path, dst: &Path) -> Result<(), String> {
     }
     fs::copy(src, dst).map_err(|e| format!("copy {} -> {}: {e}", src.display(), dst.display()))?;
     Ok(())
+}
+
+/// `bin` without debug info, as `<dir>/<its file name>` (a plain copy if `strip` fails): for a
+/// [`VmRequest::files`] entry that keeps the guest's initramfs small.
+pub fn stripped(bin: &Path, dir: &Path) -> Result<PathBuf, String> {
+    let name = bin.file_name().ok_or_else(|| format!("{}: no file name", bin.display()))?;
+    let dst = dir.join(name);
+    copy_stripped(bin, &dst)?;
+    Ok(dst)
+}
+
+/// The environment of a suite re-run inside a VM kernel ([`VmRequest::env`]): BPF LSM expected
+/// (`DG_EXPECT_PATH=lsm`), skips fail (`DRIFTGUARD_REQUIRE_ALL=1`), backtraces, and a PATH with
+/// the sbin directories.
+pub fn suite_env() -> Vec<(String, String)> {
+    [
+        ("DG_EXPECT_PATH", "lsm"),
+        ("DRIFTGUARD_REQUIRE_ALL", "1"),
+        ("RUST_BACKTRACE", "1"),
+        ("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
 }
 
 /// Copy `src` to `dst` without debug info (falls back to a plain copy if `strip` fails).
