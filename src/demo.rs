@@ -48,9 +48,7 @@ pub enum Error {
          run `sudo driftguard demo`"
     )]
     NotRoot,
-    #[error(
-        "runc not found on PATH: install it (Debian/Ubuntu: `apt-get install runc`; Fedora: `dnf install runc`)"
-    )]
+    #[error("runc not found on PATH: install it (Debian/Ubuntu: `apt-get install runc`; Fedora: `dnf install runc`)")]
     RuncNotFound,
     #[error("busybox not found: install the statically linked one (Debian/Ubuntu: `apt-get install busybox-static`)")]
     BusyboxNotFound,
@@ -658,8 +656,7 @@ impl Stopped {
     /// Judge `runc exec`'s output.
     pub fn of(o: &Output) -> Stopped {
         let stderr = String::from_utf8_lossy(&o.stderr).to_lowercase();
-        if !o.status.success() && (stderr.contains("permission denied") || stderr.contains("operation not permitted"))
-        {
+        if !o.status.success() && (stderr.contains("permission denied") || stderr.contains("operation not permitted")) {
             Stopped::Denied
         } else if o.status.code() == Some(137) || o.status.signal() == Some(libc::SIGKILL) {
             Stopped::Killed
