@@ -795,7 +795,9 @@ fn sysv_shm_exec_mapping_denied() -> R {
         };
     }
     if !matches!(attach, Outcome::Exited(c, _) if c == 10 + libc::EPERM) {
-        return Err(format!("shmat(SHM_EXEC) in an enforced container: expected EPERM (exit 11), got {attach:?}").into());
+        return Err(
+            format!("shmat(SHM_EXEC) in an enforced container: expected EPERM (exit 11), got {attach:?}").into()
+        );
     }
     if !matches!(mprotect, Outcome::Exited(c, _) if c == 50 + libc::EPERM) {
         return Err(format!(
@@ -1150,11 +1152,17 @@ fn binfmt_misc_in_user_namespace_cannot_launder_drift() -> R {
     expect_event_suffix(h, &c, "/tmp/echo", Rule::Drift, denied_action(h))?;
     if lsm(h) {
         if rc("A") != "126" || text.contains("DG-A-RAN") {
-            return Err(format!("case A: a dropped file run through a registered image interpreter must get EPERM: {text}").into());
+            return Err(format!(
+                "case A: a dropped file run through a registered image interpreter must get EPERM: {text}"
+            )
+            .into());
         }
         expect_event_suffix(h, &c, "/tmp/payload.dgx", Rule::Drift, Action::Deny)?;
     } else if rc("A") != "0" || !text.contains("DG-A-RAN") {
-        return Err(format!("fallback limit changed: a dropped file run by an image interpreter through binfmt_misc: {text}").into());
+        return Err(format!(
+            "fallback limit changed: a dropped file run by an image interpreter through binfmt_misc: {text}"
+        )
+        .into());
     }
     Ok(())
 }

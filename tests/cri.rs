@@ -754,8 +754,7 @@ done
         let (_, id) = env.pod_with("allmounts", &[ENFORCE], "app")?;
         let e = env.ctd.sh(&id, PROBE)?;
         println!("{}", e.stdout.trim_end());
-        let lines: Vec<(&str, &str)> =
-            e.stdout.lines().filter_map(|l| l.split_once(' ')).collect();
+        let lines: Vec<(&str, &str)> = e.stdout.lines().filter_map(|l| l.split_once(' ')).collect();
         let ran: Vec<&str> = lines.iter().filter(|(v, _)| *v == "RAN").map(|(_, m)| *m).collect();
         if !ran.is_empty() {
             return Err(format!("a binary written into these mounts RAN in an enforce pod: {ran:?}\n{e}"));
