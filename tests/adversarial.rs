@@ -78,6 +78,7 @@ fn main() {
         ("memfd_fexecve_and_proc_fd_exec_denied", memfd_fexecve_and_proc_fd_exec_denied),
         ("proc_self_fd_exec_of_dropped_file_denied", proc_self_fd_exec_of_dropped_file_denied),
         ("o_tmpfile_exec_denied", o_tmpfile_exec_denied),
+        ("sysv_shm_exec_mapping_denied", sysv_shm_exec_mapping_denied),
         ("volume_exec_denied_unless_the_pod_exempts_it", volume_exec_denied_unless_the_pod_exempts_it),
         // Image provenance: only this container's own image layers are image.
         ("runtime_dev_tmpfs_exec_denied", runtime_dev_tmpfs_exec_denied),
@@ -727,6 +728,96 @@ fn proc_self_fd_exec_of_dropped_file_denied() -> R {
     }
     expect_event_suffix(h, &c, "/tmp/dropped", Rule::Drift, denied_action(h))?;
     wait_event(h, |e| e.policy_cgroup_id == c.cgid && e.rule == Rule::Fileless, "unlinked-file event")?;
+    Ok(())
+}
+
+/// Child body: attach a new SysV shared memory segment with `SHM_EXEC` (an executable mapping of
+/// a file that has no name: the segment's shmem inode is unlinked). 0 = attached, 10 + errno =
+/// refused, 110 = no segment.
+fn shm_attach_exec() -> i32 {
+    // SAFETY: raw SysV IPC calls on a private segment the child removes before exiting.
+    unsafe {
+        let id = libc::shmget(libc::IPC_PRIVATE, 4096, libc::IPC_CREAT | 0o600);
+        if id < 0 {
+            return 110;
+        }
+        let addr = libc::shmat(id, std::ptr::null(), libc::SHM_EXEC);
+        let e = errno();
+        libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut());
+        if addr as isize == -1 {
+            return 10 + e;
+        }
+        libc::shmdt(addr);
+        0
+    }
+}
+
+/// Child body: attach a segment read-write (allowed), then `mprotect` it executable.
+/// 0 = made executable, 50 + errno = mprotect refused, 30 + errno = the plain attach failed.
+fn shm_attach_then_mprotect_exec() -> i32 {
+    // SAFETY: as above; the mapping is the child's own.
+    unsafe {
+        let id = libc::shmget(libc::IPC_PRIVATE, 4096, libc::IPC_CREAT | 0o600);
+        if id < 0 {
+            return 110;
+        }
+        let addr = libc::shmat(id, std::ptr::null(), 0);
+        let e = errno();
+        libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut());
+        if addr as isize == -1 {
+            return 30 + e;
+        }
+        let rc = libc::mprotect(addr, 4096, libc::PROT_READ | libc::PROT_EXEC);
+        let e = errno();
+        libc::shmdt(addr);
+        if rc != 0 {
+            return 50 + e;
+        }
+        0
+    }
+}
+
+/// Code written into SysV shared memory and mapped executable (`shmat(SHM_EXEC)`, or attached
+/// read-write and then `mprotect`ed) never touches exec or a named file. The segment is an
+/// unlinked shmem inode, so with BPF LSM the fileless rule refuses both mappings (`mmap_file` and
+/// `file_mprotect`), like a memfd. The fallback sees no mappings: the known limit is asserted.
+fn sysv_shm_exec_mapping_denied() -> R {
+    let h = harness()?;
+    let c = container("sysvshm")?;
+    c.install(h, &enforce())?;
+    let attach = fork_in_cgroup(&c.cgroup, &shm_attach_exec)?;
+    let mprotect = fork_in_cgroup(&c.cgroup, &shm_attach_then_mprotect_exec)?;
+    if !lsm(h) {
+        return match (&attach, &mprotect) {
+            (Outcome::Exited(0, _), Outcome::Exited(0, _)) => Ok(()),
+            _ => Err(format!("fallback limit changed: shmat(SHM_EXEC) {attach:?}, mprotect {mprotect:?}").into()),
+        };
+    }
+    if !matches!(attach, Outcome::Exited(c, _) if c == 10 + libc::EPERM) {
+        return Err(format!("shmat(SHM_EXEC) in an enforced container: expected EPERM (exit 11), got {attach:?}").into());
+    }
+    if !matches!(mprotect, Outcome::Exited(c, _) if c == 50 + libc::EPERM) {
+        return Err(format!(
+            "mprotect(PROT_EXEC) of a SysV shm attachment: expected the attach to work and mprotect EPERM (exit 51), got {mprotect:?}"
+        )
+        .into());
+    }
+    for hook in [Hook::MmapFile, Hook::FileMprotect] {
+        let e = wait_event(
+            h,
+            |e| e.policy_cgroup_id == c.cgid && e.rule == Rule::Fileless && e.hook == hook,
+            &format!("fileless {hook:?} event of the SysV segment"),
+        )?;
+        if e.action != Action::Deny {
+            return Err(format!("SysV shm event not a denial: {e:?}").into());
+        }
+    }
+    // Control: in a container with no policy the same executable attach works.
+    let free = container("sysvshm-free")?;
+    let outside = fork_in_cgroup(&free.cgroup, &shm_attach_exec)?;
+    if !matches!(outside, Outcome::Exited(0, _)) {
+        return Err(format!("control: shmat(SHM_EXEC) outside any policy should work: {outside:?}").into());
+    }
     Ok(())
 }
 

@@ -60,6 +60,7 @@ const TRIALS: &[(&str, TrialFn)] = &[
     ("cri_container_removed_while_agent_down_is_cleaned", cri_container_removed_while_agent_down_is_cleaned),
     ("runtime_mount_dev_tmpfs_exec_is_denied", runtime_mount_dev_tmpfs_exec_is_denied),
     ("runtime_mount_etc_hostname_exec_is_denied", runtime_mount_etc_hostname_exec_is_denied),
+    ("every_writable_mount_refuses_a_written_binary", every_writable_mount_refuses_a_written_binary),
     ("container_started_while_agent_down_is_enforced", container_started_while_agent_down_is_enforced),
     ("container_refused_when_nothing_is_pinned", container_refused_when_nothing_is_pinned),
     ("unannotated_pod_starts_when_nothing_is_pinned", unannotated_pod_starts_when_nothing_is_pinned),
@@ -125,9 +126,12 @@ fn main() {
         .map(|(&(name, f), why)| gate.trial(name, why, f))
         .collect();
     if !vm::in_vm() {
-        // Debian 6.12 only: containerd under TCG takes minutes per kernel, and CI has an hour.
+        // The oldest and the newest kernel of the matrix (5.10: no module BTF, the most
+        // fallbacks): containerd under TCG takes minutes per kernel, and CI has an hour.
         trials.extend(
-            gate.vm_trials_if("vm_cri", &reason, cri_suite_in_vm).into_iter().filter(|t| t.name().ends_with("_6_12")),
+            gate.vm_trials_if("vm_cri", &reason, cri_suite_in_vm)
+                .into_iter()
+                .filter(|t| t.name().ends_with("_6_12") || t.name().ends_with("_5_10")),
         );
     } else {
         // The guest's loopback is down by default; the agent's metrics endpoint needs it.
@@ -149,10 +153,11 @@ const ONLY_ENV: &str = "DG_CRI_ONLY";
 /// The trials the VM re-run must pass: drift, the runtime-made mounts, a refused annotation and
 /// a container started while the agent is down (the hook's policy), with containerd, runc, the
 /// hook and the agent inside a Debian kernel with BPF LSM, where a stopped exec is EPERM.
-const VM_TRIALS: [&str; 5] = [
+const VM_TRIALS: [&str; 6] = [
     "cri_enforce_pod_kills_drift_and_runs_image_files",
     "runtime_mount_dev_tmpfs_exec_is_denied",
     "runtime_mount_etc_hostname_exec_is_denied",
+    "every_writable_mount_refuses_a_written_binary",
     "cri_bad_annotation_refused_at_create_container",
     "container_started_while_agent_down_is_enforced",
 ];
@@ -730,6 +735,52 @@ fn runtime_mount_dev_tmpfs_exec_is_denied() -> R {
         env.assert_stopped(&e, "exec of a binary copied to /dev (runtime-made tmpfs) in an enforce pod").map_err(|m| {
             format!("{m} (exit 127 \"x: applet not found\" means the copied busybox RAN and printed that)")
         })
+    })
+}
+
+/// The attacker's next step after `/dev` and `/etc/hostname`: every mount point the runtime gives
+/// the container (from the container's own `/proc/self/mounts`: `/dev`, `/dev/shm`, `/dev/mqueue`,
+/// `/dev/pts`, the `/etc/hosts|hostname|resolv.conf` binds, the root's upper layer, whatever a
+/// newer runtime adds) gets a copy of busybox written into it (a file named `echo` in a directory,
+/// the file itself for a file mount) and run. Not one may run: exit 126 (EPERM, or the mount's own
+/// `noexec`) or 137 (killed) for every mount the container can write. procfs and sysfs hold no
+/// regular files a process can create and are left out.
+fn every_writable_mount_refuses_a_written_binary() -> R {
+    const PROBE: &str = r#"
+for m in $(awk '{print $2}' /proc/self/mounts | sort -u); do
+  case "$m" in /proc|/proc/*|/sys|/sys/*) continue;; esac
+  if [ -d "$m" ]; then t="${m%/}/echo"; else t="$m"; fi
+  if cat /bin/busybox > "$t" 2>/dev/null && chmod 755 "$t" 2>/dev/null; then
+    "$t" DG-RAN >/dev/null 2>&1
+    rc=$?
+    case $rc in 126|137) echo "STOPPED $m $rc";; *) echo "RAN $m $rc";; esac
+  else
+    echo "READONLY $m"
+  fi
+done
+"#;
+    with_env(|env| {
+        let (_, id) = env.pod_with("allmounts", &[ENFORCE], "app")?;
+        let e = env.ctd.sh(&id, PROBE)?;
+        println!("{}", e.stdout.trim_end());
+        let lines: Vec<(&str, &str)> =
+            e.stdout.lines().filter_map(|l| l.split_once(' ')).collect();
+        let ran: Vec<&str> = lines.iter().filter(|(v, _)| *v == "RAN").map(|(_, m)| *m).collect();
+        if !ran.is_empty() {
+            return Err(format!("a binary written into these mounts RAN in an enforce pod: {ran:?}\n{e}"));
+        }
+        let tried: Vec<&str> =
+            lines.iter().filter(|(v, _)| *v == "STOPPED").filter_map(|(_, m)| m.split(' ').next()).collect();
+        for must in ["/", "/dev", "/dev/shm", "/etc/hostname", "/etc/hosts", "/etc/resolv.conf"] {
+            if !tried.contains(&must) {
+                return Err(format!("the probe could not write {must}, so it proves nothing there: {e}"));
+            }
+        }
+        let ok = env.ctd.sh(&id, "/bin/echo image-ok")?;
+        if ok.code != 0 || !ok.stdout.contains("image-ok") {
+            return Err(format!("control: the image's /bin/echo must still run after the probe: {ok}"));
+        }
+        Ok(())
     })
 }
 
