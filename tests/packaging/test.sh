@@ -607,14 +607,18 @@ if [[ -n $kv ]]; then
     "$PY" "$render" deploy/helm/driftguard --set securityContext.privileged=true --set prometheusRule.enabled=true \
         --set metrics.serviceMonitor.enabled=true --set hostNetwork=false >"$renders/chart-options.yaml" 2>&1 \
         || bad chart-render "$(tail -n 2 "$renders/chart-options.yaml")"
+    # Strict: unknown fields are errors. prometheus-operator kinds have no schema here (counted).
+    # 1.30: the oldest Kubernetes with securityContext.appArmorProfile (docs/install.md); 1.37:
+    # the newest this kubernetes-validate knows.
     for f in "$renders"/*.yaml deploy/daemonset.yaml; do
-        n=$(basename "$f" .yaml)
-        # Strict: unknown fields are errors. prometheus-operator kinds have no schema here (counted).
-        if out=$("$kv" --strict "$f" 2>&1); then
-            ok "kubernetes-validate-$n" "$(grep -c 'passed for resource' <<<"$out") objects valid, $(grep -c 'find schema' <<<"$out") without a schema"
-        else
-            bad "kubernetes-validate-$n" "$(grep -v -e '^$' -e 'find schema' -e 'passed for resource' <<<"$out" | head -n 3 | tr '\n' ' ')"
-        fi
+        for v in 1.30 1.37; do
+            n=$(basename "$f" .yaml)-$v
+            if out=$("$kv" --strict -k "$v" "$f" 2>&1); then
+                ok "kubernetes-validate-$n" "$(grep -c 'passed for resource' <<<"$out") objects valid, $(grep -c 'find schema' <<<"$out") without a schema"
+            else
+                bad "kubernetes-validate-$n" "$(grep -v -e '^$' -e 'find schema' -e 'passed for resource' <<<"$out" | head -n 3 | tr '\n' ' ')"
+            fi
+        done
     done
 else
     bad kubernetes-validate "not installed: scripts/install-deps.sh puts it into .cache/pyenv (or set KUBERNETES_VALIDATE)"
