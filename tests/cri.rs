@@ -1404,7 +1404,8 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
 /// The CRI ContainerConfig the kubelet makes of container `c` of `pod_spec` (the fields the
 /// DaemonSet uses; any other field is an error, so this keeps up with the manifest): command,
 /// args, env (values and the spec.nodeName field), security context and volume mounts (hostPath
-/// through `node`, the ConfigMap as the directory `configmap`, emptyDir as a scratch directory).
+/// through `node`, the ConfigMap as the directory `configmap`, which is named after it, emptyDir
+/// as a scratch directory).
 fn cri_container(
     c: &serde_json::Value,
     pod_spec: &serde_json::Value,
@@ -1458,6 +1459,10 @@ fn cri_container(
             }
             h
         } else if v.get("configMap").is_some() {
+            let want = configmap.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if v["configMap"]["name"] != want {
+                return Err(format!("volume {v}: not the deploy kit's ConfigMap {want}"));
+            }
             configmap.to_path_buf()
         } else if v.get("emptyDir").is_some() {
             let h = node.dir.path().join(format!("empty-{name}-{vname}"));
@@ -1595,7 +1600,9 @@ fn daemonset_image_protects_another_pod() -> R {
     if let Some(k) = spec.as_object().into_iter().flatten().map(|(k, _)| k).find(|k| !known.contains(&k.as_str())) {
         return Err(format!("pod spec field {k} is not translated by this trial").into());
     }
-    let agent_spec = &spec["containers"][0];
+    let [agent_spec] = spec["containers"].as_array().map(Vec::as_slice).unwrap_or_default() else {
+        return Err(format!("expected one container in the DaemonSet's pod: {}", spec["containers"]).into());
+    };
     let image = agent_spec["image"].as_str().ok_or("the agent container has no image")?.to_string();
 
     // Declared first, dropped last: after containerd has removed the pods.
@@ -1628,7 +1635,8 @@ fn daemonset_image_protects_another_pod() -> R {
 
     // 2. The ConfigMap's files.
     let port = free_port()?;
-    let cm_dir = node.dir.path().join("configmap");
+    // Named after the ConfigMap: [`cri_container`] checks the volumes name it.
+    let cm_dir = node.dir.path().join(cm["metadata"]["name"].as_str().ok_or("ConfigMap without a name")?);
     std::fs::create_dir_all(&cm_dir).map_err(|e| e.to_string())?;
     for (file, body) in cm["data"].as_object().ok_or("ConfigMap without data")? {
         let mut body = body.as_str().unwrap_or_default().to_string();
