@@ -155,8 +155,10 @@ pub const EXPECTED_LIMITS: &[(&str, &[&str])] = &[(
         "decision_function_matches_spec",
         // overlay mounts in a user namespace are 5.11+
         "second_overlay_in_user_namespace_exec_denied",
+        // binfmt_misc in a user namespace is 6.7+
+        "binfmt_misc_in_user_namespace_cannot_launder_drift",
     ],
-)];
+), ("6.1", &["binfmt_misc_in_user_namespace_cannot_launder_drift"])];
 
 impl VmResult {
     /// The trials that printed `LIMIT <trial>:` must be among [`EXPECTED_LIMITS`] for `kernel`;
