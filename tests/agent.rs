@@ -98,14 +98,7 @@ fn agent_suite_in_vm(k: &vm::Kernel) -> R {
         timeout: Duration::from_secs(600),
         memory_mb: 1536,
     };
-    let t = Instant::now();
-    let res = vm::run_in_vm(k, &req).map_err(|e| format!("VM {} ({}): {e}", k.name, k.version))?;
-    println!("--- kernel {} ({}) in {:.1}s ---\n{}", k.name, k.version, t.elapsed().as_secs_f64(), res.output);
-    if res.exit_code != 0 {
-        return Err(
-            format!("agent trials failed inside the {} VM (exit {}); output above", k.name, res.exit_code).into()
-        );
-    }
+    let res = vm::run_suite(k, &req, "agent trials")?;
     let want = format!("test result: ok. {} passed;", TRIALS.len());
     if !res.output.lines().any(|l| l.starts_with(&want) && l.contains(" 0 ignored;")) {
         return Err(format!("VM summary is not `ok. {} passed` with 0 ignored", TRIALS.len()).into());

@@ -795,14 +795,7 @@ fn runc_suite_in_vm(k: &vm::Kernel) -> R {
         timeout: Duration::from_secs(600),
         memory_mb: 1536,
     };
-    let t = Instant::now();
-    let res = vm::run_in_vm(k, &req).map_err(|e| format!("VM {} ({}): {e}", k.name, k.version))?;
-    println!("--- kernel {} ({}) in {:.1}s ---\n{}", k.name, k.version, t.elapsed().as_secs_f64(), res.output);
-    if res.exit_code != 0 {
-        return Err(
-            format!("runc trials failed inside the {} VM (exit {}); output above", k.name, res.exit_code).into()
-        );
-    }
+    let res = vm::run_suite(k, &req, "runc trials")?;
     if !res.output.contains("denied as expected (lsm)") {
         return Err("VM output lacks an LSM denial".into());
     }

@@ -911,6 +911,25 @@ fn build_initrd(kernel: &Kernel, req: &VmRequest, root: &Path, initrd: &Path) ->
     w.map_err(|e| format!("writing initrd: {e}"))
 }
 
+/// [`run_in_vm`] for a suite re-run inside `kernel`: prints the guest's output under a
+/// `--- kernel <name> (<version>) in <s>s ---` line; Err also when the guest's run failed, with
+/// `what` (e.g. "agent trials") in the message.
+pub fn run_suite(kernel: &Kernel, req: &VmRequest, what: &str) -> Result<VmResult, String> {
+    let t = std::time::Instant::now();
+    let res = run_in_vm(kernel, req).map_err(|e| format!("VM {} ({}): {e}", kernel.name, kernel.version))?;
+    println!(
+        "--- kernel {} ({}) in {:.1}s ---\n{}",
+        kernel.name,
+        kernel.version,
+        t.elapsed().as_secs_f64(),
+        res.output
+    );
+    if res.exit_code != 0 {
+        return Err(format!("{what} failed inside the {} VM (exit {}); output above", kernel.name, res.exit_code));
+    }
+    Ok(res)
+}
+
 /// Boot `kernel` in qemu (TCG) and run `req.exe` in it. Err if the VM could not be built or
 /// started, timed out, panicked, or finished without the exit marker (with the console tail).
 pub fn run_in_vm(kernel: &Kernel, req: &VmRequest) -> Result<VmResult, String> {
