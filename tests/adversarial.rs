@@ -15,6 +15,8 @@
 
 #[path = "support/agent_process.rs"]
 mod agent_process;
+#[path = "support/rootfs.rs"]
+mod rootfs;
 #[path = "support/runc_nri.rs"]
 mod runc_nri;
 #[path = "support/bpf_suite.rs"]
@@ -34,6 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use driftguard::check::find_in_path;
 use driftguard::enforcer::{self, Action, Enforcer, EnforcerOptions, FileKind, Hook, Owner, PolicyStore, Rule};
 use driftguard::policy::{ExecPath, Mode, Policy};
 use driftguard::provenance::Provenance;
@@ -146,13 +149,10 @@ fn host_payload_dir() -> PathBuf {
 // Environment (the rest is shared with tests/kernel.rs: tests/support/bpf_suite.rs)
 
 fn agent_requirements() -> Option<String> {
-    if which("runc").is_none() {
+    if find_in_path("runc").is_none() {
         return Some("runc not installed (apt-get install runc)".into());
     }
-    if !Path::new("/bin/busybox").exists() {
-        return Some("busybox-static not installed at /bin/busybox".into());
-    }
-    None
+    rootfs::busybox_missing()
 }
 
 // ---------------------------------------------------------------------------
@@ -178,7 +178,8 @@ fn payloads() -> Result<&'static Payloads, Failed> {
 }
 
 fn build_payloads() -> Result<Payloads, String> {
-    let cc = which("cc").or_else(|| which("gcc")).ok_or("no C compiler (cc) to build the test payloads")?;
+    let cc =
+        find_in_path("cc").or_else(|| find_in_path("gcc")).ok_or("no C compiler (cc) to build the test payloads")?;
     let dir = host_payload_dir();
     fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let so_c = dir.join("payload.c");

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use driftguard::check::find_in_path;
 use driftguard::enforcer::{EnforcementPath, Owner};
 use driftguard::policy::{Mode, Policy};
 use driftguard::provenance::Provenance;
@@ -19,6 +20,8 @@ use libtest_mimic::{Arguments, Failed};
 
 #[path = "support/agent_process.rs"]
 mod agent_process;
+#[path = "support/rootfs.rs"]
+mod rootfs;
 #[path = "support/runc_nri.rs"]
 mod runc_nri;
 #[path = "support/vm.rs"]
@@ -63,7 +66,8 @@ fn main() {
     ] {
         trials.push(gate.trial(name, &reason, f));
     }
-    let unprivileged = reason.clone().or_else(|| which("setpriv").is_none().then(|| "setpriv not installed".into()));
+    let unprivileged =
+        reason.clone().or_else(|| find_in_path("setpriv").is_none().then(|| "setpriv not installed".into()));
     for (name, f) in [
         ("pins_resist_an_unprivileged_user", pins_resist_an_unprivileged_user as fn() -> R),
         ("refuses_a_pin_dir_owned_by_nobody", refuses_a_pin_dir_owned_by_nobody),
@@ -82,35 +86,19 @@ fn main() {
 /// The same agent trials inside the Debian 5.10 / 6.1 / 6.12 VMs, where BPF LSM denies with EPERM.
 fn agent_suite_in_vm(k: &vm::Kernel) -> R {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let runc = which("runc").ok_or("runc not installed")?;
+    let runc = find_in_path("runc").ok_or("runc not installed")?;
     let agent_bin = PathBuf::from(env!("CARGO_BIN_EXE_driftguard"));
     let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let stripped = scratch.path().join("driftguard");
-    let ok = Command::new("strip").arg("--strip-debug").arg("-o").arg(&stripped).arg(&agent_bin).status();
-    if !ok.is_ok_and(|s| s.success()) {
-        fs::copy(&agent_bin, &stripped).map_err(|e| e.to_string())?;
-    }
+    let stripped = vm::stripped(&agent_bin, scratch.path())?;
     let req = vm::VmRequest {
         exe,
         args: vec!["agent_".into(), "--test-threads=1".into(), "--color=never".into()],
-        env: vec![
-            ("DG_EXPECT_PATH".into(), "lsm".into()),
-            ("DRIFTGUARD_REQUIRE_ALL".into(), "1".into()),
-            ("RUST_BACKTRACE".into(), "1".into()),
-            ("PATH".into(), "/usr/sbin:/usr/bin:/sbin:/bin".into()),
-        ],
+        env: vm::suite_env(),
         files: vec![(runc.clone(), runc), (stripped, agent_bin)],
         timeout: Duration::from_secs(600),
         memory_mb: 1536,
     };
-    let t = Instant::now();
-    let res = vm::run_in_vm(k, &req).map_err(|e| format!("VM {} ({}): {e}", k.name, k.version))?;
-    println!("--- kernel {} ({}) in {:.1}s ---\n{}", k.name, k.version, t.elapsed().as_secs_f64(), res.output);
-    if res.exit_code != 0 {
-        return Err(
-            format!("agent trials failed inside the {} VM (exit {}); output above", k.name, res.exit_code).into()
-        );
-    }
+    let res = vm::run_suite(k, &req, "agent trials")?;
     let want = format!("test result: ok. {} passed;", TRIALS.len());
     if !res.output.lines().any(|l| l.starts_with(&want) && l.contains(" 0 ignored;")) {
         return Err(format!("VM summary is not `ok. {} passed` with 0 ignored", TRIALS.len()).into());
@@ -124,17 +112,13 @@ fn requirements() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("needs root".into());
     }
-    if which("runc").is_none() {
+    if find_in_path("runc").is_none() {
         return Some("runc not installed (apt-get install runc)".into());
     }
-    if !Path::new("/bin/busybox").exists() {
-        return Some("busybox-static not installed".into());
+    if let Some(why) = rootfs::busybox_missing() {
+        return Some(why);
     }
     None
-}
-
-fn which(bin: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(bin)).find(|p| p.exists())
 }
 
 // ---------------------------------------------------------------------------

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use driftguard::check::ITEM_NAMES;
+use driftguard::check::{find_in_path, ITEM_NAMES};
+use driftguard::demo::{BUSYBOX_CANDIDATES, DROPPED, ID_PREFIX};
 use driftguard::enforcer::{self, Enforcer, EnforcerOptions, PolicyStore};
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::Value;
@@ -20,7 +21,6 @@ use serde_json::Value;
 type R = Result<(), Failed>;
 
 const BIN: &str = env!("CARGO_BIN_EXE_driftguard");
-const DROPPED: &str = "/tmp/busybox";
 
 fn main() {
     let args = Arguments::from_args();
@@ -56,21 +56,13 @@ fn demo_requirements() -> Option<String> {
     if !enforcer::has_vmlinux_btf() {
         return Some("kernel has no BTF".into());
     }
-    if which("runc").is_none() {
+    if find_in_path("runc").is_none() {
         return Some("runc not installed (apt-get install runc)".into());
     }
-    if !["/bin/busybox", "/usr/bin/busybox"].iter().any(|p| Path::new(p).exists()) {
+    if !BUSYBOX_CANDIDATES.iter().any(|p| Path::new(p).exists()) {
         return Some("busybox-static not installed".into());
     }
     None
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].iter().map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
 }
 
 // ---------------------------------------------------------------------------
@@ -197,12 +189,13 @@ fn demo_leftovers(stdout: &str) -> Result<Vec<String>, Failed> {
     let id = stdout
         .split_whitespace()
         .find(|w| {
-            w.starts_with("driftguard-demo-") && w[16..].trim_end_matches(':').chars().all(|c| c.is_ascii_digit())
+            w.strip_prefix(ID_PREFIX)
+                .is_some_and(|n| !n.is_empty() && n.trim_end_matches(':').chars().all(|c| c.is_ascii_digit()))
         })
         .map(|w| w.trim_end_matches(':').to_string())
         .ok_or("demo output names no container id")?;
     let mut left = Vec::new();
-    let list = Command::new(which("runc").ok_or("runc")?).args(["list", "-q"]).output()?;
+    let list = Command::new(find_in_path("runc").ok_or("runc")?).args(["list", "-q"]).output()?;
     if String::from_utf8_lossy(&list.stdout).lines().any(|l| l.trim() == id) {
         left.push(format!("runc container {id}"));
     }
