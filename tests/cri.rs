@@ -168,11 +168,7 @@ fn cri_suite_in_vm(k: &vm::Kernel) -> R {
     let bins = containerd::binaries().map_err(Failed::from)?;
     let agent_bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_driftguard"));
     let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let stripped = scratch.path().join("driftguard");
-    let ok = std::process::Command::new("strip").arg("--strip-debug").arg("-o").arg(&stripped).arg(&agent_bin).status();
-    if !ok.is_ok_and(|s| s.success()) {
-        std::fs::copy(&agent_bin, &stripped).map_err(|e| e.to_string())?;
-    }
+    let stripped = vm::stripped(&agent_bin, scratch.path()).map_err(Failed::from)?;
     let install = containerd::install_dir();
     let runc = std::path::PathBuf::from(containerd::RUNC);
     // GNU tar builds the images reproducibly (busybox's tar lacks --owner/--sort/--mtime).
@@ -196,30 +192,18 @@ fn cri_suite_in_vm(k: &vm::Kernel) -> R {
     let req = vm::VmRequest {
         exe,
         args: vec!["--test-threads=1".into(), "--color=never".into()],
-        env: vec![
-            ("DG_EXPECT_PATH".into(), "lsm".into()),
-            ("DRIFTGUARD_REQUIRE_ALL".into(), "1".into()),
-            (ONLY_ENV.into(), VM_TRIALS.join(",")),
-            (containerd::DIR_ENV.into(), install.display().to_string()),
-            ("RUST_BACKTRACE".into(), "1".into()),
-            ("PATH".into(), "/usr/sbin:/usr/bin:/sbin:/bin".into()),
-        ],
+        env: vm::suite_env()
+            .into_iter()
+            .chain([
+                (ONLY_ENV.into(), VM_TRIALS.join(",")),
+                (containerd::DIR_ENV.into(), install.display().to_string()),
+            ])
+            .collect(),
         files,
         timeout: Duration::from_secs(900),
         memory_mb: 2048,
     };
-    let t = std::time::Instant::now();
-    let res = vm::run_in_vm(k, &req).map_err(|e| format!("VM {} ({}): {e}", k.name, k.version))?;
-    println!(
-        "--- kernel {} ({}): boot to result in {:.1}s ---\n{}",
-        k.name,
-        k.version,
-        t.elapsed().as_secs_f64(),
-        res.output
-    );
-    if res.exit_code != 0 {
-        return Err(format!("CRI suite failed inside the {} VM (exit {}); output above", k.name, res.exit_code).into());
-    }
+    let res = vm::run_suite(k, &req, "CRI suite").map_err(Failed::from)?;
     res.check_trials(&VM_TRIALS).map_err(Failed::from)
 }
 
