@@ -152,6 +152,7 @@ pub async fn run(
     let node = cfg.node_name();
     let metrics = Metrics::new();
     metrics.set_path(enforcer.path());
+    metrics.set_overlay(enforcer.overlay_upper(), enforcer.overlay_proof());
     if let Ok(s) = enforcer.stats() {
         metrics.baseline_stats(&s);
     }
@@ -199,7 +200,14 @@ pub async fn run(
                 match store.stats() {
                     Ok(s) => {
                         let before = metrics.ringbuf_drops.get();
+                        let unknown_before = metrics.overlay_unknown.get();
                         metrics.observe_stats(&s);
+                        if metrics.overlay_unknown.get() > unknown_before {
+                            tracing::warn!(
+                                total = metrics.overlay_unknown.get(),
+                                "overlay upper layer could not be read reliably: files judged as drift (upper_unknown)"
+                            );
+                        }
                         if metrics.ringbuf_drops.get() > before {
                             tracing::warn!(
                                 total = metrics.ringbuf_drops.get(),
