@@ -161,6 +161,16 @@ pub fn kernel_has_bpf_helper(func: &str) -> Option<bool> {
     kernel_enum_has("bpf_func_id", func)
 }
 
+/// Size in bytes of `struct name` in the running kernel's BTF (`None`: no readable BTF or no such
+/// struct). The trials use `inode` to aim the layout read at a known wrong place.
+pub fn kernel_struct_size(name: &str) -> Option<usize> {
+    use libbpf_rs::btf::types::Struct;
+    use libbpf_rs::btf::HasSize;
+    let btf = Btf::from_vmlinux().ok()?;
+    let s: Struct<'_> = btf.type_by_name(name)?;
+    Some(s.size())
+}
+
 /// Does the running kernel's BTF have the enumerator `value` in `enum name` (e.g.
 /// `bpf_prog_type`, `BPF_PROG_TYPE_SYSCALL`)? `None`: no readable BTF or no such enum.
 pub fn kernel_enum_has(name: &str, value: &str) -> Option<bool> {

@@ -40,7 +40,7 @@ use libbpf_rs::{Link, MapHandle, OpenObject};
 use serde::Serialize;
 
 pub use caps::{
-    kernel_enum_has, kernel_has_bpf_helper, overlay_module_btf, overlay_upper, LayoutProof, OverlayUpper,
+    kernel_enum_has, kernel_has_bpf_helper, kernel_struct_size, overlay_module_btf, overlay_upper, LayoutProof, OverlayUpper,
     TEST_OVL_LAYOUT_ENV,
 };
 pub use ovlproof::prove_overlay_layout;
@@ -131,6 +131,16 @@ fn leak_storage() -> &'static mut MaybeUninit<OpenObject> {
 impl Enforcer {
     /// Load the programs (BPF LSM if possible, else the fallback), attach and pin them.
     pub fn load(opts: &EnforcerOptions) -> Result<Self> {
+        // Where the programs find overlay's upper dentry (or what the test knob forces).
+        let ovl = caps::overlay_upper().map_err(|reason| Error::Load { reason, log: String::new() })?;
+        Self::load_with_overlay(opts, ovl, true)
+    }
+
+    /// [`Enforcer::load`] with where the programs read overlay's upper dentry given: the
+    /// in-process form of the test knob ([`TEST_OVL_LAYOUT_ENV`]), for tests only. `prove: false`
+    /// skips the start-time proof of a layout read, so the per-read check alone can be tried.
+    #[doc(hidden)]
+    pub fn load_with_overlay(opts: &EnforcerOptions, ovl: OverlayUpper, prove: bool) -> Result<Self> {
         libbpf_log::install();
         if !has_vmlinux_btf() {
             return Err(Error::NoBtf(PathBuf::from(BTF_PATH)));
@@ -139,9 +149,6 @@ impl Enforcer {
         if let Some(dir) = &opts.pin_dir {
             prepare_pin_dir(dir)?;
         }
-
-        // Where the programs find overlay's upper dentry (or what the test knob forces).
-        let ovl = caps::overlay_upper().map_err(|reason| Error::Load { reason, log: String::new() })?;
 
         // Pins of an older layout: read before the loader replaces them.
         let v1 = match &opts.pin_dir {
@@ -198,7 +205,9 @@ impl Enforcer {
 
         // The layout read is proved on this kernel before these programs enforce anything; if
         // the proof fails they treat every root-overlay file of a policied container as drift.
-        let ovl_proof = if ovl.is_layout() {
+        let ovl_proof = if ovl.is_layout() && !prove {
+            LayoutProof::Failed("not proved: skipped by a test".into())
+        } else if ovl.is_layout() {
             match ovlproof::prove_overlay_layout(path, ovl) {
                 Ok(()) => {
                     tracing::info!(source = ovl.as_str(), "overlay upper layer: layout read proved on this kernel");

@@ -15,7 +15,6 @@
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -125,7 +124,7 @@ struct Scratch {
 
 impl Scratch {
     fn create() -> Result<Scratch, String> {
-        let base = std::env::temp_dir().join(format!("driftguard-ovlproof-{}", std::process::id()));
+        let base = std::env::temp_dir().join(format!("driftguard-ovlproof-{}", unique_tag()));
         // A leftover of a crashed run with our pid: take it down first.
         let _ = umount(&base.join("merged"));
         let _ = umount(&base);
@@ -170,7 +169,7 @@ impl Scratch {
         self.overlay_dev = kernel_dev_of_st_dev(std::os::unix::fs::MetadataExt::dev(&md));
 
         let root = CgroupRoot::detect().map_err(|e| format!("finding the cgroup v2 hierarchy: {e}"))?;
-        let cg = root.path.join(format!("driftguard-ovlproof-{}", std::process::id()));
+        let cg = root.path.join(format!("driftguard-ovlproof-{}", unique_tag()));
         let _ = std::fs::remove_dir(&cg);
         std::fs::create_dir(&cg).map_err(|e| format!("creating cgroup {}: {e}", cg.display()))?;
         self.cgroup = Some(cg.clone());
@@ -266,6 +265,13 @@ impl Scratch {
     }
 }
 
+/// `<pid>-<n>`: proofs of one process may run at the same time (parallel tests, `check`).
+fn unique_tag() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    format!("{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
 /// A program that runs on this machine from any directory: `true` (coreutils, or busybox in a
 /// minimal system), else our own executable.
 fn proof_program() -> Result<PathBuf, String> {
@@ -275,18 +281,47 @@ fn proof_program() -> Result<PathBuf, String> {
     std::fs::read_link("/proc/self/exe").map_err(|e| format!("finding a program to run: {e}"))
 }
 
+/// Copies `from` to a new file `to` (mode 755) through a forked child, never through a
+/// descriptor of this process: a write descriptor of ours that another thread's child inherits
+/// at its fork (tests run trials in parallel threads) would make the exec of `to` fail with
+/// ETXTBSY for as long as that child lives.
 fn copy_executable(from: &Path, to: &Path) -> Result<(), String> {
     let bytes = std::fs::read(from).map_err(|e| format!("reading {}: {e}", from.display()))?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o755)
-        .open(to)
-        .map_err(|e| format!("creating {}: {e}", to.display()))?;
-    std::io::Write::write_all(&mut f, &bytes).map_err(|e| format!("writing {}: {e}", to.display()))?;
-    drop(f);
-    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| format!("chmod {}: {e}", to.display()))
+    let target = cstr(to)?;
+    // SAFETY: the child only makes async-signal-safe calls (open, write, close, _exit) on memory
+    // prepared before the fork.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(format!("fork: {}", std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        // SAFETY: see above.
+        unsafe {
+            let fd = libc::open(target.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, 0o755);
+            if fd < 0 {
+                libc::_exit(1);
+            }
+            let mut off = 0;
+            while off < bytes.len() {
+                let n = libc::write(fd, bytes[off..].as_ptr().cast(), bytes.len() - off);
+                if n <= 0 {
+                    libc::_exit(2);
+                }
+                off += n as usize;
+            }
+            if libc::fchmod(fd, 0o755) != 0 || libc::close(fd) != 0 {
+                libc::_exit(3);
+            }
+            libc::_exit(0);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waiting for the child we forked.
+    let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+    if rc != pid || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        return Err(format!("writing {} failed (child status {status:#x})", to.display()));
+    }
+    Ok(())
 }
 
 fn cstr(p: &Path) -> Result<CString, String> {
