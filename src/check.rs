@@ -144,13 +144,8 @@ pub fn gather(cfg: &Config, runtime: &Runtime) -> Vec<Item> {
     // A test knob with a bad value fails the load test (probe), which names it.
     let ovl = enforcer::overlay_upper().unwrap_or(OverlayUpper::Layout);
     let proof = overlay_proof(&probe, ovl);
-    let capabilities = check_capabilities(
-        &probe,
-        enforcer::kernel_has_bpf_helper("BPF_FUNC_loop"),
-        vmlinux_btf,
-        ovl,
-        proof.as_ref(),
-    );
+    let capabilities =
+        check_capabilities(&probe, enforcer::kernel_has_bpf_helper("BPF_FUNC_loop"), vmlinux_btf, ovl, proof.as_ref());
 
     let bpffs = {
         let parent = cfg.bpf.pin_dir.parent().unwrap_or(Path::new("/sys/fs/bpf")).to_path_buf();
@@ -1022,7 +1017,8 @@ mod tests {
             d_path: false,
             ovl_proof: LayoutProof::NotNeeded,
         };
-        let i = check_capabilities(&fallback, Some(true), true, OverlayUpper::VmlinuxBtf, Some(&LayoutProof::NotNeeded));
+        let i =
+            check_capabilities(&fallback, Some(true), true, OverlayUpper::VmlinuxBtf, Some(&LayoutProof::NotNeeded));
         assert_eq!(i.status, Status::Warn);
         assert!(i.detail.contains("LSM hooks   no (BPF program 'dg_bprm_check' was rejected: EPERM)"), "{}", i.detail);
         assert!(i.detail.contains("PROT_EXEC   NOT covered"), "{}", i.detail);

@@ -154,7 +154,9 @@ fn agent_enforces_annotated_pods() -> R {
     let limits: Vec<&str> = log.lines().filter(|l| l.contains("kernel limit")).collect();
     let want: &[&str] = match (path, vm::guest_kernel().as_deref()) {
         (Some(EnforcementPath::TracepointKill), _) => &["PROT_EXEC mappings are not checked", "SIGKILL"],
-        (Some(EnforcementPath::Lsm), Some("5.10")) => &["bpf_d_path is refused", "no BTF has struct ovl_inode"],
+        (Some(EnforcementPath::Lsm), Some("5.10")) => {
+            &["bpf_d_path is refused", "no BTF has struct ovl_inode (module BTF needs 5.11 and overlay loaded first): the pointer after struct inode, the layout of kernels 4.19 to 6.18; proved at start"]
+        }
         _ => &[],
     };
     if limits.len() != want.len() || !want.iter().all(|w| limits.iter().any(|l| l.contains(w))) {

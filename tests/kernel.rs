@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use driftguard::enforcer::abi::{self, RawInput};
 use driftguard::enforcer::{
-    self, Action, DecisionTester, EnforcementPath, Enforcer, EnforcerOptions, FileKind, Hook, LayoutProof, OverlayUpper,
-    Owner, PolicyStore, Rule,
+    self, Action, DecisionTester, EnforcementPath, Enforcer, EnforcerOptions, FileKind, Hook, LayoutProof,
+    OverlayUpper, Owner, PolicyStore, Rule,
 };
 use driftguard::policy::{ExecPath, Mode, Policy};
 use driftguard::provenance::Provenance;
@@ -109,7 +109,8 @@ fn spec_decide(i: &RawInput) -> (u32, u32) {
     } else if i.list == abi::DG_LIST_ALLOW && i.rules & abi::DG_RULE_ALLOWLIST_ONLY == 0 {
         // Outside allow-list-only mode an allow entry exempts the path from the file rules.
         abi::DG_MATCH_NONE
-    } else if matches!(i.file_kind, abi::DG_FILE_UPPER | abi::DG_FILE_UPPER_UNKNOWN) && i.rules & abi::DG_RULE_DRIFT != 0
+    } else if matches!(i.file_kind, abi::DG_FILE_UPPER | abi::DG_FILE_UPPER_UNKNOWN)
+        && i.rules & abi::DG_RULE_DRIFT != 0
     {
         // A file whose layer could not be told is drift (fail closed).
         abi::DG_MATCH_DRIFT

@@ -40,12 +40,12 @@ use libbpf_rs::{Link, MapHandle, OpenObject};
 use serde::Serialize;
 
 pub use caps::{
-    kernel_enum_has, kernel_has_bpf_helper, kernel_struct_size, overlay_module_btf, overlay_upper, LayoutProof, OverlayUpper,
-    TEST_OVL_LAYOUT_ENV,
+    kernel_enum_has, kernel_has_bpf_helper, kernel_struct_size, overlay_module_btf, overlay_upper, LayoutProof,
+    OverlayUpper, TEST_OVL_LAYOUT_ENV,
 };
-pub use ovlproof::prove_overlay_layout;
 pub use error::{Error, Result};
 pub use events::{Action, Event, EventStream, FileKind, Hook, ReaderHeartbeat, Rule, EVENT_CHANNEL_CAPACITY};
+pub use ovlproof::prove_overlay_layout;
 pub use store::{InstalledPolicy, Owner, PolicyStore, Stats};
 
 use skel::{DriftguardSkel, DriftguardSkelBuilder, OpenDriftguardSkel};
@@ -665,7 +665,9 @@ fn set_ovl_untrusted(skel: &mut DriftguardSkel<'static>) -> Result<()> {
             bss.dg_ovl_untrusted = 1;
             Ok(())
         }
-        None => Err(Error::Load { reason: "the BPF object has no writable data section (.bss)".into(), log: String::new() }),
+        None => {
+            Err(Error::Load { reason: "the BPF object has no writable data section (.bss)".into(), log: String::new() })
+        }
     }
 }
 

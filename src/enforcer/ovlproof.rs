@@ -297,7 +297,8 @@ fn copy_executable(from: &Path, to: &Path) -> Result<(), String> {
     if pid == 0 {
         // SAFETY: see above.
         unsafe {
-            let fd = libc::open(target.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, 0o755);
+            let fd =
+                libc::open(target.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, 0o755);
             if fd < 0 {
                 libc::_exit(1);
             }
@@ -338,11 +339,7 @@ fn mount(source: &str, target: &Path, fstype: &str, data: &str) -> Result<(), St
     // SAFETY: valid NUL-terminated strings that outlive the call.
     let rc = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), fs.as_ptr(), 0, dat.as_ptr().cast()) };
     if rc != 0 {
-        return Err(format!(
-            "mounting {fstype} on {} ({data}): {}",
-            target.display(),
-            std::io::Error::last_os_error()
-        ));
+        return Err(format!("mounting {fstype} on {} ({data}): {}", target.display(), std::io::Error::last_os_error()));
     }
     Ok(())
 }
