@@ -259,7 +259,8 @@ struct ovl_inode___dg {
  * even where a BTF has struct ovl_inode -- set when the loader finds no such
  * BTF, and by the test knob DRIFTGUARD_TEST_OVL_LAYOUT, which also sets the
  * skew: bytes added to the layout offset, so the trials can prove that a wrong
- * layout fails closed. Always 0 in production.
+ * layout fails closed (the skew is always 0 outside tests). Without it the
+ * programs still read by layout when no BTF has the field.
  */
 const volatile __u32 dg_ovl_layout = 0;
 const volatile __s32 dg_ovl_layout_skew = 0;

@@ -25,7 +25,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::cgroup::{CgroupError, CgroupRoot};
 use crate::config::Config;
-use crate::enforcer::Enforcer;
+use crate::enforcer::{Enforcer, LayoutProof};
 
 pub use health::Health;
 pub use metrics::Metrics;
@@ -309,6 +309,10 @@ pub async fn run(
         node.clone(),
     ));
     let state_file = Arc::new(state_file::StateFile::create(&state_dir, enforcer.path().as_str(), &cfg.nri.socket));
+    state_file.set_overlay_upper(&match enforcer.overlay_proof() {
+        LayoutProof::Failed(why) => format!("{}, proof failed: {why}", enforcer.overlay_upper().as_str()),
+        p => format!("{}, {}", enforcer.overlay_upper().as_str(), p.as_str()),
+    });
     let (m, h, sf) = (metrics.clone(), health.clone(), state_file.clone());
     let socket = cfg.nri.socket.clone();
     let ever_connected = std::sync::atomic::AtomicBool::new(false);

@@ -208,9 +208,14 @@ impl Enforcer {
         let ovl_proof = if ovl.is_layout() && !prove {
             LayoutProof::Failed("not proved: skipped by a test".into())
         } else if ovl.is_layout() {
+            let started = std::time::Instant::now();
             match ovlproof::prove_overlay_layout(path, ovl) {
                 Ok(()) => {
-                    tracing::info!(source = ovl.as_str(), "overlay upper layer: layout read proved on this kernel");
+                    tracing::info!(
+                        source = ovl.as_str(),
+                        ms = started.elapsed().as_millis() as u64,
+                        "overlay upper layer: layout read proved on this kernel"
+                    );
                     LayoutProof::Proven
                 }
                 Err(why) => {
@@ -685,7 +690,9 @@ fn open_and_load(
     match open.maps.rodata_data.as_deref_mut() {
         Some(ro) => {
             ro.dg_use_d_path = u32::from(d_path);
-            ro.dg_ovl_layout = u32::from(matches!(ovl, OverlayUpper::ForcedLayout { .. }));
+            // Where the loader found no BTF for struct ovl_inode, the programs must not find one
+            // either (overlay loaded in between): the read that was proved is the one used.
+            ro.dg_ovl_layout = u32::from(ovl.is_layout());
             ro.dg_ovl_layout_skew = ovl.skew();
         }
         None => {
