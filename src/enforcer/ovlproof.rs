@@ -124,12 +124,22 @@ struct Scratch {
 
 impl Scratch {
     fn create() -> Result<Scratch, String> {
-        let base = std::env::temp_dir().join(format!("driftguard-ovlproof-{}", unique_tag()));
-        // A leftover of a crashed run with our pid: take it down first.
-        let _ = umount(&base.join("merged"));
-        let _ = umount(&base);
-        let _ = std::fs::remove_dir_all(&base);
-        std::fs::create_dir(&base).map_err(|e| format!("creating {}: {e}", base.display()))?;
+        // The temp directory, else the agent's state directory (an image without a writable
+        // /tmp has its state directory on the host).
+        let name = format!("driftguard-ovlproof-{}", unique_tag());
+        let mut tried = Vec::new();
+        let mut base = None;
+        for dir in [std::env::temp_dir(), crate::agent::state_dir()] {
+            let b = dir.join(&name);
+            match std::fs::create_dir(&b) {
+                Ok(()) => {
+                    base = Some(b);
+                    break;
+                }
+                Err(e) => tried.push(format!("{}: {e}", b.display())),
+            }
+        }
+        let base = base.ok_or_else(|| format!("no directory for the test overlay ({})", tried.join("; ")))?;
         let mut s = Scratch {
             merged: base.join("merged"),
             base,
