@@ -78,12 +78,14 @@ fn main() {
         ("memfd_fexecve_and_proc_fd_exec_denied", memfd_fexecve_and_proc_fd_exec_denied),
         ("proc_self_fd_exec_of_dropped_file_denied", proc_self_fd_exec_of_dropped_file_denied),
         ("o_tmpfile_exec_denied", o_tmpfile_exec_denied),
+        ("sysv_shm_exec_mapping_denied", sysv_shm_exec_mapping_denied),
         ("volume_exec_denied_unless_the_pod_exempts_it", volume_exec_denied_unless_the_pod_exempts_it),
         // Image provenance: only this container's own image layers are image.
         ("runtime_dev_tmpfs_exec_denied", runtime_dev_tmpfs_exec_denied),
         ("runtime_bind_mounted_host_files_exec_denied", runtime_bind_mounted_host_files_exec_denied),
         ("second_overlay_exec_denied", second_overlay_exec_denied),
         ("second_overlay_in_user_namespace_exec_denied", second_overlay_in_user_namespace_exec_denied),
+        ("binfmt_misc_in_user_namespace_cannot_launder_drift", binfmt_misc_in_user_namespace_cannot_launder_drift),
         ("image_layer_reached_outside_the_rootfs_denied", image_layer_reached_outside_the_rootfs_denied),
         ("other_containers_image_denied", other_containers_image_denied),
         (
@@ -730,6 +732,98 @@ fn proc_self_fd_exec_of_dropped_file_denied() -> R {
     Ok(())
 }
 
+/// Child body: attach a new SysV shared memory segment with `SHM_EXEC` (an executable mapping of
+/// a file that has no name: the segment's shmem inode is unlinked). 0 = attached, 10 + errno =
+/// refused, 110 = no segment.
+fn shm_attach_exec() -> i32 {
+    // SAFETY: raw SysV IPC calls on a private segment the child removes before exiting.
+    unsafe {
+        let id = libc::shmget(libc::IPC_PRIVATE, 4096, libc::IPC_CREAT | 0o600);
+        if id < 0 {
+            return 110;
+        }
+        let addr = libc::shmat(id, std::ptr::null(), libc::SHM_EXEC);
+        let e = errno();
+        libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut());
+        if addr as isize == -1 {
+            return 10 + e;
+        }
+        libc::shmdt(addr);
+        0
+    }
+}
+
+/// Child body: attach a segment read-write (allowed), then `mprotect` it executable.
+/// 0 = made executable, 50 + errno = mprotect refused, 30 + errno = the plain attach failed.
+fn shm_attach_then_mprotect_exec() -> i32 {
+    // SAFETY: as above; the mapping is the child's own.
+    unsafe {
+        let id = libc::shmget(libc::IPC_PRIVATE, 4096, libc::IPC_CREAT | 0o600);
+        if id < 0 {
+            return 110;
+        }
+        let addr = libc::shmat(id, std::ptr::null(), 0);
+        let e = errno();
+        libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut());
+        if addr as isize == -1 {
+            return 30 + e;
+        }
+        let rc = libc::mprotect(addr, 4096, libc::PROT_READ | libc::PROT_EXEC);
+        let e = errno();
+        libc::shmdt(addr);
+        if rc != 0 {
+            return 50 + e;
+        }
+        0
+    }
+}
+
+/// Code written into SysV shared memory and mapped executable (`shmat(SHM_EXEC)`, or attached
+/// read-write and then `mprotect`ed) never touches exec or a named file. The segment is an
+/// unlinked shmem inode, so with BPF LSM the fileless rule refuses both mappings (`mmap_file` and
+/// `file_mprotect`), like a memfd. The fallback sees no mappings: the known limit is asserted.
+fn sysv_shm_exec_mapping_denied() -> R {
+    let h = harness()?;
+    let c = container("sysvshm")?;
+    c.install(h, &enforce())?;
+    let attach = fork_in_cgroup(&c.cgroup, &shm_attach_exec)?;
+    let mprotect = fork_in_cgroup(&c.cgroup, &shm_attach_then_mprotect_exec)?;
+    if !lsm(h) {
+        return match (&attach, &mprotect) {
+            (Outcome::Exited(0, _), Outcome::Exited(0, _)) => Ok(()),
+            _ => Err(format!("fallback limit changed: shmat(SHM_EXEC) {attach:?}, mprotect {mprotect:?}").into()),
+        };
+    }
+    if !matches!(attach, Outcome::Exited(c, _) if c == 10 + libc::EPERM) {
+        return Err(
+            format!("shmat(SHM_EXEC) in an enforced container: expected EPERM (exit 11), got {attach:?}").into()
+        );
+    }
+    if !matches!(mprotect, Outcome::Exited(c, _) if c == 50 + libc::EPERM) {
+        return Err(format!(
+            "mprotect(PROT_EXEC) of a SysV shm attachment: expected the attach to work and mprotect EPERM (exit 51), got {mprotect:?}"
+        )
+        .into());
+    }
+    for hook in [Hook::MmapFile, Hook::FileMprotect] {
+        let e = wait_event(
+            h,
+            |e| e.policy_cgroup_id == c.cgid && e.rule == Rule::Fileless && e.hook == hook,
+            &format!("fileless {hook:?} event of the SysV segment"),
+        )?;
+        if e.action != Action::Deny {
+            return Err(format!("SysV shm event not a denial: {e:?}").into());
+        }
+    }
+    // Control: in a container with no policy the same executable attach works.
+    let free = container("sysvshm-free")?;
+    let outside = fork_in_cgroup(&free.cgroup, &shm_attach_exec)?;
+    if !matches!(outside, Outcome::Exited(0, _)) {
+        return Err(format!("control: shmat(SHM_EXEC) outside any policy should work: {outside:?}").into());
+    }
+    Ok(())
+}
+
 fn o_tmpfile_exec_denied() -> R {
     let h = harness()?;
     let mut c = container("tmpfile")?;
@@ -986,6 +1080,89 @@ fn second_overlay_in_user_namespace_exec_denied() -> R {
     let e = expect_event_suffix(h, &c, "/m/payload", Rule::NonImage, denied_action(h))?;
     if e.file != FileKind::OtherOverlay {
         return Err(format!("file kind {:?}, expected other_overlay", e.file).into());
+    }
+    Ok(())
+}
+
+/// From 6.7 a user namespace can mount its own binfmt_misc and register interpreters, which the
+/// kernel then runs for that namespace's execs. The attacker's tries: (A) a dropped file with a
+/// registered extension, whose interpreter is the image's own shell (a script without `#!`);
+/// (B) an *image* file with a registered extension whose interpreter is a dropped binary; (C) the
+/// same with the `F` flag (the interpreter opened at registration). The kernel checks every
+/// stage of an exec (`bprm_check_security` for the file, then for the interpreter), so with
+/// BPF LSM all three are refused; the fallback sees only the final file, the interpreter: (B) and
+/// (C) are killed, (A) runs like any script (the documented script limit).
+fn binfmt_misc_in_user_namespace_cannot_launder_drift() -> R {
+    let h = harness()?;
+    let c = Container::with_image("binfmt", |lower| {
+        fs::create_dir_all(lower.join("usr/share")).map_err(es)?;
+        for ext in ["dgy", "dgz"] {
+            write_script(&lower.join(format!("usr/share/data.{ext}")), "image data, not a program\n")?;
+        }
+        Ok(())
+    })?;
+    c.install(h, &enforce())?;
+    write_script(&c.host_path("/tmp/payload.dgx"), "echo DG-A-RAN\n")?;
+    c.drop_file("/tmp/echo", bb()?)?;
+    let bbx = c.host_str("/bin/busybox");
+    let m = c.host_str("/");
+    let m = m.trim_end_matches('/');
+    let bfm = c.dir.path().join("binfmt");
+    fs::create_dir_all(&bfm).map_err(es)?;
+    let b = bfm.display();
+    let script = format!(
+        "{bbx} mount -t binfmt_misc none {b} || exit 0; echo MOUNTED; \
+         echo ':dga:E::dgx::{m}/bin/sh:' > {b}/register || echo REG-FAIL; \
+         echo ':dgb:E::dgy::{m}/tmp/echo:' > {b}/register || echo REG-FAIL; \
+         echo ':dgc:E::dgz::{m}/tmp/echo:F' > {b}/register || echo REG-FAIL; \
+         {m}/tmp/payload.dgx; echo \"A-rc=$?\"; \
+         {m}/usr/share/data.dgy DG-B-RAN; echo \"B-rc=$?\"; \
+         {m}/usr/share/data.dgz DG-C-RAN; echo \"C-rc=$?\""
+    );
+    let out = c.run_in(&c.cgroup, "/", "busybox", &[&bbx, "unshare", "-Urm", &bbx, "sh", "-c", &script], false)?;
+    let text = match &out {
+        Outcome::Exited(_, t) => t.clone(),
+        other => return Err(format!("the binfmt_misc script did not run to its end: {other:?}").into()),
+    };
+    if !text.contains("MOUNTED") {
+        let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let mut v = release.trim().split(|c: char| !c.is_ascii_digit()).map(|x| x.parse::<u32>().ok());
+        if let (Some(Some(major)), Some(Some(minor))) = (v.next(), v.next()) {
+            if (major, minor) < (6, 7) {
+                println!(
+                    "LIMIT binfmt_misc_in_user_namespace_cannot_launder_drift: kernel {} has no binfmt_misc in a \
+                     user namespace (6.7+), so this attack cannot be staged here",
+                    release.trim()
+                );
+                return Ok(());
+            }
+        }
+        return Err(format!("binfmt_misc could not be mounted in a user namespace (test precondition): {text}").into());
+    }
+    if text.contains("REG-FAIL") {
+        return Err(format!("registering the interpreters failed (test precondition): {text}").into());
+    }
+    let rc = |case: &str| text.lines().find_map(|l| l.strip_prefix(&format!("{case}-rc="))).unwrap_or("none");
+    let stopped = if lsm(h) { "126" } else { "137" };
+    for (case, mark) in [("B", "DG-B-RAN"), ("C", "DG-C-RAN")] {
+        if rc(case) != stopped || text.contains(mark) {
+            return Err(format!("case {case}: an image file whose registered interpreter was dropped must be stopped (exit {stopped}): {text}").into());
+        }
+    }
+    expect_event_suffix(h, &c, "/tmp/echo", Rule::Drift, denied_action(h))?;
+    if lsm(h) {
+        if rc("A") != "126" || text.contains("DG-A-RAN") {
+            return Err(format!(
+                "case A: a dropped file run through a registered image interpreter must get EPERM: {text}"
+            )
+            .into());
+        }
+        expect_event_suffix(h, &c, "/tmp/payload.dgx", Rule::Drift, Action::Deny)?;
+    } else if rc("A") != "0" || !text.contains("DG-A-RAN") {
+        return Err(format!(
+            "fallback limit changed: a dropped file run by an image interpreter through binfmt_misc: {text}"
+        )
+        .into());
     }
     Ok(())
 }

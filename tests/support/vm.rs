@@ -148,15 +148,20 @@ impl VmResult {
 /// instead of making their check, because the kernel cannot run it or the attack cannot be staged
 /// there. docs/bpf.md's kernel table lists the same. [`VmResult::check_limits`] fails a VM run
 /// with a LIMIT line not in this list, and prints the ones it saw: a limit is never a silent pass.
-pub const EXPECTED_LIMITS: &[(&str, &[&str])] = &[(
-    "5.10",
-    &[
-        // BPF_PROG_TYPE_SYSCALL (the decision tester) is 5.14+
-        "decision_function_matches_spec",
-        // overlay mounts in a user namespace are 5.11+
-        "second_overlay_in_user_namespace_exec_denied",
-    ],
-)];
+pub const EXPECTED_LIMITS: &[(&str, &[&str])] = &[
+    (
+        "5.10",
+        &[
+            // BPF_PROG_TYPE_SYSCALL (the decision tester) is 5.14+
+            "decision_function_matches_spec",
+            // overlay mounts in a user namespace are 5.11+
+            "second_overlay_in_user_namespace_exec_denied",
+            // binfmt_misc in a user namespace is 6.7+
+            "binfmt_misc_in_user_namespace_cannot_launder_drift",
+        ],
+    ),
+    ("6.1", &["binfmt_misc_in_user_namespace_cannot_launder_drift"]),
+];
 
 impl VmResult {
     /// The trials that printed `LIMIT <trial>:` must be among [`EXPECTED_LIMITS`] for `kernel`;

@@ -9,7 +9,7 @@
 # default LSM list; 5.10 does not, so its cache dir gets a `cmdline` file with the lsm= list
 # that tests/support/vm.rs appends to the kernel command line.
 # Result, per kernel, in ${DRIFTGUARD_VM_CACHE:-<repo>/.vm-cache}/<name>/:
-#   vmlinuz, overlay.ko (uncompressed), version (kernel release, `uname -r`), package (name=version),
+#   vmlinuz, overlay.ko and binfmt_misc.ko (uncompressed), version (kernel release, `uname -r`), package (name=version),
 #   cmdline (optional, extra kernel command line)
 #
 # Idempotent: a kernel whose cache dir is complete is not fetched again (no apt-get update, no
@@ -28,11 +28,23 @@ kernels_spec="${DRIFTGUARD_VM_KERNELS:-5.10 6.1 6.12}"
 read -r -a kernels <<<"${kernels_spec//,/ }"
 
 log() { echo "fetch-kernels: $*" >&2; }
+
+# unpack_ko SRC DEST: a module from the package, decompressed (the guest's init insmods it)
+unpack_ko() {
+    case "$1" in
+    *.ko.xz) xz -dc "$1" >"$2" ;;
+    *.ko.zst) zstd -dc "$1" >"$2" ;;
+    *.ko.gz) gzip -dc "$1" >"$2" ;;
+    *) cp "$1" "$2" ;;
+    esac
+}
 die() { log "ERROR: $*"; exit 1; }
 
 complete() {
     local d="$cache/$1"
     [[ -s "$d/vmlinuz" && -s "$d/overlay.ko" && -s "$d/version" ]] || return 1
+    # binfmt_misc: the user-namespace binfmt_misc trial (6.7+) needs it loaded in the guest
+    [[ -s "$d/binfmt_misc.ko" || -e "$d/binfmt_misc.builtin" ]] || return 1
     # 5.10 cannot run BPF LSM without its lsm= command line
     [[ $1 != 5.10 || -s "$d/cmdline" ]]
 }
@@ -202,12 +214,13 @@ for k in "${need[@]}"; do
     rm -rf "$tmp"
     mkdir -p "$tmp"
     cp "$vmlinuz" "$tmp/vmlinuz"
-    case "$ko" in
-    *.ko.xz) xz -dc "$ko" >"$tmp/overlay.ko" ;;
-    *.ko.zst) zstd -dc "$ko" >"$tmp/overlay.ko" ;;
-    *.ko.gz) gzip -dc "$ko" >"$tmp/overlay.ko" ;;
-    *) cp "$ko" "$tmp/overlay.ko" ;;
-    esac
+    unpack_ko "$ko" "$tmp/overlay.ko"
+    bko="$(ls "$work/root/lib/modules/$release/kernel/fs/"binfmt_misc.ko* 2>/dev/null | head -n1 || true)"
+    if [[ -n "$bko" ]]; then
+        unpack_ko "$bko" "$tmp/binfmt_misc.ko"
+    else
+        : >"$tmp/binfmt_misc.builtin" # CONFIG_BINFMT_MISC=y (Debian builds it as a module)
+    fi
     echo "$release" >"$tmp/version"
     echo "$spec" >"$tmp/package"
     case "$k" in
