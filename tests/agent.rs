@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use driftguard::check::find_in_path;
-use driftguard::enforcer::{EnforcementPath, Owner};
+use driftguard::enforcer::{EnforcementPath, Owner, TEST_OVL_LAYOUT_ENV};
 use driftguard::policy::{Mode, Policy};
 use driftguard::provenance::Provenance;
 use libtest_mimic::{Arguments, Failed};
@@ -43,6 +43,7 @@ const TRIALS: &[NamedTrial] = &[
     ("agent_restart_keeps_enforcing_and_resynchronizes", agent_restart_keeps_enforcing_and_resynchronizes),
     ("agent_reports_non_overlay_rootfs", agent_reports_non_overlay_rootfs),
     ("agent_exempts_only_declared_volumes", agent_exempts_only_declared_volumes),
+    ("agent_fails_closed_on_a_wrong_overlay_layout", agent_fails_closed_on_a_wrong_overlay_layout),
 ];
 
 fn main() {
@@ -138,7 +139,9 @@ fn agent_enforces_annotated_pods() -> R {
     let limits: Vec<&str> = log.lines().filter(|l| l.contains("kernel limit")).collect();
     let want: &[&str] = match (path, vm::guest_kernel().as_deref()) {
         (Some(EnforcementPath::TracepointKill), _) => &["PROT_EXEC mappings are not checked", "SIGKILL"],
-        (Some(EnforcementPath::Lsm), Some("5.10")) => &["bpf_d_path is refused", "no BTF has struct ovl_inode"],
+        (Some(EnforcementPath::Lsm), Some("5.10")) => {
+            &["bpf_d_path is refused", "no BTF has struct ovl_inode (module BTF needs 5.11 and overlay loaded first): the pointer after struct inode, the layout of kernels 4.19 to 6.18; proved at start"]
+        }
         _ => &[],
     };
     if limits.len() != want.len() || !want.iter().all(|w| limits.iter().any(|l| l.contains(w))) {
@@ -448,6 +451,62 @@ fn agent_exempts_only_declared_volumes() -> R {
     let installed = agent.store()?.list().map_err(|e| e.to_string())?;
     if installed.len() != 1 || installed[0].exec_mount_ids.len() != 1 || installed[0].rootfs_dev == 0 {
         return Err(format!("pinned policy: {installed:?}").into());
+    }
+    Ok(())
+}
+
+/// The test knob puts the agent's layout read of overlay's upper dentry 8 bytes off, as a kernel
+/// with another `struct ovl_inode` would: the start-time proof fails, the agent says so once as an
+/// error (`kernel limit`), in its metrics and in `driftguard status`, and enforces fail closed: an
+/// image binary of an enforced container is stopped as drift of unknown layer and counted.
+fn agent_fails_closed_on_a_wrong_overlay_layout() -> R {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let rt = rt();
+    let _guard = rt.enter();
+    let mut agent = AgentProcess::with_own_socket("ovl")?;
+    agent.env.push((TEST_OVL_LAYOUT_ENV.to_string(), "layout+8".to_string()));
+    let mut peer = RuntimePeer::bind(&agent.socket).map_err(|e| e.to_string())?;
+    peer.set_timeout(Duration::from_secs(60));
+    agent.start()?;
+    let conn = rt.block_on(connect(&peer, vec![], vec![]))?;
+    let path = agent.path();
+
+    let log = agent.log();
+    let failed: Vec<&str> = log.lines().filter(|l| l.contains("kernel limit") && l.contains("proof FAILED")).collect();
+    if failed.len() != 1 || !failed[0].contains("ERROR") || !failed[0].contains("counts as drift") {
+        return Err(format!("one error line must say the layout proof failed: {failed:?}\n{log}").into());
+    }
+    let metrics = agent.metrics()?;
+    if !metrics.contains("driftguard_overlay_upper{proof=\"failed\",source=\"layout_forced\"} 1") {
+        return Err(format!("metrics must show the failed proof:\n{metrics}").into());
+    }
+    let status = agent.status()?;
+    let ovl = status["agent"]["overlay_upper"].as_str().unwrap_or_default();
+    if !ovl.starts_with("layout_forced, proof failed: ") {
+        return Err(format!("status must show the failed proof: {status}").into());
+    }
+
+    let ctr = RuncCtr::create(dir.path(), "ovl")?;
+    let p = pod("ovl", &[("driftguard.dev/mode", "enforce")]);
+    rt.block_on(start_container(&conn, Delivery::Dedicated, &p, &ctr.nri(&p, "app")))?;
+    // The entrypoint is an image binary: it is stopped (EPERM, or killed right after exec on
+    // the fallback), so the container never runs its code. `runc start` itself may report
+    // success either way: it returns once runc's init was told to exec.
+    let _ = ctr.start();
+    let action = if path == Some(EnforcementPath::Lsm) { "deny" } else { "kill" };
+    let e = agent.wait_event("upper_unknown drift", |e| {
+        e["file"] == "upper_unknown" && e["rule"] == "drift" && e["action"] == action
+    })?;
+    if e["path_image"] != true {
+        return Err(format!("the stopped file must be on the container's root overlay: {e}").into());
+    }
+    let (code, out) = ctr.exec(&["/bin/busybox", "true"])?;
+    if code == 0 {
+        return Err(format!("an image binary ran while the overlay layout is unproved: {out}").into());
+    }
+    let unknown = agent.status()?["stats"]["overlay_unknown"].as_u64().unwrap_or(0);
+    if unknown == 0 {
+        return Err("distrusted overlay reads must be counted".into());
     }
     Ok(())
 }

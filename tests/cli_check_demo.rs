@@ -41,6 +41,7 @@ fn main() {
     };
     let trials = vec![
         Trial::test("check_reports_every_item", check_reports_every_item),
+        gate("check_proves_the_overlay_layout_read", &demo_reason, check_proves_the_overlay_layout_read),
         gate("demo_stops_dropped_binary", &demo_reason, demo_stops_dropped_binary),
         gate("demo_uses_pinned_enforcement", &demo_reason, demo_uses_pinned_enforcement),
         gate("unload_removes_pins_and_state", &demo_reason, unload_removes_pins_and_state),
@@ -167,6 +168,44 @@ fn check_reports_every_item() -> R {
     // The load test in `check` must not leave anything pinned.
     if cfg.pin_dir.exists() {
         return Err(format!("check created {}", cfg.pin_dir.display()).into());
+    }
+    Ok(())
+}
+
+/// `check` with the layout read of overlay's upper dentry forced (the test knob): the real
+/// offset is proved on this kernel (`upper check` row), an offset 8 bytes off fails the
+/// `capabilities` item with the reason and the fail-closed consequence, and nothing of the
+/// proof (mounts, cgroup) is left behind.
+fn check_proves_the_overlay_layout_read() -> R {
+    let cfg = TestConfig::new()?;
+    let capabilities = |knob: &str| -> Result<(String, String, Output), Failed> {
+        let o = Command::new(BIN)
+            .arg("--config")
+            .arg(&cfg.path)
+            .args(["check", "--json"])
+            .env(enforcer::TEST_OVL_LAYOUT_ENV, knob)
+            .output()?;
+        let items: Vec<Value> = serde_json::from_str(&text(&o).0).map_err(|e| format!("{e}\n{}", show(&o)))?;
+        let c = items.iter().find(|i| i["name"] == "capabilities").ok_or("no capabilities item")?;
+        Ok((c["status"].as_str().unwrap_or("").to_string(), c["detail"].as_str().unwrap_or("").to_string(), o))
+    };
+    let (status, detail, o) = capabilities("layout")?;
+    if status == "fail"
+        || !detail.contains("forced by DRIFTGUARD_TEST_OVL_LAYOUT")
+        || !detail.contains("upper check proved at start")
+    {
+        return Err(format!("the real layout must be proved: [{status}] {detail}\n{}", show(&o)).into());
+    }
+    let (status, detail, o) = capabilities("layout+8")?;
+    if status != "fail" || !detail.contains("upper check proof FAILED (") || !detail.contains("counts as drift") {
+        return Err(format!("a wrong layout must fail the item: [{status}] {detail}\n{}", show(&o)).into());
+    }
+    if o.status.code() != Some(1) {
+        return Err(format!("a failed item must fail check\n{}", show(&o)).into());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    if mounts.contains("driftguard-ovlproof") {
+        return Err("the proof left a mount behind".into());
     }
     Ok(())
 }
