@@ -26,10 +26,13 @@ static __always_inline struct dg_verdict dg_decide(const struct dg_input *in)
 	else if (in->list == DG_LIST_ALLOW && !(rules & DG_RULE_ALLOWLIST_ONLY))
 		/* allow entries exempt a path (e.g. a tool the pod downloads) from the file rules */
 		v.match = DG_MATCH_NONE;
-	else if (in->file_kind == DG_FILE_UPPER && (rules & DG_RULE_DRIFT))
+	else if ((in->file_kind == DG_FILE_UPPER || in->file_kind == DG_FILE_UPPER_UNKNOWN) &&
+		 (rules & DG_RULE_DRIFT))
 		/*
 		 * In allow-list-only mode the list names what may run, not what may be
-		 * replaced: a file written over an allowed path is still drift.
+		 * replaced: a file written over an allowed path is still drift. A file
+		 * whose layer could not be told is drift too: a wrong guess must not
+		 * let a written binary pass as image.
 		 */
 		v.match = DG_MATCH_DRIFT;
 	else if ((in->file_kind == DG_FILE_OTHER_FS || in->file_kind == DG_FILE_OTHER_OVERLAY) &&

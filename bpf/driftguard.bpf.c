@@ -234,29 +234,86 @@ static __always_inline struct dg_policy *lookup_policy(__u64 *cgid, __u64 *match
  * CO-RE against struct ovl_inode where a BTF has it: vmlinux when overlay is
  * built in, the overlay module's BTF when it is a module loaded before us
  * (libbpf searches module BTF; 5.10 has none, CONFIG_DEBUG_INFO_BTF_MODULES is
- * 5.11+). Fallback: ovl_inode embeds struct inode vfs_inode immediately
- * followed by struct dentry *__upperdentry on every kernel from 4.19 to 6.18,
- * so the pointer after the CO-RE size of struct inode. The fallback is what
- * 5.10 runs, so the VM suites check it there; the agent and `driftguard
- * check` say which one is in use (overlay_upper_source() in src/enforcer).
+ * 5.11+). Fallback ("layout"): ovl_inode embeds struct inode vfs_inode
+ * immediately followed by struct dentry *__upperdentry on every kernel from
+ * 4.19 to 6.18, so the pointer after the CO-RE size of struct inode.
+ *
+ * The fallback is checked twice (docs/bpf.md, "Overlay upper layer"):
+ * - at start the loader proves it on this kernel against an overlay it mounts
+ *   itself (a lower-only file must come out IMAGE, a written one UPPER,
+ *   through these very programs); if that fails it sets dg_ovl_untrusted and
+ *   every file of a policied container's root overlay is UPPER_UNKNOWN;
+ * - every read: a non-NULL pointer must be a dentry of a non-overlay
+ *   filesystem (d_sb == d_inode->i_sb) whose inode has the overlay inode's
+ *   file type. Anything else is UPPER_UNKNOWN, judged as drift.
+ * The agent and `driftguard check` say which source is in use and how the
+ * proof went (OverlayUpper and LayoutProof in src/enforcer/caps.rs).
  */
 struct ovl_inode___dg {
 	struct inode vfs_inode;
 	struct dentry *__upperdentry;
 } __attribute__((preserve_access_index));
 
-static __always_inline struct dentry *ovl_upper(struct inode *inode)
-{
-	struct dentry *upper = NULL;
-	__u64 off;
+/*
+ * Set by the loader (rodata): 1 reads the upper dentry at the layout offset
+ * even where a BTF has struct ovl_inode -- set when the loader finds no such
+ * BTF, and by the test knob DRIFTGUARD_TEST_OVL_LAYOUT, which also sets the
+ * skew: bytes added to the layout offset, so the trials can prove that a wrong
+ * layout fails closed (the skew is always 0 outside tests). Without it the
+ * programs still read by layout when no BTF has the field.
+ */
+const volatile __u32 dg_ovl_layout = 0;
+const volatile __s32 dg_ovl_layout_skew = 0;
+/* Set by the loader after load (.bss) when the start-time proof of the layout failed. */
+volatile __u32 dg_ovl_untrusted = 0;
 
-	if (bpf_core_field_exists(struct ovl_inode___dg, __upperdentry))
+#define DG_OVL_NONE 0    /* no upper dentry: lower layer only */
+#define DG_OVL_UNKNOWN 1 /* the upper state cannot be told */
+#define DG_OVL_UPPER 2   /* upper dentry present (CO-RE), its inode not read */
+#define S_IFMT 00170000
+
+/*
+ * DG_OVL_NONE, DG_OVL_UNKNOWN, DG_OVL_UPPER, or the address of the upper
+ * dentry's inode. A global function taking a scalar: verified once per
+ * program, and every pointer is only read through bpf_probe_read_kernel.
+ */
+__noinline __u64 dg_ovl_upper(__u64 inode_addr)
+{
+	struct inode *inode = (struct inode *)inode_addr;
+	struct dentry *upper = NULL;
+	struct inode *ui;
+	__u64 off;
+	bool layout = dg_ovl_layout || !bpf_core_field_exists(struct ovl_inode___dg, __upperdentry);
+
+	if (!inode)
+		return DG_OVL_NONE;
+	if (layout && dg_ovl_untrusted)
+		goto unknown;
+	if (layout)
+		off = bpf_core_type_size(struct inode) + (__s64)dg_ovl_layout_skew;
+	else
 		off = bpf_core_field_offset(struct ovl_inode___dg, __upperdentry) -
 		      bpf_core_field_offset(struct ovl_inode___dg, vfs_inode);
-	else
-		off = bpf_core_type_size(struct inode);
-	bpf_probe_read_kernel(&upper, sizeof(upper), (void *)inode + off);
-	return upper;
+	if (bpf_probe_read_kernel(&upper, sizeof(upper), (void *)inode + off) < 0)
+		upper = NULL;
+	if (!upper)
+		return DG_OVL_NONE;
+	ui = BPF_CORE_READ(upper, d_inode);
+	if (!layout)
+		return ui ? (__u64)ui : DG_OVL_UPPER;
+	/* layout read: must look like a real upper dentry, or it is not trusted */
+	if (!ui || (__u64)ui <= DG_OVL_UPPER)
+		goto unknown;
+	if (BPF_CORE_READ(upper, d_sb) != BPF_CORE_READ(ui, i_sb))
+		goto unknown;
+	if (BPF_CORE_READ(ui, i_sb, s_magic) == OVERLAYFS_SUPER_MAGIC)
+		goto unknown;
+	if ((BPF_CORE_READ(ui, i_mode) ^ BPF_CORE_READ(inode, i_mode)) & S_IFMT)
+		goto unknown;
+	return (__u64)ui;
+unknown:
+	stat_inc(DG_STAT_OVL_UNKNOWN);
+	return DG_OVL_UNKNOWN;
 }
 
 /* Is the mount one of the volumes the policy exempts from the non-image rule? */
@@ -300,9 +357,14 @@ static __always_inline __u32 classify_inode(struct inode *inode, struct vfsmount
 	sb = BPF_CORE_READ(inode, i_sb);
 	overlay = BPF_CORE_READ(sb, s_magic) == OVERLAYFS_SUPER_MAGIC;
 	if (p->rootfs_dev && (__u64)BPF_CORE_READ(sb, s_dev) == p->rootfs_dev) {
+		__u64 up;
+
 		if (!overlay)
 			return DG_FILE_IMAGE;
-		return ovl_upper(inode) ? DG_FILE_UPPER : DG_FILE_IMAGE;
+		up = dg_ovl_upper((__u64)inode);
+		if (up == DG_OVL_UNKNOWN)
+			return DG_FILE_UPPER_UNKNOWN;
+		return up ? DG_FILE_UPPER : DG_FILE_IMAGE;
 	}
 	if (exec_volume(vmnt, p))
 		return DG_FILE_EXEC_VOLUME;
@@ -352,8 +414,9 @@ static __always_inline __u32 classify_mapped(struct file *file, const struct dg_
 	if (BPF_CORE_READ(real, i_nlink) == 0)
 		return DG_FILE_FILELESS;
 	for (int i = 0; i < 2; i++) {
-		struct dentry *d = cand_d[i], *up;
+		struct dentry *d = cand_d[i];
 		struct inode *oi;
+		__u64 up;
 
 		if (!d)
 			continue;
@@ -362,8 +425,15 @@ static __always_inline __u32 classify_mapped(struct file *file, const struct dg_
 			continue;
 		if (oi == real)
 			return classify_inode(real, cand_m[i], p);
-		up = ovl_upper(oi);
-		if (up && BPF_CORE_READ(up, d_inode) == real) {
+		up = dg_ovl_upper((__u64)oi);
+		if (up == DG_OVL_UNKNOWN) {
+			*pd = d;
+			*pm = cand_m[i];
+			if (p->rootfs_dev && (__u64)BPF_CORE_READ(oi, i_sb, s_dev) == p->rootfs_dev)
+				return DG_FILE_UPPER_UNKNOWN;
+			return DG_FILE_OTHER_OVERLAY;
+		}
+		if (up == (__u64)real) {
 			*pd = d;
 			*pm = cand_m[i];
 			return classify_inode(oi, cand_m[i], p);
@@ -645,7 +715,7 @@ static __always_inline void emit(struct dg_scratch *s, const struct dg_verdict *
 
 static __always_inline bool on_rootfs(__u32 kind)
 {
-	return kind == DG_FILE_IMAGE || kind == DG_FILE_UPPER;
+	return kind == DG_FILE_IMAGE || kind == DG_FILE_UPPER || kind == DG_FILE_UPPER_UNKNOWN;
 }
 
 /*

@@ -46,6 +46,13 @@
 #define DG_FILE_OTHER_FS 3      /* tmpfs (/dev), host files bind-mounted by the runtime, volumes */
 #define DG_FILE_OTHER_OVERLAY 4 /* an overlay that is not this container's root */
 #define DG_FILE_EXEC_VOLUME 5   /* on a volume mount the policy exempts from non_image */
+/*
+ * On the container's root overlay, but whether it is in the upper layer could
+ * not be told: the fallback read of the upper dentry (no BTF for struct
+ * ovl_inode) gave an implausible pointer, or the start-time proof of that
+ * layout failed. Judged like DG_FILE_UPPER (fail closed).
+ */
+#define DG_FILE_UPPER_UNKNOWN 6
 
 /* Which rule produced the verdict. */
 #define DG_MATCH_NONE 0
@@ -84,6 +91,7 @@
 #define DG_STAT_ALERTS 4
 #define DG_STAT_PATH_ERRORS 5
 #define DG_STAT_CHECKS 6
+#define DG_STAT_OVL_UNKNOWN 7 /* overlay upper reads not trusted (DG_FILE_UPPER_UNKNOWN) */
 #define DG_STAT_MAX 8
 
 /* Value of the policies map, keyed by cgroup v2 id (u64). */

@@ -7,11 +7,15 @@
 #
 #     sudo ./scripts/install-containerd.sh        # containerd 1.7 from trixie (NRI 0.6)
 #     sudo ./scripts/install-containerd.sh 2      # containerd 2.x from sid (2.1.9 in 2026-12)
+#     sudo ./scripts/install-containerd.sh kustomize   # kustomize 5.x from sid (Go, static but
+#                                                 # for libc): renders deploy/kustomize in
+#                                                 # tests/packaging/test.sh; bookworm has none
 #
 # Idempotent; prints the directory at the end. Result: <dir>/root/usr/bin/{containerd,ctr,
 # containerd-shim-runc-v2} plus `version` (the package version), where <dir> is
 # ${DRIFTGUARD_CONTAINERD_DIR:-<repo>/.cache/containerd} for 1.7 and
-# ${DRIFTGUARD_CONTAINERD2_DIR:-<repo>/.cache/containerd-2} for 2.x; tests/cri.rs reads the same
+# ${DRIFTGUARD_CONTAINERD2_DIR:-<repo>/.cache/containerd-2} for 2.x (kustomize: <dir>/root/usr/bin/
+# kustomize, <dir> = ${DRIFTGUARD_KUSTOMIZE_DIR:-<repo>/.cache/kustomize}); tests/cri.rs reads the same
 # variables. A complete directory is not fetched again; DRIFTGUARD_CONTAINERD_REFRESH=1
 # re-resolves and refetches if the suite has a newer package. DRIFTGUARD_CONTAINERD_SUITE
 # overrides the suite (trixie / sid).
@@ -32,12 +36,27 @@ case $line in
     dir=${DRIFTGUARD_CONTAINERD2_DIR:-$repo/.cache/containerd-2}
     suite=${DRIFTGUARD_CONTAINERD_SUITE:-sid}
     ;;
-*) die "usage: $0 [1.7|2]" ;;
+kustomize)
+    dir=${DRIFTGUARD_KUSTOMIZE_DIR:-$repo/.cache/kustomize}
+    suite=${DRIFTGUARD_KUSTOMIZE_SUITE:-sid}
+    ;;
+*) die "usage: $0 [1.7|2|kustomize]" ;;
 esac
+pkg=containerd
+bins=(containerd ctr containerd-shim-runc-v2)
+run_check=(--version)
+if [[ $line == kustomize ]]; then
+    pkg=kustomize
+    bins=(kustomize)
+    run_check=(version)
+fi
+have_all() {
+    local b
+    for b in "${bins[@]}"; do [[ -x $1/usr/bin/$b ]] || return 1; done
+}
 
-if [[ -x $dir/root/usr/bin/containerd && -x $dir/root/usr/bin/containerd-shim-runc-v2 && -s $dir/version &&
-    ${DRIFTGUARD_CONTAINERD_REFRESH:-0} != 1 ]]; then
-    log "have containerd $(cat "$dir/version") in $dir"
+if have_all "$dir/root" && [[ -s $dir/version && ${DRIFTGUARD_CONTAINERD_REFRESH:-0} != 1 ]]; then
+    log "have $pkg $(cat "$dir/version") in $dir"
     exit 0
 fi
 
@@ -100,36 +119,37 @@ apt_opts=(
 
 log "apt-get update ($suite from $mirror, private lists in $apt_dir)"
 apt-get "${apt_opts[@]}" update -qq >/dev/null || die "apt-get update of $suite failed"
-version=$(apt-cache "${apt_opts[@]}" policy containerd | awk '/Candidate:/ { print $2 }')
-[[ -n $version && $version != "(none)" ]] || die "no containerd in $suite at $mirror"
+version=$(apt-cache "${apt_opts[@]}" policy "$pkg" | awk '/Candidate:/ { print $2 }')
+[[ -n $version && $version != "(none)" ]] || die "no $pkg in $suite at $mirror"
 case $line:$version in
+kustomize:*) ;;
 1.7:1.7.*) ;;
 2:2.*) ;;
 1.7:*) log "warning: $suite has containerd $version; the 1.7 trials were written against 1.7.24" ;;
 *) die "$suite has containerd $version, not 2.x (set DRIFTGUARD_CONTAINERD_SUITE to a suite with 2.x)" ;;
 esac
-if [[ -x $dir/root/usr/bin/containerd && "$(cat "$dir/version" 2>/dev/null)" == "$version" ]]; then
-    log "containerd $version already in $dir"
+if have_all "$dir/root" && [[ "$(cat "$dir/version" 2>/dev/null)" == "$version" ]]; then
+    log "$pkg $version already in $dir"
     rm -rf "$apt_dir"
     exit 0
 fi
 
-log "apt-get download containerd=$version"
+log "apt-get download $pkg=$version"
 rm -f "$apt_dir/dl"/*.deb
-(cd "$apt_dir/dl" && apt-get "${apt_opts[@]}" download -qq "containerd=$version") || die "download failed"
-deb=$(ls "$apt_dir/dl"/containerd_*.deb)
+(cd "$apt_dir/dl" && apt-get "${apt_opts[@]}" download -qq "$pkg=$version") || die "download failed"
+deb=$(ls "$apt_dir/dl"/"$pkg"_*.deb)
 rm -rf "$dir/root.new"
 dpkg -x "$deb" "$dir/root.new"
-for b in containerd ctr containerd-shim-runc-v2; do
+for b in "${bins[@]}"; do
     [[ -x $dir/root.new/usr/bin/$b ]] || die "$deb lacks usr/bin/$b"
 done
 # Only runc and libc come from the system: fail here, not in the tests, if the package outgrew them.
 log "$deb depends on: $(dpkg-deb -f "$deb" Depends)"
-"$dir/root.new/usr/bin/containerd" --version >/dev/null ||
-    die "$deb's containerd does not run on this system (Depends: $(dpkg-deb -f "$deb" Depends))"
+"$dir/root.new/usr/bin/${bins[0]}" "${run_check[@]}" >/dev/null ||
+    die "$deb's ${bins[0]} does not run on this system (Depends: $(dpkg-deb -f "$deb" Depends))"
 rm -rf "$dir/root"
 mv "$dir/root.new" "$dir/root"
 echo "$version" >"$dir/version"
 # The package lists are only needed again for a refresh, which fetches them anew.
 rm -rf "$apt_dir"
-log "containerd $version in $dir/root/usr/bin ($("$dir/root/usr/bin/containerd" --version 2>/dev/null || true))"
+log "$pkg $version in $dir/root/usr/bin ($("$dir/root/usr/bin/${bins[0]}" "${run_check[@]}" 2>/dev/null || true))"

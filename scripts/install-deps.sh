@@ -54,8 +54,8 @@ pkgs=(
     clang llvm libelf-dev zlib1g-dev pkg-config make
     # tests: real container runtimes and the VM initramfs contents
     busybox-static runc podman coreutils binutils xz-utils cpio iproute2 procps
-    # packaging: dpkg-deb / rpm inspection
-    dpkg-dev rpm python3-yaml
+    # packaging: dpkg-deb / rpm inspection; python3-venv for kubernetes-validate (below)
+    dpkg-dev rpm python3-yaml python3-venv
     # tests/cri.rs: k8s-cri compiles the CRI protos at build time; building and importing its
     # OCI images uses tar and sha256sum (coreutils)
     protobuf-compiler tar debian-archive-keyring
@@ -81,6 +81,18 @@ if [[ $qemu_ok -eq 0 ]]; then
 fi
 
 command -v cargo >/dev/null || { log "cargo not found: install a Rust toolchain (>= 1.82), e.g. with rustup"; exit 1; }
+
+# tests/packaging/test.sh validates every rendering of deploy/ (kustomize base and overlays, the
+# Helm chart) with kubernetes-validate from PyPI, pinned; it bundles the Kubernetes JSON schemas
+# and needs no network when validating. Into a venv of the repository, not the system's Python.
+kv_version=1.37.0
+venv=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.cache/pyenv
+if [[ $("$venv/bin/kubernetes-validate" --version 2>/dev/null) != "$kv_version" ]]; then
+    log "installing kubernetes-validate $kv_version into $venv"
+    rm -rf "$venv"
+    /usr/bin/python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$kv_version"
+fi
 
 # bpffs and securityfs are usually mounted by systemd; make sure they are.
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf || log "could not mount bpffs on /sys/fs/bpf"

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use crate::cgroup::CgroupRoot;
 use crate::config::Config;
 use crate::enforcer::{
-    self, parse_lsm_list, EnforcementPath, Enforcer, EnforcerOptions, OverlayUpper, BTF_PATH, LSM_LIST,
+    self, parse_lsm_list, EnforcementPath, Enforcer, EnforcerOptions, LayoutProof, OverlayUpper, BTF_PATH, LSM_LIST,
 };
 use serde::Serialize;
 
@@ -141,12 +141,11 @@ pub fn gather(cfg: &Config, runtime: &Runtime) -> Vec<Item> {
         }
     }
     let enforcement = check_enforcement(cfg, &probe);
-    let capabilities = check_capabilities(
-        &probe,
-        enforcer::kernel_has_bpf_helper("BPF_FUNC_loop"),
-        vmlinux_btf,
-        enforcer::overlay_upper(),
-    );
+    // A test knob with a bad value fails the load test (probe), which names it.
+    let ovl = enforcer::overlay_upper().unwrap_or(OverlayUpper::Layout);
+    let proof = overlay_proof(&probe, ovl);
+    let capabilities =
+        check_capabilities(&probe, enforcer::kernel_has_bpf_helper("BPF_FUNC_loop"), vmlinux_btf, ovl, proof.as_ref());
 
     let bpffs = {
         let parent = cfg.bpf.pin_dir.parent().unwrap_or(Path::new("/sys/fs/bpf")).to_path_buf();
@@ -219,8 +218,25 @@ pub fn gather(cfg: &Config, runtime: &Runtime) -> Vec<Item> {
 enum Probe {
     Pinned(EnforcementPath),
     Skipped,
-    Loaded { path: EnforcementPath, reason: Option<String>, d_path: bool },
+    Loaded { path: EnforcementPath, reason: Option<String>, d_path: bool, ovl_proof: LayoutProof },
     Failed(String),
+}
+
+/// Whether the layout read of overlay's upper dentry holds on this kernel: the load test's
+/// proof, or (an agent's programs are pinned) a proof of its own with the pinned path.
+/// `None`: no load test could run.
+fn overlay_proof(probe: &Probe, ovl: OverlayUpper) -> Option<LayoutProof> {
+    if !ovl.is_layout() {
+        return Some(LayoutProof::NotNeeded);
+    }
+    match probe {
+        Probe::Loaded { ovl_proof, .. } => Some(ovl_proof.clone()),
+        Probe::Pinned(path) => Some(match quiet(|| enforcer::prove_overlay_layout(*path, ovl)) {
+            Ok(()) => LayoutProof::Proven,
+            Err(why) => LayoutProof::Failed(why),
+        }),
+        Probe::Skipped | Probe::Failed(_) => None,
+    }
 }
 
 impl Probe {
@@ -244,9 +260,12 @@ fn probe_enforcement(cfg: &Config, can_probe: bool) -> Probe {
     }
     // Load test: attach unpinned programs for a moment (no policy installed: nothing is affected).
     match quiet(|| Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: cfg.bpf.force_fallback })) {
-        Ok(e) => {
-            Probe::Loaded { path: e.path(), reason: e.fallback_reason().map(str::to_string), d_path: e.uses_d_path() }
-        }
+        Ok(e) => Probe::Loaded {
+            path: e.path(),
+            reason: e.fallback_reason().map(str::to_string),
+            d_path: e.uses_d_path(),
+            ovl_proof: e.overlay_proof().clone(),
+        },
         Err(e) => Probe::Failed(first_line(&e.to_string()).to_string()),
     }
 }
@@ -301,7 +320,13 @@ fn check_enforcement(cfg: &Config, probe: &Probe) -> Item {
 }
 
 /// What this kernel gives, in one table: the rows of docs/bpf.md's kernel table.
-fn check_capabilities(probe: &Probe, has_loop: Option<bool>, vmlinux_btf: bool, ovl: OverlayUpper) -> Item {
+fn check_capabilities(
+    probe: &Probe,
+    has_loop: Option<bool>,
+    vmlinux_btf: bool,
+    ovl: OverlayUpper,
+    proof: Option<&LayoutProof>,
+) -> Item {
     let path = match probe {
         Probe::Pinned(p) => Some(*p),
         Probe::Loaded { path, .. } => Some(*path),
@@ -355,9 +380,25 @@ fn check_capabilities(probe: &Probe, has_loop: Option<bool>, vmlinux_btf: bool, 
         ("event paths", d_path.to_string()),
         ("bpf_loop", bpf_loop.to_string()),
         ("BTF", btf),
-        ("overlay", ovl.describe().to_string()),
+        ("overlay", ovl.describe()),
+        (
+            "upper check",
+            match proof {
+                Some(p) => p.describe(),
+                None => "layout read not proved (no load test)".to_string(),
+            },
+        ),
     ];
     let detail = rows.iter().map(|(k, v)| format!("{k:<12}{v}")).collect::<Vec<_>>().join("\n");
+    if let Some(LayoutProof::Failed(_)) = proof {
+        return Item::fail(
+            "capabilities",
+            detail,
+            "the overlay layout this kernel has is not the one driftguard reads without BTF: on 5.11+ load the \
+             overlay module before the agent (`modprobe overlay`, so /sys/kernel/btf/overlay exists) and restart \
+             it; otherwise report the kernel version",
+        );
+    }
     match path {
         Some(EnforcementPath::Lsm) if vmlinux_btf => Item::ok("capabilities", detail),
         Some(EnforcementPath::Lsm) | Some(EnforcementPath::TracepointKill) => Item::warn(
@@ -974,21 +1015,32 @@ mod tests {
             path: EnforcementPath::TracepointKill,
             reason: Some("BPF program 'dg_bprm_check' was rejected: EPERM\nmore".into()),
             d_path: false,
+            ovl_proof: LayoutProof::NotNeeded,
         };
-        let i = check_capabilities(&fallback, Some(true), true, OverlayUpper::VmlinuxBtf);
+        let i =
+            check_capabilities(&fallback, Some(true), true, OverlayUpper::VmlinuxBtf, Some(&LayoutProof::NotNeeded));
         assert_eq!(i.status, Status::Warn);
         assert!(i.detail.contains("LSM hooks   no (BPF program 'dg_bprm_check' was rejected: EPERM)"), "{}", i.detail);
         assert!(i.detail.contains("PROT_EXEC   NOT covered"), "{}", i.detail);
         assert!(!i.detail.contains("covered: mmap_file"), "{}", i.detail);
 
-        let lsm510 = Probe::Loaded { path: EnforcementPath::Lsm, reason: None, d_path: false };
-        let i = check_capabilities(&lsm510, Some(false), true, OverlayUpper::Layout);
+        let lsm510 =
+            Probe::Loaded { path: EnforcementPath::Lsm, reason: None, d_path: false, ovl_proof: LayoutProof::Proven };
+        let i = check_capabilities(&lsm510, Some(false), true, OverlayUpper::Layout, Some(&LayoutProof::Proven));
         assert_eq!(i.status, Status::Ok);
         assert!(i.detail.contains("event paths dentry walk (bpf_d_path is refused"), "{}", i.detail);
         assert!(i.detail.contains("bpf_loop    absent"), "{}", i.detail);
         assert!(i.detail.contains("overlay     no BTF has struct ovl_inode"), "{}", i.detail);
+        assert!(i.detail.contains("upper check proved at start"), "{}", i.detail);
 
-        let i = check_capabilities(&Probe::Skipped, None, false, OverlayUpper::Layout);
+        // A failed proof fails the item, whatever else is fine.
+        let failed = LayoutProof::Failed("a written one image".into());
+        let i = check_capabilities(&lsm510, Some(false), true, OverlayUpper::Layout, Some(&failed));
+        assert_eq!(i.status, Status::Fail);
+        assert!(i.detail.contains("upper check proof FAILED (a written one image)"), "{}", i.detail);
+        assert!(i.fix.as_deref().is_some_and(|f| f.contains("modprobe overlay")), "{:?}", i.fix);
+
+        let i = check_capabilities(&Probe::Skipped, None, false, OverlayUpper::Layout, None);
         assert_eq!(i.status, Status::Warn);
         assert!(i.detail.contains("LSM hooks   unknown"), "{}", i.detail);
     }

@@ -6,11 +6,13 @@
 //! - [`provenance`]: which filesystem a container's code may come from (its root overlay,
 //!   exempted volumes), read from mountinfo before the entrypoint runs.
 //! - [`check`]: `driftguard check`'s items: is this node ready, and what to change if not.
+//! - [`demo`]: `driftguard demo`'s image, overlay, runc container, enforcement and cleanup.
 pub mod agent;
 pub mod annotations;
 pub mod cgroup;
 pub mod check;
 pub mod config;
+pub mod demo;
 pub mod enforcer;
 pub mod policy;
 pub mod provenance;

@@ -15,6 +15,8 @@
 
 #[path = "support/agent_process.rs"]
 mod agent_process;
+#[path = "support/rootfs.rs"]
+mod rootfs;
 #[path = "support/runc_nri.rs"]
 mod runc_nri;
 #[path = "support/bpf_suite.rs"]
@@ -34,6 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use driftguard::check::find_in_path;
 use driftguard::enforcer::{self, Action, Enforcer, EnforcerOptions, FileKind, Hook, Owner, PolicyStore, Rule};
 use driftguard::policy::{ExecPath, Mode, Policy};
 use driftguard::provenance::Provenance;
@@ -146,13 +149,10 @@ fn host_payload_dir() -> PathBuf {
 // Environment (the rest is shared with tests/kernel.rs: tests/support/bpf_suite.rs)
 
 fn agent_requirements() -> Option<String> {
-    if which("runc").is_none() {
+    if find_in_path("runc").is_none() {
         return Some("runc not installed (apt-get install runc)".into());
     }
-    if !Path::new("/bin/busybox").exists() {
-        return Some("busybox-static not installed at /bin/busybox".into());
-    }
-    None
+    rootfs::busybox_missing()
 }
 
 // ---------------------------------------------------------------------------
@@ -178,7 +178,8 @@ fn payloads() -> Result<&'static Payloads, Failed> {
 }
 
 fn build_payloads() -> Result<Payloads, String> {
-    let cc = which("cc").or_else(|| which("gcc")).ok_or("no C compiler (cc) to build the test payloads")?;
+    let cc =
+        find_in_path("cc").or_else(|| find_in_path("gcc")).ok_or("no C compiler (cc) to build the test payloads")?;
     let dir = host_payload_dir();
     fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let so_c = dir.join("payload.c");
@@ -795,7 +796,9 @@ fn sysv_shm_exec_mapping_denied() -> R {
         };
     }
     if !matches!(attach, Outcome::Exited(c, _) if c == 10 + libc::EPERM) {
-        return Err(format!("shmat(SHM_EXEC) in an enforced container: expected EPERM (exit 11), got {attach:?}").into());
+        return Err(
+            format!("shmat(SHM_EXEC) in an enforced container: expected EPERM (exit 11), got {attach:?}").into()
+        );
     }
     if !matches!(mprotect, Outcome::Exited(c, _) if c == 50 + libc::EPERM) {
         return Err(format!(
@@ -1150,11 +1153,17 @@ fn binfmt_misc_in_user_namespace_cannot_launder_drift() -> R {
     expect_event_suffix(h, &c, "/tmp/echo", Rule::Drift, denied_action(h))?;
     if lsm(h) {
         if rc("A") != "126" || text.contains("DG-A-RAN") {
-            return Err(format!("case A: a dropped file run through a registered image interpreter must get EPERM: {text}").into());
+            return Err(format!(
+                "case A: a dropped file run through a registered image interpreter must get EPERM: {text}"
+            )
+            .into());
         }
         expect_event_suffix(h, &c, "/tmp/payload.dgx", Rule::Drift, Action::Deny)?;
     } else if rc("A") != "0" || !text.contains("DG-A-RAN") {
-        return Err(format!("fallback limit changed: a dropped file run by an image interpreter through binfmt_misc: {text}").into());
+        return Err(format!(
+            "fallback limit changed: a dropped file run by an image interpreter through binfmt_misc: {text}"
+        )
+        .into());
     }
     Ok(())
 }

@@ -12,13 +12,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use driftguard::enforcer::{EnforcementPath, Owner};
+use driftguard::check::find_in_path;
+use driftguard::enforcer::{EnforcementPath, Owner, TEST_OVL_LAYOUT_ENV};
 use driftguard::policy::{Mode, Policy};
 use driftguard::provenance::Provenance;
 use libtest_mimic::{Arguments, Failed};
 
 #[path = "support/agent_process.rs"]
 mod agent_process;
+#[path = "support/rootfs.rs"]
+mod rootfs;
 #[path = "support/runc_nri.rs"]
 mod runc_nri;
 #[path = "support/vm.rs"]
@@ -40,6 +43,7 @@ const TRIALS: &[NamedTrial] = &[
     ("agent_restart_keeps_enforcing_and_resynchronizes", agent_restart_keeps_enforcing_and_resynchronizes),
     ("agent_reports_non_overlay_rootfs", agent_reports_non_overlay_rootfs),
     ("agent_exempts_only_declared_volumes", agent_exempts_only_declared_volumes),
+    ("agent_fails_closed_on_a_wrong_overlay_layout", agent_fails_closed_on_a_wrong_overlay_layout),
 ];
 
 fn main() {
@@ -63,7 +67,8 @@ fn main() {
     ] {
         trials.push(gate.trial(name, &reason, f));
     }
-    let unprivileged = reason.clone().or_else(|| which("setpriv").is_none().then(|| "setpriv not installed".into()));
+    let unprivileged =
+        reason.clone().or_else(|| find_in_path("setpriv").is_none().then(|| "setpriv not installed".into()));
     for (name, f) in [
         ("pins_resist_an_unprivileged_user", pins_resist_an_unprivileged_user as fn() -> R),
         ("refuses_a_pin_dir_owned_by_nobody", refuses_a_pin_dir_owned_by_nobody),
@@ -82,35 +87,19 @@ fn main() {
 /// The same agent trials inside the Debian 5.10 / 6.1 / 6.12 VMs, where BPF LSM denies with EPERM.
 fn agent_suite_in_vm(k: &vm::Kernel) -> R {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let runc = which("runc").ok_or("runc not installed")?;
+    let runc = find_in_path("runc").ok_or("runc not installed")?;
     let agent_bin = PathBuf::from(env!("CARGO_BIN_EXE_driftguard"));
     let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let stripped = scratch.path().join("driftguard");
-    let ok = Command::new("strip").arg("--strip-debug").arg("-o").arg(&stripped).arg(&agent_bin).status();
-    if !ok.is_ok_and(|s| s.success()) {
-        fs::copy(&agent_bin, &stripped).map_err(|e| e.to_string())?;
-    }
+    let stripped = vm::stripped(&agent_bin, scratch.path())?;
     let req = vm::VmRequest {
         exe,
         args: vec!["agent_".into(), "--test-threads=1".into(), "--color=never".into()],
-        env: vec![
-            ("DG_EXPECT_PATH".into(), "lsm".into()),
-            ("DRIFTGUARD_REQUIRE_ALL".into(), "1".into()),
-            ("RUST_BACKTRACE".into(), "1".into()),
-            ("PATH".into(), "/usr/sbin:/usr/bin:/sbin:/bin".into()),
-        ],
+        env: vm::suite_env(),
         files: vec![(runc.clone(), runc), (stripped, agent_bin)],
         timeout: Duration::from_secs(600),
         memory_mb: 1536,
     };
-    let t = Instant::now();
-    let res = vm::run_in_vm(k, &req).map_err(|e| format!("VM {} ({}): {e}", k.name, k.version))?;
-    println!("--- kernel {} ({}) in {:.1}s ---\n{}", k.name, k.version, t.elapsed().as_secs_f64(), res.output);
-    if res.exit_code != 0 {
-        return Err(
-            format!("agent trials failed inside the {} VM (exit {}); output above", k.name, res.exit_code).into()
-        );
-    }
+    let res = vm::run_suite(k, &req, "agent trials")?;
     let want = format!("test result: ok. {} passed;", TRIALS.len());
     if !res.output.lines().any(|l| l.starts_with(&want) && l.contains(" 0 ignored;")) {
         return Err(format!("VM summary is not `ok. {} passed` with 0 ignored", TRIALS.len()).into());
@@ -124,17 +113,13 @@ fn requirements() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("needs root".into());
     }
-    if which("runc").is_none() {
+    if find_in_path("runc").is_none() {
         return Some("runc not installed (apt-get install runc)".into());
     }
-    if !Path::new("/bin/busybox").exists() {
-        return Some("busybox-static not installed".into());
+    if let Some(why) = rootfs::busybox_missing() {
+        return Some(why);
     }
     None
-}
-
-fn which(bin: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(bin)).find(|p| p.exists())
 }
 
 // ---------------------------------------------------------------------------
@@ -154,7 +139,9 @@ fn agent_enforces_annotated_pods() -> R {
     let limits: Vec<&str> = log.lines().filter(|l| l.contains("kernel limit")).collect();
     let want: &[&str] = match (path, vm::guest_kernel().as_deref()) {
         (Some(EnforcementPath::TracepointKill), _) => &["PROT_EXEC mappings are not checked", "SIGKILL"],
-        (Some(EnforcementPath::Lsm), Some("5.10")) => &["bpf_d_path is refused", "no BTF has struct ovl_inode"],
+        (Some(EnforcementPath::Lsm), Some("5.10")) => {
+            &["bpf_d_path is refused", "no BTF has struct ovl_inode (module BTF needs 5.11 and overlay loaded first): the pointer after struct inode, the layout of kernels 4.19 to 6.18; proved at start"]
+        }
         _ => &[],
     };
     if limits.len() != want.len() || !want.iter().all(|w| limits.iter().any(|l| l.contains(w))) {
@@ -464,6 +451,62 @@ fn agent_exempts_only_declared_volumes() -> R {
     let installed = agent.store()?.list().map_err(|e| e.to_string())?;
     if installed.len() != 1 || installed[0].exec_mount_ids.len() != 1 || installed[0].rootfs_dev == 0 {
         return Err(format!("pinned policy: {installed:?}").into());
+    }
+    Ok(())
+}
+
+/// The test knob puts the agent's layout read of overlay's upper dentry 8 bytes off, as a kernel
+/// with another `struct ovl_inode` would: the start-time proof fails, the agent says so once as an
+/// error (`kernel limit`), in its metrics and in `driftguard status`, and enforces fail closed: an
+/// image binary of an enforced container is stopped as drift of unknown layer and counted.
+fn agent_fails_closed_on_a_wrong_overlay_layout() -> R {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let rt = rt();
+    let _guard = rt.enter();
+    let mut agent = AgentProcess::with_own_socket("ovl")?;
+    agent.env.push((TEST_OVL_LAYOUT_ENV.to_string(), "layout+8".to_string()));
+    let mut peer = RuntimePeer::bind(&agent.socket).map_err(|e| e.to_string())?;
+    peer.set_timeout(Duration::from_secs(60));
+    agent.start()?;
+    let conn = rt.block_on(connect(&peer, vec![], vec![]))?;
+    let path = agent.path();
+
+    let log = agent.log();
+    let failed: Vec<&str> = log.lines().filter(|l| l.contains("kernel limit") && l.contains("proof FAILED")).collect();
+    if failed.len() != 1 || !failed[0].contains("ERROR") || !failed[0].contains("counts as drift") {
+        return Err(format!("one error line must say the layout proof failed: {failed:?}\n{log}").into());
+    }
+    let metrics = agent.metrics()?;
+    if !metrics.contains("driftguard_overlay_upper{proof=\"failed\",source=\"layout_forced\"} 1") {
+        return Err(format!("metrics must show the failed proof:\n{metrics}").into());
+    }
+    let status = agent.status()?;
+    let ovl = status["agent"]["overlay_upper"].as_str().unwrap_or_default();
+    if !ovl.starts_with("layout_forced, proof failed: ") {
+        return Err(format!("status must show the failed proof: {status}").into());
+    }
+
+    let ctr = RuncCtr::create(dir.path(), "ovl")?;
+    let p = pod("ovl", &[("driftguard.dev/mode", "enforce")]);
+    rt.block_on(start_container(&conn, Delivery::Dedicated, &p, &ctr.nri(&p, "app")))?;
+    // The entrypoint is an image binary: it is stopped (EPERM, or killed right after exec on
+    // the fallback), so the container never runs its code. `runc start` itself may report
+    // success either way: it returns once runc's init was told to exec.
+    let _ = ctr.start();
+    let action = if path == Some(EnforcementPath::Lsm) { "deny" } else { "kill" };
+    let e = agent.wait_event("upper_unknown drift", |e| {
+        e["file"] == "upper_unknown" && e["rule"] == "drift" && e["action"] == action
+    })?;
+    if e["path_image"] != true {
+        return Err(format!("the stopped file must be on the container's root overlay: {e}").into());
+    }
+    let (code, out) = ctr.exec(&["/bin/busybox", "true"])?;
+    if code == 0 {
+        return Err(format!("an image binary ran while the overlay layout is unproved: {out}").into());
+    }
+    let unknown = agent.status()?["stats"]["overlay_unknown"].as_u64().unwrap_or(0);
+    if unknown == 0 {
+        return Err("distrusted overlay reads must be counted".into());
     }
     Ok(())
 }

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use driftguard::check::ITEM_NAMES;
+use driftguard::check::{find_in_path, ITEM_NAMES};
+use driftguard::demo::{BUSYBOX_CANDIDATES, DROPPED, ID_PREFIX};
 use driftguard::enforcer::{self, Enforcer, EnforcerOptions, PolicyStore};
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::Value;
@@ -20,7 +21,6 @@ use serde_json::Value;
 type R = Result<(), Failed>;
 
 const BIN: &str = env!("CARGO_BIN_EXE_driftguard");
-const DROPPED: &str = "/tmp/busybox";
 
 fn main() {
     let args = Arguments::from_args();
@@ -41,6 +41,7 @@ fn main() {
     };
     let trials = vec![
         Trial::test("check_reports_every_item", check_reports_every_item),
+        gate("check_proves_the_overlay_layout_read", &demo_reason, check_proves_the_overlay_layout_read),
         gate("demo_stops_dropped_binary", &demo_reason, demo_stops_dropped_binary),
         gate("demo_uses_pinned_enforcement", &demo_reason, demo_uses_pinned_enforcement),
         gate("unload_removes_pins_and_state", &demo_reason, unload_removes_pins_and_state),
@@ -56,21 +57,13 @@ fn demo_requirements() -> Option<String> {
     if !enforcer::has_vmlinux_btf() {
         return Some("kernel has no BTF".into());
     }
-    if which("runc").is_none() {
+    if find_in_path("runc").is_none() {
         return Some("runc not installed (apt-get install runc)".into());
     }
-    if !["/bin/busybox", "/usr/bin/busybox"].iter().any(|p| Path::new(p).exists()) {
+    if !BUSYBOX_CANDIDATES.iter().any(|p| Path::new(p).exists()) {
         return Some("busybox-static not installed".into());
     }
     None
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].iter().map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
 }
 
 // ---------------------------------------------------------------------------
@@ -179,6 +172,44 @@ fn check_reports_every_item() -> R {
     Ok(())
 }
 
+/// `check` with the layout read of overlay's upper dentry forced (the test knob): the real
+/// offset is proved on this kernel (`upper check` row), an offset 8 bytes off fails the
+/// `capabilities` item with the reason and the fail-closed consequence, and nothing of the
+/// proof (mounts, cgroup) is left behind.
+fn check_proves_the_overlay_layout_read() -> R {
+    let cfg = TestConfig::new()?;
+    let capabilities = |knob: &str| -> Result<(String, String, Output), Failed> {
+        let o = Command::new(BIN)
+            .arg("--config")
+            .arg(&cfg.path)
+            .args(["check", "--json"])
+            .env(enforcer::TEST_OVL_LAYOUT_ENV, knob)
+            .output()?;
+        let items: Vec<Value> = serde_json::from_str(&text(&o).0).map_err(|e| format!("{e}\n{}", show(&o)))?;
+        let c = items.iter().find(|i| i["name"] == "capabilities").ok_or("no capabilities item")?;
+        Ok((c["status"].as_str().unwrap_or("").to_string(), c["detail"].as_str().unwrap_or("").to_string(), o))
+    };
+    let (status, detail, o) = capabilities("layout")?;
+    if status == "fail"
+        || !detail.contains("forced by DRIFTGUARD_TEST_OVL_LAYOUT")
+        || !detail.contains("upper check proved at start")
+    {
+        return Err(format!("the real layout must be proved: [{status}] {detail}\n{}", show(&o)).into());
+    }
+    let (status, detail, o) = capabilities("layout+8")?;
+    if status != "fail" || !detail.contains("upper check proof FAILED (") || !detail.contains("counts as drift") {
+        return Err(format!("a wrong layout must fail the item: [{status}] {detail}\n{}", show(&o)).into());
+    }
+    if o.status.code() != Some(1) {
+        return Err(format!("a failed item must fail check\n{}", show(&o)).into());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    if mounts.contains("driftguard-ovlproof") {
+        return Err("the proof left a mount behind".into());
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------
 // demo
 
@@ -197,12 +228,13 @@ fn demo_leftovers(stdout: &str) -> Result<Vec<String>, Failed> {
     let id = stdout
         .split_whitespace()
         .find(|w| {
-            w.starts_with("driftguard-demo-") && w[16..].trim_end_matches(':').chars().all(|c| c.is_ascii_digit())
+            w.strip_prefix(ID_PREFIX)
+                .is_some_and(|n| !n.is_empty() && n.trim_end_matches(':').chars().all(|c| c.is_ascii_digit()))
         })
         .map(|w| w.trim_end_matches(':').to_string())
         .ok_or("demo output names no container id")?;
     let mut left = Vec::new();
-    let list = Command::new(which("runc").ok_or("runc")?).args(["list", "-q"]).output()?;
+    let list = Command::new(find_in_path("runc").ok_or("runc")?).args(["list", "-q"]).output()?;
     if String::from_utf8_lossy(&list.stdout).lines().any(|l| l.trim() == id) {
         left.push(format!("runc container {id}"));
     }

@@ -28,11 +28,12 @@ use std::time::{Duration, Instant};
 
 use driftguard::enforcer::abi::{self, RawInput};
 use driftguard::enforcer::{
-    self, Action, DecisionTester, EnforcementPath, Enforcer, EnforcerOptions, FileKind, Hook, Owner, PolicyStore, Rule,
+    self, Action, DecisionTester, EnforcementPath, Enforcer, EnforcerOptions, FileKind, Hook, LayoutProof,
+    OverlayUpper, Owner, PolicyStore, Rule,
 };
 use driftguard::policy::{ExecPath, Mode, Policy};
 use driftguard::provenance::Provenance;
-use libtest_mimic::Arguments;
+use libtest_mimic::{Arguments, Failed};
 
 use suite::*;
 
@@ -71,6 +72,9 @@ fn main() {
         ("policies_pinned_by_v0_1_are_carried_over", policies_pinned_by_v0_1_are_carried_over),
         ("path_lists_replaced_and_removed_across_writers", path_lists_replaced_and_removed_across_writers),
         ("level_mask_updates_are_atomic_across_writers", level_mask_updates_are_atomic_across_writers),
+        ("overlay_layout_read_is_proved_and_judges_like_core", overlay_layout_read_is_proved_and_judges_like_core),
+        ("overlay_wrong_layout_fails_closed", overlay_wrong_layout_fails_closed),
+        ("overlay_implausible_upper_read_is_drift", overlay_implausible_upper_read_is_drift),
     ] {
         trials.push(gate.trial(name, &host_reason, f));
     }
@@ -105,7 +109,10 @@ fn spec_decide(i: &RawInput) -> (u32, u32) {
     } else if i.list == abi::DG_LIST_ALLOW && i.rules & abi::DG_RULE_ALLOWLIST_ONLY == 0 {
         // Outside allow-list-only mode an allow entry exempts the path from the file rules.
         abi::DG_MATCH_NONE
-    } else if i.file_kind == abi::DG_FILE_UPPER && i.rules & abi::DG_RULE_DRIFT != 0 {
+    } else if matches!(i.file_kind, abi::DG_FILE_UPPER | abi::DG_FILE_UPPER_UNKNOWN)
+        && i.rules & abi::DG_RULE_DRIFT != 0
+    {
+        // A file whose layer could not be told is drift (fail closed).
         abi::DG_MATCH_DRIFT
     } else if matches!(i.file_kind, abi::DG_FILE_OTHER_FS | abi::DG_FILE_OTHER_OVERLAY)
         && i.rules & abi::DG_RULE_NON_IMAGE != 0
@@ -141,7 +148,7 @@ fn decision_function_matches_spec() -> R {
     let mut n = 0;
     for mode in 0..4 {
         for rules in 0..64 {
-            for file_kind in 0..7 {
+            for file_kind in 0..8 {
                 for list in 0..3 {
                     for access in 0..2 {
                         for enforce_action in [abi::DG_ACT_DENY, abi::DG_ACT_KILL] {
@@ -176,6 +183,7 @@ fn decision_function_matches_spec() -> R {
         (abi::DG_FILE_OTHER_FS, abi::DG_MATCH_NON_IMAGE),
         (abi::DG_FILE_OTHER_OVERLAY, abi::DG_MATCH_NON_IMAGE),
         (abi::DG_FILE_EXEC_VOLUME, abi::DG_MATCH_NONE),
+        (abi::DG_FILE_UPPER_UNKNOWN, abi::DG_MATCH_DRIFT),
     ] {
         let i = RawInput { rules: defaults, file_kind: kind, ..drift };
         assert_eq!(t.decide(i).map_err(|e| e.to_string())?.0, want, "file kind {kind} under the default rules");
@@ -823,4 +831,115 @@ fn kernel_suite_in_vm(k: &vm::Kernel) -> R {
         "enforcement_path_is_the_expected_one",
     ];
     run_suite_in_vm(k, Vec::new(), &[], &must_run, Duration::from_secs(600))
+}
+
+// ---------------------------------------------------------------------------
+// Overlay upper layer read without BTF (the layout read): proved at start, checked per read
+
+/// Programs of their own that read overlay's upper dentry at the layout offset `skew` bytes off
+/// (the in-process form of DRIFTGUARD_TEST_OVL_LAYOUT), with their own event collector in a
+/// [`Harness`] for the suite's helpers. The suite's shared programs stay attached meanwhile:
+/// the policy below is installed only in these programs' maps.
+fn layout_programs(skew: i32, prove: bool) -> Result<(Enforcer, Harness), Failed> {
+    let enf = Enforcer::load_with_overlay(
+        &EnforcerOptions { pin_dir: None, force_fallback: false },
+        OverlayUpper::ForcedLayout { skew },
+        prove,
+    )
+    .map_err(es)?;
+    let store = enf.store().try_clone().map_err(es)?;
+    let mut stream = enf.events().map_err(es)?;
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = events.clone();
+    std::thread::spawn(move || {
+        while let Some(ev) = stream.next_timeout(Duration::from_secs(3600)) {
+            if let Ok(mut v) = sink.lock() {
+                v.push(ev);
+            }
+        }
+    });
+    let h = Harness { store, path: enf.path(), fallback_reason: enf.fallback_reason().map(str::to_string), events };
+    Ok((enf, h))
+}
+
+/// The layout read (forced where BTF has struct ovl_inode) passes its proof on this kernel and
+/// then judges like CO-RE: a written binary is drift (kind upper), an image binary runs, no
+/// read is distrusted.
+fn overlay_layout_read_is_proved_and_judges_like_core() -> R {
+    let (enf, h) = layout_programs(0, true)?;
+    if *enf.overlay_proof() != LayoutProof::Proven {
+        return Err(format!("the real layout must pass its proof on this kernel: {:?}", enf.overlay_proof()).into());
+    }
+    if enf.overlay_failure().is_some() || !enf.kernel_limits().iter().any(|l| l.contains("proved at start")) {
+        return Err(format!("limits must say the layout read was proved: {:?}", enf.kernel_limits()).into());
+    }
+    let c = Container::new("ovl-layout")?;
+    c.install(&h, &enforce())?;
+    assert_runs(&c.run("true", &["/bin/busybox"])?, "image binary under the proved layout read")?;
+    c.drop_file("/tmp/dropped", bb()?)?;
+    assert_denied(&h, &c.run("true", &["/tmp/dropped"])?, "written binary under the proved layout read")?;
+    let e = expect_event(&h, &c, "/tmp/dropped", Rule::Drift, denied_action(&h))?;
+    if e.file != FileKind::Upper {
+        return Err(format!("a written binary must be judged upper: {e:?}").into());
+    }
+    let unknown = enf.stats().map_err(es)?.overlay_unknown;
+    if unknown != 0 {
+        return Err(format!("{unknown} layout reads were distrusted on a kernel whose layout was proved").into());
+    }
+    Ok(())
+}
+
+/// A layout read 8 bytes off (the next field of struct ovl_inode, as another kernel's layout
+/// would put it) fails its proof, and then nothing on the container's root overlay passes as
+/// image: the written binary is denied/killed as drift (never allowed), the image binary too
+/// (fail closed), the distrusted reads are counted, and the failure is one error line.
+fn overlay_wrong_layout_fails_closed() -> R {
+    let (enf, h) = layout_programs(8, true)?;
+    let LayoutProof::Failed(why) = enf.overlay_proof() else {
+        return Err(format!("a layout read 8 bytes off must fail its proof: {:?}", enf.overlay_proof()).into());
+    };
+    println!("proof failure: {why}");
+    match enf.overlay_failure() {
+        Some(l) if l.contains("proof FAILED") && l.contains("counts as drift") => {}
+        other => return Err(format!("the failure line must say it fails closed: {other:?}").into()),
+    }
+    let c = Container::new("ovl-wrong")?;
+    c.install(&h, &enforce())?;
+    c.drop_file("/tmp/dropped", bb()?)?;
+    assert_denied(&h, &c.run("true", &["/tmp/dropped"])?, "written binary under a wrong layout")?;
+    let e = expect_event(&h, &c, "/tmp/dropped", Rule::Drift, denied_action(&h))?;
+    if e.file != FileKind::UpperUnknown {
+        return Err(format!("under a failed proof the file's layer is unknown: {e:?}").into());
+    }
+    assert_denied(&h, &c.run("true", &["/bin/tool"])?, "image binary under a wrong layout (fail closed)")?;
+    expect_event(&h, &c, "/bin/tool", Rule::Drift, denied_action(&h))?;
+    let unknown = enf.stats().map_err(es)?.overlay_unknown;
+    if unknown < 2 {
+        return Err(format!("distrusted reads must be counted: {unknown}").into());
+    }
+    Ok(())
+}
+
+/// Without the start-time proof, the per-read check alone: a layout read aimed at the start of
+/// struct inode (i_mode, i_uid: never a dentry pointer) is implausible for every file, so both
+/// the written and the image binary are drift of unknown layer, and counted.
+fn overlay_implausible_upper_read_is_drift() -> R {
+    let size = enforcer::kernel_struct_size("inode").ok_or("no struct inode in the kernel's BTF")?;
+    let skew = -i32::try_from(size).map_err(es)?;
+    let (enf, h) = layout_programs(skew, false)?;
+    let c = Container::new("ovl-implausible")?;
+    c.install(&h, &enforce())?;
+    c.drop_file("/tmp/dropped", bb()?)?;
+    for (path, what) in [("/tmp/dropped", "written binary"), ("/bin/tool", "image binary")] {
+        assert_denied(&h, &c.run("true", &[path])?, &format!("{what} with an implausible upper read"))?;
+        let e = expect_event(&h, &c, path, Rule::Drift, denied_action(&h))?;
+        if e.file != FileKind::UpperUnknown {
+            return Err(format!("{what}: an implausible read must give upper_unknown: {e:?}").into());
+        }
+    }
+    let unknown = enf.stats().map_err(es)?.overlay_unknown;
+    if unknown < 2 {
+        return Err(format!("implausible reads must be counted: {unknown}").into());
+    }
+    Ok(())
 }

@@ -17,6 +17,8 @@ bash tests/vm/fetch-kernels.sh
 # .cache/containerd-2 for tests/cri.rs (the system's apt state is not touched; see the script).
 ./scripts/install-containerd.sh
 ./scripts/install-containerd.sh 2
+# kustomize (Debian sid's; bookworm has none) for tests/packaging/test.sh, into .cache/kustomize.
+./scripts/install-containerd.sh kustomize
 
 echo "== cargo fmt --check (rustfmt.toml)" >&2
 if cargo fmt --version >/dev/null 2>&1; then

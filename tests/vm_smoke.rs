@@ -8,6 +8,7 @@
 #[path = "support/vm.rs"]
 mod vm;
 
+use driftguard::enforcer;
 use libtest_mimic::{Arguments, Failed, Trial};
 use std::time::Duration;
 
@@ -40,11 +41,6 @@ fn guest_trials() -> Vec<Trial> {
 }
 
 fn guest_checks() -> Result<(), Failed> {
-    let lsm = std::fs::read_to_string("/sys/kernel/security/lsm").map_err(|e| format!("read lsm: {e}"))?;
-    println!("guest: lsm={lsm}");
-    if !lsm.split(',').any(|x| x.trim() == "bpf") {
-        return Err(format!("bpf not in LSM list: {lsm}").into());
-    }
     let mounts = std::fs::read_to_string("/proc/self/mounts").map_err(|e| e.to_string())?;
     for (fs, at) in [
         ("bpf", "/sys/fs/bpf"),
@@ -58,6 +54,12 @@ fn guest_checks() -> Result<(), Failed> {
         }) {
             return Err(format!("{fs} not mounted at {at}:\n{mounts}").into());
         }
+    }
+    // After the mount table: reading the LSM list mounts securityfs when it is missing.
+    let lsm = enforcer::lsm_list()?;
+    println!("guest: lsm={lsm}");
+    if !enforcer::parse_lsm_list(&lsm).contains(&"bpf") {
+        return Err(format!("bpf not in LSM list: {lsm}").into());
     }
     if std::env::var(PROBE_ENV).as_deref() != Ok(PROBE_VALUE) {
         return Err(format!("env {PROBE_ENV} = {:?}", std::env::var(PROBE_ENV)).into());
@@ -141,7 +143,7 @@ fn boot(k: &vm::Kernel) -> Result<(), Failed> {
     check(r.exit_code == 0, "boot script failed", &r)?;
     check(r.output.contains(&format!("uname={}", k.version)), "wrong kernel", &r)?;
     let lsm = r.output.lines().find_map(|l| l.strip_prefix("lsm=")).unwrap_or("");
-    check(lsm.split(',').any(|x| x == "bpf"), "bpf not in /sys/kernel/security/lsm", &r)?;
+    check(enforcer::parse_lsm_list(lsm).contains(&"bpf"), "bpf not in /sys/kernel/security/lsm", &r)?;
     check(r.output.lines().any(|l| l == "overlay=ok"), "overlay check failed", &r)?;
     Ok(())
 }

@@ -32,7 +32,8 @@ pub(crate) struct EventInfo {
 macro_rules! nri_events {
     ($($event:ident => $name:literal, $scope:ident;)*) => {
         /// Every event this crate knows, in protocol order (event number `n` at index `n - 1`):
-        /// the one list the mask, the names, the method table and the dispatch checks use.
+        /// the one list the mask, the names, the method table and the dispatch use (a request is
+        /// routed by the event whose method it names, see [`event_of_method`]).
         pub(crate) const EVENTS: &[EventInfo] =
             &[$(EventInfo { event: Event::$event, name: $name, scope: Scope::$scope }),*];
         /// Methods of the `Plugin` service: the session methods and one per event.

@@ -300,10 +300,20 @@ impl<P: Plugin> PluginDispatch<P> {
     }
 
     async fn handle(&self, method: &str, payload: Vec<u8>) -> Result<Vec<u8>, RpcStatus> {
+        // The method names of the events are the table's (crate::events); the match on the event
+        // is exhaustive, so an event the table or the protocol adds cannot go without a handler.
+        match events::event_of_method(method) {
+            Some(event) => self.handle_event(event, method, &payload).await,
+            None => self.handle_session(method, &payload).await,
+        }
+    }
+
+    /// The session methods: Configure, Synchronize, Shutdown, StateChange.
+    async fn handle_session(&self, method: &str, payload: &[u8]) -> Result<Vec<u8>, RpcStatus> {
         let p = &*self.plugin;
         match method {
             "Configure" => {
-                let req: ConfigureRequest = self.decode(method, &payload)?;
+                let req: ConfigureRequest = self.decode(method, payload)?;
                 tracing::debug!(
                     runtime = %req.runtime_name,
                     runtime_version = %req.runtime_version,
@@ -335,7 +345,7 @@ impl<P: Plugin> PluginDispatch<P> {
                 encode(method, &resp)
             }
             "Synchronize" => {
-                let mut req: SynchronizeRequest = self.decode(method, &payload)?;
+                let mut req: SynchronizeRequest = self.decode(method, payload)?;
                 let mut resp = SynchronizeResponse::new();
                 let (pods, containers) = {
                     let mut buf =
@@ -362,20 +372,33 @@ impl<P: Plugin> PluginDispatch<P> {
                 encode(method, &resp)
             }
             "Shutdown" => {
-                let _: Empty = self.decode(method, &payload)?;
+                let _: Empty = self.decode(method, payload)?;
                 tracing::info!("NRI runtime is shutting down");
                 p.shutdown().await;
                 self.signal(SessionSignal::Shutdown);
                 encode(method, &Empty::new())
             }
-            "RunPodSandbox" => {
-                let req: RunPodSandboxRequest = self.decode(method, &payload)?;
+            "StateChange" => {
+                let req: StateChangeEvent = self.decode(method, payload)?;
+                self.state_change(&req).await?;
+                encode(method, &Empty::new())
+            }
+            other => Err(RpcStatus::new(Code::UNIMPLEMENTED, format!("{other} method"))),
+        }
+    }
+
+    /// The request of `event`, whose method is `method`, to its handler.
+    async fn handle_event(&self, event: Event, method: &str, payload: &[u8]) -> Result<Vec<u8>, RpcStatus> {
+        let p = &*self.plugin;
+        match event {
+            Event::RUN_POD_SANDBOX => {
+                let req: RunPodSandboxRequest = self.decode(method, payload)?;
                 trace_event(method, opt(&req.pod), None);
                 p.run_pod_sandbox(opt(&req.pod)).await.map_err(handler_error(method))?;
                 encode(method, &RunPodSandboxResponse::new())
             }
-            "UpdatePodSandbox" => {
-                let req: UpdatePodSandboxRequest = self.decode(method, &payload)?;
+            Event::UPDATE_POD_SANDBOX => {
+                let req: UpdatePodSandboxRequest = self.decode(method, payload)?;
                 trace_event(method, opt(&req.pod), None);
                 p.update_pod_sandbox(
                     opt(&req.pod),
@@ -386,51 +409,51 @@ impl<P: Plugin> PluginDispatch<P> {
                 .map_err(handler_error(method))?;
                 encode(method, &UpdatePodSandboxResponse::new())
             }
-            "PostUpdatePodSandbox" => {
-                let req: PostUpdatePodSandboxRequest = self.decode(method, &payload)?;
+            Event::POST_UPDATE_POD_SANDBOX => {
+                let req: PostUpdatePodSandboxRequest = self.decode(method, payload)?;
                 trace_event(method, opt(&req.pod), None);
                 p.post_update_pod_sandbox(opt(&req.pod)).await.map_err(handler_error(method))?;
                 encode(method, &PostUpdatePodSandboxResponse::new())
             }
-            "StopPodSandbox" => {
-                let req: StopPodSandboxRequest = self.decode(method, &payload)?;
+            Event::STOP_POD_SANDBOX => {
+                let req: StopPodSandboxRequest = self.decode(method, payload)?;
                 trace_event(method, opt(&req.pod), None);
                 p.stop_pod_sandbox(opt(&req.pod)).await.map_err(handler_error(method))?;
                 encode(method, &StopPodSandboxResponse::new())
             }
-            "RemovePodSandbox" => {
-                let req: RemovePodSandboxRequest = self.decode(method, &payload)?;
+            Event::REMOVE_POD_SANDBOX => {
+                let req: RemovePodSandboxRequest = self.decode(method, payload)?;
                 trace_event(method, opt(&req.pod), None);
                 p.remove_pod_sandbox(opt(&req.pod)).await.map_err(handler_error(method))?;
                 encode(method, &RemovePodSandboxResponse::new())
             }
-            "CreateContainer" => {
-                let req: CreateContainerRequest = self.decode(method, &payload)?;
+            Event::CREATE_CONTAINER => {
+                let req: CreateContainerRequest = self.decode(method, payload)?;
                 trace_event(method, opt(&req.pod), Some(opt(&req.container)));
                 let resp =
                     p.create_container(opt(&req.pod), opt(&req.container)).await.map_err(handler_error(method))?;
                 encode(method, &resp)
             }
-            "PostCreateContainer" => {
-                let req: PostCreateContainerRequest = self.decode(method, &payload)?;
+            Event::POST_CREATE_CONTAINER => {
+                let req: PostCreateContainerRequest = self.decode(method, payload)?;
                 trace_event(method, opt(&req.pod), Some(opt(&req.container)));
                 p.post_create_container(opt(&req.pod), opt(&req.container)).await.map_err(handler_error(method))?;
                 encode(method, &PostCreateContainerResponse::new())
             }
-            "StartContainer" => {
-                let req: StartContainerRequest = self.decode(method, &payload)?;
+            Event::START_CONTAINER => {
+                let req: StartContainerRequest = self.decode(method, payload)?;
                 trace_event(method, opt(&req.pod), Some(opt(&req.container)));
                 p.start_container(opt(&req.pod), opt(&req.container)).await.map_err(handler_error(method))?;
                 encode(method, &StartContainerResponse::new())
             }
-            "PostStartContainer" => {
-                let req: PostStartContainerRequest = self.decode(method, &payload)?;
+            Event::POST_START_CONTAINER => {
+                let req: PostStartContainerRequest = self.decode(method, payload)?;
                 trace_event(method, opt(&req.pod), Some(opt(&req.container)));
                 p.post_start_container(opt(&req.pod), opt(&req.container)).await.map_err(handler_error(method))?;
                 encode(method, &PostStartContainerResponse::new())
             }
-            "UpdateContainer" => {
-                let req: UpdateContainerRequest = self.decode(method, &payload)?;
+            Event::UPDATE_CONTAINER => {
+                let req: UpdateContainerRequest = self.decode(method, payload)?;
                 trace_event(method, opt(&req.pod), Some(opt(&req.container)));
                 let resp = p
                     .update_container(opt(&req.pod), opt(&req.container), req.linux_resources.as_ref())
@@ -438,14 +461,14 @@ impl<P: Plugin> PluginDispatch<P> {
                     .map_err(handler_error(method))?;
                 encode(method, &resp)
             }
-            "PostUpdateContainer" => {
-                let req: PostUpdateContainerRequest = self.decode(method, &payload)?;
+            Event::POST_UPDATE_CONTAINER => {
+                let req: PostUpdateContainerRequest = self.decode(method, payload)?;
                 trace_event(method, opt(&req.pod), Some(opt(&req.container)));
                 p.post_update_container(opt(&req.pod), opt(&req.container)).await.map_err(handler_error(method))?;
                 encode(method, &PostUpdateContainerResponse::new())
             }
-            "StopContainer" => {
-                let req: StopContainerRequest = self.decode(method, &payload)?;
+            Event::STOP_CONTAINER => {
+                let req: StopContainerRequest = self.decode(method, payload)?;
                 trace_event(method, opt(&req.pod), Some(opt(&req.container)));
                 let update =
                     p.stop_container(opt(&req.pod), opt(&req.container)).await.map_err(handler_error(method))?;
@@ -453,24 +476,19 @@ impl<P: Plugin> PluginDispatch<P> {
                 resp.update = update;
                 encode(method, &resp)
             }
-            "RemoveContainer" => {
-                let req: RemoveContainerRequest = self.decode(method, &payload)?;
+            Event::REMOVE_CONTAINER => {
+                let req: RemoveContainerRequest = self.decode(method, payload)?;
                 trace_event(method, opt(&req.pod), Some(opt(&req.container)));
                 p.remove_container(opt(&req.pod), opt(&req.container)).await.map_err(handler_error(method))?;
                 encode(method, &RemoveContainerResponse::new())
             }
-            "ValidateContainerAdjustment" => {
-                let req: ValidateContainerAdjustmentRequest = self.decode(method, &payload)?;
+            Event::VALIDATE_CONTAINER_ADJUSTMENT => {
+                let req: ValidateContainerAdjustmentRequest = self.decode(method, payload)?;
                 trace_event(method, opt(&req.pod), Some(opt(&req.container)));
                 let resp = p.validate_container_adjustment(&req).await.map_err(handler_error(method))?;
                 encode(method, &resp)
             }
-            "StateChange" => {
-                let req: StateChangeEvent = self.decode(method, &payload)?;
-                self.state_change(&req).await?;
-                encode(method, &Empty::new())
-            }
-            other => Err(RpcStatus::new(Code::UNIMPLEMENTED, format!("{other} method"))),
+            Event::UNKNOWN | Event::LAST => Err(RpcStatus::new(Code::UNIMPLEMENTED, format!("{method} method"))),
         }
     }
 

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::process::Stdio;
-
 use common::*;
 use nri_plugin::api::Event;
 use nri_plugin::testing::{Delivery, EventReply, LifecycleEvent, RuntimePeer};
@@ -17,15 +15,10 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 async fn adjuster_answers_create_container_with_env_and_mount() {
     let dir = tempfile::tempdir().unwrap();
     let peer = RuntimePeer::bind(dir.path().join("nri.sock")).unwrap();
-    let mut child = tokio::process::Command::new(example_binary("adjuster"))
-        .args(["--socket", peer.path().to_str().unwrap(), "--index", "42", "--namespace", "team-a"])
+    let mut child = example_command("adjuster", peer.path())
+        .args(["--index", "42", "--namespace", "team-a"])
         .args(["--env", "GREETING=hello world", "--env", "EMPTY="])
         .args(["--mount", "/srv/data:/data:ro", "--mount", "/srv/scratch:/scratch"])
-        .env_remove("NRI_PLUGIN_SOCKET")
-        .env_remove("NRI_PLUGIN_NAME")
-        .env_remove("NRI_PLUGIN_IDX")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();

@@ -10,19 +10,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logger_prints_events_as_json_lines() {
-    let bin = example_binary("logger");
     let dir = tempfile::tempdir().unwrap();
     let peer = RuntimePeer::bind(dir.path().join("nri.sock")).unwrap();
-    let mut child = tokio::process::Command::new(bin)
-        .args(["--socket", peer.path().to_str().unwrap(), "--all-events"])
-        .env_remove("NRI_PLUGIN_SOCKET")
-        .env_remove("NRI_PLUGIN_NAME")
-        .env_remove("NRI_PLUGIN_IDX")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = example_command("logger", peer.path()).arg("--all-events").stderr(Stdio::null()).spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
 
     let mut conn = peer.accept().await.unwrap();

@@ -27,15 +27,14 @@ async fn wait_for(events: &mut mpsc::UnboundedReceiver<ConnectionEvent>, what: i
     .expect("event in time");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reregisters_when_the_socket_reappears_not_at_the_fallback() {
-    init_tracing();
-    let dir = tempfile::tempdir().unwrap();
-    // The socket's directory does not exist at first either (containerd creates /var/run/nri).
-    let path = dir.path().join("nri/nri.sock");
-    let (etx, mut events) = mpsc::unbounded_channel();
+/// A runner for `path` (an hour between retries, no environment) with a [`Recorder`] plugin,
+/// running; its connection events come out of the receiver.
+fn spawn_runner(
+    path: &std::path::Path,
+) -> (tokio::task::JoinHandle<Result<(), nri_plugin::Error>>, mpsc::UnboundedReceiver<ConnectionEvent>) {
+    let (etx, events) = mpsc::unbounded_channel();
     let runner = Runner::builder("driftguard", "10")
-        .socket_path(&path)
+        .socket_path(path)
         .use_env(false)
         .backoff(hour_backoff())
         .on_connection_event(move |ev| {
@@ -45,6 +44,16 @@ async fn reregisters_when_the_socket_reappears_not_at_the_fallback() {
         .unwrap();
     let (ctx, _calls) = mpsc::unbounded_channel();
     let task = tokio::spawn(runner.run(Recorder { calls: ctx, release: Default::default(), sync_updates: 0 }));
+    (task, events)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reregisters_when_the_socket_reappears_not_at_the_fallback() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    // The socket's directory does not exist at first either (containerd creates /var/run/nri).
+    let path = dir.path().join("nri/nri.sock");
+    let (task, mut events) = spawn_runner(&path);
 
     // Boot: no runtime yet. The runner tried once and now waits.
     wait_for(&mut events, |e| matches!(e, ConnectionEvent::ConnectFailed { attempt: 1, .. })).await;
@@ -73,18 +82,7 @@ async fn a_stale_socket_is_waited_out_until_the_runtime_binds_a_new_one() {
     let path = dir.path().join("nri.sock");
     // A socket file nobody listens on (a runtime that died without cleaning up).
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
-    let (etx, mut events) = mpsc::unbounded_channel();
-    let runner = Runner::builder("driftguard", "10")
-        .socket_path(&path)
-        .use_env(false)
-        .backoff(hour_backoff())
-        .on_connection_event(move |ev| {
-            let _ = etx.send(ev.clone());
-        })
-        .build()
-        .unwrap();
-    let (ctx, _calls) = mpsc::unbounded_channel();
-    let _task = tokio::spawn(runner.run(Recorder { calls: ctx, release: Default::default(), sync_updates: 0 }));
+    let (_task, mut events) = spawn_runner(&path);
     wait_for(&mut events, |e| matches!(e, ConnectionEvent::ConnectFailed { attempt: 1, .. })).await;
     // The runtime starts: removes the stale socket and binds a new one.
     let peer = RuntimePeer::bind(&path).unwrap();

@@ -10,36 +10,35 @@
 //! Trials that cannot run print `SKIP <name>: <reason>` and are ignored; with
 //! DRIFTGUARD_REQUIRE_ALL=1 they fail instead.
 
+#[path = "../../tests/support/rootfs.rs"]
+mod rootfs;
 #[path = "../../tests/support/vm.rs"]
 mod vm;
 
-use std::ffi::CString;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use driftguard::cgroup::{cgroup_id, CgroupRoot};
+use driftguard::check::find_in_path;
 use driftguard::enforcer::{self, EnforcementPath, Enforcer, EnforcerOptions, PolicyStore};
 use driftguard::policy::Mode;
 use libtest_mimic::{Arguments, Failed};
+use rootfs::{build_image, drop_binary, Scratch};
 
 type R = Result<(), Failed>;
 
 const HOOK: &str = env!("CARGO_BIN_EXE_driftguard-oci-hook");
-const BUSYBOX: &str = "/bin/busybox";
 /// A dropped busybox named `true` (busybox picks the applet from argv[0]).
 const DROPPED: &str = "/drop/true";
-const APPLETS: [&str; 8] = ["sh", "true", "sleep", "cat", "cp", "ls", "echo", "id"];
 
 fn main() {
     let args = Arguments::from_args();
     let base_reason = base_requirements();
-    let runc_reason = base_reason.clone().or_else(|| which("runc").is_none().then(|| "runc not installed".into()));
+    let runc_reason =
+        base_reason.clone().or_else(|| find_in_path("runc").is_none().then(|| "runc not installed".into()));
     let podman_reason = if vm::in_vm() {
         Some("podman runs on the host only (the VM initramfs has no conmon/storage/network stack)".to_string())
     } else {
@@ -107,24 +106,16 @@ fn base_requirements() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("needs root (BPF, mounts, cgroups, runtimes)".into());
     }
-    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+    if !enforcer::has_vmlinux_btf() {
         return Some("kernel has no BTF".into());
     }
-    if !Path::new(BUSYBOX).exists() {
-        return Some("busybox-static not installed (/bin/busybox)".into());
+    if let Some(why) = rootfs::busybox_missing() {
+        return Some(why);
     }
     if let Err(e) = CgroupRoot::detect() {
         return Some(format!("no cgroup v2: {e}"));
     }
     None
-}
-
-fn which(prog: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin"].iter().map(PathBuf::from))
-        .map(|d| d.join(prog))
-        .find(|p| p.is_file())
 }
 
 struct Bpf {
@@ -161,91 +152,13 @@ fn store() -> Result<PolicyStore, Failed> {
     PolicyStore::open_pinned(&b.pin_dir).map_err(|e| e.to_string().into())
 }
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
 fn unique(name: &str) -> String {
-    format!("dgoci-{}-{}-{name}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst))
+    rootfs::unique("dgoci", name)
 }
 
-/// Temp dir removed on drop (after unmounting anything left in it).
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Result<Scratch, Failed> {
-        // Not /tmp: in the VM that is a tmpfs, fine either way, but keep overlay upper dirs off tmpfs on hosts
-        // where /tmp is small.
-        let base = std::env::var_os("DRIFTGUARD_TEST_TMPDIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-        let p = base.join(unique(name));
-        fs::create_dir_all(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-        Ok(Scratch(p))
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let merged = self.0.join("merged");
-        if merged.exists() {
-            umount(&merged);
-        }
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-fn cstr(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_bytes()).unwrap_or_default()
-}
-
-fn umount(p: &Path) {
-    let c = cstr(p);
-    // SAFETY: umount2 with a valid path.
-    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-}
-
-/// A busybox image rootfs in `dir`.
-fn build_image(dir: &Path) -> Result<(), Failed> {
-    for d in ["bin", "proc", "dev", "sys", "tmp", "etc", "root"] {
-        fs::create_dir_all(dir.join(d)).map_err(|e| e.to_string())?;
-    }
-    fs::copy(BUSYBOX, dir.join("bin/busybox")).map_err(|e| e.to_string())?;
-    fs::set_permissions(dir.join("bin/busybox"), fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
-    for a in APPLETS {
-        symlink("busybox", dir.join("bin").join(a)).map_err(|e| e.to_string())?;
-    }
-    fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").map_err(|e| e.to_string())?;
-    fs::write(dir.join("etc/group"), "root:x:0:\n").map_err(|e| e.to_string())?;
-    Ok(())
-}
-
-/// Image as the lower layer of an overlay mounted at `<dir>/merged`.
-fn overlay_rootfs(dir: &Path) -> Result<PathBuf, Failed> {
-    let (lower, upper, work, merged) = (dir.join("lower"), dir.join("upper"), dir.join("work"), dir.join("merged"));
-    build_image(&lower)?;
-    for d in [&upper, &work, &merged] {
-        fs::create_dir_all(d).map_err(|e| e.to_string())?;
-    }
-    let opts = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
-    let (src, fstype, target, data) = (c"overlay", c"overlay", cstr(&merged), CString::new(opts).unwrap_or_default());
-    // SAFETY: mount(2) with valid NUL-terminated strings.
-    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, data.as_ptr().cast()) };
-    if rc != 0 {
-        return Err(format!("mounting overlay on {}: {}", merged.display(), std::io::Error::last_os_error()).into());
-    }
-    Ok(merged)
-}
-
-/// Write a file into the container's writable layer (through the merged dir, as a process in
-/// the container would): an upper-layer file, i.e. drift.
-fn drop_binary(rootfs: &Path, name: &str) -> Result<(), Failed> {
-    let p = rootfs.join(name.trim_start_matches('/'));
-    if let Some(d) = p.parent() {
-        fs::create_dir_all(d).map_err(|e| e.to_string())?;
-    }
-    fs::copy(BUSYBOX, &p).map_err(|e| format!("dropping {}: {e}", p.display()))?;
-    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
-    Ok(())
+/// A temp dir for one trial, removed (its overlay unmounted) on drop.
+fn scratch(name: &str) -> Result<Scratch, Failed> {
+    Ok(Scratch::new("dgoci", name)?)
 }
 
 fn run(cmd: &mut Command) -> Result<Output, Failed> {
@@ -377,7 +290,7 @@ fn nowhere(s: &Scratch) -> PathBuf {
 }
 
 fn hook_malformed_state_json() -> R {
-    let s = Scratch::new("badjson")?;
+    let s = scratch("badjson")?;
     let o = hook_with("create-runtime", &s, &nowhere(&s), b"{\"id\": \"x\", oops")?;
     expect_fail(&o, 2, &["malformed container state JSON on stdin", "oops"])?;
     let o = hook_with("poststop", &s, &nowhere(&s), b"")?;
@@ -385,14 +298,14 @@ fn hook_malformed_state_json() -> R {
 }
 
 fn hook_missing_bundle() -> R {
-    let s = Scratch::new("nobundle")?;
+    let s = scratch("nobundle")?;
     let missing = s.path().join("no-such-bundle");
     let o = hook_with("create-runtime", &s, &nowhere(&s), &state_json("c1", Some(1), &missing))?;
     expect_fail(&o, 2, &["container c1", "bundle directory", "no-such-bundle", "does not exist"])
 }
 
 fn hook_missing_config_json() -> R {
-    let s = Scratch::new("noconfig")?;
+    let s = scratch("noconfig")?;
     let b = s.path().join("bundle");
     fs::create_dir_all(&b).map_err(|e| e.to_string())?;
     let o = hook_with("create-runtime", &s, &nowhere(&s), &state_json("c1", Some(1), &b))?;
@@ -400,7 +313,7 @@ fn hook_missing_config_json() -> R {
 }
 
 fn hook_invalid_annotation() -> R {
-    let s = Scratch::new("badann")?;
+    let s = scratch("badann")?;
     let b = bundle_with(s.path(), &[("driftguard.dev/mode", "enforcing")])?;
     let o = hook_with("create-runtime", &s, &nowhere(&s), &state_json("c1", Some(1), &b))?;
     expect_fail(
@@ -415,7 +328,7 @@ fn hook_invalid_annotation() -> R {
 }
 
 fn hook_vanished_pid() -> R {
-    let s = Scratch::new("vanished")?;
+    let s = scratch("vanished")?;
     let b = bundle_with(s.path(), &[("driftguard.dev/mode", "enforce")])?;
     let mut child = Command::new("true").spawn().map_err(|e| e.to_string())?;
     let pid = child.id();
@@ -429,14 +342,14 @@ fn hook_vanished_pid() -> R {
 }
 
 fn hook_nothing_pinned_fails_closed() -> R {
-    let s = Scratch::new("nopin")?;
+    let s = scratch("nopin")?;
     let b = bundle_with(s.path(), &[("driftguard.dev/mode", "enforce")])?;
     let o = hook_with("create-runtime", &s, &nowhere(&s), &state_json("c1", Some(std::process::id()), &b))?;
     expect_fail(&o, 1, &["container c1", "no driftguard enforcement is pinned under", "not-pinned"])
 }
 
 fn hook_nothing_pinned_ignore_warns() -> R {
-    let s = Scratch::new("nopin-ignore")?;
+    let s = scratch("nopin-ignore")?;
     let b = bundle_with(s.path(), &[("driftguard.dev/mode", "enforce"), ("driftguard.dev/failure-policy", "ignore")])?;
     let o = hook_with("create-runtime", &s, &nowhere(&s), &state_json("c1", Some(std::process::id()), &b))?;
     expect_fail(&o, 0, &["warning", "WITHOUT driftguard protection", "no driftguard enforcement is pinned"])?;
@@ -460,7 +373,7 @@ fn hook_nothing_pinned_ignore_warns() -> R {
 }
 
 fn hook_unannotated_touches_nothing() -> R {
-    let s = Scratch::new("unann")?;
+    let s = scratch("unann")?;
     let b = bundle_with(s.path(), &[("org.example/other", "x")])?;
     let o = hook_with("create-runtime", &s, &nowhere(&s), &state_json("c1", Some(std::process::id()), &b))?;
     expect_fail(&o, 0, &[])?;
@@ -521,10 +434,11 @@ impl Runc {
     /// A bundle with an overlay rootfs, the hook for createRuntime and poststop with
     /// `pin_dir`, and `annotations`.
     fn new(name: &str, annotations: &[(&str, &str)], pin_dir: &Path) -> Result<Runc, Failed> {
-        let s = Scratch::new(name)?;
+        let s = scratch(name)?;
         let id = unique(name);
         let root = s.path().join("runc-root");
-        let rootfs = overlay_rootfs(s.path())?;
+        let rootfs = s.path().join("merged");
+        rootfs::overlay_rootfs(s.path(), &rootfs, &[])?;
         let bundle = s.path().join("bundle");
         fs::create_dir_all(&bundle).map_err(|e| e.to_string())?;
         expect_ok(&run(Command::new("runc").arg("spec").arg("--bundle").arg(&bundle))?, "runc spec")?;
@@ -721,10 +635,10 @@ fn runc_invalid_annotation_refuses_container() -> R {
 // podman
 
 fn podman_requirements() -> Result<(), String> {
-    if which("podman").is_none() {
+    if find_in_path("podman").is_none() {
         return Err("podman not installed".into());
     }
-    if which("tar").is_none() {
+    if find_in_path("tar").is_none() {
         return Err("tar not installed (podman import needs a tarball)".into());
     }
     Ok(())
@@ -737,7 +651,7 @@ struct Podman {
 
 impl Podman {
     fn new(name: &str) -> Result<Podman, Failed> {
-        let s = Scratch::new(name)?;
+        let s = scratch(name)?;
         let pin = &bpf()?.pin_dir;
         // The shipped descriptors, pointed at the test binary and the test's pin dir.
         let hooks = s.path().join("hooks.d");
@@ -755,7 +669,7 @@ impl Podman {
         }
         let p = Podman { s, hooks };
         let image = p.s.path().join("image");
-        build_image(&image)?;
+        build_image(&image, &[])?;
         let tarball = p.s.path().join("rootfs.tar");
         expect_ok(&run(Command::new("tar").arg("-C").arg(&image).arg("-cf").arg(&tarball).arg("."))?, "tar")?;
         expect_ok(&run(p.cmd().arg("import").arg(&tarball).arg("dg-oci-test"))?, "podman import")?;
@@ -869,35 +783,19 @@ fn podman_unannotated_container_untouched() -> R {
 
 fn runc_suite_in_vm(k: &vm::Kernel) -> R {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let runc = which("runc").ok_or("runc not installed")?;
+    let runc = find_in_path("runc").ok_or("runc not installed")?;
     // The hook binary goes to the same path in the guest (config.json names it), without debug info.
-    let scratch = Scratch::new("vm-hook")?;
-    let hook = scratch.path().join("driftguard-oci-hook");
-    let stripped = Command::new("strip").arg("--strip-debug").arg("-o").arg(&hook).arg(HOOK).status();
-    if !stripped.is_ok_and(|s| s.success()) {
-        fs::copy(HOOK, &hook).map_err(|e| e.to_string())?;
-    }
+    let scratch = scratch("vm-hook")?;
+    let hook = vm::stripped(Path::new(HOOK), scratch.path())?;
     let req = vm::VmRequest {
         exe,
         args: vec!["runc_".into(), "--test-threads=1".into(), "--color=never".into(), "--nocapture".into()],
-        env: vec![
-            ("DG_EXPECT_PATH".into(), "lsm".into()),
-            ("DRIFTGUARD_REQUIRE_ALL".into(), "1".into()),
-            ("RUST_BACKTRACE".into(), "1".into()),
-            ("PATH".into(), "/usr/sbin:/usr/bin:/sbin:/bin".into()),
-        ],
+        env: vm::suite_env(),
         files: vec![(runc.clone(), runc), (hook, PathBuf::from(HOOK))],
         timeout: Duration::from_secs(600),
         memory_mb: 1536,
     };
-    let t = Instant::now();
-    let res = vm::run_in_vm(k, &req).map_err(|e| format!("VM {} ({}): {e}", k.name, k.version))?;
-    println!("--- kernel {} ({}) in {:.1}s ---\n{}", k.name, k.version, t.elapsed().as_secs_f64(), res.output);
-    if res.exit_code != 0 {
-        return Err(
-            format!("runc trials failed inside the {} VM (exit {}); output above", k.name, res.exit_code).into()
-        );
-    }
+    let res = vm::run_suite(k, &req, "runc trials")?;
     if !res.output.contains("denied as expected (lsm)") {
         return Err("VM output lacks an LSM denial".into());
     }

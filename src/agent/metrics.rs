@@ -15,7 +15,7 @@ use prometheus::{
 };
 
 use super::health::Health;
-use crate::enforcer::{EnforcementPath, Stats};
+use crate::enforcer::{EnforcementPath, LayoutProof, OverlayUpper, Stats};
 use crate::policy::Mode;
 
 /// All driftguard metrics.
@@ -41,7 +41,12 @@ pub struct Metrics {
     pub policy_errors: IntCounterVec,
     /// 1 for the active enforcement path.
     pub enforcement_path: IntGaugeVec,
+    /// 1 for where the programs find overlay's upper dentry, and how its proof went.
+    pub overlay_upper: IntGaugeVec,
+    /// Overlay upper-layer reads the kernel could not trust (judged as drift).
+    pub overlay_unknown: IntCounter,
     last_drops: std::sync::atomic::AtomicU64,
+    last_overlay_unknown: std::sync::atomic::AtomicU64,
 }
 
 impl Metrics {
@@ -91,6 +96,20 @@ impl Metrics {
             &["path"],
         )
         .expect("static metric definition");
+        let overlay_upper = IntGaugeVec::new(
+            Opts::new(
+                "driftguard_overlay_upper",
+                "1 for where the programs find overlay's upper dentry (source) and whether its layout read was \
+                 proved at start (proof: not_needed, proven, failed)",
+            ),
+            &["source", "proof"],
+        )
+        .expect("static metric definition");
+        let overlay_unknown = IntCounter::new(
+            "driftguard_overlay_upper_unknown_total",
+            "Overlay files whose upper-layer state could not be trusted (file kind upper_unknown, judged as drift)",
+        )
+        .expect("static metric definition");
         for c in [
             Box::new(verdicts.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(containers.clone()),
@@ -102,6 +121,8 @@ impl Metrics {
             Box::new(refused.clone()),
             Box::new(policy_errors.clone()),
             Box::new(enforcement_path.clone()),
+            Box::new(overlay_upper.clone()),
+            Box::new(overlay_unknown.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -117,7 +138,10 @@ impl Metrics {
             refused,
             policy_errors,
             enforcement_path,
+            overlay_upper,
+            overlay_unknown,
             last_drops: std::sync::atomic::AtomicU64::new(0),
+            last_overlay_unknown: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -126,6 +150,12 @@ impl Metrics {
         for p in [EnforcementPath::Lsm, EnforcementPath::TracepointKill] {
             self.enforcement_path.with_label_values(&[p.as_str()]).set(i64::from(p == path));
         }
+    }
+
+    /// Mark where the programs find overlay's upper dentry and how its proof went.
+    pub fn set_overlay(&self, source: OverlayUpper, proof: &LayoutProof) {
+        self.overlay_upper.reset();
+        self.overlay_upper.with_label_values(&[source.as_str(), proof.as_str()]).set(1);
     }
 
     /// Set the per-mode container gauge.
@@ -142,11 +172,16 @@ impl Metrics {
         if stats.ringbuf_drops > last {
             self.ringbuf_drops.inc_by(stats.ringbuf_drops - last);
         }
+        let last = self.last_overlay_unknown.swap(stats.overlay_unknown, Ordering::Relaxed);
+        if stats.overlay_unknown > last {
+            self.overlay_unknown.inc_by(stats.overlay_unknown - last);
+        }
     }
 
     /// Seed the drop baseline (drops before this agent started are not re-reported).
     pub fn baseline_stats(&self, stats: &Stats) {
         self.last_drops.store(stats.ringbuf_drops, std::sync::atomic::Ordering::Relaxed);
+        self.last_overlay_unknown.store(stats.overlay_unknown, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Text exposition.
@@ -230,8 +265,11 @@ mod tests {
         let m = Metrics::new();
         m.verdicts.with_label_values(&["deny", "drift", "default"]).inc();
         m.set_path(EnforcementPath::TracepointKill);
-        m.baseline_stats(&Stats { ringbuf_drops: 5, ..Stats::default() });
-        m.observe_stats(&Stats { ringbuf_drops: 8, ..Stats::default() });
+        m.baseline_stats(&Stats { ringbuf_drops: 5, overlay_unknown: 2, ..Stats::default() });
+        m.observe_stats(&Stats { ringbuf_drops: 8, overlay_unknown: 9, ..Stats::default() });
+        assert_eq!(m.overlay_unknown.get(), 7);
+        m.set_overlay(OverlayUpper::Layout, &LayoutProof::Failed("x".into()));
+        assert!(m.render().contains("driftguard_overlay_upper{proof=\"failed\",source=\"layout\"} 1"));
         m.handler_seconds.with_label_values(&["start_container"]).observe(0.0003);
         let text = m.render();
         assert!(text.contains("driftguard_verdicts_total{action=\"deny\",namespace=\"default\",rule=\"drift\"} 1"));

@@ -25,7 +25,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::cgroup::{CgroupError, CgroupRoot};
 use crate::config::Config;
-use crate::enforcer::Enforcer;
+use crate::enforcer::{Enforcer, LayoutProof};
 
 pub use health::Health;
 pub use metrics::Metrics;
@@ -158,6 +158,7 @@ pub async fn run(
     let node = cfg.node_name();
     let metrics = Metrics::new();
     metrics.set_path(enforcer.path());
+    metrics.set_overlay(enforcer.overlay_upper(), enforcer.overlay_proof());
     if let Ok(s) = enforcer.stats() {
         metrics.baseline_stats(&s);
     }
@@ -205,7 +206,14 @@ pub async fn run(
                 match store.stats() {
                     Ok(s) => {
                         let before = metrics.ringbuf_drops.get();
+                        let unknown_before = metrics.overlay_unknown.get();
                         metrics.observe_stats(&s);
+                        if metrics.overlay_unknown.get() > unknown_before {
+                            tracing::warn!(
+                                total = metrics.overlay_unknown.get(),
+                                "overlay upper layer could not be read reliably: files judged as drift (upper_unknown)"
+                            );
+                        }
                         if metrics.ringbuf_drops.get() > before {
                             tracing::warn!(
                                 total = metrics.ringbuf_drops.get(),
@@ -307,6 +315,10 @@ pub async fn run(
         node.clone(),
     ));
     let state_file = Arc::new(state_file::StateFile::create(&state_dir, enforcer.path().as_str(), &cfg.nri.socket));
+    state_file.set_overlay_upper(&match enforcer.overlay_proof() {
+        LayoutProof::Failed(why) => format!("{}, proof failed: {why}", enforcer.overlay_upper().as_str()),
+        p => format!("{}, {}", enforcer.overlay_upper().as_str(), p.as_str()),
+    });
     let (m, h, sf) = (metrics.clone(), health.clone(), state_file.clone());
     let socket = cfg.nri.socket.clone();
     let ever_connected = std::sync::atomic::AtomicBool::new(false);

@@ -34,6 +34,11 @@ pub struct AgentState {
     pub nri_detail: String,
     /// Unix time (s) of the last NRI state change.
     pub nri_since: u64,
+    /// Where the programs find overlay's upper layer and whether its layout read was proved
+    /// (`layout, proof failed: …` means every root-overlay file of a policied container is
+    /// judged as drift). Empty in files of older agents.
+    #[serde(default)]
+    pub overlay_upper: String,
 }
 
 fn now() -> u64 {
@@ -64,6 +69,7 @@ impl StateFile {
                 nri: "connecting".into(),
                 nri_detail: String::new(),
                 nri_since: t,
+                overlay_upper: String::new(),
             }),
         };
         if let Ok(s) = f.state.lock() {
@@ -83,6 +89,13 @@ impl StateFile {
         }
         s.nri = nri.to_string();
         s.nri_detail = detail.to_string();
+        self.write(&s);
+    }
+
+    /// Record where the programs find overlay's upper layer and how its proof went.
+    pub fn set_overlay_upper(&self, text: &str) {
+        let Ok(mut s) = self.state.lock() else { return };
+        s.overlay_upper = text.to_string();
         self.write(&s);
     }
 

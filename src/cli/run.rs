@@ -30,6 +30,10 @@ pub fn run(cfg: Config) -> anyhow::Result<ExitCode> {
     for limit in enforcer.kernel_limits() {
         tracing::warn!(limit = %limit, "kernel limit");
     }
+    // Fail closed, loudly: the programs run, judging every root-overlay file as drift.
+    if let Some(limit) = enforcer.overlay_failure() {
+        tracing::error!(limit = %limit, "kernel limit");
+    }
     let state_dir = agent::state_dir();
     rt.block_on(agent::run(cfg, enforcer, state_dir, shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)

@@ -82,10 +82,14 @@ pub fn run(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
     }
     println!("{}", agent_line(status.agent.as_ref()));
     println!("enforcement: {} (pinned under {})", status.enforcement_path.unwrap_or("NOT ATTACHED"), status.pin_dir);
+    if let Some(a) = status.agent.as_ref().filter(|a| !a.state.overlay_upper.is_empty()) {
+        println!("overlay upper layer: {}", a.state.overlay_upper);
+    }
     let s = &status.stats;
     println!(
-        "kernel counters: checks {} denies {} kills {} alerts {} events {} ring-buffer drops {}",
-        s.checks, s.denies, s.kills, s.alerts, s.events, s.ringbuf_drops
+        "kernel counters: checks {} denies {} kills {} alerts {} events {} ring-buffer drops {} \
+         distrusted overlay reads {}",
+        s.checks, s.denies, s.kills, s.alerts, s.events, s.ringbuf_drops, s.overlay_unknown
     );
     println!("{} container cgroup(s) under policy", status.containers.len());
     if !status.containers.is_empty() {

@@ -44,6 +44,7 @@ c_constants! {
     DG_FILE_OTHER_FS: u32 = 3;
     DG_FILE_OTHER_OVERLAY: u32 = 4;
     DG_FILE_EXEC_VOLUME: u32 = 5;
+    DG_FILE_UPPER_UNKNOWN: u32 = 6;
 
     DG_MATCH_NONE: u32 = 0;
     DG_MATCH_DENY_LIST: u32 = 1;
@@ -76,6 +77,7 @@ c_constants! {
     DG_STAT_ALERTS: usize = 4;
     DG_STAT_PATH_ERRORS: usize = 5;
     DG_STAT_CHECKS: usize = 6;
+    DG_STAT_OVL_UNKNOWN: usize = 7;
     DG_STAT_MAX: usize = 8;
 }
 

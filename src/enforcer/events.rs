@@ -137,6 +137,10 @@ pub enum FileKind {
     OtherOverlay,
     /// On a volume the policy exempts from the non-image rule.
     ExecVolume,
+    /// On the container's root overlay, but whether it is in the upper layer could not be told
+    /// (the layout read of overlay's upper dentry was implausible, or its start-time proof
+    /// failed): judged like `upper`, i.e. drift.
+    UpperUnknown,
 }
 
 impl FileKind {
@@ -147,7 +151,21 @@ impl FileKind {
             abi::DG_FILE_FILELESS => FileKind::Fileless,
             abi::DG_FILE_OTHER_OVERLAY => FileKind::OtherOverlay,
             abi::DG_FILE_EXEC_VOLUME => FileKind::ExecVolume,
+            abi::DG_FILE_UPPER_UNKNOWN => FileKind::UpperUnknown,
             _ => FileKind::OtherFs,
+        }
+    }
+
+    /// The name in events and logs (`image`, `upper`, `upper_unknown`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileKind::Image => "image",
+            FileKind::Upper => "upper",
+            FileKind::Fileless => "fileless",
+            FileKind::OtherFs => "other_fs",
+            FileKind::OtherOverlay => "other_overlay",
+            FileKind::ExecVolume => "exec_volume",
+            FileKind::UpperUnknown => "upper_unknown",
         }
     }
 }

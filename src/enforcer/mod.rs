@@ -24,6 +24,7 @@ mod error;
 mod events;
 mod libbpf_log;
 mod migrate;
+mod ovlproof;
 mod store;
 
 #[allow(clippy::all, dead_code, non_camel_case_types, non_upper_case_globals, missing_docs, unused_imports)]
@@ -38,9 +39,13 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapHandle, OpenObject};
 use serde::Serialize;
 
-pub use caps::{kernel_enum_has, kernel_has_bpf_helper, overlay_module_btf, overlay_upper, OverlayUpper};
+pub use caps::{
+    kernel_enum_has, kernel_has_bpf_helper, kernel_struct_size, overlay_module_btf, overlay_upper, LayoutProof,
+    OverlayUpper, TEST_OVL_LAYOUT_ENV,
+};
 pub use error::{Error, Result};
 pub use events::{Action, Event, EventStream, FileKind, Hook, ReaderHeartbeat, Rule, EVENT_CHANNEL_CAPACITY};
+pub use ovlproof::prove_overlay_layout;
 pub use store::{InstalledPolicy, Owner, PolicyStore, Stats};
 
 use skel::{DriftguardSkel, DriftguardSkelBuilder, OpenDriftguardSkel};
@@ -104,6 +109,7 @@ pub struct Enforcer {
     store: PolicyStore,
     lsm_d_path: bool,
     ovl_upper: OverlayUpper,
+    ovl_proof: LayoutProof,
 }
 
 impl std::fmt::Debug for Enforcer {
@@ -125,6 +131,16 @@ fn leak_storage() -> &'static mut MaybeUninit<OpenObject> {
 impl Enforcer {
     /// Load the programs (BPF LSM if possible, else the fallback), attach and pin them.
     pub fn load(opts: &EnforcerOptions) -> Result<Self> {
+        // Where the programs find overlay's upper dentry (or what the test knob forces).
+        let ovl = caps::overlay_upper().map_err(|reason| Error::Load { reason, log: String::new() })?;
+        Self::load_with_overlay(opts, ovl, true)
+    }
+
+    /// [`Enforcer::load`] with where the programs read overlay's upper dentry given: the
+    /// in-process form of the test knob ([`TEST_OVL_LAYOUT_ENV`]), for tests only. `prove: false`
+    /// skips the start-time proof of a layout read, so the per-read check alone can be tried.
+    #[doc(hidden)]
+    pub fn load_with_overlay(opts: &EnforcerOptions, ovl: OverlayUpper, prove: bool) -> Result<Self> {
         libbpf_log::install();
         if !has_vmlinux_btf() {
             return Err(Error::NoBtf(PathBuf::from(BTF_PATH)));
@@ -156,14 +172,14 @@ impl Enforcer {
 
         let mut lsm_d_path = true;
         let skel = if lsm {
-            let first = open_and_load(opts.pin_dir.as_deref(), true, true);
+            let first = open_and_load(opts.pin_dir.as_deref(), true, true, ovl);
             // 5.10 has BPF LSM but refuses bpf_d_path() in LSM hooks (allowed from 5.11): the
             // same programs without it make event paths with the dentry walk instead.
             let first = match first {
                 Err(Error::ProgramRejected { ref log, .. }) if d_path_refused(log) => {
                     tracing::info!("bpf_d_path is not allowed in BPF LSM hooks on this kernel; event paths of non-image files come from the dentry walk");
                     lsm_d_path = false;
-                    open_and_load(opts.pin_dir.as_deref(), true, false)
+                    open_and_load(opts.pin_dir.as_deref(), true, false, ovl)
                 }
                 r => r,
             };
@@ -183,7 +199,33 @@ impl Enforcer {
         };
         let (skel, path) = match skel {
             Some(s) => (s, EnforcementPath::Lsm),
-            None => (open_and_load(opts.pin_dir.as_deref(), false, false)?, EnforcementPath::TracepointKill),
+            None => (open_and_load(opts.pin_dir.as_deref(), false, false, ovl)?, EnforcementPath::TracepointKill),
+        };
+        let mut skel = skel;
+
+        // The layout read is proved on this kernel before these programs enforce anything; if
+        // the proof fails they treat every root-overlay file of a policied container as drift.
+        let ovl_proof = if ovl.is_layout() && !prove {
+            LayoutProof::Failed("not proved: skipped by a test".into())
+        } else if ovl.is_layout() {
+            let started = std::time::Instant::now();
+            match ovlproof::prove_overlay_layout(path, ovl) {
+                Ok(()) => {
+                    tracing::info!(
+                        source = ovl.as_str(),
+                        ms = started.elapsed().as_millis() as u64,
+                        "overlay upper layer: layout read proved on this kernel"
+                    );
+                    LayoutProof::Proven
+                }
+                Err(why) => {
+                    // Said once, as an error, by the caller (Enforcer::overlay_failure).
+                    set_ovl_untrusted(&mut skel)?;
+                    LayoutProof::Failed(why)
+                }
+            }
+        } else {
+            LayoutProof::NotNeeded
         };
 
         let store = store_from_skel(&skel)?;
@@ -204,7 +246,8 @@ impl Enforcer {
             pin_dir: opts.pin_dir.clone(),
             store,
             lsm_d_path,
-            ovl_upper: caps::overlay_upper(),
+            ovl_upper: ovl,
+            ovl_proof,
         };
         enforcer.attach()?;
         tracing::debug!(path = path.as_str(), "enforcement attached");
@@ -289,7 +332,19 @@ impl Enforcer {
     /// What this kernel cannot guarantee with the loaded programs, one sentence each (the agent
     /// logs them at start; `driftguard check` tabulates the same facts).
     pub fn kernel_limits(&self) -> Vec<String> {
-        caps::limits(self.path, self.lsm_d_path, self.ovl_upper)
+        caps::limits(self.path, self.lsm_d_path, self.ovl_upper, &self.ovl_proof)
+    }
+
+    /// The error line when the layout proof failed (and the programs treat every root-overlay
+    /// file of a policied container as drift); `None` otherwise.
+    pub fn overlay_failure(&self) -> Option<String> {
+        caps::proof_failure(self.ovl_upper, &self.ovl_proof)
+    }
+
+    /// Whether the layout read of overlay's upper dentry was proved at start (only when
+    /// [`Enforcer::overlay_upper`] is a layout read).
+    pub fn overlay_proof(&self) -> &LayoutProof {
+        &self.ovl_proof
     }
 
     /// Where the loaded programs find an overlay inode's upper dentry.
@@ -607,14 +662,39 @@ fn d_path_refused(log: &str) -> bool {
     log.contains("helper call is not allowed in probe") && log.contains("bpf_d_path")
 }
 
-fn open_and_load(pin_dir: Option<&Path>, lsm: bool, d_path: bool) -> Result<DriftguardSkel<'static>> {
+/// Makes the loaded programs distrust the layout read of overlay's upper dentry (`.bss`, written
+/// through the mmap of the data section before the programs are attached).
+fn set_ovl_untrusted(skel: &mut DriftguardSkel<'static>) -> Result<()> {
+    match skel.maps.bss_data.as_deref_mut() {
+        Some(bss) => {
+            bss.dg_ovl_untrusted = 1;
+            Ok(())
+        }
+        None => {
+            Err(Error::Load { reason: "the BPF object has no writable data section (.bss)".into(), log: String::new() })
+        }
+    }
+}
+
+fn open_and_load(
+    pin_dir: Option<&Path>,
+    lsm: bool,
+    d_path: bool,
+    ovl: OverlayUpper,
+) -> Result<DriftguardSkel<'static>> {
     let builder = DriftguardSkelBuilder::default();
     let mut open = builder
         .open(leak_storage())
         .map_err(|e| Error::Load { reason: format!("opening the BPF object: {e}"), log: libbpf_log::tail(20) })?;
     set_autoload(&mut open, lsm);
     match open.maps.rodata_data.as_deref_mut() {
-        Some(ro) => ro.dg_use_d_path = u32::from(d_path),
+        Some(ro) => {
+            ro.dg_use_d_path = u32::from(d_path);
+            // Where the loader found no BTF for struct ovl_inode, the programs must not find one
+            // either (overlay loaded in between): the read that was proved is the one used.
+            ro.dg_ovl_layout = u32::from(ovl.is_layout());
+            ro.dg_ovl_layout_skew = ovl.skew();
+        }
         None => {
             return Err(Error::Load {
                 reason: "the BPF object has no read-only data section".into(),

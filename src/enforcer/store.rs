@@ -92,6 +92,9 @@ pub struct Stats {
     pub path_errors: u64,
     /// Checks made for processes under policy.
     pub checks: u64,
+    /// Overlay upper-layer reads that could not be trusted (file kind `upper_unknown`: the
+    /// layout read was implausible, or its start-time proof failed).
+    pub overlay_unknown: u64,
 }
 
 /// Handles to the policy maps.
@@ -480,6 +483,7 @@ impl PolicyStore {
             alerts: sums[abi::DG_STAT_ALERTS],
             path_errors: sums[abi::DG_STAT_PATH_ERRORS],
             checks: sums[abi::DG_STAT_CHECKS],
+            overlay_unknown: sums[abi::DG_STAT_OVL_UNKNOWN],
         })
     }
 

@@ -443,8 +443,8 @@ assert not imounts["/host/opt/driftguard"].get("readOnly"), "node-setup writes /
 for path in ("/etc/containerd", "/opt/driftguard"):
     assert mounts[path].get("readOnly") is True and vols[mounts[path]["name"]]["hostPath"]["path"] == path, path
 script = kinds["ConfigMap"]["data"]["node-setup.sh"]
-assert script == open("deploy/helm/driftguard/files/node-setup.sh").read(), \
-    "deploy/daemonset.yaml's node-setup.sh differs from deploy/helm/driftguard/files/node-setup.sh"
+assert script == open("deploy/kustomize/base/node-setup.sh").read(), \
+    "deploy/daemonset.yaml's node-setup.sh differs from deploy/kustomize/base/node-setup.sh (run deploy/kustomize/render.sh)"
 EOF
 
 check helm-chart-files "$PY" - <<'EOF'
@@ -558,12 +558,113 @@ for k, v in ann.items():
 assert overrides, "no per-container override"
 EOF
 
+# ---- kustomize: the base is deploy/daemonset.yaml; overlays; the chart agrees -----------------
+kustomize=${KUSTOMIZE:-$root/.cache/kustomize/root/usr/bin/kustomize}
+[[ -x $kustomize ]] || kustomize=$(command -v kustomize || true)
+renders=$(mktemp -d)
+if [[ -n $kustomize ]]; then
+    ok kustomize "$kustomize"
+    for k in base overlays/prometheus overlays/privileged overlays/pinned; do
+        out=$renders/kustomize-${k//\//-}.yaml
+        if err=$("$kustomize" build "deploy/kustomize/$k" 2>&1 >"$out"); then ok "kustomize-build-${k//\//-}"; else bad "kustomize-build-${k//\//-}" "$err"; fi
+    done
+    check daemonset-is-kustomize-base "$PY" - "$renders" <<'EOF'
+import sys, yaml
+d = sys.argv[1]
+key = lambda o: (o["kind"], o["metadata"]["name"])
+base = sorted((o for o in yaml.safe_load_all(open(f"{d}/kustomize-base.yaml")) if o), key=key)
+plain = sorted((o for o in yaml.safe_load_all(open("deploy/daemonset.yaml")) if o), key=key)
+assert base == plain, "deploy/daemonset.yaml is not the rendering of deploy/kustomize/base: run deploy/kustomize/render.sh"
+EOF
+    check kustomize-overlays-match-chart "$PY" - "$renders" "$render" <<'EOF'
+import subprocess, sys, yaml
+d, render = sys.argv[1], sys.argv[2]
+def objs(f):
+    return {o["kind"]: o for o in yaml.safe_load_all(open(f)) if o}
+def chart(*sets):
+    args = [sys.executable, render, "deploy/helm/driftguard"]
+    for s in sets:
+        args += ["--set", s]
+    out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
+    return {o["kind"]: o for o in yaml.safe_load_all(out) if o}
+base = objs(f"{d}/kustomize-base.yaml")
+# privileged: the agent container's security context is the chart's securityContext.privileged=true
+priv = objs(f"{d}/kustomize-overlays-privileged.yaml")
+cpriv = chart("securityContext.privileged=true")
+sc = priv["DaemonSet"]["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+assert sc == cpriv["DaemonSet"]["spec"]["template"]["spec"]["containers"][0]["securityContext"], sc
+assert sc["privileged"] is True and "capabilities" not in sc
+p, b = priv["DaemonSet"]["spec"]["template"]["spec"], base["DaemonSet"]["spec"]["template"]["spec"]
+assert p["initContainers"] == b["initContainers"] and p["volumes"] == b["volumes"], "privileged overlay changed more"
+# prometheus: the chart's ServiceMonitor and PrometheusRule
+prom = objs(f"{d}/kustomize-overlays-prometheus.yaml")
+cprom = chart("prometheusRule.enabled=true", "metrics.serviceMonitor.enabled=true")
+for k in ("ServiceMonitor", "PrometheusRule"):
+    assert prom[k]["spec"] == cprom[k]["spec"], f"{k} differs from the chart's"
+    assert prom[k]["metadata"]["namespace"] == "driftguard-system", k
+# pinned: both containers take the image by digest
+pin = objs(f"{d}/kustomize-overlays-pinned.yaml")["DaemonSet"]["spec"]["template"]["spec"]
+imgs = {c["image"] for c in pin["containers"] + pin["initContainers"]}
+assert len(imgs) == 1 and "@sha256:" in imgs.pop(), pin
+EOF
+else
+    bad kustomize "no kustomize: run scripts/install-containerd.sh kustomize (or set KUSTOMIZE)"
+fi
+# The chart reads node-setup.sh through a symlink to the base's file: one copy.
+check chart-node-setup-is-base-file test "$(readlink -f deploy/helm/driftguard/files/node-setup.sh)" = "$(readlink -f deploy/kustomize/base/node-setup.sh)"
+
+# ---- every rendering against the Kubernetes schemas (kubernetes-validate, no network) -----------
+kv=${KUBERNETES_VALIDATE:-$root/.cache/pyenv/bin/kubernetes-validate}
+[[ -x $kv ]] || kv=$(command -v kubernetes-validate || true)
+if [[ -n $kv ]]; then
+    "$PY" "$render" deploy/helm/driftguard >"$renders/chart-default.yaml" 2>&1 || bad chart-render "$(tail -n 2 "$renders/chart-default.yaml")"
+    "$PY" "$render" deploy/helm/driftguard --set securityContext.privileged=true --set prometheusRule.enabled=true \
+        --set metrics.serviceMonitor.enabled=true --set hostNetwork=false >"$renders/chart-options.yaml" 2>&1 \
+        || bad chart-render "$(tail -n 2 "$renders/chart-options.yaml")"
+    # Strict: unknown fields are errors. prometheus-operator kinds have no schema here (counted).
+    # 1.30: the oldest Kubernetes with securityContext.appArmorProfile (docs/install.md); 1.37:
+    # the newest this kubernetes-validate knows.
+    for f in "$renders"/*.yaml deploy/daemonset.yaml; do
+        for v in 1.30 1.37; do
+            n=$(basename "$f" .yaml)-$v
+            if out=$("$kv" --strict -k "$v" "$f" 2>&1); then
+                ok "kubernetes-validate-$n" "$(grep -c 'passed for resource' <<<"$out") objects valid, $(grep -c 'find schema' <<<"$out") without a schema"
+            else
+                bad "kubernetes-validate-$n" "$(grep -v -e '^$' -e 'find schema' -e 'passed for resource' <<<"$out" | head -n 3 | tr '\n' ' ')"
+            fi
+        done
+    done
+else
+    bad kubernetes-validate "not installed: scripts/install-deps.sh puts it into .cache/pyenv (or set KUBERNETES_VALIDATE)"
+fi
+rm -rf "$renders"
+
+# ---- the container image: reproducible, runnable -------------------------------------------------
+image_check() {
+    local a b d1 d2
+    a=$(mktemp -d)
+    d1=$(packaging/image/build.sh --bin-dir "$target/release" --out "$a/1.tar" 2>"$a/log") || { tail -n 3 "$a/log"; rm -rf "$a"; return 1; }
+    d2=$(packaging/image/build.sh --bin-dir "$target/release" --out "$a/2.tar" 2>"$a/log") || { tail -n 3 "$a/log"; rm -rf "$a"; return 1; }
+    b=$(cmp "$a/1.tar" "$a/2.tar" 2>&1) || { echo "two builds differ: $b ($d1 $d2)"; rm -rf "$a"; return 1; }
+    [[ $d1 == "$d2" && $d1 == sha256:* ]] || { echo "digests $d1 $d2"; rm -rf "$a"; return 1; }
+    tar -xOf "$a/1.tar" index.json | grep -q '"io.containerd.image.name":"ghcr.io/driftguard/driftguard:' \
+        || { echo "index.json does not name the image"; rm -rf "$a"; return 1; }
+    echo "$d1"
+    rm -rf "$a"
+}
+if [[ -x $target/release/driftguard && -x $target/release/driftguard-oci-hook ]]; then
+    if out=$(image_check 2>&1); then ok image-reproducible "$out"; else bad image-reproducible "$out"; fi
+else
+    bad image-reproducible "no release binaries in $target/release (packaging/build.sh builds them)"
+fi
+
 docs_check() {
     local f=docs/install.md errs=()
     [[ -f $f ]] || { echo "no $f"; return 1; }
     for s in "packaging/build.sh" "dpkg -i" "rpm -i" "systemctl enable --now driftguard" "driftguard check" \
         "dpkg --purge driftguard" "driftguard unload" "kubectl apply -f deploy/daemonset.yaml" \
         "helm install driftguard deploy/helm/driftguard" "deploy/grafana/driftguard-dashboard.json" \
+        "kubectl apply -k deploy/kustomize/base" "packaging/image/build.sh" "deploy/kustomize/render.sh" \
         "deploy/prometheus/driftguard-alerts.yaml" 'disable = false' "version = 2" "version = 3" \
         "## Install on a node" "## Install on a cluster"; do
         grep -qF -- "$s" "$f" || errs+=("'$s'")

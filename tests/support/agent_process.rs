@@ -111,7 +111,7 @@ impl AgentProcess {
             .open(self.dir.join("agent.log"))
             .map_err(|e| e.to_string())?;
         let bin = env!("CARGO_BIN_EXE_driftguard");
-        let setpriv = which("setpriv").filter(|_| self.unit_caps && !crate::vm::in_vm());
+        let setpriv = driftguard::check::find_in_path("setpriv").filter(|_| self.unit_caps && !crate::vm::in_vm());
         let mut cmd = match setpriv {
             Some(setpriv) => {
                 let mut c = Command::new(setpriv);
@@ -403,10 +403,6 @@ pub fn metric(body: &str, name: &str) -> Option<f64> {
 pub fn free_port() -> Result<u16, String> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
-}
-
-fn which(bin: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(bin)).find(|p| p.exists())
 }
 
 /// Drop `ESC [ … letter` sequences.

@@ -26,7 +26,7 @@ pub use crate::vm::Gate;
 
 pub type R = Result<(), Failed>;
 
-pub const BUSYBOX_CANDIDATES: [&str; 2] = ["/bin/busybox", "/usr/bin/busybox"];
+pub use driftguard::demo::BUSYBOX_CANDIDATES;
 pub const DYN_BIN_CANDIDATES: [&str; 2] = ["/usr/bin/true", "/bin/true"];
 pub const LDSO: &str = "/lib64/ld-linux-x86-64.so.2";
 
@@ -39,7 +39,7 @@ pub fn host_requirements() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("needs root (BPF, mounts, cgroups)".into());
     }
-    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+    if !driftguard::enforcer::has_vmlinux_btf() {
         return Some("kernel has no BTF".into());
     }
     if busybox().is_none() {
@@ -71,10 +71,6 @@ pub fn bb() -> Result<&'static str, Failed> {
 
 pub fn dyn_bin() -> Option<&'static str> {
     DYN_BIN_CANDIDATES.into_iter().find(|p| Path::new(p).exists())
-}
-
-pub fn which(bin: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(bin)).find(|p| p.exists())
 }
 
 pub fn cgroup2_root() -> Option<PathBuf> {

@@ -885,6 +885,41 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         Ok(id)
     }
 
+    /// `ctr images import` of an OCI image archive into the CRI namespace (`k8s.io`).
+    pub fn import_image(&self, tar: &Path) -> Result<(), String> {
+        self.ctr(&["images", "import"], tar)
+    }
+
+    /// RunPodSandbox of a config the caller built (e.g. from a Kubernetes pod spec). Its cgroup
+    /// parent is set to this instance's next one (`<cgroup_base>/pod-<n>`).
+    pub fn run_pod_config(&self, mut config: cri::PodSandboxConfig) -> Result<Pod, String> {
+        let n = self.pods.fetch_add(1, Ordering::Relaxed);
+        let meta = config.metadata.clone().unwrap_or_default();
+        config.linux.get_or_insert_with(Default::default).cgroup_parent = format!("{}/pod-{n}", self.cgroup_base);
+        let req = cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() };
+        let resp = self
+            .call("RunPodSandbox", |mut c| async move { c.run_pod_sandbox(req).await })
+            .map_err(|e| format!("RunPodSandbox {}: {}\n{}", meta.name, e.message(), self.log_tail()))?;
+        Ok(Pod { id: resp.pod_sandbox_id, name: meta.name, namespace: meta.namespace, config })
+    }
+
+    /// CreateContainer + StartContainer of a config the caller built.
+    pub fn run_container_config(&self, pod: &Pod, config: cri::ContainerConfig) -> Result<String, String> {
+        let name = config.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+        let req = cri::CreateContainerRequest {
+            pod_sandbox_id: pod.id.clone(),
+            config: Some(config),
+            sandbox_config: Some(pod.config.clone()),
+        };
+        let id = self
+            .call("CreateContainer", |mut c| async move { c.create_container(req).await })
+            .map(|r| r.container_id)
+            .map_err(|e| format!("CreateContainer {}/{name}: {}\n{}", pod.name, e.message(), self.log_tail()))?;
+        self.start_container(&id)
+            .map_err(|e| format!("StartContainer {}/{name}: {}\n{}", pod.name, e.message(), self.log_tail()))?;
+        Ok(id)
+    }
+
     /// ExecSync (`kubectl exec` without a TTY), 30 s timeout.
     pub fn exec(&self, id: &str, cmd: &[&str]) -> Result<Exec, String> {
         let req = cri::ExecSyncRequest {

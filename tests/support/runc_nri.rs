@@ -3,18 +3,20 @@
 //! `dg-agent-<pid>`, the NRI `Container` that describes it, and the peer-side helpers (connect,
 //! start a container, expect an exec to be stopped).
 //!
-//! Include with `#[path = "support/runc_nri.rs"] mod runc_nri;`.
+//! Include with `#[path = "support/runc_nri.rs"] mod runc_nri;` next to
+//! `#[path = "support/rootfs.rs"] mod rootfs;` (the images and overlays).
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use driftguard::enforcer::EnforcementPath;
 use libtest_mimic::Failed;
+
+use crate::rootfs;
 use nri_plugin::api::{Container, ContainerState, PodSandbox};
 use nri_plugin::testing::{Delivery, LifecycleEvent, PeerConnection, RuntimePeer};
 
@@ -76,30 +78,15 @@ impl RuncCtr {
     pub fn create_with(dir: &Path, name: &str, overlay: bool) -> Result<Self, Failed> {
         let id = format!("dg-{}-{name}", std::process::id());
         let bundle = dir.join(format!("bundle-{name}"));
-        let (lower, upper, work, merged) =
-            (bundle.join("lower"), bundle.join("upper"), bundle.join("work"), bundle.join("rootfs"));
-        for d in [&lower, &upper, &work, &merged] {
-            fs::create_dir_all(d).map_err(|e| e.to_string())?;
-        }
-        for d in ["bin", "tmp", "proc", "dev", "data"] {
-            fs::create_dir_all(lower.join(d)).map_err(|e| e.to_string())?;
-        }
-        fs::copy("/bin/busybox", lower.join("bin/busybox")).map_err(|e| e.to_string())?;
-        for applet in ["sh", "sleep", "true", "cp", "echo", "ls"] {
-            std::os::unix::fs::symlink("busybox", lower.join("bin").join(applet)).map_err(|e| e.to_string())?;
-        }
+        let merged = bundle.join("rootfs");
         if overlay {
-            let opts = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
-            let st = Command::new("mount")
-                .args(["-t", "overlay", "overlay", "-o", &opts])
-                .arg(&merged)
-                .status()
-                .map_err(|e| e.to_string())?;
-            if !st.success() {
-                return Err("overlay mount failed".into());
-            }
+            // /data: the mount point of a volume the pod declares.
+            rootfs::overlay_rootfs(&bundle, &merged, &["data"])?;
         } else {
             // A plain directory rootfs, like a non-overlay snapshotter gives.
+            let lower = bundle.join("lower");
+            rootfs::build_image(&lower, &["data"])?;
+            fs::create_dir_all(&merged).map_err(|e| e.to_string())?;
             let st = Command::new("mount")
                 .args(["-o", "bind"])
                 .arg(&lower)
@@ -202,10 +189,7 @@ impl RuncCtr {
 
     /// Drop a binary into the container's writable layer (through the overlay).
     pub fn drop_binary(&self, inside: &str) -> R {
-        let p = self.merged.join(inside.trim_start_matches('/'));
-        fs::copy("/bin/busybox", &p).map_err(|e| e.to_string())?;
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
-        Ok(())
+        Ok(rootfs::drop_binary(&self.merged, inside)?)
     }
 
     pub fn nri(&self, pod: &PodSandbox, name: &str) -> Container {
@@ -224,7 +208,7 @@ impl RuncCtr {
 impl Drop for RuncCtr {
     fn drop(&mut self) {
         let _ = runc(&["delete", "-f", &self.id]);
-        let _ = Command::new("umount").arg("-l").arg(&self.merged).status();
+        rootfs::umount(&self.merged);
         let _ = fs::remove_dir(&self.parent_cgroup);
         let _ = fs::remove_dir_all(&self.bundle);
     }

@@ -148,17 +148,20 @@ impl VmResult {
 /// instead of making their check, because the kernel cannot run it or the attack cannot be staged
 /// there. docs/bpf.md's kernel table lists the same. [`VmResult::check_limits`] fails a VM run
 /// with a LIMIT line not in this list, and prints the ones it saw: a limit is never a silent pass.
-pub const EXPECTED_LIMITS: &[(&str, &[&str])] = &[(
-    "5.10",
-    &[
-        // BPF_PROG_TYPE_SYSCALL (the decision tester) is 5.14+
-        "decision_function_matches_spec",
-        // overlay mounts in a user namespace are 5.11+
-        "second_overlay_in_user_namespace_exec_denied",
-        // binfmt_misc in a user namespace is 6.7+
-        "binfmt_misc_in_user_namespace_cannot_launder_drift",
-    ],
-), ("6.1", &["binfmt_misc_in_user_namespace_cannot_launder_drift"])];
+pub const EXPECTED_LIMITS: &[(&str, &[&str])] = &[
+    (
+        "5.10",
+        &[
+            // BPF_PROG_TYPE_SYSCALL (the decision tester) is 5.14+
+            "decision_function_matches_spec",
+            // overlay mounts in a user namespace are 5.11+
+            "second_overlay_in_user_namespace_exec_denied",
+            // binfmt_misc in a user namespace is 6.7+
+            "binfmt_misc_in_user_namespace_cannot_launder_drift",
+        ],
+    ),
+    ("6.1", &["binfmt_misc_in_user_namespace_cannot_launder_drift"]),
+];
 
 impl VmResult {
     /// The trials that printed `LIMIT <trial>:` must be among [`EXPECTED_LIMITS`] for `kernel`;
@@ -319,11 +322,7 @@ fn which(prog: &str) -> Option<PathBuf> {
         let p = PathBuf::from(prog);
         return p.is_file().then_some(p);
     }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].iter().map(PathBuf::from))
-        .map(|d| d.join(prog))
-        .find(|p| fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false))
+    driftguard::check::find_in_path(prog)
 }
 
 /// `$DRIFTGUARD_QEMU` or `qemu-system-x86_64` from PATH.
@@ -336,7 +335,7 @@ fn busybox_binary() -> Result<PathBuf, String> {
     if let Ok(b) = std::env::var("DRIFTGUARD_BUSYBOX") {
         return Ok(PathBuf::from(b));
     }
-    ["/bin/busybox", "/usr/bin/busybox"]
+    driftguard::demo::BUSYBOX_CANDIDATES
         .iter()
         .map(PathBuf::from)
         .find(|p| p.is_file())
@@ -488,6 +487,30 @@ fn copy_file(src: &Path, dst: &Path) -> Result<(), String> {
     }
     fs::copy(src, dst).map_err(|e| format!("copy {} -> {}: {e}", src.display(), dst.display()))?;
     Ok(())
+}
+
+/// `bin` without debug info, as `<dir>/<its file name>` (a plain copy if `strip` fails): for a
+/// [`VmRequest::files`] entry that keeps the guest's initramfs small.
+pub fn stripped(bin: &Path, dir: &Path) -> Result<PathBuf, String> {
+    let name = bin.file_name().ok_or_else(|| format!("{}: no file name", bin.display()))?;
+    let dst = dir.join(name);
+    copy_stripped(bin, &dst)?;
+    Ok(dst)
+}
+
+/// The environment of a suite re-run inside a VM kernel ([`VmRequest::env`]): BPF LSM expected
+/// (`DG_EXPECT_PATH=lsm`), skips fail (`DRIFTGUARD_REQUIRE_ALL=1`), backtraces, and a PATH with
+/// the sbin directories.
+pub fn suite_env() -> Vec<(String, String)> {
+    [
+        ("DG_EXPECT_PATH", "lsm"),
+        ("DRIFTGUARD_REQUIRE_ALL", "1"),
+        ("RUST_BACKTRACE", "1"),
+        ("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
 }
 
 /// Copy `src` to `dst` without debug info (falls back to a plain copy if `strip` fails).
@@ -886,6 +909,25 @@ fn build_initrd(kernel: &Kernel, req: &VmRequest, root: &Path, initrd: &Path) ->
         Ok(())
     })();
     w.map_err(|e| format!("writing initrd: {e}"))
+}
+
+/// [`run_in_vm`] for a suite re-run inside `kernel`: prints the guest's output under a
+/// `--- kernel <name> (<version>) in <s>s ---` line; Err also when the guest's run failed, with
+/// `what` (e.g. "agent trials") in the message.
+pub fn run_suite(kernel: &Kernel, req: &VmRequest, what: &str) -> Result<VmResult, String> {
+    let t = std::time::Instant::now();
+    let res = run_in_vm(kernel, req).map_err(|e| format!("VM {} ({}): {e}", kernel.name, kernel.version))?;
+    println!(
+        "--- kernel {} ({}) in {:.1}s ---\n{}",
+        kernel.name,
+        kernel.version,
+        t.elapsed().as_secs_f64(),
+        res.output
+    );
+    if res.exit_code != 0 {
+        return Err(format!("{what} failed inside the {} VM (exit {}); output above", kernel.name, res.exit_code));
+    }
+    Ok(res)
 }
 
 /// Boot `kernel` in qemu (TCG) and run `req.exe` in it. Err if the VM could not be built or

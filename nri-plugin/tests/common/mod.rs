@@ -342,3 +342,18 @@ pub fn example_binary(name: &str) -> std::path::PathBuf {
     );
     bin
 }
+
+/// The example `name` ([`example_binary`]) connecting to `socket`: none of the runtime's
+/// `NRI_PLUGIN_*` variables (the flags decide), stdout piped, killed on drop. Add the example's
+/// own flags before spawning.
+pub fn example_command(name: &str, socket: &Path) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(example_binary(name));
+    cmd.arg("--socket")
+        .arg(socket)
+        .env_remove("NRI_PLUGIN_SOCKET")
+        .env_remove("NRI_PLUGIN_NAME")
+        .env_remove("NRI_PLUGIN_IDX")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
