@@ -91,6 +91,7 @@ const TRIALS_2X: &[(&str, TrialFn)] = &[
     ("containerd2_daemonset_node_setup_makes_start_fail_closed", || {
         on(Line::V2, daemonset_node_setup_makes_start_fail_closed)
     }),
+    ("containerd2_clean_stop_reports_no_error", || on(Line::V2, clean_stop_on_containerd2)),
     ("containerd2_daemonset_image_protects_another_pod", || on(Line::V2, daemonset_image_protects_another_pod)),
 ];
 
@@ -1175,7 +1176,8 @@ fn nri_only_container_started_while_agent_down() -> R {
 /// The operator's view of a node with the real containerd 1.7 (issue 16): `check` pointed at a
 /// containerd that is not on PATH (binary, config, NRI socket given as flags) finds it ready;
 /// `status` says the agent runs and is registered; the agent's log is plain text without debug
-/// formatting; a SIGTERM stops the agent with exit 0 and what containerd logs about it.
+/// formatting; a SIGTERM stops the agent with exit 0, and containerd logs no error about it,
+/// neither at the stop nor at the events after it.
 fn operator_check_status_log_and_clean_stop() -> R {
     with(Env::nri_only(), |env| {
         let bin = env.ctd.bins.containerd.display().to_string();
@@ -1224,38 +1226,55 @@ fn operator_check_status_log_and_clean_stop() -> R {
             return Err(format!("containerd 1.7 sends no NRI version: the log should say nri_version=unknown:\n{log}"));
         }
 
-        let st = env.agent.terminate()?;
-        if !st.success() {
-            return Err(format!("SIGTERM: the agent exited with {st}"));
-        }
-        let (_, out, _) = env.agent.cli(&["status"])?;
-        if !out.starts_with("agent: not running") {
-            return Err(format!("status after a clean stop:\n{out}"));
-        }
-        // Events driftguard subscribed to, after it left.
-        env.ctd.remove_container(&id)?;
-        let (_, id2) = env.pod_with("op-after", &[ENFORCE], "srv")?;
-        env.ctd.remove_container(&id2)?;
-        // containerd saw the plugin close its connection, with no request of it cut off. Its NRI
-        // adaptation keeps a closed plugin in its list until the next event has been dispatched,
-        // and calls it in that dispatch: the first event driftguard subscribed to after any
-        // disconnect, clean or not, logs "closing plugin 10-driftguard, failed to handle …:
-        // ttrpc: closed" (containerd/nri pkg/adaptation; not something a plugin can prevent).
-        // Such a line must come after the close and be about the closed connection only.
-        let ctd_log = env.ctd.log();
-        let lines: Vec<&str> = ctd_log.lines().filter(|l| l.contains("10-driftguard")).collect();
-        println!("containerd's lines about driftguard:\n{}", lines.join("\n"));
-        let closed = lines
-            .iter()
-            .position(|l| l.contains(r#"connection to plugin \"10-driftguard\" closed"#))
-            .ok_or(format!("containerd did not log the plugin's connection closing:\n{}", lines.join("\n")))?;
-        if let Some(l) = lines[..closed].iter().find(|l| l.contains("level=error") || l.contains("level=warn")) {
-            return Err(format!("containerd reported an error before/at the agent's stop: {l}"));
-        }
-        if let Some(l) = lines[closed..].iter().find(|l| l.contains("level=error") && !l.contains("ttrpc: closed")) {
-            return Err(format!("after the stop containerd reported more than the closed connection: {l}"));
-        }
-        Ok(())
+        clean_stop_reports_no_error(env, &id)
+    })
+}
+
+/// SIGTERM: the agent exits 0, `status` says it is not running, and containerd saw the plugin
+/// close its connection, with no request of it cut off, and reports no error about it, at the stop
+/// or at the events after it (removing `id`, a new pod): the agent's farewell connection
+/// (`nri_plugin::RunnerBuilder::farewell`) made containerd's NRI adaptation drop the closed plugin
+/// before any event was dispatched to it. Without it, the first event driftguard subscribed to
+/// after the stop logged "closing plugin 10-driftguard, failed to handle event …: ttrpc: closed".
+fn clean_stop_reports_no_error(env: &mut Env, id: &str) -> T {
+    let st = env.agent.terminate()?;
+    if !st.success() {
+        return Err(format!("SIGTERM: the agent exited with {st}"));
+    }
+    let (_, out, _) = env.agent.cli(&["status"])?;
+    if !out.starts_with("agent: not running") {
+        return Err(format!("status after a clean stop:\n{out}"));
+    }
+    // Events driftguard subscribed to, after it left.
+    env.ctd.remove_container(id)?;
+    let (_, id2) = env.pod_with("op-after", &[ENFORCE], "srv")?;
+    env.ctd.remove_container(&id2)?;
+    let ctd_log = env.ctd.log();
+    let lines: Vec<&str> = ctd_log.lines().filter(|l| l.contains("10-driftguard")).collect();
+    println!("containerd's lines about driftguard:\n{}", lines.join("\n"));
+    let closed = lines
+        .iter()
+        .position(|l| l.contains(r#"connection to plugin \"10-driftguard\" closed"#))
+        .ok_or(format!("containerd did not log the plugin's connection closing:\n{}", lines.join("\n")))?;
+    if let Some(l) = lines.iter().find(|l| l.contains("level=error") || l.contains("level=warn")) {
+        return Err(format!("containerd reported an error about the plugin around a clean stop: {l}"));
+    }
+    // The farewell connection registered before the main one closed, and closed after it.
+    let closes =
+        lines[closed..].iter().filter(|l| l.contains(r#"connection to plugin \"10-driftguard\" closed"#)).count();
+    if closes != 2 {
+        return Err(format!("expected the main and the farewell connection to close:\n{}", lines.join("\n")));
+    }
+    Ok(())
+}
+
+/// On containerd 2.x: a pod under enforcement, then a SIGTERM to the agent; see
+/// [`clean_stop_reports_no_error`].
+fn clean_stop_on_containerd2() -> R {
+    with(Env::nri_only(), |env| {
+        let (_, id) = env.pod_with("op", &[ENFORCE], "srv")?;
+        env.assert_stopped(&env.ctd.sh(&id, DRIFT_RUNS)?, "drift exec")?;
+        clean_stop_reports_no_error(env, &id)
     })
 }
 

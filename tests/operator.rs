@@ -160,8 +160,12 @@ fn agent_log_is_plain_one_line_per_fact() -> R {
     if lines_with(&info_text, "registered with the runtime").iter().any(|l| !l.contains("nri_version=unknown")) {
         return fail("a runtime without an NRI version is not logged as nri_version=unknown");
     }
-    if lines_with(&info_text, "NRI connection").len() != 1 {
+    if lines_with(&info_text, "NRI connection").iter().filter(|l| l.contains("reconnecting")).count() != 1 {
         return fail("the disconnect is not logged exactly once");
+    }
+    // The SIGTERM: the agent closes its NRI connection after answering what was in flight.
+    if lines_with(&info_text, "closed the NRI connection after answering").len() != 1 {
+        return fail("the clean NRI close at SIGTERM is not logged exactly once");
     }
     let startup = log.lines().filter(|l| !l.contains(" DEBUG ")).count();
     if startup > 10 {

@@ -122,13 +122,12 @@ async fn main() {
         })
         .build()
         .unwrap_or_else(|e| fail(&e.to_string(), 2));
-    tokio::select! {
-        res = runner.run(adjuster) => {
-            if let Err(e) = res {
-                eprintln!("adjuster: {e}");
-                std::process::exit(1);
-            }
-        }
-        _ = tokio::signal::ctrl_c() => {}
+    // Ctrl-C / SIGINT: a graceful stop (requests in flight answered, connection closed).
+    let interrupted = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    if let Err(e) = runner.run_until(adjuster, interrupted).await {
+        eprintln!("adjuster: {e}");
+        std::process::exit(1);
     }
 }

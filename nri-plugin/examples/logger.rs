@@ -160,6 +160,10 @@ fn connection_json(ev: &ConnectionEvent) -> Value {
         ConnectionEvent::Disconnected { connection, error } => {
             json!({"state": "disconnected", "connection": connection, "error": error})
         }
+        ConnectionEvent::Stopping { connection, farewell } => {
+            json!({"state": "stopping", "connection": connection, "farewell": farewell})
+        }
+        ConnectionEvent::Stopped { connection } => json!({"state": "stopped", "connection": connection}),
         ConnectionEvent::ConnectFailed { attempt, error, retry_in } => json!({
             "state": "connect-failed", "attempt": attempt, "error": error, "retry_in_ms": retry_in.as_millis() as u64,
         }),
@@ -203,13 +207,12 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    tokio::select! {
-        res = runner.run(Logger { events }) => {
-            if let Err(e) = res {
-                eprintln!("logger: {e}");
-                std::process::exit(1);
-            }
-        }
-        _ = tokio::signal::ctrl_c() => {}
+    // Ctrl-C / SIGINT: a graceful stop (requests in flight answered, connection closed).
+    let interrupted = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    if let Err(e) = runner.run_until(Logger { events }, interrupted).await {
+        eprintln!("logger: {e}");
+        std::process::exit(1);
     }
 }

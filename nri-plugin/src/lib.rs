@@ -131,6 +131,25 @@
 //! `request_timeout` to `ConfigureResponse` (containerd/nri#304) is not in any release, so this
 //! crate does not send it; raise containerd's `plugin_request_timeout` instead.
 //!
+//! ## Stopping
+//!
+//! [`Runner::run_until`] (or a [`StopHandle`] from [`Runner::stop_handle`]) stops gracefully: the
+//! requests in flight are answered, later ones reach no handler, the connection is closed and
+//! `run` returns `Ok(())`. Before closing, a short farewell connection makes containerd drop the
+//! plugin from its list without logging an error ([`RunnerBuilder::farewell`]).
+//!
+//! ```no_run
+//! # use nri_plugin::{Plugin, Runner};
+//! # struct MyPlugin;
+//! # impl Plugin for MyPlugin {}
+//! # async fn f() -> Result<(), nri_plugin::Error> {
+//! let ctrl_c = async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! };
+//! Runner::builder("my-plugin", "10").build()?.run_until(MyPlugin, ctrl_c).await
+//! # }
+//! ```
+//!
 //! ## Testing a plugin
 //!
 //! The `test-peer` feature adds the module `nri_plugin::testing`: an in-process
@@ -185,12 +204,14 @@ mod client;
 mod deadline;
 mod error;
 mod events;
+mod farewell;
 // The frame codec is internal; `testing::wire` re-exports parts of it for tests and fuzzers.
 #[cfg_attr(not(feature = "test-peer"), allow(dead_code))]
 mod mux;
 mod plugin;
 mod rpc;
 mod runner;
+mod stop;
 #[cfg(feature = "test-peer")]
 pub mod testing;
 mod watch;
@@ -214,6 +235,7 @@ pub use events::{event_name, EventMask};
 pub use plugin::Plugin;
 pub use runner::{
     validate_index, validate_name, Backoff, ConnectionEvent, Runner, RunnerBuilder, DEFAULT_CONFIGURE_TIMEOUT,
-    DEFAULT_REGISTRATION_TIMEOUT, DEFAULT_SOCKET_PATH, INDEX_RULE, NAME_RULE, NRI_API_VERSION, PLUGIN_IDX_ENV,
-    PLUGIN_NAME_ENV, PLUGIN_SOCKET_ENV,
+    DEFAULT_REGISTRATION_TIMEOUT, DEFAULT_SOCKET_PATH, FAREWELL_TIMEOUT, INDEX_RULE, NAME_RULE, NRI_API_VERSION,
+    PLUGIN_IDX_ENV, PLUGIN_NAME_ENV, PLUGIN_SOCKET_ENV,
 };
+pub use stop::{StopHandle, STOP_CLOSE_TIMEOUT};

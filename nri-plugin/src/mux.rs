@@ -30,7 +30,7 @@
 //! is what the ttrpc crate's async client and server run on.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
@@ -175,6 +175,8 @@ impl FrameDecoder {
 struct Inbound {
     tx: mpsc::Sender<Vec<u8>>,
     queued: Arc<AtomicUsize>,
+    /// Set: frames for this connection are dropped (see [`Mux::open_gated`]).
+    gate: Option<Arc<AtomicBool>>,
 }
 
 type ConnTable = Arc<Mutex<HashMap<u32, Inbound>>>;
@@ -194,6 +196,8 @@ pub struct Mux {
     closed_rx: watch::Receiver<Option<CloseResult>>,
     closed_tx: Arc<watch::Sender<Option<CloseResult>>>,
     unblock_tx: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    /// Per connection: becomes `true` when everything its user wrote is on the trunk.
+    flushed: Mutex<HashMap<u32, watch::Receiver<bool>>>,
 }
 
 impl std::fmt::Debug for Mux {
@@ -234,6 +238,7 @@ impl Mux {
         let reader_task = {
             let conns = conns.clone();
             let closed_tx = closed_tx.clone();
+            let writer = writer.clone();
             tokio::spawn(async move {
                 if unblock_rx.await.is_err() {
                     return;
@@ -249,6 +254,10 @@ impl Mux {
                 if let Ok(mut conns) = conns.lock() {
                     conns.clear();
                 }
+                // The peer is done: close our side of the trunk too, as the Go implementation
+                // does (a peer that half-closed waits for this to know it was heard).
+                let _ =
+                    tokio::time::timeout(TRUNK_SHUTDOWN_TIMEOUT, async { writer.lock().await.shutdown().await }).await;
             })
         };
 
@@ -259,6 +268,7 @@ impl Mux {
             closed_rx,
             closed_tx,
             unblock_tx: Mutex::new(Some(unblock_tx)),
+            flushed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -272,6 +282,18 @@ impl Mux {
     /// Opens logical connection `conn_id` and returns the byte stream for it. Opening an id that
     /// is already open replaces the previous stream (which then sees end of file).
     pub fn open(&self, conn_id: u32) -> Result<DuplexStream, MuxError> {
+        self.open_with_gate(conn_id, None)
+    }
+
+    /// Like [`open`](Self::open), with a gate: once `gate` is set, frames arriving for this
+    /// connection are dropped as if it had not been opened (its user reads nothing more, while
+    /// what it writes still goes out). Setting the gate takes effect for every frame routed after
+    /// the store.
+    pub fn open_gated(&self, conn_id: u32, gate: Arc<AtomicBool>) -> Result<DuplexStream, MuxError> {
+        self.open_with_gate(conn_id, Some(gate))
+    }
+
+    fn open_with_gate(&self, conn_id: u32, gate: Option<Arc<AtomicBool>>) -> Result<DuplexStream, MuxError> {
         if conn_id == 0 {
             return Err(MuxError::ReservedConnId);
         }
@@ -301,10 +323,13 @@ impl Mux {
         };
 
         // User -> trunk, in frames of at most MAX_WRITE_PAYLOAD bytes.
+        let (flushed_tx, flushed_rx) = watch::channel(false);
         let outbound_task = {
             let writer = self.writer.clone();
             let closed_tx = self.closed_tx.clone();
             tokio::spawn(async move {
+                // Marks the connection flushed however the task ends (also when aborted).
+                let _flushed = FlushedOnDrop(flushed_tx);
                 let mut buf = vec![0u8; MAX_WRITE_PAYLOAD];
                 let mut frame = Vec::with_capacity(HEADER_LEN + MAX_WRITE_PAYLOAD);
                 loop {
@@ -331,7 +356,10 @@ impl Mux {
         };
 
         if let Ok(mut conns) = self.conns.lock() {
-            conns.insert(conn_id, Inbound { tx, queued });
+            conns.insert(conn_id, Inbound { tx, queued, gate });
+        }
+        if let Ok(mut flushed) = self.flushed.lock() {
+            flushed.insert(conn_id, flushed_rx);
         }
         if let Ok(mut tasks) = self.tasks.lock() {
             tasks.push(inbound_task);
@@ -352,6 +380,21 @@ impl Mux {
                 return Err(Arc::new(MuxError::Closed));
             }
         }
+    }
+
+    /// Waits until the user of connection `conn_id` has dropped its stream and everything it
+    /// wrote is on the trunk (returns at once for a connection that was never opened).
+    pub async fn flushed(&self, conn_id: u32) {
+        let rx = self.flushed.lock().ok().and_then(|m| m.get(&conn_id).cloned());
+        if let Some(mut rx) = rx {
+            let _ = rx.wait_for(|done| *done).await;
+        }
+    }
+
+    /// Closes the trunk for writing (a half-close: the peer reads end of file, and this side
+    /// still reads what the peer sends until it closes too; see [`closed`](Self::closed)).
+    pub async fn shutdown_write(&self) -> std::io::Result<()> {
+        self.writer.lock().await.shutdown().await
     }
 
     /// Whether the multiplexer has closed.
@@ -376,6 +419,17 @@ impl Mux {
 impl Drop for Mux {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// How long the reader waits to close the trunk for writing after the peer closed it.
+const TRUNK_SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+struct FlushedOnDrop(watch::Sender<bool>);
+
+impl Drop for FlushedOnDrop {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
     }
 }
 
@@ -414,6 +468,10 @@ fn route(conns: &ConnTable, frame: Frame) -> Result<(), MuxError> {
         tracing::trace!(conn_id = frame.conn_id, len = frame.payload.len(), "dropping frame for unopened connection");
         return Ok(());
     };
+    if conn.gate.as_ref().is_some_and(|g| g.load(Ordering::Acquire)) {
+        tracing::trace!(conn_id = frame.conn_id, len = frame.payload.len(), "dropping frame for a gated connection");
+        return Ok(());
+    }
     let len = frame.payload.len();
     if conn.queued.load(Ordering::Acquire) + len > READ_QUEUE_BYTES {
         return Err(MuxError::QueueOverflow(frame.conn_id));
@@ -590,6 +648,45 @@ mod tests {
         }
         assert_eq!(got, data);
         assert!(!mux.is_closed());
+    }
+
+    #[tokio::test]
+    async fn gated_connection_drops_frames_after_the_gate_and_still_writes_then_half_closes() {
+        let (local, mut remote) = duplex(1 << 16);
+        let mux = Mux::new(local);
+        let gate = Arc::new(AtomicBool::new(false));
+        let mut c1 = mux.open_gated(1, gate.clone()).unwrap();
+        let mut c2 = mux.open(2).unwrap();
+        remote.write_all(&frame_bytes(1, b"before")).await.unwrap();
+        let mut buf = [0u8; 6];
+        c1.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"before");
+
+        gate.store(true, Ordering::Release);
+        let mut wire = frame_bytes(1, b"after!");
+        wire.extend(frame_bytes(2, b"to-two"));
+        remote.write_all(&wire).await.unwrap();
+        c2.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"to-two");
+        // Frames are routed in order: with the gate open again, the next thing conn 1 reads is
+        // what came after the gate was lifted, not the frame that arrived while it was set.
+        gate.store(false, Ordering::Release);
+        remote.write_all(&frame_bytes(1, b"later!")).await.unwrap();
+        c1.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"later!");
+
+        // Writing still works; dropping the stream flushes it; then the half-close.
+        c1.write_all(b"answer").await.unwrap();
+        drop(c1);
+        tokio::time::timeout(Duration::from_secs(5), mux.flushed(1)).await.unwrap();
+        mux.shutdown_write().await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), remote.read_to_end(&mut out)).await.unwrap().unwrap();
+        assert_eq!(out, frame_bytes(1, b"answer"));
+        assert!(!mux.is_closed());
+        // The peer closing too ends the multiplexer cleanly.
+        drop(remote);
+        assert!(tokio::time::timeout(Duration::from_secs(5), mux.closed()).await.unwrap().is_ok());
     }
 
     #[tokio::test]

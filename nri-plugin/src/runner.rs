@@ -12,9 +12,11 @@ use crate::client::RuntimeClient;
 use crate::deadline::DeadlinePolicy;
 use crate::error::Error;
 use crate::events::EventMask;
+use crate::farewell;
 use crate::mux::{Mux, PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN};
 use crate::plugin::{Plugin, PluginDispatch, SessionSignal, PLUGIN_METHODS};
 use crate::rpc::{call, client_on, serve_stream, service_table, PLUGIN_SERVICE, RUNTIME_SERVICE};
+use crate::stop::{StopHandle, STOP_CLOSE_TIMEOUT};
 use crate::watch;
 
 /// Default NRI socket path.
@@ -151,8 +153,27 @@ pub enum ConnectionEvent {
         /// Reason, if any.
         error: Option<String>,
     },
+    /// The runner was stopped ([`StopHandle`]) and stopped taking requests on this connection:
+    /// from now on none reaches a handler. The requests in flight are being answered.
+    Stopping {
+        /// Connection number.
+        connection: u64,
+        /// Whether the runtime is holding its events for the farewell connection (see
+        /// [`RunnerBuilder::farewell`]); `false` when the stop goes without it.
+        farewell: bool,
+    },
+    /// The runner was stopped ([`StopHandle`]) and closed the connection after answering the
+    /// requests in flight; sent instead of [`Disconnected`](Self::Disconnected), and nothing
+    /// follows it.
+    Stopped {
+        /// Connection number.
+        connection: u64,
+    },
     /// Connecting failed; the next attempt follows after `retry_in` at the latest (earlier when
     /// the watched socket appears, see [`RunnerBuilder::watch_socket`]).
+    /// Sent for every attempt; the runner itself logs outages at debug level only, so an
+    /// application says what an unreachable runtime means for it here (once per change of
+    /// `error`, not per attempt).
     ConnectFailed {
         /// Consecutive failures so far.
         attempt: u32,
@@ -178,6 +199,7 @@ pub struct RunnerBuilder {
     reconnect: bool,
     watch_socket: bool,
     deadlines: Option<DeadlinePolicy>,
+    farewell: bool,
     on_event: Option<EventCallback>,
 }
 
@@ -193,6 +215,7 @@ impl std::fmt::Debug for RunnerBuilder {
             .field("reconnect", &self.reconnect)
             .field("watch_socket", &self.watch_socket)
             .field("deadlines", &self.deadlines)
+            .field("farewell", &self.farewell)
             .finish_non_exhaustive()
     }
 }
@@ -266,6 +289,19 @@ impl RunnerBuilder {
         self
     }
 
+    /// Whether a graceful stop ([`StopHandle`]) first opens a short farewell connection (default
+    /// `true`), so that the runtime drops the plugin from its list without logging an error: the
+    /// runtime synchronizes the farewell connection while holding off its events, the main
+    /// connection is closed in that moment, and completing the farewell connection makes the
+    /// runtime remove the closed one. Until the runtime holds its events (at most
+    /// [`FAREWELL_TIMEOUT`]) the main connection keeps serving requests. Not used with an
+    /// inherited socket (`NRI_PLUGIN_SOCKET`), and skipped when it fails. With `false`, the stop
+    /// closes the main connection at once.
+    pub fn farewell(mut self, yes: bool) -> Self {
+        self.farewell = yes;
+        self
+    }
+
     /// Callback for connection lifecycle events (connects, reconnects, disconnects). Called inline:
     /// keep it quick (bump a metric, log).
     pub fn on_connection_event<F>(mut self, f: F) -> Self
@@ -319,8 +355,10 @@ impl RunnerBuilder {
             reconnect: self.reconnect,
             watch_socket: self.watch_socket,
             deadlines: self.deadlines,
+            farewell: self.farewell,
             on_event: self.on_event,
             client: RuntimeClient::default(),
+            stop: StopHandle::new(),
         })
     }
 }
@@ -342,6 +380,9 @@ impl RunnerBuilder {
 /// runner.run(MyPlugin).await
 /// # }
 /// ```
+///
+/// To stop it gracefully (requests in flight answered, then the connection closed), use
+/// [`run_until`](Self::run_until) or a [`StopHandle`].
 pub struct Runner {
     name: String,
     index: String,
@@ -354,8 +395,10 @@ pub struct Runner {
     reconnect: bool,
     watch_socket: bool,
     deadlines: Option<DeadlinePolicy>,
+    farewell: bool,
     on_event: Option<EventCallback>,
     client: RuntimeClient,
+    stop: StopHandle,
 }
 
 impl std::fmt::Debug for Runner {
@@ -390,6 +433,7 @@ impl Runner {
             reconnect: true,
             watch_socket: true,
             deadlines: Some(DeadlinePolicy::default()),
+            farewell: true,
             on_event: None,
         }
     }
@@ -414,6 +458,47 @@ impl Runner {
         self.client.clone()
     }
 
+    /// A handle that stops this runner gracefully: no new requests, the ones in flight answered,
+    /// the connection closed, [`run`](Self::run) returning `Ok(())`. See [`StopHandle`].
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
+    }
+
+    /// Runs `plugin` like [`run`](Self::run) until `signal` completes, then stops gracefully
+    /// (see [`StopHandle`]) and returns `Ok(())` once the runtime has its answers and the
+    /// connection is closed. Returns earlier, like `run`, if the runner gives up by itself.
+    ///
+    /// ```no_run
+    /// # use nri_plugin::{Plugin, Runner};
+    /// # struct MyPlugin;
+    /// # impl Plugin for MyPlugin {}
+    /// # async fn f() -> Result<(), nri_plugin::Error> {
+    /// let runner = Runner::builder("my-plugin", "10").build()?;
+    /// let sigterm = async {
+    ///     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    ///         .expect("SIGTERM handler");
+    ///     term.recv().await;
+    /// };
+    /// runner.run_until(MyPlugin, sigterm).await
+    /// # }
+    /// ```
+    pub async fn run_until<P, F>(self, plugin: P, signal: F) -> Result<(), Error>
+    where
+        P: Plugin,
+        F: std::future::Future<Output = ()>,
+    {
+        let stop = self.stop_handle();
+        let run = self.run(plugin);
+        tokio::pin!(run, signal);
+        tokio::select! {
+            res = &mut run => res,
+            _ = &mut signal => {
+                stop.stop();
+                run.await
+            }
+        }
+    }
+
     fn emit(&self, ev: ConnectionEvent) {
         tracing::debug!(?ev, "NRI connection event");
         if let Some(cb) = &self.on_event {
@@ -423,7 +508,8 @@ impl Runner {
 
     /// Runs `plugin` until the runner gives up: never with reconnection enabled (the default),
     /// except for an inherited socket (`NRI_PLUGIN_SOCKET`), where it returns when that connection
-    /// ends. Dropping the returned future closes the connection.
+    /// ends; or until it is stopped through its [`StopHandle`] (then `Ok(())`). Dropping the
+    /// returned future closes the connection at once, without answering requests in flight.
     pub async fn run<P: Plugin>(self, plugin: P) -> Result<(), Error> {
         self.run_shared(Arc::new(plugin)).await
     }
@@ -434,6 +520,10 @@ impl Runner {
         let mut failures: u32 = 0;
         let mut waiting = Waiting::new(self.watch_socket);
         loop {
+            if self.stop.is_stopped() {
+                tracing::debug!(plugin = %self.name, "NRI runner stopped");
+                return Ok(());
+            }
             let transport = match self.inherited_fd.lock().ok().and_then(|mut g| g.take()) {
                 Some(fd) => Transport::Fd(fd),
                 None => Transport::Path(self.socket_path.clone()),
@@ -454,7 +544,7 @@ impl Runner {
                     let new_socket = socket_id.is_some() && socket_id != waiting.refused;
                     let quick = waiting.watch && (waiting.woken || new_socket) && waiting.quick_retries < QUICK_RETRIES;
                     if quick && is_refused(&e) {
-                        tokio::time::sleep(quick_retry_delay(waiting.quick_retries)).await;
+                        self.until_stopped(tokio::time::sleep(quick_retry_delay(waiting.quick_retries))).await;
                         waiting.quick_retries += 1;
                         waiting.woken = true;
                         continue;
@@ -466,7 +556,7 @@ impl Runner {
                     let retry_in = if waiting.watch { self.backoff.max } else { self.backoff.delay(failures) };
                     waiting.log_failure(&self.socket_path, &e, retry_in);
                     self.emit(ConnectionEvent::ConnectFailed { attempt: failures, error: e.to_string(), retry_in });
-                    self.wait_for_socket(&mut waiting, failures, socket_id).await;
+                    self.until_stopped(self.wait_for_socket(&mut waiting, failures, socket_id)).await;
                     continue;
                 }
             };
@@ -474,7 +564,7 @@ impl Runner {
             connections += 1;
             tracing::debug!(connection = connections, plugin = %self.name, index = %self.index, "NRI connected");
             self.emit(ConnectionEvent::Connected { connection: connections });
-            let (configured, result) = self.session(stream, plugin.clone(), connections).await;
+            let (configured, result) = self.session(stream, plugin.clone(), connections, !inherited).await;
             self.client.set(None);
             match &result {
                 // Debug only: the application hears it as ConnectionEvent::Disconnected and says
@@ -482,11 +572,15 @@ impl Runner {
                 Ok(()) => tracing::debug!(connection = connections, "NRI connection closed"),
                 Err(e) => tracing::debug!(connection = connections, error = %e, "NRI connection failed"),
             }
-            self.emit(ConnectionEvent::Disconnected {
-                connection: connections,
-                error: result.as_ref().err().map(|e| e.to_string()),
-            });
-            if inherited || !self.reconnect {
+            if self.stop.is_stopped() && result.is_ok() {
+                self.emit(ConnectionEvent::Stopped { connection: connections });
+            } else {
+                self.emit(ConnectionEvent::Disconnected {
+                    connection: connections,
+                    error: result.as_ref().err().map(|e| e.to_string()),
+                });
+            }
+            if inherited || !self.reconnect || self.stop.is_stopped() {
                 return result;
             }
             if configured {
@@ -495,15 +589,23 @@ impl Runner {
                 // the socket watched, try right away (a refused or missing socket then waits for
                 // the new one); without, give it a moment.
                 if !waiting.watch {
-                    tokio::time::sleep(self.backoff.initial).await;
+                    self.until_stopped(tokio::time::sleep(self.backoff.initial)).await;
                 }
             } else {
                 // Connected but never configured: a runtime going down as we connected, or one
                 // that does not take us (registration refused, handshake timeout). Wait for a
                 // new socket, or back off.
                 failures = failures.saturating_add(1);
-                self.wait_for_socket(&mut waiting, failures, socket_id).await;
+                self.until_stopped(self.wait_for_socket(&mut waiting, failures, socket_id)).await;
             }
+        }
+    }
+
+    /// Runs `fut` (a wait between attempts) unless the runner is stopped first.
+    async fn until_stopped<F: std::future::Future<Output = ()>>(&self, fut: F) {
+        tokio::select! {
+            _ = fut => {}
+            _ = self.stop.stopped() => {}
         }
     }
 
@@ -539,10 +641,11 @@ impl Runner {
         stream: UnixStream,
         plugin: Arc<P>,
         connection: u64,
+        by_path: bool,
     ) -> (bool, Result<(), Error>) {
         let mux = Mux::new_blocked(stream);
         let mut configured = false;
-        let result = self.session_inner(&mux, plugin, connection, &mut configured).await;
+        let result = self.session_inner(&mux, plugin, connection, &mut configured, by_path).await;
         mux.close();
         (configured, result)
     }
@@ -553,13 +656,15 @@ impl Runner {
         plugin: Arc<P>,
         connection: u64,
         configured: &mut bool,
+        by_path: bool,
     ) -> Result<(), Error> {
-        let plugin_conn = mux.open(PLUGIN_SERVICE_CONN)?;
+        // Gated: once stopped, requests arriving from the runtime reach no handler.
+        let plugin_conn = mux.open_gated(PLUGIN_SERVICE_CONN, self.stop.gate())?;
         let runtime_conn = mux.open(RUNTIME_SERVICE_CONN)?;
         let (sig_tx, mut sig_rx) = tokio::sync::mpsc::unbounded_channel();
         let dispatch = Arc::new(PluginDispatch::new(plugin, self.events, sig_tx).with_deadlines(self.deadlines));
         // Kept alive for the session; dropping it shuts the server's connection down.
-        let _server = serve_stream(plugin_conn, service_table(PLUGIN_SERVICE, PLUGIN_METHODS, dispatch)).await?;
+        let server = serve_stream(plugin_conn, service_table(PLUGIN_SERVICE, PLUGIN_METHODS, dispatch)).await?;
         let client = client_on(runtime_conn);
         mux.unblock();
 
@@ -615,8 +720,86 @@ impl Runner {
                 _ = &mut configure_deadline, if !*configured => {
                     return Err(Error::HandshakeTimeout { stage: "configure", timeout: self.configure_timeout });
                 }
+                _ = self.stop.stopped() => return self.stop_session(mux, server, connection, by_path && *configured).await,
             }
         }
+    }
+
+    /// The stop sequence (see [`StopHandle`]): the farewell connection when possible, then the
+    /// gate and [`close_gracefully`](Self::close_gracefully), then the farewell's release.
+    async fn stop_session(
+        &self,
+        mux: &Mux,
+        server: ttrpc::r#async::Server,
+        connection: u64,
+        farewell_possible: bool,
+    ) -> Result<(), Error> {
+        let mut farewell = None;
+        if self.farewell && farewell_possible {
+            let f = farewell::start(
+                self.socket_path.clone(),
+                self.name.clone(),
+                self.index.clone(),
+                self.registration_timeout.min(FAREWELL_TIMEOUT),
+            );
+            let farewell::Farewell { quiesced, release, mut task } = f;
+            // The main connection keeps serving until the runtime holds its events.
+            let held = tokio::select! {
+                q = quiesced => q.is_ok(),
+                _ = tokio::time::sleep(FAREWELL_TIMEOUT) => false,
+                _ = mux.closed() => false,
+            };
+            if held {
+                farewell = Some((release, task));
+            } else {
+                task.abort();
+                match (&mut task).await {
+                    Ok(Err(e)) => tracing::debug!(connection, error = %e, "NRI stop: no farewell connection"),
+                    _ => tracing::debug!(connection, "NRI stop: no farewell connection (timed out)"),
+                }
+            }
+        }
+        self.stop.close_gate();
+        self.emit(ConnectionEvent::Stopping { connection, farewell: farewell.is_some() });
+        let res = self.close_gracefully(mux, server, connection).await;
+        if let Some((release, task)) = farewell {
+            let _ = release.send(());
+            match tokio::time::timeout(FAREWELL_TIMEOUT, task).await {
+                Ok(Ok(Ok(()))) => tracing::debug!(connection, "NRI stop: farewell connection done"),
+                Ok(Ok(Err(e))) => tracing::debug!(connection, error = %e, "NRI stop: farewell connection failed"),
+                _ => tracing::debug!(connection, "NRI stop: farewell connection did not finish"),
+            }
+        }
+        res
+    }
+
+    /// Closing the main connection: the gate already keeps new requests from the handlers; stop
+    /// the plugin's ttrpc server reading, let it answer what is in flight and
+    /// write the answers, wait until they are on the socket, close it for writing and give the
+    /// runtime [`STOP_CLOSE_TIMEOUT`] to close its end.
+    async fn close_gracefully(
+        &self,
+        mux: &Mux,
+        mut server: ttrpc::r#async::Server,
+        connection: u64,
+    ) -> Result<(), Error> {
+        tracing::debug!(connection, plugin = %self.name, "NRI stop: answering requests in flight");
+        // Returns once every handler in flight has been answered for (by its deadline at the
+        // latest) and the server's writer has written the answers to its connection.
+        server.disconnect().await;
+        drop(server);
+        mux.flushed(PLUGIN_SERVICE_CONN).await;
+        if let Err(e) = mux.shutdown_write().await {
+            tracing::debug!(connection, error = %e, "NRI stop: closing the connection for writing failed");
+            return Ok(());
+        }
+        match tokio::time::timeout(STOP_CLOSE_TIMEOUT, mux.closed()).await {
+            Ok(_) => tracing::debug!(connection, "NRI stop: the runtime closed its end"),
+            Err(_) => {
+                tracing::debug!(connection, timeout = ?STOP_CLOSE_TIMEOUT, "NRI stop: the runtime did not close its end")
+            }
+        }
+        Ok(())
     }
 }
 
@@ -629,6 +812,11 @@ fn close_result(res: crate::mux::CloseResult) -> Result<(), Error> {
         },
     }
 }
+
+/// How long a graceful stop waits for the runtime to take the farewell connection (register,
+/// configure, start synchronizing it) before closing without it; also the bound for the
+/// farewell connection to finish afterwards.
+pub const FAREWELL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Connection attempts right after the socket appeared that may still find it not listening.
 const QUICK_RETRIES: u32 = 28;
@@ -680,13 +868,15 @@ impl Waiting {
             tracing::debug!(socket = %socket.display(), error = %e, ?retry_in, "NRI connect failed");
             return;
         }
+        // Debug only, like the disconnect: the application hears it as
+        // ConnectionEvent::ConnectFailed and says what it means for it, once.
         if self.watch {
-            tracing::info!(
+            tracing::debug!(
                 socket = %socket.display(), error = %e, fallback_retry = ?retry_in,
                 "NRI socket unavailable; connecting as soon as it appears"
             );
         } else {
-            tracing::info!(socket = %socket.display(), error = %e, ?retry_in, "NRI socket unavailable; retrying with backoff");
+            tracing::debug!(socket = %socket.display(), error = %e, ?retry_in, "NRI socket unavailable; retrying with backoff");
         }
         self.logged = Some(reason);
     }

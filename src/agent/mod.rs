@@ -134,6 +134,12 @@ impl Tasks {
     }
 }
 
+/// How long a shutdown waits for the NRI runner to stop: the farewell connection
+/// ([`nri_plugin::FAREWELL_TIMEOUT`], twice), the longest handler deadline (the runtime's request
+/// timeout, 2 s by default) and the wait for the runtime to close its end
+/// ([`nri_plugin::STOP_CLOSE_TIMEOUT`]), with room to spare; well under systemd's stop timeout.
+const NRI_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Run the agent until `shutdown` resolves (`Ok`) or one of its essential tasks ends (`Err`,
 /// naming the task and why: the caller exits non-zero so the service manager restarts it).
 /// Enforcement stays pinned afterwards either way.
@@ -316,6 +322,7 @@ pub async fn run(
     let (m, h, sf) = (metrics.clone(), health.clone(), state_file.clone());
     let socket = cfg.nri.socket.clone();
     let ever_connected = std::sync::atomic::AtomicBool::new(false);
+    let outage = std::sync::Mutex::new(None);
     let runner = nri_plugin::Runner::builder(cfg.nri.plugin_name.clone(), cfg.nri.plugin_index.clone())
         .socket_path(cfg.nri.socket.clone())
         .backoff(nri_plugin::Backoff {
@@ -323,10 +330,16 @@ pub async fn run(
             max: Duration::from_millis(cfg.nri.reconnect_max_backoff_ms.max(250)),
             multiplier: 2.0,
         })
-        .on_connection_event(move |ev| on_connection_event(&m, &h, &sf, &socket, &ever_connected, ev))
+        .on_connection_event(move |ev| on_connection_event(&m, &h, &sf, &socket, &ever_connected, &outage, ev))
         .build()?;
+    // On shutdown the runner answers the requests in flight and closes the connection, so the
+    // runtime is not left waiting for an answer (nri_plugin::StopHandle).
+    let nri_stop = runner.stop_handle();
+    let (nri_done_tx, nri_done) = tokio::sync::oneshot::channel::<()>();
     tasks.spawn("NRI connection", async move {
-        match runner.run_shared(plugin).await {
+        let res = runner.run_shared(plugin).await;
+        let _ = nri_done_tx.send(());
+        match res {
             Ok(()) => Err("the NRI runner returned".to_string()),
             Err(e) => Err(e.to_string()),
         }
@@ -358,6 +371,13 @@ pub async fn run(
     };
     if let Some(n) = &notifier {
         let _ = n.notify("STOPPING=1");
+    }
+    if outcome.is_ok() {
+        nri_stop.stop();
+        // Bounded by the handlers' deadlines and the runner's wait for the runtime's close.
+        if tokio::time::timeout(NRI_STOP_TIMEOUT, nri_done).await.is_err() {
+            tracing::warn!(timeout = ?NRI_STOP_TIMEOUT, "the NRI connection did not close in time; dropping it");
+        }
     }
     tasks.set.abort_all();
     registry.flush();
@@ -407,6 +427,7 @@ fn on_connection_event(
     sf: &state_file::StateFile,
     socket: &Path,
     ever_connected: &std::sync::atomic::AtomicBool,
+    outage: &std::sync::Mutex<Option<String>>,
     ev: &nri_plugin::ConnectionEvent,
 ) {
     use nri_plugin::ConnectionEvent as E;
@@ -417,6 +438,9 @@ fn on_connection_event(
                 m.nri_reconnects.inc();
             }
             ever_connected.store(true, Ordering::Relaxed);
+            if let Ok(mut o) = outage.lock() {
+                *o = None;
+            }
             h.nri_connected();
             sf.set_nri("handshake", "");
         }
@@ -443,15 +467,32 @@ fn on_connection_event(
                 ),
             }
         }
+        E::Stopped { .. } => {
+            m.nri_connected.set(0);
+            h.nri_disconnected();
+            tracing::info!("closed the NRI connection after answering the runtime's requests in flight");
+        }
         E::ConnectFailed { attempt, error, .. } => {
             m.nri_connected.set(0);
             h.nri_unreachable(error);
             sf.set_nri("unreachable", error);
-            // Once, at start-up: the runtime may simply not be up yet, or NRI may be disabled.
-            if *attempt == 1 && !ever_connected.swap(true, Ordering::Relaxed) {
+            // One line when the runtime becomes unreachable and one when the reason changes, not
+            // one per attempt (the runner logs attempts at debug level only).
+            let changed = outage.lock().map(|mut o| o.replace(error.clone()).as_ref() != Some(error)).unwrap_or(true);
+            if !changed {
+                return;
+            }
+            if ever_connected.load(Ordering::Relaxed) {
+                tracing::warn!(
+                    socket = %socket.display(), %error, attempt,
+                    "NRI socket unavailable; connecting as soon as it appears (pinned enforcement stays active)"
+                );
+            } else {
+                // At start-up the runtime may simply not be up yet, or NRI may be disabled.
                 tracing::info!(
-                    socket = %socket.display(),
-                    "no NRI runtime yet: is containerd running with NRI enabled? (see `driftguard check`)"
+                    socket = %socket.display(), %error,
+                    "NRI socket unavailable: no NRI runtime yet; connecting as soon as it appears \
+                     (is containerd running with NRI enabled? see `driftguard check`)"
                 );
             }
         }

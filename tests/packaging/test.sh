@@ -4,9 +4,10 @@
 #
 #     sudo tests/packaging/test.sh
 #
-# Builds the .deb/.rpm if they are missing, installs the .deb on THIS machine, checks it, purges
-# it again, inspects the .rpm, and validates deploy/ (Kubernetes manifests, Helm chart rendered
-# without helm, Prometheus rules, Grafana dashboard). Prints "ok <name>" or "FAIL <name>: why"
+# Builds the .deb/.rpm if they are missing or older than any of their inputs (sources, packaging
+# files, release binaries), installs the .deb on THIS machine, checks it, purges it again,
+# inspects the .rpm, and validates deploy/ (Kubernetes manifests, Helm chart rendered without
+# helm, Prometheus rules, Grafana dashboard). Prints "ok <name>" or "FAIL <name>: why"
 # per check and ends with "N passed, M failed"; exits non-zero on any failure.
 #
 # Environment: CARGO_TARGET_DIR (default ./target) as for packaging/build.sh;
@@ -97,9 +98,22 @@ find_pkgs() {
     rpms=("$target"/generate-rpm/driftguard-*.rpm)
     shopt -u nullglob
 }
+# stale: prints the first package input (source, packaging file, release binary) newer than the
+# oldest package found, so that a re-run never tests a package built from older sources.
+stale() {
+    local oldest=${debs[0]}
+    [[ ${rpms[0]} -ot $oldest ]] && oldest=${rpms[0]}
+    find Cargo.toml Cargo.lock build.rs src bpf nri-plugin/src nri-plugin/Cargo.toml oci-hooks/src \
+        oci-hooks/Cargo.toml packaging deploy docs README.md LICENSE \
+        "$target"/release/driftguard "$target"/release/driftguard-oci-hook \
+        -newer "$oldest" -type f -print -quit 2>/dev/null
+}
 find_pkgs
-if [[ ${#debs[@]} -eq 0 || ${#rpms[@]} -eq 0 || ${DRIFTGUARD_PKG_REBUILD:-0} == 1 ]]; then
-    echo "# building packages with packaging/build.sh" >&2
+newer=
+if [[ ${#debs[@]} -eq 1 && ${#rpms[@]} -eq 1 ]]; then newer=$(stale); fi
+if [[ ${#debs[@]} -ne 1 || ${#rpms[@]} -ne 1 || -n $newer || ${DRIFTGUARD_PKG_REBUILD:-0} == 1 ]]; then
+    echo "# building packages with packaging/build.sh${newer:+ ($newer is newer than the packages)}" >&2
+    rm -f "${debs[@]}" "${rpms[@]}"
     if DRIFTGUARD_PKG_PLACEHOLDER_HOOKS=$placeholder packaging/build.sh >/tmp/driftguard-pkg-build.log 2>&1; then
         ok build "packaging/build.sh"
     else
