@@ -763,6 +763,10 @@ impl Runner {
         self.emit(ConnectionEvent::Stopping { connection, farewell: farewell.is_some() });
         let res = self.close_gracefully(mux, server, connection).await;
         if let Some((release, task)) = farewell {
+            // containerd closes its socket first and marks the plugin closed afterwards, in a
+            // callback of its own; its events are still held, so give that callback time before
+            // the farewell's Synchronize answer makes it prune its plugin list.
+            tokio::time::sleep(CLOSE_SETTLE).await;
             let _ = release.send(());
             match tokio::time::timeout(FAREWELL_TIMEOUT, task).await {
                 Ok(Ok(Ok(()))) => tracing::debug!(connection, "NRI stop: farewell connection done"),
@@ -817,6 +821,14 @@ fn close_result(res: crate::mux::CloseResult) -> Result<(), Error> {
 /// configure, start synchronizing it) before closing without it; also the bound for the
 /// farewell connection to finish afterwards.
 pub const FAREWELL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long the farewell's `Synchronize` answer waits after the runtime closed its end of the
+/// main connection. containerd (NRI v0.6 to v0.12) marks a plugin closed in its ttrpc client's
+/// close callback, which runs after the socket is closed; a Synchronize answered before that
+/// callback leaves the closed plugin in the list, and the next event logs `ttrpc: closed` (seen
+/// in a CI run on a loaded 2-core machine without this wait). The runtime holds its events
+/// meanwhile, so this only delays them, once, at stop.
+const CLOSE_SETTLE: Duration = Duration::from_millis(250);
 
 /// Connection attempts right after the socket appeared that may still find it not listening.
 const QUICK_RETRIES: u32 = 28;
