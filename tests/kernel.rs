@@ -847,18 +847,7 @@ fn layout_programs(skew: i32, prove: bool) -> Result<(Enforcer, Harness), Failed
         prove,
     )
     .map_err(es)?;
-    let store = enf.store().try_clone().map_err(es)?;
-    let mut stream = enf.events().map_err(es)?;
-    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = events.clone();
-    std::thread::spawn(move || {
-        while let Some(ev) = stream.next_timeout(Duration::from_secs(3600)) {
-            if let Ok(mut v) = sink.lock() {
-                v.push(ev);
-            }
-        }
-    });
-    let h = Harness { store, path: enf.path(), fallback_reason: enf.fallback_reason().map(str::to_string), events };
+    let h = Harness::of(&enf)?;
     Ok((enf, h))
 }
 

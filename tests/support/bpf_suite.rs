@@ -163,11 +163,9 @@ pub struct Harness {
     pub events: Arc<Mutex<Vec<Event>>>,
 }
 
-pub fn harness() -> Result<&'static Harness, Failed> {
-    static H: OnceLock<Result<Harness, String>> = OnceLock::new();
-    let h = H.get_or_init(|| {
-        let enf =
-            Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: false }).map_err(|e| format!("{e}"))?;
+impl Harness {
+    /// A harness over `enf`'s maps, with a thread collecting its events.
+    pub fn of(enf: &Enforcer) -> Result<Harness, String> {
         let store = enf.store().try_clone().map_err(|e| e.to_string())?;
         let mut stream = enf.events().map_err(|e| e.to_string())?;
         let events = Arc::new(Mutex::new(Vec::new()));
@@ -179,7 +177,16 @@ pub fn harness() -> Result<&'static Harness, Failed> {
                 }
             }
         });
-        let h = Harness { store, path: enf.path(), fallback_reason: enf.fallback_reason().map(str::to_string), events };
+        Ok(Harness { store, path: enf.path(), fallback_reason: enf.fallback_reason().map(str::to_string), events })
+    }
+}
+
+pub fn harness() -> Result<&'static Harness, Failed> {
+    static H: OnceLock<Result<Harness, String>> = OnceLock::new();
+    let h = H.get_or_init(|| {
+        let enf =
+            Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: false }).map_err(|e| format!("{e}"))?;
+        let h = Harness::of(&enf)?;
         // The programs stay attached for the whole test process.
         std::mem::forget(enf);
         Ok(h)
