@@ -483,7 +483,8 @@ fn check_root(euid: u32, cap_eff: Option<u64>) -> Item {
     }
 }
 
-fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
+/// `(major, minor)` of a kernel release string such as `6.1.0-57-cloud-amd64`.
+pub fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
     let mut it = release.split(|c: char| !c.is_ascii_digit());
     let major = it.next()?.parse().ok()?;
     let minor = it.next()?.parse().ok()?;

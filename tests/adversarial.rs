@@ -313,6 +313,14 @@ fn exec_fd(fd: i32, a: &Argv) -> i32 {
     200 + errno()
 }
 
+/// The running kernel's release when it is older than `version` (`None` when it is not, or
+/// cannot be read).
+fn kernel_older_than(version: (u32, u32)) -> Option<String> {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let release = release.trim().to_string();
+    (driftguard::check::parse_kernel_version(&release)? < version).then_some(release)
+}
+
 /// Child body: execve(path).
 fn exec_path(path: &CString, a: &Argv) -> i32 {
     // SAFETY: raw syscall with prepared, NUL-terminated arrays.
@@ -1061,14 +1069,11 @@ fn second_overlay_in_user_namespace_exec_denied() -> R {
         Outcome::Exited(_, t) if !t.contains("mounted") => {
             // Overlay mounts in a user namespace need 5.11 (FS_USERNS_MOUNT): on 5.10 the attack
             // itself is impossible. Said explicitly, and listed in docs/bpf.md's kernel table.
-            let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-            let mut v = release.trim().split(|c: char| !c.is_ascii_digit()).map(|x| x.parse::<u32>().ok());
-            if let (Some(Some(major)), Some(Some(minor))) = (v.next(), v.next()) {
-                if (major, minor) < (5, 11) && t.contains("permission denied") {
+            if let Some(release) = kernel_older_than((5, 11)) {
+                if t.contains("permission denied") {
                     println!(
-                        "LIMIT second_overlay_in_user_namespace_exec_denied: kernel {} refuses overlay mounts in \
-                         a user namespace (allowed from 5.11), so this attack cannot be staged here",
-                        release.trim()
+                        "LIMIT second_overlay_in_user_namespace_exec_denied: kernel {release} refuses overlay mounts \
+                         in a user namespace (allowed from 5.11), so this attack cannot be staged here"
                     );
                     return Ok(());
                 }
@@ -1126,17 +1131,12 @@ fn binfmt_misc_in_user_namespace_cannot_launder_drift() -> R {
         other => return Err(format!("the binfmt_misc script did not run to its end: {other:?}").into()),
     };
     if !text.contains("MOUNTED") {
-        let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        let mut v = release.trim().split(|c: char| !c.is_ascii_digit()).map(|x| x.parse::<u32>().ok());
-        if let (Some(Some(major)), Some(Some(minor))) = (v.next(), v.next()) {
-            if (major, minor) < (6, 7) {
-                println!(
-                    "LIMIT binfmt_misc_in_user_namespace_cannot_launder_drift: kernel {} has no binfmt_misc in a \
-                     user namespace (6.7+), so this attack cannot be staged here",
-                    release.trim()
-                );
-                return Ok(());
-            }
+        if let Some(release) = kernel_older_than((6, 7)) {
+            println!(
+                "LIMIT binfmt_misc_in_user_namespace_cannot_launder_drift: kernel {release} has no binfmt_misc in \
+                 a user namespace (6.7+), so this attack cannot be staged here"
+            );
+            return Ok(());
         }
         return Err(format!("binfmt_misc could not be mounted in a user namespace (test precondition): {text}").into());
     }
