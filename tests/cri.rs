@@ -369,7 +369,7 @@ impl Env {
     /// names `driftguard status` shows every 100 ms, so right after a start they can lag.
     fn wait_status(&self, n: usize) -> Result<BTreeSet<(u64, String, String)>, String> {
         let mut last = Ok(BTreeSet::new());
-        containerd::wait_for(Duration::from_secs(10), &format!("{n} named containers in `driftguard status`"), || {
+        containerd::wait_for(Duration::from_secs(60), &format!("{n} named containers in `driftguard status`"), || {
             last = self.status_rows();
             last.as_ref().ok().filter(|r| r.len() == n && r.iter().all(|r| !r.1.starts_with("//"))).cloned()
         })
@@ -599,7 +599,10 @@ fn cri_event_fields_and_metrics() -> R {
             }
         }
         let action = ev["action"].as_str().unwrap_or("").to_string();
-        let m = env.agent.metrics()?;
+        // The connected gauge follows the runtime's Configure asynchronously: wait for it. The
+        // verdict is counted before its event is written and the container gauge inside the
+        // NRI handler, so the same answer then holds them.
+        let m = env.agent.wait_metrics(&["driftguard_nri_connected 1"])?;
         let verdicts: Vec<&str> = m
             .lines()
             .filter(|l| {
@@ -613,10 +616,9 @@ fn cri_event_fields_and_metrics() -> R {
         if n < 1.0 {
             return Err(format!("driftguard_verdicts_total does not count the kill:\n{m}"));
         }
-        for want in ["driftguard_containers_under_policy{mode=\"enforce\"} 1", "driftguard_nri_connected 1"] {
-            if !m.contains(want) {
-                return Err(format!("metrics lack {want}:\n{m}"));
-            }
+        let want = "driftguard_containers_under_policy{mode=\"enforce\"} 1";
+        if !m.contains(want) {
+            return Err(format!("metrics lack {want}:\n{m}"));
         }
         Ok(())
     })

@@ -366,6 +366,30 @@ impl AgentProcess {
         self.http_get("/metrics")
     }
 
+    /// Polls GET `path` (up to 60 s) until the whole response satisfies `pred`: the barrier for
+    /// anything the agent updates asynchronously (the NRI state in /healthz, gauges set on the
+    /// runtime's Configure). A connection refused while the endpoint comes up counts as "not yet".
+    /// The error names `what` and carries the last response and the log's tail.
+    pub fn wait_http(&self, path: &str, what: &str, pred: impl Fn(&str) -> bool) -> Result<String, String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let last = match self.http_get(path) {
+                Ok(r) if pred(&r) => return Ok(r),
+                Ok(r) => r,
+                Err(e) => format!("(no answer: {e})"),
+            };
+            if Instant::now() >= deadline {
+                return Err(format!("{path} never showed {what} within 60 s; last:\n{last}\n{}", self.log_tail()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Polls /metrics until every line of `want` is in it (see [`wait_http`](Self::wait_http)).
+    pub fn wait_metrics(&self, want: &[&str]) -> Result<String, String> {
+        self.wait_http("/metrics", &format!("{want:?}"), |m| want.iter().all(|w| m.contains(w)))
+    }
+
     /// `driftguard status --json` with this agent's config and state dir.
     pub fn status(&self) -> Result<serde_json::Value, String> {
         let out = Command::new(env!("CARGO_BIN_EXE_driftguard"))

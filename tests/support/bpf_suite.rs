@@ -589,7 +589,7 @@ pub fn denied_action(h: &Harness) -> Action {
 }
 
 pub fn wait_event(h: &Harness, pred: impl Fn(&Event) -> bool, what: &str) -> Result<Event, Failed> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(v) = h.events.lock() {
             if let Some(e) = v.iter().find(|e| pred(e)) {
@@ -619,7 +619,7 @@ pub fn wait_event(h: &Harness, pred: impl Fn(&Event) -> bool, what: &str) -> Res
                         .collect()
                 })
                 .unwrap_or_default();
-            return Err(format!("no event for {what} within 10s; last seen: {seen:?}").into());
+            return Err(format!("no event for {what} within 30s; last seen: {seen:?}").into());
         }
         std::thread::sleep(Duration::from_millis(20));
     }
