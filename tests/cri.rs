@@ -175,6 +175,7 @@ fn cri_suite_in_vm(k: &vm::Kernel) -> R {
     // GNU tar builds the images reproducibly (busybox's tar lacks --owner/--sort/--mtime).
     let tar = std::path::PathBuf::from("/usr/bin/tar");
     let hook = hook_binary().map_err(Failed::from)?;
+    let hook_env = hook.display().to_string();
     let spec = containerd::repo_root().join(containerd::SHIPPED_BASE_SPEC);
     let mut files = vec![
         (runc.clone(), runc),
@@ -198,6 +199,9 @@ fn cri_suite_in_vm(k: &vm::Kernel) -> R {
             .chain([
                 (ONLY_ENV.into(), VM_TRIALS.join(",")),
                 (containerd::DIR_ENV.into(), install.display().to_string()),
+                // The guest runs the suite from another directory than the host's target dir,
+                // so it cannot find the hook next to itself: name it (placed at the same path).
+                ("DRIFTGUARD_OCI_HOOK_BIN".into(), hook_env),
             ])
             .collect(),
         files,
