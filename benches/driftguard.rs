@@ -1386,6 +1386,8 @@ fn synthetic_records(n_distinct: usize, registered: &[u64]) -> Vec<Vec<u8>> {
                 flags: 0,
                 comm: "sh".into(),
                 path: paths[i % paths.len()].into(),
+                prot: 0,
+                count: 0,
             }
             .to_bytes()
         })

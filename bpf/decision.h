@@ -18,10 +18,23 @@ static __always_inline struct dg_verdict dg_decide(const struct dg_input *in)
 	if (in->mode != DG_MODE_MONITOR && in->mode != DG_MODE_ENFORCE)
 		return v;
 
-	if (in->list == DG_LIST_DENY)
+	if (in->access == DG_ACCESS_MEM_EXEC) {
+		/*
+		 * Memory made executable that does not hold a file's own pages
+		 * (anonymous, writable at once, or written copy-on-write pages):
+		 * no path, so no list applies. The JIT opt-out clears the rule.
+		 */
+		if (rules & DG_RULE_EXEC_MEMORY)
+			v.match = DG_MATCH_EXEC_MEMORY;
+	} else if (in->list == DG_LIST_DENY)
 		v.match = DG_MATCH_DENY_LIST;
-	else if (in->file_kind == DG_FILE_FILELESS && (rules & DG_RULE_FILELESS))
-		/* fileless code cannot be allow-listed by path */
+	else if (in->file_kind == DG_FILE_FILELESS && (rules & DG_RULE_FILELESS) &&
+		 !(in->access == DG_ACCESS_MMAP_EXEC && in->shmem && (rules & DG_RULE_JIT)))
+		/*
+		 * fileless code cannot be allow-listed by path. The JIT opt-out lets
+		 * shmem memory (a memfd, as .NET double-maps it) be mapped executable;
+		 * exec of it stays fileless.
+		 */
 		v.match = DG_MATCH_FILELESS;
 	else if (in->list == DG_LIST_ALLOW && !(rules & DG_RULE_ALLOWLIST_ONLY))
 		/* allow entries exempt a path (e.g. a tool the pod downloads) from the file rules */

@@ -10,6 +10,7 @@
  *   lsm/bprm_check_security   exec (each stage: script, then interpreter) -> -EPERM
  *   lsm/mmap_file             PROT_EXEC mappings (ld.so, dlopen, LD_PRELOAD) -> -EPERM
  *   lsm/file_mprotect         mprotect(PROT_EXEC) of file mappings -> -EPERM
+ *   (both also: executable memory the image did not ship, bpf/memory.h)
  *   tp_btf/sched_process_exec fallback without BPF LSM -> SIGKILL
  */
 #include "vmlinux.h"
@@ -675,9 +676,10 @@ static __always_inline __u32 walk_path(struct dentry *dentry, struct vfsmount *v
 	return dg_walk_path((__u64)dentry, (__u64)vmnt, cross);
 }
 
-static __always_inline void emit(struct dg_scratch *s, const struct dg_verdict *v, __u32 hook,
-				 __u32 file_kind, __u32 mode, __u32 flags, __u64 cgid,
-				 __u64 matched)
+/* The event of a verdict; prot and count are the memory checks' (0 for files). */
+static __always_inline void emit_mem(struct dg_scratch *s, const struct dg_verdict *v, __u32 hook,
+				     __u32 file_kind, __u32 mode, __u32 flags, __u64 cgid,
+				     __u64 matched, __u32 prot, __u32 count)
 {
 	struct dg_event *e;
 	struct task_struct *task = current_task();
@@ -705,8 +707,17 @@ static __always_inline void emit(struct dg_scratch *s, const struct dg_verdict *
 	e->flags = flags;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	__builtin_memcpy(e->path, s->key.path, DG_PATH_MAX);
+	e->prot = prot;
+	e->count = count;
 	bpf_ringbuf_submit(e, 0);
 	stat_inc(DG_STAT_EVENTS);
+}
+
+static __always_inline void emit(struct dg_scratch *s, const struct dg_verdict *v, __u32 hook,
+				 __u32 file_kind, __u32 mode, __u32 flags, __u64 cgid,
+				 __u64 matched)
+{
+	emit_mem(s, v, hook, file_kind, mode, flags, cgid, matched, 0, 0);
 }
 
 #define DG_PATH_DPATH 0  /* LSM exec/mmap: bpf_d_path for task paths (walk if dg_use_d_path == 0) */
@@ -717,6 +728,9 @@ static __always_inline bool on_rootfs(__u32 kind)
 {
 	return kind == DG_FILE_IMAGE || kind == DG_FILE_UPPER || kind == DG_FILE_UPPER_UNKNOWN;
 }
+
+/* The memory rules (W^X): check_memory(), used by mmap_file and file_mprotect. */
+#include "memory.h"
 
 /*
  * Shared body of every entry point: policy lookup, classification, lists,
@@ -750,6 +764,9 @@ static __always_inline __u32 check_file(struct file *file, __u32 hook, __u32 acc
 	in.access = access;
 	in.enforce_action = enforce_action;
 	in.list = DG_LIST_NONE;
+	/* only the JIT opt-out asks (a shmem mapping may then be executable) */
+	if (access == DG_ACCESS_MMAP_EXEC && (in.rules & DG_RULE_JIT))
+		in.shmem = is_shmem(file);
 	if (path_mode == DG_PATH_MAPPED) {
 		in.file_kind = classify_mapped(file, p, &pd, &pm);
 	} else {
@@ -848,10 +865,25 @@ SEC("lsm/mmap_file")
 int BPF_PROG(dg_mmap_file, struct file *file, unsigned long reqprot, unsigned long prot,
 	     unsigned long flags)
 {
-	__u32 act;
+	__u32 act, kind = DG_FILE_IMAGE;
 
-	if (!file || !(prot & PROT_EXEC))
+	if (!(prot & PROT_EXEC))
 		return 0;
+	/* executable memory with no file behind it, or writable and executable at once */
+	if (!file)
+		kind = DG_FILE_ANONYMOUS;
+	else if (prot & PROT_WRITE)
+		kind = DG_FILE_WRITABLE;
+	barrier_var(kind);
+	if (kind != DG_FILE_IMAGE) {
+		act = check_memory(kind, DG_HOOK_MMAP_FILE, prot, file, DG_ACT_DENY);
+		barrier_var(act);
+		if (act == DG_ACT_DENY)
+			return -EPERM;
+		/* decided on the scalar: see check_memory() */
+		if (kind == DG_FILE_ANONYMOUS)
+			return 0;
+	}
 	if (exec_maps_own_binary(file))
 		return 0;
 	act = check_file(file, DG_HOOK_MMAP_FILE, DG_ACCESS_MMAP_EXEC, DG_ACT_DENY, DG_PATH_DPATH);
@@ -866,12 +898,20 @@ int BPF_PROG(dg_file_mprotect, struct vm_area_struct *vma, unsigned long reqprot
 	     unsigned long prot)
 {
 	struct file *file;
-	__u32 act;
+	__u32 act, kind;
 
 	if (!(prot & PROT_EXEC))
 		return 0;
 	file = vma->vm_file;
-	if (!file)
+	kind = mprotect_memory_kind(vma, file, prot);
+	barrier_var(kind);
+	if (kind != DG_FILE_IMAGE) {
+		act = check_memory(kind, DG_HOOK_FILE_MPROTECT, prot, file, DG_ACT_DENY);
+		barrier_var(act);
+		if (act == DG_ACT_DENY)
+			return -EPERM;
+	}
+	if (kind == DG_FILE_ANONYMOUS)
 		return 0;
 	/* vm_file is overlay's real file; bpf_d_path is not allowed here anyway. */
 	act = check_file(file, DG_HOOK_FILE_MPROTECT, DG_ACCESS_MMAP_EXEC, DG_ACT_DENY, DG_PATH_MAPPED);

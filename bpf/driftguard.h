@@ -29,6 +29,14 @@
 #define DG_RULE_ALLOWLIST_ONLY (1u << 3) /* exec only what the allow list names */
 #define DG_RULE_HAS_LISTS (1u << 4)      /* policy has allow/deny path entries */
 #define DG_RULE_HAS_MOUNTS (1u << 5)     /* policy exempts volume mounts (exec_mnt_ids) */
+/*
+ * W^X (bpf/memory.h, docs/bpf.md "Memory"): no executable memory without an
+ * image file's own pages behind it. A policy written by an agent that knows
+ * the memory rules has exactly one of the two bits; one written before them
+ * (pinned across an upgrade) has neither and keeps its old behaviour.
+ */
+#define DG_RULE_EXEC_MEMORY (1u << 6) /* deny/report anonymous, writable+executable or modified exec memory */
+#define DG_RULE_JIT (1u << 7)         /* the JIT opt-out: also lets shmem (memfd) memory be mapped executable */
 
 /* Path list membership (value of the paths map). */
 #define DG_LIST_NONE 0
@@ -53,6 +61,10 @@
  * layout failed. Judged like DG_FILE_UPPER (fail closed).
  */
 #define DG_FILE_UPPER_UNKNOWN 6
+/* What a memory check (DG_ACCESS_MEM_EXEC) is about: the mapping kind. */
+#define DG_FILE_ANONYMOUS 7 /* no file behind it: anonymous memory, heap, stack */
+#define DG_FILE_WRITABLE 8  /* asked to be writable and executable at once */
+#define DG_FILE_MODIFIED 9  /* a private file mapping whose pages were written (copy-on-write) */
 
 /* Which rule produced the verdict. */
 #define DG_MATCH_NONE 0
@@ -61,6 +73,7 @@
 #define DG_MATCH_FILELESS 3
 #define DG_MATCH_NON_IMAGE 4
 #define DG_MATCH_NOT_ALLOWED 5
+#define DG_MATCH_EXEC_MEMORY 6
 
 /* Actions. ALERT = a rule matched in monitor mode (allowed, reported). */
 #define DG_ACT_ALLOW 0
@@ -77,6 +90,7 @@
 /* Access kinds given to the decision function. */
 #define DG_ACCESS_EXEC 0
 #define DG_ACCESS_MMAP_EXEC 1
+#define DG_ACCESS_MEM_EXEC 2 /* memory made executable (file_kind ANONYMOUS, WRITABLE or MODIFIED) */
 
 /* Event flags. */
 #define DG_EVF_PATH_TRUNCATED (1u << 0)
@@ -125,6 +139,7 @@ struct dg_input {
 	__u32 list;
 	__u32 access;
 	__u32 enforce_action; /* DG_ACT_DENY (LSM) or DG_ACT_KILL (tracepoint) */
+	__u32 shmem;          /* the file is shmem or hugetlbfs memory (memfd, shared anonymous, SysV shm) */
 };
 
 struct dg_verdict {
@@ -155,6 +170,9 @@ struct dg_event {
 	__u32 flags;
 	char comm[16];
 	char path[DG_PATH_MAX];
+	/* Memory checks (0 otherwise): */
+	__u32 prot;  /* the protection asked for (PROT_READ 1 | PROT_WRITE 2 | PROT_EXEC 4) */
+	__u32 count; /* monitor mode: checks of this container, rule and kind this event stands for */
 };
 
 #endif

@@ -36,7 +36,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{ExecPath, Mode, Policy, PolicyError};
+use crate::policy::{ExecMemory, ExecPath, Mode, Policy, PolicyError};
 
 /// Prefix of every driftguard annotation key.
 pub const PREFIX: &str = "driftguard.dev/";
@@ -126,13 +126,15 @@ pub enum Key {
     ExecVolumes,
     /// `allowlist-only`: true | false.
     AllowlistOnly,
+    /// `exec-memory`: true | false (false: the JIT opt-out).
+    ExecMemory,
     /// `failure-policy`: fail | ignore.
     FailurePolicy,
 }
 
 impl Key {
     /// Every key.
-    pub const ALL: [Key; 10] = [
+    pub const ALL: [Key; 11] = [
         Key::Mode,
         Key::Allow,
         Key::Deny,
@@ -142,6 +144,7 @@ impl Key {
         Key::NonImage,
         Key::ExecVolumes,
         Key::AllowlistOnly,
+        Key::ExecMemory,
         Key::FailurePolicy,
     ];
 
@@ -157,6 +160,7 @@ impl Key {
             Key::NonOverlay => "non-overlay",
             Key::ExecVolumes => "exec-volumes",
             Key::AllowlistOnly => "allowlist-only",
+            Key::ExecMemory => "exec-memory",
             Key::FailurePolicy => "failure-policy",
         }
     }
@@ -205,7 +209,7 @@ pub enum ValueError {
 pub enum AnnotationError {
     /// A key under the prefix that driftguard does not know (a typo, most likely).
     #[error(
-        "annotation {key:?} = {value:?}: unknown key {name:?}: expected one of mode, allow, deny, drift, fileless, non-image, exec-volumes, allowlist-only, failure-policy, optionally followed by .<container-name>"
+        "annotation {key:?} = {value:?}: unknown key {name:?}: expected one of mode, allow, deny, drift, fileless, non-image, exec-volumes, allowlist-only, exec-memory, failure-policy, optionally followed by .<container-name>"
     )]
     UnknownKey {
         /// The full annotation key.
@@ -284,11 +288,13 @@ fn parse_value(key: Key, raw: &str) -> Result<Value, ValueError> {
     match key {
         Key::Mode => s.parse::<Mode>().map(Value::Mode).map_err(ValueError::Mode),
         Key::FailurePolicy => s.parse::<FailurePolicy>().map(Value::FailurePolicy).map_err(ValueError::FailurePolicy),
-        Key::Drift | Key::Fileless | Key::NonImage | Key::NonOverlay | Key::AllowlistOnly => match s {
-            "true" => Ok(Value::Bool(true)),
-            "false" => Ok(Value::Bool(false)),
-            other => Err(ValueError::Bool(other.to_string())),
-        },
+        Key::Drift | Key::Fileless | Key::NonImage | Key::NonOverlay | Key::AllowlistOnly | Key::ExecMemory => {
+            match s {
+                "true" => Ok(Value::Bool(true)),
+                "false" => Ok(Value::Bool(false)),
+                other => Err(ValueError::Bool(other.to_string())),
+            }
+        }
         Key::Allow | Key::Deny | Key::ExecVolumes => parse_paths(s).map(Value::Paths),
     }
 }
@@ -415,6 +421,9 @@ where
                     volumes_src = Some((s.key, s.raw));
                 }
                 (Key::AllowlistOnly, Value::Bool(b)) => p.rules.allowlist_only = b,
+                (Key::ExecMemory, Value::Bool(b)) => {
+                    p.rules.exec_memory = if b { ExecMemory::On } else { ExecMemory::Jit }
+                }
                 (Key::Allow, Value::Paths(l)) => {
                     p.allow = l;
                     allow_src = Some((s.key, s.raw));
@@ -505,6 +514,7 @@ mod tests {
                 ("driftguard.dev/fileless", "false"),
                 ("driftguard.dev/non-image", "false"),
                 ("driftguard.dev/allowlist-only", "true"),
+                ("driftguard.dev/exec-memory", "false"),
                 ("driftguard.dev/failure-policy", "ignore"),
                 ("unrelated", "x"),
                 ("driftguard.io/mdoe", "ignored: other prefix"),
@@ -514,7 +524,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.policy.mode, Mode::Enforce);
-        assert_eq!(r.policy.rules, Rules { drift: false, fileless: false, non_image: false, allowlist_only: true });
+        assert_eq!(
+            r.policy.rules,
+            Rules {
+                drift: false,
+                fileless: false,
+                non_image: false,
+                allowlist_only: true,
+                exec_memory: ExecMemory::Jit
+            }
+        );
         assert_eq!(r.policy.allow, paths(&["/bin/sh", "/usr/bin/curl"]));
         assert_eq!(r.policy.deny, paths(&["/usr/bin/nc"]));
         assert_eq!(r.failure_policy, FailurePolicy::Ignore);
@@ -543,6 +562,17 @@ mod tests {
         let pod = map(&[("driftguard.dev/failure-policy.app", "fail")]);
         assert_eq!(resolve(&d, &pod, "app", &map(&[])).unwrap().failure_policy, FailurePolicy::Fail);
         assert_eq!(resolve(&d, &pod, "db", &map(&[])).unwrap().failure_policy, FailurePolicy::Ignore);
+    }
+
+    #[test]
+    fn exec_memory_opt_out_per_container() {
+        let pod = [("driftguard.dev/mode", "enforce"), ("driftguard.dev/exec-memory.jvm", "false")];
+        assert_eq!(res(&pod, "jvm", &[]).unwrap().policy.rules.exec_memory, ExecMemory::Jit);
+        assert_eq!(res(&pod, "sidecar", &[]).unwrap().policy.rules.exec_memory, ExecMemory::On);
+        let on = [("driftguard.dev/exec-memory", "true")];
+        assert_eq!(res(&on, "app", &[]).unwrap().policy.rules.exec_memory, ExecMemory::On);
+        let bad = res(&[("driftguard.dev/exec-memory", "jit")], "app", &[]).unwrap_err().to_string();
+        assert!(bad.contains("driftguard.dev/exec-memory") && bad.contains("jit"), "{bad}");
     }
 
     #[test]
@@ -589,7 +619,7 @@ mod tests {
     fn error_unknown_key() {
         assert_eq!(
             err(&[("driftguard.dev/mdoe", "enforce")], "app", &[]),
-            "annotation \"driftguard.dev/mdoe\" = \"enforce\": unknown key \"mdoe\": expected one of mode, allow, deny, drift, fileless, non-image, exec-volumes, allowlist-only, failure-policy, optionally followed by .<container-name>"
+            "annotation \"driftguard.dev/mdoe\" = \"enforce\": unknown key \"mdoe\": expected one of mode, allow, deny, drift, fileless, non-image, exec-volumes, allowlist-only, exec-memory, failure-policy, optionally followed by .<container-name>"
         );
         assert!(matches!(
             res(&[], "app", &[("driftguard.dev/mdoe.app", "x")]),

@@ -93,11 +93,42 @@ pub struct Rules {
     pub non_image: bool,
     /// Only paths on the allow list may be executed.
     pub allowlist_only: bool,
+    /// Executable memory the image did not ship (W^X, BPF LSM only).
+    pub exec_memory: ExecMemory,
 }
 
 impl Default for Rules {
     fn default() -> Self {
-        Rules { drift: true, fileless: true, non_image: true, allowlist_only: false }
+        Rules { drift: true, fileless: true, non_image: true, allowlist_only: false, exec_memory: ExecMemory::On }
+    }
+}
+
+/// The memory rule of a policy (`driftguard.dev/exec-memory`; docs/annotations.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecMemory {
+    /// No executable memory without an image file's own pages behind it: anonymous memory
+    /// (heap, stack, `MAP_ANONYMOUS`) made executable, a mapping writable and executable at
+    /// once, a private file mapping whose pages were written made executable. The default.
+    #[default]
+    On,
+    /// The JIT opt-out (`exec-memory: false`): the rule is off, and shmem memory (a memfd, shared
+    /// anonymous memory) may also be mapped executable, as .NET's double mapping needs. Exec of
+    /// a memfd stays `fileless`.
+    Jit,
+    /// Neither: a policy pinned by an agent from before the memory rules. A running container
+    /// keeps it across an upgrade; the rule applies from its next start.
+    Off,
+}
+
+impl ExecMemory {
+    /// The name in `driftguard status` and the docs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecMemory::On => "on",
+            ExecMemory::Jit => "jit",
+            ExecMemory::Off => "off",
+        }
     }
 }
 
@@ -273,6 +304,11 @@ impl Policy {
         if !self.allow.is_empty() || !self.deny.is_empty() {
             r |= abi::DG_RULE_HAS_LISTS;
         }
+        match self.rules.exec_memory {
+            ExecMemory::On => r |= abi::DG_RULE_EXEC_MEMORY,
+            ExecMemory::Jit => r |= abi::DG_RULE_JIT,
+            ExecMemory::Off => {}
+        }
         r
     }
 
@@ -283,6 +319,13 @@ impl Policy {
             fileless: bits & abi::DG_RULE_FILELESS != 0,
             non_image: bits & abi::DG_RULE_NON_IMAGE != 0,
             allowlist_only: bits & abi::DG_RULE_ALLOWLIST_ONLY != 0,
+            exec_memory: if bits & abi::DG_RULE_EXEC_MEMORY != 0 {
+                ExecMemory::On
+            } else if bits & abi::DG_RULE_JIT != 0 {
+                ExecMemory::Jit
+            } else {
+                ExecMemory::Off
+            },
         }
     }
 
@@ -363,18 +406,32 @@ mod tests {
 
     #[test]
     fn kernel_rule_bits() {
+        let mem = abi::DG_RULE_EXEC_MEMORY;
         let mut p = Policy::with_mode(Mode::Enforce);
         p.rules.non_image = false;
-        assert_eq!(p.kernel_rules(), abi::DG_RULE_DRIFT | abi::DG_RULE_FILELESS);
+        assert_eq!(p.kernel_rules(), abi::DG_RULE_DRIFT | abi::DG_RULE_FILELESS | mem);
         assert_eq!(
             Policy::with_mode(Mode::Enforce).kernel_rules(),
-            abi::DG_RULE_DRIFT | abi::DG_RULE_FILELESS | abi::DG_RULE_NON_IMAGE
+            abi::DG_RULE_DRIFT | abi::DG_RULE_FILELESS | abi::DG_RULE_NON_IMAGE | mem
         );
-        p.rules = Rules { drift: false, fileless: false, non_image: true, allowlist_only: true };
-        assert_eq!(p.kernel_rules(), abi::DG_RULE_NON_IMAGE | abi::DG_RULE_ALLOWLIST_ONLY);
+        p.rules = Rules {
+            drift: false,
+            fileless: false,
+            non_image: true,
+            allowlist_only: true,
+            exec_memory: ExecMemory::Jit,
+        };
+        assert_eq!(p.kernel_rules(), abi::DG_RULE_NON_IMAGE | abi::DG_RULE_ALLOWLIST_ONLY | abi::DG_RULE_JIT);
         p.deny.insert(ExecPath::new("/bin/nc").unwrap());
         assert_ne!(p.kernel_rules() & abi::DG_RULE_HAS_LISTS, 0);
         assert_eq!(Policy::rules_from_kernel(p.kernel_rules()), p.rules);
+        // Each memory state survives the round trip through the pinned bits; a policy pinned
+        // before the memory rules (neither bit) reads back as Off.
+        for m in [ExecMemory::On, ExecMemory::Jit, ExecMemory::Off] {
+            p.rules.exec_memory = m;
+            assert_eq!(Policy::rules_from_kernel(p.kernel_rules()).exec_memory, m);
+        }
+        assert_eq!(Policy::rules_from_kernel(abi::DG_RULE_DRIFT).exec_memory, ExecMemory::Off);
     }
 
     #[test]

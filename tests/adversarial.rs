@@ -15,6 +15,8 @@
 
 #[path = "support/agent_process.rs"]
 mod agent_process;
+#[path = "support/memory_trials.rs"]
+mod memory;
 #[path = "support/rootfs.rs"]
 mod rootfs;
 #[path = "support/runc_nri.rs"]
@@ -37,7 +39,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use driftguard::check::find_in_path;
-use driftguard::enforcer::{self, Action, Enforcer, EnforcerOptions, FileKind, Hook, Owner, PolicyStore, Rule};
+use driftguard::enforcer::{self, Action, Enforcer, EnforcerOptions, Event, FileKind, Hook, Owner, PolicyStore, Rule};
 use driftguard::policy::{ExecPath, Mode, Policy};
 use driftguard::provenance::Provenance;
 use libtest_mimic::{Arguments, Failed};
@@ -113,7 +115,10 @@ fn main() {
         // Faults.
         ("fault_ringbuf_overflow_counts_drops_and_recovers", fault_ringbuf_overflow_counts_drops_and_recovers),
         ("fault_vanished_cgroup_policy_collected", fault_vanished_cgroup_policy_collected),
-    ] {
+    ]
+    .into_iter()
+    .chain(memory::TRIALS)
+    {
         let reason = if NEEDS_PAYLOADS.contains(&name) { &payload_reason } else { &host_reason };
         trials.push(gate.trial(name, reason, f));
     }
@@ -814,11 +819,13 @@ fn sysv_shm_exec_mapping_denied() -> R {
         )
         .into());
     }
-    for hook in [Hook::MmapFile, Hook::FileMprotect] {
+    // shmat(SHM_EXEC) maps read-write-exec: the memory rule answers first (writable); the
+    // read-write attach made executable later is the fileless shmem file.
+    for (hook, rule) in [(Hook::MmapFile, Rule::ExecMemory), (Hook::FileMprotect, Rule::Fileless)] {
         let e = wait_event(
             h,
-            |e| e.policy_cgroup_id == c.cgid && e.rule == Rule::Fileless && e.hook == hook,
-            &format!("fileless {hook:?} event of the SysV segment"),
+            |e| e.policy_cgroup_id == c.cgid && e.rule == rule && e.hook == hook,
+            &format!("{rule:?} {hook:?} event of the SysV segment"),
         )?;
         if e.action != Action::Deny {
             return Err(format!("SysV shm event not a denial: {e:?}").into());

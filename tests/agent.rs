@@ -64,6 +64,10 @@ fn main() {
             "start_without_a_pid_uses_the_one_process_of_the_cgroup",
             start_without_a_pid_uses_the_one_process_of_the_cgroup,
         ),
+        (
+            "upgrade_keeps_running_containers_without_the_memory_rule",
+            upgrade_keeps_running_containers_without_the_memory_rule,
+        ),
     ] {
         trials.push(gate.trial(name, &reason, f));
     }
@@ -707,6 +711,66 @@ fn reregisters_as_soon_as_the_nri_socket_reappears() -> R {
     // One line per outage, not one per attempt.
     if agent.log().matches("NRI socket unavailable").count() > 2 {
         return Err(format!("the outage was logged more than once per reason:\n{}", agent.log()).into());
+    }
+    Ok(())
+}
+
+/// An agent from before the memory rules pinned a running container's policy (neither memory
+/// bit). The new agent, resynchronizing after the upgrade, keeps that container's memory rule
+/// off (a running JIT must not start failing) and says so; a container started afterwards gets
+/// the rule (docs/annotations.md, "Upgrades").
+fn upgrade_keeps_running_containers_without_the_memory_rule() -> R {
+    use driftguard::policy::ExecMemory;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let rt = rt();
+    let _guard = rt.enter();
+    let (mut agent, peer, conn) = registered_agent(&rt)?;
+    let old = RuncCtr::create(dir.path(), "jvm")?;
+    let p = pod("jvm", &[("driftguard.dev/mode", "enforce")]);
+    let c = old.nri(&p, "app");
+    rt.block_on(start_container(&conn, Delivery::Dedicated, &p, &c))?;
+    old.start()?;
+    let cg = old.cgroup_id()?;
+    let store = agent.store()?;
+    let mem = |cg: u64| -> Result<ExecMemory, Failed> {
+        let p = store.get(cg).map_err(|e| e.to_string())?.ok_or_else(|| format!("no policy pinned for {cg}"))?;
+        Ok(p.policy.rules.exec_memory)
+    };
+    if mem(cg)? != ExecMemory::On {
+        return Err("a container started by this agent must get the memory rule".into());
+    }
+
+    // The pins as the old agent left them: the same policy without either memory bit.
+    agent.kill9();
+    drop(conn);
+    let pinned = store.get(cg).map_err(|e| e.to_string())?.ok_or("policy gone")?;
+    let (rootfs_dev, mounts) = store.provenance(cg).map_err(|e| e.to_string())?.ok_or("no provenance")?;
+    let mut before = pinned.policy.clone();
+    before.rules.exec_memory = ExecMemory::Off;
+    if !mounts.is_empty() {
+        return Err(format!("the pod exempts no volume, yet mounts {mounts:?} are pinned").into());
+    }
+    let prov = Provenance { rootfs_dev, rootfs_type: "overlay".into(), exec_mounts: Vec::new() };
+    store.set_owned(cg, pinned.level, &before, &prov, Owner::Agent).map_err(|e| e.to_string())?;
+
+    // The upgraded agent resynchronizes: the running container keeps its rules.
+    agent.start()?;
+    let mut c_now = c.clone();
+    c_now.pid = old.pid();
+    // connect returns after the Synchronize reply: the resync is done.
+    let conn2 = rt.block_on(connect(&peer, vec![p.clone()], vec![c_now]))?;
+    if mem(cg)? != ExecMemory::Off {
+        return Err(format!("resync changed the running container's memory rule: {:?}", mem(cg)?).into());
+    }
+    if !agent.log().contains("container started before this agent's memory rules") {
+        return Err(format!("the agent did not say it kept the old rules:\n{}", agent.log()).into());
+    }
+    // A container started now gets the rule.
+    let fresh = RuncCtr::create(dir.path(), "fresh")?;
+    let p2 = pod("fresh", &[("driftguard.dev/mode", "enforce")]);
+    rt.block_on(start_container(&conn2, Delivery::Dedicated, &p2, &fresh.nri(&p2, "app")))?;
+    if mem(fresh.cgroup_id()?)? != ExecMemory::On {
+        return Err("a container started after the upgrade must get the memory rule".into());
     }
     Ok(())
 }

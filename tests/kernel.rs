@@ -102,9 +102,18 @@ fn spec_decide(i: &RawInput) -> (u32, u32) {
     if i.mode != abi::DG_MODE_MONITOR && i.mode != abi::DG_MODE_ENFORCE {
         return (abi::DG_MATCH_NONE, abi::DG_ACT_ALLOW);
     }
-    let rule = if i.list == abi::DG_LIST_DENY {
+    // The JIT opt-out lets shmem memory be mapped executable (not exec'd).
+    let jit_shmem_map = i.access == abi::DG_ACCESS_MMAP_EXEC && i.shmem != 0 && i.rules & abi::DG_RULE_JIT != 0;
+    let rule = if i.access == abi::DG_ACCESS_MEM_EXEC {
+        // Memory with no image file's own pages: no path, no list; only the rule bit counts.
+        if i.rules & abi::DG_RULE_EXEC_MEMORY != 0 {
+            abi::DG_MATCH_EXEC_MEMORY
+        } else {
+            abi::DG_MATCH_NONE
+        }
+    } else if i.list == abi::DG_LIST_DENY {
         abi::DG_MATCH_DENY_LIST
-    } else if i.file_kind == abi::DG_FILE_FILELESS && i.rules & abi::DG_RULE_FILELESS != 0 {
+    } else if i.file_kind == abi::DG_FILE_FILELESS && i.rules & abi::DG_RULE_FILELESS != 0 && !jit_shmem_map {
         abi::DG_MATCH_FILELESS
     } else if i.list == abi::DG_LIST_ALLOW && i.rules & abi::DG_RULE_ALLOWLIST_ONLY == 0 {
         // Outside allow-list-only mode an allow entry exempts the path from the file rules.
@@ -146,13 +155,31 @@ fn decision_function_matches_spec() -> R {
     }
     let t = DecisionTester::load().map_err(|e| e.to_string())?;
     let mut n = 0;
+    // The rule bits that decide (HAS_LISTS and HAS_MOUNTS only steer lookups: set them on odd
+    // rounds so that the C is seen to ignore them), every file kind including the memory kinds,
+    // every access, shmem or not; the enforce action alternates.
+    let deciding = [
+        abi::DG_RULE_DRIFT,
+        abi::DG_RULE_FILELESS,
+        abi::DG_RULE_NON_IMAGE,
+        abi::DG_RULE_ALLOWLIST_ONLY,
+        abi::DG_RULE_EXEC_MEMORY,
+        abi::DG_RULE_JIT,
+    ];
     for mode in 0..4 {
-        for rules in 0..64 {
-            for file_kind in 0..8 {
+        for combo in 0u32..(1 << deciding.len()) {
+            let mut rules: u32 =
+                deciding.iter().enumerate().filter(|(b, _)| combo & (1 << b) != 0).map(|(_, r)| r).sum();
+            if combo % 2 == 1 {
+                rules |= abi::DG_RULE_HAS_LISTS | abi::DG_RULE_HAS_MOUNTS;
+            }
+            for file_kind in 0..=abi::DG_FILE_MODIFIED {
                 for list in 0..3 {
-                    for access in 0..2 {
-                        for enforce_action in [abi::DG_ACT_DENY, abi::DG_ACT_KILL] {
-                            let i = RawInput { mode, rules, file_kind, list, access, enforce_action };
+                    for access in 0..=abi::DG_ACCESS_MEM_EXEC {
+                        for shmem in 0..2 {
+                            let enforce_action =
+                                if (combo + file_kind + list) % 2 == 0 { abi::DG_ACT_DENY } else { abi::DG_ACT_KILL };
+                            let i = RawInput { mode, rules, file_kind, list, access, enforce_action, shmem };
                             let got = t.decide(i).map_err(|e| e.to_string())?;
                             let want = spec_decide(&i);
                             if got != want {
@@ -173,6 +200,7 @@ fn decision_function_matches_spec() -> R {
         list: 0,
         access: 0,
         enforce_action: abi::DG_ACT_DENY,
+        shmem: 0,
     };
     assert_eq!(t.decide(drift).map_err(|e| e.to_string())?, (abi::DG_MATCH_DRIFT, abi::DG_ACT_DENY));
     let allowed = RawInput { list: abi::DG_LIST_ALLOW, ..drift };
@@ -188,6 +216,22 @@ fn decision_function_matches_spec() -> R {
         let i = RawInput { rules: defaults, file_kind: kind, ..drift };
         assert_eq!(t.decide(i).map_err(|e| e.to_string())?.0, want, "file kind {kind} under the default rules");
     }
+    // The memory rule: on by default, off with the JIT opt-out, which also lets a memfd be
+    // mapped executable but never exec'd; a policy pinned before the memory rules has neither.
+    let mem = RawInput { rules: defaults, file_kind: abi::DG_FILE_ANONYMOUS, access: abi::DG_ACCESS_MEM_EXEC, ..drift };
+    assert_eq!(t.decide(mem).map_err(|e| e.to_string())?, (abi::DG_MATCH_EXEC_MEMORY, abi::DG_ACT_DENY));
+    let mut jit = Policy::with_mode(Mode::Enforce);
+    jit.rules.exec_memory = driftguard::policy::ExecMemory::Jit;
+    let jit = jit.kernel_rules();
+    assert_eq!(t.decide(RawInput { rules: jit, ..mem }).map_err(|e| e.to_string())?.0, abi::DG_MATCH_NONE);
+    let memfd = RawInput { file_kind: abi::DG_FILE_FILELESS, access: abi::DG_ACCESS_MMAP_EXEC, shmem: 1, ..mem };
+    assert_eq!(t.decide(memfd).map_err(|e| e.to_string())?.0, abi::DG_MATCH_FILELESS);
+    assert_eq!(t.decide(RawInput { rules: jit, ..memfd }).map_err(|e| e.to_string())?.0, abi::DG_MATCH_NONE);
+    let exec = RawInput { rules: jit, access: abi::DG_ACCESS_EXEC, ..memfd };
+    assert_eq!(t.decide(exec).map_err(|e| e.to_string())?.0, abi::DG_MATCH_FILELESS);
+    let legacy = defaults & !(abi::DG_RULE_EXEC_MEMORY | abi::DG_RULE_JIT);
+    assert_eq!(t.decide(RawInput { rules: legacy, ..mem }).map_err(|e| e.to_string())?.0, abi::DG_MATCH_NONE);
+    assert_eq!(t.decide(RawInput { rules: legacy, ..memfd }).map_err(|e| e.to_string())?.0, abi::DG_MATCH_FILELESS);
     println!("{n} inputs checked against the spec");
     Ok(())
 }

@@ -162,7 +162,11 @@ pub fn publish(
 ) {
     metrics.events.inc();
     let v = enrich(ev, node, registry, clock);
-    metrics.verdicts.with_label_values(&[ev.action.as_str(), ev.rule.as_str(), &v.container.namespace]).inc();
+    // An aggregated monitor-mode memory alert stands for `count` checks.
+    metrics
+        .verdicts
+        .with_label_values(&[ev.action.as_str(), ev.rule.as_str(), &v.container.namespace])
+        .inc_by(u64::from(ev.count.unwrap_or(1)));
     match serde_json::to_string(&v) {
         Ok(line) => output.emit(&line),
         Err(e) => tracing::error!(error = %e, "serializing an event failed"),
@@ -236,6 +240,8 @@ mod tests {
             path_truncated: false,
             path_unresolved: false,
             path_image: true,
+            prot: None,
+            count: None,
         };
         let v = enrich(&ev, "node-1", &reg, &BootClock::now());
         let j = serde_json::to_value(&v).unwrap();
@@ -318,6 +324,9 @@ mod tests {
             path_truncated: true,
             path_unresolved: true,
             path_image: true,
+            // Only exec_memory events carry these; set here so that every field is listed.
+            prot: Some("rwx".into()),
+            count: Some(1),
         };
         let verdict = enrich(&ev, "n", &Registry::new(None), &BootClock::now());
         let notice = Notice {

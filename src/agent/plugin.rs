@@ -13,7 +13,7 @@ use super::registry::{ContainerInfo, Registry, Rootfs};
 use crate::annotations::{self, Defaults, FailurePolicy};
 use crate::cgroup::{self, CgroupError, CgroupRoot};
 use crate::enforcer::{Owner, PolicyStore};
-use crate::policy::{Mode, Policy};
+use crate::policy::{ExecMemory, Mode, Policy};
 use crate::provenance::{self, ExecMount, Provenance, ProvenanceError};
 
 /// Annotation containerd's CRI plugin sets with the image reference.
@@ -142,6 +142,27 @@ impl DriftguardPlugin {
         }
     }
 
+    /// A container that started under an agent from before the memory rules (its pinned policy
+    /// has neither memory bit) keeps running without them until its next start: an upgrade of
+    /// the node agent must not start killing a running JIT (docs/annotations.md, "Upgrades").
+    /// A new container has a new cgroup, so nothing is pinned for it and it gets `policy` as is.
+    fn keep_pinned_memory_rule(&self, ctr: &Container, cgroup_id: u64, policy: &Policy) -> Policy {
+        let mut policy = policy.clone();
+        if policy.rules.exec_memory == ExecMemory::Off {
+            return policy;
+        }
+        if let Ok(Some(pinned)) = self.store.get(cgroup_id) {
+            if pinned.policy.rules.exec_memory == ExecMemory::Off && pinned.policy.mode != Mode::Off {
+                tracing::info!(
+                    container = %ctr.name, container_id = %ctr.id, cgroup_id,
+                    "container started before this agent's memory rules: they apply from its next start"
+                );
+                policy.rules.exec_memory = ExecMemory::Off;
+            }
+        }
+        policy
+    }
+
     fn install(&self, pod: &PodSandbox, ctr: &Container, policy: &Policy) -> Result<u64, ApplyError> {
         let cgroups_path = ctr.linux.cgroups_path.clone();
         let cg_err =
@@ -151,6 +172,7 @@ impl DriftguardPlugin {
         let level = self.cgroot.level(&path).map_err(cg_err)?;
         let previous = self.registry.get(&ctr.id);
         let prov = self.provenance(ctr, &path, cgroup_id, policy, previous.as_ref())?;
+        let policy = &self.keep_pinned_memory_rule(ctr, cgroup_id, policy);
         self.store
             .set_owned(cgroup_id, level, policy, &prov, Owner::Agent)
             .map_err(|source| ApplyError::Install { container: ctr.name.clone(), source })?;

@@ -7,6 +7,7 @@ use driftguard::agent::{self, registry::ContainerInfo, state_file, Registry};
 use driftguard::cgroup::CgroupRoot;
 use driftguard::config::Config;
 use driftguard::enforcer::{self, PolicyStore};
+use driftguard::policy::ExecMemory;
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -52,6 +53,8 @@ pub fn run(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
             ("fileless", r.fileless),
             ("non_image", r.non_image),
             ("allowlist_only", r.allowlist_only),
+            ("exec_memory", r.exec_memory == ExecMemory::On),
+            ("jit", r.exec_memory == ExecMemory::Jit),
         ]
         .into_iter()
         .filter_map(|(n, on)| on.then_some(n))

@@ -33,6 +33,8 @@ c_constants! {
     DG_RULE_ALLOWLIST_ONLY: u32 = 1 << 3;
     DG_RULE_HAS_LISTS: u32 = 1 << 4;
     DG_RULE_HAS_MOUNTS: u32 = 1 << 5;
+    DG_RULE_EXEC_MEMORY: u32 = 1 << 6;
+    DG_RULE_JIT: u32 = 1 << 7;
 
     DG_LIST_NONE: u32 = 0;
     DG_LIST_ALLOW: u32 = 1;
@@ -45,6 +47,9 @@ c_constants! {
     DG_FILE_OTHER_OVERLAY: u32 = 4;
     DG_FILE_EXEC_VOLUME: u32 = 5;
     DG_FILE_UPPER_UNKNOWN: u32 = 6;
+    DG_FILE_ANONYMOUS: u32 = 7;
+    DG_FILE_WRITABLE: u32 = 8;
+    DG_FILE_MODIFIED: u32 = 9;
 
     DG_MATCH_NONE: u32 = 0;
     DG_MATCH_DENY_LIST: u32 = 1;
@@ -52,6 +57,7 @@ c_constants! {
     DG_MATCH_FILELESS: u32 = 3;
     DG_MATCH_NON_IMAGE: u32 = 4;
     DG_MATCH_NOT_ALLOWED: u32 = 5;
+    DG_MATCH_EXEC_MEMORY: u32 = 6;
 
     DG_ACT_ALLOW: u32 = 0;
     DG_ACT_ALERT: u32 = 1;
@@ -65,6 +71,7 @@ c_constants! {
 
     DG_ACCESS_EXEC: u32 = 0;
     DG_ACCESS_MMAP_EXEC: u32 = 1;
+    DG_ACCESS_MEM_EXEC: u32 = 2;
 
     DG_EVF_PATH_TRUNCATED: u32 = 1 << 0;
     DG_EVF_PATH_UNRESOLVED: u32 = 1 << 1;
@@ -115,12 +122,13 @@ pub mod input_off {
     pub const LIST: usize = 12;
     pub const ACCESS: usize = 16;
     pub const ENFORCE_ACTION: usize = 20;
+    pub const SHMEM: usize = 24;
 }
 
 /// Byte offsets of `struct dg_decide_args` and of `struct dg_verdict` inside it.
 pub mod decide_off {
     pub const IN: usize = 0;
-    pub const OUT: usize = 24;
+    pub const OUT: usize = 28;
     pub const VERDICT_MATCH: usize = 0;
     pub const VERDICT_ACTION: usize = 4;
 }
@@ -142,6 +150,8 @@ pub mod event_off {
     pub const FLAGS: usize = 60;
     pub const COMM: usize = 64;
     pub const PATH: usize = 80;
+    pub const PROT: usize = 336;
+    pub const COUNT: usize = 340;
     pub const COMM_LEN: usize = 16;
 }
 
@@ -176,6 +186,7 @@ pub const C_STRUCTS: &[CStruct] = &[
             ("list", input_off::LIST, 4),
             ("access", input_off::ACCESS, 4),
             ("enforce_action", input_off::ENFORCE_ACTION, 4),
+            ("shmem", input_off::SHMEM, 4),
         ],
     },
     CStruct {
@@ -207,6 +218,8 @@ pub const C_STRUCTS: &[CStruct] = &[
             ("flags", event_off::FLAGS, 4),
             ("comm", event_off::COMM, event_off::COMM_LEN),
             ("path", event_off::PATH, DG_PATH_MAX),
+            ("prot", event_off::PROT, 4),
+            ("count", event_off::COUNT, 4),
         ],
     },
 ];
@@ -214,7 +227,7 @@ pub const C_STRUCTS: &[CStruct] = &[
 /// `sizeof(struct dg_path_key)`.
 pub const PATH_KEY_SIZE: usize = 8 + DG_PATH_MAX;
 /// `sizeof(struct dg_input)`.
-pub const INPUT_SIZE: usize = 24;
+pub const INPUT_SIZE: usize = 28;
 /// `sizeof(struct dg_decide_args)`.
 pub const DECIDE_ARGS_SIZE: usize = INPUT_SIZE + 8;
 
@@ -300,6 +313,7 @@ pub struct RawInput {
     pub list: u32,
     pub access: u32,
     pub enforce_action: u32,
+    pub shmem: u32,
 }
 
 /// `struct dg_decide_args` = input + verdict (zeroed, filled in by the program).
@@ -313,6 +327,7 @@ pub fn decide_args(input: RawInput) -> [u8; DECIDE_ARGS_SIZE] {
     put_u32(&mut b, at + o::LIST, input.list);
     put_u32(&mut b, at + o::ACCESS, input.access);
     put_u32(&mut b, at + o::ENFORCE_ACTION, input.enforce_action);
+    put_u32(&mut b, at + o::SHMEM, input.shmem);
     b
 }
 
@@ -344,16 +359,25 @@ pub struct RawEvent {
     pub flags: u32,
     pub comm: String,
     pub path: String,
+    /// Memory checks: the protection asked for (0 otherwise).
+    pub prot: u32,
+    /// Memory checks in monitor mode: how many checks the event stands for (0 otherwise).
+    pub count: u32,
 }
 
 impl RawEvent {
-    pub const SIZE: usize = event_off::PATH + DG_PATH_MAX;
+    pub const SIZE: usize = event_off::COUNT + 4;
+
+    /// Size of the records of programs before the memory rules (no `prot`, `count`): still
+    /// decoded, so events a pinned older program wrote before an upgrade replaced it are kept.
+    pub const SIZE_V2: usize = event_off::PATH + DG_PATH_MAX;
 
     pub fn parse(b: &[u8]) -> Option<Self> {
         use event_off as o;
-        if b.len() < Self::SIZE {
+        if b.len() < Self::SIZE_V2 {
             return None;
         }
+        let mem = b.len() >= Self::SIZE;
         Some(RawEvent {
             ts_ns: u64_at(b, o::TS_NS),
             cgroup_id: u64_at(b, o::CGROUP_ID),
@@ -370,6 +394,8 @@ impl RawEvent {
             flags: u32_at(b, o::FLAGS),
             comm: cstr(&b[o::COMM..o::COMM + o::COMM_LEN]),
             path: cstr(&b[o::PATH..o::PATH + DG_PATH_MAX]),
+            prot: if mem { u32_at(b, o::PROT) } else { 0 },
+            count: if mem { u32_at(b, o::COUNT) } else { 0 },
         })
     }
 
@@ -391,6 +417,8 @@ impl RawEvent {
             (o::FILE_KIND, self.file_kind),
             (o::MODE, self.mode),
             (o::FLAGS, self.flags),
+            (o::PROT, self.prot),
+            (o::COUNT, self.count),
         ] {
             put_u32(&mut b, off, v);
         }
@@ -518,11 +546,16 @@ mod tests {
             flags: 0,
             comm: "sh".into(),
             path: "/tmp/x".into(),
+            prot: 7,
+            count: 3,
         };
         let b = e.to_bytes();
-        assert_eq!(b.len(), 336);
-        assert_eq!(RawEvent::parse(&b), Some(e));
+        assert_eq!(b.len(), 344);
+        assert_eq!(RawEvent::parse(&b), Some(e.clone()));
         assert_eq!(RawEvent::parse(&b[..300]), None);
+        // A record of the programs before the memory rules still decodes.
+        let old = RawEvent::parse(&b[..336]).expect("a 336-byte record decodes");
+        assert_eq!((old.path.as_str(), old.prot, old.count), ("/tmp/x", 0, 0));
     }
 
     /// Compiles the static assertions build.rs uses against `header` (the text of a
@@ -578,9 +611,11 @@ mod tests {
 
     #[test]
     fn decide_args_layout() {
-        let b = decide_args(RawInput { mode: 2, rules: 1, file_kind: 1, list: 0, access: 0, enforce_action: 2 });
+        let b =
+            decide_args(RawInput { mode: 2, rules: 1, file_kind: 1, list: 0, access: 0, enforce_action: 2, shmem: 1 });
         assert_eq!(&b[0..4], &[2, 0, 0, 0]);
         assert_eq!(&b[20..24], &[2, 0, 0, 0]);
+        assert_eq!(&b[24..28], &[1, 0, 0, 0]);
         assert_eq!(decide_verdict(&b), Some((0, 0)));
     }
 }

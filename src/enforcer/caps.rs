@@ -188,7 +188,7 @@ pub fn limits(path: EnforcementPath, d_path: bool, ovl: OverlayUpper, proof: &La
         EnforcementPath::TracepointKill => {
             out.push(
                 "no BPF LSM: PROT_EXEC mappings are not checked (ld.so /dropped, LD_PRELOAD and dlopen of \
-                 drifted files run)"
+                 drifted files run, and so does anonymous or writable executable memory: no W^X)"
                     .to_string(),
             );
             out.push(

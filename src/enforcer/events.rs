@@ -28,6 +28,10 @@ pub enum Rule {
     NonImage,
     /// Allow-list-only policy and the path is not listed.
     NotAllowed,
+    /// Executable memory the image did not ship (W^X): anonymous memory made executable,
+    /// a mapping writable and executable at once, or a private file mapping whose pages were
+    /// written made executable. The event's `file` says which, `prot` what was asked.
+    ExecMemory,
     /// A code this version does not know.
     Unknown,
 }
@@ -40,6 +44,7 @@ impl Rule {
             abi::DG_MATCH_FILELESS => Rule::Fileless,
             abi::DG_MATCH_NON_IMAGE => Rule::NonImage,
             abi::DG_MATCH_NOT_ALLOWED => Rule::NotAllowed,
+            abi::DG_MATCH_EXEC_MEMORY => Rule::ExecMemory,
             _ => Rule::Unknown,
         }
     }
@@ -52,6 +57,7 @@ impl Rule {
             Rule::Fileless => "fileless",
             Rule::NonImage => "non_image",
             Rule::NotAllowed => "not_allowed",
+            Rule::ExecMemory => "exec_memory",
             Rule::Unknown => "unknown",
         }
     }
@@ -141,6 +147,13 @@ pub enum FileKind {
     /// (the layout read of overlay's upper dentry was implausible, or its start-time proof
     /// failed): judged like `upper`, i.e. drift.
     UpperUnknown,
+    /// Memory rule: no file behind the memory (anonymous, heap, stack).
+    Anonymous,
+    /// Memory rule: a mapping asked to be writable and executable at once.
+    Writable,
+    /// Memory rule: a private file mapping whose pages were written (copy-on-write), made
+    /// executable.
+    Modified,
 }
 
 impl FileKind {
@@ -152,6 +165,9 @@ impl FileKind {
             abi::DG_FILE_OTHER_OVERLAY => FileKind::OtherOverlay,
             abi::DG_FILE_EXEC_VOLUME => FileKind::ExecVolume,
             abi::DG_FILE_UPPER_UNKNOWN => FileKind::UpperUnknown,
+            abi::DG_FILE_ANONYMOUS => FileKind::Anonymous,
+            abi::DG_FILE_WRITABLE => FileKind::Writable,
+            abi::DG_FILE_MODIFIED => FileKind::Modified,
             _ => FileKind::OtherFs,
         }
     }
@@ -166,6 +182,9 @@ impl FileKind {
             FileKind::OtherOverlay => "other_overlay",
             FileKind::ExecVolume => "exec_volume",
             FileKind::UpperUnknown => "upper_unknown",
+            FileKind::Anonymous => "anonymous",
+            FileKind::Writable => "writable",
+            FileKind::Modified => "modified",
         }
     }
 }
@@ -212,6 +231,20 @@ pub struct Event {
     /// `path` is the file's path in the container's root filesystem, independent of the
     /// process's root, mounts and namespaces.
     pub path_image: bool,
+    /// Memory rule: the protection asked for, `rwx` notation (omitted otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prot: Option<String>,
+    /// Memory rule in monitor mode: how many checks of this container, rule and mapping kind
+    /// this event stands for, itself included (at most one event per 10 s per key; omitted
+    /// otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+}
+
+/// `rwx` notation of `PROT_*` bits.
+fn prot_str(prot: u32) -> String {
+    let bit = |b: u32, c: char| if prot & b != 0 { c } else { '-' };
+    [bit(1, 'r'), bit(2, 'w'), bit(4, 'x')].iter().collect()
 }
 
 impl Event {
@@ -236,6 +269,8 @@ impl Event {
             path_truncated: r.flags & abi::DG_EVF_PATH_TRUNCATED != 0,
             path_unresolved: r.flags & abi::DG_EVF_PATH_UNRESOLVED != 0,
             path_image: r.flags & abi::DG_EVF_PATH_IMAGE != 0,
+            prot: (r.prot != 0).then(|| prot_str(r.prot)),
+            count: (r.count != 0).then_some(r.count),
         })
     }
 }
@@ -445,6 +480,8 @@ mod tests {
             flags: abi::DG_EVF_PATH_TRUNCATED,
             comm: "payload".into(),
             path: "/memfd:x (deleted)".into(),
+            prot: 0,
+            count: 0,
         };
         let e = Event::decode(&raw.to_bytes()).unwrap();
         assert_eq!(e.pid, 40);
@@ -460,6 +497,41 @@ mod tests {
         assert_eq!(j["rule"], "fileless");
         assert_eq!(j["action"], "kill");
         assert_eq!(j["hook"], "exec_tracepoint");
+        assert!(j.get("prot").is_none() && j.get("count").is_none(), "{j}");
+    }
+
+    #[test]
+    fn decode_memory_fields() {
+        let raw = RawEvent {
+            ts_ns: 1,
+            cgroup_id: 2,
+            policy_cgroup_id: 2,
+            pid: 7,
+            tgid: 7,
+            ppid: 1,
+            uid: 0,
+            matched: abi::DG_MATCH_EXEC_MEMORY,
+            action: abi::DG_ACT_ALERT,
+            hook: abi::DG_HOOK_FILE_MPROTECT,
+            file_kind: abi::DG_FILE_ANONYMOUS,
+            mode: abi::DG_MODE_MONITOR,
+            flags: 0,
+            comm: "java".into(),
+            path: String::new(),
+            prot: 5,
+            count: 120,
+        };
+        let j = serde_json::to_value(Event::decode(&raw.to_bytes()).unwrap()).unwrap();
+        assert_eq!(j["rule"], "exec_memory");
+        assert_eq!(j["file"], "anonymous");
+        assert_eq!(j["hook"], "file_mprotect");
+        assert_eq!(j["prot"], "r-x");
+        assert_eq!(j["count"], 120);
+        for (kind, name) in [(abi::DG_FILE_WRITABLE, "writable"), (abi::DG_FILE_MODIFIED, "modified")] {
+            let r = RawEvent { file_kind: kind, prot: 7, ..raw.clone() };
+            let j = serde_json::to_value(Event::decode(&r.to_bytes()).unwrap()).unwrap();
+            assert_eq!((j["file"].as_str(), j["prot"].as_str()), (Some(name), Some("rwx")));
+        }
     }
 
     #[test]

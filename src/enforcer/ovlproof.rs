@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use super::{open_and_load, store_from_skel, EnforcementPath, Enforcer, FileKind, LayoutProof, OverlayUpper};
 use crate::cgroup::{self, CgroupRoot};
-use crate::policy::{Mode, Policy, Rules};
+use crate::policy::{ExecMemory, Mode, Policy, Rules};
 use crate::provenance::{kernel_dev_of_st_dev, Provenance};
 
 /// How long the proof waits for the kernel's verdict events (a TCG VM is slow).
@@ -65,7 +65,8 @@ fn prove_in(scratch: &Scratch, path: EnforcementPath, ovl: OverlayUpper) -> Resu
 
     let mut policy = Policy::with_mode(Mode::Monitor);
     // allow-list-only with an empty list: every exec is reported, with its file kind.
-    policy.rules = Rules { drift: true, fileless: false, non_image: false, allowlist_only: true };
+    policy.rules =
+        Rules { drift: true, fileless: false, non_image: false, allowlist_only: true, exec_memory: ExecMemory::Off };
     let prov = Provenance { rootfs_dev: scratch.overlay_dev, rootfs_type: "overlay".into(), exec_mounts: Vec::new() };
     enf.store
         .set(scratch.cgroup_id, scratch.cgroup_level, &policy, &prov)

@@ -1,0 +1,750 @@
+//! Memory trials (W^X; docs/threat-model.md, "Memory"): machine code the image did not ship, run
+//! from memory without writing a file. Each route is tried in an enforced container and in a
+//! container with no policy (the control: the injected code must really run there, or the trial
+//! proves nothing). With BPF LSM the refused step fails with EPERM; the tracepoint fallback does
+//! not see mappings yet, which each trial asserts as a LIMIT (the code runs), so a change shows.
+//!
+//! The injected code is `mov eax, 42; ret` (x86_64). A child body returns 0 when the injected code
+//! ran, `10 + errno` when the first step (the mapping) was refused, `30 + errno` for a middle step,
+//! `50 + errno` when making it executable was refused, 99 when every step worked but there was no
+//! code to call (the must-work cases), 1xx for set-up failures.
+
+use super::*;
+use driftguard::policy::ExecMemory;
+
+/// `mov eax, 42; ret`
+const CODE: [u8; 6] = [0xb8, 42, 0, 0, 0, 0xc3];
+const PAGE: usize = 4096;
+const HUGE_PAGE: usize = 2 << 20;
+const READ_IMPLIES_EXEC: libc::c_ulong = 0x0400000;
+/// bpf/memory.h, DG_MEM_ALERT_INTERVAL_NS.
+const ALERT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The function whose own text page the trials try to make writable.
+#[inline(never)]
+extern "C" fn victim() -> i32 {
+    std::hint::black_box(1)
+}
+
+/// Run the code at `addr`: 0 when it is the injected code.
+///
+/// # Safety
+/// `addr` must hold [`CODE`] in an executable mapping.
+unsafe fn call_code(addr: *mut libc::c_void) -> i32 {
+    let f: extern "C" fn() -> i32 = std::mem::transmute(addr);
+    if f() == 42 {
+        0
+    } else {
+        98
+    }
+}
+
+fn rw() -> i32 {
+    libc::PROT_READ | libc::PROT_WRITE
+}
+
+fn rx() -> i32 {
+    libc::PROT_READ | libc::PROT_EXEC
+}
+
+fn rwx() -> i32 {
+    libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC
+}
+
+// ---------------------------------------------------------------------------
+// Child bodies (raw syscalls only: they run in a child forked from a threaded test process)
+
+/// Anonymous memory mapped with `prot` (`extra` flags: private, shared, hugetlb), the code
+/// copied in, called (after an mprotect to RX when `prot` is not writable and executable).
+fn anon_map(prot: i32, extra: i32, len: usize) -> i32 {
+    // SAFETY: a fresh mapping of our own.
+    unsafe {
+        let p = libc::mmap(std::ptr::null_mut(), len, prot, extra | libc::MAP_ANONYMOUS, -1, 0);
+        if p == libc::MAP_FAILED {
+            return 10 + errno();
+        }
+        if prot & libc::PROT_WRITE == 0 {
+            // PROT_READ|PROT_EXEC with nothing in it: the mapping itself is what is refused.
+            return 99;
+        }
+        std::ptr::copy_nonoverlapping(CODE.as_ptr(), p.cast(), CODE.len());
+        call_code(p)
+    }
+}
+
+/// Anonymous memory mapped read-write, written, then made executable by `protect`.
+fn anon_rw_then(protect: fn(*mut libc::c_void, usize, i32) -> i32) -> i32 {
+    // SAFETY: a fresh mapping of our own.
+    unsafe {
+        let p = libc::mmap(std::ptr::null_mut(), PAGE, rw(), libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+        if p == libc::MAP_FAILED {
+            return 110;
+        }
+        std::ptr::copy_nonoverlapping(CODE.as_ptr(), p.cast(), CODE.len());
+        if protect(p, PAGE, rx()) != 0 {
+            return 50 + errno();
+        }
+        call_code(p)
+    }
+}
+
+fn mprotect(p: *mut libc::c_void, len: usize, prot: i32) -> i32 {
+    // SAFETY: the caller's own mapping.
+    unsafe { libc::mprotect(p, len, prot) }
+}
+
+fn pkey_mprotect(p: *mut libc::c_void, len: usize, prot: i32) -> i32 {
+    // SAFETY: the caller's own mapping; pkey -1 is "no key" (plain mprotect semantics).
+    unsafe { libc::syscall(libc::SYS_pkey_mprotect, p, len, prot, -1) as i32 }
+}
+
+/// The heap (`brk`) grown, written and made executable.
+fn heap_rx() -> i32 {
+    // SAFETY: the area sbrk returns is ours; the page is within it.
+    unsafe {
+        let start = libc::sbrk(3 * PAGE as libc::intptr_t);
+        if start as isize == -1 {
+            return 110;
+        }
+        let page = ((start as usize + PAGE - 1) & !(PAGE - 1)) as *mut libc::c_void;
+        std::ptr::copy_nonoverlapping(CODE.as_ptr(), page.cast(), CODE.len());
+        if libc::mprotect(page, PAGE, rx()) != 0 {
+            return 50 + errno();
+        }
+        call_code(page)
+    }
+}
+
+/// A page of the stack made executable.
+fn stack_rx() -> i32 {
+    let mut area = [0u8; 3 * PAGE];
+    let page = ((area.as_mut_ptr() as usize + PAGE - 1) & !(PAGE - 1)) as *mut libc::c_void;
+    // SAFETY: the page lies inside `area`, which nothing else uses; it is made writable again
+    // before `area` goes out of scope.
+    unsafe {
+        std::ptr::copy_nonoverlapping(CODE.as_ptr(), page.cast(), CODE.len());
+        if libc::mprotect(page, PAGE, rx()) != 0 {
+            return 50 + errno();
+        }
+        let r = call_code(page);
+        libc::mprotect(page, PAGE, rw());
+        std::hint::black_box(&area);
+        r
+    }
+}
+
+/// `personality(READ_IMPLIES_EXEC)`, then a read-write anonymous mapping (which the kernel then
+/// makes executable too).
+fn personality_mmap() -> i32 {
+    // SAFETY: personality and a fresh mapping of our own process.
+    unsafe {
+        if libc::personality(READ_IMPLIES_EXEC) == -1 {
+            return 110;
+        }
+        let p = libc::mmap(std::ptr::null_mut(), PAGE, rw(), libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+        if p == libc::MAP_FAILED {
+            return 10 + errno();
+        }
+        std::ptr::copy_nonoverlapping(CODE.as_ptr(), p.cast(), CODE.len());
+        call_code(p)
+    }
+}
+
+/// `personality(READ_IMPLIES_EXEC)`, then code written into new heap memory (which the kernel
+/// maps executable in `brk`, which no LSM hook sees).
+fn personality_heap() -> i32 {
+    // SAFETY: personality and sbrk on our own process.
+    unsafe {
+        if libc::personality(READ_IMPLIES_EXEC) == -1 {
+            return 110;
+        }
+        let start = libc::sbrk(3 * PAGE as libc::intptr_t);
+        if start as isize == -1 {
+            return 111;
+        }
+        let page = ((start as usize + PAGE - 1) & !(PAGE - 1)) as *mut libc::c_void;
+        std::ptr::copy_nonoverlapping(CODE.as_ptr(), page.cast(), CODE.len());
+        call_code(page)
+    }
+}
+
+/// The page of this program's own text holding [`victim`], made writable and executable, the
+/// code written over `victim` and called.
+fn own_text_rwx() -> i32 {
+    let f = std::hint::black_box(victim as extern "C" fn() -> i32);
+    let addr = f as usize;
+    let page = (addr & !(PAGE - 1)) as *mut libc::c_void;
+    // The code written over `victim` may cross into the next page.
+    let len = if addr % PAGE + CODE.len() > PAGE { 2 * PAGE } else { PAGE };
+    // SAFETY: our own text; the page stays executable throughout (RWX), so the code running
+    // elsewhere in it keeps running.
+    unsafe {
+        if libc::mprotect(page, len, rwx()) != 0 {
+            return 50 + errno();
+        }
+        std::ptr::copy_nonoverlapping(CODE.as_ptr(), addr as *mut u8, CODE.len());
+        if std::hint::black_box(f)() == 42 {
+            0
+        } else {
+            98
+        }
+    }
+}
+
+/// How a file's private mapping is turned into executable, written memory.
+#[derive(Clone, Copy, Debug)]
+enum FileWay {
+    /// mmap(PROT_READ|PROT_WRITE|PROT_EXEC, MAP_PRIVATE) of the file.
+    Rwx,
+    /// mmap read-write, write, mprotect read-exec.
+    WrittenThenRx,
+    /// mmap read-exec (the image's code, allowed), mremap it elsewhere, mprotect read-write,
+    /// write, mprotect read-exec.
+    RemappedWrittenThenRx,
+    /// mmap(MAP_SHARED, PROT_READ) of the file (opened read-only), mprotect read-exec: allowed,
+    /// the file is the image's and unchanged (a must-work case: 99).
+    SharedThenRx,
+    /// mmap(PROT_READ|PROT_EXEC, MAP_PRIVATE): what ld.so does with every library (must work: 99).
+    PrivateRx,
+}
+
+fn file_mapping(path: &CString, way: FileWay) -> i32 {
+    // SAFETY: our own mappings of a file we opened.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return 110;
+        }
+        let map = |prot, flags| libc::mmap(std::ptr::null_mut(), PAGE, prot, flags, fd, 0);
+        let p = match way {
+            FileWay::Rwx => {
+                let p = map(rwx(), libc::MAP_PRIVATE);
+                if p == libc::MAP_FAILED {
+                    return 10 + errno();
+                }
+                std::ptr::copy_nonoverlapping(CODE.as_ptr(), p.cast(), CODE.len());
+                p
+            }
+            FileWay::WrittenThenRx => {
+                let p = map(rw(), libc::MAP_PRIVATE);
+                if p == libc::MAP_FAILED {
+                    return 111;
+                }
+                std::ptr::copy_nonoverlapping(CODE.as_ptr(), p.cast(), CODE.len());
+                if libc::mprotect(p, PAGE, rx()) != 0 {
+                    return 50 + errno();
+                }
+                p
+            }
+            FileWay::RemappedWrittenThenRx => {
+                let p = map(rx(), libc::MAP_PRIVATE);
+                if p == libc::MAP_FAILED {
+                    return 10 + errno();
+                }
+                let spot = libc::mmap(
+                    std::ptr::null_mut(),
+                    PAGE,
+                    libc::PROT_NONE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+                let q = libc::mremap(p, PAGE, PAGE, libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, spot);
+                if q == libc::MAP_FAILED {
+                    return 30 + errno();
+                }
+                if libc::mprotect(q, PAGE, rw()) != 0 {
+                    return 112;
+                }
+                std::ptr::copy_nonoverlapping(CODE.as_ptr(), q.cast(), CODE.len());
+                if libc::mprotect(q, PAGE, rx()) != 0 {
+                    return 50 + errno();
+                }
+                q
+            }
+            FileWay::SharedThenRx => {
+                let p = map(libc::PROT_READ, libc::MAP_SHARED);
+                if p == libc::MAP_FAILED {
+                    return 113;
+                }
+                if libc::mprotect(p, PAGE, rx()) != 0 {
+                    return 50 + errno();
+                }
+                return 99;
+            }
+            FileWay::PrivateRx => {
+                if map(rx(), libc::MAP_PRIVATE) == libc::MAP_FAILED {
+                    return 10 + errno();
+                }
+                return 99;
+            }
+        };
+        call_code(p)
+    }
+}
+
+/// `/dev/zero` mapped private read-write, written, made executable (the kernel turns a private
+/// `/dev/zero` mapping into anonymous memory).
+fn dev_zero_rw_then_rx() -> i32 {
+    // SAFETY: our own mapping of /dev/zero.
+    unsafe {
+        let fd = libc::open(c"/dev/zero".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        if fd < 0 {
+            return 110;
+        }
+        let p = libc::mmap(std::ptr::null_mut(), PAGE, rw(), libc::MAP_PRIVATE, fd, 0);
+        if p == libc::MAP_FAILED {
+            return 111;
+        }
+        std::ptr::copy_nonoverlapping(CODE.as_ptr(), p.cast(), CODE.len());
+        if libc::mprotect(p, PAGE, rx()) != 0 {
+            return 50 + errno();
+        }
+        call_code(p)
+    }
+}
+
+/// .NET's W^X double mapping: a memfd mapped twice, read-write and read-exec; the code written
+/// through the first, called through the second.
+fn memfd_double_map() -> i32 {
+    // SAFETY: our own memfd and mappings.
+    unsafe {
+        let fd = libc::memfd_create(c"dg-jit".as_ptr(), libc::MFD_CLOEXEC);
+        if fd < 0 || libc::ftruncate(fd, PAGE as libc::off_t) != 0 {
+            return 110;
+        }
+        let w = libc::mmap(std::ptr::null_mut(), PAGE, rw(), libc::MAP_SHARED, fd, 0);
+        if w == libc::MAP_FAILED {
+            return 111;
+        }
+        let x = libc::mmap(std::ptr::null_mut(), PAGE, rx(), libc::MAP_SHARED, fd, 0);
+        if x == libc::MAP_FAILED {
+            return 30 + errno();
+        }
+        std::ptr::copy_nonoverlapping(CODE.as_ptr(), w.cast(), CODE.len());
+        call_code(x)
+    }
+}
+
+/// A JIT's working pattern: `n` times, a page mapped read-write, code written, flipped to
+/// read-exec and called. 0 when every round ran the code, else the first failure.
+fn jit_flips(n: usize) -> i32 {
+    for _ in 0..n {
+        let r = anon_rw_then(mprotect);
+        if r != 0 {
+            return r;
+        }
+    }
+    0
+}
+
+// ---------------------------------------------------------------------------
+// Expectations
+
+fn expect_refused(out: &Outcome, step: i32, what: &str) -> R {
+    match out {
+        Outcome::Exited(c, _) if *c == step + libc::EPERM => Ok(()),
+        other => {
+            Err(format!("{what}: expected EPERM at that step (exit {}), got {other:?}", step + libc::EPERM).into())
+        }
+    }
+}
+
+fn expect_injected(out: &Outcome, what: &str) -> R {
+    match out {
+        Outcome::Exited(0, _) => Ok(()),
+        other => Err(format!("{what}: expected the injected code to run (exit 0), got {other:?}").into()),
+    }
+}
+
+fn expect_code(out: &Outcome, code: i32, what: &str) -> R {
+    match out {
+        Outcome::Exited(c, _) if *c == code => Ok(()),
+        other => Err(format!("{what}: expected exit {code}, got {other:?}").into()),
+    }
+}
+
+/// An event of `c` for the memory rule from `hook` about `file`, with `action`.
+fn expect_memory_event(
+    h: &Harness,
+    c: &Container,
+    hook: Hook,
+    file: FileKind,
+    action: Action,
+) -> Result<Event, Failed> {
+    let e = wait_event(
+        h,
+        |e| e.policy_cgroup_id == c.cgid && e.rule == Rule::ExecMemory && e.hook == hook && e.file == file,
+        &format!("exec_memory event ({hook:?}, {file:?})"),
+    )?;
+    if e.action != action || e.prot.is_none() {
+        return Err(format!("exec_memory event: expected {action:?} with prot, got {e:?}").into());
+    }
+    Ok(e)
+}
+
+/// On the fallback: the route is not seen (the code runs), printed as a LIMIT line.
+fn fallback_limit(out: &Outcome, what: &str) -> R {
+    expect_injected(out, &format!("fallback limit changed: {what}"))?;
+    println!("LIMIT {what}: runs on the tracepoint fallback (no mapping hook without BPF LSM; docs/threat-model.md)");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Trials
+
+/// One trial: name and body.
+pub type Trial = (&'static str, fn() -> R);
+
+pub const TRIALS: [Trial; 7] = [
+    ("exec_memory_anonymous_denied", exec_memory_anonymous_denied),
+    ("exec_memory_written_file_mapping_and_own_text_denied", exec_memory_written_file_mapping_and_own_text_denied),
+    ("exec_memory_read_implies_exec", exec_memory_read_implies_exec),
+    ("exec_memory_jit_opt_out_frees_memory_only", exec_memory_jit_opt_out_frees_memory_only),
+    ("exec_memory_monitor_reports_once_per_interval", exec_memory_monitor_reports_once_per_interval),
+    ("exec_memory_image_code_keeps_working", exec_memory_image_code_keeps_working),
+    ("exec_memory_policy_pinned_before_the_rule_keeps_it_off", exec_memory_policy_pinned_before_the_rule_keeps_it_off),
+];
+
+type Body = Box<dyn Fn() -> i32>;
+
+/// Routes to anonymous executable memory: (what, refused step, hook, body).
+fn anon_bodies() -> Vec<(&'static str, i32, Hook, Body)> {
+    vec![
+        (
+            "mmap(RWX, MAP_PRIVATE|MAP_ANONYMOUS)",
+            10,
+            Hook::MmapFile,
+            Box::new(|| anon_map(rwx(), libc::MAP_PRIVATE, PAGE)),
+        ),
+        (
+            "mmap(RX, MAP_PRIVATE|MAP_ANONYMOUS)",
+            10,
+            Hook::MmapFile,
+            Box::new(|| anon_map(rx(), libc::MAP_PRIVATE, PAGE)),
+        ),
+        (
+            "mmap(RWX, MAP_SHARED|MAP_ANONYMOUS)",
+            10,
+            Hook::MmapFile,
+            Box::new(|| anon_map(rwx(), libc::MAP_SHARED, PAGE)),
+        ),
+        ("mmap(RW) then mprotect(RX)", 50, Hook::FileMprotect, Box::new(|| anon_rw_then(mprotect))),
+        ("mmap(RW) then pkey_mprotect(RX)", 50, Hook::FileMprotect, Box::new(|| anon_rw_then(pkey_mprotect))),
+        ("heap (brk) mprotect(RX)", 50, Hook::FileMprotect, Box::new(heap_rx)),
+        ("stack mprotect(RX)", 50, Hook::FileMprotect, Box::new(stack_rx)),
+    ]
+}
+
+/// Huge pages for the MAP_HUGETLB route: reserves two (root) and gives the old count back.
+struct HugePages(String);
+
+impl HugePages {
+    const SYSCTL: &'static str = "/proc/sys/vm/nr_hugepages";
+
+    fn reserve() -> Result<Self, Failed> {
+        let old = fs::read_to_string(Self::SYSCTL).map_err(es)?;
+        let n: u64 = old.trim().parse().map_err(es)?;
+        if n < 2 {
+            fs::write(Self::SYSCTL, "2").map_err(|e| format!("reserving huge pages: {e}"))?;
+        }
+        Ok(HugePages(old.trim().to_string()))
+    }
+}
+
+impl Drop for HugePages {
+    fn drop(&mut self) {
+        let _ = fs::write(Self::SYSCTL, &self.0);
+    }
+}
+
+fn exec_memory_anonymous_denied() -> R {
+    let h = harness()?;
+    let c = container("anonexec")?;
+    c.install(h, &enforce())?;
+    let free = container("anonexec-free")?;
+    for (what, step, hook, body) in anon_bodies() {
+        let control = fork_in_cgroup(&free.cgroup, &*body)?;
+        let ran = if step == 10 && what.contains("(RX") { 99 } else { 0 };
+        expect_code(&control, ran, &format!("control: {what}"))?;
+        let out = fork_in_cgroup(&c.cgroup, &*body)?;
+        if !lsm(h) {
+            expect_code(&out, ran, &format!("fallback limit changed: {what}"))?;
+            println!("LIMIT {what}: runs on the tracepoint fallback (no mapping hook without BPF LSM)");
+            continue;
+        }
+        expect_refused(&out, step, what)?;
+        let e = expect_memory_event(h, &c, hook, FileKind::Anonymous, Action::Deny)?;
+        if e.mode != Mode::Enforce || !e.path.is_empty() {
+            let all: Vec<String> = events_for(h, c.cgid).iter().map(|e| format!("{e:?}")).collect();
+            return Err(format!("{what}: anonymous memory has no path: {e:?}\nall events:\n{}", all.join("\n")).into());
+        }
+    }
+    // MAP_HUGETLB: the kernel makes an unlinked hugetlbfs file before the mapping hook runs:
+    // read-write-exec is the memory rule (`writable`), read-exec the fileless rule.
+    let _huge = HugePages::reserve()?;
+    let rwx_huge = || anon_map(rwx(), libc::MAP_PRIVATE | libc::MAP_HUGETLB, HUGE_PAGE);
+    let rx_huge = || anon_map(rx(), libc::MAP_PRIVATE | libc::MAP_HUGETLB, HUGE_PAGE);
+    expect_injected(&fork_in_cgroup(&free.cgroup, &rwx_huge)?, "control: mmap(RWX, MAP_HUGETLB)")?;
+    expect_code(&fork_in_cgroup(&free.cgroup, &rx_huge)?, 99, "control: mmap(RX, MAP_HUGETLB)")?;
+    let out = fork_in_cgroup(&c.cgroup, &rwx_huge)?;
+    let rx_out = fork_in_cgroup(&c.cgroup, &rx_huge)?;
+    if !lsm(h) {
+        expect_code(&rx_out, 99, "fallback limit changed: mmap(RX, MAP_HUGETLB)")?;
+        return fallback_limit(&out, "mmap(RWX, MAP_HUGETLB)");
+    }
+    expect_refused(&out, 10, "mmap(RWX, MAP_HUGETLB)")?;
+    expect_refused(&rx_out, 10, "mmap(RX, MAP_HUGETLB)")?;
+    let huge = |e: &Event| e.policy_cgroup_id == c.cgid && e.hook == Hook::MmapFile && e.path.contains("hugepage");
+    wait_event(h, |e| huge(e) && e.rule == Rule::ExecMemory && e.file == FileKind::Writable, "hugetlb RWX event")?;
+    wait_event(h, |e| huge(e) && e.rule == Rule::Fileless, "hugetlb RX event")?;
+    Ok(())
+}
+
+fn exec_memory_written_file_mapping_and_own_text_denied() -> R {
+    let h = harness()?;
+    let c = container("filemod")?;
+    c.install(h, &enforce())?;
+    let free = container("filemod-free")?;
+    // The image's own busybox, mapped privately: the file is the image's, the bytes are not.
+    let file = |c: &Container| CString::new(c.host_str("/bin/busybox")).map_err(es);
+    let (inside, outside) = (file(&c)?, file(&free)?);
+    for (way, step, kind, hook) in [
+        (FileWay::Rwx, 10, FileKind::Writable, Hook::MmapFile),
+        (FileWay::WrittenThenRx, 50, FileKind::Modified, Hook::FileMprotect),
+        (FileWay::RemappedWrittenThenRx, 50, FileKind::Modified, Hook::FileMprotect),
+    ] {
+        expect_injected(&fork_in_cgroup(&free.cgroup, &|| file_mapping(&outside, way))?, &format!("control: {way:?}"))?;
+        let out = fork_in_cgroup(&c.cgroup, &|| file_mapping(&inside, way))?;
+        if !lsm(h) {
+            fallback_limit(&out, &format!("image file mapping {way:?}"))?;
+            continue;
+        }
+        expect_refused(&out, step, &format!("{way:?}"))?;
+        let e = expect_memory_event(h, &c, hook, kind, Action::Deny)?;
+        if !e.path.ends_with("/bin/busybox") {
+            return Err(format!("{way:?}: the event should name the file: {e:?}").into());
+        }
+    }
+    // /dev/zero mapped private, written, made executable: anonymous memory where the kernel
+    // drops the file from the vma, a written private mapping of /dev/zero where it keeps it
+    // (before 6.12): refused either way.
+    expect_injected(&fork_in_cgroup(&free.cgroup, &dev_zero_rw_then_rx)?, "control: /dev/zero RW then RX")?;
+    let out = fork_in_cgroup(&c.cgroup, &dev_zero_rw_then_rx)?;
+    if !lsm(h) {
+        fallback_limit(&out, "/dev/zero RW then RX")?;
+    } else {
+        expect_refused(&out, 50, "/dev/zero RW then RX")?;
+    }
+    // The process's own text made writable and executable.
+    expect_injected(&fork_in_cgroup(&free.cgroup, &own_text_rwx)?, "control: own text mprotect(RWX)")?;
+    let out = fork_in_cgroup(&c.cgroup, &own_text_rwx)?;
+    if !lsm(h) {
+        return fallback_limit(&out, "own text mprotect(RWX)");
+    }
+    expect_refused(&out, 50, "own text mprotect(RWX)")?;
+    let e = wait_event(
+        h,
+        |e| {
+            e.policy_cgroup_id == c.cgid
+                && e.rule == Rule::ExecMemory
+                && e.file == FileKind::Writable
+                && e.hook == Hook::FileMprotect
+        },
+        "exec_memory event of the own-text mprotect",
+    )?;
+    if e.prot.as_deref() != Some("rwx") {
+        return Err(format!("own text: prot should be rwx: {e:?}").into());
+    }
+    // Must keep working: the image file's unchanged pages made executable.
+    for way in [FileWay::SharedThenRx, FileWay::PrivateRx] {
+        expect_code(
+            &fork_in_cgroup(&c.cgroup, &|| file_mapping(&inside, way))?,
+            99,
+            &format!("{way:?} of an image file"),
+        )?;
+    }
+    Ok(())
+}
+
+fn exec_memory_read_implies_exec() -> R {
+    let h = harness()?;
+    let c = container("persona")?;
+    c.install(h, &enforce())?;
+    let free = container("persona-free")?;
+    expect_injected(&fork_in_cgroup(&free.cgroup, &personality_mmap)?, "control: READ_IMPLIES_EXEC mmap(RW)")?;
+    expect_injected(&fork_in_cgroup(&free.cgroup, &personality_heap)?, "control: READ_IMPLIES_EXEC heap")?;
+    let mapped = fork_in_cgroup(&c.cgroup, &personality_mmap)?;
+    let heap = fork_in_cgroup(&c.cgroup, &personality_heap)?;
+    if !lsm(h) {
+        fallback_limit(&mapped, "READ_IMPLIES_EXEC then mmap(RW)")?;
+        return fallback_limit(&heap, "READ_IMPLIES_EXEC then brk");
+    }
+    // mmap_file gets the protection the kernel will apply, READ_IMPLIES_EXEC folded in.
+    expect_refused(&mapped, 10, "READ_IMPLIES_EXEC then mmap(RW)")?;
+    let e = expect_memory_event(h, &c, Hook::MmapFile, FileKind::Anonymous, Action::Deny)?;
+    if e.prot.as_deref() != Some("rwx") {
+        return Err(format!("READ_IMPLIES_EXEC mmap: prot should show the implied exec: {e:?}").into());
+    }
+    // brk has no LSM hook: the heap it grows is executable under this personality.
+    expect_injected(&heap, "LIMIT changed: READ_IMPLIES_EXEC then brk")?;
+    println!(
+        "LIMIT READ_IMPLIES_EXEC then brk: the new heap is executable, no LSM hook sees brk (docs/threat-model.md)"
+    );
+    Ok(())
+}
+
+fn with_exec_memory(m: ExecMemory) -> Policy {
+    let mut p = enforce();
+    p.rules.exec_memory = m;
+    p
+}
+
+fn exec_memory_jit_opt_out_frees_memory_only() -> R {
+    let h = harness()?;
+    let c = container("jit")?;
+    c.install(h, &with_exec_memory(ExecMemory::Jit))?;
+    for (what, step, _, body) in anon_bodies() {
+        let ran = if step == 10 && what.contains("(RX") { 99 } else { 0 };
+        expect_code(&fork_in_cgroup(&c.cgroup, &*body)?, ran, &format!("exec-memory=false: {what}"))?;
+    }
+    let busybox = CString::new(c.host_str("/bin/busybox")).map_err(es)?;
+    expect_injected(
+        &fork_in_cgroup(&c.cgroup, &|| file_mapping(&busybox, FileWay::WrittenThenRx))?,
+        "exec-memory=false: written file mapping",
+    )?;
+    // .NET's double mapping of a memfd: allowed with the opt-out, the fileless rule without.
+    expect_injected(&fork_in_cgroup(&c.cgroup, &memfd_double_map)?, "exec-memory=false: memfd double mapping")?;
+    let strict = container("jit-strict")?;
+    strict.install(h, &enforce())?;
+    let out = fork_in_cgroup(&strict.cgroup, &memfd_double_map)?;
+    if lsm(h) {
+        expect_refused(&out, 30, "memfd double mapping without the opt-out")?;
+        wait_event(
+            h,
+            |e| e.policy_cgroup_id == strict.cgid && e.rule == Rule::Fileless && e.hook == Hook::MmapFile,
+            "fileless event of the memfd mapping",
+        )?;
+    } else {
+        fallback_limit(&out, "memfd double mapping")?;
+    }
+    // Only the memory rule: exec of a memfd stays fileless, a dropped binary stays drift.
+    let memfd = fork_in_cgroup(&c.cgroup, &|| memfd_exec_of(bb_bytes()))?;
+    assert_denied(h, &memfd, "exec-memory=false: exec of a memfd")?;
+    wait_event(h, |e| e.policy_cgroup_id == c.cgid && e.rule == Rule::Fileless, "fileless exec event")?;
+    c.drop_file("/tmp/dropped", bb()?)?;
+    assert_denied(h, &c.run("true", &["/tmp/dropped"])?, "exec-memory=false: dropped binary")?;
+    expect_event(h, &c, "/tmp/dropped", Rule::Drift, denied_action(h))?;
+    Ok(())
+}
+
+/// The busybox binary's bytes (read before forking).
+fn bb_bytes() -> &'static [u8] {
+    static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
+    BYTES.get_or_init(|| bb().ok().and_then(|p| fs::read(p).ok()).unwrap_or_default())
+}
+
+/// memfd_create, the bytes written, fexecve: 200 + errno when the exec fails.
+fn memfd_exec_of(bytes: &[u8]) -> i32 {
+    // SAFETY: our own memfd; raw exec.
+    unsafe {
+        let fd = libc::memfd_create(c"dg-exec".as_ptr(), 0);
+        if fd < 0 || bytes.is_empty() {
+            return 110;
+        }
+        if libc::write(fd, bytes.as_ptr().cast(), bytes.len()) != bytes.len() as isize {
+            return 111;
+        }
+        let argv = [c"true".as_ptr(), std::ptr::null()];
+        let envp = [std::ptr::null()];
+        libc::fexecve(fd, argv.as_ptr(), envp.as_ptr());
+        200 + errno()
+    }
+}
+
+fn exec_memory_monitor_reports_once_per_interval() -> R {
+    let h = harness()?;
+    let c = container("memmon")?;
+    c.install(h, &Policy::with_mode(Mode::Monitor))?;
+    const FLIPS: usize = 50;
+    // A JIT flipping pages: every flip runs, one alert for the burst.
+    expect_injected(&fork_in_cgroup(&c.cgroup, &|| jit_flips(FLIPS))?, "monitor mode: JIT flips")?;
+    if !lsm(h) {
+        println!("LIMIT exec_memory in monitor mode: not seen on the tracepoint fallback");
+        return Ok(());
+    }
+    let first = expect_memory_event(h, &c, Hook::FileMprotect, FileKind::Anonymous, Action::Alert)?;
+    if first.count != Some(1) || first.mode != Mode::Monitor {
+        return Err(format!("first alert of the burst: count 1 expected: {first:?}").into());
+    }
+    let key = |e: &Event| e.policy_cgroup_id == c.cgid && e.rule == Rule::ExecMemory && e.hook == Hook::FileMprotect;
+    event_barrier(h)?;
+    let n = events_for(h, c.cgid).iter().filter(|e| key(e)).count();
+    if n != 1 {
+        return Err(format!("{FLIPS} flips within the interval gave {n} alerts, expected 1").into());
+    }
+    // The interval passes (boot clock, as the kernel counts it); the next flip reports the
+    // suppressed ones with itself.
+    let due = first.boot_ns + ALERT_INTERVAL.as_nanos() as u64;
+    let deadline = Instant::now() + ALERT_INTERVAL + Duration::from_secs(30);
+    while boot_ns() <= due {
+        if Instant::now() > deadline {
+            return Err("the boot clock did not pass the alert interval".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    expect_injected(&fork_in_cgroup(&c.cgroup, &|| jit_flips(1))?, "monitor mode: one more flip")?;
+    let next = wait_event(h, |e| key(e) && e.boot_ns > due, "the alert after the interval")?;
+    if next.count != Some(FLIPS as u32) {
+        return Err(format!(
+            "the alert after the interval should count the {} suppressed flips and itself ({FLIPS}): {next:?}",
+            FLIPS - 1
+        )
+        .into());
+    }
+    Ok(())
+}
+
+fn boot_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime into a local.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn exec_memory_image_code_keeps_working() -> R {
+    let h = harness()?;
+    let c = container("memok")?;
+    c.install(h, &enforce())?;
+    // Static busybox, a dynamic binary (ld.so maps the image's libraries, RELRO mprotects to
+    // read-only), dlopen of an image library, a shell pipeline.
+    assert_runs(&c.run("true", &["/bin/busybox"])?, "static image binary")?;
+    assert_runs(&c.run("dyn", &["/usr/bin/dyn"])?, "dynamic image binary")?;
+    if c.host_path("/usr/bin/dgdlopen").exists() {
+        assert_runs(&c.run("dgdlopen", &["/usr/bin/dgdlopen", "/usr/lib/libimage.so"])?, "dlopen of an image library")?;
+    }
+    assert_runs(&c.sh("echo a | /bin/busybox grep -q a")?, "shell pipeline")?;
+    event_barrier(h)?;
+    if let Some(e) = events_for(h, c.cgid).into_iter().find(|e| e.rule == Rule::ExecMemory) {
+        return Err(format!("image code made an exec_memory event: {e:?}").into());
+    }
+    Ok(())
+}
+
+/// A policy pinned by an agent from before the memory rules (neither bit) keeps its old
+/// behaviour: anonymous executable memory runs, a memfd mapping stays fileless.
+fn exec_memory_policy_pinned_before_the_rule_keeps_it_off() -> R {
+    let h = harness()?;
+    let c = container("legacy")?;
+    c.install(h, &with_exec_memory(ExecMemory::Off))?;
+    let pinned = h.store.get(c.cgid).map_err(es)?.ok_or("no policy pinned")?;
+    if pinned.policy.rules.exec_memory != ExecMemory::Off {
+        return Err(format!("pinned rules {:?}", pinned.policy.rules).into());
+    }
+    expect_injected(&fork_in_cgroup(&c.cgroup, &|| anon_rw_then(mprotect))?, "old policy: RW then RX")?;
+    let out = fork_in_cgroup(&c.cgroup, &memfd_double_map)?;
+    if lsm(h) {
+        expect_refused(&out, 30, "old policy: memfd mapping stays fileless")?;
+    }
+    Ok(())
+}
