@@ -1630,6 +1630,93 @@ fn drops_under_load(k: &Knobs, rate: u64) -> Res<LoadResult> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Syscall tracepoints: what enabling one costs every syscall (issue 30, part 2 design input)
+
+/// Enables `syscalls/sys_enter_mmap` through a private tracefs mount while alive. Registering
+/// any probe on a syscall tracepoint (ftrace here, a BPF program in production) sets the
+/// syscall-tracepoint work flag on every task: every syscall on the node then takes the slow
+/// entry/exit path and calls the probe, which looks its syscall up in a bitmap.
+struct SyscallTracepointOn {
+    mnt: tempfile::TempDir,
+}
+
+impl SyscallTracepointOn {
+    const EVENT: &'static str = "events/syscalls/sys_enter_mmap/enable";
+
+    fn new() -> Res<Self> {
+        let mnt = tempfile::tempdir().map_err(|e| e.to_string())?;
+        mount("nodev", mnt.path(), "tracefs", "")?;
+        let on = SyscallTracepointOn { mnt };
+        fs::write(on.mnt.path().join(Self::EVENT), "1").map_err(|e| format!("enabling {}: {e}", Self::EVENT))?;
+        Ok(on)
+    }
+}
+
+impl Drop for SyscallTracepointOn {
+    fn drop(&mut self) {
+        let _ = fs::write(self.mnt.path().join(Self::EVENT), "0");
+        let c = std::ffi::CString::new(self.mnt.path().as_os_str().as_encoded_bytes()).unwrap_or_default();
+        // SAFETY: unmounting our own private mount point.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// ns per `getpid()` over `n` raw syscalls on the calling thread.
+fn getpid_ns(n: usize) -> f64 {
+    let t = Instant::now();
+    for _ in 0..n {
+        // SAFETY: getpid has no preconditions.
+        std::hint::black_box(unsafe { libc::syscall(libc::SYS_getpid) });
+    }
+    t.elapsed().as_nanos() as f64 / n as f64
+}
+
+fn bench_syscall_slowpath(k: &Knobs, rep: &mut Report) -> Res<()> {
+    const CALLS: usize = 2_000_000;
+    getpid_ns(CALLS / 4); // warm up
+    let (mut off, mut on, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..k.rounds.max(5) {
+        // Alternate which configuration goes first, so drift in the machine hits both.
+        let (a, b) = if round % 2 == 0 {
+            let a = getpid_ns(CALLS);
+            let tp = SyscallTracepointOn::new()?;
+            let b = getpid_ns(CALLS);
+            drop(tp);
+            (a, b)
+        } else {
+            let tp = SyscallTracepointOn::new()?;
+            let b = getpid_ns(CALLS);
+            drop(tp);
+            (getpid_ns(CALLS), b)
+        };
+        off.push(a);
+        on.push(b);
+        ratios.push(b / a);
+    }
+    let (o, n, r) = (mmm(&off), mmm(&on), mmm(&ratios));
+    rep.row(
+        "syscall",
+        "getpid(), no syscall tracepoint: ns/call",
+        format!("{:.1} (min {:.1}, max {:.1})", o.1, o.0, o.2),
+        "",
+        None,
+    );
+    rep.row(
+        "syscall",
+        "getpid(), sys_enter_mmap tracepoint enabled: ns/call",
+        format!("{:.1} (min {:.1}, max {:.1})", n.1, n.0, n.2),
+        "",
+        None,
+    );
+    rep.row("syscall", "ratio (same round)", fmt_ratio(r), "≤ 1.005× (issue 30)", Some(r.1 <= 1.005));
+    rep.put(
+        "syscall_slowpath",
+        serde_json::json!({ "calls_per_block": CALLS, "off_ns": off, "on_ns": on, "ratios": ratios }),
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
 // 5. Memory of `driftguard run`
 
 fn rss_kib(pid: u32) -> (u64, u64) {
@@ -1980,6 +2067,7 @@ fn main() {
         ("events", Box::new(|k: &Knobs, r: &mut Report| bench_events(k, r, false))),
         ("memory", Box::new(bench_memory)),
         ("reconnect", Box::new(bench_reconnect)),
+        ("syscall", Box::new(bench_syscall_slowpath)),
     ];
     let mut failed = false;
     for (name, f) in sections {
