@@ -865,25 +865,17 @@ SEC("lsm/mmap_file")
 int BPF_PROG(dg_mmap_file, struct file *file, unsigned long reqprot, unsigned long prot,
 	     unsigned long flags)
 {
-	__u32 act, kind = DG_FILE_IMAGE;
+	__u32 act, kind;
 
 	if (!(prot & PROT_EXEC))
 		return 0;
-	/* executable memory with no file behind it, or writable and executable at once */
-	if (!file)
-		kind = DG_FILE_ANONYMOUS;
-	else if (prot & PROT_WRITE)
-		kind = DG_FILE_WRITABLE;
+	kind = mmap_memory_kind(file, prot);
 	barrier_var(kind);
-	if (kind != DG_FILE_IMAGE) {
-		act = check_memory(kind, DG_HOOK_MMAP_FILE, prot, file, DG_ACT_DENY);
-		barrier_var(act);
-		if (act == DG_ACT_DENY)
-			return -EPERM;
-		/* decided on the scalar: see check_memory() */
-		if (kind == DG_FILE_ANONYMOUS)
-			return 0;
-	}
+	if (memory_denied(kind, DG_HOOK_MMAP_FILE, prot, file))
+		return -EPERM;
+	/* decided on the scalar: see check_memory() */
+	if (kind == DG_FILE_ANONYMOUS)
+		return 0;
 	if (exec_maps_own_binary(file))
 		return 0;
 	act = check_file(file, DG_HOOK_MMAP_FILE, DG_ACCESS_MMAP_EXEC, DG_ACT_DENY, DG_PATH_DPATH);
@@ -905,12 +897,8 @@ int BPF_PROG(dg_file_mprotect, struct vm_area_struct *vma, unsigned long reqprot
 	file = vma->vm_file;
 	kind = mprotect_memory_kind(vma, file, prot);
 	barrier_var(kind);
-	if (kind != DG_FILE_IMAGE) {
-		act = check_memory(kind, DG_HOOK_FILE_MPROTECT, prot, file, DG_ACT_DENY);
-		barrier_var(act);
-		if (act == DG_ACT_DENY)
-			return -EPERM;
-	}
+	if (memory_denied(kind, DG_HOOK_FILE_MPROTECT, prot, file))
+		return -EPERM;
 	if (kind == DG_FILE_ANONYMOUS)
 		return 0;
 	/* vm_file is overlay's real file; bpf_d_path is not allowed here anyway. */

@@ -98,6 +98,16 @@ static __always_inline __u32 mprotect_memory_kind(struct vm_area_struct *vma, st
 	return DG_FILE_IMAGE;
 }
 
+/* What an mmap(PROT_EXEC) makes executable (DG_FILE_IMAGE: only the file rules have a say). */
+static __always_inline __u32 mmap_memory_kind(struct file *file, unsigned long prot)
+{
+	if (!file)
+		return DG_FILE_ANONYMOUS;
+	if (prot & PROT_WRITE)
+		return DG_FILE_WRITABLE;
+	return DG_FILE_IMAGE;
+}
+
 /* shmem (memfd, shared anonymous memory, SysV shm, tmpfs) or hugetlbfs memory. */
 static __always_inline __u32 is_shmem(struct file *file)
 {
@@ -155,6 +165,21 @@ static __always_inline __u32 check_memory(__u32 kind, __u32 hook, __u32 prot, st
 		flags = walk_path(BPF_CORE_READ(file, f_path.dentry), BPF_CORE_READ(file, f_path.mnt), 1);
 	emit_mem(s, &v, hook, kind, in.mode, flags, cgid, matched, prot, count);
 	return v.action;
+}
+
+/*
+ * The memory check of a mapping hook (mmap_file, file_mprotect): whether it
+ * denies. `kind` is the hook's *_memory_kind(); DG_FILE_IMAGE is not checked.
+ */
+static __always_inline bool memory_denied(__u32 kind, __u32 hook, unsigned long prot, struct file *file)
+{
+	__u32 act;
+
+	if (kind == DG_FILE_IMAGE)
+		return false;
+	act = check_memory(kind, hook, prot, file, DG_ACT_DENY);
+	barrier_var(act);
+	return act == DG_ACT_DENY;
 }
 
 #endif

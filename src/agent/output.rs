@@ -73,13 +73,18 @@ pub struct BootClock {
     boot_epoch: SystemTime,
 }
 
+/// CLOCK_BOOTTIME now, in ns: the clock of the kernel's event timestamps (`boot_ns`).
+pub fn boot_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime with a valid timespec pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec.max(0) as u64 * 1_000_000_000 + ts.tv_nsec.clamp(0, 999_999_999) as u64
+}
+
 impl BootClock {
     /// Sample both clocks now.
     pub fn now() -> Self {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: clock_gettime with a valid timespec pointer.
-        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-        let since_boot = Duration::new(ts.tv_sec.max(0) as u64, ts.tv_nsec.clamp(0, 999_999_999) as u32);
+        let since_boot = Duration::from_nanos(boot_ns());
         BootClock { boot_epoch: SystemTime::now().checked_sub(since_boot).unwrap_or(SystemTime::UNIX_EPOCH) }
     }
 

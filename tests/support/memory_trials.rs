@@ -436,6 +436,15 @@ fn anon_bodies() -> Vec<(&'static str, i32, Hook, Body)> {
     ]
 }
 
+/// An enforced container named `tag` and, as the control, one without policy.
+fn enforced_with_control(tag: &str) -> Result<(&'static Harness, Container, Container), Failed> {
+    let h = harness()?;
+    let c = container(tag)?;
+    c.install(h, &enforce())?;
+    let free = container(&format!("{tag}-free"))?;
+    Ok((h, c, free))
+}
+
 /// Huge pages for the MAP_HUGETLB route: reserves two (root) and gives the old count back.
 struct HugePages(String);
 
@@ -459,10 +468,7 @@ impl Drop for HugePages {
 }
 
 fn exec_memory_anonymous_denied() -> R {
-    let h = harness()?;
-    let c = container("anonexec")?;
-    c.install(h, &enforce())?;
-    let free = container("anonexec-free")?;
+    let (h, c, free) = enforced_with_control("anonexec")?;
     for (what, step, hook, body) in anon_bodies() {
         let control = fork_in_cgroup(&free.cgroup, &*body)?;
         let ran = if step == 10 && what.contains("(RX") { 99 } else { 0 };
@@ -502,10 +508,7 @@ fn exec_memory_anonymous_denied() -> R {
 }
 
 fn exec_memory_written_file_mapping_and_own_text_denied() -> R {
-    let h = harness()?;
-    let c = container("filemod")?;
-    c.install(h, &enforce())?;
-    let free = container("filemod-free")?;
+    let (h, c, free) = enforced_with_control("filemod")?;
     // The image's own busybox, mapped privately: the file is the image's, the bytes are not.
     let file = |c: &Container| CString::new(c.host_str("/bin/busybox")).map_err(es);
     let (inside, outside) = (file(&c)?, file(&free)?);
@@ -568,10 +571,7 @@ fn exec_memory_written_file_mapping_and_own_text_denied() -> R {
 }
 
 fn exec_memory_read_implies_exec() -> R {
-    let h = harness()?;
-    let c = container("persona")?;
-    c.install(h, &enforce())?;
-    let free = container("persona-free")?;
+    let (h, c, free) = enforced_with_control("persona")?;
     expect_injected(&fork_in_cgroup(&free.cgroup, &personality_mmap)?, "control: READ_IMPLIES_EXEC mmap(RW)")?;
     expect_injected(&fork_in_cgroup(&free.cgroup, &personality_heap)?, "control: READ_IMPLIES_EXEC heap")?;
     let mapped = fork_in_cgroup(&c.cgroup, &personality_mmap)?;
@@ -687,7 +687,7 @@ fn exec_memory_monitor_reports_once_per_interval() -> R {
     // suppressed ones with itself.
     let due = first.boot_ns + ALERT_INTERVAL.as_nanos() as u64;
     let deadline = Instant::now() + ALERT_INTERVAL + Duration::from_secs(30);
-    while boot_ns() <= due {
+    while driftguard::agent::output::boot_ns() <= due {
         if Instant::now() > deadline {
             return Err("the boot clock did not pass the alert interval".into());
         }
@@ -703,13 +703,6 @@ fn exec_memory_monitor_reports_once_per_interval() -> R {
         .into());
     }
     Ok(())
-}
-
-fn boot_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime into a local.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn exec_memory_image_code_keeps_working() -> R {
