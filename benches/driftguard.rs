@@ -411,7 +411,8 @@ fn mount(src: &str, target: &Path, fstype: &str, data: &str) -> Res<()> {
 }
 
 fn load_enforcer() -> Res<Enforcer> {
-    Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: false }).map_err(|e| format!("loading BPF: {e}"))
+    Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: false, fallback_mappings: false })
+        .map_err(|e| format!("loading BPF: {e}"))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@
  *   lsm/file_mprotect         mprotect(PROT_EXEC) of file mappings -> -EPERM
  *   (both also: executable memory the image did not ship, bpf/memory.h)
  *   tp_btf/sched_process_exec fallback without BPF LSM -> SIGKILL
+ *   tracepoint/syscalls/...   fallback mapping checks, opt-in (bpf/memory_fallback.h) -> SIGKILL
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -924,6 +925,9 @@ int BPF_PROG(dg_exec_tp, struct task_struct *p, pid_t old_pid, struct linux_binp
 		bpf_send_signal(SIGKILL);
 	return 0;
 }
+
+/* The fallback's mapping checks (opt-in): syscall tracepoints. */
+#include "memory_fallback.h"
 
 /* Test-only: runs the decision function through BPF_PROG_TEST_RUN. Never autoloaded. */
 SEC("syscall")

@@ -86,6 +86,9 @@
 #define DG_HOOK_MMAP_FILE 2
 #define DG_HOOK_FILE_MPROTECT 3
 #define DG_HOOK_EXEC_TRACEPOINT 4
+#define DG_HOOK_SYS_MMAP 5     /* fallback mapping checks: syscall tracepoints */
+#define DG_HOOK_SYS_MPROTECT 6 /* mprotect and pkey_mprotect */
+#define DG_HOOK_SYS_SHMAT 7
 
 /* Access kinds given to the decision function. */
 #define DG_ACCESS_EXEC 0
@@ -96,6 +99,7 @@
 #define DG_EVF_PATH_TRUNCATED (1u << 0)
 #define DG_EVF_PATH_UNRESOLVED (1u << 1)
 #define DG_EVF_PATH_IMAGE (1u << 2) /* path is relative to the container's root filesystem */
+#define DG_EVF_MAPPING_UNKNOWN (1u << 3) /* the mapping could not be looked up: judged as anonymous (fail closed) */
 
 /* Stats slots (per-CPU array). */
 #define DG_STAT_EVENTS 0

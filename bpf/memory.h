@@ -121,17 +121,17 @@ static __always_inline __u32 is_shmem(struct file *file)
 
 /*
  * The policy lookup, the decision and the event of one memory check. `file`
- * (may be NULL) names the event's path. Returns the verdict's action.
+ * (may be NULL) names the event's path; `evflags` are added to the event's flags. Returns the verdict's action.
  */
 static __always_inline __u32 check_memory(__u32 kind, __u32 hook, __u32 prot, struct file *file,
-					  __u32 enforce_action)
+					  __u32 enforce_action, __u32 evflags)
 {
 	struct dg_input in = {};
 	struct dg_verdict v;
 	struct dg_policy *p;
 	struct dg_scratch *s;
 	__u64 cgid = 0, matched = 0;
-	__u32 flags = 0, count = 0;
+	__u32 flags = evflags, count = 0;
 
 	p = lookup_policy(&cgid, &matched);
 	if (!p)
@@ -162,7 +162,7 @@ static __always_inline __u32 check_memory(__u32 kind, __u32 hook, __u32 prot, st
 	 */
 	barrier_var(kind);
 	if (kind != DG_FILE_ANONYMOUS)
-		flags = walk_path(BPF_CORE_READ(file, f_path.dentry), BPF_CORE_READ(file, f_path.mnt), 1);
+		flags |= walk_path(BPF_CORE_READ(file, f_path.dentry), BPF_CORE_READ(file, f_path.mnt), 1);
 	emit_mem(s, &v, hook, kind, in.mode, flags, cgid, matched, prot, count);
 	return v.action;
 }
@@ -177,7 +177,7 @@ static __always_inline bool memory_denied(__u32 kind, __u32 hook, unsigned long 
 
 	if (kind == DG_FILE_IMAGE)
 		return false;
-	act = check_memory(kind, hook, prot, file, DG_ACT_DENY);
+	act = check_memory(kind, hook, prot, file, DG_ACT_DENY, 0);
 	barrier_var(act);
 	return act == DG_ACT_DENY;
 }

@@ -259,7 +259,13 @@ fn probe_enforcement(cfg: &Config, can_probe: bool) -> Probe {
         return Probe::Skipped;
     }
     // Load test: attach unpinned programs for a moment (no policy installed: nothing is affected).
-    match quiet(|| Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: cfg.bpf.force_fallback })) {
+    match quiet(|| {
+        Enforcer::load(&EnforcerOptions {
+            pin_dir: None,
+            force_fallback: cfg.bpf.force_fallback,
+            fallback_mappings: cfg.bpf.fallback_mappings,
+        })
+    }) {
         Ok(e) => Probe::Loaded {
             path: e.path(),
             reason: e.fallback_reason().map(str::to_string),
@@ -541,7 +547,7 @@ fn check_bpf_lsm(list: Option<&str>, verdict_err: Option<&str>, kconfig: Option<
     let built = kconfig.map(|c| c.lines().any(|l| l.trim() == "CONFIG_BPF_LSM=y"));
     let cmdline = lsm_cmdline(&active);
     let detail = format!(
-        "BPF LSM is not active (active LSMs: {}): the tracepoint fallback is used (SIGKILL after exec, no mmap checks)",
+        "BPF LSM is not active (active LSMs: {}): the tracepoint fallback is used (SIGKILL after exec; mappings are checked only with `[bpf] fallback_mappings`, at a cost to every syscall)",
         if active.is_empty() { "none".to_string() } else { active.join(",") }
     );
     let fix = match built {

@@ -110,6 +110,10 @@ pub struct BpfConfig {
     pub pin_dir: PathBuf,
     /// Use the tracepoint + SIGKILL fallback even when BPF LSM is available (testing).
     pub force_fallback: bool,
+    /// On the fallback (no BPF LSM), also check mappings through syscall tracepoints: W^X and
+    /// the file rules for mmap (ld.so, `LD_PRELOAD`, dlopen). Off by default: attaching any
+    /// syscall tracepoint slows every syscall on the node (docs/configuration.md).
+    pub fallback_mappings: bool,
 }
 
 /// `[events]`
@@ -211,7 +215,7 @@ impl Default for NriConfig {
 
 impl Default for BpfConfig {
     fn default() -> Self {
-        BpfConfig { pin_dir: PathBuf::from("/sys/fs/bpf/driftguard"), force_fallback: false }
+        BpfConfig { pin_dir: PathBuf::from("/sys/fs/bpf/driftguard"), force_fallback: false, fallback_mappings: false }
     }
 }
 
@@ -536,6 +540,7 @@ reconnect_max_backoff_ms = 1000
 [bpf]
 pin_dir = "/sys/fs/bpf/dg"
 force_fallback = true
+fallback_mappings = true
 [events]
 stdout = false
 file = "/var/log/driftguard/events.jsonl"
@@ -556,7 +561,10 @@ root = "/sys/fs/cgroup/unified"
         assert_eq!(c.nri.plugin_name, "dg");
         assert_eq!(c.nri.plugin_index, "05");
         assert_eq!(c.nri.reconnect_max_backoff_ms, 1000);
-        assert_eq!(c.bpf, BpfConfig { pin_dir: "/sys/fs/bpf/dg".into(), force_fallback: true });
+        assert_eq!(
+            c.bpf,
+            BpfConfig { pin_dir: "/sys/fs/bpf/dg".into(), force_fallback: true, fallback_mappings: true }
+        );
         assert!(!c.events.stdout);
         assert_eq!(c.events.file.as_deref(), Some(Path::new("/var/log/driftguard/events.jsonl")));
         assert_eq!(c.node_name(), "node-1");

@@ -214,7 +214,11 @@ impl Enforcement {
             return Ok(Enforcement { own: None, store, events, path, ring_reader });
         }
         let e = crate::check::quiet(|| {
-            Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: cfg.bpf.force_fallback })
+            Enforcer::load(&EnforcerOptions {
+                pin_dir: None,
+                force_fallback: cfg.bpf.force_fallback,
+                fallback_mappings: cfg.bpf.fallback_mappings,
+            })
         })
         .map_err(enf("loading the BPF programs (run `driftguard check` to see why)"))?;
         let store = e.store().try_clone().map_err(enf("opening the policy map"))?;

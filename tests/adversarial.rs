@@ -132,6 +132,13 @@ fn main() {
             trials.push(gate.trial(name, &agent_reason, f));
         }
         trials.extend(gate.vm_trials("vm_adv", adversarial_suite_in_vm));
+        // The fallback in one VM kernel too, so that an older verifier sees its programs: 5.10,
+        // which also lacks bpf_find_vma (the mprotect variant that fails closed).
+        trials.extend(
+            gate.vm_trials("vm_adv_fallback", adversarial_fallback_suite_in_vm)
+                .into_iter()
+                .filter(|t| t.name().ends_with(&format!("_{}", FALLBACK_VM_KERNEL.replace('.', "_")))),
+        );
     }
 
     let conclusion = libtest_mimic::run(&args, trials);
@@ -597,16 +604,19 @@ fn ld_so_running_dropped_binaries() -> R {
                     )
                 }
             }
+        } else if sees_mappings(h) {
+            // The fallback's mapping checks: ld.so's mmap of the dropped file is killed.
+            assert_denied(h, &out, &format!("ld.so {target} (fallback mapping checks)"))?;
         } else {
-            // Known limit of the fallback: ld.so (an image binary) is what was exec'd; the dropped
-            // file is only mmapped, which the fallback cannot see.
+            // Known limit of the fallback without its mapping checks: ld.so (an image binary) is
+            // what was exec'd; the dropped file is only mmapped, which it cannot see.
             assert_runs(&out, &format!("fallback limit changed: ld.so {target}"))?;
         }
     }
-    if lsm(h) {
-        let e = expect_event(h, &c, "/tmp/dyn-dropped", Rule::Drift, Action::Deny)?;
-        if e.hook != Hook::MmapFile {
-            return Err(format!("expected the mmap_file hook, got {:?}", e.hook).into());
+    if sees_mappings(h) {
+        let e = expect_event(h, &c, "/tmp/dyn-dropped", Rule::Drift, denied_action(h))?;
+        if e.hook != mapping_hook(h, Hook::MmapFile) {
+            return Err(format!("expected the mapping hook, got {:?}", e.hook).into());
         }
     }
     Ok(())
@@ -631,6 +641,13 @@ fn ld_preload_of_dropped_library() -> R {
             other => return Err(format!("LD_PRELOAD of a dropped .so must not run its code: {other:?}").into()),
         }
         expect_event(h, &c, "/tmp/libevil.so", Rule::Drift, Action::Deny)?;
+    } else if sees_mappings(h) {
+        // The fallback's mapping checks kill the process at ld.so's mmap of the preload.
+        assert_denied(h, &out, "LD_PRELOAD of a dropped .so (fallback mapping checks)")?;
+        let e = expect_event(h, &c, "/tmp/libevil.so", Rule::Drift, Action::Kill)?;
+        if e.hook != Hook::SysMmap {
+            return Err(format!("expected the sys_mmap hook, got {:?}", e.hook).into());
+        }
     } else {
         match out {
             Outcome::Exited(0, t) if t.contains(PAYLOAD_MARK) => {}
@@ -659,6 +676,14 @@ fn dlopen_of_dropped_library() -> R {
         let e = expect_event(h, &c, "/tmp/libevil.so", Rule::Drift, Action::Deny)?;
         if e.hook != Hook::MmapFile {
             return Err(format!("expected the mmap_file hook, got {:?}", e.hook).into());
+        }
+    } else if sees_mappings(h) {
+        // The fallback's mapping checks kill the process at dlopen's mmap, before any of the
+        // library's code (its constructor) runs.
+        assert_denied(h, &out, "dlopen of a dropped .so (fallback mapping checks)")?;
+        let e = expect_event(h, &c, "/tmp/libevil.so", Rule::Drift, Action::Kill)?;
+        if e.hook != Hook::SysMmap {
+            return Err(format!("expected the sys_mmap hook, got {:?}", e.hook).into());
         }
     } else {
         match out {
@@ -802,11 +827,28 @@ fn sysv_shm_exec_mapping_denied() -> R {
     c.install(h, &enforce())?;
     let attach = fork_in_cgroup(&c.cgroup, &shm_attach_exec)?;
     let mprotect = fork_in_cgroup(&c.cgroup, &shm_attach_then_mprotect_exec)?;
-    if !lsm(h) {
+    if !sees_mappings(h) {
         return match (&attach, &mprotect) {
             (Outcome::Exited(0, _), Outcome::Exited(0, _)) => Ok(()),
             _ => Err(format!("fallback limit changed: shmat(SHM_EXEC) {attach:?}, mprotect {mprotect:?}").into()),
         };
+    }
+    if !lsm(h) {
+        // The fallback's mapping checks: shmat(SHM_EXEC) is read-write-exec at the syscall
+        // (the memory rule, writable); the read-write attach made executable is the shm file's
+        // mapping, fileless like a memfd.
+        assert_denied(h, &attach, "shmat(SHM_EXEC) (fallback mapping checks)")?;
+        assert_denied(h, &mprotect, "mprotect(PROT_EXEC) of a SysV shm attachment (fallback mapping checks)")?;
+        // (without bpf_find_vma the mprotect is not looked up: anonymous memory, fail closed)
+        let mprotect_rule = if mprotect_blind(h) { Rule::ExecMemory } else { Rule::Fileless };
+        for (hook, rule) in [(Hook::SysShmat, Rule::ExecMemory), (Hook::SysMprotect, mprotect_rule)] {
+            wait_event(
+                h,
+                |e| e.policy_cgroup_id == c.cgid && e.rule == rule && e.hook == hook && e.action == Action::Kill,
+                &format!("{rule:?} {hook:?} event of the SysV segment"),
+            )?;
+        }
+        return Ok(());
     }
     if !matches!(attach, Outcome::Exited(c, _) if c == 10 + libc::EPERM) {
         return Err(
@@ -1402,7 +1444,7 @@ fn exec_during_and_after_enforcement_reload_denied() -> R {
     let h = harness()?;
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/dg-adv-reload-{}", std::process::id()));
     let _ = enforcer::unload(&pin_dir);
-    let opts = EnforcerOptions { pin_dir: Some(pin_dir.clone()), force_fallback: false };
+    let opts = EnforcerOptions { pin_dir: Some(pin_dir.clone()), force_fallback: false, fallback_mappings: false };
     let c = container("reload")?;
     c.drop_file("/tmp/dropped", bb()?)?;
     let result = (|| -> R {
@@ -1569,7 +1611,8 @@ fn fault_ringbuf_overflow_counts_drops_and_recovers() -> R {
     // A separate, unpinned enforcer whose ring buffer nobody reads (the agent stalled). Its
     // EventStream would buffer 65536 events in userspace before the ring fills, so "no consumer"
     // is the way to overflow the 4 MiB ring (~12k events).
-    let enf = Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: false }).map_err(es)?;
+    let enf = Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: false, fallback_mappings: false })
+        .map_err(es)?;
     let mut c = container("ringbuf")?;
     c.store = Some(enf.store().try_clone().map_err(es)?);
     enf.store()
@@ -1665,7 +1708,8 @@ fn fault_ringbuf_overflow_counts_drops_and_recovers() -> R {
 fn fault_vanished_cgroup_policy_collected() -> R {
     use driftguard::agent::registry::{ContainerInfo, Rootfs};
     // Own (unpinned) enforcer: collect_vanished walks the whole store.
-    let enf = Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: false }).map_err(es)?;
+    let enf = Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: false, fallback_mappings: false })
+        .map_err(es)?;
     let store = enf.store();
     let root = cgroup2_root().ok_or("cgroup2")?;
     let n = SEQ.fetch_add(1, Ordering::Relaxed);
@@ -1917,4 +1961,28 @@ fn adversarial_suite_in_vm(k: &vm::Kernel) -> R {
         (pl.dlopener.clone(), Path::new(VM_PAYLOAD_DIR).join("dgdlopen")),
     ];
     run_suite_in_vm(k, files, &[("DG_ADV_PAYLOAD_DIR", VM_PAYLOAD_DIR)], &[], Duration::from_secs(900))
+}
+
+/// The VM kernel that runs the suite on the fallback.
+const FALLBACK_VM_KERNEL: &str = "5.10";
+/// Its `lsm=` list without `bpf`: the kernel has BPF LSM built in, but not active.
+const FALLBACK_VM_LSM: &str = "lsm=lockdown,yama,integrity,apparmor";
+
+/// The suite on the fallback path (with its mapping checks) inside a VM booted without BPF LSM.
+fn adversarial_fallback_suite_in_vm(k: &vm::Kernel) -> R {
+    let pl = payloads()?;
+    let files = vec![
+        (pl.so.clone(), Path::new(VM_PAYLOAD_DIR).join("libdgpayload.so")),
+        (pl.dlopener.clone(), Path::new(VM_PAYLOAD_DIR).join("dgdlopen")),
+    ];
+    let mut k = k.clone();
+    // The kernel takes the last lsm= of its command line.
+    k.cmdline = format!("{} {FALLBACK_VM_LSM}", k.cmdline).trim().to_string();
+    run_suite_in_vm(
+        &k,
+        files,
+        &[("DG_ADV_PAYLOAD_DIR", VM_PAYLOAD_DIR), ("DG_EXPECT_PATH", "tracepoint_kill")],
+        &[],
+        Duration::from_secs(900),
+    )
 }

@@ -303,8 +303,12 @@ fn demo_uses_pinned_enforcement() -> R {
     let cfg = TestConfig::new()?;
     // An "agent" that pinned its enforcement and exited.
     {
-        let e = Enforcer::load(&EnforcerOptions { pin_dir: Some(cfg.pin_dir.clone()), force_fallback: false })
-            .map_err(|e| format!("pinning enforcement: {e}"))?;
+        let e = Enforcer::load(&EnforcerOptions {
+            pin_dir: Some(cfg.pin_dir.clone()),
+            force_fallback: false,
+            fallback_mappings: false,
+        })
+        .map_err(|e| format!("pinning enforcement: {e}"))?;
         drop(e);
     }
     if enforcer::pinned_path(&cfg.pin_dir).is_none() {
@@ -333,8 +337,12 @@ fn demo_uses_pinned_enforcement() -> R {
 fn unload_removes_pins_and_state() -> R {
     let cfg = TestConfig::new()?;
     drop(
-        Enforcer::load(&EnforcerOptions { pin_dir: Some(cfg.pin_dir.clone()), force_fallback: false })
-            .map_err(|e| format!("pinning enforcement: {e}"))?,
+        Enforcer::load(&EnforcerOptions {
+            pin_dir: Some(cfg.pin_dir.clone()),
+            force_fallback: false,
+            fallback_mappings: false,
+        })
+        .map_err(|e| format!("pinning enforcement: {e}"))?,
     );
     let state = tempfile::tempdir().map_err(|e| e.to_string())?;
     let dir = state.path().join("driftguard");

@@ -240,14 +240,16 @@ fn enforcement_path_is_the_expected_one() -> R {
     let h = harness()?;
     println!("enforcement path: {} ({:?})", h.path.as_str(), h.fallback_reason);
     // Verifier cost of each program on this kernel (budget 1,000,000), for docs/bpf.md.
-    let enf = Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: false }).map_err(|e| e.to_string())?;
+    let enf = Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: false, fallback_mappings: true })
+        .map_err(|e| e.to_string())?;
     for p in enf.program_stats() {
         println!("verified_insns {} {}", p.name, p.verified_insns);
     }
     // The fallback must load on every kernel too (a kernel booted without `bpf` in `lsm=` uses
     // it): Debian 6.1 once refused dg_exec_tp alone (E2BIG) while the LSM programs loaded.
     if enf.path() == EnforcementPath::Lsm {
-        let tp = Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: true })
+        // With its mapping checks: the syscall tracepoint programs must load here too.
+        let tp = Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: true, fallback_mappings: true })
             .map_err(|e| format!("the tracepoint fallback does not load on this kernel: {e}"))?;
         for p in tp.program_stats() {
             println!("verified_insns {} {}", p.name, p.verified_insns);
@@ -564,7 +566,7 @@ fn pinned_enforcement_survives_agent_exit() -> R {
     let h = harness()?;
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/dg-test-{}", std::process::id()));
     let _ = enforcer::unload(&pin_dir);
-    let opts = EnforcerOptions { pin_dir: Some(pin_dir.clone()), force_fallback: false };
+    let opts = EnforcerOptions { pin_dir: Some(pin_dir.clone()), force_fallback: false, fallback_mappings: false };
     let c = Container::new("pinned")?;
     c.drop_file("/tmp/dropped", busybox().ok_or("busybox")?)?;
     let result = (|| -> R {
@@ -618,7 +620,7 @@ fn adopted_pins_flag_their_levels() -> R {
     let h = harness()?;
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/dg-test-lvl-{}", std::process::id()));
     let _ = enforcer::unload(&pin_dir);
-    let opts = EnforcerOptions { pin_dir: Some(pin_dir.clone()), force_fallback: false };
+    let opts = EnforcerOptions { pin_dir: Some(pin_dir.clone()), force_fallback: false, fallback_mappings: false };
     let mut c = Container::new("adopt")?;
     let child = c.child_cgroup("nested")?;
     c.drop_file("/tmp/dropped", bb()?)?;
@@ -662,8 +664,12 @@ fn policies_pinned_by_v0_1_are_carried_over() -> R {
             v.extend_from_slice(&w.to_le_bytes());
         }
         old.update(&c.cgid.to_le_bytes(), &v, MapFlags::ANY).map_err(|e| e.to_string())?;
-        let enf = Enforcer::load(&EnforcerOptions { pin_dir: Some(pin_dir.clone()), force_fallback: false })
-            .map_err(|e| format!("loading over 0.1 pins: {e}"))?;
+        let enf = Enforcer::load(&EnforcerOptions {
+            pin_dir: Some(pin_dir.clone()),
+            force_fallback: false,
+            fallback_mappings: false,
+        })
+        .map_err(|e| format!("loading over 0.1 pins: {e}"))?;
         let got = enf.store().get(c.cgid).map_err(|e| e.to_string())?.ok_or("the 0.1 policy was lost")?;
         let want = c.provenance(&enforce())?.rootfs_dev;
         if got.rootfs_dev != want || got.policy.mode != Mode::Enforce || got.owner != Owner::Agent {
@@ -690,8 +696,12 @@ fn path_lists_replaced_and_removed_across_writers() -> R {
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/dg-test-idx-{}", std::process::id()));
     let _ = enforcer::unload(&pin_dir);
     let result = (|| -> R {
-        let enf = Enforcer::load(&EnforcerOptions { pin_dir: Some(pin_dir.clone()), force_fallback: false })
-            .map_err(|e| e.to_string())?;
+        let enf = Enforcer::load(&EnforcerOptions {
+            pin_dir: Some(pin_dir.clone()),
+            force_fallback: false,
+            fallback_mappings: false,
+        })
+        .map_err(|e| e.to_string())?;
         let hook = enf.store();
         let agent = PolicyStore::open_pinned(&pin_dir).map_err(|e| e.to_string())?;
         let x = (1u64 << 59) + u64::from(std::process::id());
@@ -743,7 +753,8 @@ fn path_lists_replaced_and_removed_across_writers() -> R {
 }
 
 fn full_policy_map_is_a_clear_error() -> R {
-    let enf = Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: false }).map_err(|e| e.to_string())?;
+    let enf = Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: false, fallback_mappings: false })
+        .map_err(|e| e.to_string())?;
     let store = enf.store();
     let max = store.policies_max();
     let p = enforce();
@@ -887,7 +898,7 @@ fn kernel_suite_in_vm(k: &vm::Kernel) -> R {
 /// the policy below is installed only in these programs' maps.
 fn layout_programs(skew: i32, prove: bool) -> Result<(Enforcer, Harness), Failed> {
     let enf = Enforcer::load_with_overlay(
-        &EnforcerOptions { pin_dir: None, force_fallback: false },
+        &EnforcerOptions { pin_dir: None, force_fallback: false, fallback_mappings: false },
         OverlayUpper::ForcedLayout { skew },
         prove,
     )

@@ -71,8 +71,12 @@ fn stats(name: &str, mut v: Vec<Duration>) {
 fn bench() -> Result<(), String> {
     let iters: usize = std::env::var("DG_BENCH_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(200).max(1);
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/dg-oci-bench-{}", std::process::id()));
-    let enf = Enforcer::load(&EnforcerOptions { pin_dir: Some(pin_dir.clone()), force_fallback: false })
-        .map_err(|e| e.to_string())?;
+    let enf = Enforcer::load(&EnforcerOptions {
+        pin_dir: Some(pin_dir.clone()),
+        force_fallback: false,
+        fallback_mappings: false,
+    })
+    .map_err(|e| e.to_string())?;
     println!("enforcement: {} (pinned under {})", enf.path().as_str(), pin_dir.display());
     drop(enf);
 

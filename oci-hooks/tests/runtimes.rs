@@ -128,8 +128,12 @@ fn bpf() -> Result<&'static Bpf, String> {
     B.get_or_init(|| {
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/dg-oci-test-{}", std::process::id()));
         let _ = enforcer::unload(&pin_dir);
-        let enf = Enforcer::load(&EnforcerOptions { pin_dir: Some(pin_dir.clone()), force_fallback: false })
-            .map_err(|e| e.to_string())?;
+        let enf = Enforcer::load(&EnforcerOptions {
+            pin_dir: Some(pin_dir.clone()),
+            force_fallback: false,
+            fallback_mappings: false,
+        })
+        .map_err(|e| e.to_string())?;
         let path = enf.path();
         if std::env::var("DG_EXPECT_PATH").as_deref() == Ok("lsm") && path != EnforcementPath::Lsm {
             return Err(format!(

@@ -245,6 +245,7 @@ mod tests {
             path_truncated: false,
             path_unresolved: false,
             path_image: true,
+            mapping_unknown: false,
             prot: None,
             count: None,
         };
@@ -329,6 +330,7 @@ mod tests {
             path_truncated: true,
             path_unresolved: true,
             path_image: true,
+            mapping_unknown: true,
             // Only exec_memory events carry these; set here so that every field is listed.
             prot: Some("rwx".into()),
             count: Some(1),

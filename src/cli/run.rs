@@ -16,14 +16,21 @@ pub fn run(cfg: Config) -> anyhow::Result<ExitCode> {
     let enforcer = Enforcer::load(&EnforcerOptions {
         pin_dir: Some(cfg.bpf.pin_dir.clone()),
         force_fallback: cfg.bpf.force_fallback,
+        fallback_mappings: cfg.bpf.fallback_mappings,
     })
     .context("loading BPF enforcement")?;
     match enforcer.fallback_reason() {
         None => tracing::info!("enforcement path: BPF LSM (exec and PROT_EXEC mappings denied with EPERM)"),
         // Once, with the reason and what to change (the loader's details are at debug level).
         Some(why) => tracing::warn!(
+            mappings = enforcer.mapping_checks().as_str(),
             "enforcement path: exec tracepoint + SIGKILL fallback (dropped binaries are killed right after exec, \
-             not denied; no mmap checks; `#!` scripts seen as their interpreter) because {why}"
+             not denied; {}; `#!` scripts seen as their interpreter) because {why}",
+            match enforcer.mapping_checks() {
+                driftguard::enforcer::MappingChecks::Tracepoints { .. } =>
+                    "mappings checked at the syscall and their process killed (fallback_mappings)",
+                _ => "no mmap checks (see fallback_mappings)",
+            }
         ),
     }
     // What this kernel cannot guarantee, said once at start (docs/bpf.md, "Kernels").

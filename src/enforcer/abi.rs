@@ -68,6 +68,9 @@ c_constants! {
     DG_HOOK_MMAP_FILE: u32 = 2;
     DG_HOOK_FILE_MPROTECT: u32 = 3;
     DG_HOOK_EXEC_TRACEPOINT: u32 = 4;
+    DG_HOOK_SYS_MMAP: u32 = 5;
+    DG_HOOK_SYS_MPROTECT: u32 = 6;
+    DG_HOOK_SYS_SHMAT: u32 = 7;
 
     DG_ACCESS_EXEC: u32 = 0;
     DG_ACCESS_MMAP_EXEC: u32 = 1;
@@ -76,6 +79,7 @@ c_constants! {
     DG_EVF_PATH_TRUNCATED: u32 = 1 << 0;
     DG_EVF_PATH_UNRESOLVED: u32 = 1 << 1;
     DG_EVF_PATH_IMAGE: u32 = 1 << 2;
+    DG_EVF_MAPPING_UNKNOWN: u32 = 1 << 3;
 
     DG_STAT_EVENTS: usize = 0;
     DG_STAT_RINGBUF_DROPS: usize = 1;

@@ -7,7 +7,7 @@ use std::path::Path;
 use libbpf_rs::btf::types::{Composite, Enum};
 use libbpf_rs::btf::Btf;
 
-use super::EnforcementPath;
+use super::{EnforcementPath, MappingChecks};
 
 /// Module BTF of overlayfs, present when overlay is a module, loaded, and the kernel has
 /// `CONFIG_DEBUG_INFO_BTF_MODULES` (5.11+).
@@ -182,15 +182,48 @@ pub fn kernel_enum_has(name: &str, value: &str) -> Option<bool> {
 
 /// What the kernel cannot guarantee with these programs, one sentence each; empty when the
 /// full set of checks runs.
-pub fn limits(path: EnforcementPath, d_path: bool, ovl: OverlayUpper, proof: &LayoutProof) -> Vec<String> {
+pub fn limits(
+    path: EnforcementPath,
+    mappings: MappingChecks,
+    d_path: bool,
+    ovl: OverlayUpper,
+    proof: &LayoutProof,
+) -> Vec<String> {
     let mut out = Vec::new();
     match path {
         EnforcementPath::TracepointKill => {
-            out.push(
-                "no BPF LSM: PROT_EXEC mappings are not checked (ld.so /dropped, LD_PRELOAD and dlopen of \
-                 drifted files run, and so does anonymous or writable executable memory: no W^X)"
-                    .to_string(),
-            );
+            match mappings {
+                MappingChecks::Lsm | MappingChecks::Off => out.push(
+                    "no BPF LSM: PROT_EXEC mappings are not checked (ld.so /dropped, LD_PRELOAD and dlopen of \
+                     drifted files run, and so does anonymous or writable executable memory: no W^X); \
+                     `[bpf] fallback_mappings = true` checks them at a cost to every syscall on the node"
+                        .to_string(),
+                ),
+                MappingChecks::Tracepoints { find_vma, pinned } => {
+                    out.push(
+                        "no BPF LSM: mappings are checked at the syscall (fallback_mappings): a refused mapping \
+                         is made and its process killed before it returns, but another process sharing the \
+                         memory (CLONE_VM, vfork) keeps it, 32-bit (compat) syscalls are not seen, and brk under \
+                         READ_IMPLIES_EXEC is not seen"
+                            .to_string(),
+                    );
+                    if !find_vma {
+                        out.push(
+                            "no bpf_find_vma (before 5.17): an mprotect to PROT_EXEC under the memory rule is \
+                             killed whatever the mapping (fail closed), and a sibling thread's dup2 during an mmap \
+                             is seen only while the fd still holds the other file"
+                                .to_string(),
+                        );
+                    }
+                    if !pinned {
+                        out.push(
+                            "syscall tracepoint links cannot be pinned before 5.15 (perf-event links): the mapping \
+                             checks hold only while the agent runs"
+                                .to_string(),
+                        );
+                    }
+                }
+            }
             out.push(
                 "no BPF LSM: a drifted binary is killed (SIGKILL, exit 137) right after exec instead of being \
                  refused, and a `#!` script is judged by its interpreter"
@@ -238,16 +271,29 @@ mod tests {
 
     #[test]
     fn limits_name_what_each_path_lacks() {
-        assert!(limits(EnforcementPath::Lsm, true, OverlayUpper::ModuleBtf, &LayoutProof::NotNeeded).is_empty());
-        let l = limits(EnforcementPath::Lsm, false, OverlayUpper::Layout, &LayoutProof::Proven);
+        assert!(limits(
+            EnforcementPath::Lsm,
+            MappingChecks::Lsm,
+            true,
+            OverlayUpper::ModuleBtf,
+            &LayoutProof::NotNeeded
+        )
+        .is_empty());
+        let l = limits(EnforcementPath::Lsm, MappingChecks::Lsm, false, OverlayUpper::Layout, &LayoutProof::Proven);
         assert_eq!(l.len(), 2, "{l:?}");
         assert!(l[0].contains("bpf_d_path") && l[1].contains("struct inode") && l[1].contains("proved"), "{l:?}");
         let failed = LayoutProof::Failed("x".into());
-        assert!(limits(EnforcementPath::Lsm, true, OverlayUpper::Layout, &failed).is_empty());
+        assert!(limits(EnforcementPath::Lsm, MappingChecks::Lsm, true, OverlayUpper::Layout, &failed).is_empty());
         let e = proof_failure(OverlayUpper::Layout, &failed).unwrap();
         assert!(e.contains("proof FAILED (x)") && e.contains("counts as drift"), "{e}");
         assert_eq!(proof_failure(OverlayUpper::Layout, &LayoutProof::Proven), None);
-        let l = limits(EnforcementPath::TracepointKill, false, OverlayUpper::VmlinuxBtf, &LayoutProof::NotNeeded);
+        let l = limits(
+            EnforcementPath::TracepointKill,
+            MappingChecks::Off,
+            false,
+            OverlayUpper::VmlinuxBtf,
+            &LayoutProof::NotNeeded,
+        );
         assert!(l.iter().any(|x| x.contains("PROT_EXEC")) && l.iter().any(|x| x.contains("SIGKILL")), "{l:?}");
     }
 }

@@ -110,6 +110,12 @@ pub enum Hook {
     FileMprotect,
     /// `tp_btf/sched_process_exec` (fallback).
     ExecTracepoint,
+    /// `syscalls/sys_{enter,exit}_mmap` (fallback mapping checks, opt-in).
+    SysMmap,
+    /// `syscalls/sys_{enter,exit}_mprotect` and `pkey_mprotect` (fallback mapping checks).
+    SysMprotect,
+    /// `syscalls/sys_enter_shmat` (fallback mapping checks).
+    SysShmat,
     /// Unknown code.
     Unknown,
 }
@@ -121,6 +127,9 @@ impl Hook {
             abi::DG_HOOK_MMAP_FILE => Hook::MmapFile,
             abi::DG_HOOK_FILE_MPROTECT => Hook::FileMprotect,
             abi::DG_HOOK_EXEC_TRACEPOINT => Hook::ExecTracepoint,
+            abi::DG_HOOK_SYS_MMAP => Hook::SysMmap,
+            abi::DG_HOOK_SYS_MPROTECT => Hook::SysMprotect,
+            abi::DG_HOOK_SYS_SHMAT => Hook::SysShmat,
             _ => Hook::Unknown,
         }
     }
@@ -231,6 +240,11 @@ pub struct Event {
     /// `path` is the file's path in the container's root filesystem, independent of the
     /// process's root, mounts and namespaces.
     pub path_image: bool,
+    /// Fallback mapping checks: the mapping could not be looked up (a busy lock, a mapping a
+    /// sibling thread removed, a kernel without `bpf_find_vma`), so it was judged as anonymous
+    /// memory: fail closed (omitted from JSON when false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mapping_unknown: bool,
     /// Memory rule: the protection asked for, `rwx` notation (omitted otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prot: Option<String>,
@@ -269,6 +283,7 @@ impl Event {
             path_truncated: r.flags & abi::DG_EVF_PATH_TRUNCATED != 0,
             path_unresolved: r.flags & abi::DG_EVF_PATH_UNRESOLVED != 0,
             path_image: r.flags & abi::DG_EVF_PATH_IMAGE != 0,
+            mapping_unknown: r.flags & abi::DG_EVF_MAPPING_UNKNOWN != 0,
             prot: (r.prot != 0).then(|| prot_str(r.prot)),
             count: (r.count != 0).then_some(r.count),
         })

@@ -35,7 +35,7 @@ mod skel {
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
 
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{Link, MapHandle, OpenObject};
 use serde::Serialize;
 
@@ -60,6 +60,67 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 const LSM_PROGS: [&str; 3] = ["dg_bprm_check", "dg_mmap_file", "dg_file_mprotect"];
 const TP_PROGS: [&str; 1] = ["dg_exec_tp"];
+/// The fallback's mapping checks (bpf/memory_fallback.h): on every kernel ...
+const MAPPING_PROGS: [&str; 3] = ["dg_sys_mmap", "dg_sys_exit_mmap", "dg_sys_shmat"];
+/// ... with `bpf_find_vma` (5.17+) ...
+const MAPPING_VMA_PROGS: [&str; 4] =
+    ["dg_sys_mprotect_vma", "dg_sys_pkey_mprotect_vma", "dg_sys_exit_mprotect_vma", "dg_sys_exit_pkey_mprotect_vma"];
+/// ... or without it (mprotect to PROT_EXEC under the memory rule fails closed).
+const MAPPING_NOVMA_PROGS: [&str; 2] = ["dg_sys_mprotect_novma", "dg_sys_pkey_mprotect_novma"];
+
+/// Every program that may be attached, so that pins of programs not in use now are removed.
+fn all_programs() -> impl Iterator<Item = &'static str> {
+    LSM_PROGS
+        .iter()
+        .chain(&TP_PROGS)
+        .chain(&MAPPING_PROGS)
+        .chain(&MAPPING_VMA_PROGS)
+        .chain(&MAPPING_NOVMA_PROGS)
+        .copied()
+}
+
+/// The programs loaded and attached for `path` and `mappings`, in attach order.
+fn programs(path: EnforcementPath, mappings: MappingChecks) -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = match path {
+        EnforcementPath::Lsm => LSM_PROGS.to_vec(),
+        EnforcementPath::TracepointKill => TP_PROGS.to_vec(),
+    };
+    if let (EnforcementPath::TracepointKill, MappingChecks::Tracepoints { find_vma, .. }) = (path, mappings) {
+        v.extend(MAPPING_PROGS);
+        v.extend(if find_vma { &MAPPING_VMA_PROGS[..] } else { &MAPPING_NOVMA_PROGS[..] });
+    }
+    v
+}
+
+/// How mappings (`mmap`, `mprotect`, `shmat` with exec) are checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MappingChecks {
+    /// By the BPF LSM hooks `mmap_file` and `file_mprotect` (deny with EPERM).
+    Lsm,
+    /// Not at all: the fallback without `[bpf] fallback_mappings`.
+    Off,
+    /// The fallback's syscall tracepoints (SIGKILL), opted into with `[bpf] fallback_mappings`.
+    Tracepoints {
+        /// The kernel has `bpf_find_vma` (5.17+): mprotect targets are classified by their
+        /// mapping; without it an mprotect to PROT_EXEC under the memory rule fails closed.
+        find_vma: bool,
+        /// The links are pinned (perf-event links, 5.15+): enforcement outlives the agent.
+        pinned: bool,
+    },
+}
+
+impl MappingChecks {
+    /// Name for status output and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MappingChecks::Lsm => "lsm",
+            MappingChecks::Off => "off",
+            MappingChecks::Tracepoints { find_vma: true, .. } => "syscall_tracepoints",
+            MappingChecks::Tracepoints { find_vma: false, .. } => "syscall_tracepoints_without_find_vma",
+        }
+    }
+}
 
 /// How exec is being enforced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -91,11 +152,18 @@ pub struct EnforcerOptions {
     pub pin_dir: Option<PathBuf>,
     /// Use the tracepoint fallback even if BPF LSM works.
     pub force_fallback: bool,
+    /// On the fallback, also attach the mapping checks (syscall tracepoints,
+    /// bpf/memory_fallback.h). Ignored with BPF LSM, whose hooks check mappings anyway.
+    pub fallback_mappings: bool,
 }
 
 impl Default for EnforcerOptions {
     fn default() -> Self {
-        EnforcerOptions { pin_dir: Some(PathBuf::from(DEFAULT_PIN_DIR)), force_fallback: false }
+        EnforcerOptions {
+            pin_dir: Some(PathBuf::from(DEFAULT_PIN_DIR)),
+            force_fallback: false,
+            fallback_mappings: false,
+        }
     }
 }
 
@@ -110,6 +178,7 @@ pub struct Enforcer {
     lsm_d_path: bool,
     ovl_upper: OverlayUpper,
     ovl_proof: LayoutProof,
+    mappings: MappingChecks,
 }
 
 impl std::fmt::Debug for Enforcer {
@@ -172,14 +241,14 @@ impl Enforcer {
 
         let mut lsm_d_path = true;
         let skel = if lsm {
-            let first = open_and_load(opts.pin_dir.as_deref(), true, true, ovl);
+            let first = open_and_load(opts.pin_dir.as_deref(), &LSM_PROGS, true, ovl);
             // 5.10 has BPF LSM but refuses bpf_d_path() in LSM hooks (allowed from 5.11): the
             // same programs without it make event paths with the dentry walk instead.
             let first = match first {
                 Err(Error::ProgramRejected { ref log, .. }) if d_path_refused(log) => {
                     tracing::info!("bpf_d_path is not allowed in BPF LSM hooks on this kernel; event paths of non-image files come from the dentry walk");
                     lsm_d_path = false;
-                    open_and_load(opts.pin_dir.as_deref(), true, false, ovl)
+                    open_and_load(opts.pin_dir.as_deref(), &LSM_PROGS, false, ovl)
                 }
                 r => r,
             };
@@ -197,9 +266,20 @@ impl Enforcer {
         } else {
             None
         };
+        let mappings = match (skel.is_some(), opts.fallback_mappings) {
+            (true, _) => MappingChecks::Lsm,
+            (false, false) => MappingChecks::Off,
+            (false, true) => MappingChecks::Tracepoints {
+                find_vma: kernel_has_bpf_helper("BPF_FUNC_find_vma") == Some(true),
+                pinned: true,
+            },
+        };
         let (skel, path) = match skel {
             Some(s) => (s, EnforcementPath::Lsm),
-            None => (open_and_load(opts.pin_dir.as_deref(), false, false, ovl)?, EnforcementPath::TracepointKill),
+            None => {
+                let progs = programs(EnforcementPath::TracepointKill, mappings);
+                (open_and_load(opts.pin_dir.as_deref(), &progs, false, ovl)?, EnforcementPath::TracepointKill)
+            }
         };
         let mut skel = skel;
 
@@ -248,6 +328,7 @@ impl Enforcer {
             lsm_d_path,
             ovl_upper: ovl,
             ovl_proof,
+            mappings,
         };
         enforcer.attach()?;
         tracing::debug!(path = path.as_str(), "enforcement attached");
@@ -255,45 +336,49 @@ impl Enforcer {
     }
 
     fn attach(&mut self) -> Result<()> {
-        let progs = &self.skel.progs;
+        let names = programs(self.path, self.mappings);
+        if matches!(self.mappings, MappingChecks::Tracepoints { .. }) {
+            ensure_tracefs()?;
+        }
         let mut links = Vec::new();
-        match self.path {
-            EnforcementPath::Lsm => {
-                for (name, prog) in [
-                    ("dg_bprm_check", &progs.dg_bprm_check),
-                    ("dg_mmap_file", &progs.dg_mmap_file),
-                    ("dg_file_mprotect", &progs.dg_file_mprotect),
-                ] {
-                    let link = prog.attach_lsm().map_err(|source| Error::Attach { program: name.into(), source })?;
-                    links.push((name.to_string(), link));
-                }
-            }
-            EnforcementPath::TracepointKill => {
-                let link = progs
-                    .dg_exec_tp
-                    .attach_trace()
-                    .map_err(|source| Error::Attach { program: "dg_exec_tp".into(), source })?;
-                links.push(("dg_exec_tp".to_string(), link));
-            }
+        for name in &names {
+            let prog = self.skel.object().progs_mut().find(|p| p.name() == *name).ok_or_else(|| Error::Load {
+                reason: format!("the BPF object has no program {name}"),
+                log: String::new(),
+            })?;
+            let link = prog.attach().map_err(|source| Error::Attach { program: (*name).into(), source })?;
+            links.push((name.to_string(), link));
         }
         if let Some(dir) = &self.pin_dir {
+            let mut unpinned = false;
             for (name, link) in links.iter_mut() {
                 let final_path = dir.join(format!("link_{name}"));
                 // bpffs refuses names containing a dot.
                 let tmp = dir.join(format!("link_{name}_new"));
                 let _ = std::fs::remove_file(&tmp);
-                link.pin(&tmp).map_err(|source| Error::Attach { program: name.clone(), source })?;
+                if let Err(source) = link.pin(&tmp) {
+                    if !name.starts_with("dg_sys_") {
+                        return Err(Error::Attach { program: name.clone(), source });
+                    }
+                    // Before 5.15 a tracepoint's link is a perf event, which bpffs cannot pin:
+                    // the check holds while this process runs (a kernel limit line says so).
+                    tracing::debug!(program = %name, error = %source, "syscall tracepoint link not pinned");
+                    unpinned = true;
+                    let _ = std::fs::remove_file(&final_path);
+                    continue;
+                }
                 // rename(2) on bpffs replaces the old pin atomically; the old link
                 // (and its programs) go away only now that ours is attached.
                 std::fs::rename(&tmp, &final_path)
                     .map_err(|e| Error::io(format!("replacing pinned link {}", final_path.display()), e))?;
             }
-            // Links of the other enforcement path (e.g. LSM became available after a reboot into a new kernel).
-            let others: &[&str] = match self.path {
-                EnforcementPath::Lsm => &TP_PROGS,
-                EnforcementPath::TracepointKill => &LSM_PROGS,
-            };
-            for name in others {
+            if let MappingChecks::Tracepoints { ref mut pinned, .. } = self.mappings {
+                *pinned = !unpinned;
+            }
+            // Links of programs not in use now: the other enforcement path (e.g. LSM became
+            // available after a reboot into a new kernel), mapping checks turned off, or the
+            // other mprotect variant.
+            for name in all_programs().filter(|n| !names.contains(n)) {
                 let p = dir.join(format!("link_{name}"));
                 if p.exists() {
                     std::fs::remove_file(&p)
@@ -323,6 +408,12 @@ impl Enforcer {
         self.fallback_reason.as_deref()
     }
 
+    /// How mappings are checked: by the LSM hooks, not at all (the fallback without
+    /// `fallback_mappings`), or by the fallback's syscall tracepoints.
+    pub fn mapping_checks(&self) -> MappingChecks {
+        self.mappings
+    }
+
     /// Whether the LSM programs make task paths with `bpf_d_path()` (false on 5.10, which
     /// refuses it in LSM hooks, and on the fallback: the dentry walk is used instead).
     pub fn uses_d_path(&self) -> bool {
@@ -332,7 +423,7 @@ impl Enforcer {
     /// What this kernel cannot guarantee with the loaded programs, one sentence each (the agent
     /// logs them at start; `driftguard check` tabulates the same facts).
     pub fn kernel_limits(&self) -> Vec<String> {
-        caps::limits(self.path, self.lsm_d_path, self.ovl_upper, &self.ovl_proof)
+        caps::limits(self.path, self.mappings, self.lsm_d_path, self.ovl_upper, &self.ovl_proof)
     }
 
     /// The error line when the layout proof failed (and the programs treat every root-overlay
@@ -382,20 +473,14 @@ impl Enforcer {
     /// reads per run, so it is off by default); the benchmarks turn it on to measure the exact
     /// cost per exec.
     pub fn program_stats(&self) -> Vec<ProgramStats> {
-        use libbpf_rs::{query::ProgInfoIter, Program, ProgramImpl};
+        use libbpf_rs::{query::ProgInfoIter, Program};
         use std::os::fd::AsFd;
-        let progs = &self.skel.progs;
         let ours: Vec<(&str, u32)> = self
-            .links
-            .iter()
-            .filter_map(|(name, _)| {
-                let p: &ProgramImpl<'_> = match name.as_str() {
-                    "dg_bprm_check" => &progs.dg_bprm_check,
-                    "dg_mmap_file" => &progs.dg_mmap_file,
-                    "dg_file_mprotect" => &progs.dg_file_mprotect,
-                    "dg_exec_tp" => &progs.dg_exec_tp,
-                    _ => return None,
-                };
+            .skel
+            .object()
+            .progs()
+            .filter_map(|p| {
+                let (name, _) = self.links.iter().find(|(n, _)| p.name() == n.as_str())?;
                 Some((name.as_str(), Program::id_from_fd(p.as_fd()).ok()?))
             })
             .collect();
@@ -648,13 +733,35 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
 }
 
-fn set_autoload(open: &mut OpenDriftguardSkel<'static>, lsm: bool) {
-    let p = &mut open.progs;
-    p.dg_bprm_check.set_autoload(lsm);
-    p.dg_mmap_file.set_autoload(lsm);
-    p.dg_file_mprotect.set_autoload(lsm);
-    p.dg_exec_tp.set_autoload(!lsm);
-    p.dg_test_decide.set_autoload(false);
+/// Loads exactly the programs named (none: for [`DecisionTester`], which turns its own on).
+fn set_autoload(open: &mut OpenDriftguardSkel<'static>, names: &[&str]) {
+    for mut p in open.open_object_mut().progs_mut() {
+        let load = names.iter().any(|n| p.name() == *n);
+        p.set_autoload(load);
+    }
+}
+
+/// Classic tracepoints are found through tracefs: mount it where the kernel offers it and
+/// nothing is mounted yet (minimal hosts, VM inits).
+fn ensure_tracefs() -> Result<()> {
+    let dir = Path::new("/sys/kernel/tracing");
+    if dir.join("events").exists() || Path::new("/sys/kernel/debug/tracing/events").exists() {
+        return Ok(());
+    }
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: mount(2) with NUL-terminated strings and no data.
+    let r = unsafe { libc::mount(c"nodev".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null()) };
+    if r != 0 || !dir.join("events").exists() {
+        let why = if r != 0 { std::io::Error::last_os_error().to_string() } else { "no events directory".into() };
+        return Err(Error::Load {
+            reason: format!(
+                "fallback_mappings needs tracefs: mounting it at /sys/kernel/tracing failed ({why}); mount it, or \
+                 set `[bpf] fallback_mappings = false`"
+            ),
+            log: String::new(),
+        });
+    }
+    Ok(())
 }
 
 /// The verifier refused a `bpf_d_path()` call (5.10: not in the LSM hooks' allowlist).
@@ -678,7 +785,7 @@ fn set_ovl_untrusted(skel: &mut DriftguardSkel<'static>) -> Result<()> {
 
 fn open_and_load(
     pin_dir: Option<&Path>,
-    lsm: bool,
+    progs: &[&str],
     d_path: bool,
     ovl: OverlayUpper,
 ) -> Result<DriftguardSkel<'static>> {
@@ -686,7 +793,7 @@ fn open_and_load(
     let mut open = builder
         .open(leak_storage())
         .map_err(|e| Error::Load { reason: format!("opening the BPF object: {e}"), log: libbpf_log::tail(20) })?;
-    set_autoload(&mut open, lsm);
+    set_autoload(&mut open, progs);
     match open.maps.rodata_data.as_deref_mut() {
         Some(ro) => {
             ro.dg_use_d_path = u32::from(d_path);
@@ -771,8 +878,7 @@ impl DecisionTester {
         let mut open = builder
             .open(leak_storage())
             .map_err(|e| Error::Load { reason: e.to_string(), log: libbpf_log::tail(20) })?;
-        set_autoload(&mut open, false);
-        open.progs.dg_exec_tp.set_autoload(false);
+        set_autoload(&mut open, &[]);
         open.progs.dg_test_decide.set_autoload(true);
         let skel = open.load().map_err(|e| classify_load_error(e, None))?;
         Ok(DecisionTester { skel })

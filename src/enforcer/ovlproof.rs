@@ -20,7 +20,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{open_and_load, store_from_skel, EnforcementPath, Enforcer, FileKind, LayoutProof, OverlayUpper};
+use super::{
+    open_and_load, programs, store_from_skel, EnforcementPath, Enforcer, FileKind, LayoutProof, MappingChecks,
+    OverlayUpper,
+};
 use crate::cgroup::{self, CgroupRoot};
 use crate::policy::{ExecMemory, Mode, Policy, Rules};
 use crate::provenance::{kernel_dev_of_st_dev, Provenance};
@@ -46,7 +49,8 @@ fn prove_in(scratch: &Scratch, path: EnforcementPath, ovl: OverlayUpper) -> Resu
     // The same programs, unpinned: their own (empty) maps, so nothing of the node's policy
     // state is touched, and dropping them detaches them. bpf_d_path is not used (5.10 refuses
     // it in LSM hooks; the event path does not matter here).
-    let skel = open_and_load(None, path == EnforcementPath::Lsm, false, ovl)
+    let mappings = if path == EnforcementPath::Lsm { MappingChecks::Lsm } else { MappingChecks::Off };
+    let skel = open_and_load(None, &programs(path, mappings), false, ovl)
         .map_err(|e| format!("loading the proof programs: {}", super::first_line(&e.to_string())))?;
     let store = store_from_skel(&skel).map_err(|e| e.to_string())?;
     let mut enf = Enforcer {
@@ -59,6 +63,7 @@ fn prove_in(scratch: &Scratch, path: EnforcementPath, ovl: OverlayUpper) -> Resu
         lsm_d_path: false,
         ovl_upper: ovl,
         ovl_proof: LayoutProof::NotNeeded,
+        mappings,
     };
     enf.attach().map_err(|e| format!("attaching the proof programs: {e}"))?;
     let mut events = enf.events().map_err(|e| format!("reading the proof programs' events: {e}"))?;

@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use driftguard::enforcer::{Action, EnforcementPath, Enforcer, EnforcerOptions, Event, Hook, PolicyStore, Rule};
+use driftguard::enforcer::{
+    Action, EnforcementPath, Enforcer, EnforcerOptions, Event, Hook, MappingChecks, PolicyStore, Rule,
+};
 use driftguard::policy::{Mode, Policy};
 use driftguard::provenance::{self, Provenance};
 use libtest_mimic::Failed;
@@ -161,6 +163,7 @@ pub struct Harness {
     pub store: PolicyStore,
     pub path: EnforcementPath,
     pub fallback_reason: Option<String>,
+    pub mappings: MappingChecks,
     pub events: Arc<Mutex<Vec<Event>>>,
 }
 
@@ -178,15 +181,21 @@ impl Harness {
                 }
             }
         });
-        Ok(Harness { store, path: enf.path(), fallback_reason: enf.fallback_reason().map(str::to_string), events })
+        Ok(Harness {
+            store,
+            path: enf.path(),
+            fallback_reason: enf.fallback_reason().map(str::to_string),
+            mappings: enf.mapping_checks(),
+            events,
+        })
     }
 }
 
 pub fn harness() -> Result<&'static Harness, Failed> {
     static H: OnceLock<Result<Harness, String>> = OnceLock::new();
     let h = H.get_or_init(|| {
-        let enf =
-            Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: false }).map_err(|e| format!("{e}"))?;
+        let enf = Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: false, fallback_mappings: true })
+            .map_err(|e| format!("{e}"))?;
         let h = Harness::of(&enf)?;
         // The programs stay attached for the whole test process.
         std::mem::forget(enf);
@@ -197,6 +206,27 @@ pub fn harness() -> Result<&'static Harness, Failed> {
 
 pub fn lsm(h: &Harness) -> bool {
     h.path == EnforcementPath::Lsm
+}
+
+/// Whether mappings are checked: by BPF LSM, or by the fallback's opt-in syscall tracepoints
+/// (the suite's harness opts in).
+pub fn sees_mappings(h: &Harness) -> bool {
+    h.mappings != MappingChecks::Off
+}
+
+/// The fallback's mapping checks without `bpf_find_vma` (before 5.17): every mprotect to
+/// PROT_EXEC under the memory rule is killed as anonymous memory, `mapping_unknown` (fail closed).
+pub fn mprotect_blind(h: &Harness) -> bool {
+    matches!(h.mappings, MappingChecks::Tracepoints { find_vma: false, .. })
+}
+
+/// The hook that sees a mapping on this path: the LSM hook, or the fallback's syscall tracepoint.
+pub fn mapping_hook(h: &Harness, lsm_hook: Hook) -> Hook {
+    match (h.path, lsm_hook) {
+        (EnforcementPath::TracepointKill, Hook::MmapFile) => Hook::SysMmap,
+        (EnforcementPath::TracepointKill, Hook::FileMprotect) => Hook::SysMprotect,
+        (_, hook) => hook,
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -637,9 +667,12 @@ pub fn expect_event(h: &Harness, c: &Container, path: &str, rule: Rule, action: 
         |e| e.policy_cgroup_id == c.cgid && e.path == path && e.rule == rule && e.action == action,
         &format!("{path} {rule:?} {action:?}"),
     )?;
-    let expected_hook = match h.path {
-        EnforcementPath::Lsm => [Hook::BprmCheck, Hook::MmapFile, Hook::FileMprotect],
-        EnforcementPath::TracepointKill => [Hook::ExecTracepoint; 3],
+    let expected_hook: &[Hook] = match (h.path, h.mappings) {
+        (EnforcementPath::Lsm, _) => &[Hook::BprmCheck, Hook::MmapFile, Hook::FileMprotect],
+        (EnforcementPath::TracepointKill, MappingChecks::Tracepoints { .. }) => {
+            &[Hook::ExecTracepoint, Hook::SysMmap, Hook::SysMprotect, Hook::SysShmat]
+        }
+        (EnforcementPath::TracepointKill, _) => &[Hook::ExecTracepoint],
     };
     if !expected_hook.contains(&e.hook) {
         return Err(format!("event from unexpected hook {:?}", e.hook).into());
