@@ -406,7 +406,7 @@ fn fallback_limit(out: &Outcome, what: &str) -> R {
 /// One trial: name and body.
 pub type Trial = (&'static str, fn() -> R);
 
-pub const TRIALS: [Trial; 8] = [
+pub const TRIALS: [Trial; 10] = [
     ("exec_memory_anonymous_denied", exec_memory_anonymous_denied),
     ("exec_memory_written_file_mapping_and_own_text_denied", exec_memory_written_file_mapping_and_own_text_denied),
     ("exec_memory_read_implies_exec", exec_memory_read_implies_exec),
@@ -415,6 +415,11 @@ pub const TRIALS: [Trial; 8] = [
     ("exec_memory_image_code_keeps_working", exec_memory_image_code_keeps_working),
     ("exec_memory_policy_pinned_before_the_rule_keeps_it_off", exec_memory_policy_pinned_before_the_rule_keeps_it_off),
     ("exec_memory_fallback_checks_are_opt_in", exec_memory_fallback_checks_are_opt_in),
+    ("exec_memory_compat_syscall", exec_memory_compat_syscall),
+    (
+        "exec_memory_mapping_kept_by_a_process_sharing_the_memory",
+        exec_memory_mapping_kept_by_a_process_sharing_the_memory,
+    ),
 ];
 
 type Body = Box<dyn Fn() -> i32>;
@@ -848,4 +853,172 @@ fn exec_memory_fallback_checks_are_opt_in() -> R {
     })();
     let _ = enforcer::unload(&pin_dir);
     result
+}
+
+/// `mmap2(NULL, PAGE, RWX, MAP_PRIVATE|MAP_ANONYMOUS)` through the 32-bit (compat) syscall entry,
+/// `int $0x80`, from this 64-bit process: the kernel maps below 4 GiB, the code is copied and
+/// called. 10 + errno when refused, 100 + errno when the compat entry itself is not there.
+fn compat_mmap2_rwx() -> i32 {
+    let ret: u32;
+    // SAFETY: the i386 mmap2 call (eax 192; ebx, ecx, edx, esi, edi, ebp = addr, len, prot,
+    // flags, fd, pgoff). rbx is reserved by LLVM, so it is swapped in and out; rbp is saved.
+    unsafe {
+        core::arch::asm!(
+            "xchg rbx, {a}",
+            "push rbp",
+            "xor ebp, ebp",
+            "int 0x80",
+            "pop rbp",
+            "xchg rbx, {a}",
+            a = inout(reg) 0u64 => _,
+            inlateout("eax") 192u32 => ret,
+            in("ecx") PAGE as u32,
+            in("edx") rwx() as u32,
+            in("esi") (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32,
+            in("edi") u32::MAX,
+        );
+    }
+    if ret >= 0xffff_f001 {
+        let errno = ret.wrapping_neg() as i32;
+        return if errno == libc::ENOSYS { 100 + errno } else { 10 + errno };
+    }
+    let p = ret as usize as *mut libc::c_void;
+    // SAFETY: a fresh read-write-exec mapping of our own.
+    unsafe {
+        std::ptr::copy_nonoverlapping(CODE.as_ptr(), p.cast(), CODE.len());
+        call_code(p)
+    }
+}
+
+/// x86-64 syscall tracepoints do not fire for compat (32-bit) syscalls: on the fallback a 32-bit
+/// binary, or `int $0x80` from a 64-bit one, maps executable memory unseen (an asserted LIMIT).
+/// BPF LSM's `mmap_file` sees every entry.
+fn exec_memory_compat_syscall() -> R {
+    let (h, c, free) = enforced_with_control("compat")?;
+    match fork_in_cgroup(&free.cgroup, &compat_mmap2_rwx)? {
+        Outcome::Exited(0, _) => {}
+        Outcome::Exited(c, _) if c == 100 + libc::ENOSYS => {
+            println!("LIMIT exec_memory_compat_syscall: this kernel has no 32-bit syscall entry, so the route cannot be staged");
+            return Ok(());
+        }
+        Outcome::Signaled(libc::SIGSEGV) => {
+            println!("LIMIT exec_memory_compat_syscall: int $0x80 faults (32-bit emulation off), so the route cannot be staged");
+            return Ok(());
+        }
+        other => return Err(format!("control: compat mmap2(RWX) should run the code, got {other:?}").into()),
+    }
+    let out = fork_in_cgroup(&c.cgroup, &compat_mmap2_rwx)?;
+    if lsm(h) {
+        expect_refused(h, &out, 10, "compat mmap2(RWX)")?;
+        expect_memory_event(h, &c, Hook::MmapFile, FileKind::Anonymous, Action::Deny)?;
+        return Ok(());
+    }
+    expect_injected(&out, "LIMIT changed: compat mmap2(RWX) on the fallback")?;
+    println!(
+        "LIMIT compat mmap2(RWX) via int $0x80: runs on the fallback, syscall tracepoints do not see 32-bit syscalls (docs/threat-model.md)"
+    );
+    Ok(())
+}
+
+/// The address of the mapping the parent makes executable, for the process sharing its memory.
+static SHARED_ADDR: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// The parent's pid, set before the clone (the sharer may first run after the parent is gone).
+static SHARED_PARENT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// The process sharing the parent's memory (`clone(CLONE_VM)` without `CLONE_THREAD`): waits
+/// (bounded) until the parent is gone, then writes the code into the parent's mapping and calls
+/// it; writes `y` to `arg` (a pipe fd) when the code ran. If the parent's mapping was refused the
+/// write faults and nothing is written.
+extern "C" fn sharer(arg: *mut libc::c_void) -> libc::c_int {
+    let fd = arg as usize as libc::c_int;
+    // SAFETY: raw syscalls; the address is the parent's reserved area in the shared memory.
+    unsafe {
+        let parent = SHARED_PARENT.load(std::sync::atomic::Ordering::SeqCst);
+        let mut spins = 0u64;
+        while libc::getppid() == parent {
+            libc::sched_yield();
+            spins += 1;
+            if spins > 50_000_000 {
+                return 1;
+            }
+        }
+        let p = SHARED_ADDR.load(std::sync::atomic::Ordering::SeqCst) as *mut libc::c_void;
+        std::ptr::copy_nonoverlapping(CODE.as_ptr(), p.cast(), CODE.len());
+        if call_code(p) == 0 {
+            libc::write(fd, b"y".as_ptr().cast(), 1);
+        }
+    }
+    0
+}
+
+/// Reserves an area, starts the process sharing its memory, then maps the area read-write-exec
+/// over the reservation (`MAP_FIXED`). 10 + errno when that is refused.
+fn share_then_map_rwx(fd: libc::c_int) -> i32 {
+    // SAFETY: our own mappings; the clone child runs `sharer` on its own stack.
+    unsafe {
+        let area =
+            libc::mmap(std::ptr::null_mut(), PAGE, libc::PROT_NONE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+        let stack = libc::mmap(std::ptr::null_mut(), 16 * PAGE, rw(), libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+        if area == libc::MAP_FAILED || stack == libc::MAP_FAILED {
+            return 110;
+        }
+        SHARED_ADDR.store(area as usize, std::sync::atomic::Ordering::SeqCst);
+        SHARED_PARENT.store(libc::getpid(), std::sync::atomic::Ordering::SeqCst);
+        let top = (stack as usize + 16 * PAGE) as *mut libc::c_void;
+        if libc::clone(sharer, top, libc::CLONE_VM | libc::SIGCHLD, fd as usize as *mut libc::c_void) < 0 {
+            return 111;
+        }
+        let p = libc::mmap(area, PAGE, rwx(), libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED, -1, 0);
+        if p == libc::MAP_FAILED {
+            return 10 + errno();
+        }
+        0
+    }
+}
+
+/// On the fallback the kill does not undo the call: the mapping is made, and its process dies
+/// before the call returns. A process sharing the memory (`clone(CLONE_VM)` without
+/// `CLONE_THREAD`) is another thread group, is not killed, and runs code from the mapping (an
+/// asserted LIMIT). With BPF LSM the mapping is never made.
+fn exec_memory_mapping_kept_by_a_process_sharing_the_memory() -> R {
+    let (h, c, free) = enforced_with_control("sharedmm")?;
+    // Whether the sharer ran the code, read from a pipe it inherited (EOF once every holder of
+    // the write end is gone; the sharer gives up after its bounded wait).
+    let run = |cgroup: &Path| -> Result<(Outcome, bool), Failed> {
+        let mut fds = [0; 2];
+        // SAFETY: a pipe of our own.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err("pipe2".into());
+        }
+        let (r, w) = (fds[0], fds[1]);
+        let out = fork_in_cgroup(cgroup, &|| share_then_map_rwx(w));
+        // SAFETY: our own fds.
+        unsafe { libc::close(w) };
+        let mut b = [0u8; 1];
+        // SAFETY: reading our own pipe.
+        let n = unsafe { libc::read(r, b.as_mut_ptr().cast(), 1) };
+        // SAFETY: our own fd.
+        unsafe { libc::close(r) };
+        Ok((out?, n == 1 && b[0] == b'y'))
+    };
+    let (out, ran) = run(&free.cgroup)?;
+    if !matches!(out, Outcome::Exited(0, _)) || !ran {
+        return Err(format!("control: the sharing process should run the code: {out:?}, ran {ran}").into());
+    }
+    let (out, ran) = run(&c.cgroup)?;
+    expect_refused(h, &out, 10, "mmap(RWX) with another process sharing the memory")?;
+    expect_memory_event(h, &c, Hook::MmapFile, FileKind::Anonymous, Action::Deny)?;
+    if lsm(h) {
+        if ran {
+            return Err("with BPF LSM the refused mapping must not exist for the sharing process".into());
+        }
+        return Ok(());
+    }
+    if !ran {
+        return Err("LIMIT changed: the process sharing the memory no longer runs the mapping on the fallback".into());
+    }
+    println!(
+        "LIMIT mmap(RWX) with a process sharing the memory (CLONE_VM): the caller is killed, the mapping stays and the other process runs it (docs/threat-model.md)"
+    );
+    Ok(())
 }
