@@ -54,6 +54,8 @@ pkgs=(
     clang llvm libelf-dev zlib1g-dev pkg-config make
     # tests: real container runtimes and the VM initramfs contents
     busybox-static runc podman coreutils binutils xz-utils cpio iproute2 procps
+    # tests: a real JIT runtime in a test image (W^X trials; grep's PCRE2 JIT is the other)
+    luajit
     # packaging: dpkg-deb / rpm inspection; python3-venv for kubernetes-validate (below)
     dpkg-dev rpm python3-yaml python3-venv
     # tests/cri.rs: k8s-cri compiles the CRI protos at build time; building and importing its

@@ -1956,11 +1956,22 @@ fn agent_runtime_restart_reconnects_and_resyncs() -> R {
 
 fn adversarial_suite_in_vm(k: &vm::Kernel) -> R {
     let pl = payloads()?;
-    let files = vec![
+    let files = vm_files(pl)?;
+    run_suite_in_vm(k, files, &[("DG_ADV_PAYLOAD_DIR", VM_PAYLOAD_DIR)], &[], Duration::from_secs(900))
+}
+
+/// What the guest needs besides the test binary: the payloads, and the JIT runtimes at their
+/// host paths (the memory trials put them into a test image).
+fn vm_files(pl: &Payloads) -> Result<Vec<(PathBuf, PathBuf)>, Failed> {
+    let mut files = vec![
         (pl.so.clone(), Path::new(VM_PAYLOAD_DIR).join("libdgpayload.so")),
         (pl.dlopener.clone(), Path::new(VM_PAYLOAD_DIR).join("dgdlopen")),
     ];
-    run_suite_in_vm(k, files, &[("DG_ADV_PAYLOAD_DIR", VM_PAYLOAD_DIR)], &[], Duration::from_secs(900))
+    for f in memory::jit_host_files()? {
+        let real = fs::canonicalize(&f).map_err(es)?;
+        files.push((real, f));
+    }
+    Ok(files)
 }
 
 /// The VM kernel that runs the suite on the fallback.
@@ -1971,10 +1982,7 @@ const FALLBACK_VM_LSM: &str = "lsm=lockdown,yama,integrity,apparmor";
 /// The suite on the fallback path (with its mapping checks) inside a VM booted without BPF LSM.
 fn adversarial_fallback_suite_in_vm(k: &vm::Kernel) -> R {
     let pl = payloads()?;
-    let files = vec![
-        (pl.so.clone(), Path::new(VM_PAYLOAD_DIR).join("libdgpayload.so")),
-        (pl.dlopener.clone(), Path::new(VM_PAYLOAD_DIR).join("dgdlopen")),
-    ];
+    let files = vm_files(pl)?;
     let mut k = k.clone();
     // The kernel takes the last lsm= of its command line.
     k.cmdline = format!("{} {FALLBACK_VM_LSM}", k.cmdline).trim().to_string();

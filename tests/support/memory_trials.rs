@@ -406,7 +406,7 @@ fn fallback_limit(out: &Outcome, what: &str) -> R {
 /// One trial: name and body.
 pub type Trial = (&'static str, fn() -> R);
 
-pub const TRIALS: [Trial; 10] = [
+pub const TRIALS: [Trial; 12] = [
     ("exec_memory_anonymous_denied", exec_memory_anonymous_denied),
     ("exec_memory_written_file_mapping_and_own_text_denied", exec_memory_written_file_mapping_and_own_text_denied),
     ("exec_memory_read_implies_exec", exec_memory_read_implies_exec),
@@ -420,6 +420,8 @@ pub const TRIALS: [Trial; 10] = [
         "exec_memory_mapping_kept_by_a_process_sharing_the_memory",
         exec_memory_mapping_kept_by_a_process_sharing_the_memory,
     ),
+    ("exec_memory_real_jit_grep_pcre2", exec_memory_real_jit_grep_pcre2),
+    ("exec_memory_real_jit_luajit", exec_memory_real_jit_luajit),
 ];
 
 type Body = Box<dyn Fn() -> i32>;
@@ -1020,5 +1022,121 @@ fn exec_memory_mapping_kept_by_a_process_sharing_the_memory() -> R {
     println!(
         "LIMIT mmap(RWX) with a process sharing the memory (CLONE_VM): the caller is killed, the mapping stays and the other process runs it (docs/threat-model.md)"
     );
+    Ok(())
+}
+
+/// Real JIT runtimes from Debian's packages (scripts/install-deps.sh installs `luajit`; `grep`
+/// links PCRE2 with its JIT): (binary, libraries it needs besides libc). The VM suites copy them
+/// into the guest at the same paths (JIT_FILES).
+pub const JIT_FILES: [(&str, &[&str]); 2] =
+    [("/usr/bin/grep", &["libpcre2-8.so.0"]), ("/usr/bin/luajit", &["libm.so.6", "libgcc_s.so.1"])];
+
+/// A Lua loop hot enough that LuaJIT compiles a trace (machine code in memory it maps
+/// read-write, then makes read-exec).
+const LUA_HOT_LOOP: &str = "local s = 0\nfor i = 1, 2000000 do s = s + i % 7 end\nprint('luajit-ran', s)\n";
+
+/// The host files of [`JIT_FILES`] (their libraries resolved in the multiarch directories).
+pub fn jit_host_files() -> Result<Vec<PathBuf>, String> {
+    let mut out = Vec::new();
+    for (bin, libs) in JIT_FILES {
+        if !Path::new(bin).exists() {
+            return Err(format!("{bin} missing (Debian package of a JIT runtime: run scripts/install-deps.sh)"));
+        }
+        out.push(PathBuf::from(bin));
+        for lib in libs.iter() {
+            let found = ["/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu"]
+                .iter()
+                .map(|d| Path::new(d).join(lib))
+                .find(|p| p.exists())
+                .ok_or_else(|| format!("{lib} (needed by {bin}) not found"))?;
+            out.push(found);
+        }
+    }
+    Ok(out)
+}
+
+/// A container whose image ships the JIT runtimes, a Lua script and a text file.
+fn jit_container(tag: &str) -> Result<Container, Failed> {
+    let files = jit_host_files()?;
+    Container::with_image(tag, move |lower| {
+        for f in &files {
+            let name = f.file_name().ok_or("no file name")?;
+            let to = if f.starts_with("/usr/bin") {
+                lower.join("usr/bin").join(name)
+            } else {
+                lower.join("lib/x86_64-linux-gnu").join(name)
+            };
+            copy_exec(fs::canonicalize(f).map_err(es)?, &to)?;
+        }
+        fs::write(lower.join("hot.lua"), LUA_HOT_LOOP).map_err(es)?;
+        fs::write(lower.join("input.txt"), "xyz\naab\n").map_err(es)?;
+        Ok(())
+    })
+}
+
+/// Runs `argv` in a container without policy, one enforced and one with the JIT opt-out; the
+/// enforced result is returned after checking that the other two ran (`ran` is in the output).
+fn jit_three_ways(tag: &str, argv: &[&str], ran: &str) -> Result<(&'static Harness, Container, Outcome), Failed> {
+    let h = harness()?;
+    let free = jit_container(&format!("{tag}-free"))?;
+    let out = free.run(argv[0], argv)?;
+    if !matches!(&out, Outcome::Exited(0, t) if t.contains(ran)) {
+        return Err(format!("control: {argv:?} without policy should print {ran:?}: {out:?}").into());
+    }
+    let jit = jit_container(&format!("{tag}-jit"))?;
+    jit.install(h, &with_exec_memory(ExecMemory::Jit))?;
+    let out = jit.run(argv[0], argv)?;
+    if !matches!(&out, Outcome::Exited(0, t) if t.contains(ran)) {
+        return Err(format!("{argv:?} with exec-memory=false should run: {out:?}").into());
+    }
+    let c = jit_container(tag)?;
+    c.install(h, &enforce())?;
+    let out = c.run(argv[0], argv)?;
+    event_barrier(h)?;
+    if let Some(e) = events_for(h, jit.cgid).into_iter().find(|e| e.rule == Rule::ExecMemory) {
+        return Err(format!("the opted-out container reported its JIT: {e:?}").into());
+    }
+    Ok((h, c, out))
+}
+
+/// `grep -P` compiles its pattern with PCRE2's JIT into an anonymous read-write-exec mapping.
+/// With BPF LSM the mapping is refused, PCRE2 reports no JIT memory and grep matches with the
+/// interpreter: it works, and the event says what was refused. On the fallback the process is
+/// killed at the mmap. With the opt-out it runs with its JIT.
+fn exec_memory_real_jit_grep_pcre2() -> R {
+    let (h, c, out) = jit_three_ways("grep-p", &["/usr/bin/grep", "-P", "a+b", "/input.txt"], "aab")?;
+    if lsm(h) {
+        if !matches!(&out, Outcome::Exited(0, t) if t.contains("aab")) {
+            return Err(format!("grep -P under W^X should fall back to PCRE2's interpreter and match: {out:?}").into());
+        }
+    } else {
+        expect_refused(h, &out, 0, "grep -P (PCRE2 JIT) on the fallback")?;
+    }
+    let e = expect_memory_event(h, &c, Hook::MmapFile, FileKind::Anonymous, Action::Deny)?;
+    if e.comm != "grep" || e.prot.as_deref() != Some("rwx") {
+        return Err(format!("the event should name grep and rwx: {e:?}").into());
+    }
+    Ok(())
+}
+
+/// LuaJIT maps its machine-code area read-write, writes a trace, then makes it read-exec. With
+/// BPF LSM that mprotect is refused and LuaJIT stops with an error (it does not fall back to its
+/// interpreter); on the fallback it is killed there. With the opt-out it runs.
+fn exec_memory_real_jit_luajit() -> R {
+    let (h, c, out) = jit_three_ways("luajit", &["/usr/bin/luajit", "/hot.lua"], "luajit-ran")?;
+    if lsm(h) {
+        match &out {
+            Outcome::Exited(code, t) if *code != 0 && !t.contains("luajit-ran") => {
+                println!("luajit under W^X: exit {code}: {}", t.trim());
+            }
+            other => return Err(format!("luajit under W^X should fail at its first trace: {other:?}").into()),
+        }
+    } else {
+        expect_refused(h, &out, 0, "luajit on the fallback")?;
+    }
+    let e = expect_memory_event(h, &c, Hook::FileMprotect, FileKind::Anonymous, Action::Deny)?;
+    if e.comm != "luajit" || e.prot.as_deref() != Some("r-x") {
+        return Err(format!("the event should name luajit and r-x: {e:?}").into());
+    }
     Ok(())
 }
