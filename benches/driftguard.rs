@@ -1717,6 +1717,230 @@ fn bench_syscall_slowpath(k: &Knobs, rep: &mut Report) -> Res<()> {
     Ok(())
 }
 
+// Mapping calls: what the mapping checks cost (issue 30, part 3): mmap+munmap of an image file
+// (read-exec, as ld.so maps libraries) and of anonymous memory (read-write), mprotect of the file
+// mapping between read and read-exec, and getpid (no check, but the syscall slow path once a
+// syscall tracepoint is attached). Each in a child alone in its cgroup: without BPF, with the
+// programs loaded and the cgroup under no policy, and with an enforce policy. Host: the fallback
+// with `fallback_mappings`; VM: BPF LSM.
+
+/// The four calls, in this order in the child's output.
+const MAP_OPS: [&str; 4] = [
+    "mmap+munmap of an image file (r-x)",
+    "mmap+munmap anonymous (rw-)",
+    "mprotect of the file mapping (r-- <-> r-x)",
+    "getpid()",
+];
+
+/// The child: joins `DG_CHILD_PROCS`, times `DG_CHILD_N` of each call on `DG_CHILD_FILE`, writes
+/// the mean ns of each as f64 (little endian).
+fn map_loop_child() -> ! {
+    let code = match map_loop_child_inner() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("map loop: {e}");
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn map_loop_child_inner() -> Res<()> {
+    let procs = std::env::var("DG_CHILD_PROCS").map_err(|_| "DG_CHILD_PROCS")?;
+    let file = std::env::var("DG_CHILD_FILE").map_err(|_| "DG_CHILD_FILE")?;
+    let n: usize = std::env::var("DG_CHILD_N").ok().and_then(|s| s.parse().ok()).ok_or("DG_CHILD_N")?;
+    fs::write(&procs, "0").map_err(|e| format!("joining {procs}: {e}"))?;
+    let f = fs::File::open(&file).map_err(|e| format!("{file}: {e}"))?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+    const LEN: usize = 4096;
+    let rx = libc::PROT_READ | libc::PROT_EXEC;
+    let mut out = Vec::new();
+    let time = |f: &mut dyn FnMut() -> bool| -> Res<f64> {
+        let t = Instant::now();
+        for _ in 0..n {
+            if !f() {
+                return Err(format!("a call failed: {}", std::io::Error::last_os_error()));
+            }
+        }
+        Ok(t.elapsed().as_nanos() as f64 / n as f64)
+    };
+    // SAFETY (all closures): mappings of our own, unmapped before the next round.
+    out.push(time(&mut || unsafe {
+        let p = libc::mmap(std::ptr::null_mut(), LEN, rx, libc::MAP_PRIVATE, fd, 0);
+        p != libc::MAP_FAILED && libc::munmap(p, LEN) == 0
+    })?);
+    out.push(time(&mut || unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            LEN,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        p != libc::MAP_FAILED && libc::munmap(p, LEN) == 0
+    })?);
+    // SAFETY: a read-only mapping of the file, ours until the end.
+    let m = unsafe { libc::mmap(std::ptr::null_mut(), LEN, libc::PROT_READ, libc::MAP_PRIVATE, fd, 0) };
+    if m == libc::MAP_FAILED {
+        return Err(format!("mmap: {}", std::io::Error::last_os_error()));
+    }
+    let mut exec = false;
+    out.push(time(&mut || unsafe {
+        exec = !exec;
+        libc::mprotect(m, LEN, if exec { rx } else { libc::PROT_READ }) == 0
+    })?);
+    out.push(time(&mut || {
+        // SAFETY: no preconditions.
+        std::hint::black_box(unsafe { libc::syscall(libc::SYS_getpid) });
+        true
+    })?);
+    let bytes: Vec<u8> = out.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::io::stdout().write_all(&bytes).map_err(|e| e.to_string())
+}
+
+fn run_map_loop(cgroup: &Path, file: &Path, n: usize) -> Res<Vec<f64>> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = Command::new(exe)
+        .env(CHILD_ENV, "map-loop")
+        .env("DG_CHILD_PROCS", cgroup.join("cgroup.procs"))
+        .env("DG_CHILD_FILE", file)
+        .env("DG_CHILD_N", n.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("spawning the mapping loop: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("mapping loop failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(out.stdout.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect())
+}
+
+/// Per call and configuration (base, unpolicied, enforce): the medians over rounds in ns, the
+/// ratios to the base of the same round, and the programs' kernel-accounted ns per checked call.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct MapResult {
+    kernel: String,
+    path: String,
+    mappings: String,
+    calls_per_block: usize,
+    /// [config][op] -> ns per round
+    ns: Vec<Vec<Vec<f64>>>,
+    /// [config 1..][op] -> ratio to base per round
+    ratios: Vec<Vec<Vec<f64>>>,
+    /// kernel-accounted BPF ns per mmap/mprotect call in the enforced cgroup
+    bpf_ns_per_call: Vec<f64>,
+}
+
+fn mapping_measure(k: &Knobs, n: usize) -> Res<MapResult> {
+    let ov = Overlay::new()?;
+    let prov = ov.prov()?;
+    let file = ov.merged.join("bin/busybox");
+    let mut cg = Cgroups::new()?;
+    let free = cg.make("map-free")?;
+    let enf_cg = cg.make("map-enforce")?;
+    let _stats = BpfStatsOn::new();
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    let (mut ns, mut ratios) = (vec![vec![Vec::new(); 4]; 3], vec![vec![Vec::new(); 4]; 2]);
+    let (mut path, mut mappings, mut bpf) = (String::new(), String::new(), Vec::new());
+    run_map_loop(&free, &file, n / 4)?; // warm up
+    for _ in 0..k.rounds {
+        let base = run_map_loop(&free, &file, n)?;
+        let enf = Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: false, fallback_mappings: true })
+            .map_err(|e| format!("loading BPF: {e}"))?;
+        path = enf.path().as_str().to_string();
+        mappings = enf.mapping_checks().as_str().to_string();
+        let cgid = cgroup_id(&enf_cg)?;
+        let level = enf_cg.strip_prefix(cgroup_root()?).map(|p| p.components().count() as u32).unwrap_or(1);
+        enf.store().set(cgid, level, &Policy::with_mode(Mode::Enforce), &prov).map_err(|e| e.to_string())?;
+        let unpol = run_map_loop(&free, &file, n)?;
+        let before = prog_totals(&enf);
+        let enforced = run_map_loop(&enf_cg, &file, n)?;
+        let after = prog_totals(&enf);
+        let (t0, t1) = (before.values().map(|v| v.0).sum::<u64>(), after.values().map(|v| v.0).sum::<u64>());
+        // the mmap and mprotect calls of the enforced run (3 blocks of n; munmap is not checked)
+        bpf.push((t1.saturating_sub(t0)) as f64 / (3 * n) as f64);
+        drop(enf);
+        for (c, v) in [&base, &unpol, &enforced].into_iter().enumerate() {
+            for (op, x) in v.iter().enumerate().take(4) {
+                ns[c][op].push(*x);
+                if c > 0 {
+                    ratios[c - 1][op].push(x / base[op]);
+                }
+            }
+        }
+    }
+    Ok(MapResult { kernel, path, mappings, calls_per_block: n, ns, ratios, bpf_ns_per_call: bpf })
+}
+
+fn mapping_report(rep: &mut Report, section: &'static str, r: &MapResult) {
+    println!(
+        "  kernel {} ({}, mapping checks: {}), {} calls per block",
+        r.kernel, r.path, r.mappings, r.calls_per_block
+    );
+    for (op, name) in MAP_OPS.iter().enumerate() {
+        let b = mmm(&r.ns[0][op]);
+        rep.row(section, format!("{name}, no BPF: ns"), format!("{:.0} ({:.0}–{:.0})", b.1, b.0, b.2), "", None);
+        for (c, (label, target)) in [("not under policy", 1.005), ("enforced", 1.02)].into_iter().enumerate() {
+            let x = mmm(&r.ratios[c][op]);
+            rep.row(
+                section,
+                format!("{name}, {label}: ratio"),
+                fmt_ratio(x),
+                &format!("≤ {target}×"),
+                Some(x.1 <= target),
+            );
+        }
+    }
+    let b = mmm(&r.bpf_ns_per_call);
+    rep.row(
+        section,
+        "BPF ns per checked mmap/mprotect call, enforced (kernel-accounted)",
+        format!("{:.0} ({:.0}–{:.0})", b.1, b.0, b.2),
+        "",
+        None,
+    );
+}
+
+fn bench_mapping(k: &Knobs, rep: &mut Report) -> Res<()> {
+    let r = mapping_measure(k, 200_000)?;
+    mapping_report(rep, "mapping", &r);
+    rep.put("mapping", serde_json::to_value(&r).unwrap_or_default());
+    Ok(())
+}
+
+fn vm_guest_mapping(k: &Knobs) -> Res<()> {
+    let r = mapping_measure(k, 5_000)?;
+    println!("@@DG_MAP_JSON {}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
+    Ok(())
+}
+
+fn bench_mapping_vm(k: &Knobs, rep: &mut Report) -> Res<()> {
+    let kernel = vm::load_kernel("6.12")?;
+    vm::qemu_binary()?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let chain_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let chain = exec_chain_binary(chain_dir.path())?;
+    let guest_chain = "/opt/dg-bench/exec-chain";
+    let mut req = vm::VmRequest::new(exe).arg("mapping-guest").file(&chain, guest_chain);
+    req.env = vec![
+        ("DG_BENCH_IN_VM".into(), "1".into()),
+        ("DG_BENCH_ROUNDS".into(), k.rounds.to_string()),
+        ("DG_BENCH_CHAIN".into(), guest_chain.into()),
+    ];
+    req.timeout = Duration::from_secs(900);
+    req.memory_mb = 1024;
+    let res = vm::run_in_vm(&kernel, &req)?;
+    let line = res
+        .output
+        .lines()
+        .find_map(|l| l.strip_prefix("@@DG_MAP_JSON "))
+        .ok_or_else(|| format!("no result from the VM (exit {}):\n{}", res.exit_code, res.output))?;
+    let r: MapResult = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    mapping_report(rep, "mapping-vm", &r);
+    rep.put("mapping_vm", serde_json::to_value(&r).unwrap_or_default());
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. Memory of `driftguard run`
 
@@ -2006,6 +2230,7 @@ fn main() {
     match std::env::var(CHILD_ENV).as_deref() {
         Ok("exec-loop") => exec_loop_child(),
         Ok("exec-into") => exec_into_child(),
+        Ok("map-loop") => map_loop_child(),
         _ => {}
     }
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
@@ -2013,6 +2238,13 @@ fn main() {
         return;
     }
     let k = Knobs::from_env();
+    if args.first().map(String::as_str) == Some("mapping-guest") {
+        if let Err(e) = vm_guest_mapping(&k) {
+            eprintln!("mapping-guest: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if args.first().map(String::as_str) == Some("exec-guest") {
         if let Err(e) = vm_guest_exec(&k) {
             eprintln!("exec-guest: {e}");
@@ -2069,6 +2301,13 @@ fn main() {
         ("memory", Box::new(bench_memory)),
         ("reconnect", Box::new(bench_reconnect)),
         ("syscall", Box::new(bench_syscall_slowpath)),
+        ("mapping", Box::new(bench_mapping)),
+        (
+            "mapping-vm",
+            Box::new(
+                |k: &Knobs, r: &mut Report| if k.vm { bench_mapping_vm(k, r) } else { Err("DG_BENCH_VM=0".into()) },
+            ),
+        ),
     ];
     let mut failed = false;
     for (name, f) in sections {
