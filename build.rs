@@ -45,7 +45,15 @@ fn main() {
     generate_docs(&out).unwrap_or_else(|e| panic!("generating man pages and completions failed: {e}"));
     println!("cargo:rerun-if-changed=src/args.rs");
 
-    for f in ["driftguard.bpf.c", "driftguard.h", "decision.h", "memory.h", "memory_fallback.h", "vmlinux.h"] {
+    for f in [
+        "driftguard.bpf.c",
+        "driftguard.h",
+        "decision.h",
+        "memory.h",
+        "memory_fallback.h",
+        "process_memory.h",
+        "vmlinux.h",
+    ] {
         println!("cargo:rerun-if-changed=bpf/{f}");
     }
 }

@@ -26,6 +26,14 @@ static __always_inline struct dg_verdict dg_decide(const struct dg_input *in)
 		 */
 		if (rules & DG_RULE_EXEC_MEMORY)
 			v.match = DG_MATCH_EXEC_MEMORY;
+	} else if (in->access == DG_ACCESS_MEM_WRITE) {
+		/*
+		 * Writing into the caller's own memory through /proc/<pid>/mem (DDexec):
+		 * denied whatever the rule bits (no opt-out needs it, and a policy
+		 * pinned by an older agent gets it too); no path, no list.
+		 */
+		if (in->file_kind == DG_FILE_OWN_MEMORY)
+			v.match = DG_MATCH_MEMORY_WRITE;
 	} else if (in->list == DG_LIST_DENY)
 		v.match = DG_MATCH_DENY_LIST;
 	else if (in->file_kind == DG_FILE_FILELESS && (rules & DG_RULE_FILELESS) &&

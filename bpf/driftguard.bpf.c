@@ -11,6 +11,7 @@
  *   lsm/mmap_file             PROT_EXEC mappings (ld.so, dlopen, LD_PRELOAD) -> -EPERM
  *   lsm/file_mprotect         mprotect(PROT_EXEC) of file mappings -> -EPERM
  *   (both also: executable memory the image did not ship, bpf/memory.h)
+ *   lsm/file_open             the caller's own /proc/<pid>/mem opened for writing -> -EPERM
  *   tp_btf/sched_process_exec fallback without BPF LSM -> SIGKILL
  *   tracepoint/syscalls/...   fallback mapping checks, opt-in (bpf/memory_fallback.h) -> SIGKILL
  */
@@ -928,6 +929,9 @@ int BPF_PROG(dg_exec_tp, struct task_struct *p, pid_t old_pid, struct linux_binp
 
 /* The fallback's mapping checks (opt-in): syscall tracepoints. */
 #include "memory_fallback.h"
+
+/* Writes into process memory: lsm/file_open. */
+#include "process_memory.h"
 
 /* Test-only: runs the decision function through BPF_PROG_TEST_RUN. Never autoloaded. */
 SEC("syscall")

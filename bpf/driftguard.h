@@ -65,6 +65,8 @@
 #define DG_FILE_ANONYMOUS 7 /* no file behind it: anonymous memory, heap, stack */
 #define DG_FILE_WRITABLE 8  /* asked to be writable and executable at once */
 #define DG_FILE_MODIFIED 9  /* a private file mapping whose pages were written (copy-on-write) */
+/* Process memory (access DG_ACCESS_MEM_WRITE): */
+#define DG_FILE_OWN_MEMORY 10 /* the caller's own memory: /proc/<own pid>/mem opened for writing */
 
 /* Which rule produced the verdict. */
 #define DG_MATCH_NONE 0
@@ -74,6 +76,7 @@
 #define DG_MATCH_NON_IMAGE 4
 #define DG_MATCH_NOT_ALLOWED 5
 #define DG_MATCH_EXEC_MEMORY 6
+#define DG_MATCH_MEMORY_WRITE 7 /* a write into process memory through /proc/<pid>/mem */
 
 /* Actions. ALERT = a rule matched in monitor mode (allowed, reported). */
 #define DG_ACT_ALLOW 0
@@ -89,11 +92,13 @@
 #define DG_HOOK_SYS_MMAP 5     /* fallback mapping checks: syscall tracepoints */
 #define DG_HOOK_SYS_MPROTECT 6 /* mprotect and pkey_mprotect */
 #define DG_HOOK_SYS_SHMAT 7
+#define DG_HOOK_FILE_OPEN 8 /* lsm/file_open */
 
 /* Access kinds given to the decision function. */
 #define DG_ACCESS_EXEC 0
 #define DG_ACCESS_MMAP_EXEC 1
 #define DG_ACCESS_MEM_EXEC 2 /* memory made executable (file_kind ANONYMOUS, WRITABLE or MODIFIED) */
+#define DG_ACCESS_MEM_WRITE 3 /* a write into process memory (file_kind OWN_MEMORY) */
 
 /* Event flags. */
 #define DG_EVF_PATH_TRUNCATED (1u << 0)

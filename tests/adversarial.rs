@@ -17,6 +17,8 @@
 mod agent_process;
 #[path = "support/memory_trials.rs"]
 mod memory;
+#[path = "support/process_trials.rs"]
+mod process;
 #[path = "support/rootfs.rs"]
 mod rootfs;
 #[path = "support/runc_nri.rs"]
@@ -118,6 +120,7 @@ fn main() {
     ]
     .into_iter()
     .chain(memory::TRIALS)
+    .chain(process::TRIALS)
     {
         let reason = if NEEDS_PAYLOADS.contains(&name) { &payload_reason } else { &host_reason };
         trials.push(gate.trial(name, reason, f));

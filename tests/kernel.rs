@@ -104,7 +104,14 @@ fn spec_decide(i: &RawInput) -> (u32, u32) {
     }
     // The JIT opt-out lets shmem memory be mapped executable (not exec'd).
     let jit_shmem_map = i.access == abi::DG_ACCESS_MMAP_EXEC && i.shmem != 0 && i.rules & abi::DG_RULE_JIT != 0;
-    let rule = if i.access == abi::DG_ACCESS_MEM_EXEC {
+    let rule = if i.access == abi::DG_ACCESS_MEM_WRITE {
+        // A write into the caller's own memory (/proc/self/mem): whatever the rule bits, no list.
+        if i.file_kind == abi::DG_FILE_OWN_MEMORY {
+            abi::DG_MATCH_MEMORY_WRITE
+        } else {
+            abi::DG_MATCH_NONE
+        }
+    } else if i.access == abi::DG_ACCESS_MEM_EXEC {
         // Memory with no image file's own pages: no path, no list; only the rule bit counts.
         if i.rules & abi::DG_RULE_EXEC_MEMORY != 0 {
             abi::DG_MATCH_EXEC_MEMORY
@@ -173,9 +180,9 @@ fn decision_function_matches_spec() -> R {
             if combo % 2 == 1 {
                 rules |= abi::DG_RULE_HAS_LISTS | abi::DG_RULE_HAS_MOUNTS;
             }
-            for file_kind in 0..=abi::DG_FILE_MODIFIED {
+            for file_kind in 0..=abi::DG_FILE_OWN_MEMORY {
                 for list in 0..3 {
-                    for access in 0..=abi::DG_ACCESS_MEM_EXEC {
+                    for access in 0..=abi::DG_ACCESS_MEM_WRITE {
                         for shmem in 0..2 {
                             let enforce_action =
                                 if (combo + file_kind + list) % 2 == 0 { abi::DG_ACT_DENY } else { abi::DG_ACT_KILL };
@@ -232,6 +239,11 @@ fn decision_function_matches_spec() -> R {
     let legacy = defaults & !(abi::DG_RULE_EXEC_MEMORY | abi::DG_RULE_JIT);
     assert_eq!(t.decide(RawInput { rules: legacy, ..mem }).map_err(|e| e.to_string())?.0, abi::DG_MATCH_NONE);
     assert_eq!(t.decide(RawInput { rules: legacy, ..memfd }).map_err(|e| e.to_string())?.0, abi::DG_MATCH_FILELESS);
+    // The memory-write rule: in every policy, a pre-rule one included, monitor reports.
+    let own = RawInput { rules: legacy, file_kind: abi::DG_FILE_OWN_MEMORY, access: abi::DG_ACCESS_MEM_WRITE, ..drift };
+    assert_eq!(t.decide(own).map_err(|e| e.to_string())?, (abi::DG_MATCH_MEMORY_WRITE, abi::DG_ACT_DENY));
+    let monitor = RawInput { mode: abi::DG_MODE_MONITOR, ..own };
+    assert_eq!(t.decide(monitor).map_err(|e| e.to_string())?, (abi::DG_MATCH_MEMORY_WRITE, abi::DG_ACT_ALERT));
     println!("{n} inputs checked against the spec");
     Ok(())
 }

@@ -50,6 +50,7 @@ c_constants! {
     DG_FILE_ANONYMOUS: u32 = 7;
     DG_FILE_WRITABLE: u32 = 8;
     DG_FILE_MODIFIED: u32 = 9;
+    DG_FILE_OWN_MEMORY: u32 = 10;
 
     DG_MATCH_NONE: u32 = 0;
     DG_MATCH_DENY_LIST: u32 = 1;
@@ -58,6 +59,7 @@ c_constants! {
     DG_MATCH_NON_IMAGE: u32 = 4;
     DG_MATCH_NOT_ALLOWED: u32 = 5;
     DG_MATCH_EXEC_MEMORY: u32 = 6;
+    DG_MATCH_MEMORY_WRITE: u32 = 7;
 
     DG_ACT_ALLOW: u32 = 0;
     DG_ACT_ALERT: u32 = 1;
@@ -71,10 +73,12 @@ c_constants! {
     DG_HOOK_SYS_MMAP: u32 = 5;
     DG_HOOK_SYS_MPROTECT: u32 = 6;
     DG_HOOK_SYS_SHMAT: u32 = 7;
+    DG_HOOK_FILE_OPEN: u32 = 8;
 
     DG_ACCESS_EXEC: u32 = 0;
     DG_ACCESS_MMAP_EXEC: u32 = 1;
     DG_ACCESS_MEM_EXEC: u32 = 2;
+    DG_ACCESS_MEM_WRITE: u32 = 3;
 
     DG_EVF_PATH_TRUNCATED: u32 = 1 << 0;
     DG_EVF_PATH_UNRESOLVED: u32 = 1 << 1;

@@ -32,6 +32,9 @@ pub enum Rule {
     /// a mapping writable and executable at once, or a private file mapping whose pages were
     /// written made executable. The event's `file` says which, `prot` what was asked.
     ExecMemory,
+    /// A write into process memory: the caller's own memory opened for writing through
+    /// `/proc/<pid>/mem` (the DDexec primitive). The event's `file` is `own_memory`.
+    MemoryWrite,
     /// A code this version does not know.
     Unknown,
 }
@@ -45,6 +48,7 @@ impl Rule {
             abi::DG_MATCH_NON_IMAGE => Rule::NonImage,
             abi::DG_MATCH_NOT_ALLOWED => Rule::NotAllowed,
             abi::DG_MATCH_EXEC_MEMORY => Rule::ExecMemory,
+            abi::DG_MATCH_MEMORY_WRITE => Rule::MemoryWrite,
             _ => Rule::Unknown,
         }
     }
@@ -58,6 +62,7 @@ impl Rule {
             Rule::NonImage => "non_image",
             Rule::NotAllowed => "not_allowed",
             Rule::ExecMemory => "exec_memory",
+            Rule::MemoryWrite => "memory_write",
             Rule::Unknown => "unknown",
         }
     }
@@ -116,6 +121,8 @@ pub enum Hook {
     SysMprotect,
     /// `syscalls/sys_enter_shmat` (fallback mapping checks).
     SysShmat,
+    /// `lsm/file_open` (a process's `mem` file opened for writing).
+    FileOpen,
     /// Unknown code.
     Unknown,
 }
@@ -130,6 +137,7 @@ impl Hook {
             abi::DG_HOOK_SYS_MMAP => Hook::SysMmap,
             abi::DG_HOOK_SYS_MPROTECT => Hook::SysMprotect,
             abi::DG_HOOK_SYS_SHMAT => Hook::SysShmat,
+            abi::DG_HOOK_FILE_OPEN => Hook::FileOpen,
             _ => Hook::Unknown,
         }
     }
@@ -163,6 +171,9 @@ pub enum FileKind {
     /// Memory rule: a private file mapping whose pages were written (copy-on-write), made
     /// executable.
     Modified,
+    /// Memory-write rule: the caller's own memory (`/proc/self/mem`, `/proc/<own pid>/mem`,
+    /// `task/<tid>/mem`).
+    OwnMemory,
 }
 
 impl FileKind {
@@ -177,6 +188,7 @@ impl FileKind {
             abi::DG_FILE_ANONYMOUS => FileKind::Anonymous,
             abi::DG_FILE_WRITABLE => FileKind::Writable,
             abi::DG_FILE_MODIFIED => FileKind::Modified,
+            abi::DG_FILE_OWN_MEMORY => FileKind::OwnMemory,
             _ => FileKind::OtherFs,
         }
     }
@@ -194,6 +206,7 @@ impl FileKind {
             FileKind::Anonymous => "anonymous",
             FileKind::Writable => "writable",
             FileKind::Modified => "modified",
+            FileKind::OwnMemory => "own_memory",
         }
     }
 }

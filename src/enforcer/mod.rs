@@ -58,7 +58,7 @@ pub const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 pub const LSM_LIST: &str = "/sys/kernel/security/lsm";
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
-const LSM_PROGS: [&str; 3] = ["dg_bprm_check", "dg_mmap_file", "dg_file_mprotect"];
+const LSM_PROGS: [&str; 4] = ["dg_bprm_check", "dg_mmap_file", "dg_file_mprotect", "dg_file_open"];
 const TP_PROGS: [&str; 1] = ["dg_exec_tp"];
 /// The fallback's mapping checks (bpf/memory_fallback.h): on every kernel ...
 const MAPPING_PROGS: [&str; 3] = ["dg_sys_mmap", "dg_sys_exit_mmap", "dg_sys_shmat"];
@@ -528,9 +528,10 @@ pub fn open_pinned_events(pin_dir: &Path) -> Result<EventStream> {
     EventStream::spawn(h)
 }
 
-/// Which enforcement path the pinned links implement, if any.
+/// Which enforcement path the pinned links implement, if any. The exec and mapping hooks decide
+/// (an agent from before `dg_file_open` pinned only those three).
 pub fn pinned_path(pin_dir: &Path) -> Option<EnforcementPath> {
-    if LSM_PROGS.iter().all(|n| pin_dir.join(format!("link_{n}")).exists()) {
+    if LSM_PROGS[..3].iter().all(|n| pin_dir.join(format!("link_{n}")).exists()) {
         Some(EnforcementPath::Lsm)
     } else if TP_PROGS.iter().all(|n| pin_dir.join(format!("link_{n}")).exists()) {
         Some(EnforcementPath::TracepointKill)

@@ -1,0 +1,126 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * Writes into process memory (the DDexec class). Included by driftguard.bpf.c
+ * after memory.h. docs/bpf.md, "Process memory", has the table.
+ *
+ *   lsm/file_open   the caller's own /proc/<pid>/mem (self, <own pid>,
+ *                   task/<tid>, reopened through /proc/self/fd/N, io_uring's
+ *                   openat) opened for writing -> -EPERM
+ *
+ * The kernel never asks ptrace_access_check about a process's own mem
+ * (mm_access skips it when the mm is the caller's), so the open is the one
+ * place to refuse it. file_open runs for every open on the node: the tests
+ * that rule out all other files come first (write mode, procfs, the name
+ * "mem"), the policy lookup last.
+ */
+#ifndef DRIFTGUARD_PROCESS_MEMORY_H
+#define DRIFTGUARD_PROCESS_MEMORY_H
+
+#define FMODE_WRITE 0x2
+#define PROC_SUPER_MAGIC 0x9fa0
+
+/* fs/proc/internal.h: the task a /proc/<pid> inode stands for is pid's. */
+struct proc_inode___dg {
+	struct pid *pid;
+	struct inode vfs_inode;
+} __attribute__((preserve_access_index));
+
+/* Is `file` a procfs mem file opened for writing? Cheapest tests first. */
+static __always_inline bool proc_mem_for_write(struct file *file)
+{
+	const unsigned char *name;
+	char buf[4] = {};
+
+	if (!(BPF_CORE_READ(file, f_mode) & FMODE_WRITE))
+		return false;
+	if (BPF_CORE_READ(file, f_inode, i_sb, s_magic) != PROC_SUPER_MAGIC)
+		return false;
+	name = BPF_CORE_READ(file, f_path.dentry, d_name.name);
+	if (bpf_probe_read_kernel(buf, sizeof(buf), name) < 0)
+		return false;
+	return buf[0] == 'm' && buf[1] == 'e' && buf[2] == 'm' && buf[3] == 0;
+}
+
+/* The task of a /proc/<pid> (or task/<tid>) inode, NULL when it is gone. */
+static __always_inline struct task_struct *proc_inode_task(struct inode *inode)
+{
+	struct proc_inode___dg *pi;
+	struct hlist_node *first;
+	struct pid *pid;
+
+	pi = (void *)inode - bpf_core_field_offset(struct proc_inode___dg, vfs_inode);
+	pid = BPF_CORE_READ(pi, pid);
+	if (!pid)
+		return NULL;
+	first = BPF_CORE_READ(pid, tasks[PIDTYPE_PID].first);
+	if (!first)
+		return NULL;
+	return (void *)first - bpf_core_field_offset(struct task_struct, pid_links);
+}
+
+/*
+ * The mem file of the caller's own memory: its task's mm is the caller's (its
+ * own pid, a thread of it, or a process sharing its memory through CLONE_VM).
+ */
+static __always_inline bool proc_mem_is_own(struct file *file)
+{
+	struct task_struct *target = proc_inode_task(BPF_CORE_READ(file, f_inode));
+	struct mm_struct *mm;
+
+	if (!target)
+		return false;
+	mm = BPF_CORE_READ(target, mm);
+	return mm && mm == BPF_CORE_READ(current_task(), mm);
+}
+
+/*
+ * The policy lookup, the decision and the event of a write into process
+ * memory; `file` names the event's path. Returns the verdict's action.
+ */
+static __always_inline __u32 check_process_memory(__u32 kind, __u32 hook, struct file *file, __u32 enforce_action)
+{
+	struct dg_input in = {};
+	struct dg_verdict v;
+	struct dg_policy *p;
+	struct dg_scratch *s;
+	__u64 cgid = 0, matched = 0;
+	__u32 flags;
+
+	p = lookup_policy(&cgid, &matched);
+	if (!p)
+		return DG_ACT_ALLOW;
+	stat_inc(DG_STAT_CHECKS);
+	in.mode = p->mode;
+	in.rules = p->rules;
+	in.file_kind = kind;
+	in.list = DG_LIST_NONE;
+	in.access = DG_ACCESS_MEM_WRITE;
+	in.enforce_action = enforce_action;
+	v = dg_decide(&in);
+	if (v.action == DG_ACT_ALLOW)
+		return DG_ACT_ALLOW;
+	s = scratch();
+	if (!s)
+		return v.action;
+	flags = walk_path(BPF_CORE_READ(file, f_path.dentry), BPF_CORE_READ(file, f_path.mnt), 1);
+	emit(s, &v, hook, kind, in.mode, flags, cgid, matched);
+	return v.action;
+}
+
+SEC("lsm/file_open")
+int BPF_PROG(dg_file_open, struct file *file)
+{
+	__u32 act;
+
+	if (!proc_mem_for_write(file))
+		return 0;
+	if (!proc_mem_is_own(file))
+		return 0;
+	act = check_process_memory(DG_FILE_OWN_MEMORY, DG_HOOK_FILE_OPEN, file, DG_ACT_DENY);
+	barrier_var(act);
+	if (act == DG_ACT_DENY)
+		return -EPERM;
+	return 0;
+}
+
+#endif

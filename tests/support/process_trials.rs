@@ -1,0 +1,242 @@
+//! Process-memory trials (docs/threat-model.md, "Writes into process memory"): code injected
+//! by writing into a process's memory instead of mapping it. Each route runs in an enforced
+//! container and in a container with no policy (the control: the write must work there and the
+//! injected code run, or the trial proves nothing). With BPF LSM the open fails with EPERM; the
+//! tracepoint fallback does not see it yet, which each trial asserts as a LIMIT.
+//!
+//! A child body returns 0 when the injected code ran, `10 + errno` when the open for writing was
+//! refused, `30 + errno` when a reopen was, 99 for a must-work case that worked, 1xx for set-up
+//! failures.
+
+use super::*;
+
+/// `mov eax, 42; ret` (x86_64)
+const CODE: [u8; 6] = [0xb8, 42, 0, 0, 0, 0xc3];
+
+/// The function whose text the trials overwrite through `/proc/self/mem`.
+#[inline(never)]
+extern "C" fn victim() -> i32 {
+    std::hint::black_box(1)
+}
+
+/// Writes `prefix`, the decimal `n` and `suffix` into `buf` with a NUL, without allocating (the
+/// bodies run in a child forked from a threaded process).
+fn path_with_number<'a>(buf: &'a mut [u8; 64], prefix: &[u8], n: u32, suffix: &[u8]) -> &'a [u8] {
+    let mut digits = [0u8; 10];
+    let mut i = digits.len();
+    let mut v = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let mut len = 0;
+    for part in [prefix, &digits[i..], suffix] {
+        buf[len..len + part.len()].copy_from_slice(part);
+        len += part.len();
+    }
+    buf[len] = 0;
+    &buf[..=len]
+}
+
+/// Overwrites [`victim`]'s text with the code through `fd` (a mem file open for writing; the
+/// kernel writes read-only text with FOLL_FORCE) and calls it: 0 when the code ran.
+fn poke_victim(fd: libc::c_int) -> i32 {
+    let f = std::hint::black_box(victim as extern "C" fn() -> i32);
+    // SAFETY: writing our own text through our own mem file, then calling it.
+    unsafe {
+        if libc::pwrite(fd, CODE.as_ptr().cast(), CODE.len(), f as usize as libc::off_t) != CODE.len() as isize {
+            return 112;
+        }
+        if std::hint::black_box(f)() == 42 {
+            0
+        } else {
+            98
+        }
+    }
+}
+
+/// Opens the NUL-terminated `path` with `flags` and pokes: 10 + errno when the open is refused.
+fn open_and_poke(path: &[u8], flags: libc::c_int) -> i32 {
+    // SAFETY: a NUL-terminated path.
+    let fd = unsafe { libc::open(path.as_ptr().cast(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return 10 + errno();
+    }
+    poke_victim(fd)
+}
+
+type Body = Box<dyn Fn() -> i32>;
+
+/// The routes to the caller's own memory: (what, refused step, body).
+fn own_mem_bodies() -> Vec<(&'static str, i32, Body)> {
+    vec![
+        ("/proc/self/mem O_RDWR", 10, Box::new(|| open_and_poke(b"/proc/self/mem\0", libc::O_RDWR))),
+        ("/proc/self/mem O_WRONLY", 10, Box::new(|| open_and_poke(b"/proc/self/mem\0", libc::O_WRONLY))),
+        (
+            "/proc/<own pid>/mem",
+            10,
+            Box::new(|| {
+                let mut buf = [0u8; 64];
+                // SAFETY: getpid has no preconditions.
+                let pid = unsafe { libc::getpid() } as u32;
+                open_and_poke(path_with_number(&mut buf, b"/proc/", pid, b"/mem"), libc::O_RDWR)
+            }),
+        ),
+        (
+            "/proc/self/task/<tid>/mem",
+            10,
+            Box::new(|| {
+                let mut buf = [0u8; 64];
+                // SAFETY: gettid has no preconditions.
+                let tid = unsafe { libc::gettid() } as u32;
+                open_and_poke(path_with_number(&mut buf, b"/proc/self/task/", tid, b"/mem"), libc::O_RDWR)
+            }),
+        ),
+        (
+            "/proc/self/mem opened read-only, reopened for writing through /proc/self/fd/N",
+            30,
+            Box::new(|| {
+                // SAFETY: our own mem file, read-only (allowed), then reopened.
+                let ro = unsafe { libc::open(c"/proc/self/mem".as_ptr(), libc::O_RDONLY) };
+                if ro < 0 {
+                    return 110;
+                }
+                let mut buf = [0u8; 64];
+                let path = path_with_number(&mut buf, b"/proc/self/fd/", ro as u32, b"");
+                // SAFETY: a NUL-terminated path.
+                let fd = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDWR | libc::O_CLOEXEC) };
+                if fd < 0 {
+                    return 30 + errno();
+                }
+                poke_victim(fd)
+            }),
+        ),
+    ]
+}
+
+/// Reading one's own memory through `/proc/self/mem` keeps working: 99.
+fn own_mem_read() -> i32 {
+    let f = victim as extern "C" fn() -> i32;
+    let mut b = [0u8; 1];
+    // SAFETY: our own mem file, read-only.
+    unsafe {
+        let fd = libc::open(c"/proc/self/mem".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return 10 + errno();
+        }
+        if libc::pread(fd, b.as_mut_ptr().cast(), 1, f as usize as libc::off_t) != 1 {
+            return 111;
+        }
+    }
+    99
+}
+
+fn expect_code(out: &Outcome, code: i32, what: &str) -> R {
+    match out {
+        Outcome::Exited(c, _) if *c == code => Ok(()),
+        other => Err(format!("{what}: expected exit {code}, got {other:?}").into()),
+    }
+}
+
+/// One trial: name and body.
+pub type Trial = (&'static str, fn() -> R);
+
+pub const TRIALS: [Trial; 3] = [
+    ("memory_write_own_mem_denied", memory_write_own_mem_denied),
+    ("memory_write_shell_only_dd_denied", memory_write_shell_only_dd_denied),
+    ("memory_write_monitor_reports", memory_write_monitor_reports),
+];
+
+fn memory_write_own_mem_denied() -> R {
+    let h = harness()?;
+    let c = container("ownmem")?;
+    c.install(h, &enforce())?;
+    let free = container("ownmem-free")?;
+    for (what, step, body) in own_mem_bodies() {
+        expect_code(&fork_in_cgroup(&free.cgroup, &*body)?, 0, &format!("control: {what}"))?;
+        let out = fork_in_cgroup(&c.cgroup, &*body)?;
+        if !lsm(h) {
+            expect_code(&out, 0, &format!("fallback limit changed: {what}"))?;
+            println!(
+                "LIMIT {what}: runs on the tracepoint fallback (no open hook without BPF LSM; docs/threat-model.md)"
+            );
+            continue;
+        }
+        expect_code(&out, step + libc::EPERM, what)?;
+        let e = wait_event(
+            h,
+            |e| e.policy_cgroup_id == c.cgid && e.rule == Rule::MemoryWrite && e.path.ends_with("/mem"),
+            &format!("memory_write event ({what})"),
+        )?;
+        if e.hook != Hook::FileOpen || e.file != FileKind::OwnMemory || e.action != Action::Deny {
+            return Err(format!("{what}: expected file_open, own_memory, deny: {e:?}").into());
+        }
+    }
+    expect_code(&fork_in_cgroup(&c.cgroup, &own_mem_read)?, 99, "reading /proc/self/mem")?;
+    Ok(())
+}
+
+/// DDexec's primitive with nothing but the image's busybox: `dd` copies a byte of its own text
+/// from `/proc/self/mem` onto itself (harmless: the same byte; the real tool writes a loader).
+/// The static busybox's text starts at 0x401000.
+fn memory_write_shell_only_dd_denied() -> R {
+    let h = harness()?;
+    let c = container("ddexec")?;
+    c.install(h, &enforce())?;
+    let free = container("ddexec-free")?;
+    let dd = |c: &Container| -> Result<Outcome, Failed> {
+        let bb = c.host_str("/bin/busybox");
+        let args = [
+            bb.as_str(),
+            "if=/proc/self/mem",
+            "of=/proc/self/mem",
+            "bs=1",
+            "count=1",
+            "skip=4198400",
+            "seek=4198400",
+            "conv=notrunc",
+        ];
+        c.run_full(&c.cgroup, "/", "dd", &args, false, &[])
+    };
+    match dd(&free)? {
+        Outcome::Exited(0, _) => {}
+        other => return Err(format!("control: dd writing its own text should work: {other:?}").into()),
+    }
+    let out = dd(&c)?;
+    if !lsm(h) {
+        expect_code(&out, 0, "fallback limit changed: dd of=/proc/self/mem")?;
+        println!("LIMIT dd of=/proc/self/mem: runs on the tracepoint fallback (docs/threat-model.md)");
+        return Ok(());
+    }
+    match &out {
+        Outcome::Exited(1, t) if t.contains("Operation not permitted") => {}
+        other => return Err(format!("dd of=/proc/self/mem should fail with EPERM: {other:?}").into()),
+    }
+    wait_event(
+        h,
+        |e| e.policy_cgroup_id == c.cgid && e.rule == Rule::MemoryWrite && e.action == Action::Deny,
+        "memory_write event of dd",
+    )?;
+    Ok(())
+}
+
+fn memory_write_monitor_reports() -> R {
+    let h = harness()?;
+    let c = container("ownmem-mon")?;
+    c.install(h, &Policy::with_mode(Mode::Monitor))?;
+    let body = || open_and_poke(b"/proc/self/mem\0", libc::O_RDWR);
+    expect_code(&fork_in_cgroup(&c.cgroup, &body)?, 0, "monitor mode: the write works")?;
+    if !lsm(h) {
+        println!("LIMIT memory_write in monitor mode: not seen on the tracepoint fallback");
+        return Ok(());
+    }
+    let e = wait_event(h, |e| e.policy_cgroup_id == c.cgid && e.rule == Rule::MemoryWrite, "memory_write alert")?;
+    if e.action != Action::Alert || e.mode != Mode::Monitor {
+        return Err(format!("monitor mode: expected an alert: {e:?}").into());
+    }
+    Ok(())
+}
