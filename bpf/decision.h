@@ -34,6 +34,9 @@ static __always_inline struct dg_verdict dg_decide(const struct dg_input *in)
 		 */
 		if (in->file_kind == DG_FILE_OWN_MEMORY)
 			v.match = DG_MATCH_MEMORY_WRITE;
+		/* another process's memory: the rule bit (off with the debug opt-out) */
+		else if (in->file_kind == DG_FILE_OTHER_PROCESS && (rules & DG_RULE_PROCESS_ACCESS))
+			v.match = DG_MATCH_PROCESS_ACCESS;
 	} else if (in->list == DG_LIST_DENY)
 		v.match = DG_MATCH_DENY_LIST;
 	else if (in->file_kind == DG_FILE_FILELESS && (rules & DG_RULE_FILELESS) &&

@@ -37,6 +37,8 @@
  */
 #define DG_RULE_EXEC_MEMORY (1u << 6) /* deny/report anonymous, writable+executable or modified exec memory */
 #define DG_RULE_JIT (1u << 7)         /* the JIT opt-out: also lets shmem (memfd) memory be mapped executable */
+#define DG_RULE_PROCESS_ACCESS (1u << 8) /* deny attaching to another process (ptrace attach mode, TRACEME) */
+#define DG_RULE_DEBUG (1u << 9)          /* the debug opt-out: PROCESS_ACCESS off on purpose (ignored by dg_decide) */
 
 /* Path list membership (value of the paths map). */
 #define DG_LIST_NONE 0
@@ -67,6 +69,7 @@
 #define DG_FILE_MODIFIED 9  /* a private file mapping whose pages were written (copy-on-write) */
 /* Process memory (access DG_ACCESS_MEM_WRITE): */
 #define DG_FILE_OWN_MEMORY 10 /* the caller's own memory: /proc/<own pid>/mem opened for writing */
+#define DG_FILE_OTHER_PROCESS 11 /* another process: ptrace attach mode, PTRACE_TRACEME */
 
 /* Which rule produced the verdict. */
 #define DG_MATCH_NONE 0
@@ -77,6 +80,7 @@
 #define DG_MATCH_NOT_ALLOWED 5
 #define DG_MATCH_EXEC_MEMORY 6
 #define DG_MATCH_MEMORY_WRITE 7 /* a write into process memory through /proc/<pid>/mem */
+#define DG_MATCH_PROCESS_ACCESS 8 /* attaching to another process's memory (ptrace, process_vm_*, its mem) */
 
 /* Actions. ALERT = a rule matched in monitor mode (allowed, reported). */
 #define DG_ACT_ALLOW 0
@@ -93,12 +97,14 @@
 #define DG_HOOK_SYS_MPROTECT 6 /* mprotect and pkey_mprotect */
 #define DG_HOOK_SYS_SHMAT 7
 #define DG_HOOK_FILE_OPEN 8 /* lsm/file_open */
+#define DG_HOOK_PTRACE_ACCESS 9 /* lsm/ptrace_access_check */
+#define DG_HOOK_PTRACE_TRACEME 10 /* lsm/ptrace_traceme */
 
 /* Access kinds given to the decision function. */
 #define DG_ACCESS_EXEC 0
 #define DG_ACCESS_MMAP_EXEC 1
 #define DG_ACCESS_MEM_EXEC 2 /* memory made executable (file_kind ANONYMOUS, WRITABLE or MODIFIED) */
-#define DG_ACCESS_MEM_WRITE 3 /* a write into process memory (file_kind OWN_MEMORY) */
+#define DG_ACCESS_MEM_WRITE 3 /* a write into process memory (file_kind OWN_MEMORY or OTHER_PROCESS) */
 
 /* Event flags. */
 #define DG_EVF_PATH_TRUNCATED (1u << 0)

@@ -6,6 +6,10 @@
  *   lsm/file_open   the caller's own /proc/<pid>/mem (self, <own pid>,
  *                   task/<tid>, reopened through /proc/self/fd/N, io_uring's
  *                   openat) opened for writing -> -EPERM
+ *   lsm/ptrace_access_check  attach mode, from a task under policy: ptrace
+ *                   attach/seize, process_vm_readv/writev, another process's
+ *                   mem, pidfd_getfd -> -EPERM (off with the debug opt-out)
+ *   lsm/ptrace_traceme       PTRACE_TRACEME from a task under policy -> -EPERM
  *
  * The kernel never asks ptrace_access_check about a process's own mem
  * (mm_access skips it when the mm is the caller's), so the open is the one
@@ -105,6 +109,72 @@ static __always_inline __u32 check_process_memory(__u32 kind, __u32 hook, struct
 	flags = walk_path(BPF_CORE_READ(file, f_path.dentry), BPF_CORE_READ(file, f_path.mnt), 1);
 	emit(s, &v, hook, kind, in.mode, flags, cgid, matched);
 	return v.action;
+}
+
+/*
+ * Attaching to another process from a task under policy (the event's path
+ * stays empty). Returns the verdict's action.
+ */
+static __always_inline __u32 check_process_access(__u32 hook, __u32 enforce_action)
+{
+	struct dg_input in = {};
+	struct dg_verdict v;
+	struct dg_policy *p;
+	struct dg_scratch *s;
+	__u64 cgid = 0, matched = 0;
+
+	p = lookup_policy(&cgid, &matched);
+	if (!p)
+		return DG_ACT_ALLOW;
+	stat_inc(DG_STAT_CHECKS);
+	in.mode = p->mode;
+	in.rules = p->rules;
+	in.file_kind = DG_FILE_OTHER_PROCESS;
+	in.list = DG_LIST_NONE;
+	in.access = DG_ACCESS_MEM_WRITE;
+	in.enforce_action = enforce_action;
+	v = dg_decide(&in);
+	if (v.action == DG_ACT_ALLOW)
+		return DG_ACT_ALLOW;
+	s = scratch();
+	if (!s)
+		return v.action;
+	emit(s, &v, hook, DG_FILE_OTHER_PROCESS, in.mode, 0, cgid, matched);
+	return v.action;
+}
+
+#define PTRACE_MODE_ATTACH 0x02
+
+/*
+ * The kernel asks this about another thread group only (its own passes before
+ * the LSM), in attach mode for ptrace attach and seize, process_vm_readv and
+ * process_vm_writev, another process's /proc/<pid>/mem (read or write),
+ * pidfd_getfd. Read mode (ps, /proc/<pid>/maps, status, environ) passes.
+ */
+SEC("lsm/ptrace_access_check")
+int BPF_PROG(dg_ptrace_access, struct task_struct *child, unsigned int mode)
+{
+	__u32 act;
+
+	if (!(mode & PTRACE_MODE_ATTACH))
+		return 0;
+	act = check_process_access(DG_HOOK_PTRACE_ACCESS, DG_ACT_DENY);
+	barrier_var(act);
+	if (act == DG_ACT_DENY)
+		return -EPERM;
+	return 0;
+}
+
+/* PTRACE_TRACEME: the caller offers itself to its parent, who could then write its memory. */
+SEC("lsm/ptrace_traceme")
+int BPF_PROG(dg_ptrace_traceme, struct task_struct *parent)
+{
+	__u32 act = check_process_access(DG_HOOK_PTRACE_TRACEME, DG_ACT_DENY);
+
+	barrier_var(act);
+	if (act == DG_ACT_DENY)
+		return -EPERM;
+	return 0;
 }
 
 SEC("lsm/file_open")

@@ -36,7 +36,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{ExecMemory, ExecPath, Mode, Policy, PolicyError};
+use crate::policy::{ExecMemory, ExecPath, Mode, Policy, PolicyError, ProcessAccess};
 
 /// Prefix of every driftguard annotation key.
 pub const PREFIX: &str = "driftguard.dev/";
@@ -128,13 +128,15 @@ pub enum Key {
     AllowlistOnly,
     /// `exec-memory`: true | false (false: the JIT opt-out).
     ExecMemory,
+    /// `process-access`: true | false (false: the debug opt-out).
+    ProcessAccess,
     /// `failure-policy`: fail | ignore.
     FailurePolicy,
 }
 
 impl Key {
     /// Every key.
-    pub const ALL: [Key; 11] = [
+    pub const ALL: [Key; 12] = [
         Key::Mode,
         Key::Allow,
         Key::Deny,
@@ -145,6 +147,7 @@ impl Key {
         Key::ExecVolumes,
         Key::AllowlistOnly,
         Key::ExecMemory,
+        Key::ProcessAccess,
         Key::FailurePolicy,
     ];
 
@@ -161,6 +164,7 @@ impl Key {
             Key::ExecVolumes => "exec-volumes",
             Key::AllowlistOnly => "allowlist-only",
             Key::ExecMemory => "exec-memory",
+            Key::ProcessAccess => "process-access",
             Key::FailurePolicy => "failure-policy",
         }
     }
@@ -209,7 +213,7 @@ pub enum ValueError {
 pub enum AnnotationError {
     /// A key under the prefix that driftguard does not know (a typo, most likely).
     #[error(
-        "annotation {key:?} = {value:?}: unknown key {name:?}: expected one of mode, allow, deny, drift, fileless, non-image, exec-volumes, allowlist-only, exec-memory, failure-policy, optionally followed by .<container-name>"
+        "annotation {key:?} = {value:?}: unknown key {name:?}: expected one of mode, allow, deny, drift, fileless, non-image, exec-volumes, allowlist-only, exec-memory, process-access, failure-policy, optionally followed by .<container-name>"
     )]
     UnknownKey {
         /// The full annotation key.
@@ -288,13 +292,17 @@ fn parse_value(key: Key, raw: &str) -> Result<Value, ValueError> {
     match key {
         Key::Mode => s.parse::<Mode>().map(Value::Mode).map_err(ValueError::Mode),
         Key::FailurePolicy => s.parse::<FailurePolicy>().map(Value::FailurePolicy).map_err(ValueError::FailurePolicy),
-        Key::Drift | Key::Fileless | Key::NonImage | Key::NonOverlay | Key::AllowlistOnly | Key::ExecMemory => {
-            match s {
-                "true" => Ok(Value::Bool(true)),
-                "false" => Ok(Value::Bool(false)),
-                other => Err(ValueError::Bool(other.to_string())),
-            }
-        }
+        Key::Drift
+        | Key::Fileless
+        | Key::NonImage
+        | Key::NonOverlay
+        | Key::AllowlistOnly
+        | Key::ExecMemory
+        | Key::ProcessAccess => match s {
+            "true" => Ok(Value::Bool(true)),
+            "false" => Ok(Value::Bool(false)),
+            other => Err(ValueError::Bool(other.to_string())),
+        },
         Key::Allow | Key::Deny | Key::ExecVolumes => parse_paths(s).map(Value::Paths),
     }
 }
@@ -424,6 +432,9 @@ where
                 (Key::ExecMemory, Value::Bool(b)) => {
                     p.rules.exec_memory = if b { ExecMemory::On } else { ExecMemory::Jit }
                 }
+                (Key::ProcessAccess, Value::Bool(b)) => {
+                    p.rules.process_access = if b { ProcessAccess::On } else { ProcessAccess::Debug }
+                }
                 (Key::Allow, Value::Paths(l)) => {
                     p.allow = l;
                     allow_src = Some((s.key, s.raw));
@@ -515,6 +526,7 @@ mod tests {
                 ("driftguard.dev/non-image", "false"),
                 ("driftguard.dev/allowlist-only", "true"),
                 ("driftguard.dev/exec-memory", "false"),
+                ("driftguard.dev/process-access", "false"),
                 ("driftguard.dev/failure-policy", "ignore"),
                 ("unrelated", "x"),
                 ("driftguard.io/mdoe", "ignored: other prefix"),
@@ -531,7 +543,8 @@ mod tests {
                 fileless: false,
                 non_image: false,
                 allowlist_only: true,
-                exec_memory: ExecMemory::Jit
+                exec_memory: ExecMemory::Jit,
+                process_access: ProcessAccess::Debug,
             }
         );
         assert_eq!(r.policy.allow, paths(&["/bin/sh", "/usr/bin/curl"]));
@@ -619,7 +632,7 @@ mod tests {
     fn error_unknown_key() {
         assert_eq!(
             err(&[("driftguard.dev/mdoe", "enforce")], "app", &[]),
-            "annotation \"driftguard.dev/mdoe\" = \"enforce\": unknown key \"mdoe\": expected one of mode, allow, deny, drift, fileless, non-image, exec-volumes, allowlist-only, exec-memory, failure-policy, optionally followed by .<container-name>"
+            "annotation \"driftguard.dev/mdoe\" = \"enforce\": unknown key \"mdoe\": expected one of mode, allow, deny, drift, fileless, non-image, exec-volumes, allowlist-only, exec-memory, process-access, failure-policy, optionally followed by .<container-name>"
         );
         assert!(matches!(
             res(&[], "app", &[("driftguard.dev/mdoe.app", "x")]),

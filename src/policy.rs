@@ -95,11 +95,20 @@ pub struct Rules {
     pub allowlist_only: bool,
     /// Executable memory the image did not ship (W^X, BPF LSM only).
     pub exec_memory: ExecMemory,
+    /// Attaching to another process's memory (ptrace, `process_vm_*`, its `mem`; BPF LSM only).
+    pub process_access: ProcessAccess,
 }
 
 impl Default for Rules {
     fn default() -> Self {
-        Rules { drift: true, fileless: true, non_image: true, allowlist_only: false, exec_memory: ExecMemory::On }
+        Rules {
+            drift: true,
+            fileless: true,
+            non_image: true,
+            allowlist_only: false,
+            exec_memory: ExecMemory::On,
+            process_access: ProcessAccess::On,
+        }
     }
 }
 
@@ -128,6 +137,34 @@ impl ExecMemory {
             ExecMemory::On => "on",
             ExecMemory::Jit => "jit",
             ExecMemory::Off => "off",
+        }
+    }
+}
+
+/// The process-access rule of a policy (`driftguard.dev/process-access`; docs/annotations.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessAccess {
+    /// No attaching to another process's memory from the container: ptrace attach and seize,
+    /// `PTRACE_TRACEME`, `process_vm_readv`/`writev`, another process's `/proc/<pid>/mem`,
+    /// `pidfd_getfd`. The default.
+    #[default]
+    On,
+    /// The debug opt-out (`process-access: false`), for debuggers, tracers and profilers.
+    /// Writing one's own memory through `/proc/self/mem` stays refused.
+    Debug,
+    /// Neither: a policy pinned by an agent from before the rule. A running container keeps it
+    /// across an upgrade; the rule applies from its next start.
+    Off,
+}
+
+impl ProcessAccess {
+    /// The name in `driftguard status` and the docs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProcessAccess::On => "on",
+            ProcessAccess::Debug => "debug",
+            ProcessAccess::Off => "off",
         }
     }
 }
@@ -309,6 +346,11 @@ impl Policy {
             ExecMemory::Jit => r |= abi::DG_RULE_JIT,
             ExecMemory::Off => {}
         }
+        match self.rules.process_access {
+            ProcessAccess::On => r |= abi::DG_RULE_PROCESS_ACCESS,
+            ProcessAccess::Debug => r |= abi::DG_RULE_DEBUG,
+            ProcessAccess::Off => {}
+        }
         r
     }
 
@@ -325,6 +367,13 @@ impl Policy {
                 ExecMemory::Jit
             } else {
                 ExecMemory::Off
+            },
+            process_access: if bits & abi::DG_RULE_PROCESS_ACCESS != 0 {
+                ProcessAccess::On
+            } else if bits & abi::DG_RULE_DEBUG != 0 {
+                ProcessAccess::Debug
+            } else {
+                ProcessAccess::Off
             },
         }
     }
@@ -406,7 +455,7 @@ mod tests {
 
     #[test]
     fn kernel_rule_bits() {
-        let mem = abi::DG_RULE_EXEC_MEMORY;
+        let mem = abi::DG_RULE_EXEC_MEMORY | abi::DG_RULE_PROCESS_ACCESS;
         let mut p = Policy::with_mode(Mode::Enforce);
         p.rules.non_image = false;
         assert_eq!(p.kernel_rules(), abi::DG_RULE_DRIFT | abi::DG_RULE_FILELESS | mem);
@@ -420,8 +469,12 @@ mod tests {
             non_image: true,
             allowlist_only: true,
             exec_memory: ExecMemory::Jit,
+            process_access: ProcessAccess::Debug,
         };
-        assert_eq!(p.kernel_rules(), abi::DG_RULE_NON_IMAGE | abi::DG_RULE_ALLOWLIST_ONLY | abi::DG_RULE_JIT);
+        assert_eq!(
+            p.kernel_rules(),
+            abi::DG_RULE_NON_IMAGE | abi::DG_RULE_ALLOWLIST_ONLY | abi::DG_RULE_JIT | abi::DG_RULE_DEBUG
+        );
         p.deny.insert(ExecPath::new("/bin/nc").unwrap());
         assert_ne!(p.kernel_rules() & abi::DG_RULE_HAS_LISTS, 0);
         assert_eq!(Policy::rules_from_kernel(p.kernel_rules()), p.rules);
@@ -432,6 +485,11 @@ mod tests {
             assert_eq!(Policy::rules_from_kernel(p.kernel_rules()).exec_memory, m);
         }
         assert_eq!(Policy::rules_from_kernel(abi::DG_RULE_DRIFT).exec_memory, ExecMemory::Off);
+        for a in [ProcessAccess::On, ProcessAccess::Debug, ProcessAccess::Off] {
+            p.rules.process_access = a;
+            assert_eq!(Policy::rules_from_kernel(p.kernel_rules()).process_access, a);
+        }
+        assert_eq!(Policy::rules_from_kernel(abi::DG_RULE_DRIFT).process_access, ProcessAccess::Off);
     }
 
     #[test]

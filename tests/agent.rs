@@ -716,11 +716,11 @@ fn reregisters_as_soon_as_the_nri_socket_reappears() -> R {
 }
 
 /// An agent from before the memory rules pinned a running container's policy (neither memory
-/// bit). The new agent, resynchronizing after the upgrade, keeps that container's memory rule
-/// off (a running JIT must not start failing) and says so; a container started afterwards gets
+/// bit, no process-access bit). The new agent, resynchronizing after the upgrade, keeps those
+/// rules off for that container (a running JIT or debugger must not start failing) and says so; a container started afterwards gets
 /// the rule (docs/annotations.md, "Upgrades").
 fn upgrade_keeps_running_containers_without_the_memory_rule() -> R {
-    use driftguard::policy::ExecMemory;
+    use driftguard::policy::{ExecMemory, ProcessAccess};
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let rt = rt();
     let _guard = rt.enter();
@@ -739,6 +739,10 @@ fn upgrade_keeps_running_containers_without_the_memory_rule() -> R {
     if mem(cg)? != ExecMemory::On {
         return Err("a container started by this agent must get the memory rule".into());
     }
+    let access = |cg: u64| -> Result<ProcessAccess, Failed> {
+        let p = store.get(cg).map_err(|e| e.to_string())?.ok_or_else(|| format!("no policy pinned for {cg}"))?;
+        Ok(p.policy.rules.process_access)
+    };
 
     // The pins as the old agent left them: the same policy without either memory bit.
     agent.kill9();
@@ -747,6 +751,7 @@ fn upgrade_keeps_running_containers_without_the_memory_rule() -> R {
     let (rootfs_dev, mounts) = store.provenance(cg).map_err(|e| e.to_string())?.ok_or("no provenance")?;
     let mut before = pinned.policy.clone();
     before.rules.exec_memory = ExecMemory::Off;
+    before.rules.process_access = ProcessAccess::Off;
     if !mounts.is_empty() {
         return Err(format!("the pod exempts no volume, yet mounts {mounts:?} are pinned").into());
     }
@@ -762,15 +767,20 @@ fn upgrade_keeps_running_containers_without_the_memory_rule() -> R {
     if mem(cg)? != ExecMemory::Off {
         return Err(format!("resync changed the running container's memory rule: {:?}", mem(cg)?).into());
     }
-    if !agent.log().contains("container started before this agent's memory rules") {
+    if access(cg)? != ProcessAccess::Off {
+        return Err(format!("resync changed the running container's process-access rule: {:?}", access(cg)?).into());
+    }
+    if !agent.log().contains("container started before this agent's memory rules")
+        || !agent.log().contains("container started before this agent's process-access rule")
+    {
         return Err(format!("the agent did not say it kept the old rules:\n{}", agent.log()).into());
     }
     // A container started now gets the rule.
     let fresh = RuncCtr::create(dir.path(), "fresh")?;
     let p2 = pod("fresh", &[("driftguard.dev/mode", "enforce")]);
     rt.block_on(start_container(&conn2, Delivery::Dedicated, &p2, &fresh.nri(&p2, "app")))?;
-    if mem(fresh.cgroup_id()?)? != ExecMemory::On {
-        return Err("a container started after the upgrade must get the memory rule".into());
+    if mem(fresh.cgroup_id()?)? != ExecMemory::On || access(fresh.cgroup_id()?)? != ProcessAccess::On {
+        return Err("a container started after the upgrade must get the memory and process-access rules".into());
     }
     Ok(())
 }

@@ -108,6 +108,9 @@ fn spec_decide(i: &RawInput) -> (u32, u32) {
         // A write into the caller's own memory (/proc/self/mem): whatever the rule bits, no list.
         if i.file_kind == abi::DG_FILE_OWN_MEMORY {
             abi::DG_MATCH_MEMORY_WRITE
+        } else if i.file_kind == abi::DG_FILE_OTHER_PROCESS && i.rules & abi::DG_RULE_PROCESS_ACCESS != 0 {
+            // Another process's memory: the rule bit only (the debug opt-out clears it).
+            abi::DG_MATCH_PROCESS_ACCESS
         } else {
             abi::DG_MATCH_NONE
         }
@@ -172,6 +175,8 @@ fn decision_function_matches_spec() -> R {
         abi::DG_RULE_ALLOWLIST_ONLY,
         abi::DG_RULE_EXEC_MEMORY,
         abi::DG_RULE_JIT,
+        abi::DG_RULE_PROCESS_ACCESS,
+        abi::DG_RULE_DEBUG,
     ];
     for mode in 0..4 {
         for combo in 0u32..(1 << deciding.len()) {
@@ -180,7 +185,7 @@ fn decision_function_matches_spec() -> R {
             if combo % 2 == 1 {
                 rules |= abi::DG_RULE_HAS_LISTS | abi::DG_RULE_HAS_MOUNTS;
             }
-            for file_kind in 0..=abi::DG_FILE_OWN_MEMORY {
+            for file_kind in 0..=abi::DG_FILE_OTHER_PROCESS {
                 for list in 0..3 {
                     for access in 0..=abi::DG_ACCESS_MEM_WRITE {
                         for shmem in 0..2 {
@@ -236,7 +241,8 @@ fn decision_function_matches_spec() -> R {
     assert_eq!(t.decide(RawInput { rules: jit, ..memfd }).map_err(|e| e.to_string())?.0, abi::DG_MATCH_NONE);
     let exec = RawInput { rules: jit, access: abi::DG_ACCESS_EXEC, ..memfd };
     assert_eq!(t.decide(exec).map_err(|e| e.to_string())?.0, abi::DG_MATCH_FILELESS);
-    let legacy = defaults & !(abi::DG_RULE_EXEC_MEMORY | abi::DG_RULE_JIT);
+    let legacy =
+        defaults & !(abi::DG_RULE_EXEC_MEMORY | abi::DG_RULE_JIT | abi::DG_RULE_PROCESS_ACCESS | abi::DG_RULE_DEBUG);
     assert_eq!(t.decide(RawInput { rules: legacy, ..mem }).map_err(|e| e.to_string())?.0, abi::DG_MATCH_NONE);
     assert_eq!(t.decide(RawInput { rules: legacy, ..memfd }).map_err(|e| e.to_string())?.0, abi::DG_MATCH_FILELESS);
     // The memory-write rule: in every policy, a pre-rule one included, monitor reports.
@@ -244,6 +250,16 @@ fn decision_function_matches_spec() -> R {
     assert_eq!(t.decide(own).map_err(|e| e.to_string())?, (abi::DG_MATCH_MEMORY_WRITE, abi::DG_ACT_DENY));
     let monitor = RawInput { mode: abi::DG_MODE_MONITOR, ..own };
     assert_eq!(t.decide(monitor).map_err(|e| e.to_string())?, (abi::DG_MATCH_MEMORY_WRITE, abi::DG_ACT_ALERT));
+    // The process-access rule: on by default, off with the debug opt-out (own memory stays
+    // refused) and in a policy pinned before the rule.
+    let other = RawInput { rules: defaults, file_kind: abi::DG_FILE_OTHER_PROCESS, ..own };
+    assert_eq!(t.decide(other).map_err(|e| e.to_string())?, (abi::DG_MATCH_PROCESS_ACCESS, abi::DG_ACT_DENY));
+    let mut debug = Policy::with_mode(Mode::Enforce);
+    debug.rules.process_access = driftguard::policy::ProcessAccess::Debug;
+    let debug = debug.kernel_rules();
+    assert_eq!(t.decide(RawInput { rules: debug, ..other }).map_err(|e| e.to_string())?.0, abi::DG_MATCH_NONE);
+    assert_eq!(t.decide(RawInput { rules: debug, ..own }).map_err(|e| e.to_string())?.0, abi::DG_MATCH_MEMORY_WRITE);
+    assert_eq!(t.decide(RawInput { rules: legacy, ..other }).map_err(|e| e.to_string())?.0, abi::DG_MATCH_NONE);
     println!("{n} inputs checked against the spec");
     Ok(())
 }

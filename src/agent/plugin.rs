@@ -13,7 +13,7 @@ use super::registry::{ContainerInfo, Registry, Rootfs};
 use crate::annotations::{self, Defaults, FailurePolicy};
 use crate::cgroup::{self, CgroupError, CgroupRoot};
 use crate::enforcer::{Owner, PolicyStore};
-use crate::policy::{ExecMemory, Mode, Policy};
+use crate::policy::{ExecMemory, Mode, Policy, ProcessAccess};
 use crate::provenance::{self, ExecMount, Provenance, ProvenanceError};
 
 /// Annotation containerd's CRI plugin sets with the image reference.
@@ -148,16 +148,26 @@ impl DriftguardPlugin {
     /// A new container has a new cgroup, so nothing is pinned for it and it gets `policy` as is.
     fn keep_pinned_memory_rule(&self, ctr: &Container, cgroup_id: u64, policy: &Policy) -> Policy {
         let mut policy = policy.clone();
-        if policy.rules.exec_memory == ExecMemory::Off {
-            return policy;
-        }
         if let Ok(Some(pinned)) = self.store.get(cgroup_id) {
-            if pinned.policy.rules.exec_memory == ExecMemory::Off && pinned.policy.mode != Mode::Off {
+            if pinned.policy.mode == Mode::Off {
+                return policy;
+            }
+            if pinned.policy.rules.exec_memory == ExecMemory::Off && policy.rules.exec_memory != ExecMemory::Off {
                 tracing::info!(
                     container = %ctr.name, container_id = %ctr.id, cgroup_id,
                     "container started before this agent's memory rules: they apply from its next start"
                 );
                 policy.rules.exec_memory = ExecMemory::Off;
+            }
+            // The same for the process-access rule (a running debugger or profiler keeps working).
+            if pinned.policy.rules.process_access == ProcessAccess::Off
+                && policy.rules.process_access != ProcessAccess::Off
+            {
+                tracing::info!(
+                    container = %ctr.name, container_id = %ctr.id, cgroup_id,
+                    "container started before this agent's process-access rule: it applies from its next start"
+                );
+                policy.rules.process_access = ProcessAccess::Off;
             }
         }
         policy

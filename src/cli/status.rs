@@ -7,7 +7,7 @@ use driftguard::agent::{self, registry::ContainerInfo, state_file, Registry};
 use driftguard::cgroup::CgroupRoot;
 use driftguard::config::Config;
 use driftguard::enforcer::{self, PolicyStore};
-use driftguard::policy::ExecMemory;
+use driftguard::policy::{ExecMemory, ProcessAccess};
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -55,6 +55,8 @@ pub fn run(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
             ("allowlist_only", r.allowlist_only),
             ("exec_memory", r.exec_memory == ExecMemory::On),
             ("jit", r.exec_memory == ExecMemory::Jit),
+            ("process_access", r.process_access == ProcessAccess::On),
+            ("debug", r.process_access == ProcessAccess::Debug),
         ]
         .into_iter()
         .filter_map(|(n, on)| on.then_some(n))

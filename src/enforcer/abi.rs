@@ -35,6 +35,8 @@ c_constants! {
     DG_RULE_HAS_MOUNTS: u32 = 1 << 5;
     DG_RULE_EXEC_MEMORY: u32 = 1 << 6;
     DG_RULE_JIT: u32 = 1 << 7;
+    DG_RULE_PROCESS_ACCESS: u32 = 1 << 8;
+    DG_RULE_DEBUG: u32 = 1 << 9;
 
     DG_LIST_NONE: u32 = 0;
     DG_LIST_ALLOW: u32 = 1;
@@ -51,6 +53,7 @@ c_constants! {
     DG_FILE_WRITABLE: u32 = 8;
     DG_FILE_MODIFIED: u32 = 9;
     DG_FILE_OWN_MEMORY: u32 = 10;
+    DG_FILE_OTHER_PROCESS: u32 = 11;
 
     DG_MATCH_NONE: u32 = 0;
     DG_MATCH_DENY_LIST: u32 = 1;
@@ -60,6 +63,7 @@ c_constants! {
     DG_MATCH_NOT_ALLOWED: u32 = 5;
     DG_MATCH_EXEC_MEMORY: u32 = 6;
     DG_MATCH_MEMORY_WRITE: u32 = 7;
+    DG_MATCH_PROCESS_ACCESS: u32 = 8;
 
     DG_ACT_ALLOW: u32 = 0;
     DG_ACT_ALERT: u32 = 1;
@@ -74,6 +78,8 @@ c_constants! {
     DG_HOOK_SYS_MPROTECT: u32 = 6;
     DG_HOOK_SYS_SHMAT: u32 = 7;
     DG_HOOK_FILE_OPEN: u32 = 8;
+    DG_HOOK_PTRACE_ACCESS: u32 = 9;
+    DG_HOOK_PTRACE_TRACEME: u32 = 10;
 
     DG_ACCESS_EXEC: u32 = 0;
     DG_ACCESS_MMAP_EXEC: u32 = 1;

@@ -35,6 +35,11 @@ pub enum Rule {
     /// A write into process memory: the caller's own memory opened for writing through
     /// `/proc/<pid>/mem` (the DDexec primitive). The event's `file` is `own_memory`.
     MemoryWrite,
+    /// Attaching to another process's memory from a task under policy: ptrace attach or seize,
+    /// `process_vm_readv`/`writev`, another process's `/proc/<pid>/mem`, `pidfd_getfd`, and
+    /// `PTRACE_TRACEME` (the kernel's attach mode cannot tell reads from writes). Off with the
+    /// debug opt-out. The event's `file` is `other_process`.
+    ProcessAccess,
     /// A code this version does not know.
     Unknown,
 }
@@ -49,6 +54,7 @@ impl Rule {
             abi::DG_MATCH_NOT_ALLOWED => Rule::NotAllowed,
             abi::DG_MATCH_EXEC_MEMORY => Rule::ExecMemory,
             abi::DG_MATCH_MEMORY_WRITE => Rule::MemoryWrite,
+            abi::DG_MATCH_PROCESS_ACCESS => Rule::ProcessAccess,
             _ => Rule::Unknown,
         }
     }
@@ -63,6 +69,7 @@ impl Rule {
             Rule::NotAllowed => "not_allowed",
             Rule::ExecMemory => "exec_memory",
             Rule::MemoryWrite => "memory_write",
+            Rule::ProcessAccess => "process_access",
             Rule::Unknown => "unknown",
         }
     }
@@ -123,6 +130,10 @@ pub enum Hook {
     SysShmat,
     /// `lsm/file_open` (a process's `mem` file opened for writing).
     FileOpen,
+    /// `lsm/ptrace_access_check` (attach mode: ptrace, `process_vm_*`, another's `mem`).
+    PtraceAccess,
+    /// `lsm/ptrace_traceme`.
+    PtraceTraceme,
     /// Unknown code.
     Unknown,
 }
@@ -138,6 +149,8 @@ impl Hook {
             abi::DG_HOOK_SYS_MPROTECT => Hook::SysMprotect,
             abi::DG_HOOK_SYS_SHMAT => Hook::SysShmat,
             abi::DG_HOOK_FILE_OPEN => Hook::FileOpen,
+            abi::DG_HOOK_PTRACE_ACCESS => Hook::PtraceAccess,
+            abi::DG_HOOK_PTRACE_TRACEME => Hook::PtraceTraceme,
             _ => Hook::Unknown,
         }
     }
@@ -174,6 +187,8 @@ pub enum FileKind {
     /// Memory-write rule: the caller's own memory (`/proc/self/mem`, `/proc/<own pid>/mem`,
     /// `task/<tid>/mem`).
     OwnMemory,
+    /// Process-access rule: another process (ptrace attach mode, `PTRACE_TRACEME`).
+    OtherProcess,
 }
 
 impl FileKind {
@@ -189,6 +204,7 @@ impl FileKind {
             abi::DG_FILE_WRITABLE => FileKind::Writable,
             abi::DG_FILE_MODIFIED => FileKind::Modified,
             abi::DG_FILE_OWN_MEMORY => FileKind::OwnMemory,
+            abi::DG_FILE_OTHER_PROCESS => FileKind::OtherProcess,
             _ => FileKind::OtherFs,
         }
     }
@@ -207,6 +223,7 @@ impl FileKind {
             FileKind::Writable => "writable",
             FileKind::Modified => "modified",
             FileKind::OwnMemory => "own_memory",
+            FileKind::OtherProcess => "other_process",
         }
     }
 }

@@ -58,7 +58,8 @@ pub const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 pub const LSM_LIST: &str = "/sys/kernel/security/lsm";
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
-const LSM_PROGS: [&str; 4] = ["dg_bprm_check", "dg_mmap_file", "dg_file_mprotect", "dg_file_open"];
+const LSM_PROGS: [&str; 6] =
+    ["dg_bprm_check", "dg_mmap_file", "dg_file_mprotect", "dg_file_open", "dg_ptrace_access", "dg_ptrace_traceme"];
 const TP_PROGS: [&str; 1] = ["dg_exec_tp"];
 /// The fallback's mapping checks (bpf/memory_fallback.h): on every kernel ...
 const MAPPING_PROGS: [&str; 3] = ["dg_sys_mmap", "dg_sys_exit_mmap", "dg_sys_shmat"];

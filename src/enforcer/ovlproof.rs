@@ -25,7 +25,7 @@ use super::{
     OverlayUpper,
 };
 use crate::cgroup::{self, CgroupRoot};
-use crate::policy::{ExecMemory, Mode, Policy, Rules};
+use crate::policy::{ExecMemory, Mode, Policy, ProcessAccess, Rules};
 use crate::provenance::{kernel_dev_of_st_dev, Provenance};
 
 /// How long the proof waits for the kernel's verdict events (a TCG VM is slow).
@@ -70,8 +70,14 @@ fn prove_in(scratch: &Scratch, path: EnforcementPath, ovl: OverlayUpper) -> Resu
 
     let mut policy = Policy::with_mode(Mode::Monitor);
     // allow-list-only with an empty list: every exec is reported, with its file kind.
-    policy.rules =
-        Rules { drift: true, fileless: false, non_image: false, allowlist_only: true, exec_memory: ExecMemory::Off };
+    policy.rules = Rules {
+        drift: true,
+        fileless: false,
+        non_image: false,
+        allowlist_only: true,
+        exec_memory: ExecMemory::Off,
+        process_access: ProcessAccess::Off,
+    };
     let prov = Provenance { rootfs_dev: scratch.overlay_dev, rootfs_type: "overlay".into(), exec_mounts: Vec::new() };
     enf.store
         .set(scratch.cgroup_id, scratch.cgroup_level, &policy, &prov)

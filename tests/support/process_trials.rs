@@ -4,6 +4,9 @@
 //! injected code run, or the trial proves nothing). With BPF LSM the open fails with EPERM; the
 //! tracepoint fallback does not see it yet, which each trial asserts as a LIMIT.
 //!
+//! Attaching to another process (ptrace, `process_vm_writev`, its `mem`) is tried on a child of
+//! the body, which waits until it is killed.
+//!
 //! A child body returns 0 when the injected code ran, `10 + errno` when the open for writing was
 //! refused, `30 + errno` when a reopen was, 99 for a must-work case that worked, 1xx for set-up
 //! failures.
@@ -145,8 +148,10 @@ fn expect_code(out: &Outcome, code: i32, what: &str) -> R {
 /// One trial: name and body.
 pub type Trial = (&'static str, fn() -> R);
 
-pub const TRIALS: [Trial; 3] = [
+pub const TRIALS: [Trial; 5] = [
     ("memory_write_own_mem_denied", memory_write_own_mem_denied),
+    ("process_access_denied_from_an_enforced_container", process_access_denied_from_an_enforced_container),
+    ("process_access_debug_opt_out", process_access_debug_opt_out),
     ("memory_write_shell_only_dd_denied", memory_write_shell_only_dd_denied),
     ("memory_write_monitor_reports", memory_write_monitor_reports),
 ];
@@ -237,6 +242,170 @@ fn memory_write_monitor_reports() -> R {
     let e = wait_event(h, |e| e.policy_cgroup_id == c.cgid && e.rule == Rule::MemoryWrite, "memory_write alert")?;
     if e.action != Action::Alert || e.mode != Mode::Monitor {
         return Err(format!("monitor mode: expected an alert: {e:?}").into());
+    }
+    Ok(())
+}
+
+/// A word in the target's memory that `process_vm_writev` overwrites.
+static TARGET_WORD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Ways to reach another process's memory, tried on `pid` (a child of the caller): 0 when the
+/// call worked, 10 + errno when it was refused.
+#[derive(Clone, Copy, Debug)]
+enum Reach {
+    Attach,
+    Seize,
+    ProcessVmWritev,
+    MemOpenForWrite,
+}
+
+const REACHES: [Reach; 4] = [Reach::Attach, Reach::Seize, Reach::ProcessVmWritev, Reach::MemOpenForWrite];
+
+/// Forks a child that waits, reaches it `how`, kills and reaps it.
+fn reach_child(how: Reach) -> i32 {
+    // SAFETY: raw syscalls on our own child.
+    unsafe {
+        let pid = libc::fork();
+        if pid < 0 {
+            return 110;
+        }
+        if pid == 0 {
+            loop {
+                libc::pause();
+            }
+        }
+        let r = match how {
+            Reach::Attach => libc::ptrace(libc::PTRACE_ATTACH, pid, 0, 0) as i32,
+            Reach::Seize => libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0) as i32,
+            Reach::ProcessVmWritev => {
+                let v: u64 = 42;
+                let local = libc::iovec { iov_base: &v as *const u64 as *mut libc::c_void, iov_len: 8 };
+                let remote = libc::iovec { iov_base: TARGET_WORD.as_ptr().cast(), iov_len: 8 };
+                if libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) == 8 {
+                    0
+                } else {
+                    -1
+                }
+            }
+            Reach::MemOpenForWrite => {
+                let mut buf = [0u8; 64];
+                let path = path_with_number(&mut buf, b"/proc/", pid as u32, b"/mem");
+                let fd = libc::open(path.as_ptr().cast(), libc::O_RDWR | libc::O_CLOEXEC);
+                if fd >= 0 {
+                    libc::close(fd);
+                    0
+                } else {
+                    -1
+                }
+            }
+        };
+        let code = if r == 0 { 0 } else { 10 + errno() };
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+        code
+    }
+}
+
+/// `PTRACE_TRACEME`: 0 when it worked, 10 + errno when refused.
+fn traceme() -> i32 {
+    // SAFETY: the caller offers itself to its parent, then exits.
+    if unsafe { libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) } == 0 {
+        0
+    } else {
+        10 + errno()
+    }
+}
+
+/// Reading another process's `/proc/<pid>/maps` and `status` (read mode) keeps working: 99.
+fn read_child_maps() -> i32 {
+    // SAFETY: raw syscalls on our own child.
+    unsafe {
+        let pid = libc::fork();
+        if pid < 0 {
+            return 110;
+        }
+        if pid == 0 {
+            loop {
+                libc::pause();
+            }
+        }
+        let mut code = 99;
+        for suffix in [&b"/maps"[..], b"/status", b"/environ"] {
+            let mut buf = [0u8; 64];
+            let path = path_with_number(&mut buf, b"/proc/", pid as u32, suffix);
+            let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
+            let mut b = [0u8; 16];
+            if fd < 0 || libc::read(fd, b.as_mut_ptr().cast(), b.len()) < 0 {
+                code = 10 + errno();
+            }
+            if fd >= 0 {
+                libc::close(fd);
+            }
+        }
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+        code
+    }
+}
+
+fn process_access_denied_from_an_enforced_container() -> R {
+    let h = harness()?;
+    let c = container("ptrace")?;
+    c.install(h, &enforce())?;
+    let free = container("ptrace-free")?;
+    for how in REACHES {
+        expect_code(&fork_in_cgroup(&free.cgroup, &|| reach_child(how))?, 0, &format!("control: {how:?}"))?;
+        let out = fork_in_cgroup(&c.cgroup, &|| reach_child(how))?;
+        if !lsm(h) {
+            expect_code(&out, 0, &format!("fallback limit changed: {how:?}"))?;
+            println!("LIMIT {how:?} of another process: works on the tracepoint fallback (docs/threat-model.md)");
+            continue;
+        }
+        // mem_open reports any refusal of its ptrace check as EACCES (mm_access)
+        let errno = if matches!(how, Reach::MemOpenForWrite) { libc::EACCES } else { libc::EPERM };
+        expect_code(&out, 10 + errno, &format!("{how:?} of another process"))?;
+    }
+    expect_code(&fork_in_cgroup(&free.cgroup, &traceme)?, 0, "control: PTRACE_TRACEME")?;
+    let out = fork_in_cgroup(&c.cgroup, &traceme)?;
+    expect_code(&fork_in_cgroup(&c.cgroup, &read_child_maps)?, 99, "reading another process's maps and status")?;
+    if !lsm(h) {
+        expect_code(&out, 0, "fallback limit changed: PTRACE_TRACEME")?;
+        println!("LIMIT PTRACE_TRACEME: works on the tracepoint fallback (docs/threat-model.md)");
+        return Ok(());
+    }
+    expect_code(&out, 10 + libc::EPERM, "PTRACE_TRACEME")?;
+    for hook in [Hook::PtraceAccess, Hook::PtraceTraceme] {
+        let e = wait_event(
+            h,
+            |e| e.policy_cgroup_id == c.cgid && e.rule == Rule::ProcessAccess && e.hook == hook,
+            &format!("process_access event ({hook:?})"),
+        )?;
+        if e.file != FileKind::OtherProcess || e.action != Action::Deny {
+            return Err(format!("expected other_process, deny: {e:?}").into());
+        }
+    }
+    Ok(())
+}
+
+/// `driftguard.dev/process-access: "false"` (debuggers, tracers, profilers): attaching works,
+/// writing one's own memory through `/proc/self/mem` stays refused.
+fn process_access_debug_opt_out() -> R {
+    let h = harness()?;
+    let c = container("ptrace-debug")?;
+    let mut p = enforce();
+    p.rules.process_access = driftguard::policy::ProcessAccess::Debug;
+    c.install(h, &p)?;
+    for how in REACHES {
+        expect_code(&fork_in_cgroup(&c.cgroup, &|| reach_child(how))?, 0, &format!("process-access=false: {how:?}"))?;
+    }
+    expect_code(&fork_in_cgroup(&c.cgroup, &traceme)?, 0, "process-access=false: PTRACE_TRACEME")?;
+    let own = fork_in_cgroup(&c.cgroup, &|| open_and_poke(b"/proc/self/mem\0", libc::O_RDWR))?;
+    if lsm(h) {
+        expect_code(&own, 10 + libc::EPERM, "process-access=false: /proc/self/mem stays refused")?;
+    }
+    event_barrier(h)?;
+    if let Some(e) = events_for(h, c.cgid).into_iter().find(|e| e.rule == Rule::ProcessAccess) {
+        return Err(format!("the opted-out container reported process access: {e:?}").into());
     }
     Ok(())
 }
