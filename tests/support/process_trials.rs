@@ -167,7 +167,7 @@ fn memory_write_own_mem_denied() -> R {
         if !lsm(h) {
             expect_code(&out, 0, &format!("fallback limit changed: {what}"))?;
             println!(
-                "LIMIT {what}: runs on the tracepoint fallback (no open hook without BPF LSM; docs/threat-model.md)"
+                "LIMIT {what} on the tracepoint fallback: it runs (no open hook without BPF LSM; docs/threat-model.md)"
             );
             continue;
         }
@@ -214,7 +214,7 @@ fn memory_write_shell_only_dd_denied() -> R {
     let out = dd(&c)?;
     if !lsm(h) {
         expect_code(&out, 0, "fallback limit changed: dd of=/proc/self/mem")?;
-        println!("LIMIT dd of=/proc/self/mem: runs on the tracepoint fallback (docs/threat-model.md)");
+        println!("LIMIT dd of=/proc/self/mem on the tracepoint fallback: it runs (docs/threat-model.md)");
         return Ok(());
     }
     match &out {
@@ -358,7 +358,7 @@ fn process_access_denied_from_an_enforced_container() -> R {
         let out = fork_in_cgroup(&c.cgroup, &|| reach_child(how))?;
         if !lsm(h) {
             expect_code(&out, 0, &format!("fallback limit changed: {how:?}"))?;
-            println!("LIMIT {how:?} of another process: works on the tracepoint fallback (docs/threat-model.md)");
+            println!("LIMIT {how:?} of another process on the tracepoint fallback: it works (docs/threat-model.md)");
             continue;
         }
         // mem_open reports any refusal of its ptrace check as EACCES (mm_access)
@@ -370,7 +370,7 @@ fn process_access_denied_from_an_enforced_container() -> R {
     expect_code(&fork_in_cgroup(&c.cgroup, &read_child_maps)?, 99, "reading another process's maps and status")?;
     if !lsm(h) {
         expect_code(&out, 0, "fallback limit changed: PTRACE_TRACEME")?;
-        println!("LIMIT PTRACE_TRACEME: works on the tracepoint fallback (docs/threat-model.md)");
+        println!("LIMIT PTRACE_TRACEME on the tracepoint fallback: it works (docs/threat-model.md)");
         return Ok(());
     }
     expect_code(&out, 10 + libc::EPERM, "PTRACE_TRACEME")?;
