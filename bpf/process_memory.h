@@ -78,17 +78,19 @@ static __always_inline bool proc_mem_is_own(struct file *file)
 }
 
 /*
- * The policy lookup, the decision and the event of a write into process
- * memory; `file` names the event's path. Returns the verdict's action.
+ * The policy lookup, the decision and the event of an access to process
+ * memory: the caller's own (`file` is its mem file, which names the event's
+ * path) or another process's (`file` NULL, no path). Returns the verdict's
+ * action.
  */
-static __always_inline __u32 check_process_memory(__u32 kind, __u32 hook, struct file *file, __u32 enforce_action)
+static __always_inline __u32 check_process(__u32 kind, __u32 hook, struct file *file, __u32 enforce_action)
 {
 	struct dg_input in = {};
 	struct dg_verdict v;
 	struct dg_policy *p;
 	struct dg_scratch *s;
 	__u64 cgid = 0, matched = 0;
-	__u32 flags;
+	__u32 flags = 0;
 
 	p = lookup_policy(&cgid, &matched);
 	if (!p)
@@ -106,40 +108,11 @@ static __always_inline __u32 check_process_memory(__u32 kind, __u32 hook, struct
 	s = scratch();
 	if (!s)
 		return v.action;
-	flags = walk_path(BPF_CORE_READ(file, f_path.dentry), BPF_CORE_READ(file, f_path.mnt), 1);
+	/* decided on the kind, a scalar, not by testing `file` (see check_memory()) */
+	barrier_var(kind);
+	if (kind == DG_FILE_OWN_MEMORY)
+		flags = walk_path(BPF_CORE_READ(file, f_path.dentry), BPF_CORE_READ(file, f_path.mnt), 1);
 	emit(s, &v, hook, kind, in.mode, flags, cgid, matched);
-	return v.action;
-}
-
-/*
- * Attaching to another process from a task under policy (the event's path
- * stays empty). Returns the verdict's action.
- */
-static __always_inline __u32 check_process_access(__u32 hook, __u32 enforce_action)
-{
-	struct dg_input in = {};
-	struct dg_verdict v;
-	struct dg_policy *p;
-	struct dg_scratch *s;
-	__u64 cgid = 0, matched = 0;
-
-	p = lookup_policy(&cgid, &matched);
-	if (!p)
-		return DG_ACT_ALLOW;
-	stat_inc(DG_STAT_CHECKS);
-	in.mode = p->mode;
-	in.rules = p->rules;
-	in.file_kind = DG_FILE_OTHER_PROCESS;
-	in.list = DG_LIST_NONE;
-	in.access = DG_ACCESS_MEM_WRITE;
-	in.enforce_action = enforce_action;
-	v = dg_decide(&in);
-	if (v.action == DG_ACT_ALLOW)
-		return DG_ACT_ALLOW;
-	s = scratch();
-	if (!s)
-		return v.action;
-	emit(s, &v, hook, DG_FILE_OTHER_PROCESS, in.mode, 0, cgid, matched);
 	return v.action;
 }
 
@@ -158,7 +131,7 @@ int BPF_PROG(dg_ptrace_access, struct task_struct *child, unsigned int mode)
 
 	if (!(mode & PTRACE_MODE_ATTACH))
 		return 0;
-	act = check_process_access(DG_HOOK_PTRACE_ACCESS, DG_ACT_DENY);
+	act = check_process(DG_FILE_OTHER_PROCESS, DG_HOOK_PTRACE_ACCESS, NULL, DG_ACT_DENY);
 	barrier_var(act);
 	if (act == DG_ACT_DENY)
 		return -EPERM;
@@ -169,7 +142,7 @@ int BPF_PROG(dg_ptrace_access, struct task_struct *child, unsigned int mode)
 SEC("lsm/ptrace_traceme")
 int BPF_PROG(dg_ptrace_traceme, struct task_struct *parent)
 {
-	__u32 act = check_process_access(DG_HOOK_PTRACE_TRACEME, DG_ACT_DENY);
+	__u32 act = check_process(DG_FILE_OTHER_PROCESS, DG_HOOK_PTRACE_TRACEME, NULL, DG_ACT_DENY);
 
 	barrier_var(act);
 	if (act == DG_ACT_DENY)
@@ -186,7 +159,7 @@ int BPF_PROG(dg_file_open, struct file *file)
 		return 0;
 	if (!proc_mem_is_own(file))
 		return 0;
-	act = check_process_memory(DG_FILE_OWN_MEMORY, DG_HOOK_FILE_OPEN, file, DG_ACT_DENY);
+	act = check_process(DG_FILE_OWN_MEMORY, DG_HOOK_FILE_OPEN, file, DG_ACT_DENY);
 	barrier_var(act);
 	if (act == DG_ACT_DENY)
 		return -EPERM;

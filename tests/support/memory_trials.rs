@@ -361,7 +361,7 @@ fn expect_injected(out: &Outcome, what: &str) -> R {
     }
 }
 
-fn expect_code(out: &Outcome, code: i32, what: &str) -> R {
+pub fn expect_code(out: &Outcome, code: i32, what: &str) -> R {
     match out {
         Outcome::Exited(c, _) if *c == code => Ok(()),
         other => Err(format!("{what}: expected exit {code}, got {other:?}").into()),

@@ -11,6 +11,7 @@
 //! refused, `30 + errno` when a reopen was, 99 for a must-work case that worked, 1xx for set-up
 //! failures.
 
+use super::memory::expect_code;
 use super::*;
 
 /// `mov eax, 42; ret` (x86_64)
@@ -138,13 +139,6 @@ fn own_mem_read() -> i32 {
     99
 }
 
-fn expect_code(out: &Outcome, code: i32, what: &str) -> R {
-    match out {
-        Outcome::Exited(c, _) if *c == code => Ok(()),
-        other => Err(format!("{what}: expected exit {code}, got {other:?}").into()),
-    }
-}
-
 /// One trial: name and body.
 pub type Trial = (&'static str, fn() -> R);
 
@@ -261,9 +255,10 @@ enum Reach {
 
 const REACHES: [Reach; 4] = [Reach::Attach, Reach::Seize, Reach::ProcessVmWritev, Reach::MemOpenForWrite];
 
-/// Forks a child that waits, reaches it `how`, kills and reaps it.
-fn reach_child(how: Reach) -> i32 {
-    // SAFETY: raw syscalls on our own child.
+/// Forks a child that waits (until killed), runs `f` on its pid, kills and reaps it: `f`'s
+/// code, or 110 when the fork failed.
+fn with_paused_child(f: impl FnOnce(libc::pid_t) -> i32) -> i32 {
+    // SAFETY: raw syscalls on our own child, which only pauses.
     unsafe {
         let pid = libc::fork();
         if pid < 0 {
@@ -274,36 +269,50 @@ fn reach_child(how: Reach) -> i32 {
                 libc::pause();
             }
         }
-        let r = match how {
-            Reach::Attach => libc::ptrace(libc::PTRACE_ATTACH, pid, 0, 0) as i32,
-            Reach::Seize => libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0) as i32,
-            Reach::ProcessVmWritev => {
-                let v: u64 = 42;
-                let local = libc::iovec { iov_base: &v as *const u64 as *mut libc::c_void, iov_len: 8 };
-                let remote = libc::iovec { iov_base: TARGET_WORD.as_ptr().cast(), iov_len: 8 };
-                if libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) == 8 {
-                    0
-                } else {
-                    -1
-                }
-            }
-            Reach::MemOpenForWrite => {
-                let mut buf = [0u8; 64];
-                let path = path_with_number(&mut buf, b"/proc/", pid as u32, b"/mem");
-                let fd = libc::open(path.as_ptr().cast(), libc::O_RDWR | libc::O_CLOEXEC);
-                if fd >= 0 {
-                    libc::close(fd);
-                    0
-                } else {
-                    -1
-                }
-            }
-        };
-        let code = if r == 0 { 0 } else { 10 + errno() };
+        let code = f(pid);
         libc::kill(pid, libc::SIGKILL);
         libc::waitpid(pid, std::ptr::null_mut(), 0);
         code
     }
+}
+
+/// Reaches a paused child `how`: 0 when the call worked, 10 + errno when it was refused.
+fn reach_child(how: Reach) -> i32 {
+    with_paused_child(|pid| {
+        // SAFETY: calls on our own child; the buffers live across them.
+        let r = unsafe {
+            match how {
+                Reach::Attach => libc::ptrace(libc::PTRACE_ATTACH, pid, 0, 0) as i32,
+                Reach::Seize => libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0) as i32,
+                Reach::ProcessVmWritev => {
+                    let v: u64 = 42;
+                    let local = libc::iovec { iov_base: &v as *const u64 as *mut libc::c_void, iov_len: 8 };
+                    let remote = libc::iovec { iov_base: TARGET_WORD.as_ptr().cast(), iov_len: 8 };
+                    if libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) == 8 {
+                        0
+                    } else {
+                        -1
+                    }
+                }
+                Reach::MemOpenForWrite => {
+                    let mut buf = [0u8; 64];
+                    let path = path_with_number(&mut buf, b"/proc/", pid as u32, b"/mem");
+                    let fd = libc::open(path.as_ptr().cast(), libc::O_RDWR | libc::O_CLOEXEC);
+                    if fd >= 0 {
+                        libc::close(fd);
+                        0
+                    } else {
+                        -1
+                    }
+                }
+            }
+        };
+        if r == 0 {
+            0
+        } else {
+            10 + errno()
+        }
+    })
 }
 
 /// `PTRACE_TRACEME`: 0 when it worked, 10 + errno when refused.
@@ -316,36 +325,28 @@ fn traceme() -> i32 {
     }
 }
 
-/// Reading another process's `/proc/<pid>/maps` and `status` (read mode) keeps working: 99.
+/// Reading another process's `/proc/<pid>/maps`, `status` and `environ` (read mode) keeps
+/// working: 99.
 fn read_child_maps() -> i32 {
-    // SAFETY: raw syscalls on our own child.
-    unsafe {
-        let pid = libc::fork();
-        if pid < 0 {
-            return 110;
-        }
-        if pid == 0 {
-            loop {
-                libc::pause();
-            }
-        }
+    with_paused_child(|pid| {
         let mut code = 99;
         for suffix in [&b"/maps"[..], b"/status", b"/environ"] {
             let mut buf = [0u8; 64];
             let path = path_with_number(&mut buf, b"/proc/", pid as u32, suffix);
-            let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
             let mut b = [0u8; 16];
-            if fd < 0 || libc::read(fd, b.as_mut_ptr().cast(), b.len()) < 0 {
-                code = 10 + errno();
-            }
-            if fd >= 0 {
-                libc::close(fd);
+            // SAFETY: reading a file of our own child into a local buffer.
+            unsafe {
+                let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
+                if fd < 0 || libc::read(fd, b.as_mut_ptr().cast(), b.len()) < 0 {
+                    code = 10 + errno();
+                }
+                if fd >= 0 {
+                    libc::close(fd);
+                }
             }
         }
-        libc::kill(pid, libc::SIGKILL);
-        libc::waitpid(pid, std::ptr::null_mut(), 0);
         code
-    }
+    })
 }
 
 fn process_access_denied_from_an_enforced_container() -> R {
