@@ -1725,10 +1725,11 @@ fn bench_syscall_slowpath(k: &Knobs, rep: &mut Report) -> Res<()> {
 // with `fallback_mappings`; VM: BPF LSM.
 
 /// The four calls, in this order in the child's output.
-const MAP_OPS: [&str; 4] = [
+const MAP_OPS: [&str; 5] = [
     "mmap+munmap of an image file (r-x)",
     "mmap+munmap anonymous (rw-)",
     "mprotect of the file mapping (r-- <-> r-x)",
+    "open+close of the image file (lsm/file_open's hot path)",
     "getpid()",
 ];
 
@@ -1790,6 +1791,14 @@ fn map_loop_child_inner() -> Res<()> {
         exec = !exec;
         libc::mprotect(m, LEN, if exec { rx } else { libc::PROT_READ }) == 0
     })?);
+    let cpath = CString::new(file.as_bytes()).map_err(|e| e.to_string())?;
+    out.push(time(&mut || {
+        // SAFETY: a NUL-terminated path; the fd is ours.
+        unsafe {
+            let fd = libc::open(cpath.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+            fd >= 0 && libc::close(fd) == 0
+        }
+    })?);
     out.push(time(&mut || {
         // SAFETY: no preconditions.
         std::hint::black_box(unsafe { libc::syscall(libc::SYS_getpid) });
@@ -1827,7 +1836,7 @@ struct MapResult {
     ns: Vec<Vec<Vec<f64>>>,
     /// [config 1..][op] -> ratio to base per round
     ratios: Vec<Vec<Vec<f64>>>,
-    /// kernel-accounted BPF ns per mmap/mprotect call in the enforced cgroup
+    /// kernel-accounted BPF ns per mmap, mprotect or open call in the enforced cgroup
     bpf_ns_per_call: Vec<f64>,
 }
 
@@ -1840,7 +1849,8 @@ fn mapping_measure(k: &Knobs, n: usize) -> Res<MapResult> {
     let enf_cg = cg.make("map-enforce")?;
     let _stats = BpfStatsOn::new();
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
-    let (mut ns, mut ratios) = (vec![vec![Vec::new(); 4]; 3], vec![vec![Vec::new(); 4]; 2]);
+    let ops = MAP_OPS.len();
+    let (mut ns, mut ratios) = (vec![vec![Vec::new(); ops]; 3], vec![vec![Vec::new(); ops]; 2]);
     let (mut path, mut mappings, mut bpf) = (String::new(), String::new(), Vec::new());
     run_map_loop(&free, &file, n / 4)?; // warm up
     for _ in 0..k.rounds {
@@ -1857,11 +1867,12 @@ fn mapping_measure(k: &Knobs, n: usize) -> Res<MapResult> {
         let enforced = run_map_loop(&enf_cg, &file, n)?;
         let after = prog_totals(&enf);
         let (t0, t1) = (before.values().map(|v| v.0).sum::<u64>(), after.values().map(|v| v.0).sum::<u64>());
-        // the mmap and mprotect calls of the enforced run (3 blocks of n; munmap is not checked)
-        bpf.push((t1.saturating_sub(t0)) as f64 / (3 * n) as f64);
+        // the mmap, mprotect and open calls of the enforced run (4 blocks of n; munmap, close
+        // and getpid run no program of ours)
+        bpf.push((t1.saturating_sub(t0)) as f64 / (4 * n) as f64);
         drop(enf);
         for (c, v) in [&base, &unpol, &enforced].into_iter().enumerate() {
-            for (op, x) in v.iter().enumerate().take(4) {
+            for (op, x) in v.iter().enumerate().take(ops) {
                 ns[c][op].push(*x);
                 if c > 0 {
                     ratios[c - 1][op].push(x / base[op]);
@@ -1894,7 +1905,7 @@ fn mapping_report(rep: &mut Report, section: &'static str, r: &MapResult) {
     let b = mmm(&r.bpf_ns_per_call);
     rep.row(
         section,
-        "BPF ns per checked mmap/mprotect call, enforced (kernel-accounted)",
+        "BPF ns per mmap, mprotect or open call, enforced (kernel-accounted)",
         format!("{:.0} ({:.0}–{:.0})", b.1, b.0, b.2),
         "",
         None,
