@@ -34,8 +34,13 @@ static __always_inline struct dg_verdict dg_decide(const struct dg_input *in)
 		 */
 		if (in->file_kind == DG_FILE_OWN_MEMORY)
 			v.match = DG_MATCH_MEMORY_WRITE;
-		/* another process's memory: the rule bit (off with the debug opt-out) */
-		else if (in->file_kind == DG_FILE_OTHER_PROCESS && (rules & DG_RULE_PROCESS_ACCESS))
+		/*
+		 * another process's memory (the caller's policy), or this process's
+		 * from another container (the target's): the rule bit, off with the
+		 * debug opt-out
+		 */
+		else if ((in->file_kind == DG_FILE_OTHER_PROCESS || in->file_kind == DG_FILE_FROM_OTHER_CONTAINER) &&
+			 (rules & DG_RULE_PROCESS_ACCESS))
 			v.match = DG_MATCH_PROCESS_ACCESS;
 	} else if (in->list == DG_LIST_DENY)
 		v.match = DG_MATCH_DENY_LIST;

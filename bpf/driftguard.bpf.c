@@ -158,36 +158,56 @@ struct cgroup___pre60 {
 	u64 ancestor_ids[];
 } __attribute__((preserve_access_index));
 
-static __always_inline __u64 ancestor_cgroup_id(__u32 lvl)
-{
-	if (bpf_core_field_exists(struct cgroup___pre60, ancestor_ids)) {
-		struct task_struct *task = current_task();
-		struct cgroup___pre60 *cg = (void *)BPF_CORE_READ(task, cgroups, dfl_cgrp);
-		__u64 id = 0;
+struct cgroup___post60 {
+	struct cgroup *ancestors[0];
+} __attribute__((preserve_access_index));
 
-		if (!cg || (int)lvl > BPF_CORE_READ(cg, level))
-			return 0;
+/*
+ * Id of the ancestor of `cg` at depth lvl (cg's own id at its own depth), 0
+ * when cg is shallower. Read with CO-RE in both layouts: no helper reads the
+ * ancestors of another task's cgroup.
+ */
+static __always_inline __u64 cgroup_ancestor_id(struct cgroup *cg, __u32 lvl)
+{
+	struct cgroup *a = NULL;
+	__u64 id = 0;
+
+	if (!cg || (int)lvl > BPF_CORE_READ(cg, level))
+		return 0;
+	if (bpf_core_field_exists(struct cgroup___pre60, ancestor_ids)) {
 		bpf_probe_read_kernel(&id, sizeof(id),
 				      (void *)cg + bpf_core_field_offset(struct cgroup___pre60, ancestor_ids) +
 					      (__u64)lvl * sizeof(__u64));
 		return id;
 	}
+	bpf_probe_read_kernel(&a, sizeof(a),
+			      (void *)cg + bpf_core_field_offset(struct cgroup___post60, ancestors) +
+				      (__u64)lvl * sizeof(a));
+	return a ? BPF_CORE_READ(a, kn, id) : 0;
+}
+
+static __always_inline __u64 ancestor_cgroup_id(__u32 lvl)
+{
+	if (bpf_core_field_exists(struct cgroup___pre60, ancestor_ids))
+		return cgroup_ancestor_id(BPF_CORE_READ(current_task(), cgroups, dfl_cgrp), lvl);
 	return bpf_get_current_ancestor_cgroup_id(lvl);
 }
 
 /*
- * Id of the cgroup whose policy applies to the current task: its own cgroup
- * (own), or its deepest ancestor that has one; 0 when none has.
+ * Id of the cgroup whose policy applies to a task whose own cgroup is `own`:
+ * `own`, or its deepest ancestor that has one; 0 when none has. The ancestors
+ * are the current task's (cg NULL, constant: the branch folds away) or cg's.
  *
- * A global function (verified once per program, whatever the caller's state)
- * whose loop never changes what it tests: the level is the loop counter and
- * the mask of policied levels stays an unknown scalar, so the states of an
- * iteration are all alike and converge. An earlier loop cleared the top set
- * bit of the mask each round; every cleared bit made a distinct verifier state
- * and Debian 6.1's verifier went past its 1,000,000-instruction budget in the
- * exec tracepoint (E2BIG). Runtime cost: 31 shift-and-test steps.
+ * Called from global functions (verified once per program, whatever the
+ * caller's state) with a loop that never changes what it tests: the level is
+ * the loop counter and the mask of policied levels stays an unknown scalar,
+ * so the states of an iteration are all alike and converge. An earlier loop
+ * cleared the top set bit of the mask each round; every cleared bit made a
+ * distinct verifier state and Debian 6.1's verifier went past its
+ * 1,000,000-instruction budget in the exec tracepoint (E2BIG). Runtime cost:
+ * 31 shift-and-test steps.
  */
-__noinline __u64 dg_policy_cgroup(__u64 own)
+static __always_inline __u64 policy_cgroup_search(__u64 own, struct cgroup *cg)
 {
 	__u32 zero = 0, *maskp, mask;
 	__u64 id;
@@ -206,7 +226,7 @@ __noinline __u64 dg_policy_cgroup(__u64 own)
 
 		if (!((mask >> lvl) & 1))
 			continue;
-		id = ancestor_cgroup_id(lvl);
+		id = cg ? cgroup_ancestor_id(cg, lvl) : ancestor_cgroup_id(lvl);
 		/* id == own: the task sits at that depth, looked up above. */
 		if (!id || id == own)
 			continue;
@@ -214,6 +234,22 @@ __noinline __u64 dg_policy_cgroup(__u64 own)
 			return id;
 	}
 	return 0;
+}
+
+/* The policy cgroup of the current task (own: its cgroup id). */
+__noinline __u64 dg_policy_cgroup(__u64 own)
+{
+	return policy_cgroup_search(own, NULL);
+}
+
+/* The policy cgroup of the task whose default-hierarchy cgroup is `cgrp` (a struct cgroup *). */
+__noinline __u64 dg_cgroup_policy_cgroup(__u64 cgrp)
+{
+	struct cgroup *cg = (void *)cgrp;
+
+	if (!cg)
+		return 0;
+	return policy_cgroup_search(BPF_CORE_READ(cg, kn, id), cg);
 }
 
 /* Policy of the current task's cgroup, or of its deepest ancestor that has one. */

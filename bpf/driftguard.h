@@ -70,6 +70,8 @@
 /* Process memory (access DG_ACCESS_MEM_WRITE): */
 #define DG_FILE_OWN_MEMORY 10 /* the caller's own memory: /proc/<own pid>/mem opened for writing */
 #define DG_FILE_OTHER_PROCESS 11 /* another process: ptrace attach mode, PTRACE_TRACEME */
+/* a process under policy, attached to from another container (the target's policy decides) */
+#define DG_FILE_FROM_OTHER_CONTAINER 12
 
 /* Which rule produced the verdict. */
 #define DG_MATCH_NONE 0
@@ -104,7 +106,7 @@
 #define DG_ACCESS_EXEC 0
 #define DG_ACCESS_MMAP_EXEC 1
 #define DG_ACCESS_MEM_EXEC 2 /* memory made executable (file_kind ANONYMOUS, WRITABLE or MODIFIED) */
-#define DG_ACCESS_MEM_WRITE 3 /* a write into process memory (file_kind OWN_MEMORY or OTHER_PROCESS) */
+#define DG_ACCESS_MEM_WRITE 3 /* a write into process memory (file_kind OWN_MEMORY, OTHER_PROCESS or FROM_OTHER_CONTAINER) */
 
 /* Event flags. */
 #define DG_EVF_PATH_TRUNCATED (1u << 0)

@@ -9,6 +9,9 @@
  *   lsm/ptrace_access_check  attach mode, from a task under policy: ptrace
  *                   attach/seize, process_vm_readv/writev, another process's
  *                   mem, pidfd_getfd -> -EPERM (off with the debug opt-out)
+ *                   and into a process under policy, from a task of another
+ *                   container, decided by the target's policy (off with the
+ *                   target's debug opt-out)
  *   lsm/ptrace_traceme       PTRACE_TRACEME from a task under policy -> -EPERM
  *
  * The kernel never asks ptrace_access_check about a process's own mem
@@ -78,30 +81,27 @@ static __always_inline bool proc_mem_is_own(struct file *file)
 }
 
 /*
- * The policy lookup, the decision and the event of an access to process
- * memory: the caller's own (`file` is its mem file, which names the event's
- * path) or another process's (`file` NULL, no path). Returns the verdict's
- * action.
+ * The decision and the event of an access to process memory under policy p
+ * (cgid: the caller's cgroup; matched: p's cgroup): the caller's own memory
+ * (`file` is its mem file, which names the event's path), another process's,
+ * or, with p the target's, the target's from another container (`file` NULL,
+ * no path). Returns the verdict's action.
  */
-static __always_inline __u32 check_process(__u32 kind, __u32 hook, struct file *file, __u32 enforce_action)
+static __always_inline __u32 decide_process(const struct dg_policy *p, __u32 kind, __u32 hook,
+					    struct file *file, __u64 cgid, __u64 matched)
 {
 	struct dg_input in = {};
 	struct dg_verdict v;
-	struct dg_policy *p;
 	struct dg_scratch *s;
-	__u64 cgid = 0, matched = 0;
 	__u32 flags = 0;
 
-	p = lookup_policy(&cgid, &matched);
-	if (!p)
-		return DG_ACT_ALLOW;
 	stat_inc(DG_STAT_CHECKS);
 	in.mode = p->mode;
 	in.rules = p->rules;
 	in.file_kind = kind;
 	in.list = DG_LIST_NONE;
 	in.access = DG_ACCESS_MEM_WRITE;
-	in.enforce_action = enforce_action;
+	in.enforce_action = DG_ACT_DENY;
 	v = dg_decide(&in);
 	if (v.action == DG_ACT_ALLOW)
 		return DG_ACT_ALLOW;
@@ -116,6 +116,26 @@ static __always_inline __u32 check_process(__u32 kind, __u32 hook, struct file *
 	return v.action;
 }
 
+/* The caller's policy decides (rules 1 and 2). */
+static __always_inline __u32 check_process(__u32 kind, __u32 hook, struct file *file)
+{
+	__u64 cgid = 0, matched = 0;
+	struct dg_policy *p = lookup_policy(&cgid, &matched);
+
+	if (!p)
+		return DG_ACT_ALLOW;
+	return decide_process(p, kind, hook, file, cgid, matched);
+}
+
+/*
+ * Is the current task in a pid namespace below the node's? Every container
+ * runtime gives a container one unless told to share the node's (hostPID).
+ */
+static __always_inline bool in_pid_namespace(void)
+{
+	return BPF_CORE_READ(current_task(), thread_pid, level) > 0;
+}
+
 #define PTRACE_MODE_ATTACH 0x02
 
 /*
@@ -127,11 +147,35 @@ static __always_inline __u32 check_process(__u32 kind, __u32 hook, struct file *
 SEC("lsm/ptrace_access_check")
 int BPF_PROG(dg_ptrace_access, struct task_struct *child, unsigned int mode)
 {
+	__u64 cgid = 0, matched = 0, target;
+	struct dg_policy *p;
 	__u32 act;
 
 	if (!(mode & PTRACE_MODE_ATTACH))
 		return 0;
-	act = check_process(DG_FILE_OTHER_PROCESS, DG_HOOK_PTRACE_ACCESS, NULL, DG_ACT_DENY);
+	/* rule 2: the caller's policy */
+	p = lookup_policy(&cgid, &matched);
+	if (p) {
+		act = decide_process(p, DG_FILE_OTHER_PROCESS, DG_HOOK_PTRACE_ACCESS, NULL, cgid, matched);
+		barrier_var(act);
+		if (act == DG_ACT_DENY)
+			return -EPERM;
+	} else if (!in_pid_namespace()) {
+		/* the node's own processes (pid namespace of the node, no policy) keep their power */
+		return 0;
+	}
+	/*
+	 * rule 3: a task of another container (under another policy, or in a pid
+	 * namespace of its own) attaching into a process under policy: the
+	 * target's policy decides. The same policy already decided above.
+	 */
+	target = dg_cgroup_policy_cgroup((__u64)BPF_CORE_READ(child, cgroups, dfl_cgrp));
+	if (!target || target == matched)
+		return 0;
+	p = bpf_map_lookup_elem(&dg_policies, &target);
+	if (!p)
+		return 0;
+	act = decide_process(p, DG_FILE_FROM_OTHER_CONTAINER, DG_HOOK_PTRACE_ACCESS, NULL, cgid, target);
 	barrier_var(act);
 	if (act == DG_ACT_DENY)
 		return -EPERM;
@@ -142,7 +186,7 @@ int BPF_PROG(dg_ptrace_access, struct task_struct *child, unsigned int mode)
 SEC("lsm/ptrace_traceme")
 int BPF_PROG(dg_ptrace_traceme, struct task_struct *parent)
 {
-	__u32 act = check_process(DG_FILE_OTHER_PROCESS, DG_HOOK_PTRACE_TRACEME, NULL, DG_ACT_DENY);
+	__u32 act = check_process(DG_FILE_OTHER_PROCESS, DG_HOOK_PTRACE_TRACEME, NULL);
 
 	barrier_var(act);
 	if (act == DG_ACT_DENY)
@@ -159,7 +203,7 @@ int BPF_PROG(dg_file_open, struct file *file)
 		return 0;
 	if (!proc_mem_is_own(file))
 		return 0;
-	act = check_process(DG_FILE_OWN_MEMORY, DG_HOOK_FILE_OPEN, file, DG_ACT_DENY);
+	act = check_process(DG_FILE_OWN_MEMORY, DG_HOOK_FILE_OPEN, file);
 	barrier_var(act);
 	if (act == DG_ACT_DENY)
 		return -EPERM;

@@ -108,8 +108,11 @@ fn spec_decide(i: &RawInput) -> (u32, u32) {
         // A write into the caller's own memory (/proc/self/mem): whatever the rule bits, no list.
         if i.file_kind == abi::DG_FILE_OWN_MEMORY {
             abi::DG_MATCH_MEMORY_WRITE
-        } else if i.file_kind == abi::DG_FILE_OTHER_PROCESS && i.rules & abi::DG_RULE_PROCESS_ACCESS != 0 {
-            // Another process's memory: the rule bit only (the debug opt-out clears it).
+        } else if (i.file_kind == abi::DG_FILE_OTHER_PROCESS || i.file_kind == abi::DG_FILE_FROM_OTHER_CONTAINER)
+            && i.rules & abi::DG_RULE_PROCESS_ACCESS != 0
+        {
+            // Another process's memory (the caller's policy), or this one's from another
+            // container (the target's): the rule bit only (the debug opt-out clears it).
             abi::DG_MATCH_PROCESS_ACCESS
         } else {
             abi::DG_MATCH_NONE
@@ -185,7 +188,7 @@ fn decision_function_matches_spec() -> R {
             if combo % 2 == 1 {
                 rules |= abi::DG_RULE_HAS_LISTS | abi::DG_RULE_HAS_MOUNTS;
             }
-            for file_kind in 0..=abi::DG_FILE_OTHER_PROCESS {
+            for file_kind in 0..=abi::DG_FILE_FROM_OTHER_CONTAINER {
                 for list in 0..3 {
                     for access in 0..=abi::DG_ACCESS_MEM_WRITE {
                         for shmem in 0..2 {
@@ -260,6 +263,10 @@ fn decision_function_matches_spec() -> R {
     assert_eq!(t.decide(RawInput { rules: debug, ..other }).map_err(|e| e.to_string())?.0, abi::DG_MATCH_NONE);
     assert_eq!(t.decide(RawInput { rules: debug, ..own }).map_err(|e| e.to_string())?.0, abi::DG_MATCH_MEMORY_WRITE);
     assert_eq!(t.decide(RawInput { rules: legacy, ..other }).map_err(|e| e.to_string())?.0, abi::DG_MATCH_NONE);
+    // Into this container from another: the same bit, of the target's policy.
+    let incoming = RawInput { file_kind: abi::DG_FILE_FROM_OTHER_CONTAINER, ..other };
+    assert_eq!(t.decide(incoming).map_err(|e| e.to_string())?, (abi::DG_MATCH_PROCESS_ACCESS, abi::DG_ACT_DENY));
+    assert_eq!(t.decide(RawInput { rules: debug, ..incoming }).map_err(|e| e.to_string())?.0, abi::DG_MATCH_NONE);
     println!("{n} inputs checked against the spec");
     Ok(())
 }

@@ -54,6 +54,7 @@ c_constants! {
     DG_FILE_MODIFIED: u32 = 9;
     DG_FILE_OWN_MEMORY: u32 = 10;
     DG_FILE_OTHER_PROCESS: u32 = 11;
+    DG_FILE_FROM_OTHER_CONTAINER: u32 = 12;
 
     DG_MATCH_NONE: u32 = 0;
     DG_MATCH_DENY_LIST: u32 = 1;

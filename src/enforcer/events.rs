@@ -189,6 +189,9 @@ pub enum FileKind {
     OwnMemory,
     /// Process-access rule: another process (ptrace attach mode, `PTRACE_TRACEME`).
     OtherProcess,
+    /// Process-access rule: a process of this container, attached to from another container
+    /// (the target's policy decided).
+    FromOtherContainer,
 }
 
 impl FileKind {
@@ -205,6 +208,7 @@ impl FileKind {
             abi::DG_FILE_MODIFIED => FileKind::Modified,
             abi::DG_FILE_OWN_MEMORY => FileKind::OwnMemory,
             abi::DG_FILE_OTHER_PROCESS => FileKind::OtherProcess,
+            abi::DG_FILE_FROM_OTHER_CONTAINER => FileKind::FromOtherContainer,
             _ => FileKind::OtherFs,
         }
     }
@@ -224,6 +228,7 @@ impl FileKind {
             FileKind::Modified => "modified",
             FileKind::OwnMemory => "own_memory",
             FileKind::OtherProcess => "other_process",
+            FileKind::FromOtherContainer => "from_other_container",
         }
     }
 }

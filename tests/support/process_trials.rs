@@ -142,7 +142,8 @@ fn own_mem_read() -> i32 {
 /// One trial: name and body.
 pub type Trial = (&'static str, fn() -> R);
 
-pub const TRIALS: [Trial; 5] = [
+pub const TRIALS: [Trial; 6] = [
+    ("process_access_denied_into_an_enforced_container", process_access_denied_into_an_enforced_container),
     ("memory_write_own_mem_denied", memory_write_own_mem_denied),
     ("process_access_denied_from_an_enforced_container", process_access_denied_from_an_enforced_container),
     ("process_access_debug_opt_out", process_access_debug_opt_out),
@@ -276,43 +277,109 @@ fn with_paused_child(f: impl FnOnce(libc::pid_t) -> i32) -> i32 {
     }
 }
 
-/// Reaches a paused child `how`: 0 when the call worked, 10 + errno when it was refused.
-fn reach_child(how: Reach) -> i32 {
-    with_paused_child(|pid| {
-        // SAFETY: calls on our own child; the buffers live across them.
-        let r = unsafe {
-            match how {
-                Reach::Attach => libc::ptrace(libc::PTRACE_ATTACH, pid, 0, 0) as i32,
-                Reach::Seize => libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0) as i32,
-                Reach::ProcessVmWritev => {
-                    let v: u64 = 42;
-                    let local = libc::iovec { iov_base: &v as *const u64 as *mut libc::c_void, iov_len: 8 };
-                    let remote = libc::iovec { iov_base: TARGET_WORD.as_ptr().cast(), iov_len: 8 };
-                    if libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) == 8 {
-                        0
-                    } else {
-                        -1
-                    }
-                }
-                Reach::MemOpenForWrite => {
-                    let mut buf = [0u8; 64];
-                    let path = path_with_number(&mut buf, b"/proc/", pid as u32, b"/mem");
-                    let fd = libc::open(path.as_ptr().cast(), libc::O_RDWR | libc::O_CLOEXEC);
-                    if fd >= 0 {
-                        libc::close(fd);
-                        0
-                    } else {
-                        -1
-                    }
+/// Reaches `pid` (`proc_pid` under `/proc`, whose pid namespace is the node's) `how`: 0 when
+/// the call worked, 10 + errno when it was refused.
+fn reach(pid: libc::pid_t, proc_pid: libc::pid_t, how: Reach) -> i32 {
+    // SAFETY: calls on a process of the test; the buffers live across them.
+    let r = unsafe {
+        match how {
+            Reach::Attach => libc::ptrace(libc::PTRACE_ATTACH, pid, 0, 0) as i32,
+            Reach::Seize => libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0) as i32,
+            Reach::ProcessVmWritev => {
+                let v: u64 = 42;
+                let local = libc::iovec { iov_base: &v as *const u64 as *mut libc::c_void, iov_len: 8 };
+                let remote = libc::iovec { iov_base: TARGET_WORD.as_ptr().cast(), iov_len: 8 };
+                if libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) == 8 {
+                    0
+                } else {
+                    -1
                 }
             }
-        };
-        if r == 0 {
-            0
-        } else {
-            10 + errno()
+            Reach::MemOpenForWrite => {
+                let mut buf = [0u8; 64];
+                let path = path_with_number(&mut buf, b"/proc/", proc_pid as u32, b"/mem");
+                let fd = libc::open(path.as_ptr().cast(), libc::O_RDWR | libc::O_CLOEXEC);
+                if fd >= 0 {
+                    libc::close(fd);
+                    0
+                } else {
+                    -1
+                }
+            }
         }
-    })
+    };
+    if r == 0 {
+        0
+    } else {
+        10 + errno()
+    }
+}
+
+/// Reaches a paused child `how`: 0 when the call worked, 10 + errno when it was refused.
+fn reach_child(how: Reach) -> i32 {
+    with_paused_child(|pid| reach(pid, pid, how))
+}
+
+/// Rule 3's set-up, run by a task of the attacking container: in a pid namespace of its own
+/// when `pid_ns` (as every container is; the target shares it, as a `kubectl debug` container
+/// shares the pod's), a child joins the target container (`target_procs`, its `cgroup.procs`)
+/// and pauses; once it is there (a pipe is the barrier), the caller reaches it `how`. Codes as
+/// [`reach`]; 1xx set-up failures.
+fn reach_into(target_procs: &std::ffi::CStr, pid_ns: bool, how: Reach) -> i32 {
+    // SAFETY: raw syscalls in forked children on data prepared before the fork.
+    unsafe {
+        if pid_ns {
+            if libc::unshare(libc::CLONE_NEWPID) != 0 {
+                return 113;
+            }
+            // the first child is the namespace's pid 1; this task stays outside it
+            let init = libc::fork();
+            if init < 0 {
+                return 110;
+            }
+            if init > 0 {
+                let mut status = 0;
+                libc::waitpid(init, &mut status, 0);
+                return if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 114 };
+            }
+            libc::_exit(reach_into(target_procs, false, how));
+        }
+        let mut fds = [0; 2];
+        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            return 115;
+        }
+        let pid = libc::fork();
+        if pid < 0 {
+            return 110;
+        }
+        if pid == 0 {
+            // the target: join the container, tell the caller our pid under /proc, wait
+            let fd = libc::open(target_procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) < 0 {
+                libc::_exit(120);
+            }
+            let mut link = [0u8; 16];
+            let n = libc::readlink(c"/proc/self".as_ptr(), link.as_mut_ptr().cast(), link.len());
+            let mut proc_pid: u32 = 0;
+            for &b in &link[..n.max(0) as usize] {
+                proc_pid = proc_pid * 10 + u32::from(b - b'0');
+            }
+            libc::write(fds[1], (&proc_pid as *const u32).cast(), 4);
+            loop {
+                libc::pause();
+            }
+        }
+        libc::close(fds[1]);
+        let mut proc_pid: u32 = 0;
+        let code = if libc::read(fds[0], (&mut proc_pid as *mut u32).cast(), 4) != 4 || proc_pid == 0 {
+            116
+        } else {
+            reach(pid, proc_pid as libc::pid_t, how)
+        };
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+        code
+    }
 }
 
 /// `PTRACE_TRACEME`: 0 when it worked, 10 + errno when refused.
@@ -407,6 +474,74 @@ fn process_access_debug_opt_out() -> R {
     event_barrier(h)?;
     if let Some(e) = events_for(h, c.cgid).into_iter().find(|e| e.rule == Rule::ProcessAccess) {
         return Err(format!("the opted-out container reported process access: {e:?}").into());
+    }
+    Ok(())
+}
+
+/// Rule 3: a task of another container (an unenforced sidecar or a `kubectl debug` container
+/// sharing the pod's pid namespace; a container under a policy of its own, debug opt-out
+/// included) may not reach into a process under enforce, unless the target container has the
+/// debug opt-out. The node's own processes (its pid namespace, no policy) keep their power.
+fn process_access_denied_into_an_enforced_container() -> R {
+    let h = harness()?;
+    let target = container("into")?;
+    target.install(h, &enforce())?;
+    let debug_policy = || {
+        let mut p = enforce();
+        p.rules.process_access = driftguard::policy::ProcessAccess::Debug;
+        p
+    };
+    let opted_out = container("into-debug")?;
+    opted_out.install(h, &debug_policy())?;
+    let sidecar = container("into-sidecar")?;
+    let debugger = container("into-debugger")?;
+    debugger.install(h, &debug_policy())?;
+    let free = container("into-free")?;
+    let procs = |c: &Container| CString::new(c.cgroup.join("cgroup.procs").as_os_str().as_bytes()).map_err(es);
+    let (into_target, into_opted_out, into_free) = (procs(&target)?, procs(&opted_out)?, procs(&free)?);
+    for how in REACHES {
+        let run = |from: &Container, to: &CString, pid_ns: bool| {
+            fork_in_cgroup(&from.cgroup, &|| reach_into(to, pid_ns, how))
+        };
+        expect_code(&run(&sidecar, &into_free, true)?, 0, &format!("control: {how:?} between unenforced containers"))?;
+        expect_code(
+            &run(&sidecar, &into_opted_out, true)?,
+            0,
+            &format!("{how:?} into a container with the debug opt-out"),
+        )?;
+        expect_code(
+            &run(&free, &into_target, false)?,
+            0,
+            &format!("{how:?} from the node (its pid namespace, no policy)"),
+        )?;
+        let refused =
+            [("an unenforced sidecar", &sidecar, true), ("a container with the debug opt-out", &debugger, false)];
+        for (who, from, pid_ns) in refused {
+            let out = run(from, &into_target, pid_ns)?;
+            if !lsm(h) {
+                expect_code(&out, 0, &format!("fallback limit changed: {how:?} from {who}"))?;
+                println!("LIMIT {how:?} from {who} into an enforced container on the tracepoint fallback: it works (docs/threat-model.md)");
+                continue;
+            }
+            let errno = if matches!(how, Reach::MemOpenForWrite) { libc::EACCES } else { libc::EPERM };
+            expect_code(&out, 10 + errno, &format!("{how:?} from {who} into an enforced container"))?;
+            let e = wait_event(
+                h,
+                |e| {
+                    e.policy_cgroup_id == target.cgid
+                        && e.cgroup_id == from.cgid
+                        && e.file == FileKind::FromOtherContainer
+                },
+                &format!("process_access event ({how:?} from {who})"),
+            )?;
+            if e.rule != Rule::ProcessAccess || e.hook != Hook::PtraceAccess || e.action != Action::Deny {
+                return Err(format!("{how:?} from {who}: expected process_access, ptrace_access, deny: {e:?}").into());
+            }
+        }
+    }
+    event_barrier(h)?;
+    if let Some(e) = events_for(h, opted_out.cgid).into_iter().find(|e| e.rule == Rule::ProcessAccess) {
+        return Err(format!("the opted-out target reported process access: {e:?}").into());
     }
     Ok(())
 }
