@@ -1389,6 +1389,7 @@ fn synthetic_records(n_distinct: usize, registered: &[u64]) -> Vec<Vec<u8>> {
                 path: paths[i % paths.len()].into(),
                 prot: 0,
                 count: 0,
+                ..Default::default()
             }
             .to_bytes()
         })

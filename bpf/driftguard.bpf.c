@@ -714,10 +714,14 @@ static __always_inline __u32 walk_path(struct dentry *dentry, struct vfsmount *v
 	return dg_walk_path((__u64)dentry, (__u64)vmnt, cross);
 }
 
-/* The event of a verdict; prot and count are the memory checks' (0 for files). */
-static __always_inline void emit_mem(struct dg_scratch *s, const struct dg_verdict *v, __u32 hook,
-				     __u32 file_kind, __u32 mode, __u32 flags, __u64 cgid,
-				     __u64 matched, __u32 prot, __u32 count)
+/*
+ * The event of a verdict, reserved and filled; the memory checks' and process
+ * memory's fields zero (they set theirs before event_submit()). NULL when the
+ * ring buffer is full (counted).
+ */
+static __always_inline struct dg_event *event_begin(struct dg_scratch *s, const struct dg_verdict *v, __u32 hook,
+						    __u32 file_kind, __u32 mode, __u32 flags, __u64 cgid,
+						    __u64 matched)
 {
 	struct dg_event *e;
 	struct task_struct *task = current_task();
@@ -728,7 +732,7 @@ static __always_inline void emit_mem(struct dg_scratch *s, const struct dg_verdi
 	e = bpf_ringbuf_reserve(&dg_events, sizeof(*e), 0);
 	if (!e) {
 		stat_inc(DG_STAT_RINGBUF_DROPS);
-		return;
+		return NULL;
 	}
 	e->ts_ns = bpf_ktime_get_boot_ns();
 	e->cgroup_id = cgid;
@@ -745,10 +749,34 @@ static __always_inline void emit_mem(struct dg_scratch *s, const struct dg_verdi
 	e->flags = flags;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	__builtin_memcpy(e->path, s->key.path, DG_PATH_MAX);
-	e->prot = prot;
-	e->count = count;
+	e->prot = 0;
+	e->count = 0;
+	e->target_cgroup_id = 0;
+	e->target_policy_cgroup_id = 0;
+	e->target_pid = 0;
+	e->target_tgid = 0;
+	__builtin_memset(e->target_comm, 0, sizeof(e->target_comm));
+	return e;
+}
+
+static __always_inline void event_submit(struct dg_event *e)
+{
 	bpf_ringbuf_submit(e, 0);
 	stat_inc(DG_STAT_EVENTS);
+}
+
+/* The event of a verdict; prot and count are the memory checks' (0 for files). */
+static __always_inline void emit_mem(struct dg_scratch *s, const struct dg_verdict *v, __u32 hook,
+				     __u32 file_kind, __u32 mode, __u32 flags, __u64 cgid,
+				     __u64 matched, __u32 prot, __u32 count)
+{
+	struct dg_event *e = event_begin(s, v, hook, file_kind, mode, flags, cgid, matched);
+
+	if (!e)
+		return;
+	e->prot = prot;
+	e->count = count;
+	event_submit(e);
 }
 
 static __always_inline void emit(struct dg_scratch *s, const struct dg_verdict *v, __u32 hook,

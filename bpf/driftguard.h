@@ -190,6 +190,15 @@ struct dg_event {
 	/* Memory checks (0 otherwise): */
 	__u32 prot;  /* the protection asked for (PROT_READ 1 | PROT_WRITE 2 | PROT_EXEC 4) */
 	__u32 count; /* monitor mode: checks of this container, rule and kind this event stands for */
+	/*
+	 * Process memory (0 otherwise): the process reached -- the mem file's, the
+	 * ptrace or process_vm_* target, for PTRACE_TRACEME the parent.
+	 */
+	__u64 target_cgroup_id;        /* its cgroup v2 id */
+	__u64 target_policy_cgroup_id; /* the cgroup whose policy applies to it, 0: none */
+	__u32 target_pid;              /* thread id */
+	__u32 target_tgid;             /* process id */
+	char target_comm[16];
 };
 
 #endif

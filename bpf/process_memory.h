@@ -66,18 +66,18 @@ static __always_inline struct task_struct *proc_inode_task(struct inode *inode)
 }
 
 /*
- * The mem file of the caller's own memory: its task's mm is the caller's (its
- * own pid, a thread of it, or a process sharing its memory through CLONE_VM).
+ * The task of a mem file whose memory is the caller's own (its own pid, a
+ * thread of it, or a process sharing its memory through CLONE_VM), else NULL.
  */
-static __always_inline bool proc_mem_is_own(struct file *file)
+static __always_inline struct task_struct *proc_mem_own_task(struct file *file)
 {
 	struct task_struct *target = proc_inode_task(BPF_CORE_READ(file, f_inode));
 	struct mm_struct *mm;
 
 	if (!target)
-		return false;
+		return NULL;
 	mm = BPF_CORE_READ(target, mm);
-	return mm && mm == BPF_CORE_READ(current_task(), mm);
+	return mm && mm == BPF_CORE_READ(current_task(), mm) ? target : NULL;
 }
 
 /*
@@ -85,11 +85,15 @@ static __always_inline bool proc_mem_is_own(struct file *file)
  * (cgid: the caller's cgroup; matched: p's cgroup): the caller's own memory
  * (`file` is its mem file, which names the event's path), another process's,
  * or, with p the target's, the target's from another container (`file` NULL,
- * no path). Returns the verdict's action.
+ * no path). `target` is the process reached, named in the event. Returns the
+ * verdict's action.
  */
 static __always_inline __u32 decide_process(const struct dg_policy *p, __u32 kind, __u32 hook,
-					    struct file *file, __u64 cgid, __u64 matched)
+					    struct file *file, struct task_struct *target, __u64 cgid,
+					    __u64 matched)
 {
+	struct cgroup *cg;
+	struct dg_event *e;
 	struct dg_input in = {};
 	struct dg_verdict v;
 	struct dg_scratch *s;
@@ -112,19 +116,32 @@ static __always_inline __u32 decide_process(const struct dg_policy *p, __u32 kin
 	barrier_var(kind);
 	if (kind == DG_FILE_OWN_MEMORY)
 		flags = walk_path(BPF_CORE_READ(file, f_path.dentry), BPF_CORE_READ(file, f_path.mnt), 1);
-	emit(s, &v, hook, kind, in.mode, flags, cgid, matched);
+	e = event_begin(s, &v, hook, kind, in.mode, flags, cgid, matched);
+	if (!e)
+		return v.action;
+	if (target) {
+		e->target_pid = BPF_CORE_READ(target, pid);
+		e->target_tgid = BPF_CORE_READ(target, tgid);
+		bpf_probe_read_kernel_str(e->target_comm, sizeof(e->target_comm), &target->comm);
+		cg = BPF_CORE_READ(target, cgroups, dfl_cgrp);
+		if (cg)
+			e->target_cgroup_id = BPF_CORE_READ(cg, kn, id);
+		e->target_policy_cgroup_id = dg_cgroup_policy_cgroup((__u64)cg);
+	}
+	event_submit(e);
 	return v.action;
 }
 
 /* The caller's policy decides (rules 1 and 2). */
-static __always_inline __u32 check_process(__u32 kind, __u32 hook, struct file *file)
+static __always_inline __u32 check_process(__u32 kind, __u32 hook, struct file *file,
+					   struct task_struct *target)
 {
 	__u64 cgid = 0, matched = 0;
 	struct dg_policy *p = lookup_policy(&cgid, &matched);
 
 	if (!p)
 		return DG_ACT_ALLOW;
-	return decide_process(p, kind, hook, file, cgid, matched);
+	return decide_process(p, kind, hook, file, target, cgid, matched);
 }
 
 /*
@@ -156,7 +173,7 @@ int BPF_PROG(dg_ptrace_access, struct task_struct *child, unsigned int mode)
 	/* rule 2: the caller's policy */
 	p = lookup_policy(&cgid, &matched);
 	if (p) {
-		act = decide_process(p, DG_FILE_OTHER_PROCESS, DG_HOOK_PTRACE_ACCESS, NULL, cgid, matched);
+		act = decide_process(p, DG_FILE_OTHER_PROCESS, DG_HOOK_PTRACE_ACCESS, NULL, child, cgid, matched);
 		barrier_var(act);
 		if (act == DG_ACT_DENY)
 			return -EPERM;
@@ -175,7 +192,7 @@ int BPF_PROG(dg_ptrace_access, struct task_struct *child, unsigned int mode)
 	p = bpf_map_lookup_elem(&dg_policies, &target);
 	if (!p)
 		return 0;
-	act = decide_process(p, DG_FILE_FROM_OTHER_CONTAINER, DG_HOOK_PTRACE_ACCESS, NULL, cgid, target);
+	act = decide_process(p, DG_FILE_FROM_OTHER_CONTAINER, DG_HOOK_PTRACE_ACCESS, NULL, child, cgid, target);
 	barrier_var(act);
 	if (act == DG_ACT_DENY)
 		return -EPERM;
@@ -186,7 +203,7 @@ int BPF_PROG(dg_ptrace_access, struct task_struct *child, unsigned int mode)
 SEC("lsm/ptrace_traceme")
 int BPF_PROG(dg_ptrace_traceme, struct task_struct *parent)
 {
-	__u32 act = check_process(DG_FILE_OTHER_PROCESS, DG_HOOK_PTRACE_TRACEME, NULL);
+	__u32 act = check_process(DG_FILE_OTHER_PROCESS, DG_HOOK_PTRACE_TRACEME, NULL, parent);
 
 	barrier_var(act);
 	if (act == DG_ACT_DENY)
@@ -197,13 +214,15 @@ int BPF_PROG(dg_ptrace_traceme, struct task_struct *parent)
 SEC("lsm/file_open")
 int BPF_PROG(dg_file_open, struct file *file)
 {
+	struct task_struct *own;
 	__u32 act;
 
 	if (!proc_mem_for_write(file))
 		return 0;
-	if (!proc_mem_is_own(file))
+	own = proc_mem_own_task(file);
+	if (!own)
 		return 0;
-	act = check_process(DG_FILE_OWN_MEMORY, DG_HOOK_FILE_OPEN, file);
+	act = check_process(DG_FILE_OWN_MEMORY, DG_HOOK_FILE_OPEN, file, own);
 	barrier_var(act);
 	if (act == DG_ACT_DENY)
 		return -EPERM;

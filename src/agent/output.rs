@@ -26,6 +26,11 @@ pub struct Verdict {
     /// The kernel's event, unchanged.
     #[serde(flatten)]
     pub kernel: Event,
+    /// Process-memory rules: the container of the process reached (`target`), found by the
+    /// cgroup whose policy applies to it; empty names when that is not a known container
+    /// (omitted when the event has no target).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_container: Option<ContainerNames>,
 }
 
 /// Names of a container as the runtime reported them.
@@ -101,22 +106,25 @@ pub fn rfc3339(t: SystemTime) -> String {
 
 /// Join a kernel event with the registry.
 pub fn enrich(ev: &Event, node: &str, registry: &Registry, clock: &BootClock) -> Verdict {
-    let container = registry
-        .by_cgroup(ev.policy_cgroup_id)
-        .map(|c| ContainerNames {
-            namespace: c.namespace.clone(),
-            pod: c.pod.clone(),
-            container: c.container.clone(),
-            container_id: c.container_id.clone(),
-            image: c.image.clone(),
-        })
-        .unwrap_or_default();
+    let names = |policy_cgroup_id: u64| {
+        registry
+            .by_cgroup(policy_cgroup_id)
+            .map(|c| ContainerNames {
+                namespace: c.namespace,
+                pod: c.pod,
+                container: c.container,
+                container_id: c.container_id,
+                image: c.image,
+            })
+            .unwrap_or_default()
+    };
     Verdict {
         event: "verdict",
         time: rfc3339(clock.wall(ev.boot_ns)),
         node: node.to_string(),
-        container,
+        container: names(ev.policy_cgroup_id),
         kernel: ev.clone(),
+        target_container: ev.target.as_ref().map(|t| names(t.policy_cgroup_id)),
     }
 }
 
@@ -248,6 +256,7 @@ mod tests {
             mapping_unknown: false,
             prot: None,
             count: None,
+            target: None,
         };
         let v = enrich(&ev, "node-1", &reg, &BootClock::now());
         let j = serde_json::to_value(&v).unwrap();
@@ -283,13 +292,30 @@ mod tests {
         }
         assert!(j["time"].as_str().unwrap().ends_with('Z'));
         // Unknown cgroup: empty names, event still complete.
-        let unknown = enrich(&Event { policy_cgroup_id: 9, ..ev }, "n", &reg, &BootClock::now());
+        let unknown = enrich(&Event { policy_cgroup_id: 9, ..ev.clone() }, "n", &reg, &BootClock::now());
         assert_eq!(unknown.container, ContainerNames::default());
+        assert!(j.get("target_container").is_none() && j.get("target").is_none());
+        // A process-memory event from an unknown cgroup into the known container: the target's
+        // container is named, the caller's (unknown) is not.
+        let target =
+            crate::enforcer::Target { pid: 8, tid: 8, comm: "nginx".into(), cgroup_id: 42, policy_cgroup_id: 42 };
+        let into = Event {
+            policy_cgroup_id: 9,
+            rule: Rule::ProcessAccess,
+            file: FileKind::FromOtherContainer,
+            target: Some(target),
+            ..ev
+        };
+        let j = serde_json::to_value(enrich(&into, "n", &reg, &BootClock::now())).unwrap();
+        assert_eq!(j["container"], "");
+        assert_eq!(j["target"]["comm"], "nginx");
+        assert_eq!(j["target_container"]["pod"], "web-1");
+        assert_eq!(j["target_container"]["container"], "app");
     }
 
     /// Field names of the table under `## {section}` of docs/events.md, and the keys of the
     /// section's JSON example.
-    fn documented(doc: &str, section: &str) -> (Vec<String>, Vec<String>) {
+    fn documented(doc: &str, section: &str) -> (Vec<String>, Vec<String>, serde_json::Value, String) {
         let body = doc.split(&format!("## `{section}`")).nth(1).expect("section in docs/events.md");
         let body = body.split("\n## ").next().unwrap_or(body);
         let fields = body
@@ -301,7 +327,8 @@ mod tests {
         let example = body.split("```json\n").nth(1).and_then(|b| b.split("\n```").next()).expect("JSON example");
         let v: serde_json::Value = serde_json::from_str(example).expect("the example is one JSON object");
         assert_eq!(v["event"], section);
-        (fields, v.as_object().unwrap().keys().cloned().collect())
+        let keys = v.as_object().unwrap().keys().cloned().collect();
+        (fields, keys, v, body.to_string())
     }
 
     fn keys(v: &impl Serialize) -> Vec<String> {
@@ -334,6 +361,14 @@ mod tests {
             // Only exec_memory events carry these; set here so that every field is listed.
             prot: Some("rwx".into()),
             count: Some(1),
+            // Only process-memory events carry these.
+            target: Some(crate::enforcer::Target {
+                pid: 4,
+                tid: 4,
+                comm: "app".into(),
+                cgroup_id: 2,
+                policy_cgroup_id: 2,
+            }),
         };
         let verdict = enrich(&ev, "n", &Registry::new(None), &BootClock::now());
         let notice = Notice {
@@ -347,8 +382,23 @@ mod tests {
             reason: String::new(),
             message: String::new(),
         };
+        // The objects' fields: in the example, and named in the object's table row.
+        let (_, _, example, body) = documented(&doc, "verdict");
+        let code = serde_json::to_value(&verdict).unwrap();
+        for object in ["target", "target_container"] {
+            let sub_keys = |v: &serde_json::Value| {
+                let mut k: Vec<String> = v[object].as_object().unwrap().keys().cloned().collect();
+                k.sort();
+                k
+            };
+            assert_eq!(sub_keys(&example), sub_keys(&code), "docs/events.md example `{object}` fields");
+            let row = body.lines().find(|l| l.starts_with(&format!("| `{object}` |"))).expect("table row");
+            for k in sub_keys(&code) {
+                assert!(row.contains(&format!("`{k}`")), "docs/events.md `{object}` row names `{k}`");
+            }
+        }
         for (section, mut code) in [("verdict", keys(&verdict)), ("notice", keys(&notice))] {
-            let (mut table, mut example) = documented(&doc, section);
+            let (mut table, mut example, _, _) = documented(&doc, section);
             code.sort();
             table.sort();
             example.sort();

@@ -167,6 +167,11 @@ pub mod event_off {
     pub const PATH: usize = 80;
     pub const PROT: usize = 336;
     pub const COUNT: usize = 340;
+    pub const TARGET_CGROUP_ID: usize = 344;
+    pub const TARGET_POLICY_CGROUP_ID: usize = 352;
+    pub const TARGET_PID: usize = 360;
+    pub const TARGET_TGID: usize = 364;
+    pub const TARGET_COMM: usize = 368;
     pub const COMM_LEN: usize = 16;
 }
 
@@ -235,6 +240,11 @@ pub const C_STRUCTS: &[CStruct] = &[
             ("path", event_off::PATH, DG_PATH_MAX),
             ("prot", event_off::PROT, 4),
             ("count", event_off::COUNT, 4),
+            ("target_cgroup_id", event_off::TARGET_CGROUP_ID, 8),
+            ("target_policy_cgroup_id", event_off::TARGET_POLICY_CGROUP_ID, 8),
+            ("target_pid", event_off::TARGET_PID, 4),
+            ("target_tgid", event_off::TARGET_TGID, 4),
+            ("target_comm", event_off::TARGET_COMM, event_off::COMM_LEN),
         ],
     },
 ];
@@ -356,7 +366,7 @@ pub fn decide_verdict(b: &[u8]) -> Option<(u32, u32)> {
 }
 
 /// `struct dg_event`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RawEvent {
     pub ts_ns: u64,
     pub cgroup_id: u64,
@@ -378,13 +388,24 @@ pub struct RawEvent {
     pub prot: u32,
     /// Memory checks in monitor mode: how many checks the event stands for (0 otherwise).
     pub count: u32,
+    /// Process memory: the process reached (0 / empty otherwise).
+    pub target_cgroup_id: u64,
+    pub target_policy_cgroup_id: u64,
+    /// Thread id (C `target_pid`).
+    pub target_pid: u32,
+    pub target_tgid: u32,
+    pub target_comm: String,
 }
 
 impl RawEvent {
-    pub const SIZE: usize = event_off::COUNT + 4;
+    pub const SIZE: usize = event_off::TARGET_COMM + event_off::COMM_LEN;
 
-    /// Size of the records of programs before the memory rules (no `prot`, `count`): still
-    /// decoded, so events a pinned older program wrote before an upgrade replaced it are kept.
+    /// Size of the records of programs before the process-memory target (no `target_*`).
+    /// Records of older sizes are still decoded, so events a pinned older program wrote
+    /// before an upgrade replaced it are kept.
+    pub const SIZE_V3: usize = event_off::COUNT + 4;
+
+    /// Size of the records of programs before the memory rules (no `prot`, `count`).
     pub const SIZE_V2: usize = event_off::PATH + DG_PATH_MAX;
 
     pub fn parse(b: &[u8]) -> Option<Self> {
@@ -392,7 +413,8 @@ impl RawEvent {
         if b.len() < Self::SIZE_V2 {
             return None;
         }
-        let mem = b.len() >= Self::SIZE;
+        let mem = b.len() >= Self::SIZE_V3;
+        let target = b.len() >= Self::SIZE;
         Some(RawEvent {
             ts_ns: u64_at(b, o::TS_NS),
             cgroup_id: u64_at(b, o::CGROUP_ID),
@@ -411,6 +433,11 @@ impl RawEvent {
             path: cstr(&b[o::PATH..o::PATH + DG_PATH_MAX]),
             prot: if mem { u32_at(b, o::PROT) } else { 0 },
             count: if mem { u32_at(b, o::COUNT) } else { 0 },
+            target_cgroup_id: if target { u64_at(b, o::TARGET_CGROUP_ID) } else { 0 },
+            target_policy_cgroup_id: if target { u64_at(b, o::TARGET_POLICY_CGROUP_ID) } else { 0 },
+            target_pid: if target { u32_at(b, o::TARGET_PID) } else { 0 },
+            target_tgid: if target { u32_at(b, o::TARGET_TGID) } else { 0 },
+            target_comm: if target { cstr(&b[o::TARGET_COMM..o::TARGET_COMM + o::COMM_LEN]) } else { String::new() },
         })
     }
 
@@ -421,6 +448,9 @@ impl RawEvent {
         b[o::TS_NS..o::TS_NS + 8].copy_from_slice(&self.ts_ns.to_le_bytes());
         b[o::CGROUP_ID..o::CGROUP_ID + 8].copy_from_slice(&self.cgroup_id.to_le_bytes());
         b[o::POLICY_CGROUP_ID..o::POLICY_CGROUP_ID + 8].copy_from_slice(&self.policy_cgroup_id.to_le_bytes());
+        b[o::TARGET_CGROUP_ID..o::TARGET_CGROUP_ID + 8].copy_from_slice(&self.target_cgroup_id.to_le_bytes());
+        b[o::TARGET_POLICY_CGROUP_ID..o::TARGET_POLICY_CGROUP_ID + 8]
+            .copy_from_slice(&self.target_policy_cgroup_id.to_le_bytes());
         for (off, v) in [
             (o::PID, self.pid),
             (o::TGID, self.tgid),
@@ -434,12 +464,17 @@ impl RawEvent {
             (o::FLAGS, self.flags),
             (o::PROT, self.prot),
             (o::COUNT, self.count),
+            (o::TARGET_PID, self.target_pid),
+            (o::TARGET_TGID, self.target_tgid),
         ] {
             put_u32(&mut b, off, v);
         }
         let c = self.comm.as_bytes();
         let n = c.len().min(o::COMM_LEN - 1);
         b[o::COMM..o::COMM + n].copy_from_slice(&c[..n]);
+        let c = self.target_comm.as_bytes();
+        let n = c.len().min(o::COMM_LEN - 1);
+        b[o::TARGET_COMM..o::TARGET_COMM + n].copy_from_slice(&c[..n]);
         let p = self.path.as_bytes();
         let n = p.len().min(DG_PATH_MAX - 1);
         b[o::PATH..o::PATH + n].copy_from_slice(&p[..n]);
@@ -563,12 +598,20 @@ mod tests {
             path: "/tmp/x".into(),
             prot: 7,
             count: 3,
+            target_cgroup_id: 8,
+            target_policy_cgroup_id: 9,
+            target_pid: 10,
+            target_tgid: 11,
+            target_comm: "victim".into(),
         };
         let b = e.to_bytes();
-        assert_eq!(b.len(), 344);
+        assert_eq!(b.len(), 384);
         assert_eq!(RawEvent::parse(&b), Some(e.clone()));
         assert_eq!(RawEvent::parse(&b[..300]), None);
-        // A record of the programs before the memory rules still decodes.
+        // Records of older programs (pinned before an upgrade) still decode: before the
+        // process-memory target, and before the memory rules.
+        let v3 = RawEvent::parse(&b[..344]).expect("a 344-byte record decodes");
+        assert_eq!((v3.prot, v3.count, v3.target_pid, v3.target_comm.as_str()), (7, 3, 0, ""));
         let old = RawEvent::parse(&b[..336]).expect("a 336-byte record decodes");
         assert_eq!((old.path.as_str(), old.prot, old.count), ("/tmp/x", 0, 0));
     }

@@ -288,6 +288,26 @@ pub struct Event {
     /// otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u32>,
+    /// Process-memory rules: the process reached (omitted otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<Target>,
+}
+
+/// The process a process-memory verdict is about: the one whose `mem` file was opened, the
+/// `ptrace` or `process_vm_*` target, for `PTRACE_TRACEME` the parent offered the caller.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Target {
+    /// Process id (tgid), in the node's pid namespace like the event's `pid`.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Command name.
+    pub comm: String,
+    /// Its cgroup v2 id.
+    pub cgroup_id: u64,
+    /// The cgroup whose policy applies to it; 0 when none does (the node, a container without
+    /// policy).
+    pub policy_cgroup_id: u64,
 }
 
 /// `rwx` notation of `PROT_*` bits.
@@ -321,6 +341,13 @@ impl Event {
             mapping_unknown: r.flags & abi::DG_EVF_MAPPING_UNKNOWN != 0,
             prot: (r.prot != 0).then(|| prot_str(r.prot)),
             count: (r.count != 0).then_some(r.count),
+            target: (r.target_tgid != 0).then(|| Target {
+                pid: r.target_tgid,
+                tid: r.target_pid,
+                comm: r.target_comm.clone(),
+                cgroup_id: r.target_cgroup_id,
+                policy_cgroup_id: r.target_policy_cgroup_id,
+            }),
         })
     }
 }
@@ -532,6 +559,7 @@ mod tests {
             path: "/memfd:x (deleted)".into(),
             prot: 0,
             count: 0,
+            ..Default::default()
         };
         let e = Event::decode(&raw.to_bytes()).unwrap();
         assert_eq!(e.pid, 40);
@@ -547,7 +575,36 @@ mod tests {
         assert_eq!(j["rule"], "fileless");
         assert_eq!(j["action"], "kill");
         assert_eq!(j["hook"], "exec_tracepoint");
-        assert!(j.get("prot").is_none() && j.get("count").is_none(), "{j}");
+        assert!(j.get("prot").is_none() && j.get("count").is_none() && j.get("target").is_none(), "{j}");
+    }
+
+    #[test]
+    fn decode_process_target() {
+        let raw = RawEvent {
+            ts_ns: 1,
+            cgroup_id: 5,
+            policy_cgroup_id: 6,
+            pid: 71,
+            tgid: 70,
+            matched: abi::DG_MATCH_PROCESS_ACCESS,
+            action: abi::DG_ACT_DENY,
+            hook: abi::DG_HOOK_PTRACE_ACCESS,
+            file_kind: abi::DG_FILE_FROM_OTHER_CONTAINER,
+            mode: abi::DG_MODE_ENFORCE,
+            comm: "gdb".into(),
+            target_cgroup_id: 7,
+            target_policy_cgroup_id: 6,
+            target_pid: 81,
+            target_tgid: 80,
+            target_comm: "nginx".into(),
+            ..Default::default()
+        };
+        let j = serde_json::to_value(Event::decode(&raw.to_bytes()).unwrap()).unwrap();
+        assert_eq!(j["file"], "from_other_container");
+        assert_eq!(
+            j["target"],
+            serde_json::json!({"pid": 80, "tid": 81, "comm": "nginx", "cgroup_id": 7, "policy_cgroup_id": 6})
+        );
     }
 
     #[test]
@@ -570,6 +627,7 @@ mod tests {
             path: String::new(),
             prot: 5,
             count: 120,
+            ..Default::default()
         };
         let j = serde_json::to_value(Event::decode(&raw.to_bytes()).unwrap()).unwrap();
         assert_eq!(j["rule"], "exec_memory");

@@ -44,7 +44,7 @@ pub use caps::{
     OverlayUpper, TEST_OVL_LAYOUT_ENV,
 };
 pub use error::{Error, Result};
-pub use events::{Action, Event, EventStream, FileKind, Hook, ReaderHeartbeat, Rule, EVENT_CHANNEL_CAPACITY};
+pub use events::{Action, Event, EventStream, FileKind, Hook, ReaderHeartbeat, Rule, Target, EVENT_CHANNEL_CAPACITY};
 pub use ovlproof::prove_overlay_layout;
 pub use store::{InstalledPolicy, Owner, PolicyStore, Stats};
 

@@ -75,6 +75,14 @@ fn open_and_poke(path: &[u8], flags: libc::c_int) -> i32 {
 
 type Body = Box<dyn Fn() -> i32>;
 
+/// The event names its target and the target passes `ok`.
+fn expect_target(e: &Event, ok: impl Fn(&driftguard::enforcer::Target) -> bool) -> R {
+    match &e.target {
+        Some(t) if ok(t) => Ok(()),
+        _ => Err(format!("the event's target is not the process reached: {e:?}").into()),
+    }
+}
+
 /// The routes to the caller's own memory: (what, refused step, body).
 fn own_mem_bodies() -> Vec<(&'static str, i32, Body)> {
     vec![
@@ -175,6 +183,8 @@ fn memory_write_own_mem_denied() -> R {
         if e.hook != Hook::FileOpen || e.file != FileKind::OwnMemory || e.action != Action::Deny {
             return Err(format!("{what}: expected file_open, own_memory, deny: {e:?}").into());
         }
+        // the target is the caller itself
+        expect_target(&e, |t| t.pid == e.pid && t.comm == e.comm && t.policy_cgroup_id == c.cgid)?;
     }
     expect_code(&fork_in_cgroup(&c.cgroup, &own_mem_read)?, 99, "reading /proc/self/mem")?;
     Ok(())
@@ -451,6 +461,14 @@ fn process_access_denied_from_an_enforced_container() -> R {
         if e.file != FileKind::OtherProcess || e.action != Action::Deny {
             return Err(format!("expected other_process, deny: {e:?}").into());
         }
+        // ptrace_access_check: the paused child, in the same container; TRACEME: the parent,
+        // which is not (fork_in_cgroup's caller)
+        match hook {
+            Hook::PtraceAccess => expect_target(&e, |t| {
+                t.pid != e.pid && t.cgroup_id == c.cgid && t.policy_cgroup_id == c.cgid && t.comm == e.comm
+            })?,
+            _ => expect_target(&e, |t| t.pid == e.ppid && t.policy_cgroup_id == 0)?,
+        }
     }
     Ok(())
 }
@@ -537,6 +555,7 @@ fn process_access_denied_into_an_enforced_container() -> R {
             if e.rule != Rule::ProcessAccess || e.hook != Hook::PtraceAccess || e.action != Action::Deny {
                 return Err(format!("{how:?} from {who}: expected process_access, ptrace_access, deny: {e:?}").into());
             }
+            expect_target(&e, |t| t.pid != e.pid && t.cgroup_id == target.cgid && t.policy_cgroup_id == target.cgid)?;
         }
     }
     event_barrier(h)?;
