@@ -101,6 +101,7 @@
 #define DG_HOOK_FILE_OPEN 8 /* lsm/file_open */
 #define DG_HOOK_PTRACE_ACCESS 9 /* lsm/ptrace_access_check */
 #define DG_HOOK_PTRACE_TRACEME 10 /* lsm/ptrace_traceme */
+#define DG_HOOK_FILE_RECEIVE 11 /* lsm/file_receive */
 
 /* Access kinds given to the decision function. */
 #define DG_ACCESS_EXEC 0

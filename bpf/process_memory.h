@@ -13,6 +13,9 @@
  *                   container, decided by the target's policy (off with the
  *                   target's debug opt-out)
  *   lsm/ptrace_traceme       PTRACE_TRACEME from a task under policy -> -EPERM
+ *   lsm/file_receive a mem file opened for writing, received over a unix
+ *                   socket or with pidfd_getfd: the receiver's own (rule 1)
+ *                   or another's (as ptrace_access_check) -> -EPERM
  *
  * The kernel never asks ptrace_access_check about a process's own mem
  * (mm_access skips it when the mm is the caller's), so the open is the one
@@ -112,9 +115,10 @@ static __always_inline __u32 decide_process(const struct dg_policy *p, __u32 kin
 	s = scratch();
 	if (!s)
 		return v.action;
-	/* decided on the kind, a scalar, not by testing `file` (see check_memory()) */
+	/* decided on scalars, not by testing `file` (see check_memory()) */
 	barrier_var(kind);
-	if (kind == DG_FILE_OWN_MEMORY)
+	barrier_var(hook);
+	if (kind == DG_FILE_OWN_MEMORY || hook == DG_HOOK_FILE_RECEIVE)
 		flags = walk_path(BPF_CORE_READ(file, f_path.dentry), BPF_CORE_READ(file, f_path.mnt), 1);
 	e = event_begin(s, &v, hook, kind, in.mode, flags, cgid, matched);
 	if (!e)
@@ -161,19 +165,20 @@ static __always_inline bool in_pid_namespace(void)
  * process_vm_writev, another process's /proc/<pid>/mem (read or write),
  * pidfd_getfd. Read mode (ps, /proc/<pid>/maps, status, environ) passes.
  */
-SEC("lsm/ptrace_access_check")
-int BPF_PROG(dg_ptrace_access, struct task_struct *child, unsigned int mode)
+/*
+ * Rules 2 and 3 for reaching `target`, another process (its mem `file` when
+ * that names the event's path): 0 or -EPERM.
+ */
+static __always_inline int reach_other(struct task_struct *target, __u32 hook, struct file *file)
 {
-	__u64 cgid = 0, matched = 0, target;
+	__u64 cgid = 0, matched = 0, tpol;
 	struct dg_policy *p;
 	__u32 act;
 
-	if (!(mode & PTRACE_MODE_ATTACH))
-		return 0;
 	/* rule 2: the caller's policy */
 	p = lookup_policy(&cgid, &matched);
 	if (p) {
-		act = decide_process(p, DG_FILE_OTHER_PROCESS, DG_HOOK_PTRACE_ACCESS, NULL, child, cgid, matched);
+		act = decide_process(p, DG_FILE_OTHER_PROCESS, hook, file, target, cgid, matched);
 		barrier_var(act);
 		if (act == DG_ACT_DENY)
 			return -EPERM;
@@ -183,20 +188,34 @@ int BPF_PROG(dg_ptrace_access, struct task_struct *child, unsigned int mode)
 	}
 	/*
 	 * rule 3: a task of another container (under another policy, or in a pid
-	 * namespace of its own) attaching into a process under policy: the
+	 * namespace of its own) reaching into a process under policy: the
 	 * target's policy decides. The same policy already decided above.
 	 */
-	target = dg_cgroup_policy_cgroup((__u64)BPF_CORE_READ(child, cgroups, dfl_cgrp));
-	if (!target || target == matched)
+	tpol = dg_cgroup_policy_cgroup((__u64)BPF_CORE_READ(target, cgroups, dfl_cgrp));
+	if (!tpol || tpol == matched)
 		return 0;
-	p = bpf_map_lookup_elem(&dg_policies, &target);
+	p = bpf_map_lookup_elem(&dg_policies, &tpol);
 	if (!p)
 		return 0;
-	act = decide_process(p, DG_FILE_FROM_OTHER_CONTAINER, DG_HOOK_PTRACE_ACCESS, NULL, child, cgid, target);
+	act = decide_process(p, DG_FILE_FROM_OTHER_CONTAINER, hook, file, target, cgid, tpol);
 	barrier_var(act);
 	if (act == DG_ACT_DENY)
 		return -EPERM;
 	return 0;
+}
+
+/*
+ * The kernel asks this about another thread group only (its own passes before
+ * the LSM), in attach mode for ptrace attach and seize, process_vm_readv and
+ * process_vm_writev, another process's /proc/<pid>/mem (read or write),
+ * pidfd_getfd. Read mode (ps, /proc/<pid>/maps, status, environ) passes.
+ */
+SEC("lsm/ptrace_access_check")
+int BPF_PROG(dg_ptrace_access, struct task_struct *child, unsigned int mode)
+{
+	if (!(mode & PTRACE_MODE_ATTACH))
+		return 0;
+	return reach_other(child, DG_HOOK_PTRACE_ACCESS, NULL);
 }
 
 /* PTRACE_TRACEME: the caller offers itself to its parent, who could then write its memory. */
@@ -223,6 +242,35 @@ int BPF_PROG(dg_file_open, struct file *file)
 	if (!own)
 		return 0;
 	act = check_process(DG_FILE_OWN_MEMORY, DG_HOOK_FILE_OPEN, file, own);
+	barrier_var(act);
+	if (act == DG_ACT_DENY)
+		return -EPERM;
+	return 0;
+}
+
+/*
+ * An fd received over a unix socket (SCM_RIGHTS) or taken with pidfd_getfd:
+ * a mem file opened for writing by someone else. Of the receiver's own memory
+ * it is rule 1 (no opt-out); of another process's, rules 2 and 3 as if the
+ * receiver had opened it. A refused fd is not installed (recvmsg reports
+ * MSG_CTRUNC, pidfd_getfd -EPERM).
+ */
+SEC("lsm/file_receive")
+int BPF_PROG(dg_file_receive, struct file *file)
+{
+	struct task_struct *target;
+	struct mm_struct *mm;
+	__u32 act;
+
+	if (!proc_mem_for_write(file))
+		return 0;
+	target = proc_inode_task(BPF_CORE_READ(file, f_inode));
+	if (!target)
+		return 0;
+	mm = BPF_CORE_READ(target, mm);
+	if (!mm || mm != BPF_CORE_READ(current_task(), mm))
+		return reach_other(target, DG_HOOK_FILE_RECEIVE, file);
+	act = check_process(DG_FILE_OWN_MEMORY, DG_HOOK_FILE_RECEIVE, file, target);
 	barrier_var(act);
 	if (act == DG_ACT_DENY)
 		return -EPERM;

@@ -81,6 +81,7 @@ c_constants! {
     DG_HOOK_FILE_OPEN: u32 = 8;
     DG_HOOK_PTRACE_ACCESS: u32 = 9;
     DG_HOOK_PTRACE_TRACEME: u32 = 10;
+    DG_HOOK_FILE_RECEIVE: u32 = 11;
 
     DG_ACCESS_EXEC: u32 = 0;
     DG_ACCESS_MMAP_EXEC: u32 = 1;

@@ -131,9 +131,13 @@ pub enum Hook {
     /// `lsm/file_open` (a process's `mem` file opened for writing).
     FileOpen,
     /// `lsm/ptrace_access_check` (attach mode: ptrace, `process_vm_*`, another's `mem`).
+    #[serde(rename = "ptrace_access_check")]
     PtraceAccess,
     /// `lsm/ptrace_traceme`.
     PtraceTraceme,
+    /// `lsm/file_receive` (a `mem` file opened for writing, received over a unix socket or
+    /// with `pidfd_getfd`).
+    FileReceive,
     /// Unknown code.
     Unknown,
 }
@@ -151,6 +155,7 @@ impl Hook {
             abi::DG_HOOK_FILE_OPEN => Hook::FileOpen,
             abi::DG_HOOK_PTRACE_ACCESS => Hook::PtraceAccess,
             abi::DG_HOOK_PTRACE_TRACEME => Hook::PtraceTraceme,
+            abi::DG_HOOK_FILE_RECEIVE => Hook::FileReceive,
             _ => Hook::Unknown,
         }
     }
@@ -639,6 +644,26 @@ mod tests {
             let r = RawEvent { file_kind: kind, prot: 7, ..raw.clone() };
             let j = serde_json::to_value(Event::decode(&r.to_bytes()).unwrap()).unwrap();
             assert_eq!((j["file"].as_str(), j["prot"].as_str()), (Some(name), Some("rwx")));
+        }
+    }
+
+    /// Every name the events carry for a hook, rule and file kind is documented in its row of
+    /// docs/events.md.
+    #[test]
+    fn docs_events_md_names_every_hook_rule_and_kind() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/events.md")).unwrap();
+        let row = |field: &str| doc.lines().find(|l| l.starts_with(&format!("| `{field}` |"))).unwrap().to_string();
+        let name = |v: serde_json::Value| format!("`{}`", v.as_str().unwrap());
+        let (hook, rule, file) = (row("hook"), row("rule"), row("file"));
+        for raw in 0..32 {
+            let h = Hook::from_raw(raw);
+            if h != Hook::Unknown {
+                assert!(hook.contains(&name(serde_json::to_value(h).unwrap())), "hook {h:?}");
+            }
+            let r = Rule::from_raw(raw);
+            assert!(rule.contains(&name(serde_json::to_value(r).unwrap())), "rule {r:?}");
+            let f = FileKind::from_raw(raw);
+            assert!(file.contains(&name(serde_json::to_value(f).unwrap())), "file kind {f:?}");
         }
     }
 

@@ -58,8 +58,15 @@ pub const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 pub const LSM_LIST: &str = "/sys/kernel/security/lsm";
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
-const LSM_PROGS: [&str; 6] =
-    ["dg_bprm_check", "dg_mmap_file", "dg_file_mprotect", "dg_file_open", "dg_ptrace_access", "dg_ptrace_traceme"];
+const LSM_PROGS: [&str; 7] = [
+    "dg_bprm_check",
+    "dg_mmap_file",
+    "dg_file_mprotect",
+    "dg_file_open",
+    "dg_ptrace_access",
+    "dg_ptrace_traceme",
+    "dg_file_receive",
+];
 const TP_PROGS: [&str; 1] = ["dg_exec_tp"];
 /// The fallback's mapping checks (bpf/memory_fallback.h): on every kernel ...
 const MAPPING_PROGS: [&str; 3] = ["dg_sys_mmap", "dg_sys_exit_mmap", "dg_sys_shmat"];

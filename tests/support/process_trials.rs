@@ -150,7 +150,8 @@ fn own_mem_read() -> i32 {
 /// One trial: name and body.
 pub type Trial = (&'static str, fn() -> R);
 
-pub const TRIALS: [Trial; 6] = [
+pub const TRIALS: [Trial; 7] = [
+    ("memory_write_received_mem_fd_denied", memory_write_received_mem_fd_denied),
     ("process_access_denied_into_an_enforced_container", process_access_denied_into_an_enforced_container),
     ("memory_write_own_mem_denied", memory_write_own_mem_denied),
     ("process_access_denied_from_an_enforced_container", process_access_denied_from_an_enforced_container),
@@ -561,6 +562,186 @@ fn process_access_denied_into_an_enforced_container() -> R {
     event_barrier(h)?;
     if let Some(e) = events_for(h, opted_out.cgid).into_iter().find(|e| e.rule == Rule::ProcessAccess) {
         return Err(format!("the opted-out target reported process access: {e:?}").into());
+    }
+    Ok(())
+}
+
+/// How a body gets a `mem` file opened for writing by a helper process (its child; with
+/// `helper_procs`, moved to that cgroup first, e.g. one without policy in the node's pid
+/// namespace, whose tasks may open any process's `mem`; the helper's own `mem` is its own
+/// memory, which it may open for writing only there).
+#[derive(Clone, Copy, Debug)]
+enum Receive {
+    /// The body's own `mem`, sent over a unix socket (`SCM_RIGHTS`).
+    UnixSocketOwn,
+    /// The helper's own `mem` (another process, to the body), sent the same way.
+    UnixSocketOther,
+    /// The body's own `mem`, taken from the helper with `pidfd_getfd`.
+    PidfdGetfdOwn,
+}
+
+/// Who receives, the helper's cgroup, the expected code, the rule and hook of the event (None:
+/// allowed, no event).
+type ReceiveCase<'a> = (&'a Container, Option<&'a CString>, i32, Option<(Rule, Hook)>);
+
+const RECEIVES: [Receive; 3] = [Receive::UnixSocketOwn, Receive::UnixSocketOther, Receive::PidfdGetfdOwn];
+
+/// 0: the fd arrived (and, for the body's own memory, the injected code ran); 20: the unix
+/// socket delivered no fd (the kernel drops a refused one and sets MSG_CTRUNC); 10 + errno:
+/// `pidfd_getfd` refused; 1xx: set-up failures.
+fn receive_mem_fd(how: Receive, helper_procs: Option<&std::ffi::CStr>) -> i32 {
+    // SAFETY: raw syscalls in the forked helper and here, on buffers that outlive them.
+    unsafe {
+        let mut sv = [0; 2];
+        if libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, sv.as_mut_ptr()) != 0 {
+            return 115;
+        }
+        let body = libc::getpid() as u32;
+        let helper = libc::fork();
+        if helper < 0 {
+            return 110;
+        }
+        if helper == 0 {
+            libc::close(sv[0]);
+            if let Some(procs) = helper_procs {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) < 0 {
+                    libc::_exit(120);
+                }
+            }
+            let whose = if matches!(how, Receive::UnixSocketOther) { libc::getpid() as u32 } else { body };
+            let mut buf = [0u8; 64];
+            let mem = libc::open(path_with_number(&mut buf, b"/proc/", whose, b"/mem").as_ptr().cast(), libc::O_RDWR);
+            if mem < 0 {
+                libc::_exit(121); // the body reads EOF
+            }
+            let mut byte = [mem as u8; 1];
+            let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            let mut control = [0u64; 4];
+            if !matches!(how, Receive::PidfdGetfdOwn) {
+                msg.msg_control = control.as_mut_ptr().cast();
+                msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+                let c = libc::CMSG_FIRSTHDR(&msg);
+                (*c).cmsg_level = libc::SOL_SOCKET;
+                (*c).cmsg_type = libc::SCM_RIGHTS;
+                (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
+                std::ptr::copy_nonoverlapping((&mem as *const i32).cast::<u8>(), libc::CMSG_DATA(c), 4);
+            }
+            if libc::sendmsg(sv[1], &msg, 0) != 1 {
+                libc::_exit(122);
+            }
+            // pidfd_getfd takes it from here: hold it until killed
+            loop {
+                libc::pause();
+            }
+        }
+        libc::close(sv[1]);
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        let mut control = [0u64; 4];
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control);
+        let code = if libc::recvmsg(sv[0], &mut msg, libc::MSG_CMSG_CLOEXEC) != 1 {
+            116
+        } else if matches!(how, Receive::PidfdGetfdOwn) {
+            let pidfd = libc::syscall(libc::SYS_pidfd_open, helper, 0) as i32;
+            if pidfd < 0 {
+                117
+            } else {
+                let fd = libc::syscall(libc::SYS_pidfd_getfd, pidfd, i32::from(byte[0]), 0) as i32;
+                if fd < 0 {
+                    10 + errno()
+                } else {
+                    poke_victim(fd)
+                }
+            }
+        } else {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            if msg.msg_flags & libc::MSG_CTRUNC != 0 || c.is_null() || (*c).cmsg_type != libc::SCM_RIGHTS {
+                20
+            } else {
+                let mut fd = -1i32;
+                std::ptr::copy_nonoverlapping(libc::CMSG_DATA(c), (&mut fd as *mut i32).cast::<u8>(), 4);
+                if matches!(how, Receive::UnixSocketOwn) {
+                    poke_victim(fd)
+                } else {
+                    0
+                }
+            }
+        };
+        libc::kill(helper, libc::SIGKILL);
+        libc::waitpid(helper, std::ptr::null_mut(), 0);
+        code
+    }
+}
+
+/// A `mem` file opened for writing by someone allowed to (a process of the node, or one of
+/// the container itself under the debug opt-out) and handed over: over a unix socket or with
+/// `pidfd_getfd` (`file_receive`). The body's own memory is refused in every policy (rule 1);
+/// another process's like attaching to it (rule 2, off with the debug opt-out).
+fn memory_write_received_mem_fd_denied() -> R {
+    let h = harness()?;
+    let enforced = container("recv")?;
+    enforced.install(h, &enforce())?;
+    let debug = container("recv-debug")?;
+    let mut p = enforce();
+    p.rules.process_access = driftguard::policy::ProcessAccess::Debug;
+    debug.install(h, &p)?;
+    let free = container("recv-free")?;
+    let node = CString::new(free.cgroup.join("cgroup.procs").as_os_str().as_bytes()).map_err(es)?;
+    for how in RECEIVES {
+        let run = |c: &Container, helper: Option<&CString>| {
+            fork_in_cgroup(&c.cgroup, &|| receive_mem_fd(how, helper.map(|p| p.as_c_str())))
+        };
+        expect_code(&run(&free, None)?, 0, &format!("control: {how:?}"))?;
+        let (own_rule, own_hook) = (Rule::MemoryWrite, Hook::FileReceive);
+        let cases: [ReceiveCase; 2] = match how {
+            Receive::UnixSocketOwn => [
+                (&enforced, Some(&node), 20, Some((own_rule, own_hook))),
+                (&debug, None, 20, Some((own_rule, own_hook))),
+            ],
+            Receive::UnixSocketOther => [
+                (&enforced, Some(&node), 20, Some((Rule::ProcessAccess, Hook::FileReceive))),
+                (&debug, Some(&node), 0, None),
+            ],
+            // taking an fd from another process is attaching to it (ptrace_access_check);
+            // under the debug opt-out that passes and file_receive refuses the own memory
+            Receive::PidfdGetfdOwn => [
+                (&enforced, Some(&node), 10 + libc::EPERM, Some((Rule::ProcessAccess, Hook::PtraceAccess))),
+                (&debug, None, 10 + libc::EPERM, Some((own_rule, own_hook))),
+            ],
+        };
+        for (c, helper, code, rule) in cases {
+            let what =
+                format!("{how:?} into {}", if std::ptr::eq(c, &enforced) { "enforce" } else { "the debug opt-out" });
+            let out = run(c, helper)?;
+            if !lsm(h) {
+                expect_code(&out, 0, &format!("fallback limit changed: {what}"))?;
+                if code != 0 {
+                    println!("LIMIT {what} on the tracepoint fallback: it works (docs/threat-model.md)");
+                }
+                continue;
+            }
+            expect_code(&out, code, &what)?;
+            let Some((rule, hook)) = rule else { continue };
+            let e = wait_event(
+                h,
+                |e| e.policy_cgroup_id == c.cgid && e.rule == rule && e.hook == hook,
+                &format!("{} event ({what})", rule.as_str()),
+            )?;
+            if e.action != Action::Deny
+                || e.target.is_none()
+                || (hook == Hook::FileReceive && !e.path.ends_with("/mem"))
+            {
+                return Err(format!("{what}: expected a denial naming the mem file and its process: {e:?}").into());
+            }
+        }
     }
     Ok(())
 }
