@@ -150,7 +150,8 @@ fn own_mem_read() -> i32 {
 /// One trial: name and body.
 pub type Trial = (&'static str, fn() -> R);
 
-pub const TRIALS: [Trial; 7] = [
+pub const TRIALS: [Trial; 8] = [
+    ("memory_write_through_io_uring_denied", memory_write_through_io_uring_denied),
     ("memory_write_received_mem_fd_denied", memory_write_received_mem_fd_denied),
     ("process_access_denied_into_an_enforced_container", process_access_denied_into_an_enforced_container),
     ("memory_write_own_mem_denied", memory_write_own_mem_denied),
@@ -444,6 +445,16 @@ fn process_access_denied_from_an_enforced_container() -> R {
         let errno = if matches!(how, Reach::MemOpenForWrite) { libc::EACCES } else { libc::EPERM };
         expect_code(&out, 10 + errno, &format!("{how:?} of another process"))?;
     }
+    for how in [Debugger::TracerPoke, Debugger::MemWriter] {
+        expect_code(&fork_in_cgroup(&free.cgroup, &|| debug_child(how))?, 0, &format!("control: {how:?}"))?;
+        let out = fork_in_cgroup(&c.cgroup, &|| debug_child(how))?;
+        if lsm(h) {
+            let errno = if matches!(how, Debugger::MemWriter) { libc::EACCES } else { libc::EPERM };
+            expect_code(&out, 10 + errno, &format!("{how:?} of another process"))?;
+        } else {
+            expect_code(&out, 0, &format!("fallback limit changed: {how:?}"))?;
+        }
+    }
     expect_code(&fork_in_cgroup(&free.cgroup, &traceme)?, 0, "control: PTRACE_TRACEME")?;
     let out = fork_in_cgroup(&c.cgroup, &traceme)?;
     expect_code(&fork_in_cgroup(&c.cgroup, &read_child_maps)?, 99, "reading another process's maps and status")?;
@@ -484,6 +495,10 @@ fn process_access_debug_opt_out() -> R {
     c.install(h, &p)?;
     for how in REACHES {
         expect_code(&fork_in_cgroup(&c.cgroup, &|| reach_child(how))?, 0, &format!("process-access=false: {how:?}"))?;
+    }
+    // what debuggers do: write code into the debuggee, which then runs it
+    for how in [Debugger::TracerPoke, Debugger::MemWriter] {
+        expect_code(&fork_in_cgroup(&c.cgroup, &|| debug_child(how))?, 0, &format!("process-access=false: {how:?}"))?;
     }
     expect_code(&fork_in_cgroup(&c.cgroup, &traceme)?, 0, "process-access=false: PTRACE_TRACEME")?;
     let own = fork_in_cgroup(&c.cgroup, &|| open_and_poke(b"/proc/self/mem\0", libc::O_RDWR))?;
@@ -744,4 +759,194 @@ fn memory_write_received_mem_fd_denied() -> R {
         }
     }
     Ok(())
+}
+
+/// `IORING_OP_OPENAT` of the NUL-terminated `path` with `flags`, forced to io_uring's async
+/// workers when `async_worker` (`IOSQE_ASYNC`; 5.10 sends every open there anyway): the fd, or
+/// -errno. Raw io_uring (no liburing): set up a ring of 4, submit one SQE, wait for its CQE.
+fn io_uring_open(path: &[u8], flags: libc::c_int, async_worker: bool) -> i32 {
+    const IORING_OP_OPENAT: u8 = 18;
+    const IOSQE_ASYNC: u8 = 1 << 4;
+    const IORING_ENTER_GETEVENTS: u32 = 1;
+    const IORING_OFF_SQ_RING: i64 = 0;
+    const IORING_OFF_CQ_RING: i64 = 0x8000000;
+    const IORING_OFF_SQES: i64 = 0x10000000;
+    // struct io_uring_params: 10 u32, then io_sqring_offsets and io_cqring_offsets (40 bytes each)
+    let mut params = [0u32; 30];
+    // SAFETY: raw io_uring syscalls on our own ring; the mappings are checked before use.
+    unsafe {
+        let ring = libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) as i32;
+        if ring < 0 {
+            return -errno() - 1000;
+        }
+        let (sq_entries, cq_entries) = (params[0], params[1]);
+        let sq = |i: usize| params[10 + i] as usize; // head, tail, ring_mask, ring_entries, flags, dropped, array
+        let cq = |i: usize| params[20 + i] as usize; // head, tail, ring_mask, ring_entries, overflow, cqes
+        let map = |len: usize, off: i64| {
+            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, ring, off)
+        };
+        let sq_ring = map(sq(6) + sq_entries as usize * 4, IORING_OFF_SQ_RING);
+        let cq_ring = map(cq(5) + cq_entries as usize * 16, IORING_OFF_CQ_RING);
+        let sqes = map(sq_entries as usize * 64, IORING_OFF_SQES);
+        if [sq_ring, cq_ring, sqes].contains(&libc::MAP_FAILED) {
+            return -2000;
+        }
+        let at = |base: *mut libc::c_void, off: usize| base.cast::<u8>().add(off);
+        let sqe = at(sqes, 0);
+        std::ptr::write_bytes(sqe, 0, 64);
+        *sqe = IORING_OP_OPENAT;
+        *sqe.add(1) = if async_worker { IOSQE_ASYNC } else { 0 };
+        sqe.add(4).cast::<i32>().write(libc::AT_FDCWD);
+        sqe.add(16).cast::<u64>().write(path.as_ptr() as u64);
+        sqe.add(28).cast::<u32>().write((flags | libc::O_CLOEXEC) as u32);
+        sqe.add(32).cast::<u64>().write(7);
+        let mask = *at(sq_ring, sq(2)).cast::<u32>();
+        let tail = &*at(sq_ring, sq(1)).cast::<std::sync::atomic::AtomicU32>();
+        let t = tail.load(std::sync::atomic::Ordering::Acquire);
+        *at(sq_ring, sq(6)).cast::<u32>().add((t & mask) as usize) = 0;
+        tail.store(t + 1, std::sync::atomic::Ordering::Release);
+        if libc::syscall(libc::SYS_io_uring_enter, ring, 1u32, 1u32, IORING_ENTER_GETEVENTS, 0usize, 0usize) < 0 {
+            return -errno() - 3000;
+        }
+        let head = &*at(cq_ring, cq(0)).cast::<std::sync::atomic::AtomicU32>();
+        let cq_tail = &*at(cq_ring, cq(1)).cast::<std::sync::atomic::AtomicU32>();
+        let h = head.load(std::sync::atomic::Ordering::Acquire);
+        if cq_tail.load(std::sync::atomic::Ordering::Acquire) == h {
+            return -4000;
+        }
+        let cqe = at(cq_ring, cq(5) + ((h & *at(cq_ring, cq(2)).cast::<u32>()) as usize) * 16);
+        let res = cqe.add(8).cast::<i32>().read();
+        head.store(h + 1, std::sync::atomic::Ordering::Release);
+        res
+    }
+}
+
+/// Opens the caller's own `mem` (`other` false) or its paused child's for writing through
+/// io_uring and, for its own, pokes: 0 when the injected code ran (or the child's opened),
+/// 10 + errno when the open was refused, 1xx when io_uring itself failed.
+fn io_uring_mem(other: bool, async_worker: bool) -> i32 {
+    let open = |pid: u32| {
+        let mut buf = [0u8; 64];
+        io_uring_open(path_with_number(&mut buf, b"/proc/", pid, b"/mem"), libc::O_RDWR, async_worker)
+    };
+    let result = |fd: i32, then: &dyn Fn(i32) -> i32| match fd {
+        fd if fd >= 0 => then(fd),
+        e if e > -1000 => 10 - e,
+        _ => 130,
+    };
+    if other {
+        with_paused_child(|pid| result(open(pid as u32), &|_| 0))
+    } else {
+        // SAFETY: getpid has no preconditions.
+        result(open(unsafe { libc::getpid() } as u32), &poke_victim)
+    }
+}
+
+/// The same opens through io_uring, whose opens run in the submitter's task or in its async
+/// workers: threads of the process since 5.12, kernel threads borrowing its mm before (5.10),
+/// whose cgroup is not the container's.
+fn memory_write_through_io_uring_denied() -> R {
+    let h = harness()?;
+    let c = container("uring")?;
+    c.install(h, &enforce())?;
+    let free = container("uring-free")?;
+    for (other, async_worker) in [(false, false), (false, true), (true, false), (true, true)] {
+        let what = format!(
+            "io_uring openat of {} mem for writing{}",
+            if other { "another process's" } else { "its own" },
+            if async_worker { " (IOSQE_ASYNC)" } else { "" }
+        );
+        let body = || io_uring_mem(other, async_worker);
+        expect_code(&fork_in_cgroup(&free.cgroup, &body)?, 0, &format!("control: {what}"))?;
+        let out = fork_in_cgroup(&c.cgroup, &body)?;
+        if !lsm(h) {
+            expect_code(&out, 0, &format!("fallback limit changed: {what}"))?;
+            println!("LIMIT {what} on the tracepoint fallback: it runs (docs/threat-model.md)");
+            continue;
+        }
+        let errno = if other { libc::EACCES } else { libc::EPERM };
+        expect_code(&out, 10 + errno, &what)?;
+        let rule = if other { Rule::ProcessAccess } else { Rule::MemoryWrite };
+        let e = wait_event(h, |e| e.policy_cgroup_id == c.cgid && e.rule == rule, &format!("event of {what}"))?;
+        if e.action != Action::Deny {
+            return Err(format!("{what}: expected a denial: {e:?}").into());
+        }
+    }
+    Ok(())
+}
+
+/// What a debugger does to its debuggee, tried by [`debug_child`].
+#[derive(Clone, Copy, Debug)]
+enum Debugger {
+    /// A tracer: `PTRACE_ATTACH`, wait for the stop, `PTRACE_PEEKTEXT`/`POKETEXT` the code
+    /// over [`victim`]'s text, `PTRACE_DETACH`.
+    TracerPoke,
+    /// gdb's way since version 12: `pwrite` into `/proc/<pid>/mem`.
+    MemWriter,
+}
+
+/// Forks a debuggee that waits on a pipe, then calls [`victim`] and exits with its result;
+/// writes the code into it `how`, lets it go: 0 when the debuggee ran the written code (exit
+/// 42), 10 + errno when a step was refused, 1xx for set-up failures.
+fn debug_child(how: Debugger) -> i32 {
+    // SAFETY: raw syscalls on our own child; buffers outlive the calls.
+    unsafe {
+        let mut go = [0; 2];
+        if libc::pipe2(go.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            return 115;
+        }
+        let pid = libc::fork();
+        if pid < 0 {
+            return 110;
+        }
+        if pid == 0 {
+            let mut b = [0u8; 1];
+            while libc::read(go[0], b.as_mut_ptr().cast(), 1) < 0 {}
+            let f = std::hint::black_box(victim as extern "C" fn() -> i32);
+            libc::_exit(f());
+        }
+        let addr = victim as extern "C" fn() -> i32 as usize;
+        let step = match how {
+            Debugger::TracerPoke => {
+                if libc::ptrace(libc::PTRACE_ATTACH, pid, 0, 0) != 0 {
+                    10 + errno()
+                } else {
+                    libc::waitpid(pid, std::ptr::null_mut(), 0);
+                    *libc::__errno_location() = 0;
+                    let word = libc::ptrace(libc::PTRACE_PEEKTEXT, pid, addr, 0) as u64;
+                    let mut bytes = word.to_le_bytes();
+                    bytes[..CODE.len()].copy_from_slice(&CODE);
+                    let poked =
+                        errno() == 0 && libc::ptrace(libc::PTRACE_POKETEXT, pid, addr, u64::from_le_bytes(bytes)) == 0;
+                    let detached = libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0) == 0;
+                    if poked && detached {
+                        0
+                    } else {
+                        117
+                    }
+                }
+            }
+            Debugger::MemWriter => {
+                let mut buf = [0u8; 64];
+                let path = path_with_number(&mut buf, b"/proc/", pid as u32, b"/mem");
+                let fd = libc::open(path.as_ptr().cast(), libc::O_RDWR | libc::O_CLOEXEC);
+                if fd < 0 {
+                    10 + errno()
+                } else if libc::pwrite(fd, CODE.as_ptr().cast(), CODE.len(), addr as libc::off_t) != CODE.len() as isize
+                {
+                    118
+                } else {
+                    0
+                }
+            }
+        };
+        libc::write(go[1], b"g".as_ptr().cast(), 1);
+        let mut status = 0;
+        libc::waitpid(pid, &mut status, 0);
+        match step {
+            0 if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 42 => 0,
+            0 => 119,
+            refused => refused,
+        }
+    }
 }
