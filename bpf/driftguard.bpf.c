@@ -994,8 +994,11 @@ int BPF_PROG(dg_exec_tp, struct task_struct *p, pid_t old_pid, struct linux_binp
 /* The fallback's mapping checks (opt-in): syscall tracepoints. */
 #include "memory_fallback.h"
 
-/* Writes into process memory: lsm/file_open. */
+/* Writes into process memory: lsm/file_open, ptrace_access_check, ptrace_traceme, file_receive. */
 #include "process_memory.h"
+
+/* The same on the fallback (opt-in with the mapping checks): syscall tracepoints. */
+#include "process_memory_fallback.h"
 
 /* Test-only: runs the decision function through BPF_PROG_TEST_RUN. Never autoloaded. */
 SEC("syscall")

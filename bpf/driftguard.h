@@ -102,6 +102,11 @@
 #define DG_HOOK_PTRACE_ACCESS 9 /* lsm/ptrace_access_check */
 #define DG_HOOK_PTRACE_TRACEME 10 /* lsm/ptrace_traceme */
 #define DG_HOOK_FILE_RECEIVE 11 /* lsm/file_receive */
+/* The fallback's process-memory checks (syscall tracepoints, with the mapping checks): */
+#define DG_HOOK_SYS_PTRACE 12 /* ptrace attach, seize, traceme */
+#define DG_HOOK_SYS_PROCESS_VM 13 /* process_vm_readv, process_vm_writev */
+#define DG_HOOK_SYS_PIDFD_GETFD 14
+#define DG_HOOK_SYS_OPEN 15 /* the exit of open, openat, openat2: a mem file opened for writing */
 
 /* Access kinds given to the decision function. */
 #define DG_ACCESS_EXEC 0

@@ -93,7 +93,7 @@ static __always_inline struct task_struct *proc_mem_own_task(struct file *file)
  */
 static __always_inline __u32 decide_process(const struct dg_policy *p, __u32 kind, __u32 hook,
 					    struct file *file, struct task_struct *target, __u64 cgid,
-					    __u64 matched)
+					    __u64 matched, __u32 enforce_action)
 {
 	struct cgroup *cg;
 	struct dg_event *e;
@@ -108,7 +108,7 @@ static __always_inline __u32 decide_process(const struct dg_policy *p, __u32 kin
 	in.file_kind = kind;
 	in.list = DG_LIST_NONE;
 	in.access = DG_ACCESS_MEM_WRITE;
-	in.enforce_action = DG_ACT_DENY;
+	in.enforce_action = enforce_action;
 	v = dg_decide(&in);
 	if (v.action == DG_ACT_ALLOW)
 		return DG_ACT_ALLOW;
@@ -118,7 +118,7 @@ static __always_inline __u32 decide_process(const struct dg_policy *p, __u32 kin
 	/* decided on scalars, not by testing `file` (see check_memory()) */
 	barrier_var(kind);
 	barrier_var(hook);
-	if (kind == DG_FILE_OWN_MEMORY || hook == DG_HOOK_FILE_RECEIVE)
+	if (kind == DG_FILE_OWN_MEMORY || hook == DG_HOOK_FILE_RECEIVE || hook == DG_HOOK_SYS_OPEN)
 		flags = walk_path(BPF_CORE_READ(file, f_path.dentry), BPF_CORE_READ(file, f_path.mnt), 1);
 	e = event_begin(s, &v, hook, kind, in.mode, flags, cgid, matched);
 	if (!e)
@@ -138,14 +138,14 @@ static __always_inline __u32 decide_process(const struct dg_policy *p, __u32 kin
 
 /* The caller's policy decides (rules 1 and 2). */
 static __always_inline __u32 check_process(__u32 kind, __u32 hook, struct file *file,
-					   struct task_struct *target)
+					   struct task_struct *target, __u32 enforce_action)
 {
 	__u64 cgid = 0, matched = 0;
 	struct dg_policy *p = lookup_policy(&cgid, &matched);
 
 	if (!p)
 		return DG_ACT_ALLOW;
-	return decide_process(p, kind, hook, file, target, cgid, matched);
+	return decide_process(p, kind, hook, file, target, cgid, matched, enforce_action);
 }
 
 /*
@@ -178,7 +178,7 @@ static __always_inline int reach_other(struct task_struct *target, __u32 hook, s
 	/* rule 2: the caller's policy */
 	p = lookup_policy(&cgid, &matched);
 	if (p) {
-		act = decide_process(p, DG_FILE_OTHER_PROCESS, hook, file, target, cgid, matched);
+		act = decide_process(p, DG_FILE_OTHER_PROCESS, hook, file, target, cgid, matched, DG_ACT_DENY);
 		barrier_var(act);
 		if (act == DG_ACT_DENY)
 			return -EPERM;
@@ -197,7 +197,7 @@ static __always_inline int reach_other(struct task_struct *target, __u32 hook, s
 	p = bpf_map_lookup_elem(&dg_policies, &tpol);
 	if (!p)
 		return 0;
-	act = decide_process(p, DG_FILE_FROM_OTHER_CONTAINER, hook, file, target, cgid, tpol);
+	act = decide_process(p, DG_FILE_FROM_OTHER_CONTAINER, hook, file, target, cgid, tpol, DG_ACT_DENY);
 	barrier_var(act);
 	if (act == DG_ACT_DENY)
 		return -EPERM;
@@ -222,7 +222,7 @@ int BPF_PROG(dg_ptrace_access, struct task_struct *child, unsigned int mode)
 SEC("lsm/ptrace_traceme")
 int BPF_PROG(dg_ptrace_traceme, struct task_struct *parent)
 {
-	__u32 act = check_process(DG_FILE_OTHER_PROCESS, DG_HOOK_PTRACE_TRACEME, NULL, parent);
+	__u32 act = check_process(DG_FILE_OTHER_PROCESS, DG_HOOK_PTRACE_TRACEME, NULL, parent, DG_ACT_DENY);
 
 	barrier_var(act);
 	if (act == DG_ACT_DENY)
@@ -241,7 +241,7 @@ int BPF_PROG(dg_file_open, struct file *file)
 	own = proc_mem_own_task(file);
 	if (!own)
 		return 0;
-	act = check_process(DG_FILE_OWN_MEMORY, DG_HOOK_FILE_OPEN, file, own);
+	act = check_process(DG_FILE_OWN_MEMORY, DG_HOOK_FILE_OPEN, file, own, DG_ACT_DENY);
 	barrier_var(act);
 	if (act == DG_ACT_DENY)
 		return -EPERM;
@@ -270,7 +270,7 @@ int BPF_PROG(dg_file_receive, struct file *file)
 	mm = BPF_CORE_READ(target, mm);
 	if (!mm || mm != BPF_CORE_READ(current_task(), mm))
 		return reach_other(target, DG_HOOK_FILE_RECEIVE, file);
-	act = check_process(DG_FILE_OWN_MEMORY, DG_HOOK_FILE_RECEIVE, file, target);
+	act = check_process(DG_FILE_OWN_MEMORY, DG_HOOK_FILE_RECEIVE, file, target, DG_ACT_DENY);
 	barrier_var(act);
 	if (act == DG_ACT_DENY)
 		return -EPERM;

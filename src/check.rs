@@ -547,7 +547,7 @@ fn check_bpf_lsm(list: Option<&str>, verdict_err: Option<&str>, kconfig: Option<
     let built = kconfig.map(|c| c.lines().any(|l| l.trim() == "CONFIG_BPF_LSM=y"));
     let cmdline = lsm_cmdline(&active);
     let detail = format!(
-        "BPF LSM is not active (active LSMs: {}): the tracepoint fallback is used (SIGKILL after exec; mappings are checked only with `[bpf] fallback_mappings`, at a cost to every syscall)",
+        "BPF LSM is not active (active LSMs: {}): the tracepoint fallback is used (SIGKILL after exec; mappings and writes into process memory are checked only with `[bpf] fallback_mappings`, at a cost to every syscall)",
         if active.is_empty() { "none".to_string() } else { active.join(",") }
     );
     let fix = match built {

@@ -28,8 +28,8 @@ pub fn run(cfg: Config) -> anyhow::Result<ExitCode> {
              not denied; {}; `#!` scripts seen as their interpreter) because {why}",
             match enforcer.mapping_checks() {
                 driftguard::enforcer::MappingChecks::Tracepoints { .. } =>
-                    "mappings checked at the syscall and their process killed (fallback_mappings)",
-                _ => "no mmap checks (see fallback_mappings)",
+                    "mappings and writes into process memory checked at the syscall, their process killed (fallback_mappings)",
+                _ => "no mmap or process-memory checks (see fallback_mappings)",
             }
         ),
     }

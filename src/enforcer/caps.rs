@@ -195,8 +195,9 @@ pub fn limits(
             match mappings {
                 MappingChecks::Lsm | MappingChecks::Off => out.push(
                     "no BPF LSM: PROT_EXEC mappings are not checked (ld.so /dropped, LD_PRELOAD and dlopen of \
-                     drifted files run, and so does anonymous or writable executable memory: no W^X); \
-                     `[bpf] fallback_mappings = true` checks them at a cost to every syscall on the node"
+                     drifted files run, and so does anonymous or writable executable memory: no W^X), nor are \
+                     writes into process memory (/proc/<pid>/mem, ptrace, process_vm_writev); \
+                     `[bpf] fallback_mappings = true` checks both at a cost to every syscall on the node"
                         .to_string(),
                 ),
                 MappingChecks::Tracepoints { find_vma, pinned } => {
@@ -205,6 +206,14 @@ pub fn limits(
                          is made and its process killed before it returns, but another process sharing the \
                          memory (CLONE_VM, vfork) keeps it, 32-bit (compat) syscalls are not seen, and brk under \
                          READ_IMPLIES_EXEC is not seen"
+                            .to_string(),
+                    );
+                    out.push(
+                        "no BPF LSM: writes into process memory are checked at the syscall (fallback_mappings): \
+                         ptrace attach, process_vm_readv/writev, pidfd_getfd and a mem file opened for writing \
+                         kill their caller, but a process sharing the opener's fd table (CLONE_FILES) keeps the \
+                         fd, and io_uring's opens, received fds, 32-bit syscalls and attaches from another \
+                         container into this one are not seen"
                             .to_string(),
                     );
                     if !find_vma {

@@ -138,6 +138,14 @@ pub enum Hook {
     /// `lsm/file_receive` (a `mem` file opened for writing, received over a unix socket or
     /// with `pidfd_getfd`).
     FileReceive,
+    /// `syscalls/sys_enter_ptrace` (fallback: attach, seize, traceme).
+    SysPtrace,
+    /// `syscalls/sys_enter_process_vm_{readv,writev}` (fallback).
+    SysProcessVm,
+    /// `syscalls/sys_enter_pidfd_getfd` (fallback).
+    SysPidfdGetfd,
+    /// `syscalls/sys_exit_{open,openat,openat2}` (fallback: a `mem` file opened for writing).
+    SysOpen,
     /// Unknown code.
     Unknown,
 }
@@ -156,6 +164,10 @@ impl Hook {
             abi::DG_HOOK_PTRACE_ACCESS => Hook::PtraceAccess,
             abi::DG_HOOK_PTRACE_TRACEME => Hook::PtraceTraceme,
             abi::DG_HOOK_FILE_RECEIVE => Hook::FileReceive,
+            abi::DG_HOOK_SYS_PTRACE => Hook::SysPtrace,
+            abi::DG_HOOK_SYS_PROCESS_VM => Hook::SysProcessVm,
+            abi::DG_HOOK_SYS_PIDFD_GETFD => Hook::SysPidfdGetfd,
+            abi::DG_HOOK_SYS_OPEN => Hook::SysOpen,
             _ => Hook::Unknown,
         }
     }

@@ -75,6 +75,17 @@ const MAPPING_VMA_PROGS: [&str; 4] =
     ["dg_sys_mprotect_vma", "dg_sys_pkey_mprotect_vma", "dg_sys_exit_mprotect_vma", "dg_sys_exit_pkey_mprotect_vma"];
 /// ... or without it (mprotect to PROT_EXEC under the memory rule fails closed).
 const MAPPING_NOVMA_PROGS: [&str; 2] = ["dg_sys_mprotect_novma", "dg_sys_pkey_mprotect_novma"];
+/// The fallback's process-memory checks (bpf/process_memory_fallback.h), loaded with the
+/// mapping checks: the same opt-in, since any syscall tracepoint slows every syscall.
+const PROCESS_FALLBACK_PROGS: [&str; 7] = [
+    "dg_sys_ptrace",
+    "dg_sys_process_vm_writev",
+    "dg_sys_process_vm_readv",
+    "dg_sys_pidfd_getfd",
+    "dg_sys_exit_open",
+    "dg_sys_exit_openat",
+    "dg_sys_exit_openat2",
+];
 
 /// Every program that may be attached, so that pins of programs not in use now are removed.
 fn all_programs() -> impl Iterator<Item = &'static str> {
@@ -84,6 +95,7 @@ fn all_programs() -> impl Iterator<Item = &'static str> {
         .chain(&MAPPING_PROGS)
         .chain(&MAPPING_VMA_PROGS)
         .chain(&MAPPING_NOVMA_PROGS)
+        .chain(&PROCESS_FALLBACK_PROGS)
         .copied()
 }
 
@@ -96,6 +108,7 @@ fn programs(path: EnforcementPath, mappings: MappingChecks) -> Vec<&'static str>
     if let (EnforcementPath::TracepointKill, MappingChecks::Tracepoints { find_vma, .. }) = (path, mappings) {
         v.extend(MAPPING_PROGS);
         v.extend(if find_vma { &MAPPING_VMA_PROGS[..] } else { &MAPPING_NOVMA_PROGS[..] });
+        v.extend(PROCESS_FALLBACK_PROGS);
     }
     v
 }

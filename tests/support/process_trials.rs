@@ -75,6 +75,70 @@ fn open_and_poke(path: &[u8], flags: libc::c_int) -> i32 {
 
 type Body = Box<dyn Fn() -> i32>;
 
+/// In a forked child: die with the parent (`parent`, its pid before the fork), which the
+/// fallback may kill mid-trial, so that no child is left behind (stopped by an attach, or
+/// waiting forever).
+fn die_with_parent(parent: libc::pid_t) {
+    // SAFETY: prctl and getppid on ourselves.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if libc::getppid() != parent {
+            libc::_exit(125);
+        }
+    }
+}
+
+/// fork(), returning in the parent only once the child has set [`die_with_parent`] (a pipe is
+/// the barrier: an attach right after the fork could otherwise stop the child before it does,
+/// and a parent killed then would leave it stopped forever). -1 when the fork failed; 0 in the
+/// child.
+fn fork_dying_with_parent() -> libc::pid_t {
+    // SAFETY: raw syscalls on our own pipe and child.
+    unsafe {
+        let mut ready = [0; 2];
+        if libc::pipe2(ready.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            return -1;
+        }
+        let parent = libc::getpid();
+        let pid = libc::fork();
+        if pid == 0 {
+            die_with_parent(parent);
+            libc::close(ready[0]);
+            libc::write(ready[1], b"r".as_ptr().cast(), 1);
+            libc::close(ready[1]);
+            return 0;
+        }
+        libc::close(ready[1]);
+        if pid > 0 {
+            let mut b = [0u8; 1];
+            while libc::read(ready[0], b.as_mut_ptr().cast(), 1) < 0 && errno() == libc::EINTR {}
+        }
+        libc::close(ready[0]);
+        pid
+    }
+}
+
+/// Refused: `lsm_code` under BPF LSM; on the fallback (the suite opts into its syscall checks)
+/// the caller is killed.
+fn expect_refused(h: &Harness, out: &Outcome, lsm_code: i32, what: &str) -> R {
+    if lsm(h) {
+        return expect_code(out, lsm_code, what);
+    }
+    match out {
+        Outcome::Signaled(libc::SIGKILL) => Ok(()),
+        other => Err(format!("{what}: expected SIGKILL (fallback syscall checks), got {other:?}").into()),
+    }
+}
+
+/// The action and hooks of a refusal: `deny` by `lsm_hook`, or `kill` by `fallback_hook`.
+fn refusal(h: &Harness, lsm_hook: Hook, fallback_hook: Hook) -> (Action, Hook) {
+    if lsm(h) {
+        (Action::Deny, lsm_hook)
+    } else {
+        (Action::Kill, fallback_hook)
+    }
+}
+
 /// The event names its target and the target passes `ok`.
 fn expect_target(e: &Event, ok: impl Fn(&driftguard::enforcer::Target) -> bool) -> R {
     match &e.target {
@@ -150,7 +214,9 @@ fn own_mem_read() -> i32 {
 /// One trial: name and body.
 pub type Trial = (&'static str, fn() -> R);
 
-pub const TRIALS: [Trial; 8] = [
+pub const TRIALS: [Trial; 10] = [
+    ("memory_write_fd_kept_by_a_process_sharing_the_fd_table", memory_write_fd_kept_by_a_process_sharing_the_fd_table),
+    ("process_access_compat_syscall", process_access_compat_syscall),
     ("memory_write_through_io_uring_denied", memory_write_through_io_uring_denied),
     ("memory_write_received_mem_fd_denied", memory_write_received_mem_fd_denied),
     ("process_access_denied_into_an_enforced_container", process_access_denied_into_an_enforced_container),
@@ -169,21 +235,16 @@ fn memory_write_own_mem_denied() -> R {
     for (what, step, body) in own_mem_bodies() {
         expect_code(&fork_in_cgroup(&free.cgroup, &*body)?, 0, &format!("control: {what}"))?;
         let out = fork_in_cgroup(&c.cgroup, &*body)?;
-        if !lsm(h) {
-            expect_code(&out, 0, &format!("fallback limit changed: {what}"))?;
-            println!(
-                "LIMIT {what} on the tracepoint fallback: it runs (no open hook without BPF LSM; docs/threat-model.md)"
-            );
-            continue;
-        }
-        expect_code(&out, step + libc::EPERM, what)?;
+        // the fallback kills at the open's exit: the process never holds the fd in user space
+        expect_refused(h, &out, step + libc::EPERM, what)?;
         let e = wait_event(
             h,
             |e| e.policy_cgroup_id == c.cgid && e.rule == Rule::MemoryWrite && e.path.ends_with("/mem"),
             &format!("memory_write event ({what})"),
         )?;
-        if e.hook != Hook::FileOpen || e.file != FileKind::OwnMemory || e.action != Action::Deny {
-            return Err(format!("{what}: expected file_open, own_memory, deny: {e:?}").into());
+        let (action, hook) = refusal(h, Hook::FileOpen, Hook::SysOpen);
+        if e.hook != hook || e.file != FileKind::OwnMemory || e.action != action {
+            return Err(format!("{what}: expected {hook:?}, own_memory, {action:?}: {e:?}").into());
         }
         // the target is the caller itself
         expect_target(&e, |t| t.pid == e.pid && t.comm == e.comm && t.policy_cgroup_id == c.cgid)?;
@@ -219,18 +280,19 @@ fn memory_write_shell_only_dd_denied() -> R {
         other => return Err(format!("control: dd writing its own text should work: {other:?}").into()),
     }
     let out = dd(&c)?;
-    if !lsm(h) {
-        expect_code(&out, 0, "fallback limit changed: dd of=/proc/self/mem")?;
-        println!("LIMIT dd of=/proc/self/mem on the tracepoint fallback: it runs (docs/threat-model.md)");
-        return Ok(());
-    }
     match &out {
-        Outcome::Exited(1, t) if t.contains("Operation not permitted") => {}
-        other => return Err(format!("dd of=/proc/self/mem should fail with EPERM: {other:?}").into()),
+        Outcome::Exited(1, t) if lsm(h) && t.contains("Operation not permitted") => {}
+        Outcome::Signaled(libc::SIGKILL) if !lsm(h) => {}
+        other => {
+            return Err(
+                format!("dd of=/proc/self/mem should fail with EPERM (SIGKILL on the fallback): {other:?}").into()
+            )
+        }
     }
+    let (action, _) = refusal(h, Hook::FileOpen, Hook::SysOpen);
     wait_event(
         h,
-        |e| e.policy_cgroup_id == c.cgid && e.rule == Rule::MemoryWrite && e.action == Action::Deny,
+        |e| e.policy_cgroup_id == c.cgid && e.rule == Rule::MemoryWrite && e.action == action,
         "memory_write event of dd",
     )?;
     Ok(())
@@ -242,10 +304,6 @@ fn memory_write_monitor_reports() -> R {
     c.install(h, &Policy::with_mode(Mode::Monitor))?;
     let body = || open_and_poke(b"/proc/self/mem\0", libc::O_RDWR);
     expect_code(&fork_in_cgroup(&c.cgroup, &body)?, 0, "monitor mode: the write works")?;
-    if !lsm(h) {
-        println!("LIMIT memory_write in monitor mode: not seen on the tracepoint fallback");
-        return Ok(());
-    }
     let e = wait_event(h, |e| e.policy_cgroup_id == c.cgid && e.rule == Rule::MemoryWrite, "memory_write alert")?;
     if e.action != Action::Alert || e.mode != Mode::Monitor {
         return Err(format!("monitor mode: expected an alert: {e:?}").into());
@@ -273,7 +331,7 @@ const REACHES: [Reach; 4] = [Reach::Attach, Reach::Seize, Reach::ProcessVmWritev
 fn with_paused_child(f: impl FnOnce(libc::pid_t) -> i32) -> i32 {
     // SAFETY: raw syscalls on our own child, which only pauses.
     unsafe {
-        let pid = libc::fork();
+        let pid = fork_dying_with_parent();
         if pid < 0 {
             return 110;
         }
@@ -360,11 +418,13 @@ fn reach_into(target_procs: &std::ffi::CStr, pid_ns: bool, how: Reach) -> i32 {
         if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
             return 115;
         }
+        let parent = libc::getpid();
         let pid = libc::fork();
         if pid < 0 {
             return 110;
         }
         if pid == 0 {
+            die_with_parent(parent);
             // the target: join the container, tell the caller our pid under /proc, wait
             let fd = libc::open(target_procs.as_ptr(), libc::O_WRONLY);
             if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) < 0 {
@@ -436,50 +496,57 @@ fn process_access_denied_from_an_enforced_container() -> R {
     for how in REACHES {
         expect_code(&fork_in_cgroup(&free.cgroup, &|| reach_child(how))?, 0, &format!("control: {how:?}"))?;
         let out = fork_in_cgroup(&c.cgroup, &|| reach_child(how))?;
-        if !lsm(h) {
-            expect_code(&out, 0, &format!("fallback limit changed: {how:?}"))?;
-            println!("LIMIT {how:?} of another process on the tracepoint fallback: it works (docs/threat-model.md)");
-            continue;
-        }
         // mem_open reports any refusal of its ptrace check as EACCES (mm_access)
         let errno = if matches!(how, Reach::MemOpenForWrite) { libc::EACCES } else { libc::EPERM };
-        expect_code(&out, 10 + errno, &format!("{how:?} of another process"))?;
+        expect_refused(h, &out, 10 + errno, &format!("{how:?} of another process"))?;
+        let fallback_hook = match how {
+            Reach::Attach | Reach::Seize => Hook::SysPtrace,
+            Reach::ProcessVmWritev => Hook::SysProcessVm,
+            Reach::MemOpenForWrite => Hook::SysOpen,
+        };
+        let (action, hook) = refusal(h, Hook::PtraceAccess, fallback_hook);
+        wait_event(
+            h,
+            |e| e.policy_cgroup_id == c.cgid && e.rule == Rule::ProcessAccess && e.hook == hook && e.action == action,
+            &format!("process_access event ({how:?})"),
+        )?;
     }
     for how in [Debugger::TracerPoke, Debugger::MemWriter] {
         expect_code(&fork_in_cgroup(&free.cgroup, &|| debug_child(how))?, 0, &format!("control: {how:?}"))?;
         let out = fork_in_cgroup(&c.cgroup, &|| debug_child(how))?;
-        if lsm(h) {
-            let errno = if matches!(how, Debugger::MemWriter) { libc::EACCES } else { libc::EPERM };
-            expect_code(&out, 10 + errno, &format!("{how:?} of another process"))?;
-        } else {
-            expect_code(&out, 0, &format!("fallback limit changed: {how:?}"))?;
-        }
+        let errno = if matches!(how, Debugger::MemWriter) { libc::EACCES } else { libc::EPERM };
+        expect_refused(h, &out, 10 + errno, &format!("{how:?} of another process"))?;
     }
     expect_code(&fork_in_cgroup(&free.cgroup, &traceme)?, 0, "control: PTRACE_TRACEME")?;
     let out = fork_in_cgroup(&c.cgroup, &traceme)?;
     expect_code(&fork_in_cgroup(&c.cgroup, &read_child_maps)?, 99, "reading another process's maps and status")?;
-    if !lsm(h) {
-        expect_code(&out, 0, "fallback limit changed: PTRACE_TRACEME")?;
-        println!("LIMIT PTRACE_TRACEME on the tracepoint fallback: it works (docs/threat-model.md)");
-        return Ok(());
-    }
-    expect_code(&out, 10 + libc::EPERM, "PTRACE_TRACEME")?;
-    for hook in [Hook::PtraceAccess, Hook::PtraceTraceme] {
+    expect_refused(h, &out, 10 + libc::EPERM, "PTRACE_TRACEME")?;
+    let (action, traceme_hook) = refusal(h, Hook::PtraceTraceme, Hook::SysPtrace);
+    let (_, attach_hook) = refusal(h, Hook::PtraceAccess, Hook::SysPtrace);
+    for traceme in [false, true] {
+        let hook = if traceme { traceme_hook } else { attach_hook };
         let e = wait_event(
             h,
-            |e| e.policy_cgroup_id == c.cgid && e.rule == Rule::ProcessAccess && e.hook == hook,
-            &format!("process_access event ({hook:?})"),
+            |e| {
+                e.policy_cgroup_id == c.cgid
+                    && e.rule == Rule::ProcessAccess
+                    && e.hook == hook
+                    && (lsm(h) || e.target.is_some() == traceme)
+            },
+            &format!("process_access event ({hook:?}, traceme {traceme})"),
         )?;
-        if e.file != FileKind::OtherProcess || e.action != Action::Deny {
-            return Err(format!("expected other_process, deny: {e:?}").into());
+        if e.file != FileKind::OtherProcess || e.action != action {
+            return Err(format!("expected other_process, {action:?}: {e:?}").into());
         }
-        // ptrace_access_check: the paused child, in the same container; TRACEME: the parent,
-        // which is not (fork_in_cgroup's caller)
-        match hook {
-            Hook::PtraceAccess => expect_target(&e, |t| {
+        // TRACEME: the parent, which is not in the container (fork_in_cgroup's caller). An
+        // attach: the paused child, in the same container; the fallback cannot name it (the
+        // call names a pid of the caller's namespace)
+        if traceme {
+            expect_target(&e, |t| t.pid == e.ppid && t.policy_cgroup_id == 0)?;
+        } else if lsm(h) {
+            expect_target(&e, |t| {
                 t.pid != e.pid && t.cgroup_id == c.cgid && t.policy_cgroup_id == c.cgid && t.comm == e.comm
-            })?,
-            _ => expect_target(&e, |t| t.pid == e.ppid && t.policy_cgroup_id == 0)?,
+            })?;
         }
     }
     Ok(())
@@ -502,9 +569,7 @@ fn process_access_debug_opt_out() -> R {
     }
     expect_code(&fork_in_cgroup(&c.cgroup, &traceme)?, 0, "process-access=false: PTRACE_TRACEME")?;
     let own = fork_in_cgroup(&c.cgroup, &|| open_and_poke(b"/proc/self/mem\0", libc::O_RDWR))?;
-    if lsm(h) {
-        expect_code(&own, 10 + libc::EPERM, "process-access=false: /proc/self/mem stays refused")?;
-    }
+    expect_refused(h, &own, 10 + libc::EPERM, "process-access=false: /proc/self/mem stays refused")?;
     event_barrier(h)?;
     if let Some(e) = events_for(h, c.cgid).into_iter().find(|e| e.rule == Rule::ProcessAccess) {
         return Err(format!("the opted-out container reported process access: {e:?}").into());
@@ -617,6 +682,7 @@ fn receive_mem_fd(how: Receive, helper_procs: Option<&std::ffi::CStr>) -> i32 {
             return 110;
         }
         if helper == 0 {
+            die_with_parent(body as libc::pid_t);
             libc::close(sv[0]);
             if let Some(procs) = helper_procs {
                 let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
@@ -737,6 +803,17 @@ fn memory_write_received_mem_fd_denied() -> R {
                 format!("{how:?} into {}", if std::ptr::eq(c, &enforced) { "enforce" } else { "the debug opt-out" });
             let out = run(c, helper)?;
             if !lsm(h) {
+                if matches!(how, Receive::PidfdGetfdOwn) && std::ptr::eq(c, &enforced) {
+                    // pidfd_getfd from a task under policy: killed at the call's entry
+                    expect_refused(h, &out, code, &what)?;
+                    wait_event(
+                        h,
+                        |e| e.policy_cgroup_id == c.cgid && e.hook == Hook::SysPidfdGetfd && e.action == Action::Kill,
+                        &format!("process_access event ({what})"),
+                    )?;
+                    continue;
+                }
+                // no syscall sees a received fd, nor pidfd_getfd's file under the opt-out
                 expect_code(&out, 0, &format!("fallback limit changed: {what}"))?;
                 if code != 0 {
                     println!("LIMIT {what} on the tracepoint fallback: it works (docs/threat-model.md)");
@@ -895,7 +972,7 @@ fn debug_child(how: Debugger) -> i32 {
         if libc::pipe2(go.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
             return 115;
         }
-        let pid = libc::fork();
+        let pid = fork_dying_with_parent();
         if pid < 0 {
             return 110;
         }
@@ -949,4 +1026,189 @@ fn debug_child(how: Debugger) -> i32 {
             refused => refused,
         }
     }
+}
+
+/// The body's pid, for the process sharing its memory and fd table (it may first run after the
+/// body is gone).
+static FILES_PARENT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// The process sharing the body's memory and fd table (`clone(CLONE_VM | CLONE_FILES)`, not a
+/// thread): waits (bounded) until the body is gone, looks for a `mem` file in the shared fd
+/// table, writes the code over [`victim`] through it and calls it; writes `y` to `arg` (a pipe
+/// fd) when the code ran, `n` when it did not, `0` when it found no `mem` file.
+extern "C" fn files_sharer(arg: *mut libc::c_void) -> libc::c_int {
+    let out = arg as usize as libc::c_int;
+    // SAFETY: raw syscalls on the shared memory and fd table.
+    unsafe {
+        let parent = FILES_PARENT.load(std::sync::atomic::Ordering::SeqCst);
+        let mut spins = 0u64;
+        while libc::getppid() == parent {
+            libc::sched_yield();
+            spins += 1;
+            if spins > 50_000_000 {
+                return 1;
+            }
+        }
+        // the harness holds many fds (BPF maps, programs, links): the new one can be far up
+        for fd in 0..4096u32 {
+            let mut buf = [0u8; 64];
+            let mut link = [0u8; 64];
+            let path = path_with_number(&mut buf, b"/proc/self/fd/", fd, b"");
+            let n = libc::readlink(path.as_ptr().cast(), link.as_mut_ptr().cast(), link.len());
+            // "/proc/<pid>/mem (deleted)" once the opener is gone
+            if n > 4 && link[..n as usize].windows(4).any(|w| w == b"/mem") {
+                let r = poke_victim(fd as libc::c_int);
+                libc::write(out, if r == 0 { b"y" } else { b"n" }.as_ptr().cast(), 1);
+                return r;
+            }
+        }
+        libc::write(out, b"0".as_ptr().cast(), 1);
+    }
+    2
+}
+
+/// Starts the process sharing memory and fd table, then opens `/proc/self/mem` for writing:
+/// 10 + errno when that is refused, 0 when it worked (the body then exits; the sharer writes).
+fn share_files_then_open_mem(out: libc::c_int) -> i32 {
+    // SAFETY: our own stack mapping; the clone child runs `files_sharer` on it.
+    unsafe {
+        let stack = libc::mmap(
+            std::ptr::null_mut(),
+            1 << 16,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if stack == libc::MAP_FAILED {
+            return 110;
+        }
+        FILES_PARENT.store(libc::getpid(), std::sync::atomic::Ordering::SeqCst);
+        let top = (stack as usize + (1 << 16)) as *mut libc::c_void;
+        let flags = libc::CLONE_VM | libc::CLONE_FILES | libc::SIGCHLD;
+        if libc::clone(files_sharer, top, flags, out as usize as *mut libc::c_void) < 0 {
+            return 111;
+        }
+        // the fd must not be closed on exit paths of the body: no O_CLOEXEC matters here, the
+        // table outlives the body through the sharer
+        let fd = libc::open(c"/proc/self/mem".as_ptr(), libc::O_RDWR);
+        if fd < 0 {
+            return 10 + errno();
+        }
+        0
+    }
+}
+
+/// The fallback kills the opener at the open's exit, but the fd stays in its fd table; a
+/// process sharing that table and the memory (`clone(CLONE_VM | CLONE_FILES)` without
+/// `CLONE_THREAD`) is another thread group, is not killed, and writes the code through it (an
+/// asserted LIMIT). With BPF LSM the open is refused and no fd exists.
+fn memory_write_fd_kept_by_a_process_sharing_the_fd_table() -> R {
+    let h = harness()?;
+    let c = container("sharedfiles")?;
+    c.install(h, &enforce())?;
+    let free = container("sharedfiles-free")?;
+    // Whether the sharer ran the code, read from a pipe it inherited (EOF once every holder of
+    // the write end is gone; the sharer gives up after its bounded wait).
+    let run = |cgroup: &Path| -> Result<(Outcome, bool), Failed> {
+        let mut fds = [0; 2];
+        // SAFETY: a pipe of our own.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err("pipe2".into());
+        }
+        let (r, w) = (fds[0], fds[1]);
+        let out = fork_in_cgroup(cgroup, &|| share_files_then_open_mem(w));
+        // SAFETY: our own fds.
+        unsafe { libc::close(w) };
+        let mut b = [0u8; 1];
+        // SAFETY: reading our own pipe.
+        let ran = unsafe { libc::read(r, b.as_mut_ptr().cast(), 1) } == 1 && b[0] == b'y';
+        // SAFETY: our own fd.
+        unsafe { libc::close(r) };
+        Ok((out?, ran))
+    };
+    match run(&free.cgroup)? {
+        (Outcome::Exited(0, _), true) => {}
+        other => return Err(format!("control: the sharer should run the code, got {other:?}").into()),
+    }
+    let (out, ran) = run(&c.cgroup)?;
+    if lsm(h) {
+        expect_code(&out, 10 + libc::EPERM, "/proc/self/mem with a process sharing the fd table")?;
+        if ran {
+            return Err("the sharer ran code although the open was refused".into());
+        }
+        return Ok(());
+    }
+    match (&out, ran) {
+        (Outcome::Signaled(libc::SIGKILL), true) => {}
+        other => {
+            return Err(format!(
+                "LIMIT changed: the opener should be killed and the sharer run the code, got {other:?}"
+            )
+            .into())
+        }
+    }
+    println!(
+        "LIMIT /proc/self/mem with a process sharing the fd table (CLONE_FILES): the opener is killed, the sharer writes through the fd on the fallback (docs/threat-model.md)"
+    );
+    Ok(())
+}
+
+/// `ptrace(PTRACE_ATTACH, pid)` through the 32-bit (compat) syscall entry, `int $0x80`: 0 when
+/// it worked, 10 + errno when refused, 100 + errno when the compat entry is not there.
+fn compat_ptrace_attach() -> i32 {
+    with_paused_child(|pid| {
+        let ret: u32;
+        // SAFETY: the i386 ptrace call (eax 26; ebx, ecx = request, pid). rbx is reserved by
+        // LLVM, so it is swapped in and out.
+        unsafe {
+            core::arch::asm!(
+                "xchg rbx, {a}",
+                "int 0x80",
+                "xchg rbx, {a}",
+                a = inout(reg) libc::PTRACE_ATTACH as u64 => _,
+                inlateout("eax") 26u32 => ret,
+                in("ecx") pid as u32,
+                in("edx") 0u32,
+                in("esi") 0u32,
+            );
+        }
+        match ret {
+            0 => 0,
+            r if r >= 0xffff_f001 && r.wrapping_neg() as i32 == libc::ENOSYS => 100 + libc::ENOSYS,
+            r if r >= 0xffff_f001 => 10 + r.wrapping_neg() as i32,
+            _ => 120,
+        }
+    })
+}
+
+/// x86-64 syscall tracepoints do not fire for compat (32-bit) syscalls: on the fallback
+/// `int $0x80` ptrace attaches unseen (an asserted LIMIT). BPF LSM's `ptrace_access_check`
+/// sees every entry.
+fn process_access_compat_syscall() -> R {
+    let h = harness()?;
+    let c = container("compat-ptrace")?;
+    c.install(h, &enforce())?;
+    let free = container("compat-ptrace-free")?;
+    match fork_in_cgroup(&free.cgroup, &compat_ptrace_attach)? {
+        Outcome::Exited(0, _) => {}
+        Outcome::Exited(c, _) if c == 100 + libc::ENOSYS => {
+            println!("LIMIT process_access_compat_syscall: this kernel has no 32-bit syscall entry, so the route cannot be staged");
+            return Ok(());
+        }
+        Outcome::Signaled(libc::SIGSEGV) => {
+            println!("LIMIT process_access_compat_syscall: int $0x80 faults (32-bit emulation off), so the route cannot be staged");
+            return Ok(());
+        }
+        other => return Err(format!("control: compat ptrace(PTRACE_ATTACH) should work, got {other:?}").into()),
+    }
+    let out = fork_in_cgroup(&c.cgroup, &compat_ptrace_attach)?;
+    if lsm(h) {
+        return expect_code(&out, 10 + libc::EPERM, "compat ptrace(PTRACE_ATTACH)");
+    }
+    expect_code(&out, 0, "LIMIT changed: compat ptrace(PTRACE_ATTACH) on the fallback")?;
+    println!(
+        "LIMIT compat ptrace(PTRACE_ATTACH) via int $0x80: works on the fallback, syscall tracepoints do not see 32-bit syscalls (docs/threat-model.md)"
+    );
+    Ok(())
 }
