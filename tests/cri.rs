@@ -55,6 +55,7 @@ const TRIALS: &[(&str, TrialFn)] = &[
     ("cri_deny_listed_entrypoint_is_stopped", cri_deny_listed_entrypoint_is_stopped),
     ("cri_bad_annotation_refused_at_create_container", cri_bad_annotation_refused_at_create_container),
     ("cri_event_fields_and_metrics", cri_event_fields_and_metrics),
+    ("cri_shell_only_ddexec_is_stopped", cri_shell_only_ddexec_is_stopped),
     ("cri_agent_kill9_keeps_enforcing_and_restart_restores_status", cri_agent_kill9_keeps_enforcing),
     ("cri_containerd_restart_agent_reregisters_and_reconciles", cri_containerd_restart_agent_reregisters),
     ("cri_container_removed_while_agent_down_is_cleaned", cri_container_removed_while_agent_down_is_cleaned),
@@ -152,10 +153,12 @@ fn main() {
 const ONLY_ENV: &str = "DG_CRI_ONLY";
 
 /// The trials the VM re-run must pass: drift, the runtime-made mounts, a refused annotation and
-/// a container started while the agent is down (the hook's policy), with containerd, runc, the
+/// a container started while the agent is down (the hook's policy), DDexec's shell-only write
+/// into its own memory, with containerd, runc, the
 /// hook and the agent inside a Debian kernel with BPF LSM, where a stopped exec is EPERM.
-const VM_TRIALS: [&str; 6] = [
+const VM_TRIALS: [&str; 7] = [
     "cri_enforce_pod_kills_drift_and_runs_image_files",
+    "cri_shell_only_ddexec_is_stopped",
     "runtime_mount_dev_tmpfs_exec_is_denied",
     "runtime_mount_etc_hostname_exec_is_denied",
     "every_writable_mount_refuses_a_written_binary",
@@ -624,6 +627,56 @@ fn cri_event_fields_and_metrics() -> R {
         if !m.contains(want) {
             return Err(format!("metrics lack {want}:\n{m}"));
         }
+        Ok(())
+    })
+}
+
+/// DDexec's primitive driven through CRI exec with nothing but the image's shell and `dd`: `dd`
+/// copies a byte of its own text from `/proc/self/mem` onto itself (the static busybox's text
+/// starts at 0x401000; the real tool writes a loader there). Denied by BPF LSM (the VMs); on
+/// the host's fallback the agent runs with `fallback_mappings`, which also checks process
+/// memory, and `dd` is killed. The event names the pod, container and image, and its target.
+fn cri_shell_only_ddexec_is_stopped() -> R {
+    let env = Env::without_agent().and_then(|env| {
+        env.agent.edit_config("[bpf]\n", "[bpf]\nfallback_mappings = true\n")?;
+        std::fs::copy(&env.agent.config, &env.ctd.hook_config).map_err(|e| format!("hook config: {e}"))?;
+        env.start_agent()
+    });
+    with(env, |env| {
+        const DD: &str = "dd if=/proc/self/mem of=/proc/self/mem bs=1 count=1 skip=4198400 seek=4198400 conv=notrunc";
+        let (_, free) = env.pod_with("ddexec-free", &[], "app")?;
+        let e = env.ctd.sh(&free, DD)?;
+        if e.code != 0 {
+            return Err(format!("control: dd writing its own text in a pod without policy should work: {e}"));
+        }
+        let (_, id) = env.pod_with("ddexec", &[ENFORCE], "app")?;
+        env.assert_stopped(&env.ctd.sh(&id, DD)?, "dd writing its own text through /proc/self/mem")?;
+        let ev = env.agent.wait_event("memory_write of dd", |ev| {
+            ev["event"] == "verdict" && ev["rule"] == "memory_write" && ev["pod"] == "ddexec"
+        })?;
+        let lsm = env.path() == Some(EnforcementPath::Lsm);
+        let (action, hook) = if lsm { ("deny", "file_open") } else { ("kill", "sys_open") };
+        for (k, want) in [
+            ("container", "app"),
+            ("container_id", id.as_str()),
+            ("image", APP_IMAGE),
+            ("comm", "dd"),
+            ("file", "own_memory"),
+            ("action", action),
+            ("hook", hook),
+        ] {
+            if ev[k] != want {
+                return Err(format!("event field {k} = {}, want {want:?}: {ev}", ev[k]));
+            }
+        }
+        if ev["namespace"].as_str().unwrap_or("").is_empty() || !ev["path"].as_str().unwrap_or("").ends_with("/mem") {
+            return Err(format!("event without namespace or mem path: {ev}"));
+        }
+        // The target is dd itself, in the same container.
+        if ev["target"]["pid"] != ev["pid"] || ev["target_container"]["pod"] != "ddexec" {
+            return Err(format!("event target is not dd in pod ddexec: {ev}"));
+        }
+        expect_ok(&env.ctd.sh(&id, "echo still-running")?, "still-running", "exec after the refusal")?;
         Ok(())
     })
 }
