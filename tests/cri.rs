@@ -677,6 +677,8 @@ fn cri_shell_only_ddexec_is_stopped() -> R {
             return Err(format!("event target is not dd in pod ddexec: {ev}"));
         }
         expect_ok(&env.ctd.sh(&id, "echo still-running")?, "still-running", "exec after the refusal")?;
+        // reading other processes (read mode) keeps working in the enforced pod
+        expect_ok(&env.ctd.sh(&id, "ps && top -b -n 1 && echo ps-ok")?, "ps-ok", "ps and top in the enforced pod")?;
         Ok(())
     })
 }

@@ -322,9 +322,12 @@ enum Reach {
     Seize,
     ProcessVmWritev,
     MemOpenForWrite,
+    /// `/proc/<pid>/task/<tid>/mem`, the same file by its thread's name.
+    TaskMemOpenForWrite,
 }
 
-const REACHES: [Reach; 4] = [Reach::Attach, Reach::Seize, Reach::ProcessVmWritev, Reach::MemOpenForWrite];
+const REACHES: [Reach; 5] =
+    [Reach::Attach, Reach::Seize, Reach::ProcessVmWritev, Reach::MemOpenForWrite, Reach::TaskMemOpenForWrite];
 
 /// Forks a child that waits (until killed), runs `f` on its pid, kills and reaps it: `f`'s
 /// code, or 110 when the fork failed.
@@ -365,9 +368,16 @@ fn reach(pid: libc::pid_t, proc_pid: libc::pid_t, how: Reach) -> i32 {
                     -1
                 }
             }
-            Reach::MemOpenForWrite => {
+            Reach::MemOpenForWrite | Reach::TaskMemOpenForWrite => {
                 let mut buf = [0u8; 64];
-                let path = path_with_number(&mut buf, b"/proc/", proc_pid as u32, b"/mem");
+                let mut task = [0u8; 64];
+                let path = if matches!(how, Reach::MemOpenForWrite) {
+                    path_with_number(&mut buf, b"/proc/", proc_pid as u32, b"/mem")
+                } else {
+                    // /proc/<pid>/task/<pid>/mem: the main thread's tid is the pid
+                    let n = path_with_number(&mut task, b"/task/", proc_pid as u32, b"/mem").len();
+                    path_with_number(&mut buf, b"/proc/", proc_pid as u32, &task[..n - 1])
+                };
                 let fd = libc::open(path.as_ptr().cast(), libc::O_RDWR | libc::O_CLOEXEC);
                 if fd >= 0 {
                     libc::close(fd);
@@ -497,12 +507,13 @@ fn process_access_denied_from_an_enforced_container() -> R {
         expect_code(&fork_in_cgroup(&free.cgroup, &|| reach_child(how))?, 0, &format!("control: {how:?}"))?;
         let out = fork_in_cgroup(&c.cgroup, &|| reach_child(how))?;
         // mem_open reports any refusal of its ptrace check as EACCES (mm_access)
-        let errno = if matches!(how, Reach::MemOpenForWrite) { libc::EACCES } else { libc::EPERM };
+        let errno =
+            if matches!(how, Reach::MemOpenForWrite | Reach::TaskMemOpenForWrite) { libc::EACCES } else { libc::EPERM };
         expect_refused(h, &out, 10 + errno, &format!("{how:?} of another process"))?;
         let fallback_hook = match how {
             Reach::Attach | Reach::Seize => Hook::SysPtrace,
             Reach::ProcessVmWritev => Hook::SysProcessVm,
-            Reach::MemOpenForWrite => Hook::SysOpen,
+            Reach::MemOpenForWrite | Reach::TaskMemOpenForWrite => Hook::SysOpen,
         };
         let (action, hook) = refusal(h, Hook::PtraceAccess, fallback_hook);
         wait_event(
@@ -622,7 +633,11 @@ fn process_access_denied_into_an_enforced_container() -> R {
                 println!("LIMIT {how:?} from {who} into an enforced container on the tracepoint fallback: it works (docs/threat-model.md)");
                 continue;
             }
-            let errno = if matches!(how, Reach::MemOpenForWrite) { libc::EACCES } else { libc::EPERM };
+            let errno = if matches!(how, Reach::MemOpenForWrite | Reach::TaskMemOpenForWrite) {
+                libc::EACCES
+            } else {
+                libc::EPERM
+            };
             expect_code(&out, 10 + errno, &format!("{how:?} from {who} into an enforced container"))?;
             let e = wait_event(
                 h,
