@@ -1839,6 +1839,27 @@ struct MapResult {
     ratios: Vec<Vec<Vec<f64>>>,
     /// kernel-accounted BPF ns per mmap, mprotect or open call in the enforced cgroup
     bpf_ns_per_call: Vec<f64>,
+    /// [config 1..] program -> kernel-accounted ns per run, per round: the programs that ran at
+    /// least once per call of the block (the ones on the measured calls' paths; other
+    /// processes' runs in the same window are counted too)
+    #[serde(default)]
+    prog_ns_per_run: Vec<std::collections::BTreeMap<String, Vec<f64>>>,
+}
+
+/// Per program that ran at least `min_runs` times between `before` and `after`: ns per run.
+fn ns_per_run(
+    before: &HashMap<String, (u64, u64)>,
+    after: &HashMap<String, (u64, u64)>,
+    min_runs: u64,
+) -> Vec<(String, f64)> {
+    after
+        .iter()
+        .filter_map(|(name, &(t1, c1))| {
+            let (t0, c0) = before.get(name).copied().unwrap_or((0, 0));
+            let runs = c1.saturating_sub(c0);
+            (runs >= min_runs).then(|| (name.clone(), t1.saturating_sub(t0) as f64 / runs as f64))
+        })
+        .collect()
 }
 
 fn mapping_measure(k: &Knobs, n: usize) -> Res<MapResult> {
@@ -1853,6 +1874,7 @@ fn mapping_measure(k: &Knobs, n: usize) -> Res<MapResult> {
     let ops = MAP_OPS.len();
     let (mut ns, mut ratios) = (vec![vec![Vec::new(); ops]; 3], vec![vec![Vec::new(); ops]; 2]);
     let (mut path, mut mappings, mut bpf) = (String::new(), String::new(), Vec::new());
+    let mut per_run = vec![std::collections::BTreeMap::<String, Vec<f64>>::new(); 2];
     run_map_loop(&free, &file, n / 4)?; // warm up
     for _ in 0..k.rounds {
         let base = run_map_loop(&free, &file, n)?;
@@ -1863,14 +1885,21 @@ fn mapping_measure(k: &Knobs, n: usize) -> Res<MapResult> {
         let cgid = cgroup_id(&enf_cg)?;
         let level = enf_cg.strip_prefix(cgroup_root()?).map(|p| p.components().count() as u32).unwrap_or(1);
         enf.store().set(cgid, level, &Policy::with_mode(Mode::Enforce), &prov).map_err(|e| e.to_string())?;
+        let before_unpol = prog_totals(&enf);
         let unpol = run_map_loop(&free, &file, n)?;
         let before = prog_totals(&enf);
+        for (name, v) in ns_per_run(&before_unpol, &before, n as u64) {
+            per_run[0].entry(name).or_default().push(v);
+        }
         let enforced = run_map_loop(&enf_cg, &file, n)?;
         let after = prog_totals(&enf);
         let (t0, t1) = (before.values().map(|v| v.0).sum::<u64>(), after.values().map(|v| v.0).sum::<u64>());
         // the mmap, mprotect and open calls of the enforced run (4 blocks of n; munmap, close
         // and getpid run no program of ours)
         bpf.push((t1.saturating_sub(t0)) as f64 / (4 * n) as f64);
+        for (name, v) in ns_per_run(&before, &after, n as u64) {
+            per_run[1].entry(name).or_default().push(v);
+        }
         drop(enf);
         for (c, v) in [&base, &unpol, &enforced].into_iter().enumerate() {
             for (op, x) in v.iter().enumerate().take(ops) {
@@ -1881,7 +1910,16 @@ fn mapping_measure(k: &Knobs, n: usize) -> Res<MapResult> {
             }
         }
     }
-    Ok(MapResult { kernel, path, mappings, calls_per_block: n, ns, ratios, bpf_ns_per_call: bpf })
+    Ok(MapResult {
+        kernel,
+        path,
+        mappings,
+        calls_per_block: n,
+        ns,
+        ratios,
+        bpf_ns_per_call: bpf,
+        prog_ns_per_run: per_run,
+    })
 }
 
 fn mapping_report(rep: &mut Report, section: &'static str, r: &MapResult) {
@@ -1911,6 +1949,20 @@ fn mapping_report(rep: &mut Report, section: &'static str, r: &MapResult) {
         "",
         None,
     );
+    // Each program's own cost per run: the open hooks' (file_open, sys_exit_openat) is what an
+    // open of a task not under policy, and of an enforced one, pays.
+    for (c, label) in ["not under policy", "enforced"].into_iter().enumerate() {
+        for (prog, v) in r.prog_ns_per_run.get(c).into_iter().flatten() {
+            let x = mmm(v);
+            rep.row(
+                section,
+                format!("{prog}: BPF ns per run, {label} (kernel-accounted)"),
+                format!("{:.0} ({:.0}–{:.0})", x.1, x.0, x.2),
+                "",
+                None,
+            );
+        }
+    }
 }
 
 fn bench_mapping(k: &Knobs, rep: &mut Report) -> Res<()> {
