@@ -69,18 +69,21 @@ static __always_inline struct task_struct *proc_inode_task(struct inode *inode)
 }
 
 /*
- * The task of a mem file whose memory is the caller's own (its own pid, a
- * thread of it, or a process sharing its memory through CLONE_VM), else NULL.
+ * Is `task`'s memory the caller's own (its own process, a thread of it, or a
+ * process sharing its memory through CLONE_VM)?
  */
-static __always_inline struct task_struct *proc_mem_own_task(struct file *file)
+static __always_inline bool shares_current_mm(struct task_struct *task)
 {
-	struct task_struct *target = proc_inode_task(BPF_CORE_READ(file, f_inode));
-	struct mm_struct *mm;
+	struct mm_struct *mm = BPF_CORE_READ(task, mm);
 
-	if (!target)
-		return NULL;
-	mm = BPF_CORE_READ(target, mm);
-	return mm && mm == BPF_CORE_READ(current_task(), mm) ? target : NULL;
+	return mm && mm == BPF_CORE_READ(current_task(), mm);
+}
+
+/* An LSM hook's answer to a process-memory verdict. */
+static __always_inline int lsm_errno(__u32 act)
+{
+	barrier_var(act);
+	return act == DG_ACT_DENY ? -EPERM : 0;
 }
 
 /*
@@ -179,8 +182,7 @@ static __always_inline int reach_other(struct task_struct *target, __u32 hook, s
 	p = lookup_policy(&cgid, &matched);
 	if (p) {
 		act = decide_process(p, DG_FILE_OTHER_PROCESS, hook, file, target, cgid, matched, DG_ACT_DENY);
-		barrier_var(act);
-		if (act == DG_ACT_DENY)
+		if (lsm_errno(act))
 			return -EPERM;
 	} else if (!in_pid_namespace()) {
 		/* the node's own processes (pid namespace of the node, no policy) keep their power */
@@ -197,11 +199,7 @@ static __always_inline int reach_other(struct task_struct *target, __u32 hook, s
 	p = bpf_map_lookup_elem(&dg_policies, &tpol);
 	if (!p)
 		return 0;
-	act = decide_process(p, DG_FILE_FROM_OTHER_CONTAINER, hook, file, target, cgid, tpol, DG_ACT_DENY);
-	barrier_var(act);
-	if (act == DG_ACT_DENY)
-		return -EPERM;
-	return 0;
+	return lsm_errno(decide_process(p, DG_FILE_FROM_OTHER_CONTAINER, hook, file, target, cgid, tpol, DG_ACT_DENY));
 }
 
 /*
@@ -222,30 +220,21 @@ int BPF_PROG(dg_ptrace_access, struct task_struct *child, unsigned int mode)
 SEC("lsm/ptrace_traceme")
 int BPF_PROG(dg_ptrace_traceme, struct task_struct *parent)
 {
-	__u32 act = check_process(DG_FILE_OTHER_PROCESS, DG_HOOK_PTRACE_TRACEME, NULL, parent, DG_ACT_DENY);
-
-	barrier_var(act);
-	if (act == DG_ACT_DENY)
-		return -EPERM;
-	return 0;
+	return lsm_errno(check_process(DG_FILE_OTHER_PROCESS, DG_HOOK_PTRACE_TRACEME, NULL, parent, DG_ACT_DENY));
 }
 
 SEC("lsm/file_open")
 int BPF_PROG(dg_file_open, struct file *file)
 {
-	struct task_struct *own;
-	__u32 act;
+	struct task_struct *target;
 
 	if (!proc_mem_for_write(file))
 		return 0;
-	own = proc_mem_own_task(file);
-	if (!own)
+	/* another process's mem: mem_open's own ptrace check asks dg_ptrace_access */
+	target = proc_inode_task(BPF_CORE_READ(file, f_inode));
+	if (!target || !shares_current_mm(target))
 		return 0;
-	act = check_process(DG_FILE_OWN_MEMORY, DG_HOOK_FILE_OPEN, file, own, DG_ACT_DENY);
-	barrier_var(act);
-	if (act == DG_ACT_DENY)
-		return -EPERM;
-	return 0;
+	return lsm_errno(check_process(DG_FILE_OWN_MEMORY, DG_HOOK_FILE_OPEN, file, target, DG_ACT_DENY));
 }
 
 /*
@@ -259,22 +248,15 @@ SEC("lsm/file_receive")
 int BPF_PROG(dg_file_receive, struct file *file)
 {
 	struct task_struct *target;
-	struct mm_struct *mm;
-	__u32 act;
 
 	if (!proc_mem_for_write(file))
 		return 0;
 	target = proc_inode_task(BPF_CORE_READ(file, f_inode));
 	if (!target)
 		return 0;
-	mm = BPF_CORE_READ(target, mm);
-	if (!mm || mm != BPF_CORE_READ(current_task(), mm))
+	if (!shares_current_mm(target))
 		return reach_other(target, DG_HOOK_FILE_RECEIVE, file);
-	act = check_process(DG_FILE_OWN_MEMORY, DG_HOOK_FILE_RECEIVE, file, target, DG_ACT_DENY);
-	barrier_var(act);
-	if (act == DG_ACT_DENY)
-		return -EPERM;
-	return 0;
+	return lsm_errno(check_process(DG_FILE_OWN_MEMORY, DG_HOOK_FILE_RECEIVE, file, target, DG_ACT_DENY));
 }
 
 #endif

@@ -71,7 +71,6 @@ int dg_sys_pidfd_getfd(struct dg_sys_enter *ctx)
 static __always_inline int sys_exit_open(struct dg_sys_exit *ctx)
 {
 	struct task_struct *target;
-	struct mm_struct *mm;
 	struct file *file;
 	__u32 kind;
 
@@ -83,8 +82,7 @@ static __always_inline int sys_exit_open(struct dg_sys_exit *ctx)
 	target = proc_inode_task(BPF_CORE_READ(file, f_inode));
 	if (!target)
 		return 0;
-	mm = BPF_CORE_READ(target, mm);
-	kind = mm && mm == BPF_CORE_READ(current_task(), mm) ? DG_FILE_OWN_MEMORY : DG_FILE_OTHER_PROCESS;
+	kind = shares_current_mm(target) ? DG_FILE_OWN_MEMORY : DG_FILE_OTHER_PROCESS;
 	kill_if(check_process(kind, DG_HOOK_SYS_OPEN, file, target, DG_ACT_KILL));
 	return 0;
 }

@@ -923,6 +923,42 @@ fn exec_memory_compat_syscall() -> R {
     Ok(())
 }
 
+/// Runs `body` (given the write end of a pipe, which the process it starts to share its memory
+/// inherits) in `cgroup`: its outcome, and whether that process wrote `y` (the code ran). The
+/// read ends at EOF once every holder of the write end is gone.
+pub fn run_with_sharer_report(cgroup: &Path, body: &dyn Fn(libc::c_int) -> i32) -> Result<(Outcome, bool), Failed> {
+    let mut fds = [0; 2];
+    // SAFETY: a pipe of our own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err("pipe2".into());
+    }
+    let (r, w) = (fds[0], fds[1]);
+    let out = fork_in_cgroup(cgroup, &|| body(w));
+    // SAFETY: our own fds.
+    unsafe { libc::close(w) };
+    let mut b = [0u8; 1];
+    // SAFETY: reading our own pipe.
+    let n = unsafe { libc::read(r, b.as_mut_ptr().cast(), 1) };
+    // SAFETY: our own fd.
+    unsafe { libc::close(r) };
+    Ok((out?, n == 1 && b[0] == b'y'))
+}
+
+/// In a process sharing its parent's memory: waits until `parent` is gone (it is reparented),
+/// yielding; false when that did not happen within a bound.
+pub fn wait_until_parent_gone(parent: libc::pid_t) -> bool {
+    let mut spins = 0u64;
+    // SAFETY: getppid and sched_yield have no preconditions.
+    while unsafe { libc::getppid() } == parent {
+        unsafe { libc::sched_yield() };
+        spins += 1;
+        if spins > 50_000_000 {
+            return false;
+        }
+    }
+    true
+}
+
 /// The address of the mapping the parent makes executable, for the process sharing its memory.
 static SHARED_ADDR: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 /// The parent's pid, set before the clone (the sharer may first run after the parent is gone).
@@ -936,14 +972,8 @@ extern "C" fn sharer(arg: *mut libc::c_void) -> libc::c_int {
     let fd = arg as usize as libc::c_int;
     // SAFETY: raw syscalls; the address is the parent's reserved area in the shared memory.
     unsafe {
-        let parent = SHARED_PARENT.load(std::sync::atomic::Ordering::SeqCst);
-        let mut spins = 0u64;
-        while libc::getppid() == parent {
-            libc::sched_yield();
-            spins += 1;
-            if spins > 50_000_000 {
-                return 1;
-            }
+        if !wait_until_parent_gone(SHARED_PARENT.load(std::sync::atomic::Ordering::SeqCst)) {
+            return 1;
         }
         let p = SHARED_ADDR.load(std::sync::atomic::Ordering::SeqCst) as *mut libc::c_void;
         std::ptr::copy_nonoverlapping(CODE.as_ptr(), p.cast(), CODE.len());
@@ -987,23 +1017,7 @@ fn exec_memory_mapping_kept_by_a_process_sharing_the_memory() -> R {
     let (h, c, free) = enforced_with_control("sharedmm")?;
     // Whether the sharer ran the code, read from a pipe it inherited (EOF once every holder of
     // the write end is gone; the sharer gives up after its bounded wait).
-    let run = |cgroup: &Path| -> Result<(Outcome, bool), Failed> {
-        let mut fds = [0; 2];
-        // SAFETY: a pipe of our own.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return Err("pipe2".into());
-        }
-        let (r, w) = (fds[0], fds[1]);
-        let out = fork_in_cgroup(cgroup, &|| share_then_map_rwx(w));
-        // SAFETY: our own fds.
-        unsafe { libc::close(w) };
-        let mut b = [0u8; 1];
-        // SAFETY: reading our own pipe.
-        let n = unsafe { libc::read(r, b.as_mut_ptr().cast(), 1) };
-        // SAFETY: our own fd.
-        unsafe { libc::close(r) };
-        Ok((out?, n == 1 && b[0] == b'y'))
-    };
+    let run = |cgroup: &Path| run_with_sharer_report(cgroup, &share_then_map_rwx);
     let (out, ran) = run(&free.cgroup)?;
     if !matches!(out, Outcome::Exited(0, _)) || !ran {
         return Err(format!("control: the sharing process should run the code: {out:?}, ran {ran}").into());

@@ -11,7 +11,7 @@
 //! refused, `30 + errno` when a reopen was, 99 for a must-work case that worked, 1xx for set-up
 //! failures.
 
-use super::memory::expect_code;
+use super::memory::{expect_code, run_with_sharer_report, wait_until_parent_gone};
 use super::*;
 
 /// `mov eax, 42; ret` (x86_64)
@@ -1055,14 +1055,8 @@ extern "C" fn files_sharer(arg: *mut libc::c_void) -> libc::c_int {
     let out = arg as usize as libc::c_int;
     // SAFETY: raw syscalls on the shared memory and fd table.
     unsafe {
-        let parent = FILES_PARENT.load(std::sync::atomic::Ordering::SeqCst);
-        let mut spins = 0u64;
-        while libc::getppid() == parent {
-            libc::sched_yield();
-            spins += 1;
-            if spins > 50_000_000 {
-                return 1;
-            }
+        if !wait_until_parent_gone(FILES_PARENT.load(std::sync::atomic::Ordering::SeqCst)) {
+            return 1;
         }
         // the harness holds many fds (BPF maps, programs, links): the new one can be far up
         for fd in 0..4096u32 {
@@ -1123,25 +1117,8 @@ fn memory_write_fd_kept_by_a_process_sharing_the_fd_table() -> R {
     let c = container("sharedfiles")?;
     c.install(h, &enforce())?;
     let free = container("sharedfiles-free")?;
-    // Whether the sharer ran the code, read from a pipe it inherited (EOF once every holder of
-    // the write end is gone; the sharer gives up after its bounded wait).
-    let run = |cgroup: &Path| -> Result<(Outcome, bool), Failed> {
-        let mut fds = [0; 2];
-        // SAFETY: a pipe of our own.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return Err("pipe2".into());
-        }
-        let (r, w) = (fds[0], fds[1]);
-        let out = fork_in_cgroup(cgroup, &|| share_files_then_open_mem(w));
-        // SAFETY: our own fds.
-        unsafe { libc::close(w) };
-        let mut b = [0u8; 1];
-        // SAFETY: reading our own pipe.
-        let ran = unsafe { libc::read(r, b.as_mut_ptr().cast(), 1) } == 1 && b[0] == b'y';
-        // SAFETY: our own fd.
-        unsafe { libc::close(r) };
-        Ok((out?, ran))
-    };
+    // whether the sharer ran the code (it gives up after its bounded wait)
+    let run = |cgroup: &Path| run_with_sharer_report(cgroup, &share_files_then_open_mem);
     match run(&free.cgroup)? {
         (Outcome::Exited(0, _), true) => {}
         other => return Err(format!("control: the sharer should run the code, got {other:?}").into()),
