@@ -90,13 +90,28 @@ static __always_inline unsigned long effective_prot(unsigned long prot)
 /* The file behind a descriptor of the current task (NULL when there is none). */
 static __always_inline struct file *current_fd_file(long fd)
 {
-	struct files_struct *files = BPF_CORE_READ(current_task(), files);
-	struct fdtable *fdt = BPF_CORE_READ(files, fdt);
-	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file **fds;
 	struct file *f = NULL;
+	struct fdtable *fdt;
 
-	if (fd < 0 || (unsigned long)fd >= BPF_CORE_READ(fdt, max_fds))
+	if (fd < 0)
 		return NULL;
+	/*
+	 * 5.11+: plain loads to the fd array through the BTF task (the open exit
+	 * runs on every open on the node); before, probe reads. libbpf resolves
+	 * the test at load time and the verifier drops the branch not taken.
+	 */
+	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_current_task_btf)) {
+		fdt = bpf_get_current_task_btf()->files->fdt;
+		if ((unsigned long)fd >= fdt->max_fds)
+			return NULL;
+		fds = fdt->fd;
+	} else {
+		fdt = BPF_CORE_READ(current_task(), files, fdt);
+		if ((unsigned long)fd >= BPF_CORE_READ(fdt, max_fds))
+			return NULL;
+		fds = BPF_CORE_READ(fdt, fd);
+	}
 	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
 	return f;
 }

@@ -35,20 +35,37 @@ struct proc_inode___dg {
 	struct inode vfs_inode;
 } __attribute__((preserve_access_index));
 
-/* Is `file` a procfs mem file opened for writing? Cheapest tests first. */
-static __always_inline bool proc_mem_for_write(struct file *file)
+/* A procfs file named "mem": the superblock's magic, then the name's first four bytes. */
+static __always_inline bool proc_mem_named(unsigned long magic, const unsigned char *name)
 {
-	const unsigned char *name;
 	char buf[4] = {};
 
-	if (!(BPF_CORE_READ(file, f_mode) & FMODE_WRITE))
+	if (magic != PROC_SUPER_MAGIC)
 		return false;
-	if (BPF_CORE_READ(file, f_inode, i_sb, s_magic) != PROC_SUPER_MAGIC)
-		return false;
-	name = BPF_CORE_READ(file, f_path.dentry, d_name.name);
 	if (bpf_probe_read_kernel(buf, sizeof(buf), name) < 0)
 		return false;
 	return buf[0] == 'm' && buf[1] == 'e' && buf[2] == 'm' && buf[3] == 0;
+}
+
+/*
+ * Is `file` a procfs mem file opened for writing? Cheapest tests first. For
+ * the LSM hooks, whose `file` is a BTF pointer: plain loads, no probe read
+ * until the name of a procfs file open for writing. Every open on the node
+ * runs this, and a read-only open returns after one load.
+ */
+static __always_inline bool proc_mem_for_write_btf(struct file *file)
+{
+	if (!(file->f_mode & FMODE_WRITE))
+		return false;
+	return proc_mem_named(file->f_inode->i_sb->s_magic, file->f_path.dentry->d_name.name);
+}
+
+/* The same for a file pointer read from kernel memory (the fallback): probe reads. */
+static __always_inline bool proc_mem_for_write(struct file *file)
+{
+	if (!(BPF_CORE_READ(file, f_mode) & FMODE_WRITE))
+		return false;
+	return proc_mem_named(BPF_CORE_READ(file, f_inode, i_sb, s_magic), BPF_CORE_READ(file, f_path.dentry, d_name.name));
 }
 
 /* The task of a /proc/<pid> (or task/<tid>) inode, NULL when it is gone. */
@@ -228,7 +245,7 @@ int BPF_PROG(dg_file_open, struct file *file)
 {
 	struct task_struct *target;
 
-	if (!proc_mem_for_write(file))
+	if (!proc_mem_for_write_btf(file))
 		return 0;
 	/* another process's mem: mem_open's own ptrace check asks dg_ptrace_access */
 	target = proc_inode_task(BPF_CORE_READ(file, f_inode));
@@ -249,7 +266,7 @@ int BPF_PROG(dg_file_receive, struct file *file)
 {
 	struct task_struct *target;
 
-	if (!proc_mem_for_write(file))
+	if (!proc_mem_for_write_btf(file))
 		return 0;
 	target = proc_inode_task(BPF_CORE_READ(file, f_inode));
 	if (!target)
