@@ -59,6 +59,13 @@ pub enum Command {
     },
     /// One-minute demo with runc and a busybox container: a dropped binary is stopped.
     Demo,
-    /// Detach every pinned program and delete the pinned maps (stops enforcement on this node).
-    Unload,
+    /// Detach the programs pinned under the pin dir, delete its pinned maps (stops that
+    /// enforcement), and remove the state that belongs to it: the agent's state directory when
+    /// it names this pin dir, and the OCI hook records that name it. Another pin dir's state
+    /// stays and is listed as kept.
+    Unload {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }

@@ -215,7 +215,11 @@ impl Default for NriConfig {
 
 impl Default for BpfConfig {
     fn default() -> Self {
-        BpfConfig { pin_dir: PathBuf::from("/sys/fs/bpf/driftguard"), force_fallback: false, fallback_mappings: false }
+        BpfConfig {
+            pin_dir: PathBuf::from(crate::enforcer::DEFAULT_PIN_DIR),
+            force_fallback: false,
+            fallback_mappings: false,
+        }
     }
 }
 

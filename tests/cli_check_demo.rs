@@ -15,6 +15,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use driftguard::check::{find_in_path, ITEM_NAMES};
 use driftguard::demo::{BUSYBOX_CANDIDATES, DROPPED, ID_PREFIX};
 use driftguard::enforcer::{self, Enforcer, EnforcerOptions, PolicyStore};
+use driftguard::node_state;
+use driftguard::policy::{Mode, Policy};
+use driftguard::provenance::Provenance;
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::Value;
 
@@ -45,6 +48,7 @@ fn main() {
         gate("demo_stops_dropped_binary", &demo_reason, demo_stops_dropped_binary),
         gate("demo_uses_pinned_enforcement", &demo_reason, demo_uses_pinned_enforcement),
         gate("unload_removes_pins_and_state", &demo_reason, unload_removes_pins_and_state),
+        gate("unload_touches_only_its_own_pin_dir", &demo_reason, unload_touches_only_its_own_pin_dir),
     ];
     libtest_mimic::run(&args, trials).exit();
 }
@@ -332,32 +336,59 @@ fn demo_uses_pinned_enforcement() -> R {
     Ok(())
 }
 
-/// `driftguard unload` leaves nothing behind that a later install or test would trip over:
-/// the pins, and the state that described them (registry, events socket, OCI hook records).
+fn pin(cfg: &TestConfig) -> R {
+    let e = Enforcer::load(&EnforcerOptions {
+        pin_dir: Some(cfg.pin_dir.clone()),
+        force_fallback: false,
+        fallback_mappings: false,
+    })
+    .map_err(|e| format!("pinning enforcement under {}: {e}", cfg.pin_dir.display()))?;
+    drop(e);
+    Ok(())
+}
+
+/// An OCI hook record (the hook's own format) of cgroup id `cgid` in `pin_dir`.
+fn hook_record(id: &str, cgid: u64, pin_dir: &Path) -> String {
+    serde_json::to_string(&node_state::HookRecord {
+        container_id: id.into(),
+        cgroup_id: cgid,
+        cgroup: "/sys/fs/cgroup/x".into(),
+        level: 1,
+        pin_dir: pin_dir.to_path_buf(),
+        mode: "enforce".into(),
+    })
+    .expect("a record serializes")
+}
+
+fn unload(cfg: &TestConfig, state_dir: &Path, json: bool) -> Result<Output, Failed> {
+    let mut c = Command::new(BIN);
+    c.arg("--config").arg(&cfg.path).arg("unload").env("DRIFTGUARD_STATE_DIR", state_dir);
+    if json {
+        c.arg("--json");
+    }
+    let o = c.output()?;
+    if !o.status.success() {
+        return Err(format!("unload failed\n{}", show(&o)).into());
+    }
+    Ok(o)
+}
+
+/// `driftguard unload` leaves nothing of its pin dir behind that a later install or test would
+/// trip over: the pins, and the state that describes them (registry, events socket, agent
+/// state, OCI hook records).
 fn unload_removes_pins_and_state() -> R {
     let cfg = TestConfig::new()?;
-    drop(
-        Enforcer::load(&EnforcerOptions {
-            pin_dir: Some(cfg.pin_dir.clone()),
-            force_fallback: false,
-            fallback_mappings: false,
-        })
-        .map_err(|e| format!("pinning enforcement: {e}"))?,
-    );
-    let state = tempfile::tempdir().map_err(|e| e.to_string())?;
+    pin(&cfg)?;
+    let state = tempfile::tempdir()?;
     let dir = state.path().join("driftguard");
-    std::fs::create_dir_all(dir.join("oci")).map_err(|e| e.to_string())?;
-    for f in ["containers.json", "events.sock", "oci/abc"] {
-        std::fs::write(dir.join(f), "x").map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(dir.join("oci"))?;
+    node_state::claim(&dir, &cfg.pin_dir)?;
+    for f in ["containers.json", "events.sock", "agent.json"] {
+        std::fs::write(dir.join(f), "x")?;
     }
-    let o = Command::new(BIN)
-        .arg("--config")
-        .arg(&cfg.path)
-        .arg("unload")
-        .env("DRIFTGUARD_STATE_DIR", &dir)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !o.status.success() || enforcer::pinned_path(&cfg.pin_dir).is_some() || dir.exists() {
+    std::fs::write(dir.join("oci/abc"), hook_record("abc", 7, &cfg.pin_dir))?;
+    let o = unload(&cfg, &dir, false)?;
+    if enforcer::pinned_path(&cfg.pin_dir).is_some() || cfg.pin_dir.exists() || dir.exists() {
         return Err(format!(
             "after unload: pinned {:?}, state dir exists {}\n{}",
             enforcer::pinned_path(&cfg.pin_dir),
@@ -365,6 +396,71 @@ fn unload_removes_pins_and_state() -> R {
             show(&o)
         )
         .into());
+    }
+    // Nothing left: a second unload says so, and succeeds.
+    let o = unload(&cfg, &dir, true)?;
+    let v: Value = serde_json::from_slice(&o.stdout).map_err(|e| format!("unload --json: {e}\n{}", show(&o)))?;
+    if v["was_pinned"] != Value::Bool(false) || v["removed"] != serde_json::json!([]) {
+        return Err(format!("second unload: {v}").into());
+    }
+    Ok(())
+}
+
+/// Two enforcements on one node (two pin dirs, one state directory holding the OCI hook records
+/// of both): unloading one removes its pins and records only. The other stays pinned with its
+/// policy, its records and the agent state that names it; `--json` lists both sides.
+fn unload_touches_only_its_own_pin_dir() -> R {
+    let (mine, other) = (TestConfig::new()?, TestConfig::new()?);
+    pin(&mine)?;
+    pin(&other)?;
+    let cgid = 0x7fff_0000_0000_0001;
+    PolicyStore::open_pinned(&other.pin_dir)
+        .and_then(|s| s.set(cgid, 3, &Policy::with_mode(Mode::Enforce), &Provenance::unknown()))
+        .map_err(|e| format!("installing a policy in the other pin dir: {e}"))?;
+    let state = tempfile::tempdir()?;
+    let dir = state.path().join("driftguard");
+    std::fs::create_dir_all(dir.join("oci"))?;
+    node_state::claim(&dir, &other.pin_dir)?;
+    std::fs::write(dir.join("containers.json"), "[]")?;
+    std::fs::write(dir.join("oci/mine"), hook_record("mine", 9, &mine.pin_dir))?;
+    std::fs::write(dir.join("oci/other"), hook_record("other", cgid, &other.pin_dir))?;
+
+    let o = unload(&mine, &dir, true)?;
+    let v: Value = serde_json::from_slice(&o.stdout).map_err(|e| format!("unload --json: {e}\n{}", show(&o)))?;
+    let removed: Vec<&str> = v["removed"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    let kept: Vec<&str> = v["kept"].as_array().into_iter().flatten().filter_map(|k| k["path"].as_str()).collect();
+    let path = |p: PathBuf| p.display().to_string();
+    let expect_removed = [path(dir.join("oci/mine")), path(mine.pin_dir.clone())];
+    let expect_kept = [path(dir.join("oci/other")), path(dir.join("containers.json"))];
+    if v["was_pinned"] != Value::Bool(true)
+        || !expect_removed.iter().all(|p| removed.contains(&p.as_str()))
+        || !expect_kept.iter().all(|p| kept.contains(&p.as_str()))
+        || removed.iter().any(|p| p.starts_with(&path(other.pin_dir.clone())) || p.contains("other"))
+    {
+        return Err(format!("unload of {}: {v:#}", mine.pin_dir.display()).into());
+    }
+    if mine.pin_dir.exists() || dir.join("oci/mine").exists() {
+        return Err("the unloaded pin dir's pins or record are still there".into());
+    }
+    if enforcer::pinned_path(&other.pin_dir).is_none() {
+        return Err(format!("the other enforcement lost its pins: {v:#}").into());
+    }
+    let still = PolicyStore::open_pinned(&other.pin_dir)
+        .and_then(|s| s.get(cgid))
+        .map_err(|e| format!("the other pin dir's maps: {e}"))?;
+    if still.is_none() {
+        return Err("the other pin dir's policy is gone".into());
+    }
+    let rec: node_state::HookRecord = serde_json::from_slice(&std::fs::read(dir.join("oci/other"))?)?;
+    if rec.pin_dir != other.pin_dir || node_state::owner(&dir)? != other.pin_dir {
+        return Err(format!("the other's record or state owner changed: {rec:?}").into());
+    }
+    // Then the other's unload takes the rest, the directories included.
+    unload(&other, &dir, false)?;
+    if dir.exists() || other.pin_dir.exists() {
+        return Err(
+            format!("after both unloads: state dir {}, other pins {}", dir.exists(), other.pin_dir.exists()).into()
+        );
     }
     Ok(())
 }

@@ -363,22 +363,9 @@ pub fn bundle_config(st: &HookState) -> Result<(PathBuf, BTreeMap<String, String
     Ok((path, annotations.unwrap_or_default(), rootfs))
 }
 
-/// What createRuntime stored for poststop (`<state-dir>/<id>`, JSON).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
-    /// Container id.
-    pub container_id: String,
-    /// cgroup v2 id the policy was installed for.
-    pub cgroup_id: u64,
-    /// The cgroup directory (for humans).
-    pub cgroup: PathBuf,
-    /// Its level below the cgroup root.
-    pub level: u32,
-    /// Pin dir the policy was written to.
-    pub pin_dir: PathBuf,
-    /// Installed mode.
-    pub mode: String,
-}
+/// What createRuntime stored for poststop (`<state-dir>/<id>`, JSON). Defined with the agent's
+/// state, whose `driftguard unload` removes the records of the pin dir it unloads.
+pub use driftguard::node_state::HookRecord as Record;
 
 /// The container's name from the runtime's annotations (empty when none is set: then only
 /// pod-wide keys apply).

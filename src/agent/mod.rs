@@ -43,12 +43,12 @@ pub fn state_dir() -> PathBuf {
 
 /// File holding the container registry.
 pub fn registry_file(state_dir: &Path) -> PathBuf {
-    state_dir.join("containers.json")
+    state_dir.join(crate::node_state::REGISTRY_FILE)
 }
 
 /// Unix socket streaming event lines to `driftguard events`.
 pub fn events_socket(state_dir: &Path) -> PathBuf {
-    state_dir.join("events.sock")
+    state_dir.join(crate::node_state::EVENTS_SOCKET)
 }
 
 /// Errors that stop the agent.
@@ -151,6 +151,18 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     std::fs::create_dir_all(&state_dir)
         .map_err(|source| AgentError::State { path: state_dir.display().to_string(), source })?;
+    // The state directory now describes this pin dir: `driftguard unload` of another leaves it.
+    match crate::node_state::claim(&state_dir, &cfg.bpf.pin_dir) {
+        Ok(None) => {}
+        Ok(Some(before)) => tracing::warn!(
+            state_dir = %state_dir.display(),
+            before = %before.display(),
+            pin_dir = %cfg.bpf.pin_dir.display(),
+            "the state directory described another pin dir; it now describes this agent's (give each \
+             enforcement its own DRIFTGUARD_STATE_DIR)"
+        ),
+        Err(source) => return Err(AgentError::State { path: state_dir.display().to_string(), source }),
+    }
     let cgroot = match &cfg.cgroup.root {
         Some(p) => CgroupRoot::at(p.clone()),
         None => CgroupRoot::detect()?,

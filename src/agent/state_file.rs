@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 /// File name under the state directory.
-pub const FILE: &str = "agent.json";
+pub const FILE: &str = crate::node_state::AGENT_FILE;
 
 /// What the agent last wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

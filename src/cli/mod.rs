@@ -10,6 +10,7 @@ pub mod demo;
 pub mod events;
 pub mod run;
 pub mod status;
+pub mod unload;
 
 /// Command-line flags that override keys of the configuration file.
 #[derive(Debug, Default)]
@@ -62,41 +63,7 @@ pub fn dispatch(config: Option<&Path>, overrides: &Overrides, command: crate::Co
             check::run(&cfg, json, &driftguard::check::Runtime { containerd_config, containerd_bin })
         }
         crate::Command::Demo => demo::run(&cfg),
-        crate::Command::Unload => {
-            let report = driftguard::enforcer::unload(&cfg.bpf.pin_dir)
-                .with_context(|| format!("unloading {}", cfg.bpf.pin_dir.display()))?;
-            if report.removed.is_empty() {
-                println!("nothing pinned under {}", cfg.bpf.pin_dir.display());
-            } else {
-                for p in &report.removed {
-                    println!("removed {}", p.display());
-                }
-                println!("driftguard enforcement is unloaded: no container on this node is protected until the agent starts again");
-            }
-            // The state that described those pins: the container registry, the events socket,
-            // the OCI hook's records. Nothing of it means anything without the pins.
-            let state = driftguard::agent::state_dir();
-            for p in [
-                driftguard::agent::registry_file(&state),
-                driftguard::agent::events_socket(&state),
-                state.join(driftguard::agent::state_file::FILE),
-                state.join("oci"),
-                state.clone(),
-            ] {
-                // The state dir itself only when nothing else is in it.
-                let removed = match (p.is_dir(), p == state) {
-                    (true, true) => std::fs::remove_dir(&p),
-                    (true, false) => std::fs::remove_dir_all(&p),
-                    (false, _) => std::fs::remove_file(&p),
-                };
-                match removed {
-                    Ok(()) => println!("removed {}", p.display()),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => eprintln!("warning: could not remove {}: {e}", p.display()),
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        crate::Command::Unload { json } => unload::run(&cfg, json),
     }
 }
 

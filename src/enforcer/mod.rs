@@ -564,7 +564,7 @@ pub fn pinned_path(pin_dir: &Path) -> Option<EnforcementPath> {
 /// What [`unload`] removed.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct UnloadReport {
-    /// Pins removed (links first, then maps).
+    /// Pins removed (links first, then maps), then the pin dir itself.
     pub removed: Vec<PathBuf>,
 }
 
@@ -585,6 +585,7 @@ pub fn unload(pin_dir: &Path) -> Result<UnloadReport> {
         report.removed.push(p);
     }
     std::fs::remove_dir(pin_dir).map_err(|e| Error::io(format!("removing {}", pin_dir.display()), e))?;
+    report.removed.push(pin_dir.to_path_buf());
     Ok(report)
 }
 
