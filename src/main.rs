@@ -11,10 +11,17 @@ pub use args::{Args, Command};
 fn main() -> ExitCode {
     let args = Args::parse();
     let overrides = cli::Overrides { nri_socket: args.nri_socket, pin_dir: args.pin_dir };
+    let json = args.command.json();
     match cli::dispatch(args.config.as_deref(), &overrides, args.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("driftguard: error: {}", cli::error_chain(&e));
+            let text = cli::error_chain(&e);
+            eprintln!("driftguard: error: {text}");
+            // A script that asked for JSON gets JSON on stdout whatever failed (the configuration
+            // included), with the same exit code.
+            if json {
+                println!("{}", serde_json::json!({ "state": "error", "error": text }));
+            }
             ExitCode::from(1)
         }
     }

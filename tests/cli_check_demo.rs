@@ -49,6 +49,7 @@ fn main() {
         gate("demo_uses_pinned_enforcement", &demo_reason, demo_uses_pinned_enforcement),
         gate("unload_removes_pins_and_state", &demo_reason, unload_removes_pins_and_state),
         gate("unload_touches_only_its_own_pin_dir", &demo_reason, unload_touches_only_its_own_pin_dir),
+        gate("status_json_in_every_state", &demo_reason, status_json_in_every_state),
     ];
     libtest_mimic::run(&args, trials).exit();
 }
@@ -461,6 +462,75 @@ fn unload_touches_only_its_own_pin_dir() -> R {
         return Err(
             format!("after both unloads: state dir {}, other pins {}", dir.exists(), other.pin_dir.exists()).into()
         );
+    }
+    Ok(())
+}
+
+/// Run the binary as `nobody` (uid/gid 65534) with the test's config, made readable.
+fn run_as_nobody(cfg: &TestConfig, state_dir: &Path, args: &[&str]) -> Result<Output, Failed> {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    std::fs::set_permissions(&cfg.path, std::fs::Permissions::from_mode(0o644))?;
+    Ok(Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg.path)
+        .args(args)
+        .env("DRIFTGUARD_STATE_DIR", state_dir)
+        .uid(65534)
+        .gid(65534)
+        .output()?)
+}
+
+/// `status --json` answers JSON on stdout in every state, with the documented exit code:
+/// not_loaded 3, agent_down 4, error 1 (as non-root; also a broken config); `enforcing` (0) is
+/// asserted with a registered agent in tests/operator.rs. `events` as non-root says why too.
+fn status_json_in_every_state() -> R {
+    let cfg = TestConfig::new()?;
+    let state = tempfile::tempdir()?;
+    let status = |as_nobody: bool| -> Result<(i32, Value, Output), Failed> {
+        let o = if as_nobody {
+            run_as_nobody(&cfg, state.path(), &["status", "--json"])?
+        } else {
+            Command::new(BIN)
+                .arg("--config")
+                .arg(&cfg.path)
+                .args(["status", "--json"])
+                .env("DRIFTGUARD_STATE_DIR", state.path())
+                .output()?
+        };
+        let v: Value =
+            serde_json::from_slice(&o.stdout).map_err(|e| format!("status --json is not JSON ({e})\n{}", show(&o)))?;
+        Ok((o.status.code().unwrap_or(-1), v, o))
+    };
+    let (code, v, o) = status(false)?;
+    if code != 3 || v["state"] != "not_loaded" || v["pin_dir"] != cfg.pin_dir.display().to_string() {
+        return Err(format!("nothing pinned: exit {code}, {v:#}\n{}", show(&o)).into());
+    }
+    pin(&cfg)?;
+    let (code, v, o) = status(false)?;
+    if code != 4 || v["state"] != "agent_down" || v["enforcement_path"].is_null() || v["stats"].is_null() {
+        return Err(format!("pinned, no agent: exit {code}, {v:#}\n{}", show(&o)).into());
+    }
+    let (code, v, o) = status(true)?;
+    let why = v["error"].as_str().unwrap_or_default();
+    if code != 1 || v["state"] != "error" || !why.contains("run as root") {
+        return Err(format!("as non-root: exit {code}, {v:#}\n{}", show(&o)).into());
+    }
+    // A configuration that cannot be loaded: still JSON on stdout.
+    let o = Command::new(BIN).args(["--config", "/nonexistent/driftguard.toml", "status", "--json"]).output()?;
+    let v: Value =
+        serde_json::from_slice(&o.stdout).map_err(|e| format!("bad config: not JSON ({e})\n{}", show(&o)))?;
+    if o.status.code() != Some(1)
+        || v["state"] != "error"
+        || !v["error"].as_str().unwrap_or_default().contains("nonexistent")
+    {
+        return Err(format!("bad config: {v:#}\n{}", show(&o)).into());
+    }
+    // `events` as non-root: the same hint, not libbpf's wording.
+    let o = run_as_nobody(&cfg, state.path(), &["events"])?;
+    let (_, err) = text(&o);
+    if o.status.code() != Some(1) || !err.contains("run as root") || err.contains("open pinned failed") {
+        return Err(format!("events as non-root\n{}", show(&o)).into());
     }
     Ok(())
 }

@@ -104,7 +104,7 @@ fn agent_log_is_plain_one_line_per_fact() -> R {
     }
     let (_, json, _) = agent.cli(&["status", "--json"])?;
     let v: serde_json::Value = serde_json::from_str(&json).map_err(|e| format!("status --json: {e}: {json}"))?;
-    if v["agent"]["running"] != true || v["agent"]["nri"] != "registered" {
+    if v["agent"]["running"] != true || v["agent"]["nri"] != "registered" || v["state"] != "enforcing" {
         return Err(format!("status --json agent: {}", v["agent"]).into());
     }
 
@@ -219,11 +219,12 @@ fn flags_override_the_config_file() -> R {
         return Err(format!("status --pin-dir (exit {code}):\n{out}{err}").into());
     }
     // Without the flag, status reads the config's pin dir, where nothing is.
-    let (code, _, err) = agent.cli(&["status"])?;
-    if code == 0 || !err.contains(&agent.pin_dir.display().to_string()) {
-        return Err(
-            format!("status without --pin-dir should name the config's empty pin dir (exit {code}): {err}").into()
-        );
+    let (code, out, err) = agent.cli(&["status"])?;
+    if code != 3 || !out.contains(&format!("NOT LOADED (nothing pinned under {}", agent.pin_dir.display())) {
+        return Err(format!(
+            "status without --pin-dir should name the config's empty pin dir (exit {code}): {out}{err}"
+        )
+        .into());
     }
     let (code, out, err) = agent.cli(&["check", "--json", "--nri-socket", &socket_s])?;
     let items: Vec<serde_json::Value> =

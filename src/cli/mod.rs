@@ -50,6 +50,18 @@ pub fn error_chain(e: &anyhow::Error) -> String {
     out
 }
 
+impl crate::Command {
+    /// Did the command line ask for JSON output?
+    pub fn json(&self) -> bool {
+        match self {
+            crate::Command::Status { json } | crate::Command::Check { json, .. } | crate::Command::Unload { json } => {
+                *json
+            }
+            crate::Command::Run | crate::Command::Events | crate::Command::Demo => false,
+        }
+    }
+}
+
 /// Load the configuration, set up logging, run one subcommand.
 pub fn dispatch(config: Option<&Path>, overrides: &Overrides, command: crate::Command) -> anyhow::Result<ExitCode> {
     let mut cfg = Config::load(config).context("loading configuration")?;

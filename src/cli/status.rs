@@ -24,19 +24,131 @@ struct Row {
     deny: Vec<String>,
 }
 
+/// What `status` found, each with its exit code (text and `--json` alike).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum State {
+    /// Programs attached under the pin dir, an agent running and registered with the runtime. Exit 0.
+    Enforcing,
+    /// The pins could not be read (not root, maps of an incompatible version, ...): `error` says
+    /// why. Exit 1.
+    Error,
+    /// Nothing pinned under the pin dir (never loaded, or unloaded), or its maps without programs:
+    /// nothing is enforced from it. Exit 3.
+    NotLoaded,
+    /// Programs attached, but no agent runs or it is not registered with the runtime: installed
+    /// policies hold; new containers get policy only from the OCI hook, if wired. Exit 4.
+    AgentDown,
+}
+
+impl State {
+    fn exit_code(self) -> u8 {
+        match self {
+            State::Enforcing => 0,
+            State::Error => 1,
+            State::NotLoaded => 3,
+            State::AgentDown => 4,
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Status {
+    /// One word for scripts; also the exit code.
+    state: State,
+    /// Why the state is `error`; `null` otherwise.
+    error: Option<String>,
     /// The agent that runs (or ran last and did not exit cleanly); `null` when none left a state file.
     agent: Option<state_file::AgentView>,
     pin_dir: String,
     enforcement_path: Option<&'static str>,
-    stats: enforcer::Stats,
+    /// Kernel counters; `null` when the maps cannot be read.
+    stats: Option<enforcer::Stats>,
     containers: Vec<Row>,
 }
 
 pub fn run(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
-    let store = PolicyStore::open_pinned(&cfg.bpf.pin_dir).context("opening pinned policy maps")?;
-    let path = enforcer::pinned_path(&cfg.bpf.pin_dir);
+    let status = gather(cfg);
+    let code = ExitCode::from(status.state.exit_code());
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(code);
+    }
+    println!("{}", agent_line(status.agent.as_ref()));
+    match (status.state, &status.error) {
+        (State::Error, Some(e)) => {
+            println!("enforcement: UNKNOWN under {}", status.pin_dir);
+            eprintln!("driftguard: error: reading the pinned enforcement: {e}");
+            return Ok(code);
+        }
+        (State::NotLoaded, _) if status.stats.is_none() => {
+            println!("enforcement: NOT LOADED (nothing pinned under {}; `driftguard run` loads it)", status.pin_dir);
+            return Ok(code);
+        }
+        _ => {}
+    }
+    println!("enforcement: {} (pinned under {})", status.enforcement_path.unwrap_or("NOT ATTACHED"), status.pin_dir);
+    if let Some(a) = status.agent.as_ref().filter(|a| !a.state.overlay_upper.is_empty()) {
+        println!("overlay upper layer: {}", a.state.overlay_upper);
+    }
+    if let Some(s) = &status.stats {
+        println!(
+            "kernel counters: checks {} denies {} kills {} alerts {} events {} ring-buffer drops {} \
+             distrusted overlay reads {}",
+            s.checks, s.denies, s.kills, s.alerts, s.events, s.ringbuf_drops, s.overlay_unknown
+        );
+    }
+    println!("{} container cgroup(s) under policy", status.containers.len());
+    if !status.containers.is_empty() {
+        println!("{:<8} {:<9} {:<40} {:<30} RULES", "MODE", "OWNER", "NAMESPACE/POD/CONTAINER", "CGROUP");
+        for r in &status.containers {
+            let who =
+                if r.pod.is_empty() { "-".to_string() } else { format!("{}/{}/{}", r.namespace, r.pod, r.container) };
+            println!("{:<8} {:<9} {:<40} {:<30} {}", r.mode, r.owner, who, r.cgroup, r.rules.join(","));
+        }
+    }
+    Ok(code)
+}
+
+fn gather(cfg: &Config) -> Status {
+    let mut status = Status {
+        state: State::Error,
+        error: None,
+        agent: state_file::read(&agent::state_dir()),
+        pin_dir: cfg.bpf.pin_dir.display().to_string(),
+        enforcement_path: enforcer::pinned_path(&cfg.bpf.pin_dir).map(|p| p.as_str()),
+        stats: None,
+        containers: Vec::new(),
+    };
+    let read = PolicyStore::open_pinned(&cfg.bpf.pin_dir)
+        .context("opening pinned policy maps")
+        .and_then(|store| Ok((rows(cfg, &store)?, store.stats().context("reading kernel counters")?)));
+    match read {
+        Ok((rows, stats)) => {
+            status.containers = rows;
+            status.stats = Some(stats);
+        }
+        Err(e)
+            if e.downcast_ref::<enforcer::Error>().is_some_and(|e| matches!(e, enforcer::Error::NotPinned { .. })) =>
+        {
+            status.state = State::NotLoaded;
+            return status;
+        }
+        Err(e) => {
+            status.error = Some(crate::cli::error_chain(&e));
+            return status;
+        }
+    }
+    let registered = status.agent.as_ref().is_some_and(|a| a.running && a.state.nri == "registered");
+    status.state = match (status.enforcement_path, registered) {
+        (None, _) => State::NotLoaded,
+        (Some(_), true) => State::Enforcing,
+        (Some(_), false) => State::AgentDown,
+    };
+    status
+}
+
+fn rows(cfg: &Config, store: &PolicyStore) -> anyhow::Result<Vec<Row>> {
     let known: HashMap<u64, ContainerInfo> =
         Registry::read_file(&agent::registry_file(&agent::state_dir())).into_iter().map(|c| (c.cgroup_id, c)).collect();
     let cgroot = cfg.cgroup.root.clone().map(CgroupRoot::at).or_else(|| CgroupRoot::detect().ok());
@@ -74,38 +186,7 @@ pub fn run(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
             deny: p.policy.deny.iter().map(|p| p.to_string()).collect(),
         });
     }
-    let status = Status {
-        agent: state_file::read(&agent::state_dir()),
-        pin_dir: cfg.bpf.pin_dir.display().to_string(),
-        enforcement_path: path.map(|p| p.as_str()),
-        stats: store.stats().context("reading kernel counters")?,
-        containers: rows,
-    };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!("{}", agent_line(status.agent.as_ref()));
-    println!("enforcement: {} (pinned under {})", status.enforcement_path.unwrap_or("NOT ATTACHED"), status.pin_dir);
-    if let Some(a) = status.agent.as_ref().filter(|a| !a.state.overlay_upper.is_empty()) {
-        println!("overlay upper layer: {}", a.state.overlay_upper);
-    }
-    let s = &status.stats;
-    println!(
-        "kernel counters: checks {} denies {} kills {} alerts {} events {} ring-buffer drops {} \
-         distrusted overlay reads {}",
-        s.checks, s.denies, s.kills, s.alerts, s.events, s.ringbuf_drops, s.overlay_unknown
-    );
-    println!("{} container cgroup(s) under policy", status.containers.len());
-    if !status.containers.is_empty() {
-        println!("{:<8} {:<9} {:<40} {:<30} RULES", "MODE", "OWNER", "NAMESPACE/POD/CONTAINER", "CGROUP");
-        for r in &status.containers {
-            let who =
-                if r.pod.is_empty() { "-".to_string() } else { format!("{}/{}/{}", r.namespace, r.pod, r.container) };
-            println!("{:<8} {:<9} {:<40} {:<30} {}", r.mode, r.owner, who, r.cgroup, r.rules.join(","));
-        }
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(rows)
 }
 
 /// One line: is an agent running, and is it registered with the runtime.

@@ -544,6 +544,7 @@ pub fn open_pinned_events(pin_dir: &Path) -> Result<EventStream> {
         libbpf_rs::ErrorKind::NotFound => {
             Error::NotPinned { dir: pin_dir.to_path_buf(), detail: format!("{} is missing", p.display()) }
         }
+        libbpf_rs::ErrorKind::PermissionDenied => Error::NotPermitted(format!("opening {}: {e}", p.display())),
         _ => Error::Map { map: store::MAP_EVENTS, op: "open pinned", source: e },
     })?;
     EventStream::spawn(h)
