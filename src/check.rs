@@ -33,6 +33,9 @@ pub enum Status {
     Ok,
     Warn,
     Fail,
+    /// Only root can know (the verdict needs the load test): never `ok` for one user and `warn`
+    /// for another on the same node.
+    Unknown,
 }
 
 impl Status {
@@ -42,6 +45,7 @@ impl Status {
             Status::Ok => "ok",
             Status::Warn => "warn",
             Status::Fail => "fail",
+            Status::Unknown => "unknown",
         }
     }
 }
@@ -67,6 +71,14 @@ impl Item {
     }
     fn fail(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
         Item { name, status: Status::Fail, detail: detail.into(), fix: Some(fix.into()) }
+    }
+    fn unknown(name: &'static str, detail: impl Into<String>) -> Self {
+        Item {
+            name,
+            status: Status::Unknown,
+            detail: detail.into(),
+            fix: Some("run `driftguard check` as root: the verdict needs the load test".into()),
+        }
     }
 }
 
@@ -130,11 +142,25 @@ pub fn gather(cfg: &Config, runtime: &Runtime) -> Vec<Item> {
     let probe = probe_enforcement(cfg, privileged && btf.status == Status::Ok);
     let mut bpf_lsm =
         check_bpf_lsm(lsm_list.as_deref().ok(), lsm_list.as_ref().err().map(String::as_str), kconfig.as_deref());
+    if bpf_lsm.status == Status::Ok && matches!(probe, Probe::Skipped) {
+        bpf_lsm = Item::unknown(
+            "bpf_lsm",
+            format!(
+                "{}; whether this kernel accepts BPF LSM programs is known only from the load test (root)",
+                bpf_lsm.detail
+            ),
+        );
+    }
     if bpf_lsm.status == Status::Ok {
         if let Some(why) = probe.lsm_refused() {
+            let in_list = "bpf is in the active LSM list";
             bpf_lsm = Item::warn(
                 "bpf_lsm",
-                format!("bpf is in the active LSM list, but this kernel refuses the BPF LSM programs: {why}"),
+                if why.contains(in_list) {
+                    why
+                } else {
+                    format!("{in_list}, but this kernel refuses the BPF LSM programs: {why}")
+                },
                 "nothing to configure: the kernel refuses BPF trampolines (see the enforcement item); \
                  a kernel that allows them gets EPERM enforcement",
             );
@@ -292,10 +318,9 @@ fn check_enforcement(cfg: &Config, probe: &Probe) -> Item {
             ),
             "enable BPF LSM (see bpf_lsm), then restart the agent: it replaces the pinned links without a gap",
         ),
-        Probe::Skipped => Item::warn(
+        Probe::Skipped => Item::unknown(
             "enforcement",
             format!("nothing pinned under {} and the load test was skipped (needs root and BTF)", dir.display()),
-            "fix the items above, then run `driftguard check` again as root",
         ),
         Probe::Loaded { path, reason, .. } => {
             let not_running = format!("no agent enforcement pinned under {}", dir.display());
@@ -309,9 +334,9 @@ fn check_enforcement(cfg: &Config, probe: &Probe) -> Item {
                 EnforcementPath::TracepointKill => Item::warn(
                     "enforcement",
                     format!(
-                        "{not_running}; load test: BPF LSM unusable, the exec tracepoint fallback works \
-                         (path: tracepoint_kill; drifted binaries are SIGKILLed, exit 137). Reason: {}",
-                        first_line(reason.as_deref().unwrap_or("unknown"))
+                        "{not_running}; load test: BPF LSM unusable (why: {}), the exec tracepoint fallback \
+                         works (path: tracepoint_kill; drifted binaries are SIGKILLed, exit 137)",
+                        lsm_reason_ref(reason.as_deref())
                     ),
                     format!("{start}; for EPERM instead of SIGKILL enable BPF LSM (see bpf_lsm)"),
                 ),
@@ -340,10 +365,10 @@ fn check_capabilities(
     };
     let lsm = match (path, probe) {
         (Some(EnforcementPath::Lsm), _) => "yes: bprm_check_security, mmap_file, file_mprotect (EPERM)".to_string(),
-        (Some(EnforcementPath::TracepointKill), p) => match p.lsm_refused() {
-            Some(why) => format!("no ({why})"),
-            None => "no (fallback pinned)".to_string(),
-        },
+        (Some(EnforcementPath::TracepointKill), Probe::Loaded { reason, .. }) => {
+            format!("no ({})", lsm_reason_ref(reason.as_deref()))
+        }
+        (Some(EnforcementPath::TracepointKill), _) => "no (fallback pinned)".to_string(),
         (None, _) => "unknown (no load test)".to_string(),
     };
     let fallback = match path {
@@ -412,7 +437,18 @@ fn check_capabilities(
             detail,
             "for EPERM and PROT_EXEC coverage use a kernel with BPF LSM and trampolines (see bpf_lsm); tested: 5.10, 6.1, 6.12",
         ),
-        None => Item::warn("capabilities", detail, "run `driftguard check` as root with BTF for the load test"),
+        None => Item::unknown("capabilities", detail),
+    }
+}
+
+/// The fallback's reason for not using BPF LSM, said once: the bpf_lsm item carries the long
+/// text when BPF LSM is inactive or refused; other reasons (a config knob) are short and shown.
+fn lsm_reason_ref(reason: Option<&str>) -> String {
+    let reason = first_line(reason.unwrap_or("unknown"));
+    if reason.contains("BPF LSM is not active") || reason.contains("BPF LSM program") {
+        "see bpf_lsm".to_string()
+    } else {
+        reason.to_string()
     }
 }
 
@@ -1048,7 +1084,7 @@ mod tests {
         assert!(i.fix.as_deref().is_some_and(|f| f.contains("modprobe overlay")), "{:?}", i.fix);
 
         let i = check_capabilities(&Probe::Skipped, None, false, OverlayUpper::Layout, None);
-        assert_eq!(i.status, Status::Warn);
+        assert_eq!(i.status, Status::Unknown);
         assert!(i.detail.contains("LSM hooks   unknown"), "{}", i.detail);
     }
 

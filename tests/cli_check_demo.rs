@@ -50,6 +50,7 @@ fn main() {
         gate("unload_removes_pins_and_state", &demo_reason, unload_removes_pins_and_state),
         gate("unload_touches_only_its_own_pin_dir", &demo_reason, unload_touches_only_its_own_pin_dir),
         gate("status_json_in_every_state", &demo_reason, status_json_in_every_state),
+        gate("check_as_root_and_non_root", &demo_reason, check_as_root_and_non_root),
     ];
     libtest_mimic::run(&args, trials).exit();
 }
@@ -134,7 +135,7 @@ fn check_reports_every_item() -> R {
     for i in &items {
         let name = i["name"].as_str().unwrap_or("?");
         let status = i["status"].as_str().ok_or(format!("{name}: no status"))?;
-        if !["ok", "warn", "fail"].contains(&status) {
+        if !["ok", "warn", "fail", "unknown"].contains(&status) {
             return Err(format!("{name}: status {status:?}").into());
         }
         any_fail |= status == "fail";
@@ -531,6 +532,48 @@ fn status_json_in_every_state() -> R {
     let (_, err) = text(&o);
     if o.status.code() != Some(1) || !err.contains("run as root") || err.contains("open pinned failed") {
         return Err(format!("events as non-root\n{}", show(&o)).into());
+    }
+    Ok(())
+}
+
+/// `check` says each reason once, and gives the same verdict whoever runs it: as non-root an
+/// item is root's verdict or `unknown` (it needs the load test), never `ok` where root finds a
+/// problem. Only the `root` item itself differs.
+fn check_as_root_and_non_root() -> R {
+    let cfg = TestConfig::new()?;
+    let state = tempfile::tempdir()?;
+    let parse = |o: &Output| -> Result<Vec<Value>, Failed> {
+        serde_json::from_slice(&o.stdout).map_err(|e| format!("check --json: {e}\n{}", show(o)).into())
+    };
+    let root = parse(&cfg.run(&["check", "--json"])?)?;
+    let nobody = parse(&run_as_nobody(&cfg, state.path(), &["check", "--json"])?)?;
+    for items in [&root, &nobody] {
+        // Each reason once: no clause of 60 characters or more in two items' details.
+        let details: Vec<(&str, &str)> =
+            items.iter().map(|i| (i["name"].as_str().unwrap_or("?"), i["detail"].as_str().unwrap_or(""))).collect();
+        for (name, d) in &details {
+            for clause in d.split([':', ';', '(', ')', '\n']).map(str::trim).filter(|c| c.len() >= 60) {
+                if let Some((other, _)) = details.iter().find(|(n, o)| n != name && o.contains(clause)) {
+                    return Err(format!("{name} and {other} both say: {clause:?}").into());
+                }
+            }
+        }
+    }
+    for (r, n) in root.iter().zip(&nobody) {
+        let name = r["name"].as_str().unwrap_or("?");
+        let (rs, ns) = (r["status"].as_str().unwrap_or("?"), n["status"].as_str().unwrap_or("?"));
+        if name == "root" {
+            if rs != "ok" || ns != "fail" {
+                return Err(format!("root item: as root {rs}, as nobody {ns}").into());
+            }
+            continue;
+        }
+        if rs != ns && ns != "unknown" {
+            return Err(format!("{name}: {rs} as root, {ns} as nobody ({})", n["detail"]).into());
+        }
+    }
+    if !nobody.iter().any(|i| i["status"] == "unknown") {
+        return Err("as nobody no item needed root to be known (the load test cannot run)".into());
     }
     Ok(())
 }

@@ -23,11 +23,13 @@ pub fn run(cfg: &driftguard::config::Config, json: bool, runtime: &Runtime) -> a
 
 fn render_text(items: &[Item]) -> String {
     let width = items.iter().map(|i| i.name.len()).max().unwrap_or(0);
+    // "[warn] " wide, or "[unknown] " when an item needs root to be known.
+    let tag_width = items.iter().map(|i| i.status.as_str().len() + 3).max().unwrap_or(0).max(7);
     let mut out = String::new();
     for i in items {
         let tag = format!("[{}]", i.status.as_str());
-        let pad = " ".repeat(7 + width + 2);
-        let _ = writeln!(out, "{tag:<7}{:<width$}  {}", i.name, i.detail.replace('\n', &format!("\n{pad}")));
+        let pad = " ".repeat(tag_width + width + 2);
+        let _ = writeln!(out, "{tag:<tag_width$}{:<width$}  {}", i.name, i.detail.replace('\n', &format!("\n{pad}")));
         if let Some(fix) = &i.fix {
             let mut lines = fix.lines();
             if let Some(first) = lines.next() {
@@ -39,7 +41,11 @@ fn render_text(items: &[Item]) -> String {
         }
     }
     let count = |s| items.iter().filter(|i| i.status == s).count();
-    let _ = writeln!(out, "\n{} ok, {} warn, {} fail", count(Status::Ok), count(Status::Warn), count(Status::Fail));
+    let _ = write!(out, "\n{} ok, {} warn, {} fail", count(Status::Ok), count(Status::Warn), count(Status::Fail));
+    let _ = match count(Status::Unknown) {
+        0 => writeln!(out),
+        n => writeln!(out, ", {n} unknown (only root can tell: `sudo driftguard check`)"),
+    };
     out
 }
 
