@@ -6,10 +6,15 @@ use clap::Parser;
 mod args;
 mod cli;
 
-pub use args::{Args, Command};
+pub use args::{Args, Command, Shell};
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // Needs no configuration: works wherever the binary runs.
+    if let Command::Completions { shell } = args.command {
+        print!("{}", cli::completions(shell));
+        return ExitCode::SUCCESS;
+    }
     let overrides = cli::Overrides { nri_socket: args.nri_socket, pin_dir: args.pin_dir };
     let json = args.command.json();
     match cli::dispatch(args.config.as_deref(), &overrides, args.command) {

@@ -44,6 +44,7 @@ fn main() {
     };
     let trials = vec![
         Trial::test("check_reports_every_item", check_reports_every_item),
+        Trial::test("completions_for_bash_zsh_fish", completions_for_bash_zsh_fish),
         gate("check_proves_the_overlay_layout_read", &demo_reason, check_proves_the_overlay_layout_read),
         gate("demo_stops_dropped_binary", &demo_reason, demo_stops_dropped_binary),
         gate("demo_uses_pinned_enforcement", &demo_reason, demo_uses_pinned_enforcement),
@@ -574,6 +575,48 @@ fn check_as_root_and_non_root() -> R {
     }
     if !nobody.iter().any(|i| i["status"] == "unknown") {
         return Err("as nobody no item needed root to be known (the load test cannot run)".into());
+    }
+    Ok(())
+}
+
+/// `driftguard completions <shell>` prints the script the packages install, without a
+/// configuration; bash's is loaded into a real bash and completes a subcommand and a value.
+fn completions_for_bash_zsh_fish() -> R {
+    let subcommands = ["run", "status", "events", "check", "demo", "unload", "completions"];
+    for shell in ["bash", "zsh", "fish"] {
+        let o = Command::new(BIN).args(["--config", "/nonexistent.toml", "completions", shell]).output()?;
+        let (out, _) = text(&o);
+        if !o.status.success() || subcommands.iter().any(|c| !out.contains(c)) || !out.contains("driftguard") {
+            return Err(format!("completions {shell}\n{}", show(&o)).into());
+        }
+    }
+    let o = Command::new(BIN).args(["completions", "tcsh"]).output()?;
+    if o.status.code() != Some(2) || !text(&o).1.contains("bash") {
+        return Err(format!(
+            "completions for an unknown shell should be a usage error naming the shells\n{}",
+            show(&o)
+        )
+        .into());
+    }
+    let script = tempfile::NamedTempFile::new()?;
+    std::fs::write(script.path(), Command::new(BIN).args(["completions", "bash"]).output()?.stdout)?;
+    let complete = |words: &str, cword: u32| -> Result<String, Failed> {
+        let prog = format!(
+            "source {}; COMP_WORDS=({words}); COMP_CWORD={cword}; \
+             _driftguard driftguard \"${{COMP_WORDS[$COMP_CWORD]}}\" \"${{COMP_WORDS[$COMP_CWORD-1]}}\"; \
+             printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            script.path().display()
+        );
+        let o = Command::new("bash").args(["--norc", "-c", &prog]).output()?;
+        Ok(text(&o).0)
+    };
+    let got = complete("driftguard unl", 1)?;
+    if got.trim() != "unload" {
+        return Err(format!("bash completes `driftguard unl` to {got:?}").into());
+    }
+    let got = complete("driftguard completions ''", 2)?;
+    if got.split_whitespace().filter(|w| !w.starts_with('-')).collect::<Vec<_>>() != ["bash", "zsh", "fish"] {
+        return Err(format!("bash completes `driftguard completions ` to {got:?}").into());
     }
     Ok(())
 }

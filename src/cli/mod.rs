@@ -57,8 +57,21 @@ impl crate::Command {
             crate::Command::Status { json } | crate::Command::Check { json, .. } | crate::Command::Unload { json } => {
                 *json
             }
-            crate::Command::Run | crate::Command::Events | crate::Command::Demo => false,
+            crate::Command::Run
+            | crate::Command::Events
+            | crate::Command::Demo
+            | crate::Command::Completions { .. } => false,
         }
+    }
+}
+
+/// The completion script build.rs generated from the command line (src/args.rs), the same the
+/// packages install.
+pub fn completions(shell: crate::Shell) -> &'static str {
+    match shell {
+        crate::Shell::Bash => include_str!(concat!(env!("OUT_DIR"), "/completions/driftguard.bash")),
+        crate::Shell::Zsh => include_str!(concat!(env!("OUT_DIR"), "/completions/_driftguard")),
+        crate::Shell::Fish => include_str!(concat!(env!("OUT_DIR"), "/completions/driftguard.fish")),
     }
 }
 
@@ -76,6 +89,10 @@ pub fn dispatch(config: Option<&Path>, overrides: &Overrides, command: crate::Co
         }
         crate::Command::Demo => demo::run(&cfg),
         crate::Command::Unload { json } => unload::run(&cfg, json),
+        crate::Command::Completions { shell } => {
+            print!("{}", completions(shell));
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
