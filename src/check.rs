@@ -510,7 +510,7 @@ fn check_root(euid: u32, cap_eff: Option<u64>) -> Item {
             "root",
             format!("running as uid {euid}: the agent loads BPF programs, mounts and reads every cgroup"),
             "run it as root (`sudo driftguard check`); the agent runs as root with only CAP_BPF, CAP_PERFMON \
-             and CAP_SYS_ADMIN (systemd unit), plus CAP_SYS_RESOURCE in the DaemonSet, which is not privileged",
+             and CAP_SYS_ADMIN (systemd unit and DaemonSet, which is not privileged), plus CAP_SYS_RESOURCE on kernels before 5.11",
         );
     }
     if missing.is_empty() {
@@ -526,12 +526,7 @@ fn check_root(euid: u32, cap_eff: Option<u64>) -> Item {
 }
 
 /// `(major, minor)` of a kernel release string such as `6.1.0-57-cloud-amd64`.
-pub fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
-    let mut it = release.split(|c: char| !c.is_ascii_digit());
-    let major = it.next()?.parse().ok()?;
-    let minor = it.next()?.parse().ok()?;
-    Some((major, minor))
-}
+pub use crate::enforcer::memlock::kernel_version as parse_kernel_version;
 
 fn check_kernel(release: &str) -> Item {
     match parse_kernel_version(release) {

@@ -1567,7 +1567,9 @@ fn cri_container(
     };
     let security = cri::LinuxContainerSecurityContext {
         capabilities: Some(cri::Capability {
-            add_capabilities: grantable(strings(&sc["capabilities"]["add"]))?,
+            // As rendered: this machine's bounding set lacks CAP_SYS_RESOURCE, as some nodes'
+            // do, and the DaemonSet must start there (kernels before 5.11 add it with an overlay).
+            add_capabilities: strings(&sc["capabilities"]["add"]),
             drop_capabilities: strings(&sc["capabilities"]["drop"]),
             ..Default::default()
         }),
@@ -1592,32 +1594,6 @@ fn cri_container(
         linux: Some(cri::LinuxContainerConfig { security_context: Some(security), ..Default::default() }),
         ..Default::default()
     })
-}
-
-/// `caps` without those this test process's bounding set lacks (runc cannot grant them: EPERM).
-/// This machine's root has no CAP_SYS_RESOURCE (containerd runs with restrict_oom_score_adj
-/// here for the same reason); the agent needs it only on kernels before 5.11 (RLIMIT_MEMLOCK).
-fn grantable(caps: Vec<String>) -> Result<Vec<String>, String> {
-    let status = std::fs::read_to_string("/proc/self/status").map_err(|e| e.to_string())?;
-    let bnd = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapBnd:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .ok_or("no CapBnd in /proc/self/status")?;
-    let bit = |c: &str| match c {
-        "SYS_CHROOT" => Some(18),
-        "SYS_ADMIN" => Some(21),
-        "SYS_RESOURCE" => Some(24),
-        "PERFMON" => Some(38),
-        "BPF" => Some(39),
-        _ => None,
-    };
-    let (keep, lacking): (Vec<String>, Vec<String>) =
-        caps.into_iter().partition(|c| bit(c).is_none_or(|b| bnd & (1u64 << b) != 0));
-    if !lacking.is_empty() {
-        println!("not granted (not in this machine's capability bounding set): {lacking:?}");
-    }
-    Ok(keep)
 }
 
 /// The messages of a CRI container log (`<time> <stream> <tag> <message>` lines).

@@ -38,6 +38,9 @@ use libtest_mimic::{Arguments, Failed};
 use suite::*;
 
 fn main() {
+    if std::env::var_os(MEMLOCK_CHILD).is_some() {
+        memlock_child();
+    }
     let args = Arguments::from_args();
     let mut trials = Vec::new();
     let host_reason = host_requirements();
@@ -75,6 +78,7 @@ fn main() {
         ("overlay_layout_read_is_proved_and_judges_like_core", overlay_layout_read_is_proved_and_judges_like_core),
         ("overlay_wrong_layout_fails_closed", overlay_wrong_layout_fails_closed),
         ("overlay_implausible_upper_read_is_drift", overlay_implausible_upper_read_is_drift),
+        ("memlock_without_sys_resource", memlock_without_sys_resource),
     ] {
         trials.push(gate.trial(name, &host_reason, f));
     }
@@ -907,6 +911,85 @@ fn lsm_mprotect_exec_of_dropped_file_denied() -> R {
         return Err(format!("expected the file_mprotect hook, got {:?}", e.hook).into());
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// RLIMIT_MEMLOCK without CAP_SYS_RESOURCE (the DaemonSet's default capabilities)
+
+/// Set in the environment of this test binary re-run as [`memlock_child`].
+const MEMLOCK_CHILD: &str = "DG_TEST_MEMLOCK_CHILD";
+
+/// The child: RLIMIT_MEMLOCK at 64 KiB (a common default), CAP_SYS_RESOURCE dropped, then the
+/// loader with logs on stderr. Prints `LOADED <path>` or `FAILED <error>`; never returns.
+fn memlock_child() -> ! {
+    let r = libc::rlimit { rlim_cur: 64 << 10, rlim_max: 64 << 10 };
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    // _LINUX_CAPABILITY_VERSION_3; CAP_SYS_RESOURCE is bit 24.
+    let mut hdr = Header { version: 0x2008_0522, pid: 0 };
+    let mut data = [Data::default(); 2];
+    // SAFETY: setrlimit/capget/capset with valid pointers to structs of the kernel's layout.
+    let ok = unsafe {
+        libc::setrlimit(libc::RLIMIT_MEMLOCK, &r) == 0
+            && libc::syscall(libc::SYS_capget, &mut hdr, data.as_mut_ptr()) == 0
+            && {
+                data[0].effective &= !(1 << 24);
+                data[0].permitted &= !(1 << 24);
+                libc::syscall(libc::SYS_capset, &mut hdr, data.as_ptr()) == 0
+            }
+    };
+    if !ok {
+        println!("SETUP {}", std::io::Error::last_os_error());
+        std::process::exit(2);
+    }
+    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(false).try_init();
+    match Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: false, fallback_mappings: false }) {
+        Ok(e) => println!("LOADED {}", e.path().as_str()),
+        Err(e) => println!("FAILED {e}"),
+    }
+    std::process::exit(0);
+}
+
+/// Without CAP_SYS_RESOURCE and with a 64 KiB RLIMIT_MEMLOCK: on 5.11+ (BPF memory charged to
+/// the memory cgroup) the programs load and nothing is said; before 5.11 the loader says, in
+/// one warning naming the kernel, the limit and the fixes, why loading is about to fail.
+fn memlock_without_sys_resource() -> R {
+    let exe = std::env::current_exe()?;
+    let o = std::process::Command::new(exe).env(MEMLOCK_CHILD, "1").env_remove("DRIFTGUARD_LOG").output()?;
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease")?;
+    let release = release.trim();
+    let old = driftguard::enforcer::memlock::kernel_version(release).is_none_or(|v| v < (5, 11));
+    let advised = err.contains("charges BPF maps to RLIMIT_MEMLOCK") && err.contains("64 KiB") && err.contains(release);
+    println!("kernel {release}: {}", out.trim());
+    match (old, out.starts_with("LOADED"), advised) {
+        (false, true, false) => Ok(()),
+        (true, false, true) => {
+            // The load error says why too (it is what an operator sees when the agent exits).
+            if err.contains("securityContext.memlock=true")
+                && err.contains("overlays/kernel-before-5.11")
+                && out.contains("charges BPF maps to RLIMIT_MEMLOCK")
+            {
+                Ok(())
+            } else {
+                Err(format!("the warning does not name the fixes:\n{err}").into())
+            }
+        }
+        _ => Err(format!(
+            "kernel {release} (before 5.11: {old}) without CAP_SYS_RESOURCE, 64 KiB memlock:\n{out}\n{err}"
+        )
+        .into()),
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -28,7 +28,7 @@ use driftguard::enforcer::{self, Owner, PolicyStore};
 use driftguard::policy::Mode;
 use driftguard::provenance::{self, Provenance, ProvenanceError};
 use oci_spec::runtime::{Spec, State};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 /// Where createRuntime records the cgroup id of each container, for poststop.
 pub const DEFAULT_STATE_DIR: &str = "/run/driftguard/oci";

@@ -23,6 +23,7 @@ mod caps;
 mod error;
 mod events;
 mod libbpf_log;
+pub mod memlock;
 mod migrate;
 mod ovlproof;
 mod store;
@@ -235,7 +236,15 @@ impl Enforcer {
         if !has_vmlinux_btf() {
             return Err(Error::NoBtf(PathBuf::from(BTF_PATH)));
         }
-        raise_memlock();
+        let memlock = raise_memlock();
+        Self::load_prepared(opts, ovl, prove).map_err(|e| match (e, memlock) {
+            // EPERM on a kernel that charges RLIMIT_MEMLOCK, which could not be raised: that is why.
+            (Error::NotPermitted(why), Some(advice)) => Error::NotPermitted(format!("{why}; {advice}")),
+            (e, _) => e,
+        })
+    }
+
+    fn load_prepared(opts: &EnforcerOptions, ovl: OverlayUpper, prove: bool) -> Result<Self> {
         if let Some(dir) = &opts.pin_dir {
             prepare_pin_dir(dir)?;
         }
@@ -657,13 +666,17 @@ fn lsm_refusal(e: &Error) -> String {
     }
 }
 
-fn raise_memlock() {
-    // Kernels >= 5.11 charge BPF memory to the memcg; older ones need RLIMIT_MEMLOCK.
-    let r = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
-    // SAFETY: setrlimit with a valid struct pointer.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &r) } != 0 {
-        tracing::debug!("could not raise RLIMIT_MEMLOCK (fine on kernels >= 5.11)");
+/// Lift `RLIMIT_MEMLOCK` ([`memlock`]); on a kernel that needs it and when it cannot, say so
+/// once, clearly, before loading fails, and return what was said (for the load error).
+fn raise_memlock() -> Option<String> {
+    let Err(e) = memlock::raise() else { return None };
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let advice = memlock::advice(release.trim(), Some(&e), memlock::current());
+    match &advice {
+        Some(advice) => tracing::warn!("{advice}"),
+        None => tracing::debug!(error = %e, "could not raise RLIMIT_MEMLOCK (not needed on this kernel)"),
     }
+    advice
 }
 
 /// Mode bpffs is mounted with when driftguard mounts it: only root may enter it.

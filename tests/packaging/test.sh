@@ -564,7 +564,7 @@ kustomize=${KUSTOMIZE:-$root/.cache/kustomize/root/usr/bin/kustomize}
 renders=$(mktemp -d)
 if [[ -n $kustomize ]]; then
     ok kustomize "$kustomize"
-    for k in base overlays/prometheus overlays/privileged overlays/pinned; do
+    for k in base overlays/prometheus overlays/privileged overlays/pinned overlays/kernel-before-5.11; do
         out=$renders/kustomize-${k//\//-}.yaml
         if err=$("$kustomize" build "deploy/kustomize/$k" 2>&1 >"$out"); then ok "kustomize-build-${k//\//-}"; else bad "kustomize-build-${k//\//-}" "$err"; fi
     done
@@ -602,6 +602,17 @@ cprom = chart("prometheusRule.enabled=true", "metrics.serviceMonitor.enabled=tru
 for k in ("ServiceMonitor", "PrometheusRule"):
     assert prom[k]["spec"] == cprom[k]["spec"], f"{k} differs from the chart's"
     assert prom[k]["metadata"]["namespace"] == "driftguard-system", k
+# kernel-before-5.11: SYS_RESOURCE added, as the chart's securityContext.memlock=true; the
+# base and the chart's default do without it (a node lacking it in its bounding set could not
+# start the agent)
+old = objs(f"{d}/kustomize-overlays-kernel-before-5.11.yaml")
+sc_old = old["DaemonSet"]["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+cmem = chart("securityContext.memlock=true")
+assert sc_old == cmem["DaemonSet"]["spec"]["template"]["spec"]["containers"][0]["securityContext"], sc_old
+assert sc_old["capabilities"]["add"] == ["BPF", "PERFMON", "SYS_ADMIN", "SYS_RESOURCE"], sc_old
+for default in (base, chart()):
+    caps = default["DaemonSet"]["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]["add"]
+    assert caps == ["BPF", "PERFMON", "SYS_ADMIN"], caps
 # pinned: both containers take the image by digest
 pin = objs(f"{d}/kustomize-overlays-pinned.yaml")["DaemonSet"]["spec"]["template"]["spec"]
 imgs = {c["image"] for c in pin["containers"] + pin["initContainers"]}
