@@ -250,6 +250,15 @@ impl std::str::FromStr for Config {
 }
 
 impl Config {
+    /// The cgroup v2 hierarchy: `[cgroup] root` when set, else found in mountinfo. The one
+    /// place the agent, the OCI hook, `status` and `demo` turn the configuration into it.
+    pub fn cgroup_root(&self) -> Result<crate::cgroup::CgroupRoot, crate::cgroup::CgroupError> {
+        match &self.cgroup.root {
+            Some(p) => Ok(crate::cgroup::CgroupRoot::at(p.clone())),
+            None => crate::cgroup::CgroupRoot::detect(),
+        }
+    }
+
     /// Load the config file at `path`, or [`DEFAULT_PATH`] when `None`.
     ///
     /// A missing file yields [`Config::default`] only for the default path (whether

@@ -6,6 +6,7 @@
 //! - [`provenance`]: which filesystem a container's code may come from (its root overlay,
 //!   exempted volumes), read from mountinfo before the entrypoint runs.
 //! - [`check`]: `driftguard check`'s items: is this node ready, and what to change if not.
+//! - [`install`]: putting one container under policy, for the agent and the OCI hook alike.
 //! - [`node_state`]: what is kept outside bpffs for a pin dir, and which pin dir owns it.
 //! - [`demo`]: `driftguard demo`'s image, overlay, runc container, enforcement and cleanup.
 pub mod agent;
@@ -15,6 +16,7 @@ pub mod check;
 pub mod config;
 pub mod demo;
 pub mod enforcer;
+pub mod install;
 pub mod node_state;
 pub mod policy;
 pub mod provenance;

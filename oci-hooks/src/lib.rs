@@ -22,11 +22,12 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use driftguard::annotations::{self, AnnotationError, FailurePolicy};
-use driftguard::cgroup::{self, CgroupError, CgroupRoot};
+use driftguard::cgroup::CgroupError;
 use driftguard::config::{Config, ConfigError};
 use driftguard::enforcer::{self, Owner, PolicyStore};
+use driftguard::install::{self, InstallError};
 use driftguard::policy::Mode;
-use driftguard::provenance::{self, Provenance, ProvenanceError};
+use driftguard::provenance::ProvenanceError;
 use oci_spec::runtime::{Spec, State};
 use serde::Deserialize;
 
@@ -457,70 +458,52 @@ fn install(
     policy: &driftguard::policy::Policy,
 ) -> Result<Record, HookError> {
     let id = &st.id;
-    let root = match &config.cgroup.root {
-        Some(r) => CgroupRoot::at(r),
-        None => CgroupRoot::detect().map_err(|source| HookError::CgroupRoot { id: id.clone(), source })?,
-    };
+    let root = config.cgroup_root().map_err(|source| HookError::CgroupRoot { id: id.clone(), source })?;
     let cg_err = |source| HookError::Cgroup { id: id.clone(), pid, source };
     let cgroup = root.cgroup_of_pid(pid).map_err(cg_err)?;
-    let level = root.level(&cgroup).map_err(cg_err)?;
-    let cgroup_id = cgroup::cgroup_id(&cgroup).map_err(cg_err)?;
     let enf_err = |source| HookError::Enforcer { id: id.clone(), mode: policy.mode, source };
     let store = PolicyStore::open_pinned(pin_dir).map_err(enf_err)?;
     if enforcer::pinned_path(pin_dir).is_none() {
         return Err(HookError::NotAttached { id: id.clone(), dir: pin_dir.to_path_buf() });
     }
+    let install_err = |e| match e {
+        InstallError::Cgroup { source, .. } => cg_err(source),
+        InstallError::Provenance(source) => HookError::Provenance { id: id.clone(), pid, source },
+        InstallError::Enforcer(source) => enf_err(source),
+    };
     // createRuntime runs after the runtime made the container's mounts and before it pivots
     // into the root: in the init process's mountinfo the root is still at the bundle's path.
-    let prov = provenance_at_create(pid, rootfs, policy).map_err(|source| HookError::Provenance {
-        id: id.clone(),
-        pid,
-        source,
-    })?;
+    let c = install::Container { cgroup: &cgroup, pid, root: rootfs, known_rootfs_type: None };
+    let prepared = install::prepare(&store, &root, &c, policy).map_err(install_err)?;
 
     let rec = Record {
         container_id: id.clone(),
-        cgroup_id,
-        cgroup,
-        level,
+        cgroup_id: prepared.cgroup_id,
+        cgroup: cgroup.clone(),
+        level: prepared.level,
         pin_dir: pin_dir.to_path_buf(),
         mode: policy.mode.to_string(),
     };
     let path = record_path(opts, id);
-    // A record left by a container of the same id whose poststop never ran: its entry
-    // is stale (the cgroup is gone or reused by us); remove it first.
-    if let Ok(Some(old)) = read_record(id, &path) {
-        if old.cgroup_id != cgroup_id {
+    // A record left by a container of the same id whose poststop never ran: its entry is stale
+    // (the cgroup is gone or reused by us). In this pin dir commit removes it; in another, here.
+    let stale = match read_record(id, &path) {
+        Ok(Some(old)) if old.pin_dir == pin_dir => Some(old.cgroup_id),
+        Ok(Some(old)) if old.cgroup_id != prepared.cgroup_id => {
             if let Ok(s) = PolicyStore::open_pinned(&old.pin_dir) {
                 let _ = s.remove(old.cgroup_id);
             }
+            None
         }
-    }
+        _ => None,
+    };
     // Record first, so poststop can always clean up what is installed.
     write_record(&rec, &path)?;
-    if let Err(source) = store.set_owned(cgroup_id, level, policy, &prov, Owner::OciHook) {
+    if let Err(e) = prepared.commit(&store, Owner::OciHook, stale) {
         let _ = std::fs::remove_file(&path);
-        return Err(enf_err(source));
+        return Err(install_err(e));
     }
     Ok(rec)
-}
-
-/// The container's provenance at createRuntime: its root at `rootfs` (not pivoted yet), or, if
-/// the runtime has pivoted already (some run the hook later), at `/`.
-fn provenance_at_create(
-    pid: u32,
-    rootfs: &Path,
-    policy: &driftguard::policy::Policy,
-) -> Result<Provenance, ProvenanceError> {
-    let abs = rootfs.canonicalize().unwrap_or_else(|_| rootfs.to_path_buf());
-    let prov = match provenance::of_pid(pid, &abs, policy) {
-        Err(ProvenanceError::NoRoot { .. }) => provenance::of_pid(pid, Path::new("/"), policy)?,
-        other => other?,
-    };
-    if !prov.is_overlay() && policy.rules.non_image {
-        return Err(ProvenanceError::RootNotOverlay { fstype: prov.rootfs_type });
-    }
-    Ok(prov)
 }
 
 fn write_record(rec: &Record, path: &Path) -> Result<(), HookError> {

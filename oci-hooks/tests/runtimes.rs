@@ -78,6 +78,7 @@ fn main() {
         ("runc_nothing_pinned_refuses_container", runc_nothing_pinned_refuses_container),
         ("runc_nothing_pinned_ignore_starts_unprotected", runc_nothing_pinned_ignore_starts_unprotected),
         ("runc_invalid_annotation_refuses_container", runc_invalid_annotation_refuses_container),
+        ("runc_non_overlay_root_refused", runc_non_overlay_root_refused),
     ] {
         trials.push(gate.trial(name, &runc_reason, f));
     }
@@ -438,11 +439,21 @@ impl Runc {
     /// A bundle with an overlay rootfs, the hook for createRuntime and poststop with
     /// `pin_dir`, and `annotations`.
     fn new(name: &str, annotations: &[(&str, &str)], pin_dir: &Path) -> Result<Runc, Failed> {
+        Runc::new_with(name, annotations, pin_dir, true)
+    }
+
+    /// [`Runc::new`] with the rootfs an overlay (`overlay`) or a plain directory of the
+    /// scratch filesystem.
+    fn new_with(name: &str, annotations: &[(&str, &str)], pin_dir: &Path, overlay: bool) -> Result<Runc, Failed> {
         let s = scratch(name)?;
         let id = unique(name);
         let root = s.path().join("runc-root");
         let rootfs = s.path().join("merged");
-        rootfs::overlay_rootfs(s.path(), &rootfs, &[])?;
+        if overlay {
+            rootfs::overlay_rootfs(s.path(), &rootfs, &[])?;
+        } else {
+            rootfs::build_image(&rootfs, &[])?;
+        }
         let bundle = s.path().join("bundle");
         fs::create_dir_all(&bundle).map_err(|e| e.to_string())?;
         expect_ok(&run(Command::new("runc").arg("spec").arg("--bundle").arg(&bundle))?, "runc spec")?;
@@ -633,6 +644,32 @@ fn runc_invalid_annotation_refuses_container() -> R {
     println!("refused: {}", all.replace('\n', " | "));
     c.delete().or(Ok::<(), Failed>(()))?;
     Ok(())
+}
+
+/// The install rule the agent applies at StartContainer (tests/agent.rs,
+/// `agent_reports_non_overlay_rootfs`), through the hook: a root filesystem that is not
+/// overlayfs is refused under the non-image rule (no file of it can be told to be image), and
+/// with the rule off the container gets its policy.
+fn runc_non_overlay_root_refused() -> R {
+    let pin = &bpf()?.pin_dir;
+    let mut c = Runc::new_with("plainfs", &[("driftguard.dev/mode", "enforce")], pin, false)?;
+    let o = c.create()?;
+    let all = text(&o);
+    if o.status.success() || !all.contains("not overlayfs") || !all.contains("non-image") {
+        return Err(format!("enforce on a non-overlay root must be refused with the reason: {all}").into());
+    }
+    if c.record().exists() {
+        return Err("a refused container left a record".into());
+    }
+    c.delete().or(Ok::<(), Failed>(()))?;
+    let ann = [("driftguard.dev/mode", "enforce"), ("driftguard.dev/non-image", "false")];
+    let mut c = Runc::new_with("plainfs-ok", &ann, pin, false)?;
+    expect_ok(&c.create()?, "runc create with non-image off")?;
+    let (_, cgid) = cgroup_of(c.pid()?)?;
+    if installed_mode(cgid)? != Some(Mode::Enforce) {
+        return Err("a non-overlay container with non-image off got no policy".into());
+    }
+    c.delete()
 }
 
 // ---------------------------------------------------------------------------

@@ -163,10 +163,7 @@ pub async fn run(
         ),
         Err(source) => return Err(AgentError::State { path: state_dir.display().to_string(), source }),
     }
-    let cgroot = match &cfg.cgroup.root {
-        Some(p) => CgroupRoot::at(p.clone()),
-        None => CgroupRoot::detect()?,
-    };
+    let cgroot = cfg.cgroup_root()?;
     let node = cfg.node_name();
     let metrics = Metrics::new();
     metrics.set_path(enforcer.path());

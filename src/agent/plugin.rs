@@ -13,8 +13,9 @@ use super::registry::{ContainerInfo, Registry, Rootfs};
 use crate::annotations::{self, Defaults, FailurePolicy};
 use crate::cgroup::{self, CgroupError, CgroupRoot};
 use crate::enforcer::{Owner, PolicyStore};
-use crate::policy::{ExecMemory, Mode, Policy, ProcessAccess};
-use crate::provenance::{self, ExecMount, Provenance, ProvenanceError};
+use crate::install::{self, InstallError};
+use crate::policy::{Mode, Policy};
+use crate::provenance::{self, ProvenanceError};
 
 /// Annotation containerd's CRI plugin sets with the image reference.
 const CRI_IMAGE_ANNOTATION: &str = "io.kubernetes.cri.image-name";
@@ -142,50 +143,29 @@ impl DriftguardPlugin {
         }
     }
 
-    /// A container that started under an agent from before the memory rules (its pinned policy
-    /// has neither memory bit) keeps running without them until its next start: an upgrade of
-    /// the node agent must not start killing a running JIT (docs/annotations.md, "Upgrades").
-    /// A new container has a new cgroup, so nothing is pinned for it and it gets `policy` as is.
-    fn keep_pinned_memory_rule(&self, ctr: &Container, cgroup_id: u64, policy: &Policy) -> Policy {
-        let mut policy = policy.clone();
-        if let Ok(Some(pinned)) = self.store.get(cgroup_id) {
-            if pinned.policy.mode == Mode::Off {
-                return policy;
-            }
-            if pinned.policy.rules.exec_memory == ExecMemory::Off && policy.rules.exec_memory != ExecMemory::Off {
-                tracing::info!(
-                    container = %ctr.name, container_id = %ctr.id, cgroup_id,
-                    "container started before this agent's memory rules: they apply from its next start"
-                );
-                policy.rules.exec_memory = ExecMemory::Off;
-            }
-            // The same for the process-access rule (a running debugger or profiler keeps working).
-            if pinned.policy.rules.process_access == ProcessAccess::Off
-                && policy.rules.process_access != ProcessAccess::Off
-            {
-                tracing::info!(
-                    container = %ctr.name, container_id = %ctr.id, cgroup_id,
-                    "container started before this agent's process-access rule: it applies from its next start"
-                );
-                policy.rules.process_access = ProcessAccess::Off;
-            }
-        }
-        policy
-    }
-
     fn install(&self, pod: &PodSandbox, ctr: &Container, policy: &Policy) -> Result<u64, ApplyError> {
         let cgroups_path = ctr.linux.cgroups_path.clone();
         let cg_err =
             |source| ApplyError::Cgroup { container: ctr.name.clone(), cgroups_path: cgroups_path.clone(), source };
         let path = self.cgroot.resolve_cgroups_path(&cgroups_path).map_err(cg_err)?;
-        let cgroup_id = cgroup::cgroup_id(&path).map_err(cg_err)?;
-        let level = self.cgroot.level(&path).map_err(cg_err)?;
         let previous = self.registry.get(&ctr.id);
-        let prov = self.provenance(ctr, &path, cgroup_id, policy, previous.as_ref())?;
-        let policy = &self.keep_pinned_memory_rule(ctr, cgroup_id, policy);
-        self.store
-            .set_owned(cgroup_id, level, policy, &prov, Owner::Agent)
-            .map_err(|source| ApplyError::Install { container: ctr.name.clone(), source })?;
+        let known_rootfs_type = previous.as_ref().and_then(|p| match &p.rootfs {
+            Rootfs::Overlay => Some(provenance::OVERLAY_FSTYPE),
+            Rootfs::Other(t) => Some(t.as_str()),
+            Rootfs::Unknown => None,
+        });
+        // At StartContainer the container's root is `/` of its init process.
+        let c = install::Container { cgroup: &path, pid: ctr.pid, root: std::path::Path::new("/"), known_rootfs_type };
+        let apply_err = |e| match e {
+            InstallError::Cgroup { source, .. } => cg_err(source),
+            InstallError::Provenance(source) => {
+                ApplyError::Provenance { container: ctr.name.clone(), pid: ctr.pid, source }
+            }
+            InstallError::Enforcer(source) => ApplyError::Install { container: ctr.name.clone(), source },
+        };
+        let prepared = install::prepare(&self.store, &self.cgroot, &c, policy).map_err(apply_err)?;
+        prepared.commit(&self.store, Owner::Agent, previous.as_ref().map(|p| p.cgroup_id)).map_err(apply_err)?;
+        let (cgroup_id, prov, policy) = (prepared.cgroup_id, &prepared.provenance, &prepared.policy);
         let rootfs = match prov.rootfs_type.as_str() {
             "" => previous.as_ref().map(|p| p.rootfs.clone()).unwrap_or(Rootfs::Unknown),
             provenance::OVERLAY_FSTYPE => Rootfs::Overlay,
@@ -202,12 +182,6 @@ impl DriftguardPlugin {
                          for this container (non-image is off for it); deny lists and the fileless rule still apply"
                     ),
                 );
-            }
-        }
-        // A container id re-started on a new cgroup leaves the old entry behind: drop it.
-        if let Some(old) = previous {
-            if old.cgroup_id != cgroup_id {
-                let _ = self.store.remove(old.cgroup_id);
             }
         }
         self.registry.insert(ContainerInfo {
@@ -227,52 +201,6 @@ impl DriftguardPlugin {
             cgroup = %path.display(), cgroup_id, rootfs_dev = prov.rootfs_dev, "policy installed"
         );
         Ok(cgroup_id)
-    }
-
-    /// Which filesystem is this container's image, and which volumes are exempt.
-    ///
-    /// A policy already in the kernel for this cgroup (resync, agent restart) keeps its
-    /// provenance: it was read before the entrypoint ran, and the container's processes may
-    /// have changed their own mounts since (a process that pivots into a filesystem of its own
-    /// must not make that filesystem "image"). Otherwise it is read now from the container's
-    /// mountinfo: at StartContainer the entrypoint has not run yet.
-    fn provenance(
-        &self,
-        ctr: &Container,
-        cgroup_dir: &std::path::Path,
-        cgroup_id: u64,
-        policy: &Policy,
-        previous: Option<&ContainerInfo>,
-    ) -> Result<Provenance, ApplyError> {
-        let prov_err = |source| ApplyError::Provenance { container: ctr.name.clone(), pid: ctr.pid, source };
-        if let Ok(Some((dev, ids))) = self.store.provenance(cgroup_id) {
-            if dev != 0 && ids.len() == policy.exec_volumes.len() {
-                let exec_mounts = policy
-                    .exec_volumes
-                    .iter()
-                    .zip(ids)
-                    .map(|(path, mount_id)| ExecMount { path: path.clone(), mount_id })
-                    .collect();
-                let rootfs_type = match previous.map(|p| &p.rootfs) {
-                    Some(Rootfs::Overlay) => provenance::OVERLAY_FSTYPE.to_string(),
-                    Some(Rootfs::Other(t)) => t.clone(),
-                    _ => String::new(),
-                };
-                return Ok(Provenance { rootfs_dev: dev, rootfs_type, exec_mounts });
-            }
-        }
-        let pid = match ctr.pid {
-            0 => init_process(cgroup_dir).map_err(prov_err)?,
-            pid => pid,
-        };
-        let prov = provenance::of_pid(pid, std::path::Path::new("/"), policy).map_err(prov_err)?;
-        if !prov.is_overlay() {
-            if policy.rules.non_image {
-                return Err(prov_err(ProvenanceError::RootNotOverlay { fstype: prov.rootfs_type }));
-            }
-            tracing::warn!(container = %ctr.name, fstype = %prov.rootfs_type, "root filesystem is not overlayfs");
-        }
-        Ok(prov)
     }
 
     /// Remove a container's policy (stop/remove, or mode off).
@@ -477,51 +405,5 @@ impl Plugin for DriftguardPlugin {
     async fn remove_container(&self, _pod: &PodSandbox, ctr: &Container) -> HandlerResult<()> {
         self.timed("remove_container", || self.forget(ctr));
         Ok(())
-    }
-}
-
-/// The container's init process when the runtime sent no pid. containerd does that when its own
-/// task-state call to the shim fails (seen under load: StartContainer with pid 0). Before the
-/// entrypoint runs, the container's cgroup holds exactly one process, runc's init waiting to be
-/// started, and its mounts are the container's. Anything else is ambiguous: no guess is made.
-fn init_process(cgroup_dir: &std::path::Path) -> Result<u32, ProvenanceError> {
-    let procs = cgroup::procs(cgroup_dir).map_err(|source| ProvenanceError::CgroupProcs { source })?;
-    match procs.as_slice() {
-        [pid] => {
-            tracing::info!(cgroup = %cgroup_dir.display(), pid, "runtime sent no pid; using the one process in the container's cgroup");
-            Ok(*pid)
-        }
-        _ => Err(ProvenanceError::NoInitProcess { cgroup: cgroup_dir.to_path_buf(), count: procs.len() }),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    // A plain directory with a cgroup.procs file stands in for a cgroup here (the file's format
-    // is all init_process reads); tests/agent.rs sends pid 0 for a real runc container.
-    fn cgroup_with(procs: &str) -> tempfile::TempDir {
-        let d = tempfile::tempdir().unwrap();
-        std::fs::write(d.path().join("cgroup.procs"), procs).unwrap();
-        d
-    }
-
-    #[test]
-    fn init_process_is_the_one_process_of_the_cgroup() {
-        assert_eq!(init_process(cgroup_with("4242\n").path()).unwrap(), 4242);
-    }
-
-    #[test]
-    fn init_process_is_not_guessed() {
-        let two = cgroup_with("4242\n4243\n");
-        let e = init_process(two.path()).unwrap_err();
-        assert!(matches!(e, ProvenanceError::NoInitProcess { count: 2, .. }), "{e}");
-        assert!(e.to_string().contains("holds 2 processes"), "{e}");
-        let none = cgroup_with("");
-        assert!(matches!(init_process(none.path()), Err(ProvenanceError::NoInitProcess { count: 0, .. })));
-        let gone = tempfile::tempdir().unwrap();
-        let e = init_process(&gone.path().join("removed")).unwrap_err();
-        assert!(matches!(e, ProvenanceError::CgroupProcs { source: CgroupError::NotFound { .. } }), "{e}");
     }
 }

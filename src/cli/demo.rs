@@ -10,7 +10,6 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use driftguard::cgroup::CgroupRoot;
 use driftguard::config::Config;
 use driftguard::demo::{self, describe, Enforcement, Sandbox, Stopped, DROPPED, EVENT_TIMEOUT};
 use driftguard::enforcer::{EnforcementPath, Event};
@@ -21,10 +20,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<ExitCode> {
     let runc = demo::find_runc()?;
     let busybox = demo::static_busybox()?;
     demo::catch_signals();
-    let cg_root = match &cfg.cgroup.root {
-        Some(r) => CgroupRoot::at(r),
-        None => CgroupRoot::detect().context("finding the cgroup v2 hierarchy")?,
-    };
+    let cg_root = cfg.cgroup_root().context("finding the cgroup v2 hierarchy")?;
 
     let pid = std::process::id();
     let id = format!("{}{pid}", demo::ID_PREFIX);

@@ -4,7 +4,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use driftguard::agent::{self, registry::ContainerInfo, state_file, Registry};
-use driftguard::cgroup::CgroupRoot;
 use driftguard::config::Config;
 use driftguard::enforcer::{self, PolicyStore};
 use driftguard::policy::{ExecMemory, ProcessAccess};
@@ -151,7 +150,7 @@ fn gather(cfg: &Config) -> Status {
 fn rows(cfg: &Config, store: &PolicyStore) -> anyhow::Result<Vec<Row>> {
     let known: HashMap<u64, ContainerInfo> =
         Registry::read_file(&agent::registry_file(&agent::state_dir())).into_iter().map(|c| (c.cgroup_id, c)).collect();
-    let cgroot = cfg.cgroup.root.clone().map(CgroupRoot::at).or_else(|| CgroupRoot::detect().ok());
+    let cgroot = cfg.cgroup_root().ok();
     let mut rows = Vec::new();
     for p in store.list().context("reading policies")? {
         let info = known.get(&p.cgroup_id);
