@@ -1,5 +1,5 @@
 //! Compiles the CO-RE BPF programs in bpf/ into a libbpf-rs skeleton in OUT_DIR, checks that
-//! src/enforcer/abi.rs agrees with bpf/driftguard.h (see `check_abi`), and generates the man
+//! src/abi.rs agrees with bpf/driftguard.h (see `check_abi`), and generates the man
 //! pages (OUT_DIR/man/) and shell completions (OUT_DIR/completions/) from the command line's
 //! definition in src/args.rs; packaging/build.sh ships them.
 use std::env;
@@ -16,7 +16,7 @@ use libbpf_cargo::SkeletonBuilder;
 /// The hand-written Rust mirror of the C ABI; it only uses `std`, so the build script can
 /// compile it too and turn its tables into C static assertions.
 #[allow(dead_code)]
-#[path = "src/enforcer/abi.rs"]
+#[path = "src/abi.rs"]
 mod abi;
 
 const SRC: &str = "bpf/driftguard.bpf.c";
@@ -40,7 +40,7 @@ fn main() {
         .unwrap_or_else(|e| panic!("building BPF skeleton from {SRC} failed: {e:#}"));
 
     check_abi(&out, &bpf_dir);
-    println!("cargo:rerun-if-changed=src/enforcer/abi.rs");
+    println!("cargo:rerun-if-changed=src/abi.rs");
 
     generate_docs(&out).unwrap_or_else(|e| panic!("generating man pages and completions failed: {e}"));
     println!("cargo:rerun-if-changed=src/args.rs");
@@ -60,7 +60,7 @@ fn main() {
 
 /// Compiles `abi::c_static_asserts()` against bpf/driftguard.h with the same clang and target as
 /// the BPF programs: a constant, struct size, member offset or member size that differs between
-/// the header and src/enforcer/abi.rs (or a member abi.rs does not list) fails the build with the
+/// the header and src/abi.rs (or a member abi.rs does not list) fails the build with the
 /// name of the fact. `clang -fsyntax-only` parses only; no object is written.
 fn check_abi(out: &Path, bpf_dir: &Path) {
     let check = out.join("abi_check.c");
@@ -75,7 +75,7 @@ fn check_abi(out: &Path, bpf_dir: &Path) {
         .unwrap_or_else(|e| panic!("running {} for the ABI check: {e}", clang));
     if !output.status.success() {
         panic!(
-            "src/enforcer/abi.rs does not match bpf/driftguard.h (checked by {}):\n{}",
+            "src/abi.rs does not match bpf/driftguard.h (checked by {}):\n{}",
             check.display(),
             String::from_utf8_lossy(&output.stderr)
         );

@@ -131,7 +131,7 @@ pub fn procs(path: &Path) -> Result<Vec<u32>, CgroupError> {
 
 /// A cgroup2 mount from mountinfo: (mount point, root of the mount within the fs).
 fn cgroup2_mounts(mountinfo: &str) -> Vec<(PathBuf, String)> {
-    crate::provenance::parse_mountinfo(mountinfo)
+    crate::mountinfo::parse_mountinfo(mountinfo)
         .into_iter()
         .filter(|m| m.fstype == "cgroup2")
         .map(|m| (m.mount_point, m.root))
@@ -437,7 +437,7 @@ garbage line
 
     #[test]
     fn unescape() {
-        use crate::provenance::unescape_mountinfo;
+        use crate::mountinfo::unescape_mountinfo;
         assert_eq!(unescape_mountinfo("a\\040b\\011c\\134d"), "a b\tc\\d");
         assert_eq!(unescape_mountinfo("trailing\\04"), "trailing\\04");
         assert_eq!(unescape_mountinfo("\\999"), "\\999");

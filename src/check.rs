@@ -457,16 +457,8 @@ fn overlay_module_present(release: &str) -> bool {
     ["overlay.ko", "overlay.ko.xz", "overlay.ko.zst", "overlay.ko.gz"].iter().any(|f| base.join(f).exists())
 }
 
-/// `name` on `$PATH`, or in the sbin directories (not on a normal user's PATH).
-pub fn find_in_path(name: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let extra = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
-    std::env::split_paths(&path)
-        .chain(extra.iter().map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
-}
+/// Re-exported from [`crate::host`] for the tests and `check`'s own use.
+pub use crate::host::find_in_path;
 
 fn command_output(bin: &Path, args: &[&str]) -> Option<String> {
     let out = Command::new(bin).args(args).stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;

@@ -216,7 +216,7 @@ impl Default for NriConfig {
 impl Default for BpfConfig {
     fn default() -> Self {
         BpfConfig {
-            pin_dir: PathBuf::from(crate::enforcer::DEFAULT_PIN_DIR),
+            pin_dir: PathBuf::from(crate::node_state::DEFAULT_PIN_DIR),
             force_fallback: false,
             fallback_mappings: false,
         }

@@ -118,7 +118,7 @@ pub fn require_root() -> Result<()> {
 
 /// The runc binary.
 pub fn find_runc() -> Result<PathBuf> {
-    crate::check::find_in_path("runc").ok_or(Error::RuncNotFound)
+    crate::host::find_in_path("runc").ok_or(Error::RuncNotFound)
 }
 
 /// The statically linked busybox of [`BUSYBOX_CANDIDATES`] (a dynamic one cannot run alone in the

@@ -17,7 +17,17 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::enforcer::DEFAULT_PIN_DIR;
+/// The pin dir of the default configuration (`[bpf] pin_dir`).
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/driftguard";
+
+/// Where the agent keeps runtime state (container registry, events socket, `agent.json`, and
+/// the OCI hook's records under [`HOOK_RECORDS`]).
+pub const DEFAULT_STATE_DIR: &str = "/run/driftguard";
+
+/// The state directory: `$DRIFTGUARD_STATE_DIR` or [`DEFAULT_STATE_DIR`].
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("DRIFTGUARD_STATE_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+}
 
 /// File in the agent's state directory naming the pin dir its state describes.
 pub const OWNER_FILE: &str = "pin_dir";

@@ -10,7 +10,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::enforcer::abi;
+use crate::abi;
 
 /// Longest path a list entry may have, in bytes (the kernel compares at most this many).
 pub const MAX_PATH_LEN: usize = abi::DG_PATH_MAX - 1;

@@ -33,13 +33,7 @@ pub use output::{Output, Sinks};
 pub use plugin::DriftguardPlugin;
 pub use registry::Registry;
 
-/// Where the agent keeps runtime state (container registry, events socket).
-pub const DEFAULT_STATE_DIR: &str = "/run/driftguard";
-
-/// State directory: `$DRIFTGUARD_STATE_DIR` or [`DEFAULT_STATE_DIR`].
-pub fn state_dir() -> PathBuf {
-    std::env::var_os("DRIFTGUARD_STATE_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
-}
+pub use crate::node_state::{state_dir, DEFAULT_STATE_DIR};
 
 /// File holding the container registry.
 pub fn registry_file(state_dir: &Path) -> PathBuf {

@@ -18,7 +18,7 @@
 //! old and new programs overlap for a moment, there is never a gap.
 //! [`unload`] removes everything.
 
-pub mod abi;
+pub use crate::abi;
 mod caps;
 mod error;
 mod events;
@@ -52,7 +52,7 @@ pub use store::{InstalledPolicy, Owner, PolicyStore, Stats};
 use skel::{DriftguardSkel, DriftguardSkelBuilder, OpenDriftguardSkel};
 
 /// Default pin directory.
-pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/driftguard";
+pub use crate::node_state::DEFAULT_PIN_DIR;
 /// The kernel's BTF, which CO-RE relocates the programs against.
 pub const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 /// The active LSMs, comma-separated (securityfs).

@@ -25,8 +25,9 @@ use super::{
     OverlayUpper,
 };
 use crate::cgroup::{self, CgroupRoot};
+use crate::mountinfo::kernel_dev_of_st_dev;
 use crate::policy::{ExecMemory, Mode, Policy, ProcessAccess, Rules};
-use crate::provenance::{kernel_dev_of_st_dev, Provenance};
+use crate::provenance::Provenance;
 
 /// How long the proof waits for the kernel's verdict events (a TCG VM is slow).
 const EVENT_DEADLINE: Duration = Duration::from_secs(20);
@@ -141,7 +142,7 @@ impl Scratch {
         let name = format!("driftguard-ovlproof-{}", unique_tag());
         let mut tried = Vec::new();
         let mut base = None;
-        for dir in [std::env::temp_dir(), crate::agent::state_dir()] {
+        for dir in [std::env::temp_dir(), crate::node_state::state_dir()] {
             let b = dir.join(&name);
             match std::fs::create_dir(&b) {
                 Ok(()) => {
@@ -297,7 +298,7 @@ fn unique_tag() -> String {
 /// A program that runs on this machine from any directory: `true` (coreutils, or busybox in a
 /// minimal system), else our own executable.
 fn proof_program() -> Result<PathBuf, String> {
-    if let Some(p) = crate::check::find_in_path("true") {
+    if let Some(p) = crate::host::find_in_path("true") {
         return Ok(p);
     }
     std::fs::read_link("/proc/self/exe").map_err(|e| format!("finding a program to run: {e}"))
