@@ -16,12 +16,11 @@ pub mod plugin;
 pub mod registry;
 pub mod sd_notify;
 pub mod state_file;
+mod tasks;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-
-use tokio::io::AsyncWriteExt;
 
 use crate::cgroup::{CgroupError, CgroupRoot};
 use crate::config::Config;
@@ -145,18 +144,7 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     std::fs::create_dir_all(&state_dir)
         .map_err(|source| AgentError::State { path: state_dir.display().to_string(), source })?;
-    // The state directory now describes this pin dir: `driftguard unload` of another leaves it.
-    match crate::node_state::claim(&state_dir, &cfg.bpf.pin_dir) {
-        Ok(None) => {}
-        Ok(Some(before)) => tracing::warn!(
-            state_dir = %state_dir.display(),
-            before = %before.display(),
-            pin_dir = %cfg.bpf.pin_dir.display(),
-            "the state directory described another pin dir; it now describes this agent's (give each \
-             enforcement its own DRIFTGUARD_STATE_DIR)"
-        ),
-        Err(source) => return Err(AgentError::State { path: state_dir.display().to_string(), source }),
-    }
+    claim_state_dir(&state_dir, &cfg.bpf.pin_dir)?;
     let cgroot = cfg.cgroup_root()?;
     let node = cfg.node_name();
     let metrics = Metrics::new();
@@ -183,128 +171,15 @@ pub async fn run(
         None => None,
     };
     let mut tasks = Tasks::new();
-
-    // Verdict events → enriched JSON lines + metrics.
-    let mut stream = enforcer.events()?;
+    let stream = enforcer.events()?;
     health.set_reader(stream.heartbeat());
-    {
-        let (registry, output, metrics, node) = (registry.clone(), output.clone(), metrics.clone(), node.clone());
-        tasks.spawn("ring buffer reader", async move {
-            let clock = output::BootClock::now();
-            while let Some(ev) = stream.next().await {
-                output::publish(&ev, &node, &registry, &clock, &metrics, &output);
-            }
-            Err("the ring buffer reader stopped".to_string())
-        });
-    }
-
-    // Kernel counters → metrics.
-    {
-        let store = enforcer.store().try_clone()?;
-        let metrics = metrics.clone();
-        tasks.spawn("kernel counters", async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                match store.stats() {
-                    Ok(s) => {
-                        let before = metrics.ringbuf_drops.get();
-                        let unknown_before = metrics.overlay_unknown.get();
-                        metrics.observe_stats(&s);
-                        if metrics.overlay_unknown.get() > unknown_before {
-                            tracing::warn!(
-                                total = metrics.overlay_unknown.get(),
-                                "overlay upper layer could not be read reliably: files judged as drift (upper_unknown)"
-                            );
-                        }
-                        if metrics.ringbuf_drops.get() > before {
-                            tracing::warn!(
-                                total = metrics.ringbuf_drops.get(),
-                                "ring buffer full: events were dropped"
-                            );
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "reading kernel counters failed"),
-                }
-            }
-        });
-    }
-
-    // Persist the registry (debounced: an NRI event never rewrites the file itself).
-    {
-        let registry = registry.clone();
-        tasks.spawn("registry writer", async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(100));
-            loop {
-                tick.tick().await;
-                registry.flush();
-            }
-        });
-    }
-
-    // Policies of cgroups that vanished (containers gone while we were away, OCI hook leftovers).
-    {
-        let store = enforcer.store().try_clone()?;
-        let cgroot = cgroot.clone();
-        let registry = registry.clone();
-        tasks.spawn("vanished-cgroup collector", async move {
-            // Not at start: that is when the runtime is busy starting and resyncing containers.
-            let period = Duration::from_secs(60);
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-            loop {
-                tick.tick().await;
-                let removed = collect_vanished(&store, &cgroot, &registry);
-                if removed > 0 {
-                    tracing::info!(removed, "dropped policies of vanished cgroups");
-                }
-            }
-        });
-    }
-
-    // Live event subscribers.
-    {
-        let path = events_socket(&state_dir);
-        let _ = std::fs::remove_file(&path);
-        match tokio::net::UnixListener::bind(&path) {
-            Ok(listener) => {
-                let output = output.clone();
-                tasks.spawn("events socket", async move {
-                    loop {
-                        let Ok((mut sock, _)) = listener.accept().await else {
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        };
-                        let mut rx = output.subscribe();
-                        tokio::spawn(async move {
-                            loop {
-                                match rx.recv().await {
-                                    Ok(line) => {
-                                        if sock.write_all(format!("{line}\n").as_bytes()).await.is_err() {
-                                            break;
-                                        }
-                                    }
-                                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                                        let _ = sock
-                                            .write_all(format!("{{\"event\":\"lagged\",\"missed\":{n}}}\n").as_bytes())
-                                            .await;
-                                    }
-                                    Err(_) => break,
-                                }
-                            }
-                        });
-                    }
-                });
-            }
-            Err(e) => tracing::warn!(socket = %path.display(), error = %e, "events socket unavailable"),
-        }
-    }
-
+    tasks::event_reader(&mut tasks, stream, registry.clone(), output.clone(), metrics.clone(), node.clone());
+    tasks::kernel_counters(&mut tasks, enforcer.store().try_clone()?, metrics.clone());
+    tasks::registry_writer(&mut tasks, registry.clone());
+    tasks::vanished_collector(&mut tasks, enforcer.store().try_clone()?, cgroot.clone(), registry.clone());
+    tasks::events_socket(&mut tasks, &events_socket(&state_dir), output.clone());
     if let Some(listener) = metrics_listener {
-        let (metrics, health) = (metrics.clone(), health.clone());
-        tasks.spawn("metrics endpoint", async move {
-            metrics::serve(listener, metrics, health).await;
-            Err("stopped serving".to_string())
-        });
+        tasks::metrics_endpoint(&mut tasks, listener, metrics.clone(), health.clone());
     }
 
     // NRI: connect (and reconnect) for as long as we run.
@@ -322,31 +197,7 @@ pub async fn run(
         LayoutProof::Failed(why) => format!("{}, proof failed: {why}", enforcer.overlay_upper().as_str()),
         p => format!("{}, {}", enforcer.overlay_upper().as_str(), p.as_str()),
     });
-    let (m, h, sf) = (metrics.clone(), health.clone(), state_file.clone());
-    let socket = cfg.nri.socket.clone();
-    let ever_connected = std::sync::atomic::AtomicBool::new(false);
-    let outage = std::sync::Mutex::new(None);
-    let runner = nri_plugin::Runner::builder(cfg.nri.plugin_name.clone(), cfg.nri.plugin_index.clone())
-        .socket_path(cfg.nri.socket.clone())
-        .backoff(nri_plugin::Backoff {
-            initial: Duration::from_millis(250),
-            max: Duration::from_millis(cfg.nri.reconnect_max_backoff_ms.max(250)),
-            multiplier: 2.0,
-        })
-        .on_connection_event(move |ev| on_connection_event(&m, &h, &sf, &socket, &ever_connected, &outage, ev))
-        .build()?;
-    // On shutdown the runner answers the requests in flight and closes the connection, so the
-    // runtime is not left waiting for an answer (nri_plugin::StopHandle).
-    let nri_stop = runner.stop_handle();
-    let (nri_done_tx, nri_done) = tokio::sync::oneshot::channel::<()>();
-    tasks.spawn("NRI connection", async move {
-        let res = runner.run_shared(plugin).await;
-        let _ = nri_done_tx.send(());
-        match res {
-            Ok(()) => Err("the NRI runner returned".to_string()),
-            Err(e) => Err(e.to_string()),
-        }
-    });
+    let (nri_stop, nri_done) = nri_connection(&mut tasks, &cfg, plugin, &metrics, &health, &state_file)?;
 
     // Enforcement is attached and every task runs: ready, whether or not the runtime is there
     // (it may start after us; /readyz tells whether NRI is registered).
@@ -388,6 +239,64 @@ pub async fn run(
     state_file.remove();
     drop(enforcer);
     outcome
+}
+
+/// Record that the state directory now describes this pin dir: `driftguard unload` of another
+/// pin dir leaves it alone.
+fn claim_state_dir(state_dir: &Path, pin_dir: &Path) -> Result<(), AgentError> {
+    match crate::node_state::claim(state_dir, pin_dir) {
+        Ok(None) => Ok(()),
+        Ok(Some(before)) => {
+            tracing::warn!(
+                state_dir = %state_dir.display(),
+                before = %before.display(),
+                pin_dir = %pin_dir.display(),
+                "the state directory described another pin dir; it now describes this agent's (give each \
+                 enforcement its own DRIFTGUARD_STATE_DIR)"
+            );
+            Ok(())
+        }
+        Err(source) => Err(AgentError::State { path: state_dir.display().to_string(), source }),
+    }
+}
+
+/// The NRI connection task: connect (and reconnect) for as long as the agent runs. Returns the
+/// handle that stops it cleanly and a receiver that fires when it has.
+fn nri_connection(
+    tasks: &mut Tasks,
+    cfg: &Config,
+    plugin: Arc<DriftguardPlugin>,
+    metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
+    state_file: &Arc<state_file::StateFile>,
+) -> Result<(nri_plugin::StopHandle, tokio::sync::oneshot::Receiver<()>), AgentError> {
+    let (m, h, sf) = (metrics.clone(), health.clone(), state_file.clone());
+    let socket = cfg.nri.socket.clone();
+    let ever_connected = std::sync::atomic::AtomicBool::new(false);
+    let outage = std::sync::Mutex::new(None);
+    let runner = nri_plugin::Runner::builder(cfg.nri.plugin_name.clone(), cfg.nri.plugin_index.clone())
+        .socket_path(cfg.nri.socket.clone())
+        .backoff(nri_plugin::Backoff {
+            initial: Duration::from_millis(250),
+            max: Duration::from_millis(cfg.nri.reconnect_max_backoff_ms.max(250)),
+            multiplier: 2.0,
+        })
+        .on_connection_event(move |ev| on_connection_event(&m, &h, &sf, &socket, &ever_connected, &outage, ev))
+        .build()?;
+    // On shutdown the runner answers the requests in flight and closes the connection, so the
+    // runtime is not left waiting for an answer (nri_plugin::StopHandle).
+    let nri_stop = runner.stop_handle();
+    let (nri_done_tx, nri_done) = tokio::sync::oneshot::channel::<()>();
+    tasks.spawn("NRI connection", async move {
+        let res = runner.run_shared(plugin).await;
+        let _ = nri_done_tx.send(());
+        match res {
+            Ok(()) => Err("the NRI runner returned".to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    });
+
+    Ok((nri_stop, nri_done))
 }
 
 /// Pings the systemd watchdog, but only while [`Health::liveness`] holds: the ping proves the

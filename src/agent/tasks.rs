@@ -1,0 +1,133 @@
+//! The agent's long-running tasks, one function each: [`super::run`] starts them, and the
+//! agent exits (non-zero, for the service manager to restart it) when any of them ends.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+
+use super::{collect_vanished, metrics, output, Health, Metrics, Output, Registry, Tasks};
+use crate::cgroup::CgroupRoot;
+use crate::enforcer::{EventStream, PolicyStore};
+
+/// Verdict events from the ring buffer: enriched JSON lines and metrics.
+pub(super) fn event_reader(
+    tasks: &mut Tasks,
+    mut stream: EventStream,
+    registry: Arc<Registry>,
+    output: Arc<Output>,
+    metrics: Arc<Metrics>,
+    node: String,
+) {
+    tasks.spawn("ring buffer reader", async move {
+        let clock = output::BootClock::now();
+        while let Some(ev) = stream.next().await {
+            output::publish(&ev, &node, &registry, &clock, &metrics, &output);
+        }
+        Err("the ring buffer reader stopped".to_string())
+    });
+}
+
+/// Kernel counters into metrics every 5 s; a warning when events were dropped or the overlay
+/// upper layer could not be read.
+pub(super) fn kernel_counters(tasks: &mut Tasks, store: PolicyStore, metrics: Arc<Metrics>) {
+    tasks.spawn("kernel counters", async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            match store.stats() {
+                Ok(s) => {
+                    let before = metrics.ringbuf_drops.get();
+                    let unknown_before = metrics.overlay_unknown.get();
+                    metrics.observe_stats(&s);
+                    if metrics.overlay_unknown.get() > unknown_before {
+                        tracing::warn!(
+                            total = metrics.overlay_unknown.get(),
+                            "overlay upper layer could not be read reliably: files judged as drift (upper_unknown)"
+                        );
+                    }
+                    if metrics.ringbuf_drops.get() > before {
+                        tracing::warn!(total = metrics.ringbuf_drops.get(), "ring buffer full: events were dropped");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "reading kernel counters failed"),
+            }
+        }
+    });
+}
+
+/// Persist the registry (debounced: an NRI event never rewrites the file itself).
+pub(super) fn registry_writer(tasks: &mut Tasks, registry: Arc<Registry>) {
+    tasks.spawn("registry writer", async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            registry.flush();
+        }
+    });
+}
+
+/// Policies of cgroups that vanished (containers gone while we were away, OCI hook leftovers).
+pub(super) fn vanished_collector(tasks: &mut Tasks, store: PolicyStore, cgroot: CgroupRoot, registry: Arc<Registry>) {
+    tasks.spawn("vanished-cgroup collector", async move {
+        // Not at start: that is when the runtime is busy starting and resyncing containers.
+        let period = Duration::from_secs(60);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            tick.tick().await;
+            let removed = collect_vanished(&store, &cgroot, &registry);
+            if removed > 0 {
+                tracing::info!(removed, "dropped policies of vanished cgroups");
+            }
+        }
+    });
+}
+
+/// Live event subscribers (`driftguard events`) on a unix socket at `path`. A socket that
+/// cannot be bound is a warning: events still go to the configured sinks.
+pub(super) fn events_socket(tasks: &mut Tasks, path: &Path, output: Arc<Output>) {
+    let _ = std::fs::remove_file(path);
+    let listener = match tokio::net::UnixListener::bind(path) {
+        Ok(l) => l,
+        Err(e) => return tracing::warn!(socket = %path.display(), error = %e, "events socket unavailable"),
+    };
+    tasks.spawn("events socket", async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let mut rx = output.subscribe();
+            tokio::spawn(async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(line) => {
+                            if sock.write_all(format!("{line}\n").as_bytes()).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            let _ =
+                                sock.write_all(format!("{{\"event\":\"lagged\",\"missed\":{n}}}\n").as_bytes()).await;
+                        }
+                        Err(_) => break,
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// `/metrics`, `/healthz`, `/readyz` on the listener bound at start.
+pub(super) fn metrics_endpoint(
+    tasks: &mut Tasks,
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+) {
+    tasks.spawn("metrics endpoint", async move {
+        metrics::serve(listener, metrics, health).await;
+        Err("stopped serving".to_string())
+    });
+}
