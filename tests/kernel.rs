@@ -920,7 +920,7 @@ fn lsm_mprotect_exec_of_dropped_file_denied() -> R {
 const MEMLOCK_CHILD: &str = "DG_TEST_MEMLOCK_CHILD";
 
 /// The child: RLIMIT_MEMLOCK at 64 KiB (a common default), CAP_SYS_RESOURCE dropped, then the
-/// loader with logs on stderr. Prints `LOADED <path>` or `FAILED <error>`; never returns.
+/// loader with logs on stderr. Prints `LOADED <path>` or `REFUSED <error>`; never returns.
 fn memlock_child() -> ! {
     let r = libc::rlimit { rlim_cur: 64 << 10, rlim_max: 64 << 10 };
     #[repr(C)]
@@ -955,7 +955,7 @@ fn memlock_child() -> ! {
     let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(false).try_init();
     match Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: false, fallback_mappings: false }) {
         Ok(e) => println!("LOADED {}", e.path().as_str()),
-        Err(e) => println!("FAILED {e}"),
+        Err(e) => println!("REFUSED {e}"),
     }
     std::process::exit(0);
 }
