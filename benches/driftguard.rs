@@ -1108,7 +1108,10 @@ fn make_plugin(store: &PolicyStore, state: Option<&Path>) -> Res<PluginParts> {
         store.try_clone().map_err(|e| e.to_string())?,
         registry.clone(),
         CgroupRoot::detect().map_err(|e| e.to_string())?,
-        Defaults { mode: Mode::Off, ..Defaults::default() },
+        driftguard::rules::NodePolicy {
+            defaults: Defaults { mode: Mode::Off, ..Defaults::default() },
+            ..Default::default()
+        },
         Metrics::new(),
         output,
         "bench-node".into(),
@@ -1413,6 +1416,7 @@ fn fake_registry(n: usize) -> (Registry, Vec<u64>) {
             cgroup_id: id,
             mode: Mode::Enforce,
             rootfs: Rootfs::Overlay,
+            policy_source: Some(driftguard::rules::PolicySource::Rule("shop".into())),
         });
         ids.push(id);
     }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::annotations::{Defaults, FailurePolicy};
 use crate::policy::Mode;
+use crate::rules::{Exclusions, NodePolicy, Rule};
 
 /// Where the config is read from when no path is given.
 pub const DEFAULT_PATH: &str = "/etc/driftguard/config.toml";
@@ -46,6 +47,14 @@ pub enum ConfigError {
         origin: String,
         /// toml's error.
         detail: toml::de::Error,
+    },
+    /// A rule that can never apply, or a duplicate rule name (the text points at the rule).
+    #[error("{origin}: {detail}")]
+    Rules {
+        /// `config file <path>` or `config`.
+        origin: String,
+        /// Where and what, in toml's layout.
+        detail: String,
     },
     /// A value that is invalid (from [`Config::validate`], for configs built in code).
     #[error("invalid config value {key} = {value}: {problem}")]
@@ -81,6 +90,12 @@ pub struct Config {
     pub log: LogConfig,
     /// cgroup v2 hierarchy.
     pub cgroup: CgroupConfig,
+    /// Namespaces no rule and no `default_mode` reaches.
+    #[serde(deserialize_with = "de_exclusions")]
+    pub exclusions: Exclusions,
+    /// Node policy rules (`[[rules]]`), first match wins (docs/configuration.md#policy-rules).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<Rule>,
 }
 
 /// `[nri]`
@@ -198,6 +213,8 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
             cgroup: CgroupConfig::default(),
+            exclusions: Exclusions::default(),
+            rules: Vec::new(),
         }
     }
 }
@@ -281,7 +298,20 @@ impl Config {
     }
 
     fn parse(s: &str, origin: String) -> Result<Config, ConfigError> {
-        toml::from_str(s).map_err(|detail| ConfigError::Parse { origin, detail })
+        let c: Config = toml::from_str(s).map_err(|detail| ConfigError::Parse { origin: origin.clone(), detail })?;
+        if let Err(e) = c.node_policy().check() {
+            return Err(ConfigError::Rules { origin, detail: point_at_rule(s, e.index, &e.to_string()) });
+        }
+        Ok(c)
+    }
+
+    /// Exclusions, rules and defaults: what decides each container's base policy.
+    pub fn node_policy(&self) -> NodePolicy {
+        NodePolicy {
+            exclusions: self.exclusions.clone(),
+            rules: self.rules.clone(),
+            defaults: self.annotation_defaults(),
+        }
     }
 
     /// Check every value (parsing does this already; for configs built in code).
@@ -308,6 +338,10 @@ impl Config {
         if let Some(r) = &self.cgroup.root {
             check("cgroup.root", r, check_abs(r))?;
         }
+        check("exclusions.own_namespace", &self.exclusions.own_namespace, self.exclusions.validate())?;
+        if let Err(e) = self.node_policy().check() {
+            return Err(ConfigError::Invalid { key: "rules", value: format!("{:?}", e.rule), problem: e.to_string() });
+        }
         Ok(())
     }
 
@@ -329,6 +363,30 @@ impl Config {
         }
         hostname().unwrap_or_else(|| "unknown".to_string())
     }
+}
+
+/// `message` under toml's layout, pointing at the `index`th `[[rules]]` table of `text`.
+fn point_at_rule(text: &str, index: usize, message: &str) -> String {
+    #[derive(Deserialize)]
+    struct Spans {
+        #[serde(default)]
+        rules: Vec<toml::Spanned<toml::Value>>,
+    }
+    let span = toml::from_str::<Spans>(text).ok().and_then(|s| s.rules.get(index).map(|r| r.span()));
+    let Some(span) = span else { return message.to_string() };
+    // An array-of-tables element's span starts at its `[[rules]]` header.
+    let start = span.start;
+    let line_no = text[..start].matches('\n').count() + 1;
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let col = start - line_start + 1;
+    let width = line_no.to_string().len();
+    let pad = " ".repeat(width);
+    let carets = "^".repeat(line.len().saturating_sub(col - 1).max(1));
+    format!(
+        "TOML parse error at line {line_no}, column {col}\n{pad} |\n{line_no} | {line}\n{pad} | {}{carets}\n{message}\n",
+        " ".repeat(col - 1)
+    )
 }
 
 fn hostname() -> Option<String> {
@@ -403,6 +461,12 @@ fn de_default_mode<'de, D: Deserializer<'de>>(d: D) -> Result<Mode, D::Error> {
 fn de_failure_policy<'de, D: Deserializer<'de>>(d: D) -> Result<FailurePolicy, D::Error> {
     let s = String::deserialize(d)?;
     s.parse().map_err(|_| invalid("failure_policy", &s, "expected one of fail, ignore"))
+}
+
+fn de_exclusions<'de, D: Deserializer<'de>>(d: D) -> Result<Exclusions, D::Error> {
+    let e = Exclusions::deserialize(d)?;
+    e.validate().map_err(|p| D::Error::custom(format!("invalid exclusions.{p}")))?;
+    Ok(e)
 }
 
 fn de_log_format<'de, D: Deserializer<'de>>(d: D) -> Result<LogFormat, D::Error> {
@@ -703,5 +767,74 @@ root = "/sys/fs/cgroup/unified"
     fn log_format_strings() {
         assert_eq!(LogFormat::Json.to_string(), "json");
         assert_eq!(LogFormat::Text.as_str(), "text");
+    }
+}
+
+#[cfg(test)]
+mod rule_tests {
+    use super::*;
+    use std::str::FromStr;
+
+    #[test]
+    fn rules_and_exclusions_parse() {
+        let c = Config::from_str(
+            r#"
+default_mode = "off"
+[exclusions]
+kube_system = false
+own_namespace = "security"
+
+[[rules]]
+name = "payments"
+namespaces = ["payments", "payments-*"]
+mode = "enforce"
+[rules.defaults]
+exec-memory = false
+
+[[rules]]
+name = "front"
+selector = "tier in (front), !canary"
+mode = "monitor"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.rules.len(), 2);
+        assert_eq!(c.rules[0].name, "payments");
+        assert!(!c.exclusions.kube_system);
+        assert_eq!(c.exclusions.own_namespace, "security");
+        assert!(c.validate().is_ok());
+        let again = Config::from_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(again, c);
+        let d = Config::default();
+        assert!(d.exclusions.kube_system && d.exclusions.own_namespace == "driftguard-system");
+    }
+
+    #[test]
+    fn rule_errors_point_at_the_rule() {
+        let e = Config::from_str("[[rules]]\nname = \"p\"\nmode = \"enforcing\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("config: TOML parse error at line"), "{e}");
+        assert!(e.contains("rule \"p\": invalid mode \"enforcing\""), "{e}");
+        let e = Config::from_str("[[rules]]\nname = \"p\"\nmode = \"enforce\"\nnamespace = [\"x\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `namespace`"), "{e}");
+        let text = "default_mode = \"off\"\n\n[[rules]]\nname = \"all\"\nmode = \"monitor\"\n\n[[rules]]\nname = \"pay\"\nnamespaces = [\"payments\"]\nmode = \"enforce\"\n";
+        let e = Config::from_str(text).unwrap_err().to_string();
+        assert!(
+            e.starts_with("config: TOML parse error at line 7, column 1\n  |\n7 | [[rules]]\n  | ^^^^^^^^^\nrule \"pay\" never applies"),
+            "{e}"
+        );
+        let e = Config::from_str("[[rules]]\nname = \"ks\"\nnamespaces = [\"kube-system\"]\nmode = \"enforce\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 1, column 1") && e.contains("kube_system = false"), "{e}");
+        let e = Config::from_str("[exclusions]\nown_namespace = \"Dg\"\n").unwrap_err().to_string();
+        assert!(
+            e.contains("line 1") && e.contains("invalid exclusions.own_namespace \"Dg\": not a namespace name"),
+            "{e}"
+        );
+        let rule = Rule::new(toml::from_str("name = \"a\"\nmode = \"off\"").unwrap()).unwrap();
+        let c = Config { rules: vec![rule; 2], ..Config::default() };
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { key: "rules", .. })));
     }
 }

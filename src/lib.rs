@@ -8,6 +8,7 @@
 //! - [`check`]: `driftguard check`'s items: is this node ready, and what to change if not.
 //! - [`install`]: putting one container under policy, for the agent and the OCI hook alike.
 //! - [`node_state`]: what is kept outside bpffs for a pin dir, and which pin dir owns it.
+//! - [`rules`]: node policy rules: policy for namespaces and label selectors, exclusions.
 //! - [`demo`]: `driftguard demo`'s image, overlay, runc container, enforcement and cleanup.
 pub mod abi;
 pub mod agent;
@@ -23,10 +24,11 @@ pub mod mountinfo;
 pub mod node_state;
 pub mod policy;
 pub mod provenance;
+pub mod rules;
 
 /// The layers of the library, lowest first: a module may import only modules listed before it
 /// (docs/architecture.md). No circle can form, and nothing low reaches up.
-pub const LAYERS: [&str; 14] = [
+pub const LAYERS: [&str; 15] = [
     "abi",
     "node_state",
     "mountinfo",
@@ -35,6 +37,7 @@ pub const LAYERS: [&str; 14] = [
     "cgroup",
     "provenance",
     "annotations",
+    "rules",
     "enforcer",
     "config",
     "install",

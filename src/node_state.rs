@@ -67,6 +67,10 @@ pub struct HookRecord {
     pub pin_dir: PathBuf,
     /// Installed mode.
     pub mode: String,
+    /// What set the mode (`rule:<name>`, `annotation`, `default`); empty in records from
+    /// before policy rules.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub policy_source: String,
 }
 
 /// The pin dir the state in `state_dir` belongs to: what [`OWNER_FILE`] says, else

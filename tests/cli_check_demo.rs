@@ -359,6 +359,7 @@ fn hook_record(id: &str, cgid: u64, pin_dir: &Path) -> String {
         level: 1,
         pin_dir: pin_dir.to_path_buf(),
         mode: "enforce".into(),
+        policy_source: String::new(),
     })
     .expect("a record serializes")
 }

@@ -72,6 +72,11 @@ const TRIALS: &[(&str, TrialFn)] = &[
     ("daemonset_node_setup_makes_start_fail_closed", daemonset_node_setup_makes_start_fail_closed),
     ("operator_check_status_log_and_clean_stop", operator_check_status_log_and_clean_stop),
     ("daemonset_image_protects_another_pod", daemonset_image_protects_another_pod),
+    (
+        "rules_namespace_rule_enforces_unannotated_pod_exclusions_hold",
+        rules_namespace_rule_enforces_unannotated_pod_exclusions_hold,
+    ),
+    ("rules_label_rule_hook_takes_strictest_agent_corrects", rules_label_rule_hook_takes_strictest_agent_corrects),
 ];
 
 /// The core trials again on containerd 2.x (Debian sid's 2.1; config version 3, CRI plugins
@@ -448,8 +453,11 @@ mod mounts;
 mod operator;
 #[path = "cri/pods.rs"]
 mod pods;
+#[path = "cri/rules.rs"]
+mod rules;
 use daemonset::*;
 use fail_closed::*;
 use mounts::*;
 use operator::*;
 use pods::*;
+use rules::*;

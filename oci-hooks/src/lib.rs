@@ -21,13 +21,14 @@ use std::fmt;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use driftguard::annotations::{self, AnnotationError, FailurePolicy};
+use driftguard::annotations::{AnnotationError, FailurePolicy};
 use driftguard::cgroup::CgroupError;
 use driftguard::config::{Config, ConfigError};
 use driftguard::enforcer::{self, Owner, PolicyStore};
 use driftguard::install::{self, InstallError};
 use driftguard::policy::Mode;
 use driftguard::provenance::ProvenanceError;
+use driftguard::rules;
 use oci_spec::runtime::{Spec, State};
 use serde::Deserialize;
 
@@ -37,6 +38,11 @@ pub const DEFAULT_STATE_DIR: &str = "/run/driftguard/oci";
 /// `driftguard.dev/<key>.<name>`, in the order they are consulted: containerd's CRI plugin
 /// sets `io.kubernetes.cri.container-name`, CRI-O sets `io.kubernetes.container.name`.
 pub const CONTAINER_NAME_ANNOTATIONS: [&str; 2] = ["io.kubernetes.cri.container-name", "io.kubernetes.container.name"];
+/// Annotations naming the pod's namespace, in the order they are consulted: containerd's CRI
+/// plugin, then CRI-O. The runtime sets them from the CRI request, after any annotation
+/// passthrough, so a workload cannot choose them. Node policy rules by namespace apply to
+/// containers that have one (podman and plain runc containers have none).
+pub const NAMESPACE_ANNOTATIONS: [&str; 2] = ["io.kubernetes.cri.sandbox-namespace", "io.kubernetes.pod.namespace"];
 /// Annotations naming the kind of container, with the value that marks a pod sandbox
 /// ("pause") container: containerd's CRI plugin, then CRI-O. A sandbox is never put under
 /// policy (the agent does not see sandboxes as containers either); with containerd's
@@ -374,6 +380,11 @@ pub fn container_name(annotations: &BTreeMap<String, String>) -> &str {
     CONTAINER_NAME_ANNOTATIONS.iter().find_map(|k| annotations.get(*k)).map_or("", String::as_str)
 }
 
+/// The pod's namespace from the runtime's annotations, if it set one.
+pub fn namespace(annotations: &BTreeMap<String, String>) -> Option<&str> {
+    NAMESPACE_ANNOTATIONS.iter().find_map(|k| annotations.get(*k)).map(String::as_str)
+}
+
 /// Whether the annotations mark a pod sandbox ("pause") container.
 pub fn is_sandbox(annotations: &BTreeMap<String, String>) -> bool {
     SANDBOX_MARKERS.iter().any(|(k, v)| annotations.get(*k).is_some_and(|a| a == v))
@@ -400,9 +411,10 @@ impl fmt::Display for CreateOutcome {
             CreateOutcome::Sandbox => f.write_str("pod sandbox container: nothing to do"),
             CreateOutcome::Installed(r) => write!(
                 f,
-                "container {}: {} policy installed for cgroup {} (id {}, level {}) in {}",
+                "container {}: {} policy ({}) installed for cgroup {} (id {}, level {}) in {}",
                 r.container_id,
                 r.mode,
+                r.policy_source,
                 r.cgroup.display(),
                 r.cgroup_id,
                 r.level,
@@ -419,6 +431,17 @@ fn record_path(opts: &Options, id: &str) -> PathBuf {
     opts.state_dir.join(id)
 }
 
+/// The policy of a container with these `config.json` annotations under the node policy of
+/// `config`: its namespace from the runtime's annotations ([`namespace`]), its pod's labels
+/// unknown, so that a rule with a selector may apply and the strictest such rule is taken
+/// (`driftguard::rules::NodePolicy::base`); the agent, which knows the labels, corrects it at
+/// StartContainer.
+pub fn resolve(config: &Config, annotations: &BTreeMap<String, String>) -> Result<rules::Resolved, AnnotationError> {
+    let no_pod: [(&str, &str); 0] = [];
+    let pod = rules::Pod { namespace: namespace(annotations), labels: None };
+    config.node_policy().resolve(&pod, no_pod, container_name(annotations), annotations)
+}
+
 /// The createRuntime hook for the container described by `st`.
 pub fn create_runtime(st: &HookState, opts: &Options) -> Result<CreateOutcome, HookError> {
     let (config_json, annotations, rootfs) = bundle_config(st)?;
@@ -426,11 +449,12 @@ pub fn create_runtime(st: &HookState, opts: &Options) -> Result<CreateOutcome, H
         return Ok(CreateOutcome::Sandbox);
     }
     let config = Config::load(opts.config.as_deref())?;
-    let name = container_name(&annotations);
-    let no_pod: [(&str, &str); 0] = [];
-    let resolved = annotations::resolve(&config.annotation_defaults(), no_pod, name, &annotations)
-        .map_err(|source| HookError::Annotation { id: st.id.clone(), path: config_json, source: Box::new(source) })?;
-    if resolved.policy.mode == Mode::Off {
+    let resolved = resolve(&config, &annotations).map_err(|source| HookError::Annotation {
+        id: st.id.clone(),
+        path: config_json,
+        source: Box::new(source),
+    })?;
+    if resolved.policy.policy.mode == Mode::Off {
         return Ok(CreateOutcome::Off);
     }
     let pid = match st.pid {
@@ -439,9 +463,9 @@ pub fn create_runtime(st: &HookState, opts: &Options) -> Result<CreateOutcome, H
         Some(p) => p as u32,
     };
     let pin_dir = opts.pin_dir.clone().unwrap_or_else(|| config.bpf.pin_dir.clone());
-    match install(st, opts, &config, pid, &pin_dir, &rootfs, &resolved.policy) {
+    match install(st, opts, &config, pid, &pin_dir, &rootfs, &resolved) {
         Ok(rec) => Ok(CreateOutcome::Installed(rec)),
-        Err(e) if e.class() == ErrorClass::Install && resolved.failure_policy == FailurePolicy::Ignore => {
+        Err(e) if e.class() == ErrorClass::Install && resolved.policy.failure_policy == FailurePolicy::Ignore => {
             Ok(CreateOutcome::Unprotected(e))
         }
         Err(e) => Err(e),
@@ -455,8 +479,9 @@ fn install(
     pid: u32,
     pin_dir: &Path,
     rootfs: &Path,
-    policy: &driftguard::policy::Policy,
+    resolved: &rules::Resolved,
 ) -> Result<Record, HookError> {
+    let (policy, source) = (&resolved.policy.policy, &resolved.source);
     let id = &st.id;
     let root = config.cgroup_root().map_err(|source| HookError::CgroupRoot { id: id.clone(), source })?;
     let cg_err = |source| HookError::Cgroup { id: id.clone(), pid, source };
@@ -483,6 +508,7 @@ fn install(
         level: prepared.level,
         pin_dir: pin_dir.to_path_buf(),
         mode: policy.mode.to_string(),
+        policy_source: source.to_string(),
     };
     let path = record_path(opts, id);
     // A record left by a container of the same id whose poststop never ran: its entry is stale
@@ -647,6 +673,43 @@ mod tests {
     }
 
     #[test]
+    fn node_policy_rules_by_namespace_and_unknown_labels() {
+        use std::str::FromStr;
+        let config = Config::from_str(
+            "default_mode = \"enforce\"\n\
+             [[rules]]\nname = \"canary\"\nnamespaces = [\"shop\"]\nselector = \"track=canary\"\nmode = \"enforce\"\n\
+             [[rules]]\nname = \"shop\"\nnamespaces = [\"shop\"]\nmode = \"monitor\"\n\
+             [[rules]]\nname = \"batch\"\nnamespaces = [\"batch\"]\nmode = \"off\"\n",
+        )
+        .unwrap();
+        let ann = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let got = |a: &BTreeMap<String, String>| {
+            let r = resolve(&config, a).unwrap();
+            (r.policy.policy.mode, r.source.to_string())
+        };
+        // containerd's and CRI-O's namespace annotations
+        assert_eq!(got(&ann(&[("io.kubernetes.cri.sandbox-namespace", "batch")])), (Mode::Off, "rule:batch".into()));
+        assert_eq!(got(&ann(&[("io.kubernetes.pod.namespace", "batch")])), (Mode::Off, "rule:batch".into()));
+        // the label rule may apply: the strictest candidate, not the namespace rule after it
+        assert_eq!(
+            got(&ann(&[("io.kubernetes.cri.sandbox-namespace", "shop")])),
+            (Mode::Enforce, "rule:canary".into())
+        );
+        // exclusions hold for the hook too
+        assert_eq!(
+            got(&ann(&[("io.kubernetes.cri.sandbox-namespace", "kube-system")])),
+            (Mode::Off, "exclusion:kube-system".into())
+        );
+        // no namespace (podman, runc): namespace rules do not apply, the default does
+        assert_eq!(got(&ann(&[])), (Mode::Enforce, "default".into()));
+        // annotations refine, as in the agent
+        let a = ann(&[("io.kubernetes.cri.sandbox-namespace", "batch"), ("driftguard.dev/mode", "monitor")]);
+        assert_eq!(got(&a), (Mode::Monitor, "annotation".into()));
+    }
+
+    #[test]
     fn off_touches_nothing() {
         let t = tempfile::tempdir().unwrap();
         std::fs::write(t.path().join("config.json"), r#"{"ociVersion":"1.0.2","annotations":{"x":"y"}}"#).unwrap();
@@ -727,9 +790,14 @@ mod tests {
         let st = HookState { id: "c1".into(), pid: Some(1), bundle: t.path().into() };
         let opts = Options { pin_dir: None, config: Some(cfg), state_dir: t.path().join("state") };
         let e = create_runtime(&st, &opts).unwrap_err();
-        let lib = annotations::resolve(&Default::default(), [("driftguard.dev/mode", "enforcing")], "", [("", ""); 0])
-            .unwrap_err()
-            .to_string();
+        let lib = driftguard::annotations::resolve(
+            &Default::default(),
+            [("driftguard.dev/mode", "enforcing")],
+            "",
+            [("", ""); 0],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.to_string().ends_with(&lib), "{e}");
         assert_eq!(e.exit_code(), EXIT_INVALID_INPUT);
     }

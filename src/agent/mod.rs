@@ -187,7 +187,7 @@ pub async fn run(
         enforcer.store().try_clone()?,
         registry.clone(),
         cgroot.clone(),
-        cfg.annotation_defaults(),
+        cfg.node_policy(),
         metrics.clone(),
         output.clone(),
         node.clone(),

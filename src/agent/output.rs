@@ -46,6 +46,9 @@ pub struct ContainerNames {
     pub container_id: String,
     /// Image reference.
     pub image: String,
+    /// What set the container's mode: `rule:<name>`, `annotation`, `default` (empty when the
+    /// container is not known, or was registered by an agent from before policy rules).
+    pub policy_source: String,
 }
 
 /// A status line (`"event": "notice"`): things an operator must know that are not verdicts,
@@ -115,6 +118,7 @@ pub fn enrich(ev: &Event, node: &str, registry: &Registry, clock: &BootClock) ->
                 container: c.container,
                 container_id: c.container_id,
                 image: c.image,
+                policy_source: c.policy_source.map(String::from).unwrap_or_default(),
             })
             .unwrap_or_default()
     };
@@ -234,6 +238,7 @@ mod tests {
             cgroup_id: 42,
             mode: Mode::Enforce,
             rootfs: Rootfs::Overlay,
+            policy_source: Some(crate::rules::PolicySource::Rule("payments".into())),
         });
         let ev = Event {
             boot_ns: 1_000_000_000,
@@ -274,6 +279,7 @@ mod tests {
             ("hook", "bprm_check"),
             ("file", "upper"),
             ("mode", "enforce"),
+            ("policy_source", "rule:payments"),
         ] {
             assert_eq!(j[k], want, "field {k}");
         }

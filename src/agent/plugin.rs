@@ -1,6 +1,6 @@
 //! The NRI plugin: container lifecycle → cgroup → policy in the kernel.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,12 +10,13 @@ use nri_plugin::{EventMask, HandlerResult, Plugin};
 use super::metrics::Metrics;
 use super::output::{rfc3339, Notice, Output};
 use super::registry::{ContainerInfo, Registry, Rootfs};
-use crate::annotations::{self, Defaults, FailurePolicy};
+use crate::annotations::{self, FailurePolicy};
 use crate::cgroup::{self, CgroupError, CgroupRoot};
 use crate::enforcer::{Owner, PolicyStore};
 use crate::install::{self, InstallError};
 use crate::policy::{Mode, Policy};
 use crate::provenance::{self, ProvenanceError};
+use crate::rules::{self, NodePolicy, PolicySource};
 
 /// Annotation containerd's CRI plugin sets with the image reference.
 const CRI_IMAGE_ANNOTATION: &str = "io.kubernetes.cri.image-name";
@@ -86,7 +87,7 @@ pub struct DriftguardPlugin {
     store: PolicyStore,
     registry: Arc<Registry>,
     cgroot: CgroupRoot,
-    defaults: Defaults,
+    policy: NodePolicy,
     metrics: Arc<Metrics>,
     output: Arc<Output>,
     node: String,
@@ -98,16 +99,20 @@ impl DriftguardPlugin {
         store: PolicyStore,
         registry: Arc<Registry>,
         cgroot: CgroupRoot,
-        defaults: Defaults,
+        policy: NodePolicy,
         metrics: Arc<Metrics>,
         output: Arc<Output>,
         node: String,
     ) -> Self {
-        DriftguardPlugin { store, registry, cgroot, defaults, metrics, output, node }
+        DriftguardPlugin { store, registry, cgroot, policy, metrics, output, node }
     }
 
-    fn resolve(&self, pod: &PodSandbox, ctr: &Container) -> Result<annotations::ContainerPolicy, ApplyError> {
-        annotations::resolve(&self.defaults, &pod.annotations, &ctr.name, &ctr.annotations).map_err(|source| {
+    /// The container's policy: the node policy (exclusions, rules, default) for its pod's
+    /// namespace and labels, refined by the pod's and the container's annotations.
+    fn resolve(&self, pod: &PodSandbox, ctr: &Container) -> Result<rules::Resolved, ApplyError> {
+        let labels: BTreeMap<String, String> = pod.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let facts = rules::Pod { namespace: Some(pod.namespace.as_str()), labels: Some(&labels) };
+        self.policy.resolve(&facts, &pod.annotations, &ctr.name, &ctr.annotations).map_err(|source| {
             ApplyError::Annotation {
                 namespace: pod.namespace.clone(),
                 pod: pod.name.clone(),
@@ -119,12 +124,14 @@ impl DriftguardPlugin {
 
     /// Compute and install the policy of a started (or running) container.
     pub fn apply(&self, pod: &PodSandbox, ctr: &Container) -> Result<Applied, ApplyError> {
-        let resolved = self.resolve(pod, ctr)?;
+        let rules::Resolved { policy: resolved, source, .. } = self.resolve(pod, ctr)?;
         if resolved.policy.mode == Mode::Off {
-            self.forget(ctr);
+            // The agent knows the pod's labels, the OCI hook does not: an entry the hook made
+            // from a label rule that may have applied goes too.
+            self.forget_with(ctr, true);
             return Ok(Applied::Off);
         }
-        match self.install(pod, ctr, &resolved.policy) {
+        match self.install(pod, ctr, &resolved.policy, &source) {
             Ok(cgroup_id) => Ok(Applied::Installed { mode: resolved.policy.mode, cgroup_id }),
             Err(e) => match resolved.failure_policy {
                 FailurePolicy::Fail => Err(e),
@@ -143,7 +150,13 @@ impl DriftguardPlugin {
         }
     }
 
-    fn install(&self, pod: &PodSandbox, ctr: &Container, policy: &Policy) -> Result<u64, ApplyError> {
+    fn install(
+        &self,
+        pod: &PodSandbox,
+        ctr: &Container,
+        policy: &Policy,
+        source: &PolicySource,
+    ) -> Result<u64, ApplyError> {
         let cgroups_path = ctr.linux.cgroups_path.clone();
         let cg_err =
             |source| ApplyError::Cgroup { container: ctr.name.clone(), cgroups_path: cgroups_path.clone(), source };
@@ -195,16 +208,22 @@ impl DriftguardPlugin {
             cgroup_id,
             mode: policy.mode,
             rootfs,
+            policy_source: Some(source.clone()),
         });
         tracing::debug!(
             namespace = %pod.namespace, pod = %pod.name, container = %ctr.name, mode = %policy.mode,
-            cgroup = %path.display(), cgroup_id, rootfs_dev = prov.rootfs_dev, "policy installed"
+            cgroup = %path.display(), cgroup_id, rootfs_dev = prov.rootfs_dev, policy_source = %source, "policy installed"
         );
         Ok(cgroup_id)
     }
 
     /// Remove a container's policy (stop/remove, or mode off).
     pub fn forget(&self, ctr: &Container) {
+        self.forget_with(ctr, false)
+    }
+
+    /// [`DriftguardPlugin::forget`]; with `hook_too`, also an entry the OCI hook installed.
+    fn forget_with(&self, ctr: &Container, hook_too: bool) {
         let cgroup_id = match self.registry.remove(&ctr.id) {
             Some(info) => Some(info.cgroup_id),
             None => {
@@ -213,8 +232,9 @@ impl DriftguardPlugin {
         };
         if let Some(id) = cgroup_id {
             match self.store.owner(id) {
-                // Never remove what an OCI hook installed for the same cgroup.
-                Ok(Some(Owner::OciHook)) => {}
+                // At stop and remove, never what an OCI hook installed for the same cgroup (its
+                // poststop removes it).
+                Ok(Some(Owner::OciHook)) if !hook_too => {}
                 Ok(Some(_)) => {
                     if let Err(e) = self.store.remove(id) {
                         tracing::warn!(container = %ctr.name, error = %e, "removing policy failed");
@@ -355,7 +375,7 @@ impl Plugin for DriftguardPlugin {
     }
 
     fn on_deadline(&self, o: &nri_plugin::Overrun<'_>) -> nri_plugin::OverrunAnswer {
-        super::overrun::answer(o, |pod, ctr| self.resolve(pod, ctr).map(|r| r.policy.mode))
+        super::overrun::answer(o, |pod, ctr| self.resolve(pod, ctr).map(|r| r.policy.policy.mode))
     }
 
     async fn synchronize(

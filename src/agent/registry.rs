@@ -52,6 +52,10 @@ pub struct ContainerInfo {
     pub mode: Mode,
     /// Root filesystem kind.
     pub rootfs: Rootfs,
+    /// What set its mode (`rule:<name>`, `annotation`, `default`); `None` in a registry written
+    /// by an agent from before policy rules, until the next Synchronize.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_source: Option<crate::rules::PolicySource>,
 }
 
 #[derive(Default)]
@@ -201,6 +205,7 @@ mod tests {
             cgroup_id: cg,
             mode: Mode::Enforce,
             rootfs: Rootfs::Overlay,
+            policy_source: None,
         }
     }
 

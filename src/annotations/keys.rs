@@ -68,7 +68,8 @@ impl Key {
         }
     }
 
-    pub(super) fn from_name(s: &str) -> Option<Key> {
+    /// The key named `s` (after the prefix), if there is one.
+    pub fn from_name(s: &str) -> Option<Key> {
         Key::ALL.into_iter().find(|k| k.as_str() == s)
     }
 }
@@ -109,10 +110,14 @@ pub enum ValueError {
 
 /// A parsed annotation value.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) enum Value {
+pub enum Value {
+    /// `mode`.
     Mode(Mode),
+    /// A path list.
     Paths(BTreeSet<ExecPath>),
+    /// A boolean key.
     Bool(bool),
+    /// `failure-policy`.
     FailurePolicy(FailurePolicy),
 }
 
@@ -124,7 +129,8 @@ pub(super) struct Setting {
     pub(super) raw: String,
 }
 
-pub(super) fn parse_value(key: Key, raw: &str) -> Result<Value, ValueError> {
+/// Parse the value of `key` as given in an annotation (or a node policy rule).
+pub fn parse_value(key: Key, raw: &str) -> Result<Value, ValueError> {
     let s = raw.trim();
     match key {
         Key::Mode => s.parse::<Mode>().map(Value::Mode).map_err(ValueError::Mode),
@@ -163,7 +169,7 @@ pub(super) fn parse_paths(s: &str) -> Result<BTreeSet<ExecPath>, ValueError> {
 }
 
 /// Why `s` is not a DNS-1123 label (a valid Kubernetes container name), if it is not.
-pub(super) fn dns_label_problem(s: &str) -> Option<&'static str> {
+pub fn dns_label_problem(s: &str) -> Option<&'static str> {
     if s.is_empty() {
         return Some("is empty");
     }

@@ -234,55 +234,101 @@ where
     CK: AsRef<str>,
     CV: AsRef<str>,
 {
+    let base = ContainerPolicy { policy: Policy::with_mode(defaults.mode), failure_policy: defaults.failure_policy };
+    resolve_over(base, pod, container_name, container).map(|r| r.policy)
+}
+
+/// One annotation that took effect in [`resolve_over`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppliedAnnotation {
+    /// Which key it set.
+    pub key: Key,
+    /// The full annotation key (`driftguard.dev/mode.app`).
+    pub annotation: String,
+    /// Its value as given.
+    pub value: String,
+}
+
+/// What [`resolve_over`] found: the policy, and the annotations that set it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolution {
+    /// The resolved policy.
+    pub policy: ContainerPolicy,
+    /// Every annotation applied, in precedence order (a later one of the same key won).
+    pub applied: Vec<AppliedAnnotation>,
+}
+
+impl Resolution {
+    /// The annotation that set the mode, if one did.
+    pub fn mode_annotation(&self) -> Option<&AppliedAnnotation> {
+        self.applied.iter().rev().find(|a| a.key == Key::Mode)
+    }
+}
+
+/// Set one key's value on a policy (the one place a key's meaning is applied, for annotations
+/// and node policy rules alike). `value` must come from [`parse_value`] for the same `key`.
+pub fn apply_value(out: &mut ContainerPolicy, key: Key, value: Value) {
+    let p = &mut out.policy;
+    match (key, value) {
+        (Key::Mode, Value::Mode(m)) => p.mode = m,
+        (Key::FailurePolicy, Value::FailurePolicy(f)) => out.failure_policy = f,
+        (Key::Drift, Value::Bool(b)) => p.rules.drift = b,
+        (Key::Fileless, Value::Bool(b)) => p.rules.fileless = b,
+        (Key::NonImage | Key::NonOverlay, Value::Bool(b)) => p.rules.non_image = b,
+        (Key::ExecVolumes, Value::Paths(l)) => p.exec_volumes = l,
+        (Key::AllowlistOnly, Value::Bool(b)) => p.rules.allowlist_only = b,
+        (Key::ExecMemory, Value::Bool(b)) => p.rules.exec_memory = if b { ExecMemory::On } else { ExecMemory::Jit },
+        (Key::ProcessAccess, Value::Bool(b)) => {
+            p.rules.process_access = if b { ProcessAccess::On } else { ProcessAccess::Debug }
+        }
+        (Key::Allow, Value::Paths(l)) => p.allow = l,
+        (Key::Deny, Value::Paths(l)) => p.deny = l,
+        // parse_value returns the variant matching the key.
+        _ => {}
+    }
+}
+
+/// [`resolve`] on top of a `base` policy (the node default, or a node policy rule's), saying
+/// which annotations took effect.
+pub fn resolve_over<P, PK, PV, C, CK, CV>(
+    base: ContainerPolicy,
+    pod: P,
+    container_name: &str,
+    container: C,
+) -> Result<Resolution, AnnotationError>
+where
+    P: IntoIterator<Item = (PK, PV)>,
+    PK: AsRef<str>,
+    PV: AsRef<str>,
+    C: IntoIterator<Item = (CK, CV)>,
+    CK: AsRef<str>,
+    CV: AsRef<str>,
+{
     let (pod_plain, pod_own) = parse_map(pod, container_name)?;
     let (ctr_plain, ctr_own) = parse_map(container, container_name)?;
 
-    let mut out = ContainerPolicy { policy: Policy::with_mode(defaults.mode), failure_policy: defaults.failure_policy };
-    let mut allow_src: Option<(String, String)> = None;
-    let mut deny_src: Option<(String, String)> = None;
-    let mut volumes_src: Option<(String, String)> = None;
+    let mut out = base;
+    let mut applied = Vec::new();
     for layer in [pod_plain, pod_own, ctr_plain, ctr_own] {
         for (k, s) in layer {
-            let p = &mut out.policy;
-            match (k, s.value) {
-                (Key::Mode, Value::Mode(m)) => p.mode = m,
-                (Key::FailurePolicy, Value::FailurePolicy(f)) => out.failure_policy = f,
-                (Key::Drift, Value::Bool(b)) => p.rules.drift = b,
-                (Key::Fileless, Value::Bool(b)) => p.rules.fileless = b,
-                (Key::NonImage | Key::NonOverlay, Value::Bool(b)) => p.rules.non_image = b,
-                (Key::ExecVolumes, Value::Paths(l)) => {
-                    p.exec_volumes = l;
-                    volumes_src = Some((s.key, s.raw));
-                }
-                (Key::AllowlistOnly, Value::Bool(b)) => p.rules.allowlist_only = b,
-                (Key::ExecMemory, Value::Bool(b)) => {
-                    p.rules.exec_memory = if b { ExecMemory::On } else { ExecMemory::Jit }
-                }
-                (Key::ProcessAccess, Value::Bool(b)) => {
-                    p.rules.process_access = if b { ProcessAccess::On } else { ProcessAccess::Debug }
-                }
-                (Key::Allow, Value::Paths(l)) => {
-                    p.allow = l;
-                    allow_src = Some((s.key, s.raw));
-                }
-                (Key::Deny, Value::Paths(l)) => {
-                    p.deny = l;
-                    deny_src = Some((s.key, s.raw));
-                }
-                // parse_value returns the variant matching the key.
-                _ => {}
-            }
+            apply_value(&mut out, k, s.value);
+            applied.push(AppliedAnnotation { key: k, annotation: s.key, value: s.raw });
         }
     }
     if let Err(problem) = out.policy.validate() {
+        let last = |keys: &[Key]| {
+            applied.iter().rev().find(|a| keys.contains(&a.key)).map(|a| (a.annotation.clone(), a.value.clone()))
+        };
         let sources = match problem {
-            PolicyError::PathInBothLists(_) => allow_src.into_iter().chain(deny_src).collect(),
-            PolicyError::TooManyExecVolumes { .. } | PolicyError::RuntimeMount(_) => volumes_src.into_iter().collect(),
+            PolicyError::PathInBothLists(_) => last(&[Key::Allow]).into_iter().chain(last(&[Key::Deny])).collect(),
+            PolicyError::TooManyExecVolumes { .. } | PolicyError::RuntimeMount(_) => {
+                last(&[Key::ExecVolumes]).into_iter().collect()
+            }
             _ => Vec::new(),
         };
         return Err(AnnotationError::InvalidPolicy { sources, problem });
     }
-    Ok(out)
+    Ok(Resolution { policy: out, applied })
 }
 
 /// Whether any container of a pod with these annotations may end up under policy: the

@@ -82,7 +82,9 @@ pub fn dispatch(config: Option<&Path>, overrides: &Overrides, command: crate::Co
     init_logging(&cfg);
     match command {
         crate::Command::Run => run::run(cfg),
-        crate::Command::Status { json } => status::run(&cfg, json),
+        crate::Command::Status { json } => {
+            status::run(&cfg, config.unwrap_or(Path::new(driftguard::config::DEFAULT_PATH)), json)
+        }
         crate::Command::Events => events::run(&cfg),
         crate::Command::Check { json, containerd_config, containerd_bin } => {
             check::run(&cfg, json, &driftguard::check::Runtime { containerd_config, containerd_bin })

@@ -1,5 +1,6 @@
 //! `driftguard status`: what is under policy, from the pinned maps.
 use std::collections::HashMap;
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -15,6 +16,9 @@ struct Row {
     cgroup: String,
     mode: String,
     owner: String,
+    /// What set the mode (`rule:<name>`, `annotation`, `default`); empty when not known (a
+    /// policy only the OCI hook installed, or registered by an agent from before rules).
+    policy_source: String,
     namespace: String,
     pod: String,
     container: String,
@@ -63,11 +67,54 @@ struct Status {
     enforcement_path: Option<&'static str>,
     /// Kernel counters; `null` when the maps cannot be read.
     stats: Option<enforcer::Stats>,
+    /// The node policy of the config file as it is now (the agent reads it when it starts).
+    node_policy: NodePolicyView,
     containers: Vec<Row>,
 }
 
-pub fn run(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
-    let status = gather(cfg);
+/// Exclusions, rules and the default of the config file.
+#[derive(Serialize)]
+struct NodePolicyView {
+    /// The config file read.
+    config: String,
+    /// Excluded namespaces: no rule and no `default_mode` reaches them.
+    exclusions: Vec<String>,
+    /// Rules, first match wins.
+    rules: Vec<RuleView>,
+    default_mode: String,
+}
+
+#[derive(Serialize)]
+struct RuleView {
+    name: String,
+    /// Namespace names and globs; empty: every namespace.
+    namespaces: Vec<String>,
+    /// Label selector; `null`: every pod.
+    selector: Option<String>,
+    mode: String,
+}
+
+fn node_policy_view(cfg: &Config, path: &Path) -> NodePolicyView {
+    NodePolicyView {
+        config: path.display().to_string(),
+        exclusions: cfg.exclusions.namespaces().into_iter().map(|(ns, _)| ns.to_string()).collect(),
+        rules: cfg
+            .rules
+            .iter()
+            .map(|r| RuleView {
+                name: r.name.clone(),
+                namespaces: r.namespaces.iter().map(ToString::to_string).collect(),
+                selector: r.selector.as_ref().map(ToString::to_string),
+                mode: r.policy.policy.mode.to_string(),
+            })
+            .collect(),
+        default_mode: cfg.default_mode.to_string(),
+    }
+}
+
+pub fn run(cfg: &Config, config_path: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let mut status = gather(cfg);
+    status.node_policy = node_policy_view(cfg, config_path);
     let code = ExitCode::from(status.state.exit_code());
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
@@ -97,13 +144,30 @@ pub fn run(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
             s.checks, s.denies, s.kills, s.alerts, s.events, s.ringbuf_drops, s.overlay_unknown
         );
     }
+    let np = &status.node_policy;
+    println!(
+        "node policy ({}, read by the agent when it starts): excluded namespaces: {}; {} rule(s); default mode {}",
+        np.config,
+        if np.exclusions.is_empty() { "none".to_string() } else { np.exclusions.join(", ") },
+        np.rules.len(),
+        np.default_mode
+    );
+    for r in &np.rules {
+        let ns = if r.namespaces.is_empty() { "every namespace".to_string() } else { r.namespaces.join(", ") };
+        let sel = r.selector.as_deref().map(|s| format!(", pods matching {s}")).unwrap_or_default();
+        println!("  rule {}: {} in {ns}{sel}", r.name, r.mode);
+    }
     println!("{} container cgroup(s) under policy", status.containers.len());
     if !status.containers.is_empty() {
-        println!("{:<8} {:<9} {:<40} {:<30} RULES", "MODE", "OWNER", "NAMESPACE/POD/CONTAINER", "CGROUP");
+        println!(
+            "{:<8} {:<9} {:<16} {:<40} {:<30} RULES",
+            "MODE", "OWNER", "SOURCE", "NAMESPACE/POD/CONTAINER", "CGROUP"
+        );
         for r in &status.containers {
             let who =
                 if r.pod.is_empty() { "-".to_string() } else { format!("{}/{}/{}", r.namespace, r.pod, r.container) };
-            println!("{:<8} {:<9} {:<40} {:<30} {}", r.mode, r.owner, who, r.cgroup, r.rules.join(","));
+            let source = if r.policy_source.is_empty() { "-" } else { r.policy_source.as_str() };
+            println!("{:<8} {:<9} {:<16} {:<40} {:<30} {}", r.mode, r.owner, source, who, r.cgroup, r.rules.join(","));
         }
     }
     Ok(code)
@@ -117,6 +181,12 @@ fn gather(cfg: &Config) -> Status {
         pin_dir: cfg.bpf.pin_dir.display().to_string(),
         enforcement_path: enforcer::pinned_path(&cfg.bpf.pin_dir).map(|p| p.as_str()),
         stats: None,
+        node_policy: NodePolicyView {
+            config: String::new(),
+            exclusions: Vec::new(),
+            rules: Vec::new(),
+            default_mode: String::new(),
+        },
         containers: Vec::new(),
     };
     let read = PolicyStore::open_pinned(&cfg.bpf.pin_dir)
@@ -177,6 +247,7 @@ fn rows(cfg: &Config, store: &PolicyStore) -> anyhow::Result<Vec<Row>> {
             cgroup,
             mode: p.policy.mode.to_string(),
             owner: format!("{:?}", p.owner).to_lowercase(),
+            policy_source: info.and_then(|c| c.policy_source.clone()).map(String::from).unwrap_or_default(),
             namespace: info.map(|c| c.namespace.clone()).unwrap_or_default(),
             pod: info.map(|c| c.pod.clone()).unwrap_or_default(),
             container: info.map(|c| c.container.clone()).unwrap_or_default(),

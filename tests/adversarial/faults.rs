@@ -128,6 +128,7 @@ pub(super) fn fault_vanished_cgroup_policy_collected() -> R {
             cgroup_id: cgid,
             mode: Mode::Enforce,
             rootfs: Rootfs::Overlay,
+            policy_source: None,
         };
         registry.insert(info("gone", &gone, gid));
         registry.insert(info("kept", &kept, kid));

@@ -423,7 +423,8 @@ cfgvol = vols[mounts["/etc/driftguard"]["name"]]
 assert cfgvol["configMap"]["name"] == kinds["ConfigMap"]["metadata"]["name"]
 cfg = tomllib.loads(kinds["ConfigMap"]["data"]["config.toml"])
 assert cfg["metrics"]["address"].endswith(":9963")
-assert set(cfg) <= {"default_mode", "failure_policy", "nri", "bpf", "events", "metrics", "log", "cgroup"}, cfg
+assert set(cfg) <= {"default_mode", "failure_policy", "nri", "bpf", "events", "metrics", "log", "cgroup", "exclusions", "rules"}, cfg
+assert cfg["exclusions"] == {"kube_system": True, "own_namespace": "driftguard-system"}, cfg["exclusions"]
 svc = kinds["Service"]
 assert svc["spec"]["ports"][0]["port"] == 9963
 assert all(pod["metadata"]["labels"].get(k) == v for k, v in svc["spec"]["selector"].items()), "Service selector"
@@ -489,9 +490,15 @@ import subprocess, sys, yaml
 out = subprocess.run([sys.executable, sys.argv[1], "deploy/helm/driftguard",
                       "--set", "securityContext.privileged=true", "--set", "prometheusRule.enabled=true",
                       "--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.port=9999",
-                      "--set", "image.tag=9.9.9", "--set", "hostNetwork=false"],
+                      "--set", "image.tag=9.9.9", "--set", "hostNetwork=false",
+                      "--set", "config.exclusions.ownNamespace=false", "--namespace", "security",
+                      "--set", 'config.policy="[[rules]]\\nname = \\"payments\\"\\nnamespaces = [\\"payments\\"]\\nmode = \\"enforce\\"\\n"'],
                      check=True, capture_output=True, text=True).stdout
 r = {d["kind"]: d for d in yaml.safe_load_all(out) if d}
+import tomllib
+cfg = tomllib.loads(r["ConfigMap"]["data"]["config.toml"])
+assert cfg["exclusions"] == {"kube_system": True, "own_namespace": ""}, cfg["exclusions"]
+assert cfg["rules"] == [{"name": "payments", "namespaces": ["payments"], "mode": "enforce"}], cfg.get("rules")
 c = r["DaemonSet"]["spec"]["template"]["spec"]["containers"][0]
 assert c["securityContext"]["privileged"] is True and "capabilities" not in c["securityContext"]
 assert c["image"].endswith(":9.9.9") and c["ports"][0]["containerPort"] == 9999

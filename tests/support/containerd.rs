@@ -768,10 +768,22 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         })
     }
 
-    /// RunPodSandbox: host network, cgroup parent `<cgroup_base>/pod-<n>`, namespace `shop`.
+    /// RunPodSandbox: host network, cgroup parent `<cgroup_base>/pod-<n>`, namespace `shop`,
+    /// label `app=<name>`.
     pub fn run_pod(&self, name: &str, annotations: &[(&str, &str)]) -> Result<Pod, String> {
+        self.run_pod_in("shop", name, &[("app", name)], annotations)
+    }
+
+    /// [`Containerd::run_pod`] in `namespace` with `labels`.
+    pub fn run_pod_in(
+        &self,
+        namespace: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+        annotations: &[(&str, &str)],
+    ) -> Result<Pod, String> {
         let n = self.pods.fetch_add(1, Ordering::Relaxed);
-        let namespace = "shop".to_string();
+        let namespace = namespace.to_string();
         let config = cri::PodSandboxConfig {
             metadata: Some(cri::PodSandboxMetadata {
                 name: name.into(),
@@ -783,7 +795,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             // ("unable to set hostname without a private UTS namespace"); the kubelet leaves it
             // empty for hostNetwork pods.
             annotations: annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            labels: HashMap::from([("app".to_string(), name.to_string())]),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             linux: Some(cri::LinuxPodSandboxConfig {
                 cgroup_parent: format!("{}/pod-{n}", self.cgroup_base),
                 security_context: Some(cri::LinuxSandboxSecurityContext {
