@@ -346,6 +346,25 @@ fn agent_refuses_bad_annotations() -> R {
     if !store.list().map_err(|e| e.to_string())?.is_empty() {
         return Err("a refused container got a policy".into());
     }
+    // Every refusal is an `admission` event naming the key, and counted by reason.
+    for key in ["driftguard.dev/mode", "driftguard.dev/mdoe", "driftguard.dev/deny"] {
+        let ev =
+            agent.wait_event(&format!("admission for {key}"), |ev| ev["event"] == "admission" && ev["key"] == key)?;
+        if ev["action"] != "refused" || ev["reason"] != "annotation" || ev["pod"] != "bad" || ev["container"] != "app" {
+            return Err(format!("admission event for {key}: {ev}").into());
+        }
+        if !ev["message"].as_str().is_some_and(|m| m.contains(key)) {
+            return Err(format!("admission event for {key} without the error: {ev}").into());
+        }
+    }
+    let n = agent.events().iter().filter(|ev| ev["event"] == "admission").count();
+    if n != 6 {
+        return Err(format!("want 6 admission events (3 annotations, 2 deliveries), got {n}").into());
+    }
+    agent.wait_metrics(&[
+        "driftguard_containers_refused_total{reason=\"annotation\"} 6",
+        "driftguard_containers_refused_total{reason=\"forbidden_weakening\"} 0",
+    ])?;
     // The agent is still alive and serving.
     let p = pod("good", &[("driftguard.dev/mode", "enforce")]);
     rt.block_on(conn.send(Delivery::Dedicated, LifecycleEvent::StartContainer(p.clone(), ctr.nri(&p, "app"))))

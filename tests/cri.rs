@@ -77,6 +77,14 @@ const TRIALS: &[(&str, TrialFn)] = &[
         rules_namespace_rule_enforces_unannotated_pod_exclusions_hold,
     ),
     ("rules_label_rule_hook_takes_strictest_agent_corrects", rules_label_rule_hook_takes_strictest_agent_corrects),
+    (
+        "rules_forbid_weakening_refuses_mode_off_with_event_and_metric",
+        rules_forbid_weakening_refuses_mode_off_with_event_and_metric,
+    ),
+    (
+        "rules_changed_while_running_never_weaken_running_containers",
+        rules_changed_while_running_never_weaken_running_containers,
+    ),
 ];
 
 /// The core trials again on containerd 2.x (Debian sid's 2.1; config version 3, CRI plugins

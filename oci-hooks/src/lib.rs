@@ -710,6 +710,35 @@ mod tests {
     }
 
     #[test]
+    fn forbid_weakening_refuses_in_the_hook_too() {
+        use std::str::FromStr;
+        let config = Config::from_str(
+            "[[rules]]\nname = \"payments\"\nnamespaces = [\"payments\"]\nmode = \"enforce\"\nforbid_weakening = true\n",
+        )
+        .unwrap();
+        let a: BTreeMap<String, String> = [
+            ("io.kubernetes.cri.sandbox-namespace", "payments"),
+            ("io.kubernetes.cri.container-name", "app"),
+            ("driftguard.dev/exec-memory.app", "false"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let e = resolve(&config, &a).unwrap_err();
+        assert!(
+            matches!(&e, AnnotationError::Forbidden { key, rule, .. } if key == "driftguard.dev/exec-memory.app" && rule == "payments"),
+            "{e:?}"
+        );
+        // create_runtime refuses it as invalid input (exit 2), naming the rule
+        let t = tempfile::tempdir().unwrap();
+        let (st, opts) = bundle(t.path(), serde_json::to_value(&a).unwrap());
+        std::fs::write(opts.config.as_ref().unwrap(), "[[rules]]\nname = \"payments\"\nnamespaces = [\"payments\"]\nmode = \"enforce\"\nforbid_weakening = true\n").unwrap();
+        let e = create_runtime(&st, &opts).unwrap_err();
+        assert_eq!(e.class(), ErrorClass::Input);
+        assert!(e.to_string().contains("forbidden by rule \"payments\""), "{e}");
+    }
+
+    #[test]
     fn off_touches_nothing() {
         let t = tempfile::tempdir().unwrap();
         std::fs::write(t.path().join("config.json"), r#"{"ociVersion":"1.0.2","annotations":{"x":"y"}}"#).unwrap();

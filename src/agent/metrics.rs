@@ -82,10 +82,14 @@ impl Metrics {
         )
         .expect("static metric definition");
         let refused = IntCounterVec::new(
-            Opts::new("driftguard_containers_refused_total", "Containers refused through NRI"),
+            Opts::new("driftguard_containers_refused_total", "Containers refused, by reason"),
             &["reason"],
         )
         .expect("static metric definition");
+        // Every reason from the start, at 0: an alert on increase() then sees the first refusal.
+        for reason in super::output::REFUSAL_REASONS {
+            refused.with_label_values(&[reason]);
+        }
         let policy_errors = IntCounterVec::new(
             Opts::new("driftguard_policy_errors_total", "Failures to install or remove a policy"),
             &["reason"],

@@ -75,6 +75,42 @@ pub struct Notice {
     pub message: String,
 }
 
+/// A container the agent refused (`"event": "admission"`, `"action": "refused"`): it never
+/// ran. Schema in docs/events.md.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Refusal {
+    /// Always `"admission"`.
+    pub event: &'static str,
+    /// RFC 3339 time.
+    pub time: String,
+    /// Node.
+    pub node: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Pod.
+    pub pod: String,
+    /// Container.
+    pub container: String,
+    /// Container id.
+    pub container_id: String,
+    /// Image reference.
+    pub image: String,
+    /// Always `"refused"`.
+    pub action: &'static str,
+    /// Why, one of [`REFUSAL_REASONS`].
+    pub reason: &'static str,
+    /// The offending annotation key (`annotation`, `forbidden_weakening`), else empty.
+    pub key: String,
+    /// The rule that forbids the weakening (`forbidden_weakening`), else empty.
+    pub rule: String,
+    /// The whole error, as the runtime reports it.
+    pub message: String,
+}
+
+/// Every `reason` of a [`Refusal`], also the `reason` label of
+/// `driftguard_containers_refused_total`.
+pub const REFUSAL_REASONS: [&str; 5] = ["annotation", "forbidden_weakening", "cgroup", "provenance", "install"];
+
 /// Converts CLOCK_BOOTTIME nanoseconds (BPF timestamps) to wall-clock time.
 #[derive(Clone, Copy, Debug)]
 pub struct BootClock {
@@ -403,7 +439,35 @@ mod tests {
                 assert!(row.contains(&format!("`{k}`")), "docs/events.md `{object}` row names `{k}`");
             }
         }
-        for (section, mut code) in [("verdict", keys(&verdict)), ("notice", keys(&notice))] {
+        let refusal = Refusal {
+            event: "admission",
+            time: String::new(),
+            node: String::new(),
+            namespace: String::new(),
+            pod: String::new(),
+            container: String::new(),
+            container_id: String::new(),
+            image: String::new(),
+            action: "refused",
+            reason: "annotation",
+            key: String::new(),
+            rule: String::new(),
+            message: String::new(),
+        };
+        // Every reason the code sends is in the `reason` row, and nothing else.
+        let (_, _, _, body) = documented(&doc, "admission");
+        let row = body.lines().find(|l| l.starts_with("| `reason` |")).expect("reason row");
+        // The values: code spans followed by their explanation in parentheses.
+        let parts: Vec<&str> = row.split('`').collect();
+        let named: Vec<&str> = (3..parts.len())
+            .step_by(2)
+            .filter(|&i| parts.get(i + 1).is_some_and(|t| t.starts_with(" (")))
+            .map(|i| parts[i])
+            .collect();
+        assert_eq!(named, REFUSAL_REASONS, "docs/events.md `admission` reason row");
+        for (section, mut code) in
+            [("verdict", keys(&verdict)), ("notice", keys(&notice)), ("admission", keys(&refusal))]
+        {
             let (mut table, mut example, _, _) = documented(&doc, section);
             code.sort();
             table.sort();

@@ -8,7 +8,7 @@ use nri_plugin::api::{Container, ContainerState, ContainerUpdate, Event, PodSand
 use nri_plugin::{EventMask, HandlerResult, Plugin};
 
 use super::metrics::Metrics;
-use super::output::{rfc3339, Notice, Output};
+use super::output::{rfc3339, Notice, Output, Refusal};
 use super::registry::{ContainerInfo, Registry, Rootfs};
 use crate::annotations::{self, FailurePolicy};
 use crate::cgroup::{self, CgroupError, CgroupRoot};
@@ -258,12 +258,55 @@ impl DriftguardPlugin {
         let mut keep: HashSet<u64> = HashSet::new();
         let mut keep_ids: HashSet<String> = HashSet::new();
         let empty = PodSandbox::default();
+        // What this agent (before a restart) pinned: a running container never gets a weaker
+        // policy than that, whatever the configuration says now (docs/configuration.md,
+        // "When the rules change"). The OCI hook's entries are not compared: the hook guesses
+        // where labels decide, and the agent corrects it.
+        let pinned: HashMap<u64, Policy> = match self.store.list() {
+            Ok(list) => list.into_iter().filter(|p| p.owner == Owner::Agent).map(|p| (p.cgroup_id, p.policy)).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading pinned policies for reconciliation failed");
+                HashMap::new()
+            }
+        };
         for ctr in containers {
             let state = ctr.state.enum_value_or_default();
             if state != ContainerState::CONTAINER_RUNNING && state != ContainerState::CONTAINER_PAUSED {
                 continue;
             }
             let pod = pods.get(ctr.pod_sandbox_id.as_str()).copied().unwrap_or(&empty);
+            let cgroup_id =
+                self.cgroot.resolve_cgroups_path(&ctr.linux.cgroups_path).ok().and_then(|p| cgroup::cgroup_id(&p).ok());
+            let old = cgroup_id.and_then(|id| pinned.get(&id).map(|p| (id, p)));
+            if let Some((id, old)) = old {
+                let kept = match self.resolve(pod, ctr) {
+                    Ok(r) => {
+                        let was = annotations::ContainerPolicy {
+                            policy: old.clone(),
+                            failure_policy: r.policy.failure_policy,
+                        };
+                        rules::weakening(&was, &r.policy).map(|(_, what)| {
+                            format!(
+                                "the configuration now gives this running container a weaker policy ({}: {what}); \
+                                 it keeps its pinned {} policy until it restarts",
+                                r.source, old.mode
+                            )
+                        })
+                    }
+                    Err(e) => Some(format!(
+                        "its policy no longer resolves ({e}); the running container keeps its pinned {} policy \
+                         until it restarts",
+                        old.mode
+                    )),
+                };
+                if let Some(message) = kept {
+                    self.notice(pod, ctr, "policy_kept", &message);
+                    keep.insert(id);
+                    keep_ids.insert(ctr.id.clone());
+                    report.kept += 1;
+                    continue;
+                }
+            }
             match self.apply(pod, ctr) {
                 Ok(Applied::Installed { cgroup_id, .. }) => {
                     keep.insert(cgroup_id);
@@ -340,6 +383,9 @@ pub struct ReconcileReport {
     pub failed: usize,
     /// Stale agent-owned entries removed.
     pub removed_stale: usize,
+    /// Running containers that keep their pinned policy because the configuration now gives
+    /// them a weaker one (or none that resolves).
+    pub kept: usize,
 }
 
 fn image_of(ctr: &Container) -> String {
@@ -350,16 +396,48 @@ fn image_of(ctr: &Container) -> String {
     ctr.annotations.get(CRI_IMAGE_ANNOTATION).cloned().unwrap_or_default()
 }
 
-fn refuse(metrics: &Metrics, e: ApplyError) -> nri_plugin::BoxError {
-    let reason = match &e {
-        ApplyError::Annotation { .. } => "annotation",
-        ApplyError::Cgroup { .. } => "cgroup",
-        ApplyError::Provenance { .. } => "provenance",
-        ApplyError::Install { .. } => "install",
-    };
-    metrics.refused.with_label_values(&[reason]).inc();
-    tracing::warn!(error = %e, "refusing container");
-    Box::new(e)
+impl DriftguardPlugin {
+    /// Refuse a container: count it, log it, and emit an `admission` event, so that a refusal is
+    /// seen by more than `kubectl describe`.
+    fn refuse(&self, pod: &PodSandbox, ctr: &Container, e: ApplyError) -> nri_plugin::BoxError {
+        let (reason, key, rule) = match &e {
+            ApplyError::Annotation { source, .. } => match source.as_ref() {
+                annotations::AnnotationError::Forbidden { key, rule, .. } => {
+                    ("forbidden_weakening", key.clone(), rule.clone())
+                }
+                annotations::AnnotationError::UnknownKey { key, .. }
+                | annotations::AnnotationError::MalformedKey { key, .. }
+                | annotations::AnnotationError::InvalidValue { key, .. } => ("annotation", key.clone(), String::new()),
+                annotations::AnnotationError::InvalidPolicy { sources, .. } => {
+                    ("annotation", sources.first().map(|s| s.0.clone()).unwrap_or_default(), String::new())
+                }
+            },
+            ApplyError::Cgroup { .. } => ("cgroup", String::new(), String::new()),
+            ApplyError::Provenance { .. } => ("provenance", String::new(), String::new()),
+            ApplyError::Install { .. } => ("install", String::new(), String::new()),
+        };
+        self.metrics.refused.with_label_values(&[reason]).inc();
+        tracing::warn!(namespace = %pod.namespace, pod = %pod.name, container = %ctr.name, reason, error = %e, "refusing container");
+        let r = Refusal {
+            event: "admission",
+            time: rfc3339(std::time::SystemTime::now()),
+            node: self.node.clone(),
+            namespace: pod.namespace.clone(),
+            pod: pod.name.clone(),
+            container: ctr.name.clone(),
+            container_id: ctr.id.clone(),
+            image: image_of(ctr),
+            action: "refused",
+            reason,
+            key,
+            rule,
+            message: e.to_string(),
+        };
+        if let Ok(line) = serde_json::to_string(&r) {
+            self.output.emit(&line);
+        }
+        Box::new(e)
+    }
 }
 
 impl Plugin for DriftguardPlugin {
@@ -390,6 +468,7 @@ impl Plugin for DriftguardPlugin {
             installed = report.installed,
             failed = report.failed,
             removed_stale = report.removed_stale,
+            kept_stronger_pinned = report.kept,
             "synchronized with the runtime"
         );
         Ok(Vec::new())
@@ -401,13 +480,13 @@ impl Plugin for DriftguardPlugin {
         ctr: &Container,
     ) -> HandlerResult<nri_plugin::api::CreateContainerResponse> {
         // The cgroup does not exist yet; refuse bad annotations as early as possible.
-        self.timed("create_container", || self.resolve(pod, ctr)).map_err(|e| refuse(&self.metrics, e))?;
+        self.timed("create_container", || self.resolve(pod, ctr)).map_err(|e| self.refuse(pod, ctr, e))?;
         Ok(Default::default())
     }
 
     async fn start_container(&self, pod: &PodSandbox, ctr: &Container) -> HandlerResult<()> {
         // Task created (cgroup exists, init waiting), entrypoint not yet exec'd: install now.
-        let applied = self.timed("start_container", || self.apply(pod, ctr)).map_err(|e| refuse(&self.metrics, e))?;
+        let applied = self.timed("start_container", || self.apply(pod, ctr)).map_err(|e| self.refuse(pod, ctr, e))?;
         if let Applied::Installed { mode, cgroup_id } = applied {
             tracing::info!(
                 namespace = %pod.namespace, pod = %pod.name, container = %ctr.name, %mode, cgroup_id, "policy installed"

@@ -144,6 +144,19 @@ pub enum AnnotationError {
         /// What is wrong.
         problem: ValueError,
     },
+    /// The annotation weakens the policy of a node policy rule that forbids weakening
+    /// (`forbid_weakening = true`; docs/configuration.md#forbidding-weaker-policies).
+    #[error("annotation {key:?} = {value:?}: forbidden by rule {rule:?}, which forbids weakening its policy: {what}")]
+    Forbidden {
+        /// The full annotation key.
+        key: String,
+        /// Its value.
+        value: String,
+        /// The rule's name.
+        rule: String,
+        /// How it weakens the rule's policy.
+        what: String,
+    },
     /// The resolved policy is inconsistent (a path on both the allow and the deny list).
     #[error("{}: {problem}", describe_sources(sources))]
     InvalidPolicy {

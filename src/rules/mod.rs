@@ -45,6 +45,9 @@ pub struct RawRule {
     pub selector: Option<String>,
     /// The mode of matching pods.
     pub mode: String,
+    /// Refuse containers whose annotations weaken the rule's policy.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forbid_weakening: bool,
     /// Defaults of other annotation keys (`allow`, `exec-memory`, `failure-policy`, …).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub defaults: BTreeMap<String, RawValue>,
@@ -85,6 +88,8 @@ pub struct Rule {
     pub selector: Option<Selector>,
     /// The policy it gives (mode and defaults), before annotations.
     pub policy: ContainerPolicy,
+    /// Annotations may not weaken [`Rule::policy`] (the container is refused).
+    pub forbid_weakening: bool,
     raw: RawRule,
 }
 
@@ -133,7 +138,7 @@ impl Rule {
             annotations::apply_value(&mut policy, key, value);
         }
         policy.policy.validate().map_err(|e| bad(format!("defaults: {e}")))?;
-        Ok(Rule { name, namespaces, selector, policy, raw })
+        Ok(Rule { name, namespaces, selector, policy, forbid_weakening: raw.forbid_weakening, raw })
     }
 
     /// Whether the rule applies to `pod`.
@@ -355,6 +360,24 @@ impl NodePolicy {
     /// first that surely does (or the default) are the candidates, and the one with the
     /// strictest mode wins (the earliest of equals).
     pub fn base(&self, pod: &Pod<'_>) -> (ContainerPolicy, PolicySource) {
+        let b = self.base_of(pod);
+        (b.policy, b.source)
+    }
+
+    fn base_of(&self, pod: &Pod<'_>) -> Base {
+        let (policy, source) = self.pick(pod);
+        let guard = match &source {
+            PolicySource::Rule(name) => self
+                .rules
+                .iter()
+                .find(|r| &r.name == name && r.forbid_weakening)
+                .map(|r| Guard { rule: r.name.clone(), sure: r.matches(pod) == Match::Yes }),
+            _ => None,
+        };
+        Base { policy, source, guard }
+    }
+
+    fn pick(&self, pod: &Pod<'_>) -> (ContainerPolicy, PolicySource) {
         if let Some(ns) = pod.namespace {
             if let Some((excl, _)) = self.exclusions.namespaces().into_iter().find(|(e, _)| *e == ns) {
                 let off = ContainerPolicy {
@@ -423,9 +446,37 @@ impl NodePolicy {
         CK: AsRef<str>,
         CV: AsRef<str>,
     {
-        let (base, source) = self.base(pod);
-        let resolution = annotations::resolve_over(base, pod_annotations, container_name, container_annotations)?;
-        let source = if resolution.mode_annotation().is_some() { PolicySource::Annotation } else { source };
+        let Base { policy: base, source, guard } = self.base_of(pod);
+        let mut resolution =
+            annotations::resolve_over(base.clone(), pod_annotations, container_name, container_annotations)?;
+        let mut clamped = false;
+        if let Some(guard) = guard {
+            if let Some((keys, what)) = weakening(&base, &resolution.policy) {
+                if guard.sure {
+                    let (key, value) = resolution
+                        .applied
+                        .iter()
+                        .rev()
+                        .find(|a| keys.contains(&a.key))
+                        .map(|a| (a.annotation.clone(), a.value.clone()))
+                        .unwrap_or_default();
+                    return Err(AnnotationError::Forbidden { key, value, rule: guard.rule, what });
+                }
+                // A rule that only may apply (the OCI hook, labels unknown): keep the rule's
+                // stricter value of everything the annotations weakened.
+                clamp(&base, &mut resolution.policy);
+                clamped = true;
+                resolution
+                    .policy
+                    .policy
+                    .validate()
+                    .map_err(|problem| AnnotationError::InvalidPolicy { sources: Vec::new(), problem })?;
+            }
+        }
+        // A mode annotation the hook's clamp undid did not set the mode.
+        let clamped_mode = clamped && resolution.policy.policy.mode == base.policy.mode;
+        let source =
+            if resolution.mode_annotation().is_some() && !clamped_mode { PolicySource::Annotation } else { source };
         Ok(Resolved { policy: resolution.policy.clone(), source, resolution })
     }
 
@@ -440,6 +491,81 @@ impl NodePolicy {
         let (base, _) = self.base(pod);
         let d = Defaults { mode: base.policy.mode, failure_policy: base.failure_policy };
         annotations::is_opted_in(&d, pod_annotations)
+    }
+}
+
+/// The base of a pod, with the rule that forbids weakening it.
+struct Base {
+    policy: ContainerPolicy,
+    source: PolicySource,
+    guard: Option<Guard>,
+}
+
+struct Guard {
+    rule: String,
+    /// The rule surely applies (labels known, or no selector).
+    sure: bool,
+}
+
+/// The first way `got` is weaker than `base`, with the annotation keys that can cause it.
+pub fn weakening(base: &ContainerPolicy, got: &ContainerPolicy) -> Option<(Vec<Key>, String)> {
+    use crate::policy::{ExecMemory, ProcessAccess};
+    let (b, g) = (&base.policy, &got.policy);
+    if g.mode < b.mode {
+        return Some((vec![Key::Mode], format!("lowers the mode from {} to {}", b.mode, g.mode)));
+    }
+    let flags = [
+        (b.rules.drift, g.rules.drift, vec![Key::Drift], "drift"),
+        (b.rules.fileless, g.rules.fileless, vec![Key::Fileless], "fileless"),
+        (b.rules.non_image, g.rules.non_image, vec![Key::NonImage, Key::NonOverlay], "non-image"),
+        (b.rules.allowlist_only, g.rules.allowlist_only, vec![Key::AllowlistOnly], "allowlist-only"),
+    ];
+    for (was, is, keys, name) in flags {
+        if was && !is {
+            return Some((keys, format!("turns the {name} rule off")));
+        }
+    }
+    if b.rules.exec_memory == ExecMemory::On && g.rules.exec_memory != ExecMemory::On {
+        return Some((vec![Key::ExecMemory], "opts out of the exec-memory rule (the JIT opt-out)".into()));
+    }
+    if b.rules.process_access == ProcessAccess::On && g.rules.process_access != ProcessAccess::On {
+        return Some((vec![Key::ProcessAccess], "opts out of the process-access rule (the debug opt-out)".into()));
+    }
+    if let Some(p) = g.allow.difference(&b.allow).next() {
+        return Some((vec![Key::Allow], format!("adds {p} to the allow list")));
+    }
+    if let Some(p) = b.deny.difference(&g.deny).next() {
+        return Some((vec![Key::Deny], format!("removes {p} from the deny list")));
+    }
+    if let Some(p) = g.exec_volumes.difference(&b.exec_volumes).next() {
+        return Some((vec![Key::ExecVolumes], format!("exempts the volume {p} from the non-image rule")));
+    }
+    if base.failure_policy == annotations::FailurePolicy::Fail && got.failure_policy != base.failure_policy {
+        return Some((vec![Key::FailurePolicy], "lets the container start unprotected (failure-policy ignore)".into()));
+    }
+    None
+}
+
+/// Undo every weakening of `base` in `got`, keeping what the annotations made stricter.
+fn clamp(base: &ContainerPolicy, got: &mut ContainerPolicy) {
+    use crate::policy::{ExecMemory, ProcessAccess};
+    let (b, g) = (&base.policy, &mut got.policy);
+    g.mode = g.mode.max(b.mode);
+    g.rules.drift |= b.rules.drift;
+    g.rules.fileless |= b.rules.fileless;
+    g.rules.non_image |= b.rules.non_image;
+    g.rules.allowlist_only |= b.rules.allowlist_only;
+    if b.rules.exec_memory == ExecMemory::On {
+        g.rules.exec_memory = ExecMemory::On;
+    }
+    if b.rules.process_access == ProcessAccess::On {
+        g.rules.process_access = ProcessAccess::On;
+    }
+    g.allow = g.allow.intersection(&b.allow).cloned().collect();
+    g.deny = g.deny.union(&b.deny).cloned().collect();
+    g.exec_volumes = g.exec_volumes.intersection(&b.exec_volumes).cloned().collect();
+    if base.failure_policy == annotations::FailurePolicy::Fail {
+        got.failure_policy = base.failure_policy;
     }
 }
 

@@ -202,3 +202,84 @@ fn policy_source_strings() {
     }
     assert!(PolicySource::try_from("x".to_string()).is_err());
 }
+
+const GUARDED: &str = "name = \"payments\"\nnamespaces = [\"payments\"]\nmode = \"enforce\"\nforbid_weakening = true\n[defaults]\nallow = [\"/usr/bin/curl\"]\ndeny = [\"/usr/bin/nc\"]\nexec-volumes = [\"/data\"]";
+
+#[test]
+fn forbid_weakening_refuses_each_kind_and_names_rule_and_annotation() {
+    let n = node(&[GUARDED]);
+    let l = labels(&[]);
+    let pod = Pod { namespace: Some("payments"), labels: Some(&l) };
+    let none: [(&str, &str); 0] = [];
+    for (key, value, want) in [
+        ("driftguard.dev/mode", "off", "lowers the mode from enforce to off"),
+        ("driftguard.dev/mode.app", "monitor", "lowers the mode from enforce to monitor"),
+        ("driftguard.dev/drift", "false", "turns the drift rule off"),
+        ("driftguard.dev/fileless", "false", "turns the fileless rule off"),
+        ("driftguard.dev/non-image", "false", "turns the non-image rule off"),
+        ("driftguard.dev/non-overlay", "false", "turns the non-image rule off"),
+        ("driftguard.dev/exec-memory", "false", "the JIT opt-out"),
+        ("driftguard.dev/process-access", "false", "the debug opt-out"),
+        ("driftguard.dev/allow", "/usr/bin/curl,/bin/wget", "adds /bin/wget to the allow list"),
+        ("driftguard.dev/deny", "", "removes /usr/bin/nc from the deny list"),
+        ("driftguard.dev/exec-volumes", "/data,/scratch", "exempts the volume /scratch"),
+        ("driftguard.dev/failure-policy", "ignore", "failure-policy ignore"),
+    ] {
+        let e = n.resolve(&pod, [(key, value)], "app", none).unwrap_err();
+        assert!(
+            matches!(&e, AnnotationError::Forbidden { rule, key: k, .. } if rule == "payments" && k == key),
+            "{e:?}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!("annotation {key:?} = {value:?}: forbidden by rule \"payments\""))
+                && text.contains(want),
+            "{key}: {text}"
+        );
+    }
+    // the same, set in the container's own annotations
+    let e = n.resolve(&pod, none, "app", [("driftguard.dev/mode", "off")]).unwrap_err();
+    assert!(matches!(e, AnnotationError::Forbidden { .. }));
+    // stronger or equal is fine, and keeps the rule as the source unless the mode changed
+    for (key, value) in [
+        ("driftguard.dev/mode", "enforce"),
+        ("driftguard.dev/allowlist-only", "true"),
+        ("driftguard.dev/deny", "/usr/bin/nc,/bin/sh"),
+        ("driftguard.dev/allow", ""),
+        ("driftguard.dev/exec-volumes", ""),
+        ("driftguard.dev/mode.other", "off"),
+    ] {
+        let r = n.resolve(&pod, [(key, value)], "app", none).unwrap_or_else(|e| panic!("{key}: {e}"));
+        assert_eq!(r.policy.policy.mode, Mode::Enforce, "{key}");
+    }
+    // without forbid_weakening the same annotations are allowed
+    let open = node(&[&GUARDED.replace("forbid_weakening = true\n", "")]);
+    assert_eq!(
+        open.resolve(&pod, [("driftguard.dev/mode", "off")], "app", none).unwrap().policy.policy.mode,
+        Mode::Off
+    );
+    // and outside the rule they are too
+    let other = Pod { namespace: Some("shop"), labels: Some(&l) };
+    assert!(n.resolve(&other, [("driftguard.dev/mode", "off")], "app", none).is_ok());
+}
+
+#[test]
+fn forbid_weakening_of_a_rule_that_only_may_apply_keeps_the_stricter_value() {
+    let n = node(&["name = \"canary\"\nselector = \"track=canary\"\nmode = \"enforce\"\nforbid_weakening = true\n[defaults]\ndeny = \"/usr/bin/nc\""]);
+    let none: [(&str, &str); 0] = [];
+    let hook = Pod { namespace: Some("shop"), labels: None };
+    let ann =
+        [("driftguard.dev/mode", "off"), ("driftguard.dev/exec-memory", "false"), ("driftguard.dev/deny", "/bin/sh")];
+    let r = n.resolve(&hook, ann, "app", none).unwrap();
+    assert_eq!(r.policy.policy.mode, Mode::Enforce);
+    assert_eq!(r.policy.policy.rules.exec_memory, ExecMemory::On);
+    let deny: Vec<&str> = r.policy.policy.deny.iter().map(|p| p.as_str()).collect();
+    assert_eq!(deny, ["/bin/sh", "/usr/bin/nc"], "the annotation's stricter entries stay");
+    assert_eq!(r.source, PolicySource::Rule("canary".into()), "the undone mode annotation did not set the mode");
+    // with the labels known: refused when it applies, allowed when it does not
+    let canary = labels(&[("track", "canary")]);
+    let stable = labels(&[("track", "stable")]);
+    assert!(n.resolve(&Pod { namespace: Some("shop"), labels: Some(&canary) }, ann, "app", none).is_err());
+    let r = n.resolve(&Pod { namespace: Some("shop"), labels: Some(&stable) }, ann, "app", none).unwrap();
+    assert_eq!((r.policy.policy.mode, r.source), (Mode::Off, PolicySource::Annotation));
+}

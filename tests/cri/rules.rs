@@ -133,3 +133,129 @@ pub(super) fn rules_label_rule_hook_takes_strictest_agent_corrects() -> R {
         env.assert_stopped(&env.ctd.sh(&canary_id, "/tmp/busybox-x echo hi")?, "drift in the canary pod, agent back")
     })
 }
+
+const GUARDED_RULE: &str = r#"
+[[rules]]
+name = "payments"
+namespaces = ["payments"]
+mode = "enforce"
+forbid_weakening = true
+"#;
+
+pub(super) fn rules_forbid_weakening_refuses_mode_off_with_event_and_metric() -> R {
+    with(env_with_config(GUARDED_RULE), |env| {
+        let pod = env.ctd.run_pod_in("payments", "optout", &[("app", "optout")], &[("driftguard.dev/mode", "off")])?;
+        let err = match env.ctd.create_container(&pod, "app", &[]) {
+            Ok(id) => return Err(format!("a pod annotated mode: off in `payments` was created ({id})")),
+            Err(e) => e.message().to_string(),
+        };
+        eprintln!("containerd's refusal: {err}");
+        for want in ["driftguard.dev/mode", "forbidden by rule \"payments\"", "lowers the mode from enforce to off"] {
+            if !err.contains(want) {
+                return Err(format!("the refusal does not say {want:?}: {err}"));
+            }
+        }
+        let ev = env.agent.wait_event("the admission event", |ev| ev["event"] == "admission")?;
+        if ev["action"] != "refused"
+            || ev["reason"] != "forbidden_weakening"
+            || ev["rule"] != "payments"
+            || ev["key"] != "driftguard.dev/mode"
+            || ev["namespace"] != "payments"
+            || ev["pod"] != "optout"
+        {
+            return Err(format!("admission event: {ev}"));
+        }
+        env.agent.wait_metrics(&["driftguard_containers_refused_total{reason=\"forbidden_weakening\"} 1"])?;
+        // A stricter annotation is fine in the same namespace, and enforced.
+        let (_, id) = {
+            let p = env.ctd.run_pod_in(
+                "payments",
+                "strict",
+                &[("app", "strict")],
+                &[("driftguard.dev/allowlist-only", "false")],
+            )?;
+            let id = env.ctd.run_container(&p, "app", &[])?;
+            (p, id)
+        };
+        env.assert_stopped(&env.ctd.sh(&id, DRIFT_RUNS)?, "drift in `payments` with a harmless annotation")?;
+        // The attacker's next try: the same pod while the agent is down. The OCI hook applies
+        // the rule and refuses it at start (fail closed).
+        env.agent.kill9();
+        let pod =
+            env.ctd.run_pod_in("payments", "optout2", &[("app", "optout2")], &[("driftguard.dev/mode", "off")])?;
+        let id = env.ctd.create_container(&pod, "app", &[]).map_err(|e| format!("CreateContainer: {}", e.message()))?;
+        match env.ctd.start_container(&id) {
+            Ok(()) => Err(format!(
+                "mode: off in `payments` started while the agent was down: {}",
+                env.ctd.sh(&id, DRIFT_RUNS)?
+            )),
+            Err(e)
+                if e.message().contains("driftguard-oci-hook")
+                    && e.message().contains("forbidden by rule \"payments\"") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(format!("the hook's refusal does not name the rule: {}", e.message())),
+        }
+    })
+}
+
+const CHANGING_RULES: &str = r#"
+[[rules]]
+name = "payments"
+namespaces = ["payments"]
+mode = "enforce" # payments
+
+[[rules]]
+name = "shop"
+namespaces = ["shop"]
+mode = "monitor" # shop
+"#;
+
+/// The rules change while containers run: after the agent's restart a stronger rule applies
+/// to running containers at once, a weaker one does not (the container keeps its pinned policy
+/// until it restarts, and a `policy_kept` notice says so); new containers get the new rules.
+pub(super) fn rules_changed_while_running_never_weaken_running_containers() -> R {
+    with(env_with_config(CHANGING_RULES), |env| {
+        let pay = env.ctd.run_pod_in("payments", "pay", &[("app", "pay")], &[])?;
+        let pay_id = env.ctd.run_container(&pay, "app", &[])?;
+        let web = env.ctd.run_pod_in("shop", "web", &[("app", "web")], &[])?;
+        let web_id = env.ctd.run_container(&web, "app", &[])?;
+        env.assert_stopped(&env.ctd.sh(&pay_id, DRIFT_RUNS)?, "drift in payments before the change")?;
+        expect_ok(&env.ctd.sh(&web_id, DRIFT_RUNS)?, "hi", "drift in shop (monitor) before the change")?;
+        env.agent.terminate()?;
+        env.agent.edit_config("mode = \"enforce\" # payments", "mode = \"monitor\" # payments")?;
+        env.agent.edit_config("mode = \"monitor\" # shop", "mode = \"enforce\" # shop")?;
+        std::fs::copy(&env.agent.config, &env.ctd.hook_config).map_err(|e| format!("hook config: {e}"))?;
+        let synced = env.agent.synced_count();
+        env.agent.start_synced(synced + 1)?;
+        // Stronger: at once.
+        env.assert_stopped(&env.ctd.sh(&web_id, "/tmp/busybox-x echo hi")?, "drift in shop after it became enforce")?;
+        // Weaker: kept, and said.
+        let n =
+            env.agent.wait_event("the policy_kept notice", |ev| ev["reason"] == "policy_kept" && ev["pod"] == "pay")?;
+        let msg = n["message"].as_str().unwrap_or("");
+        if !msg.contains("rule:payments") || !msg.contains("lowers the mode from enforce to monitor") {
+            return Err(format!("policy_kept notice: {n}"));
+        }
+        env.assert_stopped(&env.ctd.sh(&pay_id, DRIFT_RUNS)?, "drift in the running payments pod after the change")?;
+        let cg = env.cgroup_id(&pay, &pay_id)?;
+        env.wait_status(2)?;
+        let row = status_row(env, cg)?;
+        if row["mode"] != "enforce" {
+            return Err(format!("status of the running payments pod: {row}"));
+        }
+        // A new pod in payments gets the new (weaker) rule.
+        let (_, new_id) = {
+            let p = env.ctd.run_pod_in("payments", "pay2", &[("app", "pay2")], &[])?;
+            let id = env.ctd.run_container(&p, "app", &[])?;
+            (p, id)
+        };
+        expect_ok(&env.ctd.sh(&new_id, DRIFT_RUNS)?, "hi", "drift in a new payments pod (now monitor)")?;
+        let ev = env.agent.wait_event("the alert of pay2", |ev| ev["event"] == "verdict" && ev["pod"] == "pay2")?;
+        if ev["action"] != "alert" || ev["policy_source"] != "rule:payments" {
+            return Err(format!("verdict of the new payments pod: {ev}"));
+        }
+        Ok(())
+    })
+}

@@ -522,6 +522,7 @@ need = {
     "DriftguardRingbufDrops": "driftguard_ringbuf_drops_total",
     "DriftguardNRIDisconnected": "driftguard_nri_connected == 0",
     "DriftguardEnforcementDegraded": 'driftguard_enforcement_path{path="tracepoint_kill"} == 1',
+    "DriftguardContainersRefused": "driftguard_containers_refused_total",
 }
 for name, frag in need.items():
     assert name in rules, f"no alert {name}"
