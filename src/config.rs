@@ -90,6 +90,8 @@ pub struct Config {
     pub log: LogConfig,
     /// cgroup v2 hierarchy.
     pub cgroup: CgroupConfig,
+    /// The OCI hook's state.
+    pub oci_hook: OciHookConfig,
     /// Namespaces no rule and no `default_mode` reaches.
     #[serde(deserialize_with = "de_exclusions")]
     pub exclusions: Exclusions,
@@ -175,6 +177,22 @@ pub struct CgroupConfig {
     pub root: Option<PathBuf>,
 }
 
+/// `[oci_hook]`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OciHookConfig {
+    /// The hook's records and the refusals it leaves for the agent to report (the hook's
+    /// `--state-dir` wins for the hook).
+    #[serde(deserialize_with = "de_hook_state_dir")]
+    pub state_dir: PathBuf,
+}
+
+impl Default for OciHookConfig {
+    fn default() -> Self {
+        OciHookConfig { state_dir: PathBuf::from(crate::node_state::DEFAULT_HOOK_STATE_DIR) }
+    }
+}
+
 /// Log output format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -213,6 +231,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
             cgroup: CgroupConfig::default(),
+            oci_hook: OciHookConfig::default(),
             exclusions: Exclusions::default(),
             rules: Vec::new(),
         }
@@ -338,6 +357,7 @@ impl Config {
         if let Some(r) = &self.cgroup.root {
             check("cgroup.root", r, check_abs(r))?;
         }
+        check("oci_hook.state_dir", &self.oci_hook.state_dir, check_abs(&self.oci_hook.state_dir))?;
         check("exclusions.own_namespace", &self.exclusions.own_namespace, self.exclusions.validate())?;
         if let Err(e) = self.node_policy().check() {
             return Err(ConfigError::Invalid { key: "rules", value: format!("{:?}", e.rule), problem: e.to_string() });
@@ -486,6 +506,10 @@ fn abs_path<'de, D: Deserializer<'de>>(d: D, key: &str) -> Result<PathBuf, D::Er
 
 fn de_nri_socket<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
     abs_path(d, "nri.socket")
+}
+
+fn de_hook_state_dir<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    abs_path(d, "oci_hook.state_dir")
 }
 
 fn de_pin_dir<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {

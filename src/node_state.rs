@@ -35,6 +35,86 @@ pub const OWNER_FILE: &str = "pin_dir";
 /// Directory of the OCI hook's records under the agent's state directory.
 pub const HOOK_RECORDS: &str = "oci";
 
+/// Where the OCI hook keeps its records when neither `--state-dir` nor `[oci_hook] state_dir`
+/// says otherwise: [`HOOK_RECORDS`] under [`DEFAULT_STATE_DIR`].
+pub const DEFAULT_HOOK_STATE_DIR: &str = "/run/driftguard/oci";
+
+/// Directory, under the hook's state directory, of the refusals the OCI hook records for the
+/// agent to report as events and metrics ([`HookRefusal`]).
+pub const REFUSALS: &str = "refused";
+
+/// Most refusals kept waiting for an agent; beyond, the hook only reports to the runtime.
+pub const MAX_REFUSALS: usize = 1000;
+
+/// Every reason a container is refused for: the `reason` of an `admission` event and the label
+/// of `driftguard_containers_refused_total` (docs/events.md). The last two come only from the
+/// OCI hook: its config file is invalid, or the runtime gave it an unusable state or bundle.
+pub const REFUSAL_REASONS: [&str; 7] =
+    ["annotation", "forbidden_weakening", "cgroup", "provenance", "install", "config", "hook_input"];
+
+/// A container the OCI hook refused, recorded for the agent (`<hook state dir>/refused/<id>.json`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HookRefusal {
+    /// RFC 3339 time of the refusal.
+    pub time: String,
+    /// Container id.
+    pub container_id: String,
+    /// Pod namespace, pod and container name, image: from the runtime's annotations.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Container name.
+    pub container: String,
+    /// Image reference.
+    pub image: String,
+    /// One of [`REFUSAL_REASONS`].
+    pub reason: String,
+    /// The offending annotation key, if any.
+    pub key: String,
+    /// The rule that forbids the weakening, if any.
+    pub rule: String,
+    /// The hook's error.
+    pub message: String,
+}
+
+/// Record `r` under `hook_state_dir` for the agent. `Ok(false)`: [`MAX_REFUSALS`] are already
+/// waiting, nothing written.
+pub fn record_refusal(hook_state_dir: &Path, r: &HookRefusal) -> io::Result<bool> {
+    let dir = hook_state_dir.join(REFUSALS);
+    std::fs::create_dir_all(&dir)?;
+    if std::fs::read_dir(&dir)?.count() >= MAX_REFUSALS {
+        return Ok(false);
+    }
+    let name = format!("{}-{}.json", r.container_id, std::process::id());
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec(r).map_err(io::Error::other)?)?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    Ok(true)
+}
+
+/// Take the refusals waiting under `hook_state_dir` (each file is removed once read), oldest
+/// first; an unreadable one comes back as its path and the problem.
+pub fn take_refusals(hook_state_dir: &Path) -> Vec<Result<HookRefusal, (PathBuf, String)>> {
+    let Ok(entries) = std::fs::read_dir(hook_state_dir.join(REFUSALS)) else { return Vec::new() };
+    let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.ends_with(".json") && !n.starts_with('.')))
+        .map(|e| (e.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH), e.path()))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|(_, p)| {
+            let r = std::fs::read(&p)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<HookRefusal>(&b).map_err(|e| e.to_string()));
+            let _ = std::fs::remove_file(&p);
+            r.map_err(|e| (p, e))
+        })
+        .collect()
+}
+
 /// The agent's container registry in its state directory.
 pub const REGISTRY_FILE: &str = "containers.json";
 
@@ -165,6 +245,15 @@ fn release_hook_records(dir: &Path, pin_dir: &Path, out: &mut Released) {
     let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     paths.sort();
     for p in paths {
+        if p.file_name().is_some_and(|n| n == REFUSALS) {
+            // Not a pin dir's: refusals waiting for an agent to report them.
+            if std::fs::read_dir(&p).is_ok_and(|mut d| d.next().is_none()) {
+                out.remove(p);
+            } else {
+                out.keep(p, "refusals the OCI hook recorded for an agent to report".to_string());
+            }
+            continue;
+        }
         let record = std::fs::read(&p)
             .map_err(|e| e.to_string())
             .and_then(|b| serde_json::from_slice::<HookRecord>(&b).map_err(|e| e.to_string()));
@@ -191,6 +280,20 @@ mod tests {
             v["pin_dir"] = p.into();
         }
         v.to_string()
+    }
+
+    #[test]
+    fn refusals_are_recorded_and_taken_once() {
+        let t = tempfile::tempdir().unwrap();
+        let r = HookRefusal { container_id: "c1".into(), reason: "annotation".into(), ..Default::default() };
+        assert!(record_refusal(t.path(), &r).unwrap());
+        std::fs::write(t.path().join(REFUSALS).join("junk.json"), "{").unwrap();
+        let got = take_refusals(t.path());
+        assert_eq!(got.len(), 2);
+        assert!(got.iter().any(|g| g.as_ref().ok() == Some(&r)));
+        assert!(got.iter().any(|g| g.as_ref().is_err_and(|(p, _)| p.ends_with("junk.json"))));
+        assert!(take_refusals(t.path()).is_empty(), "taken once");
+        assert!(take_refusals(&t.path().join("missing")).is_empty());
     }
 
     #[test]

@@ -309,6 +309,10 @@ impl Env {
         let ctd = Containerd::start_line(LINE.with(Cell::get), Some(HookWiring { bin, spec: None }))?;
         eprintln!("containerd {} in {}", ctd.bins.version, ctd.dir.display());
         let agent = AgentProcess::new(&ctd.nri_sock)?;
+        // The agent reports the refusals the hook leaves in its state directory.
+        let text = std::fs::read_to_string(&agent.config).map_err(|e| e.to_string())?;
+        let hook_state = format!("\n[oci_hook]\nstate_dir = {:?}\n", ctd.hook_state.display().to_string());
+        std::fs::write(&agent.config, text + &hook_state).map_err(|e| e.to_string())?;
         // The hook reads the agent's config: same pin dir, same defaults.
         std::fs::copy(&agent.config, &ctd.hook_config)
             .map_err(|e| format!("{} -> {}: {e}", agent.config.display(), ctd.hook_config.display()))?;

@@ -26,14 +26,21 @@ use driftguard::cgroup::CgroupError;
 use driftguard::config::{Config, ConfigError};
 use driftguard::enforcer::{self, Owner, PolicyStore};
 use driftguard::install::{self, InstallError};
+use driftguard::node_state::HookRefusal;
 use driftguard::policy::Mode;
 use driftguard::provenance::ProvenanceError;
 use driftguard::rules;
 use oci_spec::runtime::{Spec, State};
 use serde::Deserialize;
 
-/// Where createRuntime records the cgroup id of each container, for poststop.
-pub const DEFAULT_STATE_DIR: &str = "/run/driftguard/oci";
+/// Where createRuntime records the cgroup id of each container, for poststop, when neither
+/// `--state-dir` nor the config's `[oci_hook] state_dir` says otherwise.
+pub const DEFAULT_STATE_DIR: &str = driftguard::node_state::DEFAULT_HOOK_STATE_DIR;
+/// Annotations naming the pod, in the order they are consulted: containerd's CRI plugin, then
+/// CRI-O (for the refusals the agent reports).
+pub const POD_NAME_ANNOTATIONS: [&str; 2] = ["io.kubernetes.cri.sandbox-name", "io.kubernetes.pod.name"];
+/// Annotations naming the image: containerd's CRI plugin, then CRI-O.
+pub const IMAGE_ANNOTATIONS: [&str; 2] = ["io.kubernetes.cri.image-name", "io.kubernetes.cri-o.ImageName"];
 /// Annotations naming the container, used to match per-container keys
 /// `driftguard.dev/<key>.<name>`, in the order they are consulted: containerd's CRI plugin
 /// sets `io.kubernetes.cri.container-name`, CRI-O sets `io.kubernetes.container.name`.
@@ -378,6 +385,61 @@ pub use driftguard::node_state::HookRecord as Record;
 /// pod-wide keys apply).
 pub fn container_name(annotations: &BTreeMap<String, String>) -> &str {
     CONTAINER_NAME_ANNOTATIONS.iter().find_map(|k| annotations.get(*k)).map_or("", String::as_str)
+}
+
+/// A refused createRuntime as the agent reports it ([`driftguard::node_state::HookRefusal`]):
+/// the reason, the offending key and rule, and the container's names from its bundle's
+/// annotations (empty when they cannot be read). `None` when the state on stdin names no
+/// usable container id.
+pub fn refusal(st: &HookState, err: &HookError) -> Option<HookRefusal> {
+    let reason = match err {
+        HookError::ReadState(_)
+        | HookError::StateTooLarge
+        | HookError::MalformedState { .. }
+        | HookError::InvalidId { .. } => return None,
+        HookError::Annotation { source, .. } => match source.as_ref() {
+            AnnotationError::Forbidden { .. } => "forbidden_weakening",
+            _ => "annotation",
+        },
+        HookError::Config(_) => "config",
+        HookError::Cgroup { .. } | HookError::CgroupRoot { .. } => "cgroup",
+        HookError::Provenance { .. } => "provenance",
+        HookError::Enforcer { .. }
+        | HookError::NotAttached { .. }
+        | HookError::Record { .. }
+        | HookError::MalformedRecord { .. } => "install",
+        HookError::MissingPid { .. }
+        | HookError::InvalidPid { .. }
+        | HookError::MissingBundle { .. }
+        | HookError::ReadConfigJson { .. }
+        | HookError::MalformedConfigJson { .. } => "hook_input",
+    };
+    let (key, rule) = match err {
+        HookError::Annotation { source, .. } => match source.as_ref() {
+            AnnotationError::Forbidden { key, rule, .. } => (key.clone(), rule.clone()),
+            AnnotationError::UnknownKey { key, .. }
+            | AnnotationError::MalformedKey { key, .. }
+            | AnnotationError::InvalidValue { key, .. } => (key.clone(), String::new()),
+            AnnotationError::InvalidPolicy { sources, .. } => {
+                (sources.first().map(|s| s.0.clone()).unwrap_or_default(), String::new())
+            }
+        },
+        _ => (String::new(), String::new()),
+    };
+    let a = bundle_annotations(st).map(|(_, a)| a).unwrap_or_default();
+    let first = |keys: &[&str]| keys.iter().find_map(|k| a.get(*k)).cloned().unwrap_or_default();
+    Some(HookRefusal {
+        time: driftguard::agent::output::rfc3339(std::time::SystemTime::now()),
+        container_id: st.id.clone(),
+        namespace: namespace(&a).unwrap_or_default().to_string(),
+        pod: first(&POD_NAME_ANNOTATIONS),
+        container: container_name(&a).to_string(),
+        image: first(&IMAGE_ANNOTATIONS),
+        reason: reason.to_string(),
+        key,
+        rule,
+        message: err.to_string(),
+    })
 }
 
 /// The pod's namespace from the runtime's annotations, if it set one.
@@ -736,6 +798,47 @@ mod tests {
         let e = create_runtime(&st, &opts).unwrap_err();
         assert_eq!(e.class(), ErrorClass::Input);
         assert!(e.to_string().contains("forbidden by rule \"payments\""), "{e}");
+    }
+
+    #[test]
+    fn refusals_name_reason_key_rule_and_container() {
+        use std::str::FromStr;
+        let t = tempfile::tempdir().unwrap();
+        let (st, opts) = bundle(
+            t.path(),
+            serde_json::json!({
+                "io.kubernetes.cri.sandbox-namespace": "payments",
+                "io.kubernetes.cri.sandbox-name": "api",
+                "io.kubernetes.cri.container-name": "app",
+                "io.kubernetes.cri.image-name": "registry.example/api:1",
+                "driftguard.dev/mode": "off",
+            }),
+        );
+        let rule = "[[rules]]\nname = \"payments\"\nnamespaces = [\"payments\"]\nmode = \"enforce\"\nforbid_weakening = true\n";
+        std::fs::write(opts.config.as_ref().unwrap(), rule).unwrap();
+        let e = create_runtime(&st, &opts).unwrap_err();
+        let r = refusal(&st, &e).unwrap();
+        assert_eq!(
+            (r.namespace.as_str(), r.pod.as_str(), r.container.as_str(), r.image.as_str()),
+            ("payments", "api", "app", "registry.example/api:1")
+        );
+        assert_eq!(
+            (r.reason.as_str(), r.key.as_str(), r.rule.as_str()),
+            ("forbidden_weakening", "driftguard.dev/mode", "payments")
+        );
+        assert_eq!(r.message, e.to_string());
+        // an install failure (nothing pinned) and a broken config have their own reasons
+        std::fs::write(opts.config.as_ref().unwrap(), "").unwrap();
+        let (st2, opts2) = bundle(t.path(), serde_json::json!({"driftguard.dev/mode": "enforce"}));
+        let e = create_runtime(&st2, &opts2).unwrap_err();
+        assert_eq!(refusal(&st2, &e).unwrap().reason, "install", "{e}");
+        let e = HookError::Config(Config::from_str("nope = 1").unwrap_err());
+        assert_eq!(refusal(&st2, &e).unwrap().reason, "config");
+        for r in ["forbidden_weakening", "install", "config", "annotation", "hook_input"] {
+            assert!(driftguard::node_state::REFUSAL_REASONS.contains(&r));
+        }
+        // no usable id: nothing to record
+        assert!(refusal(&st, &HookError::StateTooLarge).is_none());
     }
 
     #[test]

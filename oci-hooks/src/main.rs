@@ -10,8 +10,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use driftguard_oci_hook::{
-    create_runtime, poststop, read_state, CreateOutcome, HookError, Options, PoststopOutcome, DEFAULT_STATE_DIR,
-    EXIT_INVALID_INPUT, EXIT_OK,
+    create_runtime, poststop, read_state, refusal, CreateOutcome, HookError, Options, PoststopOutcome,
+    DEFAULT_STATE_DIR, EXIT_INVALID_INPUT, EXIT_OK,
 };
 
 const NAME: &str = "driftguard-oci-hook";
@@ -35,9 +35,10 @@ struct Cli {
     /// driftguard config [default: /etc/driftguard/config.toml, defaults if absent]
     #[arg(long, global = true, value_name = "FILE", value_parser = non_empty_path)]
     config: Option<PathBuf>,
-    /// Per-container records
-    #[arg(long, global = true, value_name = "DIR", value_parser = non_empty_path, default_value = DEFAULT_STATE_DIR)]
-    state_dir: PathBuf,
+    /// Per-container records, and refusals for the agent to report [default: [oci_hook] state_dir
+    /// of the config, /run/driftguard/oci]
+    #[arg(long, global = true, value_name = "DIR", value_parser = non_empty_path)]
+    state_dir: Option<PathBuf>,
     /// Print what was done on stderr
     #[arg(short, long, global = true)]
     verbose: bool,
@@ -81,13 +82,41 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--state-dir`, else `[oci_hook] state_dir` of the config, else the default (also when the
+/// config cannot be read: poststop must still find its records).
+fn state_dir(args: &Cli) -> PathBuf {
+    args.state_dir.clone().unwrap_or_else(|| {
+        driftguard::config::Config::load(args.config.as_deref())
+            .map(|c| c.oci_hook.state_dir)
+            .unwrap_or_else(|_| PathBuf::from(DEFAULT_STATE_DIR))
+    })
+}
+
 fn run(args: &Cli) -> anyhow::Result<u8> {
-    let opts =
-        Options { pin_dir: args.pin_dir.clone(), config: args.config.clone(), state_dir: args.state_dir.clone() };
+    let opts = Options { pin_dir: args.pin_dir.clone(), config: args.config.clone(), state_dir: state_dir(args) };
     let st = read_state(std::io::stdin().lock())?;
     match args.stage {
         Stage::CreateRuntime => {
-            let out = create_runtime(&st, &opts)?;
+            let out = match create_runtime(&st, &opts) {
+                Ok(out) => out,
+                Err(e) => {
+                    // Left for the agent to report as an event and a metric (now, or when it is
+                    // back); the runtime reports the error itself.
+                    if let Some(r) = refusal(&st, &e) {
+                        match driftguard::node_state::record_refusal(&opts.state_dir, &r) {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                eprintln!("{NAME}: warning: too many refusals wait for the agent; not recorded")
+                            }
+                            Err(w) => eprintln!(
+                                "{NAME}: warning: cannot record the refusal under {}: {w}",
+                                opts.state_dir.display()
+                            ),
+                        }
+                    }
+                    return Err(e.into());
+                }
+            };
             match &out {
                 CreateOutcome::Unprotected(_) => eprintln!("{NAME}: warning: {out}"),
                 _ if args.verbose => eprintln!("{NAME}: {out}"),
@@ -124,9 +153,9 @@ mod tests {
         assert!(a.verbose);
         let b = Cli::try_parse_from([NAME, "poststop", "--state-dir", "/s", "--config", "/c"]).unwrap();
         assert_eq!(b.stage, Stage::Poststop);
-        assert_eq!(b.state_dir, PathBuf::from("/s"));
+        assert_eq!(b.state_dir, Some(PathBuf::from("/s")));
         assert_eq!(b.config.as_deref(), Some(std::path::Path::new("/c")));
-        assert_eq!(Cli::try_parse_from([NAME, "poststop"]).unwrap().state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(Cli::try_parse_from([NAME, "poststop"]).unwrap().state_dir, None);
         assert!(Cli::try_parse_from([NAME, "create-runtime", "--pin-dir", ""]).is_err());
         assert!(Cli::try_parse_from([NAME, "create-runtime", "poststop"]).is_err());
     }

@@ -178,6 +178,7 @@ pub async fn run(
     tasks::registry_writer(&mut tasks, registry.clone());
     tasks::vanished_collector(&mut tasks, enforcer.store().try_clone()?, cgroot.clone(), registry.clone());
     tasks::events_socket(&mut tasks, &events_socket(&state_dir), output.clone());
+    tasks::hook_refusals(&mut tasks, cfg.oci_hook.state_dir.clone(), output.clone(), metrics.clone(), node.clone());
     if let Some(listener) = metrics_listener {
         tasks::metrics_endpoint(&mut tasks, listener, metrics.clone(), health.clone());
     }

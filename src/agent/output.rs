@@ -97,8 +97,11 @@ pub struct Refusal {
     pub image: String,
     /// Always `"refused"`.
     pub action: &'static str,
+    /// Who refused it: `agent` (NRI), or `oci-hook` (at `createRuntime`, reported by the agent
+    /// afterwards).
+    pub source: &'static str,
     /// Why, one of [`REFUSAL_REASONS`].
-    pub reason: &'static str,
+    pub reason: String,
     /// The offending annotation key (`annotation`, `forbidden_weakening`), else empty.
     pub key: String,
     /// The rule that forbids the weakening (`forbidden_weakening`), else empty.
@@ -107,9 +110,7 @@ pub struct Refusal {
     pub message: String,
 }
 
-/// Every `reason` of a [`Refusal`], also the `reason` label of
-/// `driftguard_containers_refused_total`.
-pub const REFUSAL_REASONS: [&str; 5] = ["annotation", "forbidden_weakening", "cgroup", "provenance", "install"];
+pub use crate::node_state::REFUSAL_REASONS;
 
 /// Converts CLOCK_BOOTTIME nanoseconds (BPF timestamps) to wall-clock time.
 #[derive(Clone, Copy, Debug)]
@@ -449,7 +450,8 @@ mod tests {
             container_id: String::new(),
             image: String::new(),
             action: "refused",
-            reason: "annotation",
+            source: "agent",
+            reason: "annotation".into(),
             key: String::new(),
             rule: String::new(),
             message: String::new(),

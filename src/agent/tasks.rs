@@ -131,3 +131,60 @@ pub(super) fn metrics_endpoint(
         Err("stopped serving".to_string())
     });
 }
+
+/// Refusals the OCI hook recorded under its state directory (`<dir>/refused/`): each becomes an
+/// `admission` event (`source: oci-hook`) and counts in `driftguard_containers_refused_total`,
+/// once, also those recorded while the agent was down. Checked every second.
+pub(super) fn hook_refusals(
+    tasks: &mut Tasks,
+    dir: std::path::PathBuf,
+    output: Arc<Output>,
+    metrics: Arc<Metrics>,
+    node: String,
+) {
+    tasks.spawn("OCI hook refusals", async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            for r in crate::node_state::take_refusals(&dir) {
+                match r {
+                    Ok(r) => report_hook_refusal(r, &output, &metrics, &node),
+                    Err((path, e)) => {
+                        tracing::warn!(file = %path.display(), error = %e, "unreadable OCI hook refusal record dropped")
+                    }
+                }
+            }
+        }
+    });
+}
+
+fn report_hook_refusal(r: crate::node_state::HookRefusal, output: &Output, metrics: &Metrics, node: &str) {
+    if output::REFUSAL_REASONS.contains(&r.reason.as_str()) {
+        metrics.refused.with_label_values(&[r.reason.as_str()]).inc();
+    } else {
+        tracing::warn!(reason = %r.reason, "OCI hook refusal with an unknown reason (a newer hook?)");
+    }
+    tracing::warn!(
+        namespace = %r.namespace, pod = %r.pod, container = %r.container, reason = %r.reason,
+        error = %r.message, "the OCI hook refused a container"
+    );
+    let ev = output::Refusal {
+        event: "admission",
+        time: r.time,
+        node: node.to_string(),
+        namespace: r.namespace,
+        pod: r.pod,
+        container: r.container,
+        container_id: r.container_id,
+        image: r.image,
+        action: "refused",
+        source: "oci-hook",
+        reason: r.reason,
+        key: r.key,
+        rule: r.rule,
+        message: r.message,
+    };
+    if let Ok(line) = serde_json::to_string(&ev) {
+        output.emit(&line);
+    }
+}

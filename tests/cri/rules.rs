@@ -185,18 +185,38 @@ pub(super) fn rules_forbid_weakening_refuses_mode_off_with_event_and_metric() ->
             env.ctd.run_pod_in("payments", "optout2", &[("app", "optout2")], &[("driftguard.dev/mode", "off")])?;
         let id = env.ctd.create_container(&pod, "app", &[]).map_err(|e| format!("CreateContainer: {}", e.message()))?;
         match env.ctd.start_container(&id) {
-            Ok(()) => Err(format!(
-                "mode: off in `payments` started while the agent was down: {}",
-                env.ctd.sh(&id, DRIFT_RUNS)?
-            )),
+            Ok(()) => {
+                return Err(format!(
+                    "mode: off in `payments` started while the agent was down: {}",
+                    env.ctd.sh(&id, DRIFT_RUNS)?
+                ))
+            }
             Err(e)
                 if e.message().contains("driftguard-oci-hook")
-                    && e.message().contains("forbidden by rule \"payments\"") =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(format!("the hook's refusal does not name the rule: {}", e.message())),
+                    && e.message().contains("forbidden by rule \"payments\"") => {}
+            Err(e) => return Err(format!("the hook's refusal does not name the rule: {}", e.message())),
         }
+        // The agent, back, reports the hook's refusal as an event and in the metric.
+        let synced = env.agent.synced_count();
+        env.agent.start_synced(synced + 1)?;
+        let ev = env.agent.wait_event("the hook's admission event", |ev| {
+            ev["event"] == "admission" && ev["source"] == "oci-hook" && ev["pod"] == "optout2"
+        })?;
+        if ev["reason"] != "forbidden_weakening"
+            || ev["rule"] != "payments"
+            || ev["key"] != "driftguard.dev/mode"
+            || ev["namespace"] != "payments"
+            || ev["container"] != "app"
+            || ev["container_id"] != id.as_str()
+        {
+            return Err(format!("the hook's admission event: {ev}"));
+        }
+        // (A counter of the restarted agent: the hook's refusal is its first.)
+        env.agent.wait_metrics(&["driftguard_containers_refused_total{reason=\"forbidden_weakening\"} 1"])?;
+        if std::fs::read_dir(env.ctd.hook_state.join("refused")).map_err(|e| e.to_string())?.next().is_some() {
+            return Err("the hook's refusal record is still there after the agent reported it".into());
+        }
+        Ok(())
     })
 }
 
