@@ -30,6 +30,7 @@ fn main() {
     let trials = vec![
         gate.trial("agent_log_is_plain_one_line_per_fact", &reason, agent_log_is_plain_one_line_per_fact),
         gate.trial("flags_override_the_config_file", &reason, flags_override_the_config_file),
+        gate.trial("agent_refuses_to_start_on_an_invalid_rule", &reason, agent_refuses_to_start_on_an_invalid_rule),
     ];
     libtest_mimic::run(&args, trials).exit();
 }
@@ -244,6 +245,31 @@ fn flags_override_the_config_file() -> R {
     let (code, out, err) = agent.cli(&["unload", "--pin-dir", &pin_s])?;
     if code != 0 || driftguard::enforcer::pinned_path(&pin_dir).is_some() {
         return Err(format!("unload --pin-dir (exit {code}):\n{out}{err}").into());
+    }
+    Ok(())
+}
+
+/// A rule that can never apply is a configuration error: `driftguard run` exits non-zero before
+/// loading anything, pointing at the rule.
+fn agent_refuses_to_start_on_an_invalid_rule() -> R {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut agent = AgentProcess::new(&dir.path().join("nri.sock"))?;
+    let text = std::fs::read_to_string(&agent.config).map_err(|e| e.to_string())?;
+    let rules = "\n[[rules]]\nname = \"all\"\nmode = \"monitor\"\n\n[[rules]]\nname = \"pay\"\nnamespaces = [\"payments\"]\nmode = \"enforce\"\n";
+    std::fs::write(&agent.config, format!("{text}{rules}")).map_err(|e| e.to_string())?;
+    agent.start()?;
+    let status = agent.wait_exit()?;
+    if status.success() {
+        return Err("the agent started with a shadowed rule".into());
+    }
+    let log = agent.raw_log();
+    for want in ["[[rules]]", "^^^^^^^^^", "rule \"pay\" never applies", "matched first by rule \"all\""] {
+        if !log.contains(want) {
+            return Err(format!("the agent's error does not show {want:?}:\n{log}").into());
+        }
+    }
+    if driftguard::enforcer::pinned_path(&agent.pin_dir).is_some() {
+        return Err("the agent pinned enforcement before refusing its config".into());
     }
     Ok(())
 }

@@ -69,6 +69,8 @@ pub struct Notice {
     pub container: String,
     /// Container id.
     pub container_id: String,
+    /// What set the container's mode (as in verdicts; for `policy_kept`, of the kept policy).
+    pub policy_source: String,
     /// Machine-readable reason, e.g. `rootfs_not_overlay`.
     pub reason: String,
     /// Human-readable message.
@@ -422,6 +424,7 @@ mod tests {
             pod: String::new(),
             container: String::new(),
             container_id: String::new(),
+            policy_source: String::new(),
             reason: String::new(),
             message: String::new(),
         };

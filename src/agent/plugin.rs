@@ -141,6 +141,7 @@ impl DriftguardPlugin {
                     self.notice(
                         pod,
                         ctr,
+                        &source.to_string(),
                         "unprotected",
                         &format!("{e}; failure-policy is ignore, so it runs unprotected"),
                     );
@@ -189,6 +190,7 @@ impl DriftguardPlugin {
                 self.notice(
                     pod,
                     ctr,
+                    &source.to_string(),
                     "rootfs_not_overlay",
                     &format!(
                         "root filesystem is {fs}, not overlayfs: the drift rule cannot tell image files from written ones \
@@ -300,7 +302,10 @@ impl DriftguardPlugin {
                     )),
                 };
                 if let Some(message) = kept {
-                    self.notice(pod, ctr, "policy_kept", &message);
+                    // The kept policy's source: what the agent recorded when it installed it.
+                    let kept_source =
+                        self.registry.get(&ctr.id).and_then(|c| c.policy_source).map(String::from).unwrap_or_default();
+                    self.notice(pod, ctr, &kept_source, "policy_kept", &message);
                     keep.insert(id);
                     keep_ids.insert(ctr.id.clone());
                     report.kept += 1;
@@ -342,7 +347,7 @@ impl DriftguardPlugin {
         report
     }
 
-    fn notice(&self, pod: &PodSandbox, ctr: &Container, reason: &str, message: &str) {
+    fn notice(&self, pod: &PodSandbox, ctr: &Container, policy_source: &str, reason: &str, message: &str) {
         let n = Notice {
             event: "notice",
             time: rfc3339(std::time::SystemTime::now()),
@@ -351,6 +356,7 @@ impl DriftguardPlugin {
             pod: pod.name.clone(),
             container: ctr.name.clone(),
             container_id: ctr.id.clone(),
+            policy_source: policy_source.to_string(),
             reason: reason.to_string(),
             message: message.to_string(),
         };

@@ -255,7 +255,10 @@ pub(super) fn rules_changed_while_running_never_weaken_running_containers() -> R
         let n =
             env.agent.wait_event("the policy_kept notice", |ev| ev["reason"] == "policy_kept" && ev["pod"] == "pay")?;
         let msg = n["message"].as_str().unwrap_or("");
-        if !msg.contains("rule:payments") || !msg.contains("lowers the mode from enforce to monitor") {
+        if !msg.contains("rule:payments")
+            || !msg.contains("lowers the mode from enforce to monitor")
+            || n["policy_source"] != "rule:payments"
+        {
             return Err(format!("policy_kept notice: {n}"));
         }
         env.assert_stopped(&env.ctd.sh(&pay_id, DRIFT_RUNS)?, "drift in the running payments pod after the change")?;
