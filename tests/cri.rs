@@ -85,6 +85,7 @@ const TRIALS: &[(&str, TrialFn)] = &[
         "rules_changed_while_running_never_weaken_running_containers",
         rules_changed_while_running_never_weaken_running_containers,
     ),
+    ("rules_namespace_annotation_cannot_be_forged", rules_namespace_annotation_cannot_be_forged),
 ];
 
 /// The core trials again on containerd 2.x (Debian sid's 2.1; config version 3, CRI plugins

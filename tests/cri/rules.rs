@@ -282,3 +282,26 @@ pub(super) fn rules_changed_while_running_never_weaken_running_containers() -> R
         Ok(())
     })
 }
+
+/// The attacker's try against the namespace the OCI hook reads: a pod in `payments` annotated
+/// with containerd's own namespace annotation naming the excluded `kube-system`, started while
+/// the agent is down. The runtime's value wins (and the shipped passthrough copies only
+/// `driftguard.dev/*`): the rule applies.
+pub(super) fn rules_namespace_annotation_cannot_be_forged() -> R {
+    with(env_with_config(NAMESPACE_RULES), |env| {
+        env.agent.kill9();
+        let forged =
+            [("io.kubernetes.cri.sandbox-namespace", "kube-system"), ("io.kubernetes.pod.namespace", "kube-system")];
+        let pod = env.ctd.run_pod_in("payments", "forger", &[("app", "forger")], &forged)?;
+        let id = env.ctd.run_container(&pod, "app", &[])?;
+        env.assert_stopped(&env.ctd.sh(&id, DRIFT_RUNS)?, "drift in a payments pod claiming kube-system, agent down")?;
+        let record: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(env.ctd.hook_state.join(&id)).map_err(|e| format!("hook record: {e}"))?,
+        )
+        .map_err(|e| e.to_string())?;
+        if record["policy_source"] != "rule:payments" || record["mode"] != "enforce" {
+            return Err(format!("the hook's record of the forging pod: {record}"));
+        }
+        Ok(())
+    })
+}
