@@ -1103,7 +1103,7 @@ fn make_plugin(store: &PolicyStore, state: Option<&Path>) -> Res<PluginParts> {
         Some(dir) => Registry::load(driftguard::agent::registry_file(dir)),
         None => Registry::new(None),
     });
-    let output = Output::new(Sinks::open(false, None).map_err(|e| e.to_string())?);
+    let output = Output::new(Sinks::open(false, None, 0, 5).map_err(|e| e.to_string())?);
     let plugin = Arc::new(DriftguardPlugin::new(
         store.try_clone().map_err(|e| e.to_string())?,
         registry.clone(),
@@ -1430,7 +1430,7 @@ fn bench_events(k: &Knobs, rep: &mut Report, skip_load: bool) -> Res<()> {
     let recs = synthetic_records(4096, &ids);
     let clock = BootClock::now();
     let metrics = Metrics::new();
-    let devnull = Output::new(Sinks::open(false, Some(Path::new("/dev/null"))).map_err(|e| e.to_string())?);
+    let devnull = Output::new(Sinks::open(false, Some(Path::new("/dev/null")), 0, 5).map_err(|e| e.to_string())?);
     let n = k.events;
     let mut rates: HashMap<&str, Vec<f64>> = HashMap::new();
     let sink = AtomicU64::new(0);
@@ -1566,7 +1566,7 @@ fn drops_under_load(k: &Knobs, rate: u64) -> Res<LoadResult> {
     let (reg, _) = fake_registry(1000);
     let reg = Arc::new(reg);
     let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let out = Output::new(Sinks::open(false, Some(&tmp.path().join("events.jsonl"))).map_err(|e| e.to_string())?);
+    let out = Output::new(Sinks::open(false, Some(&tmp.path().join("events.jsonl")), 0, 5).map_err(|e| e.to_string())?);
     let before = enf.stats().map_err(|e| e.to_string())?;
     let rt = runtime();
     let lines = Arc::new(AtomicU64::new(0));

@@ -42,8 +42,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Follow verdict events as JSON lines.
-    Events,
+    /// Show events (verdicts, notices, refused containers): live from the agent (or the pinned
+    /// ring buffer) until interrupted, or from the events file with --file, --since or --until;
+    /// filtered, as JSON lines or aligned text.
+    Events(EventsArgs),
     /// Check kernel and runtime readiness and say what to do about each problem.
     Check {
         /// Print JSON instead of text.
@@ -84,4 +86,56 @@ pub enum Shell {
     Bash,
     Zsh,
     Fish,
+}
+
+/// `driftguard events` options.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct EventsArgs {
+    /// Keep printing new events until interrupted: the default for live events; with --file,
+    /// follow what the agent appends (across rotations).
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Read the events file instead of the live agent: PATH, or `[events] file` of the
+    /// configuration when no PATH is given. Rotated files (PATH.N … PATH.1) are read first.
+    #[arg(long, value_name = "PATH", num_args = 0..=1)]
+    pub file: Option<Option<PathBuf>>,
+    /// Only events of pods in this namespace (a name or a glob with * and ?; repeat for any of
+    /// several).
+    #[arg(long, short = 'n', value_name = "NAMESPACE")]
+    pub namespace: Vec<String>,
+    /// Only events of this pod (name or glob; repeatable).
+    #[arg(long, value_name = "POD")]
+    pub pod: Vec<String>,
+    /// Only events of this container (name or glob; repeatable).
+    #[arg(long, value_name = "CONTAINER")]
+    pub container: Vec<String>,
+    /// Only verdicts of this rule (drift, fileless, non_image, deny_list, not_allowed,
+    /// exec_memory, memory_write, process_access), or notices/refusals of this reason
+    /// (repeatable).
+    #[arg(long, value_name = "RULE")]
+    pub rule: Vec<String>,
+    /// Only events with this action: deny, kill, alert, refused (repeatable).
+    #[arg(long, value_name = "ACTION")]
+    pub action: Vec<String>,
+    /// Only events at or after TIME: a duration back from now (30s, 15m, 2h, 7d, 1h30m) or an
+    /// RFC 3339 time (2026-12-06T10:00:00Z). Reads the events file.
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only events at or before TIME (as --since). Reads the events file.
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// Output format: json (one JSON object per line, as the agent wrote it) or text (one
+    /// aligned line per event: time, action, rule, namespace/pod/container, workload, detail).
+    #[arg(long, short = 'o', value_enum, default_value_t = EventsOutput::Json)]
+    pub output: EventsOutput,
+}
+
+/// `driftguard events --output`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EventsOutput {
+    /// JSON lines.
+    #[default]
+    Json,
+    /// One aligned line per event, no colour.
+    Text,
 }

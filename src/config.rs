@@ -145,6 +145,11 @@ pub struct EventsConfig {
     /// Node name put in events; `None` means the hostname.
     #[serde(deserialize_with = "de_node_name", skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
+    /// Rotate `file` before it would grow beyond this many bytes; 0: never (logrotate's job).
+    pub file_max_bytes: u64,
+    /// Rotated files kept (`file.1` … `file.N`), the oldest deleted.
+    #[serde(deserialize_with = "de_file_keep")]
+    pub file_keep: u32,
 }
 
 /// `[metrics]`
@@ -261,7 +266,7 @@ impl Default for BpfConfig {
 
 impl Default for EventsConfig {
     fn default() -> Self {
-        EventsConfig { stdout: true, file: None, node_name: None }
+        EventsConfig { stdout: true, file: None, node_name: None, file_max_bytes: 0, file_keep: 5 }
     }
 }
 
@@ -350,6 +355,7 @@ impl Config {
         if let Some(f) = &self.events.file {
             check("events.file", f, check_abs(f))?;
         }
+        check("events.file_keep", self.events.file_keep, check_file_keep(self.events.file_keep))?;
         if let Some(n) = &self.events.node_name {
             check("events.node_name", n, check_node_name(n))?;
         }
@@ -555,6 +561,20 @@ fn de_backoff<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     Ok(n)
 }
 
+fn de_file_keep<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = u32::deserialize(d)?;
+    check_file_keep(n).map_err(|e| invalid("events.file_keep", n, e))?;
+    Ok(n)
+}
+
+fn check_file_keep(n: u32) -> Result<(), String> {
+    if n == 0 {
+        Err("must be at least 1 (file_max_bytes = 0 turns rotation off)".into())
+    } else {
+        Ok(())
+    }
+}
+
 fn de_node_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let s = String::deserialize(d)?;
     check_node_name(&s).map_err(|e| invalid("events.node_name", &s, e))?;
@@ -721,6 +741,7 @@ root = "/sys/fs/cgroup/unified"
             ("[bpf]\npin_dir = \"bpf\"", "invalid bpf.pin_dir \"bpf\": must be an absolute path"),
             ("[events]\nfile = \"ev.json\"", "invalid events.file \"ev.json\": must be an absolute path"),
             ("[events]\nnode_name = \" \"", "invalid events.node_name \" \": must not be empty"),
+            ("[events]\nfile_keep = 0", "invalid events.file_keep 0: must be at least 1"),
             ("[metrics]\naddress = \"localhost\"", "invalid metrics.address \"localhost\": expected ip:port"),
             ("[log]\nformat = \"yaml\"", "invalid log.format \"yaml\": expected one of text, json"),
             ("[log]\nlevel = \"\"", "invalid log.level \"\": must not be empty"),

@@ -6,7 +6,7 @@ use clap::Parser;
 mod args;
 mod cli;
 
-pub use args::{Args, Command, Shell};
+pub use args::{Args, Command, EventsArgs, EventsOutput, Shell};
 
 fn main() -> ExitCode {
     let args = Args::parse();

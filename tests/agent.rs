@@ -40,6 +40,7 @@ type NamedTrial = (&'static str, fn() -> R);
 const TRIALS: &[NamedTrial] = &[
     ("agent_enforces_annotated_pods_in_both_delivery_styles", agent_enforces_annotated_pods),
     ("agent_refuses_bad_annotations", agent_refuses_bad_annotations),
+    ("events_cli_follows_filters_and_reads_the_file", events_cli_follows_filters_and_reads_the_file),
     ("agent_restart_keeps_enforcing_and_resynchronizes", agent_restart_keeps_enforcing_and_resynchronizes),
     ("agent_reports_non_overlay_rootfs", agent_reports_non_overlay_rootfs),
     ("agent_exempts_only_declared_volumes", agent_exempts_only_declared_volumes),
@@ -910,6 +911,166 @@ fn refuses_a_pin_dir_owned_by_nobody() -> R {
     }
     if fs::read_dir(&pin_dir).map_err(|e| e.to_string())?.next().is_some() {
         return Err("something was pinned into the refused directory".into());
+    }
+    Ok(())
+}
+
+/// `driftguard events` against a running agent and real execs: `--follow` with filters on the
+/// live stream, each filter and the text format on the events file, a broken line skipped with
+/// its number, and `--file --follow` seeing what the agent appends.
+fn events_cli_follows_filters_and_reads_the_file() -> R {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let rt = rt();
+    let _guard = rt.enter();
+    let (agent, _peer, conn) = registered_agent(&rt)?;
+    let cli = |args: &[&str]| -> Result<(i32, String, String), Failed> {
+        let mut all = vec!["events"];
+        all.extend_from_slice(args);
+        Ok(agent.cli(&all)?)
+    };
+    // A follower of the live stream with filters; its stderr line says when it is connected.
+    let spawn = |args: &[&str]| -> Result<(KillOnDrop, std::sync::mpsc::Receiver<String>), Failed> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_driftguard"))
+            .args(["events", "--config"])
+            .arg(&agent.config)
+            .args(args)
+            .env("DRIFTGUARD_STATE_DIR", agent.state_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("driftguard events: {e}"))?;
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let out = child.stdout.take().ok_or("stdout")?;
+        let err = child.stderr.take().ok_or("stderr")?;
+        let tx2 = tx.clone();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx2.send(format!("stderr: {l}"));
+            }
+        });
+        Ok((KillOnDrop(child), rx))
+    };
+    let wait_line = |rx: &std::sync::mpsc::Receiver<String>,
+                     what: &str,
+                     pred: &dyn Fn(&str) -> bool|
+     -> Result<Vec<String>, Failed> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = Vec::new();
+        loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(l) if pred(&l) => {
+                    seen.push(l);
+                    return Ok(seen);
+                }
+                Ok(l) => seen.push(l),
+                Err(_) => return Err(format!("{what}: not seen within 30 s; got {seen:?}").into()),
+            }
+        }
+    };
+    let (_live, live) = spawn(&["--follow", "--pod", "web", "--rule", "drift"])?;
+    wait_line(&live, "the live follower connected", &|l| l.contains("following the agent's events"))?;
+    let (_tail, tail) = spawn(&["--file", "--follow", "--action", "alert", "-o", "text"])?;
+    wait_line(&tail, "the file follower's header", &|l| l.starts_with("TIME "))?;
+
+    let path = agent.path();
+    let enforced = RuncCtr::create(dir.path(), "evweb")?;
+    let p1 = pod("web", &[("driftguard.dev/mode", "enforce")]);
+    let c1 = enforced.nri(&p1, "app");
+    rt.block_on(start_container(&conn, Delivery::Dedicated, &p1, &c1))?;
+    enforced.start()?;
+    enforced.drop_binary("/tmp/dropped")?;
+    let (code, out) = enforced.exec(&["/tmp/dropped", "true"])?;
+    assert_stopped(path, code, &out, "dropped binary in web")?;
+    let monitored = RuncCtr::create(dir.path(), "evbatch")?;
+    let p2 = pod("batch", &[("driftguard.dev/mode", "monitor")]);
+    let c2 = monitored.nri(&p2, "job");
+    rt.block_on(start_container(&conn, Delivery::Dedicated, &p2, &c2))?;
+    monitored.start()?;
+    monitored.drop_binary("/tmp/busybox-tool")?;
+    let (code, out) = monitored.exec(&["/tmp/busybox-tool", "true"])?;
+    if code != 0 {
+        return Err(format!("monitor mode must not block: exit {code} {out}").into());
+    }
+    agent.wait_event("alert of batch", |e| e["pod"] == "batch" && e["action"] == "alert")?;
+    agent.wait_event("verdict of web", |e| e["pod"] == "web" && e["path"] == "/tmp/dropped")?;
+
+    // Live, filtered: web's drift verdict, never batch's alert.
+    let seen = wait_line(&live, "web's verdict on the live follower", &|l| l.contains("\"/tmp/dropped\""))?;
+    if let Some(l) = seen.iter().find(|l| l.contains("\"pod\":\"batch\"")) {
+        return Err(format!("the --pod web follower printed batch's event: {l}").into());
+    }
+    // The file, followed, in text: batch's alert line.
+    let seen = wait_line(&tail, "batch's alert on the file follower", &|l| l.contains("shop/batch/job"))?;
+    let l = seen.last().cloned().unwrap_or_default();
+    if !(l.contains("  alert  ") && l.contains("drift") && l.contains("/tmp/busybox-tool"))
+        || seen.iter().any(|l| l.contains("shop/web/"))
+    {
+        return Err(format!("the --action alert text follower printed {seen:?}").into());
+    }
+
+    // Each filter on the events file (the config's `[events] file`).
+    let pods_of = |args: &[&str]| -> Result<Vec<String>, Failed> {
+        let (code, out, err) = cli(args)?;
+        if code != 0 {
+            return Err(format!("driftguard events {args:?}: exit {code}: {err}").into());
+        }
+        let mut pods: Vec<String> = out
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["event"] == "verdict")
+            .map(|v| v["pod"].as_str().unwrap_or("").to_string())
+            .collect();
+        pods.sort();
+        pods.dedup();
+        Ok(pods)
+    };
+    for (args, want) in [
+        (&["--file"][..], &["batch", "web"][..]),
+        (&["--since", "1h"], &["batch", "web"]),
+        (&["--file", "--pod", "b*"], &["batch"]),
+        (&["--file", "--namespace", "shop", "--container", "app"], &["web"]),
+        (&["--file", "--namespace", "other"], &[]),
+        (&["--file", "--rule", "drift", "--action", "deny", "--action", "kill"], &["web"]),
+        (&["--file", "--rule", "fileless"], &[]),
+        (&["--until", "2000-01-01T00:00:00Z"], &[]),
+        (&["--since", "2000-01-01T00:00:00Z", "--until", "0s"], &["batch", "web"]),
+    ] {
+        let got = pods_of(args)?;
+        if got != want {
+            return Err(format!("driftguard events {args:?}: pods {got:?}, want {want:?}").into());
+        }
+    }
+    let (code, _, err) = cli(&["--file", "--rule", "drfit"])?;
+    if code == 0 || !err.contains("--rule \"drfit\": expected one of") {
+        return Err(format!("a misspelt rule must be refused: exit {code}: {err}").into());
+    }
+    // A broken line and a cut last line: reported with their numbers, the rest still read.
+    let text = std::fs::read_to_string(&agent.events_file).map_err(|e| e.to_string())?;
+    let broken = dir.path().join("broken.jsonl");
+    let n = text.lines().count();
+    std::fs::write(&broken, format!("{text}garbage\n{{\"event\":\"verd")).map_err(|e| e.to_string())?;
+    let broken_s = broken.display().to_string();
+    let (code, out, err) = cli(&["--file", &broken_s, "-o", "text"])?;
+    let lines: Vec<&str> = out.lines().collect();
+    if code != 0
+        || lines.len() != n + 1
+        || !err.contains(&format!("line {}: not a JSON event", n + 1))
+        || !err.contains(&format!("line {}: not a JSON event", n + 2))
+        || !err.contains("no newline")
+    {
+        return Err(format!(
+            "reading a broken file: exit {code}, {} lines (want {} with the header)\n{err}",
+            lines.len(),
+            n + 1
+        )
+        .into());
     }
     Ok(())
 }

@@ -153,10 +153,12 @@ pub async fn run(
     if let Ok(s) = enforcer.stats() {
         metrics.baseline_stats(&s);
     }
-    let sinks = Sinks::open(cfg.events.stdout, cfg.events.file.as_deref()).map_err(|source| AgentError::Output {
-        path: cfg.events.file.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "stdout".into()),
-        source,
-    })?;
+    let sinks =
+        Sinks::open(cfg.events.stdout, cfg.events.file.as_deref(), cfg.events.file_max_bytes, cfg.events.file_keep)
+            .map_err(|source| AgentError::Output {
+                path: cfg.events.file.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "stdout".into()),
+                source,
+            })?;
     let output = Output::new(sinks);
     // Containers known before a restart: events are named right away, before the runtime resyncs.
     let registry = Arc::new(Registry::load(registry_file(&state_dir)));

@@ -171,24 +171,69 @@ pub fn enrich(ev: &Event, node: &str, registry: &Registry, clock: &BootClock) ->
     }
 }
 
-/// Where JSON lines go: stdout and/or an append-only file.
+/// Where JSON lines go: stdout and/or an append-only file, rotated by size when asked.
 pub struct Sinks {
     stdout: bool,
-    file: Option<std::fs::File>,
+    file: Option<FileSink>,
+}
+
+/// The events file: appended to; with `max_bytes`, renamed to `.1` (`.1` to `.2`, … up to
+/// `keep`, the oldest deleted) before a line would take it beyond `max_bytes`.
+struct FileSink {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+    size: u64,
+    max_bytes: u64,
+    keep: u32,
+}
+
+impl FileSink {
+    fn open(path: &Path, max_bytes: u64, keep: u32) -> std::io::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let size = file.metadata()?.len();
+        Ok(FileSink { path: path.to_path_buf(), file, size, max_bytes, keep })
+    }
+
+    fn rotated(&self, i: u32) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("{}.{i}", self.path.display()))
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let _ = std::fs::remove_file(self.rotated(self.keep));
+        for i in (1..self.keep).rev() {
+            match std::fs::rename(self.rotated(i), self.rotated(i + 1)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        std::fs::rename(&self.path, self.rotated(1))?;
+        self.file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
+
+    fn write_line(&mut self, line: &str) -> std::io::Result<()> {
+        let len = line.len() as u64 + 1;
+        if self.max_bytes > 0 && self.size > 0 && self.size + len > self.max_bytes {
+            if let Err(e) = self.rotate() {
+                // Keep writing to the current file: an event lost is worse than a big file.
+                tracing::warn!(file = %self.path.display(), error = %e, "rotating the event file failed");
+            }
+        }
+        writeln!(self.file, "{line}")?;
+        self.size += len;
+        Ok(())
+    }
 }
 
 impl Sinks {
-    /// Open the sinks. The file is created if missing and appended to.
-    pub fn open(stdout: bool, file: Option<&Path>) -> std::io::Result<Self> {
-        let file = match file {
-            Some(p) => {
-                if let Some(dir) = p.parent() {
-                    std::fs::create_dir_all(dir)?;
-                }
-                Some(std::fs::OpenOptions::new().create(true).append(true).open(p)?)
-            }
-            None => None,
-        };
+    /// Open the sinks. The file is created if missing and appended to; `max_bytes` > 0 rotates
+    /// it by size, keeping `keep` rotated files.
+    pub fn open(stdout: bool, file: Option<&Path>, max_bytes: u64, keep: u32) -> std::io::Result<Self> {
+        let file = file.map(|p| FileSink::open(p, max_bytes, keep.max(1))).transpose()?;
         Ok(Sinks { stdout, file })
     }
 
@@ -200,7 +245,7 @@ impl Sinks {
             let _ = out.flush();
         }
         if let Some(f) = &mut self.file {
-            if let Err(e) = writeln!(f, "{line}") {
+            if let Err(e) = f.write_line(line) {
                 tracing::warn!(error = %e, "writing the event file failed");
             }
         }
@@ -480,6 +525,37 @@ mod tests {
             assert_eq!(table, code, "docs/events.md `{section}` table vs the serialized struct");
             assert_eq!(example, code, "docs/events.md `{section}` example vs the serialized struct");
         }
+    }
+
+    #[test]
+    fn the_event_file_rotates_by_size_and_keeps_n() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("ev").join("events.jsonl");
+        // 10 bytes per line ("123456789" + newline); at most 25 bytes: two lines per file.
+        let mut s = Sinks::open(false, Some(&p), 25, 2).unwrap();
+        for i in 0..7 {
+            s.write_line(&format!("{i}00000000"));
+        }
+        let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+        assert_eq!(read(&p), "600000000\n");
+        assert_eq!(read(&t.path().join("ev/events.jsonl.1")), "400000000\n500000000\n");
+        assert_eq!(read(&t.path().join("ev/events.jsonl.2")), "200000000\n300000000\n");
+        assert!(!t.path().join("ev/events.jsonl.3").exists(), "only `keep` rotated files");
+        // a line longer than the limit still goes out, alone in its file
+        let mut s = Sinks::open(false, Some(&p), 5, 2).unwrap();
+        s.write_line("long-line");
+        s.write_line("x");
+        assert_eq!(read(&t.path().join("ev/events.jsonl.1")), "long-line\n");
+        // 0: never rotated (logrotate's job); a reopened file counts its existing size
+        let q = t.path().join("plain.jsonl");
+        let mut s = Sinks::open(false, Some(&q), 0, 5).unwrap();
+        for _ in 0..100 {
+            s.write_line("0123456789");
+        }
+        assert!(!t.path().join("plain.jsonl.1").exists());
+        let mut s = Sinks::open(false, Some(&q), 1105, 5).unwrap();
+        s.write_line("0123456789");
+        assert!(t.path().join("plain.jsonl.1").exists(), "the existing 1100 bytes count");
     }
 
     #[test]

@@ -58,7 +58,7 @@ impl crate::Command {
                 *json
             }
             crate::Command::Run
-            | crate::Command::Events
+            | crate::Command::Events(_)
             | crate::Command::Demo
             | crate::Command::Completions { .. } => false,
         }
@@ -85,7 +85,7 @@ pub fn dispatch(config: Option<&Path>, overrides: &Overrides, command: crate::Co
         crate::Command::Status { json } => {
             status::run(&cfg, config.unwrap_or(Path::new(driftguard::config::DEFAULT_PATH)), json)
         }
-        crate::Command::Events => events::run(&cfg),
+        crate::Command::Events(a) => events::run(&cfg, &a),
         crate::Command::Check { json, containerd_config, containerd_bin } => {
             check::run(&cfg, json, &driftguard::check::Runtime { containerd_config, containerd_bin })
         }

@@ -59,6 +59,18 @@ impl Rule {
         }
     }
 
+    /// Every rule an event can name (not [`Rule::Unknown`]).
+    pub const ALL: [Rule; 8] = [
+        Rule::DenyList,
+        Rule::Drift,
+        Rule::Fileless,
+        Rule::NonImage,
+        Rule::NotAllowed,
+        Rule::ExecMemory,
+        Rule::MemoryWrite,
+        Rule::ProcessAccess,
+    ];
+
     /// Name as used in events and metrics.
     pub fn as_str(self) -> &'static str {
         match self {

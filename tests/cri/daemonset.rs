@@ -44,7 +44,13 @@ impl DaemonSetNode {
         let d = dir.path().to_path_buf();
         let bpffs = d.join("bpffs");
         let etc_containerd = d.join("etc-containerd");
-        for p in [&bpffs, &etc_containerd, &d.join("run-driftguard"), &d.join("opt-driftguard")] {
+        for p in [
+            &bpffs,
+            &etc_containerd,
+            &d.join("run-driftguard"),
+            &d.join("opt-driftguard"),
+            &d.join("var-log-driftguard"),
+        ] {
             std::fs::create_dir_all(p).map_err(|e| format!("{}: {e}", p.display()))?;
         }
         let sh = |cmd: &str| -> T {
@@ -63,6 +69,7 @@ impl DaemonSetNode {
             ("/sys/fs/bpf", bpffs.clone()),
             ("/run/driftguard", d.join("run-driftguard")),
             ("/opt/driftguard", d.join("opt-driftguard")),
+            ("/var/log/driftguard", d.join("var-log-driftguard")),
             ("/etc/containerd", etc_containerd),
         ];
         Ok(DaemonSetNode { dir, map, pin_dir, bpffs, made: Default::default() })
@@ -269,8 +276,8 @@ pub(super) fn cri_log(path: &Path) -> Vec<String> {
 /// DaemonSet the way the kubelet would run it (host PID and network namespaces, its security
 /// contexts, host mounts, env, the ConfigMap's files; the init container to completion first),
 /// registers over the NRI socket it finds at the DaemonSet's path, and protects another pod:
-/// drift in an enforce pod is stopped and reported as an event on the agent's stdout, an image
-/// binary runs. Stopping the agent's pod leaves enforcement pinned (the DaemonSet's promise),
+/// drift in an enforce pod is stopped and reported as an event in the events file on the node
+/// (not on the agent's stdout, which `kubectl logs` shows), an image binary runs. Stopping the agent's pod leaves enforcement pinned (the DaemonSet's promise),
 /// which the trial then unloads.
 ///
 /// Test-only changes to the ConfigMap's config.toml: a private pin dir and metrics port (the
@@ -426,12 +433,18 @@ pub(super) fn daemonset_image_protects_another_pod() -> R {
         expect_ok(&ctd.sh(&id, "/bin/hello.sh")?, HELLO, "an image binary in a pod the DaemonSet's agent protects")?;
         let e = ctd.sh(&id, DRIFT_RUNS)?;
         stopped(enforcer::pinned_path(&node.pin_dir), &e, "drift in a pod the DaemonSet's agent protects")?;
-        let ev = containerd::wait_for(Duration::from_secs(10), "the drift event on the agent's stdout", || {
-            cri_log(&agent_log)
-                .iter()
+        let events_file = node.host_path("/var/log/driftguard").join("events.jsonl");
+        let ev = containerd::wait_for(Duration::from_secs(10), "the drift event in the node's events file", || {
+            std::fs::read_to_string(&events_file)
+                .unwrap_or_default()
+                .lines()
                 .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
                 .find(|ev| ev["path"] == "/tmp/busybox-x" && ev["pod"] == "victim")
         })?;
+        // `kubectl logs` shows the agent's log, not the events.
+        if let Some(l) = cri_log(&agent_log).iter().find(|l| l.contains("\"event\":\"verdict\"")) {
+            return Err(format!("an event on the agent's stdout: {l}"));
+        }
         if ev["mode"] != "enforce" || ev["container"] != "app" || ev["namespace"] != victim.namespace.as_str() {
             return Err(format!("unexpected event: {ev}"));
         }

@@ -410,7 +410,7 @@ assert sc["capabilities"]["drop"] == ["ALL"]
 vols = {v["name"]: v for v in spec["volumes"]}
 mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
 need = {"/sys/fs/bpf": False, "/var/run/nri": False, "/sys/kernel/security": True,
-        "/sys/fs/cgroup": True, "/sys/kernel/btf": True, "/run/driftguard": False}
+        "/sys/fs/cgroup": True, "/sys/kernel/btf": True, "/run/driftguard": False, "/var/log/driftguard": False}
 for path, ro in need.items():
     assert path in mounts, f"no mount at {path}"
     m = mounts[path]
@@ -425,6 +425,9 @@ cfg = tomllib.loads(kinds["ConfigMap"]["data"]["config.toml"])
 assert cfg["metrics"]["address"].endswith(":9963")
 assert set(cfg) <= {"default_mode", "failure_policy", "nri", "bpf", "events", "metrics", "log", "cgroup", "exclusions", "rules"}, cfg
 assert cfg["exclusions"] == {"kube_system": True, "own_namespace": "driftguard-system"}, cfg["exclusions"]
+# Events in a rotated file on the node, not on stdout (kubectl logs shows the agent's log only).
+assert cfg["events"] == {"stdout": False, "file": "/var/log/driftguard/events.jsonl", "file_max_bytes": 52428800, "file_keep": 4}, cfg["events"]
+assert vols[mounts["/var/log/driftguard"]["name"]]["hostPath"]["type"] == "DirectoryOrCreate"
 svc = kinds["Service"]
 assert svc["spec"]["ports"][0]["port"] == 9963
 assert all(pod["metadata"]["labels"].get(k) == v for k, v in svc["spec"]["selector"].items()), "Service selector"
