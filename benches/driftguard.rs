@@ -1417,6 +1417,7 @@ fn fake_registry(n: usize) -> (Registry, Vec<u64>) {
             mode: Mode::Enforce,
             rootfs: Rootfs::Overlay,
             policy_source: Some(driftguard::rules::PolicySource::Rule("shop".into())),
+            workload: Some(driftguard::agent::workload::Workload { kind: "Deployment".into(), name: "web".into() }),
         });
         ids.push(id);
     }

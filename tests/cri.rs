@@ -55,6 +55,7 @@ const TRIALS: &[(&str, TrialFn)] = &[
     ("cri_deny_listed_entrypoint_is_stopped", cri_deny_listed_entrypoint_is_stopped),
     ("cri_bad_annotation_refused_at_create_container", cri_bad_annotation_refused_at_create_container),
     ("cri_event_fields_and_metrics", cri_event_fields_and_metrics),
+    ("cri_event_names_the_workload", cri_event_names_the_workload),
     ("cri_shell_only_ddexec_is_stopped", cri_shell_only_ddexec_is_stopped),
     ("cri_agent_kill9_keeps_enforcing_and_restart_restores_status", cri_agent_kill9_keeps_enforcing),
     ("cri_containerd_restart_agent_reregisters_and_reconciles", cri_containerd_restart_agent_reregisters),

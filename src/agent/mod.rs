@@ -17,6 +17,7 @@ pub mod registry;
 pub mod sd_notify;
 pub mod state_file;
 mod tasks;
+pub mod workload;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

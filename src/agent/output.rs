@@ -46,6 +46,9 @@ pub struct ContainerNames {
     pub container_id: String,
     /// Image reference.
     pub image: String,
+    /// The pod's workload (`kind`, `name`), guessed from its name and labels (docs/events.md,
+    /// "How `workload` is found"); empty strings when the container is not known.
+    pub workload: super::workload::Workload,
     /// What set the container's mode: `rule:<name>`, `annotation`, `default` (empty when the
     /// container is not known, or was registered by an agent from before policy rules).
     pub policy_source: String,
@@ -69,6 +72,8 @@ pub struct Notice {
     pub container: String,
     /// Container id.
     pub container_id: String,
+    /// The pod's workload.
+    pub workload: super::workload::Workload,
     /// What set the container's mode (as in verdicts; for `policy_kept`, of the kept policy).
     pub policy_source: String,
     /// Machine-readable reason, e.g. `rootfs_not_overlay`.
@@ -97,6 +102,8 @@ pub struct Refusal {
     pub container_id: String,
     /// Image reference.
     pub image: String,
+    /// The pod's workload (from its name only when the OCI hook refused: it does not see labels).
+    pub workload: super::workload::Workload,
     /// Always `"refused"`.
     pub action: &'static str,
     /// Who refused it: `agent` (NRI), or `oci-hook` (at `createRuntime`, reported by the agent
@@ -157,6 +164,7 @@ pub fn enrich(ev: &Event, node: &str, registry: &Registry, clock: &BootClock) ->
                 container: c.container,
                 container_id: c.container_id,
                 image: c.image,
+                workload: c.workload.unwrap_or_default(),
                 policy_source: c.policy_source.map(String::from).unwrap_or_default(),
             })
             .unwrap_or_default()
@@ -323,6 +331,7 @@ mod tests {
             mode: Mode::Enforce,
             rootfs: Rootfs::Overlay,
             policy_source: Some(crate::rules::PolicySource::Rule("payments".into())),
+            workload: Some(super::super::workload::Workload { kind: "Deployment".into(), name: "web".into() }),
         });
         let ev = Event {
             boot_ns: 1_000_000_000,
@@ -469,6 +478,7 @@ mod tests {
             pod: String::new(),
             container: String::new(),
             container_id: String::new(),
+            workload: Default::default(),
             policy_source: String::new(),
             reason: String::new(),
             message: String::new(),
@@ -497,6 +507,7 @@ mod tests {
             container: String::new(),
             container_id: String::new(),
             image: String::new(),
+            workload: Default::default(),
             action: "refused",
             source: "agent",
             reason: "annotation".into(),

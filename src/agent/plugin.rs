@@ -211,6 +211,7 @@ impl DriftguardPlugin {
             mode: policy.mode,
             rootfs,
             policy_source: Some(source.clone()),
+            workload: Some(workload_of(pod)),
         });
         tracing::debug!(
             namespace = %pod.namespace, pod = %pod.name, container = %ctr.name, mode = %policy.mode,
@@ -356,6 +357,7 @@ impl DriftguardPlugin {
             pod: pod.name.clone(),
             container: ctr.name.clone(),
             container_id: ctr.id.clone(),
+            workload: workload_of(pod),
             policy_source: policy_source.to_string(),
             reason: reason.to_string(),
             message: message.to_string(),
@@ -392,6 +394,12 @@ pub struct ReconcileReport {
     /// Running containers that keep their pinned policy because the configuration now gives
     /// them a weaker one (or none that resolves).
     pub kept: usize,
+}
+
+/// The pod's workload, from its name and labels (src/agent/workload.rs).
+fn workload_of(pod: &PodSandbox) -> super::workload::Workload {
+    let labels: BTreeMap<String, String> = pod.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    super::workload::of_pod(&pod.name, &labels)
 }
 
 fn image_of(ctr: &Container) -> String {
@@ -433,6 +441,7 @@ impl DriftguardPlugin {
             container: ctr.name.clone(),
             container_id: ctr.id.clone(),
             image: image_of(ctr),
+            workload: workload_of(pod),
             action: "refused",
             source: "agent",
             reason: reason.to_string(),

@@ -56,6 +56,10 @@ pub struct ContainerInfo {
     /// by an agent from before policy rules, until the next Synchronize.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_source: Option<crate::rules::PolicySource>,
+    /// The pod's workload, guessed from its name and labels; `None` in a registry written by an
+    /// agent from before the field, until the next Synchronize.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<super::workload::Workload>,
 }
 
 #[derive(Default)]
@@ -206,6 +210,7 @@ mod tests {
             mode: Mode::Enforce,
             rootfs: Rootfs::Overlay,
             policy_source: None,
+            workload: None,
         }
     }
 

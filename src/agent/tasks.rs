@@ -168,6 +168,8 @@ fn report_hook_refusal(r: crate::node_state::HookRefusal, output: &Output, metri
         namespace = %r.namespace, pod = %r.pod, container = %r.container, reason = %r.reason,
         error = %r.message, "the OCI hook refused a container"
     );
+    // The hook does not see the pod's labels: the workload is guessed from the name alone.
+    let workload = super::workload::of_pod(&r.pod, &Default::default());
     let ev = output::Refusal {
         event: "admission",
         time: r.time,
@@ -177,6 +179,7 @@ fn report_hook_refusal(r: crate::node_state::HookRefusal, output: &Output, metri
         container: r.container,
         container_id: r.container_id,
         image: r.image,
+        workload,
         action: "refused",
         source: "oci-hook",
         reason: r.reason,

@@ -129,6 +129,7 @@ pub(super) fn fault_vanished_cgroup_policy_collected() -> R {
             mode: Mode::Enforce,
             rootfs: Rootfs::Overlay,
             policy_source: None,
+            workload: None,
         };
         registry.insert(info("gone", &gone, gid));
         registry.insert(info("kept", &kept, kid));

@@ -336,3 +336,24 @@ pub(super) fn cri_container_removed_while_agent_down_is_cleaned() -> R {
         Ok(())
     })
 }
+
+/// A pod shaped like a Deployment's (kubelet-style name and `pod-template-hash` label): its
+/// events name the workload, in JSON and in `driftguard events -o text`.
+pub(super) fn cri_event_names_the_workload() -> R {
+    with_env(|env| {
+        let name = "api-5c8d7f9b6-x2x4z";
+        let pod =
+            env.ctd.run_pod_in("shop", name, &[("pod-template-hash", "5c8d7f9b6"), ("app", "api")], &[MONITOR])?;
+        let id = env.ctd.run_container(&pod, "app", &[])?;
+        expect_ok(&env.ctd.sh(&id, DRIFT_RUNS)?, "hi", "drift in a monitored Deployment pod")?;
+        let ev = env.agent.wait_event("the alert of the Deployment's pod", |ev| ev["pod"] == name)?;
+        if ev["workload"] != serde_json::json!({"kind": "Deployment", "name": "api"}) {
+            return Err(format!("workload of {name}: {ev}"));
+        }
+        let (code, out, err) = env.agent.cli(&["events", "--file", "--pod", "api-*", "-o", "text"])?;
+        if code != 0 || !out.lines().any(|l| l.contains("Deployment/api") && l.contains("/tmp/busybox-x")) {
+            return Err(format!("driftguard events -o text: exit {code}\n{out}\n{err}"));
+        }
+        Ok(())
+    })
+}
