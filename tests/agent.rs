@@ -40,7 +40,6 @@ type NamedTrial = (&'static str, fn() -> R);
 const TRIALS: &[NamedTrial] = &[
     ("agent_enforces_annotated_pods_in_both_delivery_styles", agent_enforces_annotated_pods),
     ("agent_refuses_bad_annotations", agent_refuses_bad_annotations),
-    ("events_cli_follows_filters_and_reads_the_file", events_cli_follows_filters_and_reads_the_file),
     ("agent_restart_keeps_enforcing_and_resynchronizes", agent_restart_keeps_enforcing_and_resynchronizes),
     ("agent_reports_non_overlay_rootfs", agent_reports_non_overlay_rootfs),
     ("agent_exempts_only_declared_volumes", agent_exempts_only_declared_volumes),
@@ -69,6 +68,7 @@ fn main() {
             "upgrade_keeps_running_containers_without_the_memory_rule",
             upgrade_keeps_running_containers_without_the_memory_rule,
         ),
+        ("events_cli_follows_filters_and_reads_the_file", events_cli_follows_filters_and_reads_the_file),
     ] {
         trials.push(gate.trial(name, &reason, f));
     }
