@@ -397,10 +397,7 @@ pub fn refusal(st: &HookState, err: &HookError) -> Option<HookRefusal> {
         | HookError::StateTooLarge
         | HookError::MalformedState { .. }
         | HookError::InvalidId { .. } => return None,
-        HookError::Annotation { source, .. } => match source.as_ref() {
-            AnnotationError::Forbidden { .. } => "forbidden_weakening",
-            _ => "annotation",
-        },
+        HookError::Annotation { source, .. } => source.offence().0,
         HookError::Config(_) => "config",
         HookError::Cgroup { .. } | HookError::CgroupRoot { .. } => "cgroup",
         HookError::Provenance { .. } => "provenance",
@@ -415,15 +412,10 @@ pub fn refusal(st: &HookState, err: &HookError) -> Option<HookRefusal> {
         | HookError::MalformedConfigJson { .. } => "hook_input",
     };
     let (key, rule) = match err {
-        HookError::Annotation { source, .. } => match source.as_ref() {
-            AnnotationError::Forbidden { key, rule, .. } => (key.clone(), rule.clone()),
-            AnnotationError::UnknownKey { key, .. }
-            | AnnotationError::MalformedKey { key, .. }
-            | AnnotationError::InvalidValue { key, .. } => (key.clone(), String::new()),
-            AnnotationError::InvalidPolicy { sources, .. } => {
-                (sources.first().map(|s| s.0.clone()).unwrap_or_default(), String::new())
-            }
-        },
+        HookError::Annotation { source, .. } => {
+            let (_, key, rule) = source.offence();
+            (key.to_string(), rule.to_string())
+        }
         _ => (String::new(), String::new()),
     };
     let a = bundle_annotations(st).map(|(_, a)| a).unwrap_or_default();

@@ -1,6 +1,6 @@
 //! The NRI plugin: container lifecycle → cgroup → policy in the kernel.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -110,8 +110,7 @@ impl DriftguardPlugin {
     /// The container's policy: the node policy (exclusions, rules, default) for its pod's
     /// namespace and labels, refined by the pod's and the container's annotations.
     fn resolve(&self, pod: &PodSandbox, ctr: &Container) -> Result<rules::Resolved, ApplyError> {
-        let labels: BTreeMap<String, String> = pod.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let facts = rules::Pod { namespace: Some(pod.namespace.as_str()), labels: Some(&labels) };
+        let facts = rules::Pod { namespace: Some(pod.namespace.as_str()), labels: Some(&pod.labels) };
         self.policy.resolve(&facts, &pod.annotations, &ctr.name, &ctr.annotations).map_err(|source| {
             ApplyError::Annotation {
                 namespace: pod.namespace.clone(),
@@ -124,7 +123,13 @@ impl DriftguardPlugin {
 
     /// Compute and install the policy of a started (or running) container.
     pub fn apply(&self, pod: &PodSandbox, ctr: &Container) -> Result<Applied, ApplyError> {
-        let rules::Resolved { policy: resolved, source, .. } = self.resolve(pod, ctr)?;
+        let r = self.resolve(pod, ctr)?;
+        self.apply_resolved(pod, ctr, r)
+    }
+
+    /// [`DriftguardPlugin::apply`] of a policy already resolved.
+    fn apply_resolved(&self, pod: &PodSandbox, ctr: &Container, r: rules::Resolved) -> Result<Applied, ApplyError> {
+        let rules::Resolved { policy: resolved, source, .. } = r;
         if resolved.policy.mode == Mode::Off {
             // The agent knows the pod's labels, the OCI hook does not: an entry the hook made
             // from a label rule that may have applied goes too.
@@ -281,8 +286,9 @@ impl DriftguardPlugin {
             let cgroup_id =
                 self.cgroot.resolve_cgroups_path(&ctr.linux.cgroups_path).ok().and_then(|p| cgroup::cgroup_id(&p).ok());
             let old = cgroup_id.and_then(|id| pinned.get(&id).map(|p| (id, p)));
+            let resolved = self.resolve(pod, ctr);
             if let Some((id, old)) = old {
-                let kept = match self.resolve(pod, ctr) {
+                let kept = match &resolved {
                     Ok(r) => {
                         let was = annotations::ContainerPolicy {
                             policy: old.clone(),
@@ -313,7 +319,7 @@ impl DriftguardPlugin {
                     continue;
                 }
             }
-            match self.apply(pod, ctr) {
+            match resolved.and_then(|r| self.apply_resolved(pod, ctr, r)) {
                 Ok(Applied::Installed { cgroup_id, .. }) => {
                     keep.insert(cgroup_id);
                     keep_ids.insert(ctr.id.clone());
@@ -398,8 +404,7 @@ pub struct ReconcileReport {
 
 /// The pod's workload, from its name and labels (src/agent/workload.rs).
 fn workload_of(pod: &PodSandbox) -> super::workload::Workload {
-    let labels: BTreeMap<String, String> = pod.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    super::workload::of_pod(&pod.name, &labels)
+    super::workload::of_pod(&pod.name, &pod.labels)
 }
 
 fn image_of(ctr: &Container) -> String {
@@ -415,21 +420,12 @@ impl DriftguardPlugin {
     /// seen by more than `kubectl describe`.
     fn refuse(&self, pod: &PodSandbox, ctr: &Container, e: ApplyError) -> nri_plugin::BoxError {
         let (reason, key, rule) = match &e {
-            ApplyError::Annotation { source, .. } => match source.as_ref() {
-                annotations::AnnotationError::Forbidden { key, rule, .. } => {
-                    ("forbidden_weakening", key.clone(), rule.clone())
-                }
-                annotations::AnnotationError::UnknownKey { key, .. }
-                | annotations::AnnotationError::MalformedKey { key, .. }
-                | annotations::AnnotationError::InvalidValue { key, .. } => ("annotation", key.clone(), String::new()),
-                annotations::AnnotationError::InvalidPolicy { sources, .. } => {
-                    ("annotation", sources.first().map(|s| s.0.clone()).unwrap_or_default(), String::new())
-                }
-            },
-            ApplyError::Cgroup { .. } => ("cgroup", String::new(), String::new()),
-            ApplyError::Provenance { .. } => ("provenance", String::new(), String::new()),
-            ApplyError::Install { .. } => ("install", String::new(), String::new()),
+            ApplyError::Annotation { source, .. } => source.offence(),
+            ApplyError::Cgroup { .. } => ("cgroup", "", ""),
+            ApplyError::Provenance { .. } => ("provenance", "", ""),
+            ApplyError::Install { .. } => ("install", "", ""),
         };
+        let (key, rule) = (key.to_string(), rule.to_string());
         self.metrics.refused.with_label_values(&[reason]).inc();
         tracing::warn!(namespace = %pod.namespace, pod = %pod.name, container = %ctr.name, reason, error = %e, "refusing container");
         let r = Refusal {

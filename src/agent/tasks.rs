@@ -169,7 +169,7 @@ fn report_hook_refusal(r: crate::node_state::HookRefusal, output: &Output, metri
         error = %r.message, "the OCI hook refused a container"
     );
     // The hook does not see the pod's labels: the workload is guessed from the name alone.
-    let workload = super::workload::of_pod(&r.pod, &Default::default());
+    let workload = super::workload::of_pod(&r.pod, &std::collections::BTreeMap::new());
     let ev = output::Refusal {
         event: "admission",
         time: r.time,

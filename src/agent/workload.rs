@@ -2,9 +2,9 @@
 //! (owner references do not reach the node's runtime). The rules, in order, are in
 //! docs/events.md ("How `workload` is found").
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
+
+use crate::rules::Labels;
 
 /// A pod's workload: `kind` is `Deployment`, `StatefulSet`, `DaemonSet`, `Job`, `CronJob`,
 /// `ReplicaSet`, `Pod` (a pod of its own), or `unknown` (made by something else: `name` is the
@@ -40,8 +40,8 @@ fn strip_number(name: &str, min: usize) -> Option<&str> {
 }
 
 /// The workload of a pod named `pod` with `labels`.
-pub fn of_pod(pod: &str, labels: &BTreeMap<String, String>) -> Workload {
-    let label = |k: &str| labels.get(k).map(String::as_str).filter(|v| !v.is_empty());
+pub fn of_pod(pod: &str, labels: &dyn Labels) -> Workload {
+    let label = |k: &str| labels.label(k).filter(|v| !v.is_empty());
     if let Some(hash) = label("pod-template-hash") {
         // Deployment → ReplicaSet `<deployment>-<hash>` → pod `<replicaset>-<suffix>`.
         if let Some(rs) = strip_generated(pod) {
@@ -85,7 +85,8 @@ mod tests {
     use super::*;
 
     fn w(pod: &str, labels: &[(&str, &str)]) -> (String, String) {
-        let l = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let l: std::collections::BTreeMap<String, String> =
+            labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let w = of_pod(pod, &l);
         (w.kind, w.name)
     }

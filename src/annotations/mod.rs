@@ -167,6 +167,23 @@ pub enum AnnotationError {
     },
 }
 
+impl AnnotationError {
+    /// What a refusal for this error reports (`admission` events, the refused metric): the
+    /// reason (`forbidden_weakening` or `annotation`, see `node_state::REFUSAL_REASONS`), the
+    /// annotation key at fault (the first of a conflict) and the rule that forbids it (or "").
+    pub fn offence(&self) -> (&'static str, &str, &str) {
+        match self {
+            AnnotationError::Forbidden { key, rule, .. } => ("forbidden_weakening", key, rule),
+            AnnotationError::UnknownKey { key, .. }
+            | AnnotationError::MalformedKey { key, .. }
+            | AnnotationError::InvalidValue { key, .. } => ("annotation", key, ""),
+            AnnotationError::InvalidPolicy { sources, .. } => {
+                ("annotation", sources.first().map_or("", |s| s.0.as_str()), "")
+            }
+        }
+    }
+}
+
 fn describe_sources(sources: &[(String, String)]) -> String {
     match sources {
         [] => "resolved policy".to_string(),
@@ -274,7 +291,12 @@ pub struct Resolution {
 impl Resolution {
     /// The annotation that set the mode, if one did.
     pub fn mode_annotation(&self) -> Option<&AppliedAnnotation> {
-        self.applied.iter().rev().find(|a| a.key == Key::Mode)
+        self.last_of(&[Key::Mode])
+    }
+
+    /// The annotation that took effect last for one of `keys` (the one whose value stands).
+    pub fn last_of(&self, keys: &[Key]) -> Option<&AppliedAnnotation> {
+        self.applied.iter().rev().find(|a| keys.contains(&a.key))
     }
 }
 
@@ -328,10 +350,9 @@ where
             applied.push(AppliedAnnotation { key: k, annotation: s.key, value: s.raw });
         }
     }
-    if let Err(problem) = out.policy.validate() {
-        let last = |keys: &[Key]| {
-            applied.iter().rev().find(|a| keys.contains(&a.key)).map(|a| (a.annotation.clone(), a.value.clone()))
-        };
+    let r = Resolution { policy: out, applied };
+    if let Err(problem) = r.policy.policy.validate() {
+        let last = |keys: &[Key]| r.last_of(keys).map(|a| (a.annotation.clone(), a.value.clone()));
         let sources = match problem {
             PolicyError::PathInBothLists(_) => last(&[Key::Allow]).into_iter().chain(last(&[Key::Deny])).collect(),
             PolicyError::TooManyExecVolumes { .. } | PolicyError::RuntimeMount(_) => {
@@ -341,7 +362,7 @@ where
         };
         return Err(AnnotationError::InvalidPolicy { sources, problem });
     }
-    Ok(Resolution { policy: out, applied })
+    Ok(r)
 }
 
 /// Whether any container of a pod with these annotations may end up under policy: the

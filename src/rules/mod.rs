@@ -22,7 +22,7 @@ use crate::annotations::{self, AnnotationError, ContainerPolicy, Defaults, Key, 
 use crate::policy::{Mode, Policy};
 
 pub mod selector;
-pub use selector::{NamespaceGlob, Requirement, Selector};
+pub use selector::{Labels, NamespaceGlob, Requirement, Selector};
 
 use crate::annotations::dns_label_problem;
 
@@ -226,12 +226,12 @@ impl Exclusions {
 }
 
 /// What the node policy knows of a pod.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Default)]
 pub struct Pod<'a> {
     /// Its namespace; `None` when the runtime did not say (podman, plain runc).
     pub namespace: Option<&'a str>,
     /// Its labels; `None` when not known (the OCI hook).
-    pub labels: Option<&'a BTreeMap<String, String>>,
+    pub labels: Option<&'a dyn Labels>,
 }
 
 /// Which part of the node policy set a container's mode.
@@ -453,13 +453,8 @@ impl NodePolicy {
         if let Some(guard) = guard {
             if let Some((keys, what)) = weakening(&base, &resolution.policy) {
                 if guard.sure {
-                    let (key, value) = resolution
-                        .applied
-                        .iter()
-                        .rev()
-                        .find(|a| keys.contains(&a.key))
-                        .map(|a| (a.annotation.clone(), a.value.clone()))
-                        .unwrap_or_default();
+                    let (key, value) =
+                        resolution.last_of(&keys).map(|a| (a.annotation.clone(), a.value.clone())).unwrap_or_default();
                     return Err(AnnotationError::Forbidden { key, value, rule: guard.rule, what });
                 }
                 // A rule that only may apply (the OCI hook, labels unknown): keep the rule's

@@ -5,8 +5,26 @@
 //! `key==value`, `key!=value`, `key in (v1, v2)`, `key notin (v1, v2)`. All must hold. As in
 //! Kubernetes, `!=` and `notin` also match a pod without the key.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+
+/// A pod's labels, in whatever map the caller has (NRI gives a `HashMap`): matched in place.
+pub trait Labels {
+    /// The value of label `key`, if set.
+    fn label(&self, key: &str) -> Option<&str>;
+}
+
+impl Labels for BTreeMap<String, String> {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.get(key).map(String::as_str)
+    }
+}
+
+impl Labels for HashMap<String, String> {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.get(key).map(String::as_str)
+    }
+}
 
 /// One requirement of a selector.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -22,12 +40,12 @@ pub enum Requirement {
 }
 
 impl Requirement {
-    fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+    fn matches(&self, labels: &dyn Labels) -> bool {
         match self {
-            Requirement::Exists(k) => labels.contains_key(k),
-            Requirement::DoesNotExist(k) => !labels.contains_key(k),
-            Requirement::In(k, vs) => labels.get(k).is_some_and(|v| vs.contains(v)),
-            Requirement::NotIn(k, vs) => labels.get(k).is_none_or(|v| !vs.contains(v)),
+            Requirement::Exists(k) => labels.label(k).is_some(),
+            Requirement::DoesNotExist(k) => labels.label(k).is_none(),
+            Requirement::In(k, vs) => labels.label(k).is_some_and(|v| vs.contains(v)),
+            Requirement::NotIn(k, vs) => labels.label(k).is_none_or(|v| !vs.contains(v)),
         }
     }
 }
@@ -66,7 +84,7 @@ impl Selector {
     }
 
     /// Whether a pod with `labels` matches.
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+    pub fn matches(&self, labels: &dyn Labels) -> bool {
         self.requirements.iter().all(|r| r.matches(labels))
     }
 
@@ -238,7 +256,7 @@ impl NamespaceGlob {
 
     /// Whether `ns` matches.
     pub fn matches(&self, ns: &str) -> bool {
-        glob(self.0.as_bytes(), ns.as_bytes())
+        glob_match(&self.0, ns)
     }
 
     /// Whether every namespace `other` matches is matched by `self` (sufficient test: the same
@@ -258,6 +276,12 @@ impl fmt::Display for NamespaceGlob {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// Whether `s` matches `pattern`: `*` any run of bytes, `?` one, everything else literal
+/// (namespace globs here, `driftguard events` filters). Names are ASCII.
+pub fn glob_match(pattern: &str, s: &str) -> bool {
+    glob(pattern.as_bytes(), s.as_bytes())
 }
 
 /// Glob match with `*` and `?` (iterative, with backtracking to the last `*`).

@@ -5,6 +5,7 @@
 use serde_json::Value;
 
 use super::time::{self, Micros};
+use driftguard::rules::selector::glob_match as glob;
 
 /// The filters of one `driftguard events` call.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -83,29 +84,6 @@ impl Filter {
         }
         true
     }
-}
-
-/// `*` any run of characters, `?` one; everything else literal.
-pub fn glob(pattern: &str, s: &str) -> bool {
-    let (p, s): (Vec<char>, Vec<char>) = (pattern.chars().collect(), s.chars().collect());
-    let (mut pi, mut si) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while si < s.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == s[si]) {
-            pi += 1;
-            si += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, si));
-            pi += 1;
-        } else if let Some((sp, ss)) = star {
-            pi = sp + 1;
-            si = ss + 1;
-            star = Some((sp, ss + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
 }
 
 #[cfg(test)]
