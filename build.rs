@@ -51,6 +51,7 @@ fn main() {
         "decision.h",
         "memory.h",
         "memory_fallback.h",
+        "process_memory_fallback.h",
         "process_memory.h",
         "vmlinux.h",
     ] {

@@ -715,6 +715,104 @@ static __always_inline __u32 walk_path(struct dentry *dentry, struct vfsmount *v
 }
 
 /*
+ * The command line of an exec being checked by lsm/bprm_check_security: the
+ * argv array given to execve(2)/execveat(2), read from the caller's memory
+ * through the syscall's registers (the new image's copy is in bprm->mm, which
+ * no helper reads). Only events pay for it: an allowed exec reads nothing.
+ * x86-64 only, 5.15+ (bpf_task_pt_regs); else, and for 32-bit callers and
+ * kernel execs, DG_EVF_ARGS_UNAVAILABLE. Another thread of the caller can
+ * change the array after the kernel copied it: a hint, not proof.
+ */
+static __always_inline void exec_argv(struct dg_event *e, struct dg_scratch *s)
+{
+#if defined(__TARGET_ARCH_x86)
+	const char *const *argv;
+	struct pt_regs *regs;
+	const char *arg;
+	__u32 off = 0, i;
+	long nr, n;
+	char last;
+
+	if (!bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_task_pt_regs) ||
+	    !bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_current_task_btf))
+		goto unavailable;
+	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	nr = BPF_CORE_READ(regs, orig_ax);
+	if (nr == 59 /* __NR_execve */)
+		argv = (const char *const *)BPF_CORE_READ(regs, si);
+	else if (nr == 322 /* __NR_execveat */)
+		argv = (const char *const *)BPF_CORE_READ(regs, dx);
+	else
+		goto unavailable;
+	for (i = 0; i < DG_ARGV_MAX; i++) {
+		if (bpf_probe_read_user(&arg, sizeof(arg), &argv[i]))
+			goto unavailable;
+		if (!arg)
+			break;
+		if (off >= DG_ARGS_MAX) {
+			e->flags |= DG_EVF_ARGS_TRUNCATED;
+			break;
+		}
+		/* buf is 2 * DG_ARGS_MAX: a full window fits at any offset below DG_ARGS_MAX */
+		n = bpf_probe_read_user_str(&s->buf[off], DG_ARGS_MAX, arg);
+		if (n <= 0)
+			goto unavailable;
+		/* a full window: the argument may go on (exactly 255 bytes if arg[255] is NUL) */
+		if (n == DG_ARGS_MAX && (bpf_probe_read_user(&last, 1, arg + DG_ARGS_MAX - 1) || last))
+			e->flags |= DG_EVF_ARGS_TRUNCATED;
+		off += n;
+	}
+	if (i == DG_ARGV_MAX && !bpf_probe_read_user(&arg, sizeof(arg), &argv[i]) && arg)
+		e->flags |= DG_EVF_ARGS_TRUNCATED;
+	if (off > DG_ARGS_MAX) {
+		off = DG_ARGS_MAX;
+		e->flags |= DG_EVF_ARGS_TRUNCATED;
+	}
+	__builtin_memcpy(e->args, s->buf, DG_ARGS_MAX);
+	e->args_len = off;
+	return;
+unavailable:
+#endif
+	e->flags |= DG_EVF_ARGS_UNAVAILABLE;
+	e->flags &= ~DG_EVF_ARGS_TRUNCATED;
+}
+
+/*
+ * The command line of the process itself (every hook but bprm_check): its
+ * argument area, mm->arg_start..arg_end, as /proc/<pid>/cmdline shows it. On
+ * the fallback's exec tracepoint that is the new program's argv, before it ran
+ * an instruction; later the process may have rewritten it.
+ */
+static __always_inline void own_args(struct dg_event *e, struct task_struct *task)
+{
+	struct mm_struct *mm = BPF_CORE_READ(task, mm);
+	unsigned long start, end, len;
+
+	if (!mm)
+		goto unavailable;
+	start = BPF_CORE_READ(mm, arg_start);
+	end = BPF_CORE_READ(mm, arg_end);
+	/* 0 while an exec maps the new image: set after the mappings */
+	if (end <= start)
+		goto unavailable;
+	len = end - start;
+	if (len > DG_ARGS_MAX) {
+		len = DG_ARGS_MAX;
+		e->flags |= DG_EVF_ARGS_TRUNCATED;
+	}
+	barrier_var(len);
+	if (len == 0 || len > DG_ARGS_MAX)
+		goto unavailable;
+	if (bpf_probe_read_user(e->args, len, (const void *)start))
+		goto unavailable;
+	e->args_len = len;
+	return;
+unavailable:
+	e->flags |= DG_EVF_ARGS_UNAVAILABLE;
+	e->flags &= ~DG_EVF_ARGS_TRUNCATED;
+}
+
+/*
  * The event of a verdict, reserved and filled; the memory checks' and process
  * memory's fields zero (they set theirs before event_submit()). NULL when the
  * ring buffer is full (counted).
@@ -756,6 +854,14 @@ static __always_inline struct dg_event *event_begin(struct dg_scratch *s, const 
 	e->target_pid = 0;
 	e->target_tgid = 0;
 	__builtin_memset(e->target_comm, 0, sizeof(e->target_comm));
+	BPF_CORE_READ_STR_INTO(&e->parent_comm, task, real_parent, comm);
+	e->parent_start_ns = BPF_CORE_READ(task, real_parent, group_leader, start_boottime);
+	e->args_len = 0;
+	e->args_pad = 0;
+	if (hook == DG_HOOK_BPRM_CHECK)
+		exec_argv(e, s);
+	else
+		own_args(e, task);
 	return e;
 }
 

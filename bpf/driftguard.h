@@ -14,6 +14,10 @@
 #define DG_PATH_MAX 256
 /* Cgroup levels searched for a policy above the exec'ing task's own cgroup. */
 #define DG_MAX_LEVELS 32
+/* Bytes of the command line an event carries (struct dg_event.args). */
+#define DG_ARGS_MAX 256
+/* Arguments read from an exec's argv (lsm/bprm_check_security) at most. */
+#define DG_ARGV_MAX 32
 /* Volume mounts one policy may exempt from the non-image rule. */
 #define DG_MAX_EXEC_MOUNTS 8
 
@@ -119,6 +123,8 @@
 #define DG_EVF_PATH_UNRESOLVED (1u << 1)
 #define DG_EVF_PATH_IMAGE (1u << 2) /* path is relative to the container's root filesystem */
 #define DG_EVF_MAPPING_UNKNOWN (1u << 3) /* the mapping could not be looked up: judged as anonymous (fail closed) */
+#define DG_EVF_ARGS_TRUNCATED (1u << 4) /* args holds the first DG_ARGS_MAX bytes (or DG_ARGV_MAX arguments) only */
+#define DG_EVF_ARGS_UNAVAILABLE (1u << 5) /* the command line could not be read: args_len is 0 */
 
 /* Stats slots (per-CPU array). */
 #define DG_STAT_EVENTS 0
@@ -205,6 +211,18 @@ struct dg_event {
 	__u32 target_pid;              /* thread id */
 	__u32 target_tgid;             /* process id */
 	char target_comm[16];
+	/*
+	 * The parent (real_parent: ppid) at the time of the check, and the
+	 * command line (docs/events.md, "parent and args"): NUL-separated
+	 * arguments, args_len bytes of args used. lsm/bprm_check_security: the
+	 * argv given to the exec being checked, read from the caller's memory;
+	 * every other hook: the process's own, mm->arg_start..arg_end.
+	 */
+	char parent_comm[16];
+	__u64 parent_start_ns; /* its thread group's start (start_boottime): tells a reused pid apart */
+	__u32 args_len;
+	__u32 args_pad;
+	char args[DG_ARGS_MAX];
 };
 
 #endif

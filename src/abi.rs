@@ -20,6 +20,8 @@ macro_rules! c_constants {
 
 c_constants! {
     DG_PATH_MAX: usize = 256;
+    DG_ARGS_MAX: usize = 256;
+    DG_ARGV_MAX: u32 = 32;
     DG_MAX_LEVELS: u32 = 32;
     DG_MAX_EXEC_MOUNTS: usize = 8;
 
@@ -96,6 +98,8 @@ c_constants! {
     DG_EVF_PATH_UNRESOLVED: u32 = 1 << 1;
     DG_EVF_PATH_IMAGE: u32 = 1 << 2;
     DG_EVF_MAPPING_UNKNOWN: u32 = 1 << 3;
+    DG_EVF_ARGS_TRUNCATED: u32 = 1 << 4;
+    DG_EVF_ARGS_UNAVAILABLE: u32 = 1 << 5;
 
     DG_STAT_EVENTS: usize = 0;
     DG_STAT_RINGBUF_DROPS: usize = 1;
@@ -177,6 +181,11 @@ pub mod event_off {
     pub const TARGET_PID: usize = 360;
     pub const TARGET_TGID: usize = 364;
     pub const TARGET_COMM: usize = 368;
+    pub const PARENT_COMM: usize = 384;
+    pub const PARENT_START_NS: usize = 400;
+    pub const ARGS_LEN: usize = 408;
+    pub const ARGS_PAD: usize = 412;
+    pub const ARGS: usize = 416;
     pub const COMM_LEN: usize = 16;
 }
 
@@ -250,6 +259,11 @@ pub const C_STRUCTS: &[CStruct] = &[
             ("target_pid", event_off::TARGET_PID, 4),
             ("target_tgid", event_off::TARGET_TGID, 4),
             ("target_comm", event_off::TARGET_COMM, event_off::COMM_LEN),
+            ("parent_comm", event_off::PARENT_COMM, event_off::COMM_LEN),
+            ("parent_start_ns", event_off::PARENT_START_NS, 8),
+            ("args_len", event_off::ARGS_LEN, 4),
+            ("args_pad", event_off::ARGS_PAD, 4),
+            ("args", event_off::ARGS, DG_ARGS_MAX),
         ],
     },
 ];
@@ -400,10 +414,19 @@ pub struct RawEvent {
     pub target_pid: u32,
     pub target_tgid: u32,
     pub target_comm: String,
+    /// The parent's command name (empty in records of older programs).
+    pub parent_comm: String,
+    /// The parent's thread group start time (CLOCK_BOOTTIME ns), 0 in records of older programs.
+    pub parent_start_ns: u64,
+    /// The command line: NUL-separated arguments (`args_len` bytes of C `args`).
+    pub args: Vec<u8>,
 }
 
 impl RawEvent {
-    pub const SIZE: usize = event_off::TARGET_COMM + event_off::COMM_LEN;
+    pub const SIZE: usize = event_off::ARGS + DG_ARGS_MAX;
+
+    /// Size of the records of programs before `parent_comm` and `args`.
+    pub const SIZE_V4: usize = event_off::TARGET_COMM + event_off::COMM_LEN;
 
     /// Size of the records of programs before the process-memory target (no `target_*`).
     /// Records of older sizes are still decoded, so events a pinned older program wrote
@@ -419,7 +442,9 @@ impl RawEvent {
             return None;
         }
         let mem = b.len() >= Self::SIZE_V3;
-        let target = b.len() >= Self::SIZE;
+        let target = b.len() >= Self::SIZE_V4;
+        let parent = b.len() >= Self::SIZE;
+        let args_len = if parent { (u32_at(b, o::ARGS_LEN) as usize).min(DG_ARGS_MAX) } else { 0 };
         Some(RawEvent {
             ts_ns: u64_at(b, o::TS_NS),
             cgroup_id: u64_at(b, o::CGROUP_ID),
@@ -443,6 +468,9 @@ impl RawEvent {
             target_pid: if target { u32_at(b, o::TARGET_PID) } else { 0 },
             target_tgid: if target { u32_at(b, o::TARGET_TGID) } else { 0 },
             target_comm: if target { cstr(&b[o::TARGET_COMM..o::TARGET_COMM + o::COMM_LEN]) } else { String::new() },
+            parent_comm: if parent { cstr(&b[o::PARENT_COMM..o::PARENT_COMM + o::COMM_LEN]) } else { String::new() },
+            parent_start_ns: if parent { u64_at(b, o::PARENT_START_NS) } else { 0 },
+            args: if parent { b[o::ARGS..o::ARGS + args_len].to_vec() } else { Vec::new() },
         })
     }
 
@@ -480,9 +508,16 @@ impl RawEvent {
         let c = self.target_comm.as_bytes();
         let n = c.len().min(o::COMM_LEN - 1);
         b[o::TARGET_COMM..o::TARGET_COMM + n].copy_from_slice(&c[..n]);
+        let c = self.parent_comm.as_bytes();
+        let n = c.len().min(o::COMM_LEN - 1);
+        b[o::PARENT_COMM..o::PARENT_COMM + n].copy_from_slice(&c[..n]);
         let p = self.path.as_bytes();
         let n = p.len().min(DG_PATH_MAX - 1);
         b[o::PATH..o::PATH + n].copy_from_slice(&p[..n]);
+        b[o::PARENT_START_NS..o::PARENT_START_NS + 8].copy_from_slice(&self.parent_start_ns.to_le_bytes());
+        let n = self.args.len().min(DG_ARGS_MAX);
+        put_u32(&mut b, o::ARGS_LEN, n as u32);
+        b[o::ARGS..o::ARGS + n].copy_from_slice(&self.args[..n]);
         b
     }
 }
@@ -608,13 +643,23 @@ mod tests {
             target_pid: 10,
             target_tgid: 11,
             target_comm: "victim".into(),
+            parent_comm: "bash".into(),
+            parent_start_ns: 12,
+            args: b"/tmp/x\0-v\0".to_vec(),
         };
         let b = e.to_bytes();
-        assert_eq!(b.len(), 384);
+        assert_eq!(b.len(), 672);
+        assert_eq!(&b[408..412], &[10, 0, 0, 0]);
         assert_eq!(RawEvent::parse(&b), Some(e.clone()));
         assert_eq!(RawEvent::parse(&b[..300]), None);
-        // Records of older programs (pinned before an upgrade) still decode: before the
-        // process-memory target, and before the memory rules.
+        // A length beyond the buffer (never written by the program) is cut to it.
+        let mut long = b.clone();
+        long[408..412].copy_from_slice(&4096u32.to_le_bytes());
+        assert_eq!(RawEvent::parse(&long).map(|r| r.args.len()), Some(DG_ARGS_MAX));
+        // Records of older programs (pinned before an upgrade) still decode: before the parent
+        // and args, before the process-memory target, and before the memory rules.
+        let v4 = RawEvent::parse(&b[..384]).expect("a 384-byte record decodes");
+        assert_eq!((v4.target_comm.as_str(), v4.parent_comm.as_str(), v4.args.len()), ("victim", "", 0));
         let v3 = RawEvent::parse(&b[..344]).expect("a 344-byte record decodes");
         assert_eq!((v3.prot, v3.count, v3.target_pid, v3.target_comm.as_str()), (7, 3, 0, ""));
         let old = RawEvent::parse(&b[..336]).expect("a 336-byte record decodes");

@@ -8,6 +8,7 @@
 //! `linux.cgroups_path` pointing at the cgroup runc really created.
 
 use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -222,6 +223,8 @@ fn agent_enforces_annotated_pods() -> R {
         }
     }
 
+    events_name_parent_and_args(&agent, &enforced, path)?;
+
     // Monitor pod, StateChange delivery (runtimes up to NRI v0.11: StartContainer arrives as StateChange).
     let monitored = RuncCtr::create(dir.path(), "mon")?;
     let p2 = pod("batch", &[("driftguard.dev/mode", "monitor")]);
@@ -311,6 +314,73 @@ fn registered_agent(rt: &tokio::runtime::Runtime) -> Result<(AgentProcess, Runti
     agent.start()?;
     let conn = rt.block_on(connect(&peer, vec![], vec![]))?;
     Ok((agent, peer, conn))
+}
+
+/// `parent` and `args` of verdicts against a known process tree: a shell in the container runs a
+/// dropped binary twice, the second time with an argument longer than the event holds. The shell
+/// then blocks on a fifo until the events were checked, so the agent reads the living parent's
+/// executable (the barrier), and the test releases it.
+fn events_name_parent_and_args(agent: &AgentProcess, ctr: &RuncCtr, path: Option<EnforcementPath>) -> R {
+    let fifo = ctr.merged.join("tmp/go");
+    let c = std::ffi::CString::new(fifo.to_str().ok_or("fifo path")?).map_err(|e| e.to_string())?;
+    // SAFETY: mkfifo with a valid C string.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+        return Err(format!("mkfifo {}: {}", fifo.display(), std::io::Error::last_os_error()).into());
+    }
+    let long = "a".repeat(300);
+    let script = format!("/tmp/dropped hello-args 'two words'; /tmp/dropped {long}; read x < /tmp/go");
+    let st = Command::new("runc")
+        .args(["exec", "-d", &ctr.id, "/bin/sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("runc exec -d: {e}"))?;
+    if !st.success() {
+        return Err(format!("runc exec -d: {st}").into());
+    }
+    let first = agent.wait_event("for /tmp/dropped hello-args", |e| {
+        e["path"] == "/tmp/dropped" && e["parent"]["comm"] == "sh" && e["pid"] != e["ppid"] && {
+            // LSM on 5.10 has no bpf_task_pt_regs: no args there (docs/events.md).
+            e.get("args").is_none() || e["args"][1] == "hello-args"
+        }
+    })?;
+    let second = agent.wait_event("for /tmp/dropped with a long argument", |e| {
+        e["path"] == "/tmp/dropped" && e["parent"] == first["parent"] && e["pid"] != first["pid"]
+    })?;
+    // Release the shell whatever the outcome (O_NONBLOCK: it may not have reached `read`).
+    let _ = fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&fifo);
+    let lsm_510 = path == Some(EnforcementPath::Lsm) && vm::guest_kernel().as_deref() == Some("5.10");
+    let parent = &first["parent"];
+    if parent["pid"] != first["ppid"] || parent["exe"] != "/bin/busybox" {
+        return Err(format!("parent of the shell's child: {first}").into());
+    }
+    // The fallback judges after the exec: the task already has the new name.
+    let comm = if path == Some(EnforcementPath::Lsm) { "sh" } else { "dropped" };
+    if first["comm"] != comm {
+        return Err(format!("comm {} on {path:?}, want {comm}: {first}", first["comm"]).into());
+    }
+    if lsm_510 {
+        if first.get("args").is_some() || second.get("args").is_some() || second.get("args_truncated").is_some() {
+            return Err(format!("args on 5.10 (no bpf_task_pt_regs): {first}\n{second}").into());
+        }
+        return Ok(());
+    }
+    if first["args"] != serde_json::json!(["/tmp/dropped", "hello-args", "two words"])
+        || first.get("args_truncated").is_some()
+    {
+        return Err(format!("args of the first exec: {first}").into());
+    }
+    let cut = second["args"][1].as_str().unwrap_or("");
+    if second["args"][0] != "/tmp/dropped"
+        || second["args_truncated"] != true
+        || cut.is_empty()
+        || cut.len() >= long.len()
+        || !long.starts_with(cut)
+    {
+        return Err(format!("args of the exec with a 300-byte argument: {second}").into());
+    }
+    Ok(())
 }
 
 fn agent_refuses_bad_annotations() -> R {

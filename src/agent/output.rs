@@ -23,7 +23,7 @@ pub struct Verdict {
     /// The container of the policy that applied (empty names when its cgroup is unknown).
     #[serde(flatten)]
     pub container: ContainerNames,
-    /// The kernel's event, unchanged.
+    /// The kernel's event, with its parent's `exe` read from `/proc`.
     #[serde(flatten)]
     pub kernel: Event,
     /// Process-memory rules: the container of the process reached (`target`), found by the
@@ -169,12 +169,14 @@ pub fn enrich(ev: &Event, node: &str, registry: &Registry, clock: &BootClock) ->
             })
             .unwrap_or_default()
     };
+    let mut kernel = ev.clone();
+    kernel.parent.read_exe();
     Verdict {
         event: "verdict",
         time: rfc3339(clock.wall(ev.boot_ns)),
         node: node.to_string(),
         container: names(ev.policy_cgroup_id),
-        kernel: ev.clone(),
+        kernel,
         target_container: ev.target.as_ref().map(|t| names(t.policy_cgroup_id)),
     }
 }
@@ -355,6 +357,9 @@ mod tests {
             prot: None,
             count: None,
             target: None,
+            parent: crate::enforcer::Parent { pid: 1, comm: "containerd-shim".into(), ..Default::default() },
+            args: Some(vec!["/tmp/x".into()]),
+            args_truncated: false,
         };
         let v = enrich(&ev, "node-1", &reg, &BootClock::now());
         let j = serde_json::to_value(&v).unwrap();
@@ -468,6 +473,9 @@ mod tests {
                 cgroup_id: 2,
                 policy_cgroup_id: 2,
             }),
+            parent: crate::enforcer::Parent { pid: 1, comm: "bash".into(), exe: "/bin/bash".into(), start_ns: 0 },
+            args: Some(vec!["/x".into(), "-v".into()]),
+            args_truncated: true,
         };
         let verdict = enrich(&ev, "n", &Registry::new(None), &BootClock::now());
         let notice = Notice {
@@ -486,7 +494,7 @@ mod tests {
         // The objects' fields: in the example, and named in the object's table row.
         let (_, _, example, body) = documented(&doc, "verdict");
         let code = serde_json::to_value(&verdict).unwrap();
-        for object in ["target", "target_container"] {
+        for object in ["target", "target_container", "parent"] {
             let sub_keys = |v: &serde_json::Value| {
                 let mut k: Vec<String> = v[object].as_object().unwrap().keys().cloned().collect();
                 k.sort();

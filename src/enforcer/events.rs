@@ -320,6 +320,67 @@ pub struct Event {
     /// Process-memory rules: the process reached (omitted otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<Target>,
+    /// The parent process at the time of the check (docs/events.md, "parent and args").
+    pub parent: Parent,
+    /// The command line (docs/events.md, "parent and args"): on `bprm_check` the argv of the exec
+    /// being checked, on every other hook the process's own; omitted when it could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    /// `args` holds the first 256 bytes or 32 arguments only: the last one may be cut (omitted
+    /// from JSON when false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub args_truncated: bool,
+}
+
+/// The parent of the process of an event (`real_parent`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Parent {
+    /// Process id (tgid), host pid namespace; the event's `ppid`.
+    pub pid: u32,
+    /// Command name of the parent task, read by the kernel at the check (empty from programs
+    /// before this field).
+    pub comm: String,
+    /// Executable, read from `/proc/<pid>/exe` when the event is enriched; empty when the parent
+    /// had exited by then, its pid now names another process, or it is a kernel thread (see
+    /// [`Parent::read_exe`]).
+    pub exe: String,
+    /// Its thread group's start (CLOCK_BOOTTIME ns) as the kernel saw it; 0 from older programs.
+    #[serde(skip)]
+    pub start_ns: u64,
+}
+
+impl Parent {
+    /// Fill `exe` from `/proc/<pid>/exe` if the process with that pid is still the parent: its
+    /// start time (`/proc/<pid>/stat`, clock ticks) must be the one the kernel reported, so a pid
+    /// reused since shows nothing rather than a stranger's executable.
+    pub fn read_exe(&mut self) {
+        if self.pid == 0 || self.start_ns == 0 || !self.exe.is_empty() {
+            return;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) else { return };
+        // SAFETY: sysconf has no preconditions.
+        let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let (Some(ticks), Ok(tck)) = (start_ticks(&stat), u64::try_from(tck)) else { return };
+        if tck == 0 || ticks != self.start_ns / (1_000_000_000 / tck) {
+            return;
+        }
+        if let Ok(exe) = std::fs::read_link(format!("/proc/{}/exe", self.pid)) {
+            self.exe = exe.to_string_lossy().into_owned();
+        }
+    }
+}
+
+/// Field 22 of `/proc/<pid>/stat` (`starttime`, clock ticks after boot). The command name (field
+/// 2) may hold spaces and parentheses: count from its last `)`.
+fn start_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+}
+
+/// NUL-separated arguments to strings (each lossy UTF-8). A cut last argument has no NUL.
+fn split_args(b: &[u8]) -> Vec<String> {
+    let b = b.strip_suffix(&[0]).unwrap_or(b);
+    b.split(|&c| c == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
 }
 
 /// The process a process-memory verdict is about: the one whose `mem` file was opened, the
@@ -377,6 +438,9 @@ impl Event {
                 cgroup_id: r.target_cgroup_id,
                 policy_cgroup_id: r.target_policy_cgroup_id,
             }),
+            parent: Parent { pid: r.ppid, comm: r.parent_comm, exe: String::new(), start_ns: r.parent_start_ns },
+            args: (!r.args.is_empty() && r.flags & abi::DG_EVF_ARGS_UNAVAILABLE == 0).then(|| split_args(&r.args)),
+            args_truncated: r.flags & abi::DG_EVF_ARGS_TRUNCATED != 0 && r.flags & abi::DG_EVF_ARGS_UNAVAILABLE == 0,
         })
     }
 }
@@ -605,6 +669,69 @@ mod tests {
         assert_eq!(j["action"], "kill");
         assert_eq!(j["hook"], "exec_tracepoint");
         assert!(j.get("prot").is_none() && j.get("count").is_none() && j.get("target").is_none(), "{j}");
+    }
+
+    #[test]
+    fn decode_parent_and_args() {
+        let raw = RawEvent {
+            tgid: 40,
+            ppid: 39,
+            comm: "sh".into(),
+            parent_comm: "bash".into(),
+            parent_start_ns: 5,
+            args: b"/tmp/x\0-c\0two words\0".to_vec(),
+            ..Default::default()
+        };
+        let e = Event::decode(&raw.to_bytes()).unwrap();
+        assert_eq!(e.parent, Parent { pid: 39, comm: "bash".into(), exe: String::new(), start_ns: 5 });
+        assert_eq!(e.args.as_deref(), Some(&["/tmp/x".to_string(), "-c".into(), "two words".into()][..]));
+        let j = serde_json::to_value(&e).unwrap();
+        assert_eq!(j["parent"], serde_json::json!({"pid": 39, "comm": "bash", "exe": ""}));
+        assert_eq!(j["args"], serde_json::json!(["/tmp/x", "-c", "two words"]));
+        assert!(j.get("args_truncated").is_none(), "{j}");
+        // Cut: the last argument has no NUL, and the flag says so.
+        let cut = RawEvent { args: b"/tmp/x\0aaaa".to_vec(), flags: abi::DG_EVF_ARGS_TRUNCATED, ..raw.clone() };
+        let j = serde_json::to_value(Event::decode(&cut.to_bytes()).unwrap()).unwrap();
+        assert_eq!(
+            (&j["args"], &j["args_truncated"]),
+            (&serde_json::json!(["/tmp/x", "aaaa"]), &serde_json::json!(true))
+        );
+        // Not readable: no args, no truncation claim, even if bytes were left in the record.
+        let none = RawEvent { flags: abi::DG_EVF_ARGS_UNAVAILABLE | abi::DG_EVF_ARGS_TRUNCATED, ..raw.clone() };
+        let j = serde_json::to_value(Event::decode(&none.to_bytes()).unwrap()).unwrap();
+        assert!(j.get("args").is_none() && j.get("args_truncated").is_none(), "{j}");
+        let empty = RawEvent { args: Vec::new(), ..raw };
+        assert_eq!(Event::decode(&empty.to_bytes()).unwrap().args, None);
+    }
+
+    #[test]
+    fn stat_start_ticks_survive_odd_names() {
+        let stat = "42 (a) b (c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 12345 1000 10 18446744073709551615";
+        assert_eq!(start_ticks(stat), Some(12345));
+        assert_eq!(start_ticks("42 (x"), None);
+        assert_eq!(start_ticks("42 (x) S 1"), None);
+    }
+
+    /// The parent's executable is read only while its pid still names the process the kernel saw.
+    #[test]
+    fn parent_exe_only_for_the_same_process() {
+        let me = std::process::id();
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        // SAFETY: sysconf has no preconditions.
+        let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        let start_ns = start_ticks(&stat).unwrap() * (1_000_000_000 / tck) + 1;
+        let mut p = Parent { pid: me, comm: "x".into(), exe: String::new(), start_ns };
+        p.read_exe();
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        assert_eq!(p.exe, exe.to_string_lossy());
+        // Same pid, another start time: a reused pid.
+        let mut reused = Parent { pid: me, comm: "x".into(), exe: String::new(), start_ns: start_ns + 10_000_000_000 };
+        reused.read_exe();
+        assert_eq!(reused.exe, "");
+        // Records of older programs carry no start time: nothing is read.
+        let mut old = Parent { pid: me, comm: "x".into(), exe: String::new(), start_ns: 0 };
+        old.read_exe();
+        assert_eq!(old.exe, "");
     }
 
     #[test]

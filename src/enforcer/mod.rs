@@ -48,7 +48,9 @@ pub use caps::{
     OverlayUpper, TEST_OVL_LAYOUT_ENV,
 };
 pub use error::{Error, Result};
-pub use events::{Action, Event, EventStream, FileKind, Hook, ReaderHeartbeat, Rule, Target, EVENT_CHANNEL_CAPACITY};
+pub use events::{
+    Action, Event, EventStream, FileKind, Hook, Parent, ReaderHeartbeat, Rule, Target, EVENT_CHANNEL_CAPACITY,
+};
 use loader::*;
 pub use ovlproof::prove_overlay_layout;
 pub use pins::*;

@@ -499,6 +499,12 @@ fn exec_memory_anonymous_denied() -> R {
         }
         expect_refused(h, &out, step, what)?;
         let e = expect_memory_event(h, &c, hook, FileKind::Anonymous, Action::Deny)?;
+        // Off the exec hook, `args` is the process's own command line: the forked child's is
+        // this test binary's, and its parent is this process (docs/events.md, "Parent and args").
+        let argv0 = std::env::args().next().unwrap_or_default();
+        if e.args.as_ref().and_then(|a| a.first()) != Some(&argv0) || e.parent.pid != std::process::id() {
+            return Err(format!("{what}: args from {argv0:?}, parent {}: {e:?}", std::process::id()).into());
+        }
         if e.mode != Mode::Enforce || !e.path.is_empty() {
             let all: Vec<String> = events_for(h, c.cgid).iter().map(|e| format!("{e:?}")).collect();
             return Err(format!("{what}: anonymous memory has no path: {e:?}\nall events:\n{}", all.join("\n")).into());
@@ -1128,10 +1134,17 @@ fn exec_memory_real_jit_grep_pcre2() -> R {
         expect_refused(h, &out, 0, "grep -P (PCRE2 JIT) on the fallback")?;
     }
     let e = expect_memory_event(h, &c, Hook::MmapFile, FileKind::Anonymous, Action::Deny)?;
-    if e.comm != "grep" || e.prot.as_deref() != Some("rwx") {
+    if e.comm != "grep"
+        || e.prot.as_deref() != Some("rwx")
+        || e.args != Some(strings(&["/usr/bin/grep", "-P", "a+b", "/input.txt"]))
+    {
         return Err(format!("the event should name grep and rwx: {e:?}").into());
     }
     Ok(())
+}
+
+fn strings(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
 }
 
 /// LuaJIT maps its machine-code area read-write, writes a trace, then makes it read-exec. With
@@ -1150,7 +1163,10 @@ fn exec_memory_real_jit_luajit() -> R {
         expect_refused(h, &out, 0, "luajit on the fallback")?;
     }
     let e = expect_memory_event(h, &c, Hook::FileMprotect, FileKind::Anonymous, Action::Deny)?;
-    if e.comm != "luajit" || e.prot.as_deref() != Some("r-x") {
+    if e.comm != "luajit"
+        || e.prot.as_deref() != Some("r-x")
+        || e.args != Some(strings(&["/usr/bin/luajit", "/hot.lua"]))
+    {
         return Err(format!("the event should name luajit and r-x: {e:?}").into());
     }
     Ok(())

@@ -2,8 +2,9 @@
 //!
 //! `TIME  ACTION  RULE  NAMESPACE/POD/CONTAINER  WORKLOAD  DETAIL`, where ACTION is the
 //! verdict's action, `notice`, or `refused`; RULE the verdict's rule or the notice's/refusal's
-//! reason; WORKLOAD `kind/name` when the event has one; DETAIL the path (and the parent process
-//! when the event has one) of a verdict, the message of a notice, the key and rule of a refusal.
+//! reason; WORKLOAD `kind/name` when the event has one; DETAIL the path of a verdict, then its
+//! command line (`$ args…`, an argument with a space quoted, `…` when cut), its parent process
+//! (`parent comm[pid] exe`) and target; the message of a notice, the key and rule of a refusal.
 
 use serde_json::Value;
 
@@ -42,10 +43,22 @@ pub fn line(ev: &Value) -> String {
     match s("event") {
         "verdict" => {
             let mut detail = or_dash(s("path").to_string());
+            if let Some(args) = ev.get("args").and_then(Value::as_array) {
+                let words: Vec<String> = args
+                    .iter()
+                    .map(|a| a.as_str().unwrap_or(""))
+                    .map(|a| if a.is_empty() || a.contains([' ', '\t']) { format!("{a:?}") } else { a.to_string() })
+                    .collect();
+                let cut = if ev.get("args_truncated") == Some(&Value::Bool(true)) { "…" } else { "" };
+                detail.push_str(&format!("  $ {}{cut}", words.join(" ")));
+            }
             if let Some(p) = ev.get("parent") {
                 let comm = p.get("comm").and_then(Value::as_str).unwrap_or("");
                 let pid = p.get("pid").and_then(Value::as_u64).unwrap_or(0);
                 detail.push_str(&format!("  parent {comm}[{pid}]"));
+                if let Some(exe) = p.get("exe").and_then(Value::as_str).filter(|e| !e.is_empty()) {
+                    detail.push_str(&format!(" {exe}"));
+                }
             }
             if let Some(t) = ev.get("target") {
                 let comm = t.get("comm").and_then(Value::as_str).unwrap_or("");
@@ -94,6 +107,10 @@ mod tests {
                        "workload":{"kind":"Deployment","name":"web"},"parent":{"pid":7,"comm":"sh"}});
         let l = line(&v);
         assert!(l.contains("Deployment/web") && l.ends_with("-  parent sh[7]  (3 checks)"), "{l}");
+        let v = json!({"event":"verdict","time":"2026-11-23T22:41:07.1Z","rule":"drift","action":"kill","path":"/tmp/x",
+                       "args":["/tmp/x","-c","two words",""],"args_truncated":true,"parent":{"pid":7,"comm":"sh","exe":"/bin/busybox"}});
+        let l = line(&v);
+        assert!(l.ends_with(r#"/tmp/x  $ /tmp/x -c "two words" ""…  parent sh[7] /bin/busybox"#), "{l}");
         let n = json!({"event":"notice","time":"2026-11-23T22:41:07Z","namespace":"shop","pod":"p","container":"c","reason":"policy_kept","message":"kept"});
         assert!(line(&n).contains("notice   policy_kept") && line(&n).ends_with("kept"), "{}", line(&n));
         let r = json!({"event":"admission","time":"2026-11-23T22:41:07Z","namespace":"payments","pod":"p","container":"c","action":"refused","source":"oci-hook","reason":"forbidden_weakening","key":"driftguard.dev/mode","rule":"payments"});
