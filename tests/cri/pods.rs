@@ -350,8 +350,31 @@ pub(super) fn cri_event_names_the_workload() -> R {
         if ev["workload"] != serde_json::json!({"kind": "Deployment", "name": "api"}) {
             return Err(format!("workload of {name}: {ev}"));
         }
+        // Parent and command line against a known tree: a shell's subshell runs the dropped
+        // binary, then blocks on a fifo (the barrier: the agent reads the living parent's
+        // executable) until the test has the event and releases it.
+        let script = "/bin/busybox mkfifo /tmp/go && \
+                      (/tmp/busybox-x echo hi 'two words'; read x < /tmp/go) > /dev/null 2>&1 &";
+        expect_ok(&env.ctd.sh(&id, script)?, "", "a subshell running the dropped binary")?;
+        let ev = env.agent.wait_event("the alert with two words", |ev| {
+            ev["pod"] == name && ev["args"].as_array().is_some_and(|a| a.iter().any(|w| w == "two words"))
+        });
+        let released = env.ctd.sh(&id, "echo go > /tmp/go");
+        let ev = ev?;
+        released?;
+        if ev["args"] != serde_json::json!(["/tmp/busybox-x", "echo", "hi", "two words"])
+            || ev.get("args_truncated").is_some()
+            || ev["parent"]["comm"] != "sh"
+            || ev["parent"]["exe"] != "/bin/busybox"
+            || ev["parent"]["pid"] != ev["ppid"]
+        {
+            return Err(format!("parent and args of the subshell's exec: {ev}"));
+        }
         let (code, out, err) = env.agent.cli(&["events", "--file", "--pod", "api-*", "-o", "text"])?;
-        if code != 0 || !out.lines().any(|l| l.contains("Deployment/api") && l.contains("/tmp/busybox-x")) {
+        if code != 0
+            || !out.lines().any(|l| l.contains("Deployment/api") && l.contains("/tmp/busybox-x"))
+            || !out.lines().any(|l| l.contains(r#"$ /tmp/busybox-x echo hi "two words"  parent sh["#))
+        {
             return Err(format!("driftguard events -o text: exit {code}\n{out}\n{err}"));
         }
         Ok(())
