@@ -534,16 +534,20 @@ enum ExecCfg {
     Monitor,
     /// Enforce policy; the image binary (lower layer) is allowed.
     Enforce,
+    /// Monitor policy; a binary written into the upper layer: every exec is an alert, an event
+    /// with its parent and command line, read by a consumer as the agent would.
+    Alert,
 }
 
 impl ExecCfg {
-    const ALL: [ExecCfg; 4] = [ExecCfg::Base, ExecCfg::Unpolicied, ExecCfg::Monitor, ExecCfg::Enforce];
+    const ALL: [ExecCfg; 5] = [ExecCfg::Base, ExecCfg::Unpolicied, ExecCfg::Monitor, ExecCfg::Enforce, ExecCfg::Alert];
     fn label(self) -> &'static str {
         match self {
             ExecCfg::Base => "no BPF",
             ExecCfg::Unpolicied => "(a) loaded, cgroup not under policy",
             ExecCfg::Monitor => "(b) monitor, image binary",
             ExecCfg::Enforce => "(c) enforce, image binary allowed",
+            ExecCfg::Alert => "(d) monitor, dropped binary: an alert event per exec",
         }
     }
     fn key(self) -> &'static str {
@@ -552,6 +556,7 @@ impl ExecCfg {
             ExecCfg::Unpolicied => "a_unpolicied",
             ExecCfg::Monitor => "b_monitor",
             ExecCfg::Enforce => "c_enforce",
+            ExecCfg::Alert => "d_alert",
         }
     }
 }
@@ -588,6 +593,12 @@ struct ExecResult {
     /// Per configuration (not base), per program: (run time ns, runs) summed over all rounds.
     #[serde(default)]
     per_program: HashMap<String, HashMap<String, (u64, u64)>>,
+    /// Per configuration (not base): ring-buffer drops while it ran, all rounds.
+    #[serde(default)]
+    ringbuf_drops: HashMap<String, u64>,
+    /// Events the consumer read (the alerts of configuration (d), all rounds, both blocks).
+    #[serde(default)]
+    events_read: u64,
 }
 
 /// Sets `kernel.bpf_stats_enabled` to 1 while alive; restores the old value on drop.
@@ -628,6 +639,7 @@ fn exec_measure(k: &Knobs, execs: usize) -> Res<ExecResult> {
     let (tid, sid) = (cgroup_id(&target)?, cgroup_id(&sibling)?);
     let cpu = std::thread::available_parallelism().map(|n| n.get() - 1).ok();
     let bin = ov.image_cmd(k.exec_bin);
+    let dropped = (ov.dropped_chain(), vec!["dropped-chain", "0"]);
 
     // Warm up caches (page cache, dentries) without BPF.
     run_exec_loop(&target, &bin, 200.min(execs * 2), cpu)?;
@@ -641,6 +653,7 @@ fn exec_measure(k: &Knobs, execs: usize) -> Res<ExecResult> {
     };
     res.kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
     let mut enf: Option<Enforcer> = None;
+    let mut drain: Option<Drain> = None;
     let mut path_name = String::new();
     // Wall-clock blocks run with kernel.bpf_stats_enabled off (as in production: the stats
     // cost two clock reads per program run, several µs under TCG); a shorter block with it on
@@ -648,15 +661,21 @@ fn exec_measure(k: &Knobs, execs: usize) -> Res<ExecResult> {
     let stats_execs = (execs / 4).max(50);
     for round in 0..k.rounds {
         let mut order = ExecCfg::ALL.to_vec();
-        order.rotate_left(round % 4);
+        order.rotate_left(round % ExecCfg::ALL.len());
         let mut medians: HashMap<ExecCfg, (f64, f64)> = HashMap::new();
         for cfg in order {
             match cfg {
-                ExecCfg::Base => enf = None, // drop: programs detach (nothing pinned)
+                ExecCfg::Base => {
+                    if let Some(d) = drain.take() {
+                        res.events_read += d.stop();
+                    }
+                    enf = None; // drop: programs detach (nothing pinned)
+                }
                 _ => {
                     if enf.is_none() {
                         let e = load_enforcer()?;
                         path_name = e.path().as_str().to_string();
+                        drain = Some(Drain::start(&e)?);
                         enf = Some(e);
                     }
                     let store = enf.as_ref().map(|e| e.store()).ok_or("no enforcer")?;
@@ -665,7 +684,7 @@ fn exec_measure(k: &Knobs, execs: usize) -> Res<ExecResult> {
                         ExecCfg::Unpolicied => {
                             store.remove(tid).map_err(|e| e.to_string())?;
                         }
-                        ExecCfg::Monitor => store
+                        ExecCfg::Monitor | ExecCfg::Alert => store
                             .set(tid, level, &Policy::with_mode(Mode::Monitor), &prov)
                             .map_err(|e| e.to_string())?,
                         ExecCfg::Enforce => store
@@ -675,11 +694,15 @@ fn exec_measure(k: &Knobs, execs: usize) -> Res<ExecResult> {
                     }
                 }
             }
-            let lat = run_exec_loop(&target, &bin, execs, cpu)?;
+            let bin = if cfg == ExecCfg::Alert { &dropped } else { &bin };
+            let drops0 = enf.as_ref().and_then(|e| e.stats().ok()).map_or(0, |s| s.ringbuf_drops);
+            let lat = run_exec_loop(&target, bin, execs, cpu)?;
             if let Some(e) = enf.as_ref() {
                 let on = BpfStatsOn::new();
                 let before = prog_totals(e);
-                run_exec_loop(&target, &bin, stats_execs, cpu)?;
+                run_exec_loop(&target, bin, stats_execs, cpu)?;
+                let drops = e.stats().map_err(|e| e.to_string())?.ringbuf_drops - drops0;
+                *res.ringbuf_drops.entry(cfg.key().into()).or_default() += drops;
                 let after = prog_totals(e);
                 drop(on);
                 let (mut dt, mut dc) = (0u64, 0u64);
@@ -719,9 +742,55 @@ fn exec_measure(k: &Knobs, execs: usize) -> Res<ExecResult> {
             ExecCfg::ALL.iter().map(|c| format!("{}={:.1}", c.key(), medians[c].0)).collect::<Vec<_>>().join(" ")
         );
     }
+    if let Some(d) = drain.take() {
+        res.events_read += d.stop();
+    }
     drop(enf);
     res.path = path_name;
     Ok(res)
+}
+
+/// Reads the ring buffer while the exec loops run, as the agent's consumer does, so that alert
+/// events take their whole path (a full ring would make them cheaper: reserve fails first).
+struct Drain {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Drain {
+    fn start(enf: &Enforcer) -> Res<Self> {
+        let mut stream = enf.events().map_err(|e| format!("event stream: {e}"))?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !flag.load(Ordering::Relaxed) {
+                if stream.next_timeout(Duration::from_millis(50)).is_some() {
+                    n += 1;
+                }
+            }
+            while stream.try_next().is_some() {
+                n += 1;
+            }
+            n
+        });
+        Ok(Drain { stop, handle: Some(handle) })
+    }
+
+    /// Stop reading; the number of events read.
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.take().and_then(|h| h.join().ok()).unwrap_or(0)
+    }
+}
+
+impl Drop for Drain {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 fn exec_report(rep: &mut Report, section: &'static str, r: &ExecResult) {
@@ -732,8 +801,13 @@ fn exec_report(rep: &mut Report, section: &'static str, r: &ExecResult) {
         section,
         "execs measured (rounds × configs × execs); + BPF-stats blocks",
         format!(
-            "{n_total} ({} × 4 × {}); + {} × 3 × {}",
-            r.rounds, r.execs_per_block, r.rounds, r.stats_execs_per_block
+            "{n_total} ({} × {} × {}); + {} × {} × {}",
+            r.rounds,
+            ExecCfg::ALL.len(),
+            r.execs_per_block,
+            r.rounds,
+            ExecCfg::ALL.len() - 1,
+            r.stats_execs_per_block
         ),
         "",
         None,
@@ -799,6 +873,15 @@ fn exec_report(rep: &mut Report, section: &'static str, r: &ExecResult) {
             );
         }
         rep.row(section, format!("{} — median ratio", cfg.label()), fmt_ratio(ratio), target, met);
+        if *cfg == ExecCfg::Alert {
+            rep.row(
+                section,
+                format!("{} — events read; ring-buffer drops", cfg.label()),
+                format!("{}; {}", r.events_read, r.ringbuf_drops.get(cfg.key()).copied().unwrap_or(0)),
+                "0 drops",
+                Some(r.ringbuf_drops.get(cfg.key()).copied().unwrap_or(0) == 0),
+            );
+        }
         rep.row(
             section,
             format!("{} — mean ratio; p50 / p99", cfg.label()),
@@ -1371,16 +1454,20 @@ fn synthetic_records(n_distinct: usize, registered: &[u64]) -> Vec<Vec<u8>> {
         "/dev/shm/payload",
         "/app/node_modules/.bin/esbuild",
     ];
+    // As real events are: the parent is a living process (this one), so enrichment reads its
+    // start time and executable from /proc; a command line of a few arguments.
+    let me = std::process::id();
+    let start_ns = driftguard::enforcer::proc_start(me).map_or(0, |(t, ns)| t * ns);
     (0..n_distinct)
         .map(|i| {
             let cg = registered[i % registered.len()];
+            let path = paths[i % paths.len()];
             RawEvent {
                 ts_ns: 1_000_000_000 + i as u64 * 1000,
                 cgroup_id: cg,
                 policy_cgroup_id: cg,
                 pid: 1000 + i as u32,
                 tgid: 1000 + i as u32,
-                ppid: 1,
                 uid: 0,
                 matched: abi::DG_MATCH_DRIFT,
                 action: if i % 2 == 0 { abi::DG_ACT_DENY } else { abi::DG_ACT_ALERT },
@@ -1389,9 +1476,13 @@ fn synthetic_records(n_distinct: usize, registered: &[u64]) -> Vec<Vec<u8>> {
                 mode: if i % 2 == 0 { abi::DG_MODE_ENFORCE } else { abi::DG_MODE_MONITOR },
                 flags: 0,
                 comm: "sh".into(),
-                path: paths[i % paths.len()].into(),
+                path: path.into(),
                 prot: 0,
                 count: 0,
+                ppid: me,
+                parent_comm: "sh".into(),
+                parent_start_ns: start_ns,
+                args: format!("{path}\0--config\0/etc/app/config.yaml\0-v\0").into_bytes(),
                 ..Default::default()
             }
             .to_bytes()
@@ -1479,7 +1570,24 @@ fn bench_events(k: &Knobs, rep: &mut Report, skip_load: bool) -> Res<()> {
         "≥ 200k/s",
         Some(a.1 >= 200_000.0),
     );
-    let mut json = serde_json::json!({"decode_per_s": rates["decode"], "json_per_s": rates["json"], "agent_loop_per_s": rates["agent"]});
+    // What a cache miss costs: the records above all name this process as the parent, so after
+    // the first they hit the enrichment's cache; a parent seen for the first time reads /proc.
+    let me = std::process::id();
+    let start_ns = driftguard::enforcer::proc_start(me).map_or(0, |(t, ns)| t * ns);
+    let misses = 20_000;
+    let t = Instant::now();
+    for _ in 0..misses {
+        sink.fetch_add(driftguard::enforcer::read_exe_uncached(me, start_ns).len() as u64, Ordering::Relaxed);
+    }
+    let miss_us = t.elapsed().as_secs_f64() * 1e6 / misses as f64;
+    rep.row(
+        "events",
+        "a parent not in the cache: /proc/<ppid>/stat + exe, per event",
+        format!("{miss_us:.1} µs"),
+        "",
+        None,
+    );
+    let mut json = serde_json::json!({"decode_per_s": rates["decode"], "json_per_s": rates["json"], "agent_loop_per_s": rates["agent"], "parent_miss_us": miss_us});
     if !skip_load {
         let mut loads = Vec::new();
         for &rate in &k.load_rates {

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use libbpf_rs::{MapHandle, RingBufferBuilder};
 use serde::Serialize;
+
+use super::parent::Parent;
 use tokio::sync::mpsc;
 
 use super::abi::{self, RawEvent};
@@ -332,51 +334,6 @@ pub struct Event {
     pub args_truncated: bool,
 }
 
-/// The parent of the process of an event (`real_parent`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Parent {
-    /// Process id (tgid), host pid namespace; the event's `ppid`.
-    pub pid: u32,
-    /// Command name of the parent task, read by the kernel at the check (empty from programs
-    /// before this field).
-    pub comm: String,
-    /// Executable, read from `/proc/<pid>/exe` when the event is enriched; empty when the parent
-    /// had exited by then, its pid now names another process, or it is a kernel thread (see
-    /// [`Parent::read_exe`]).
-    pub exe: String,
-    /// Its thread group's start (CLOCK_BOOTTIME ns) as the kernel saw it; 0 from older programs.
-    #[serde(skip)]
-    pub start_ns: u64,
-}
-
-impl Parent {
-    /// Fill `exe` from `/proc/<pid>/exe` if the process with that pid is still the parent: its
-    /// start time (`/proc/<pid>/stat`, clock ticks) must be the one the kernel reported, so a pid
-    /// reused since shows nothing rather than a stranger's executable.
-    pub fn read_exe(&mut self) {
-        if self.pid == 0 || self.start_ns == 0 || !self.exe.is_empty() {
-            return;
-        }
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) else { return };
-        // SAFETY: sysconf has no preconditions.
-        let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        let (Some(ticks), Ok(tck)) = (start_ticks(&stat), u64::try_from(tck)) else { return };
-        if tck == 0 || ticks != self.start_ns / (1_000_000_000 / tck) {
-            return;
-        }
-        if let Ok(exe) = std::fs::read_link(format!("/proc/{}/exe", self.pid)) {
-            self.exe = exe.to_string_lossy().into_owned();
-        }
-    }
-}
-
-/// Field 22 of `/proc/<pid>/stat` (`starttime`, clock ticks after boot). The command name (field
-/// 2) may hold spaces and parentheses: count from its last `)`.
-fn start_ticks(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_ascii_whitespace().nth(19)?.parse().ok()
-}
-
 /// NUL-separated arguments to strings (each lossy UTF-8). A cut last argument has no NUL.
 fn split_args(b: &[u8]) -> Vec<String> {
     let b = b.strip_suffix(&[0]).unwrap_or(b);
@@ -700,38 +657,11 @@ mod tests {
         let none = RawEvent { flags: abi::DG_EVF_ARGS_UNAVAILABLE | abi::DG_EVF_ARGS_TRUNCATED, ..raw.clone() };
         let j = serde_json::to_value(Event::decode(&none.to_bytes()).unwrap()).unwrap();
         assert!(j.get("args").is_none() && j.get("args_truncated").is_none(), "{j}");
+        // Bytes that are not UTF-8 (any exec may pass them) are replaced, never an error.
+        let odd = RawEvent { args: b"/tmp/x\0\xff\xfeok\0".to_vec(), ..raw.clone() };
+        assert_eq!(Event::decode(&odd.to_bytes()).unwrap().args.unwrap()[1], "\u{fffd}\u{fffd}ok");
         let empty = RawEvent { args: Vec::new(), ..raw };
         assert_eq!(Event::decode(&empty.to_bytes()).unwrap().args, None);
-    }
-
-    #[test]
-    fn stat_start_ticks_survive_odd_names() {
-        let stat = "42 (a) b (c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 12345 1000 10 18446744073709551615";
-        assert_eq!(start_ticks(stat), Some(12345));
-        assert_eq!(start_ticks("42 (x"), None);
-        assert_eq!(start_ticks("42 (x) S 1"), None);
-    }
-
-    /// The parent's executable is read only while its pid still names the process the kernel saw.
-    #[test]
-    fn parent_exe_only_for_the_same_process() {
-        let me = std::process::id();
-        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-        // SAFETY: sysconf has no preconditions.
-        let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-        let start_ns = start_ticks(&stat).unwrap() * (1_000_000_000 / tck) + 1;
-        let mut p = Parent { pid: me, comm: "x".into(), exe: String::new(), start_ns };
-        p.read_exe();
-        let exe = std::fs::read_link("/proc/self/exe").unwrap();
-        assert_eq!(p.exe, exe.to_string_lossy());
-        // Same pid, another start time: a reused pid.
-        let mut reused = Parent { pid: me, comm: "x".into(), exe: String::new(), start_ns: start_ns + 10_000_000_000 };
-        reused.read_exe();
-        assert_eq!(reused.exe, "");
-        // Records of older programs carry no start time: nothing is read.
-        let mut old = Parent { pid: me, comm: "x".into(), exe: String::new(), start_ns: 0 };
-        old.read_exe();
-        assert_eq!(old.exe, "");
     }
 
     #[test]

@@ -27,6 +27,7 @@ mod loader;
 pub mod memlock;
 mod migrate;
 mod ovlproof;
+mod parent;
 mod pins;
 mod probes;
 mod store;
@@ -48,11 +49,10 @@ pub use caps::{
     OverlayUpper, TEST_OVL_LAYOUT_ENV,
 };
 pub use error::{Error, Result};
-pub use events::{
-    Action, Event, EventStream, FileKind, Hook, Parent, ReaderHeartbeat, Rule, Target, EVENT_CHANNEL_CAPACITY,
-};
+pub use events::{Action, Event, EventStream, FileKind, Hook, ReaderHeartbeat, Rule, Target, EVENT_CHANNEL_CAPACITY};
 use loader::*;
 pub use ovlproof::prove_overlay_layout;
+pub use parent::{proc_start, read_exe_uncached, Parent};
 pub use pins::*;
 pub use probes::*;
 pub use store::{InstalledPolicy, Owner, PolicyStore, Stats};
