@@ -264,21 +264,69 @@ fn agent_enforces_annotated_pods() -> R {
         return Err(format!("pinned policies: {modes:?}").into());
     }
 
-    // `driftguard status --json` names what is under policy while the agent runs.
-    let out = Command::new(env!("CARGO_BIN_EXE_driftguard"))
-        .args(["status", "--json", "--config"])
-        .arg(&agent.config)
-        .env("DRIFTGUARD_STATE_DIR", agent.state_dir())
-        .output()
-        .map_err(|e| format!("driftguard status: {e}"))?;
-    let st: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("status --json: {e}: {}", String::from_utf8_lossy(&out.stderr)))?;
-    let rows = st["containers"].as_array().cloned().unwrap_or_default();
-    if !rows.iter().any(|r| r["pod"] == "web" && r["container"] == "app" && r["mode"] == "enforce")
-        || !rows.iter().any(|r| r["pod"] == "batch" && r["mode"] == "monitor")
-        || st["enforcement_path"].is_null()
-    {
+    // `driftguard status --json` names what is under policy while the agent runs. The names come
+    // from the registry file, which the agent writes at most every 100 ms after a change: wait
+    // for it (the CI run of 006d769 read it before the monitor pod's names were written).
+    let status_json = || -> Result<serde_json::Value, Failed> {
+        let out = Command::new(env!("CARGO_BIN_EXE_driftguard"))
+            .args(["status", "--json", "--config"])
+            .arg(&agent.config)
+            .env("DRIFTGUARD_STATE_DIR", agent.state_dir())
+            .output()
+            .map_err(|e| format!("driftguard status: {e}"))?;
+        Ok(serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("status --json: {e}: {}", String::from_utf8_lossy(&out.stderr)))?)
+    };
+    let named = |st: &serde_json::Value| {
+        let rows = st["containers"].as_array().cloned().unwrap_or_default();
+        rows.iter().any(|r| r["pod"] == "web" && r["container"] == "app" && r["mode"] == "enforce")
+            && rows.iter().any(|r| r["pod"] == "batch" && r["mode"] == "monitor")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut st = status_json()?;
+    while !named(&st) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        st = status_json()?;
+    }
+    if !named(&st) || st["enforcement_path"].is_null() {
         return Err(format!("status --json: {st}").into());
+    }
+    // The agent recorded the node policy it loaded; the config file changed after its start
+    // (a rule added) is reported as not yet applied, and not after it is put back.
+    if st["node_policy_changed"] != false || st["agent"]["node_policy"]["default_mode"].is_null() {
+        return Err(format!("status --json before the config change: {st}").into());
+    }
+    let original = fs::read_to_string(&agent.config).map_err(|e| e.to_string())?;
+    let status_of = |what: &str| -> Result<(serde_json::Value, String), Failed> {
+        let run = |json: bool| {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_driftguard"));
+            c.arg("status");
+            if json {
+                c.arg("--json");
+            }
+            c.arg("--config").arg(&agent.config).env("DRIFTGUARD_STATE_DIR", agent.state_dir()).output()
+        };
+        let j = run(true).map_err(|e| format!("driftguard status --json ({what}): {e}"))?;
+        let t = run(false).map_err(|e| format!("driftguard status ({what}): {e}"))?;
+        let v = serde_json::from_slice(&j.stdout).map_err(|e| format!("status --json ({what}): {e}"))?;
+        Ok((v, String::from_utf8_lossy(&t.stdout).into_owned()))
+    };
+    fs::write(
+        &agent.config,
+        format!("{original}\n[[rules]]\nname = \"later\"\nnamespaces = [\"later\"]\nmode = \"enforce\"\n"),
+    )
+    .map_err(|e| e.to_string())?;
+    let (changed, text) = status_of("with a rule added")?;
+    fs::write(&agent.config, &original).map_err(|e| e.to_string())?;
+    if changed["node_policy_changed"] != true
+        || !text.contains("NODE POLICY CHANGED")
+        || !text.contains("rule later: enforce")
+    {
+        return Err(format!("status after a rule was added to the config file:\n{changed}\n{text}").into());
+    }
+    let (back, text) = status_of("with the config put back")?;
+    if back["node_policy_changed"] != false || text.contains("NODE POLICY CHANGED") {
+        return Err(format!("status after the config was put back:\n{back}\n{text}").into());
     }
 
     // Metrics.

@@ -197,6 +197,7 @@ pub async fn run(
         node.clone(),
     ));
     let state_file = Arc::new(state_file::StateFile::create(&state_dir, enforcer.path().as_str(), &cfg.nri.socket));
+    state_file.set_node_policy(cfg.node_policy().written());
     state_file.set_overlay_upper(&match enforcer.overlay_proof() {
         LayoutProof::Failed(why) => format!("{}, proof failed: {why}", enforcer.overlay_upper().as_str()),
         p => format!("{}, {}", enforcer.overlay_upper().as_str(), p.as_str()),

@@ -39,6 +39,10 @@ pub struct AgentState {
     /// judged as drift). Empty in files of older agents.
     #[serde(default)]
     pub overlay_upper: String,
+    /// The node policy (exclusions, rules, defaults) the agent loaded when it started; `None` in
+    /// files of older agents.
+    #[serde(default)]
+    pub node_policy: Option<crate::rules::Written>,
 }
 
 fn now() -> u64 {
@@ -70,6 +74,7 @@ impl StateFile {
                 nri_detail: String::new(),
                 nri_since: t,
                 overlay_upper: String::new(),
+                node_policy: None,
             }),
         };
         if let Ok(s) = f.state.lock() {
@@ -96,6 +101,13 @@ impl StateFile {
     pub fn set_overlay_upper(&self, text: &str) {
         let Ok(mut s) = self.state.lock() else { return };
         s.overlay_upper = text.to_string();
+        self.write(&s);
+    }
+
+    /// Record the node policy the agent runs with.
+    pub fn set_node_policy(&self, policy: crate::rules::Written) {
+        let Ok(mut s) = self.state.lock() else { return };
+        s.node_policy = Some(policy);
         self.write(&s);
     }
 
@@ -137,10 +149,7 @@ pub fn read(state_dir: &Path) -> Option<AgentView> {
 
 /// When process `pid` started (clock ticks since boot), if it exists.
 fn process_start(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may contain spaces and ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    crate::enforcer::proc_start(pid).map(|(ticks, _)| ticks)
 }
 
 /// "42s", "3m 5s", "2h 1m", "4d 3h".
@@ -181,6 +190,21 @@ mod tests {
         s.pid_start += 1;
         std::fs::write(dir.path().join(FILE), serde_json::to_vec(&s).unwrap()).unwrap();
         assert!(!read(dir.path()).unwrap().running);
+    }
+
+    #[test]
+    fn node_policy_recorded_and_files_of_older_agents_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = StateFile::create(dir.path(), "lsm", Path::new("/run/nri.sock"));
+        assert_eq!(read(dir.path()).unwrap().state.node_policy, None);
+        let written = crate::rules::NodePolicy::default().written();
+        f.set_node_policy(written.clone());
+        assert_eq!(read(dir.path()).unwrap().state.node_policy, Some(written));
+        // An agent from before the field wrote no `node_policy`.
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join(FILE)).unwrap()).unwrap();
+        v.as_object_mut().unwrap().remove("node_policy");
+        std::fs::write(dir.path().join(FILE), v.to_string()).unwrap();
+        assert_eq!(read(dir.path()).unwrap().state.node_policy, None);
     }
 
     #[test]

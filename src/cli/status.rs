@@ -8,6 +8,7 @@ use driftguard::agent::{self, registry::ContainerInfo, state_file, Registry};
 use driftguard::config::Config;
 use driftguard::enforcer::{self, PolicyStore};
 use driftguard::policy::{ExecMemory, ProcessAccess};
+use driftguard::rules::Written;
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -69,13 +70,17 @@ struct Status {
     stats: Option<enforcer::Stats>,
     /// The node policy of the config file as it is now (the agent reads it when it starts).
     node_policy: NodePolicyView,
+    /// The agent runs, and the config file's node policy (any rule, rule default, exclusion or
+    /// default) differs from the one it loaded at its start (`agent.node_policy`, as written):
+    /// the file's applies only after a restart.
+    node_policy_changed: bool,
     containers: Vec<Row>,
 }
 
-/// Exclusions, rules and the default of the config file.
+/// Exclusions, rules and the default of a node policy.
 #[derive(Serialize)]
 struct NodePolicyView {
-    /// The config file read.
+    /// Where it was read: the config file, or `agent.json` for the agent's.
     config: String,
     /// Excluded namespaces: no rule and no `default_mode` reaches them.
     exclusions: Vec<String>,
@@ -94,27 +99,30 @@ struct RuleView {
     mode: String,
 }
 
-fn node_policy_view(cfg: &Config, path: &Path) -> NodePolicyView {
+fn node_policy_view(w: &Written, config: String) -> NodePolicyView {
     NodePolicyView {
-        config: path.display().to_string(),
-        exclusions: cfg.exclusions.namespaces().into_iter().map(|(ns, _)| ns.to_string()).collect(),
-        rules: cfg
+        config,
+        exclusions: w.exclusions.namespaces().into_iter().map(|(ns, _)| ns.to_string()).collect(),
+        rules: w
             .rules
             .iter()
             .map(|r| RuleView {
                 name: r.name.clone(),
-                namespaces: r.namespaces.iter().map(ToString::to_string).collect(),
-                selector: r.selector.as_ref().map(ToString::to_string),
-                mode: r.policy.policy.mode.to_string(),
+                namespaces: r.namespaces.clone().unwrap_or_default(),
+                selector: r.selector.clone(),
+                mode: r.mode.clone(),
             })
             .collect(),
-        default_mode: cfg.default_mode.to_string(),
+        default_mode: w.default_mode.clone(),
     }
 }
 
 pub fn run(cfg: &Config, config_path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let mut status = gather(cfg);
-    status.node_policy = node_policy_view(cfg, config_path);
+    let file = cfg.node_policy().written();
+    status.node_policy = node_policy_view(&file, config_path.display().to_string());
+    let loaded = status.agent.as_ref().filter(|a| a.running).and_then(|a| a.state.node_policy.clone());
+    status.node_policy_changed = loaded.as_ref().is_some_and(|l| *l != file);
     let code = ExitCode::from(status.state.exit_code());
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
@@ -157,6 +165,16 @@ pub fn run(cfg: &Config, config_path: &Path, json: bool) -> anyhow::Result<ExitC
         let sel = r.selector.as_deref().map(|s| format!(", pods matching {s}")).unwrap_or_default();
         println!("  rule {}: {} in {ns}{sel}", r.name, r.mode);
     }
+    if let (true, Some(loaded)) = (status.node_policy_changed, &loaded) {
+        let names: Vec<&str> = loaded.rules.iter().map(|r| r.name.as_str()).collect();
+        println!(
+            "NODE POLICY CHANGED: the running agent loaded another one at its start ({} rule(s){}; default mode {}): \
+             restart the agent to apply the file's (running containers keep their policy)",
+            names.len(),
+            if names.is_empty() { String::new() } else { format!(": {}", names.join(", ")) },
+            loaded.default_mode
+        );
+    }
     println!("{} container cgroup(s) under policy", status.containers.len());
     if !status.containers.is_empty() {
         println!(
@@ -187,6 +205,7 @@ fn gather(cfg: &Config) -> Status {
             rules: Vec::new(),
             default_mode: String::new(),
         },
+        node_policy_changed: false,
         containers: Vec::new(),
     };
     let read = PolicyStore::open_pinned(&cfg.bpf.pin_dir)

@@ -303,6 +303,20 @@ pub struct ShadowedRule {
     pub hint: String,
 }
 
+/// A node policy as its configuration states it: what the agent records of the one it loaded
+/// (`agent.json`), and what `driftguard status` shows and compares with the file as it is now.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Written {
+    /// `[exclusions]`.
+    pub exclusions: Exclusions,
+    /// `[[rules]]`, in order, as written.
+    pub rules: Vec<RawRule>,
+    /// `default_mode`.
+    pub default_mode: String,
+    /// `failure_policy`.
+    pub failure_policy: String,
+}
+
 /// The node's policy: exclusions, rules and defaults.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodePolicy {
@@ -315,6 +329,16 @@ pub struct NodePolicy {
 }
 
 impl NodePolicy {
+    /// As the configuration states it.
+    pub fn written(&self) -> Written {
+        Written {
+            exclusions: self.exclusions.clone(),
+            rules: self.rules.iter().map(|r| r.raw.clone()).collect(),
+            default_mode: self.defaults.mode.to_string(),
+            failure_policy: self.defaults.failure_policy.to_string(),
+        }
+    }
+
     /// Refuse a rule that can never apply (shadowed by an exclusion or an earlier rule), and
     /// duplicate names.
     pub fn check(&self) -> Result<(), ShadowedRule> {
