@@ -173,6 +173,11 @@ fn own_mem_bodies() -> Vec<(&'static str, i32, Body)> {
             }),
         ),
         (
+            "a procfs of its own, in new user, pid and mount namespaces (unshare -Urpf --mount-proc)",
+            10,
+            Box::new(fresh_procfs_own_mem),
+        ),
+        (
             "/proc/self/mem opened read-only, reopened for writing through /proc/self/fd/N",
             30,
             Box::new(|| {
@@ -192,6 +197,43 @@ fn own_mem_bodies() -> Vec<(&'static str, i32, Body)> {
             }),
         ),
     ]
+}
+
+/// What `unshare -Urpf --mount-proc` gives any process: new user, pid and mount namespaces, a
+/// fresh procfs instance on `/proc`, and in it the new pid namespace's init opens its own
+/// `/proc/self/mem`. The result of [`open_and_poke`] there; a kill is passed on as this process's.
+fn fresh_procfs_own_mem() -> i32 {
+    // SAFETY: raw syscalls in the forked (single-threaded) trial child and its child.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID) != 0 {
+            return 120;
+        }
+        let pid = libc::fork();
+        if pid < 0 {
+            return 121;
+        }
+        if pid == 0 {
+            // pid 1 of the new namespace: getppid() is 0 here, so no die_with_parent check.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            let none = std::ptr::null();
+            if libc::mount(c"none".as_ptr(), c"/".as_ptr(), none, libc::MS_REC | libc::MS_PRIVATE, none.cast()) != 0 {
+                libc::_exit(122);
+            }
+            let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+            if libc::mount(c"proc".as_ptr(), c"/proc".as_ptr(), c"proc".as_ptr(), flags, none.cast()) != 0 {
+                libc::_exit(123);
+            }
+            libc::_exit(open_and_poke(b"/proc/self/mem\0", libc::O_RDWR));
+        }
+        let mut st = 0;
+        if libc::waitpid(pid, &mut st, 0) != pid {
+            return 124;
+        }
+        if libc::WIFSIGNALED(st) {
+            libc::kill(libc::getpid(), libc::WTERMSIG(st));
+        }
+        libc::WEXITSTATUS(st)
+    }
 }
 
 /// Reading one's own memory through `/proc/self/mem` keeps working: 99.
