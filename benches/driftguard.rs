@@ -1181,7 +1181,49 @@ struct PluginParts {
     registry: Arc<Registry>,
 }
 
-fn make_plugin(store: &PolicyStore, state: Option<&Path>) -> Res<PluginParts> {
+/// The node policy of the agent without rules: annotations decide, default off.
+fn no_rules() -> driftguard::rules::NodePolicy {
+    driftguard::rules::NodePolicy {
+        defaults: Defaults { mode: Mode::Off, ..Defaults::default() },
+        ..Default::default()
+    }
+}
+
+/// Ten policy rules, as a configuration file gives them: nine that the bench pods (namespaces
+/// `ns-0`…`ns-19`, no labels) do not match — other namespaces and globs, label selectors with
+/// each kind of requirement — and a last one that matches every bench pod.
+fn ten_rules(dir: &Path) -> Res<driftguard::rules::NodePolicy> {
+    let mut toml = String::from("default_mode = \"off\"\n");
+    for (i, (ns, sel)) in [
+        ("[\"payments\", \"payments-*\"]", ""),
+        ("[\"checkout\"]", "tier in (frontend, edge), !canary"),
+        ("", "app.kubernetes.io/name=api"),
+        ("[\"team-?\", \"team-??\"]", ""),
+        ("", "environment notin (dev, test), release"),
+        ("[\"ml-*\"]", "gpu"),
+        ("", "tier=db"),
+        ("[\"kafka\", \"zookeeper\"]", "!debug"),
+        ("[\"edge-*\"]", "app!=legacy"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        toml += &format!("[[rules]]\nname = \"r{i}\"\nmode = \"enforce\"\n");
+        if !ns.is_empty() {
+            toml += &format!("namespaces = {ns}\n");
+        }
+        if !sel.is_empty() {
+            toml += &format!("selector = \"{sel}\"\n");
+        }
+    }
+    toml += "[[rules]]\nname = \"bench\"\nnamespaces = [\"ns-*\"]\nmode = \"enforce\"\n";
+    let path = dir.join("rules.toml");
+    fs::write(&path, toml).map_err(|e| e.to_string())?;
+    let cfg = driftguard::config::Config::load(Some(&path)).map_err(|e| format!("{e}"))?;
+    Ok(cfg.node_policy())
+}
+
+fn make_plugin(store: &PolicyStore, state: Option<&Path>, policy: driftguard::rules::NodePolicy) -> Res<PluginParts> {
     let registry = Arc::new(match state {
         Some(dir) => Registry::load(driftguard::agent::registry_file(dir)),
         None => Registry::new(None),
@@ -1191,10 +1233,7 @@ fn make_plugin(store: &PolicyStore, state: Option<&Path>) -> Res<PluginParts> {
         store.try_clone().map_err(|e| e.to_string())?,
         registry.clone(),
         CgroupRoot::detect().map_err(|e| e.to_string())?,
-        driftguard::rules::NodePolicy {
-            defaults: Defaults { mode: Mode::Off, ..Defaults::default() },
-            ..Default::default()
-        },
+        policy,
         Metrics::new(),
         output,
         "bench-node".into(),
@@ -1267,13 +1306,18 @@ fn bench_nri(k: &Knobs, rep: &mut Report) -> Res<()> {
         task.abort();
 
         let mut out = Vec::new();
-        for (label, persist) in
-            [("agent (registry persisted, as `driftguard run`)", true), ("registry not persisted", false)]
+        for (i, (label, persist, policy)) in [
+            ("agent (registry persisted, as `driftguard run`)", true, no_rules()),
+            ("registry not persisted", false, no_rules()),
+            ("agent with 10 policy rules, the last one matching", true, ten_rules(tmp.path())?),
+        ]
+        .into_iter()
+        .enumerate()
         {
             clear_store(&store);
-            let state = tmp.path().join(format!("state-{persist}"));
-            let parts = make_plugin(&store, persist.then_some(state.as_path()))?;
-            let (conn, task) = connect_plugin(tmp.path(), &format!("dg-{persist}"), parts.plugin.clone()).await?;
+            let state = tmp.path().join(format!("state-{i}"));
+            let parts = make_plugin(&store, persist.then_some(state.as_path()), policy)?;
+            let (conn, task) = connect_plugin(tmp.path(), &format!("dg-{i}"), parts.plugin.clone()).await?;
             conn.synchronize(pods.clone(), ctrs.clone(), 500).await.map_err(|e| e.to_string())?;
             let registered = parts.registry.snapshot().len();
             if registered != k.nri_containers {
@@ -1370,7 +1414,7 @@ fn bench_sync(k: &Knobs, rep: &mut Report) -> Res<()> {
             for round in 0..rounds {
                 clear_store(&store);
                 let state = tmp.path().join(format!("sync-state-{persist}-{round}"));
-                let parts = make_plugin(&store, persist.then_some(state.as_path()))?;
+                let parts = make_plugin(&store, persist.then_some(state.as_path()), no_rules())?;
                 let (conn, task) = connect_plugin(tmp.path(), "dg", parts.plugin.clone()).await?;
                 let t = Instant::now();
                 conn.synchronize(pods.clone(), ctrs.clone(), k.sync_chunk).await.map_err(|e| e.to_string())?;
