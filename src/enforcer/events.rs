@@ -7,12 +7,11 @@ use std::time::Duration;
 
 use libbpf_rs::{MapHandle, RingBufferBuilder};
 use serde::Serialize;
-
-use super::parent::Parent;
 use tokio::sync::mpsc;
 
 use super::abi::{self, RawEvent};
 use super::error::{Error, Result};
+use super::parent::Parent;
 use super::store::MAP_EVENTS;
 use crate::policy::Mode;
 
@@ -367,6 +366,8 @@ impl Event {
     /// Decode a ring-buffer record.
     pub fn decode(data: &[u8]) -> Option<Event> {
         let r = RawEvent::parse(data)?;
+        // The program clears TRUNCATED with UNAVAILABLE; a record that says both is not trusted.
+        let args_read = r.flags & abi::DG_EVF_ARGS_UNAVAILABLE == 0;
         Some(Event {
             boot_ns: r.ts_ns,
             cgroup_id: r.cgroup_id,
@@ -396,8 +397,8 @@ impl Event {
                 policy_cgroup_id: r.target_policy_cgroup_id,
             }),
             parent: Parent { pid: r.ppid, comm: r.parent_comm, exe: String::new(), start_ns: r.parent_start_ns },
-            args: (!r.args.is_empty() && r.flags & abi::DG_EVF_ARGS_UNAVAILABLE == 0).then(|| split_args(&r.args)),
-            args_truncated: r.flags & abi::DG_EVF_ARGS_TRUNCATED != 0 && r.flags & abi::DG_EVF_ARGS_UNAVAILABLE == 0,
+            args: (args_read && !r.args.is_empty()).then(|| split_args(&r.args)),
+            args_truncated: args_read && r.flags & abi::DG_EVF_ARGS_TRUNCATED != 0,
         })
     }
 }
