@@ -813,6 +813,32 @@ unavailable:
 }
 
 /*
+ * The parent's executable, walked at the check: the agent cannot read
+ * /proc/<ppid>/exe without ptrace access to the parent (CAP_SYS_PTRACE, which
+ * the shipped unit and DaemonSet do not grant), and a parent may be gone by
+ * then. Only events pay for it. Overwrites the scratch's key and buf: after
+ * the event's own path was copied.
+ */
+static __always_inline void parent_exe(struct dg_event *e, struct dg_scratch *s, struct task_struct *task)
+{
+	struct file *exe = BPF_CORE_READ(task, real_parent, mm, exe_file);
+	__u32 flags;
+
+	if (!exe)
+		goto unavailable;
+	flags = walk_path(BPF_CORE_READ(exe, f_path.dentry), BPF_CORE_READ(exe, f_path.mnt), 1);
+	if (flags & DG_EVF_PATH_UNRESOLVED)
+		goto unavailable;
+	if (flags & DG_EVF_PATH_TRUNCATED)
+		e->flags |= DG_EVF_PARENT_EXE_TRUNCATED;
+	__builtin_memcpy(e->parent_exe, s->key.path, DG_PATH_MAX);
+	return;
+unavailable:
+	e->flags |= DG_EVF_PARENT_EXE_UNAVAILABLE;
+	__builtin_memset(e->parent_exe, 0, DG_PATH_MAX);
+}
+
+/*
  * The event of a verdict, reserved and filled; the memory checks' and process
  * memory's fields zero (they set theirs before event_submit()). NULL when the
  * ring buffer is full (counted).
@@ -856,6 +882,7 @@ static __always_inline struct dg_event *event_begin(struct dg_scratch *s, const 
 	__builtin_memset(e->target_comm, 0, sizeof(e->target_comm));
 	BPF_CORE_READ_STR_INTO(&e->parent_comm, task, real_parent, comm);
 	e->parent_start_ns = BPF_CORE_READ(task, real_parent, group_leader, start_boottime);
+	parent_exe(e, s, task);
 	e->args_len = 0;
 	e->args_pad = 0;
 	if (hook == DG_HOOK_BPRM_CHECK)

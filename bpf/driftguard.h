@@ -125,6 +125,8 @@
 #define DG_EVF_MAPPING_UNKNOWN (1u << 3) /* the mapping could not be looked up: judged as anonymous (fail closed) */
 #define DG_EVF_ARGS_TRUNCATED (1u << 4) /* args holds the first DG_ARGS_MAX bytes (or DG_ARGV_MAX arguments) only */
 #define DG_EVF_ARGS_UNAVAILABLE (1u << 5) /* the command line could not be read: args_len is 0 */
+#define DG_EVF_PARENT_EXE_TRUNCATED (1u << 6) /* parent_exe holds the first DG_PATH_MAX - 1 bytes only */
+#define DG_EVF_PARENT_EXE_UNAVAILABLE (1u << 7) /* no parent executable (a kernel thread) or its path could not be resolved: parent_exe is empty */
 
 /* Stats slots (per-CPU array). */
 #define DG_STAT_EVENTS 0
@@ -216,13 +218,16 @@ struct dg_event {
 	 * command line (docs/events.md, "parent and args"): NUL-separated
 	 * arguments, args_len bytes of args used. lsm/bprm_check_security: the
 	 * argv given to the exec being checked, read from the caller's memory;
-	 * every other hook: the process's own, mm->arg_start..arg_end.
+	 * every other hook: the process's own, mm->arg_start..arg_end. The
+	 * parent's executable (mm->exe_file) as a path from the checked task's
+	 * root, crossing mounts like d_path(), NUL padded.
 	 */
 	char parent_comm[16];
 	__u64 parent_start_ns; /* its thread group's start (start_boottime): tells a reused pid apart */
 	__u32 args_len;
 	__u32 args_pad;
 	char args[DG_ARGS_MAX];
+	char parent_exe[DG_PATH_MAX];
 };
 
 #endif

@@ -100,6 +100,8 @@ c_constants! {
     DG_EVF_MAPPING_UNKNOWN: u32 = 1 << 3;
     DG_EVF_ARGS_TRUNCATED: u32 = 1 << 4;
     DG_EVF_ARGS_UNAVAILABLE: u32 = 1 << 5;
+    DG_EVF_PARENT_EXE_TRUNCATED: u32 = 1 << 6;
+    DG_EVF_PARENT_EXE_UNAVAILABLE: u32 = 1 << 7;
 
     DG_STAT_EVENTS: usize = 0;
     DG_STAT_RINGBUF_DROPS: usize = 1;
@@ -186,6 +188,7 @@ pub mod event_off {
     pub const ARGS_LEN: usize = 408;
     pub const ARGS_PAD: usize = 412;
     pub const ARGS: usize = 416;
+    pub const PARENT_EXE: usize = 672;
     pub const COMM_LEN: usize = 16;
 }
 
@@ -264,6 +267,7 @@ pub const C_STRUCTS: &[CStruct] = &[
             ("args_len", event_off::ARGS_LEN, 4),
             ("args_pad", event_off::ARGS_PAD, 4),
             ("args", event_off::ARGS, DG_ARGS_MAX),
+            ("parent_exe", event_off::PARENT_EXE, DG_PATH_MAX),
         ],
     },
 ];
@@ -420,10 +424,16 @@ pub struct RawEvent {
     pub parent_start_ns: u64,
     /// The command line: NUL-separated arguments (`args_len` bytes of C `args`).
     pub args: Vec<u8>,
+    /// The parent's executable, walked by the kernel at the check (empty in records of older
+    /// programs, and when `DG_EVF_PARENT_EXE_UNAVAILABLE`).
+    pub parent_exe: String,
 }
 
 impl RawEvent {
-    pub const SIZE: usize = event_off::ARGS + DG_ARGS_MAX;
+    pub const SIZE: usize = event_off::PARENT_EXE + DG_PATH_MAX;
+
+    /// Size of the records of programs before `parent_exe`.
+    pub const SIZE_V5: usize = event_off::ARGS + DG_ARGS_MAX;
 
     /// Size of the records of programs before `parent_comm` and `args`.
     pub const SIZE_V4: usize = event_off::TARGET_COMM + event_off::COMM_LEN;
@@ -443,7 +453,8 @@ impl RawEvent {
         }
         let mem = b.len() >= Self::SIZE_V3;
         let target = b.len() >= Self::SIZE_V4;
-        let parent = b.len() >= Self::SIZE;
+        let parent = b.len() >= Self::SIZE_V5;
+        let parent_exe = b.len() >= Self::SIZE;
         let args_len = if parent { (u32_at(b, o::ARGS_LEN) as usize).min(DG_ARGS_MAX) } else { 0 };
         Some(RawEvent {
             ts_ns: u64_at(b, o::TS_NS),
@@ -471,6 +482,7 @@ impl RawEvent {
             parent_comm: if parent { cstr(&b[o::PARENT_COMM..o::PARENT_COMM + o::COMM_LEN]) } else { String::new() },
             parent_start_ns: if parent { u64_at(b, o::PARENT_START_NS) } else { 0 },
             args: if parent { b[o::ARGS..o::ARGS + args_len].to_vec() } else { Vec::new() },
+            parent_exe: if parent_exe { cstr(&b[o::PARENT_EXE..o::PARENT_EXE + DG_PATH_MAX]) } else { String::new() },
         })
     }
 
@@ -518,6 +530,9 @@ impl RawEvent {
         let n = self.args.len().min(DG_ARGS_MAX);
         put_u32(&mut b, o::ARGS_LEN, n as u32);
         b[o::ARGS..o::ARGS + n].copy_from_slice(&self.args[..n]);
+        let p = self.parent_exe.as_bytes();
+        let n = p.len().min(DG_PATH_MAX - 1);
+        b[o::PARENT_EXE..o::PARENT_EXE + n].copy_from_slice(&p[..n]);
         b
     }
 }
@@ -646,9 +661,11 @@ mod tests {
             parent_comm: "bash".into(),
             parent_start_ns: 12,
             args: b"/tmp/x\0-v\0".to_vec(),
+            parent_exe: "/bin/bash".into(),
         };
         let b = e.to_bytes();
-        assert_eq!(b.len(), 672);
+        assert_eq!(b.len(), 928);
+        assert_eq!(&b[672..681], b"/bin/bash");
         assert_eq!(&b[408..412], &[10, 0, 0, 0]);
         assert_eq!(RawEvent::parse(&b), Some(e.clone()));
         assert_eq!(RawEvent::parse(&b[..300]), None);
@@ -656,8 +673,11 @@ mod tests {
         let mut long = b.clone();
         long[408..412].copy_from_slice(&4096u32.to_le_bytes());
         assert_eq!(RawEvent::parse(&long).map(|r| r.args.len()), Some(DG_ARGS_MAX));
-        // Records of older programs (pinned before an upgrade) still decode: before the parent
-        // and args, before the process-memory target, and before the memory rules.
+        // Records of older programs (pinned before an upgrade) still decode: before the
+        // parent's executable, before the parent and args, before the process-memory target,
+        // and before the memory rules.
+        let v5 = RawEvent::parse(&b[..672]).expect("a 672-byte record decodes");
+        assert_eq!((v5.parent_comm.as_str(), v5.args.len(), v5.parent_exe.as_str()), ("bash", 10, ""));
         let v4 = RawEvent::parse(&b[..384]).expect("a 384-byte record decodes");
         assert_eq!((v4.target_comm.as_str(), v4.parent_comm.as_str(), v4.args.len()), ("victim", "", 0));
         let v3 = RawEvent::parse(&b[..344]).expect("a 344-byte record decodes");

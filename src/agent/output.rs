@@ -23,7 +23,7 @@ pub struct Verdict {
     /// The container of the policy that applied (empty names when its cgroup is unknown).
     #[serde(flatten)]
     pub container: ContainerNames,
-    /// The kernel's event, with its parent's `exe` read from `/proc`.
+    /// The kernel's event.
     #[serde(flatten)]
     pub kernel: Event,
     /// Process-memory rules: the container of the process reached (`target`), found by the
@@ -169,14 +169,12 @@ pub fn enrich(ev: &Event, node: &str, registry: &Registry, clock: &BootClock) ->
             })
             .unwrap_or_default()
     };
-    let mut kernel = ev.clone();
-    kernel.parent.read_exe();
     Verdict {
         event: "verdict",
         time: rfc3339(clock.wall(ev.boot_ns)),
         node: node.to_string(),
         container: names(ev.policy_cgroup_id),
-        kernel,
+        kernel: ev.clone(),
         target_container: ev.target.as_ref().map(|t| names(t.policy_cgroup_id)),
     }
 }
@@ -473,7 +471,13 @@ mod tests {
                 cgroup_id: 2,
                 policy_cgroup_id: 2,
             }),
-            parent: crate::enforcer::Parent { pid: 1, comm: "bash".into(), exe: "/bin/bash".into(), start_ns: 0 },
+            parent: crate::enforcer::Parent {
+                pid: 1,
+                comm: "bash".into(),
+                exe: "/bin/bash".into(),
+                exe_truncated: true,
+                ..Default::default()
+            },
             args: Some(vec!["/x".into(), "-v".into()]),
             args_truncated: true,
         };

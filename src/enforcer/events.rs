@@ -368,6 +368,7 @@ impl Event {
         let r = RawEvent::parse(data)?;
         // The program clears TRUNCATED with UNAVAILABLE; a record that says both is not trusted.
         let args_read = r.flags & abi::DG_EVF_ARGS_UNAVAILABLE == 0;
+        let exe_read = r.flags & abi::DG_EVF_PARENT_EXE_UNAVAILABLE == 0;
         Some(Event {
             boot_ns: r.ts_ns,
             cgroup_id: r.cgroup_id,
@@ -396,7 +397,13 @@ impl Event {
                 cgroup_id: r.target_cgroup_id,
                 policy_cgroup_id: r.target_policy_cgroup_id,
             }),
-            parent: Parent { pid: r.ppid, comm: r.parent_comm, exe: String::new(), start_ns: r.parent_start_ns },
+            parent: Parent {
+                pid: r.ppid,
+                comm: r.parent_comm,
+                exe_truncated: exe_read && !r.parent_exe.is_empty() && r.flags & abi::DG_EVF_PARENT_EXE_TRUNCATED != 0,
+                exe: if exe_read { r.parent_exe } else { String::new() },
+                start_ns: r.parent_start_ns,
+            },
             args: (args_read && !r.args.is_empty()).then(|| split_args(&r.args)),
             args_truncated: args_read && r.flags & abi::DG_EVF_ARGS_TRUNCATED != 0,
         })
@@ -638,13 +645,28 @@ mod tests {
             parent_comm: "bash".into(),
             parent_start_ns: 5,
             args: b"/tmp/x\0-c\0two words\0".to_vec(),
+            parent_exe: "/usr/bin/bash".into(),
             ..Default::default()
         };
         let e = Event::decode(&raw.to_bytes()).unwrap();
-        assert_eq!(e.parent, Parent { pid: 39, comm: "bash".into(), exe: String::new(), start_ns: 5 });
+        let bash =
+            Parent { pid: 39, comm: "bash".into(), exe: "/usr/bin/bash".into(), exe_truncated: false, start_ns: 5 };
+        assert_eq!(e.parent, bash);
         assert_eq!(e.args.as_deref(), Some(&["/tmp/x".to_string(), "-c".into(), "two words".into()][..]));
         let j = serde_json::to_value(&e).unwrap();
-        assert_eq!(j["parent"], serde_json::json!({"pid": 39, "comm": "bash", "exe": ""}));
+        assert_eq!(j["parent"], serde_json::json!({"pid": 39, "comm": "bash", "exe": "/usr/bin/bash"}));
+        // The parent's executable: cut (flagged), or not resolved (empty, no claim of a cut).
+        let long = RawEvent { flags: abi::DG_EVF_PARENT_EXE_TRUNCATED, ..raw.clone() };
+        assert_eq!(
+            serde_json::to_value(Event::decode(&long.to_bytes()).unwrap()).unwrap()["parent"]["exe_truncated"],
+            true
+        );
+        let gone =
+            RawEvent { flags: abi::DG_EVF_PARENT_EXE_UNAVAILABLE | abi::DG_EVF_PARENT_EXE_TRUNCATED, ..raw.clone() };
+        assert_eq!(
+            serde_json::to_value(Event::decode(&gone.to_bytes()).unwrap()).unwrap()["parent"],
+            serde_json::json!({"pid": 39, "comm": "bash", "exe": ""})
+        );
         assert_eq!(j["args"], serde_json::json!(["/tmp/x", "-c", "two words"]));
         assert!(j.get("args_truncated").is_none(), "{j}");
         // Cut: the last argument has no NUL, and the flag says so.

@@ -431,7 +431,8 @@ pub(super) fn daemonset_image_protects_another_pod() -> R {
             (p, id)
         };
         expect_ok(&ctd.sh(&id, "/bin/hello.sh")?, HELLO, "an image binary in a pod the DaemonSet's agent protects")?;
-        let e = ctd.sh(&id, DRIFT_RUNS)?;
+        // `; exit $?`: the shell stays the parent (it would exec its last command in its place).
+        let e = ctd.sh(&id, &format!("{DRIFT_RUNS}; exit $?"))?;
         stopped(enforcer::pinned_path(&node.pin_dir), &e, "drift in a pod the DaemonSet's agent protects")?;
         let events_file = node.host_path("/var/log/driftguard").join("events.jsonl");
         let ev = containerd::wait_for(Duration::from_secs(10), "the drift event in the node's events file", || {
@@ -447,6 +448,11 @@ pub(super) fn daemonset_image_protects_another_pod() -> R {
         }
         if ev["mode"] != "enforce" || ev["container"] != "app" || ev["namespace"] != victim.namespace.as_str() {
             return Err(format!("unexpected event: {ev}"));
+        }
+        // With only the kit's capabilities (no SYS_PTRACE) the event still names the shell that
+        // ran the drift, and its executable: the kernel walked it at the check.
+        if ev["parent"]["comm"] != "sh" || ev["parent"]["exe"] != "/bin/busybox" || ev["ppid"] != ev["parent"]["pid"] {
+            return Err(format!("the parent of the drift, with the DaemonSet's capabilities: {ev}"));
         }
         println!("event: {ev}");
         ctd.remove_pod(&victim.id)?;
