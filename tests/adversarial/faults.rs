@@ -5,7 +5,7 @@ pub(super) fn fault_ringbuf_overflow_counts_drops_and_recovers() -> R {
     let h = harness()?;
     // A separate, unpinned enforcer whose ring buffer nobody reads (the agent stalled). Its
     // EventStream would buffer 65536 events in userspace before the ring fills, so "no consumer"
-    // is the way to overflow the 4 MiB ring (~6k 672-byte events).
+    // is the way to overflow the 4 MiB ring (~4.5k 928-byte events).
     let enf = Enforcer::load(&EnforcerOptions { pin_dir: None, force_fallback: false, fallback_mappings: false })
         .map_err(es)?;
     let mut c = container("ringbuf")?;
