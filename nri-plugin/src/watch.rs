@@ -51,11 +51,26 @@ pub(crate) async fn wait_for_socket(path: &Path, stale: Option<FileId>, fallback
             io::Error::new(io::ErrorKind::NotFound, format!("no ancestor of {} exists", path.display()))
         })?;
         let is_parent = path.parent().is_some_and(|p| same_dir(p, &dir));
-        let watch = Inotify::watch_dir(&dir)?;
+        #[cfg(test)]
+        tests::hook(path, "found");
+        let watch = match Inotify::watch_dir(&dir) {
+            Ok(w) => w,
+            // It went away since it was found: look again from its ancestors.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         // The file may have appeared between the failed attempt and the watch being in place.
         if matches!(file_id(path), Some(id) if Some(id) != stale) {
             return Ok(Wake::Appeared);
         }
+        // So may a directory on the way (the runtime creating /var/run/nri, then its socket in
+        // it): its creation is not among this watch's events, and the socket will appear
+        // below it, unseen. Watch from the deeper one.
+        if !is_parent && deepest_existing_ancestor(path).is_some_and(|d| d != dir) {
+            continue;
+        }
+        #[cfg(test)]
+        tests::hook(path, "watching");
         loop {
             tokio::select! {
                 res = watch.next_batch() => {
@@ -212,6 +227,39 @@ mod tests {
     use super::*;
 
     const LONG: Duration = Duration::from_secs(3600);
+
+    type Hook = Box<dyn FnOnce() + Send>;
+    /// What to do once, for a path, at a stage of [`wait_for_socket`]: `found` (the directory to
+    /// watch was chosen, the watch is not in place yet), `watching` (it is, and was checked).
+    static HOOKS: std::sync::Mutex<Vec<(PathBuf, &'static str, Hook)>> = std::sync::Mutex::new(Vec::new());
+
+    pub(super) fn hook(path: &Path, stage: &str) {
+        let hook = {
+            let mut hooks = HOOKS.lock().unwrap();
+            hooks.iter().position(|(p, s, _)| p == path && *s == stage).map(|i| hooks.remove(i).2)
+        };
+        if let Some(h) = hook {
+            h();
+        }
+    }
+
+    /// The runtime creates the socket's directory just before the watch on its parent is in
+    /// place (so that watch never hears of it), and binds the socket in it once the waiter
+    /// watches: the waiter must have moved its watch to the new directory.
+    #[tokio::test]
+    async fn a_directory_created_before_the_watch_is_not_missed() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("nri");
+        let sock = sub.join("nri.sock");
+        let (mkdir, bind) = (sub.clone(), sock.clone());
+        HOOKS.lock().unwrap().extend([
+            (sock.clone(), "found", Box::new(move || std::fs::create_dir(&mkdir).unwrap()) as Hook),
+            (sock.clone(), "watching", Box::new(move || std::fs::write(&bind, b"").unwrap()) as Hook),
+        ]);
+        let path = sock.clone();
+        let waiter = tokio::spawn(async move { wait_for_socket(&path, None, LONG).await });
+        expect_appeared(waiter).await;
+    }
 
     async fn expect_appeared(waiter: tokio::task::JoinHandle<io::Result<Wake>>) {
         let r = tokio::time::timeout(Duration::from_secs(10), waiter).await.expect("woken by the watch");
