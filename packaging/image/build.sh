@@ -19,10 +19,13 @@
 #     node-setup.sh uses, /bin/sh among them
 #   /usr/share/driftguard/containerd/base-runtime-spec.json (node-setup.sh's source spec) and
 #     /etc/driftguard/config.toml (packaging/config.toml; the DaemonSet mounts its ConfigMap there)
+#   /usr/share/doc/driftguard/sbom.spdx.json: the SBOM (packaging/image/sbom.py: every crate linked
+#     into the binaries, from Cargo.lock, and the Debian packages above), also written next to the
+#     archive as <out without .tar>.spdx.json
 #
 # Reproducible: the same binaries and host files give the same digest (fixed mtimes =
 # SOURCE_DATE_EPOCH or 0, uid/gid 0, sorted entries, gzip without timestamp; tests/packaging/test.sh
-# builds twice and compares). Needs python3, busybox-static, binutils (strip), dpkg.
+# builds twice and compares). Needs python3, busybox-static, binutils (strip), dpkg, cargo.
 #
 # Options: --bin-dir DIR (driftguard and driftguard-oci-hook; default <target>/release, built with
 # `cargo build --release` when missing), --out FILE, --name REF. Environment: CARGO_TARGET_DIR.
@@ -101,6 +104,13 @@ busybox_ver=$(dpkg-query -W -f='${Version}' busybox-static 2>/dev/null || echo u
 echo "/bin/busybox busybox-static $busybox_ver" >>"$libs_txt"
 chmod 0644 "$libs_txt"
 
+# The software bill of materials (SPDX 2.3): the crates linked into the binaries (Cargo.lock)
+# and the Debian packages above, inside the image and next to the archive.
+sbom=$rootfs/usr/share/doc/driftguard/sbom.spdx.json
+python3 packaging/image/sbom.py --name "$name" --version "$version" --epoch "${SOURCE_DATE_EPOCH:-0}" \
+    --libraries "$libs_txt" --arch "$(dpkg --print-architecture)" --out "$sbom" || die "packaging/image/sbom.py failed"
+chmod 0644 "$sbom"
+
 # The loader in the image must run the binaries there: a missing library fails here, not on a node.
 if [[ $(id -u) -eq 0 ]]; then
     for b in driftguard driftguard-oci-hook; do
@@ -113,5 +123,6 @@ fi
 epoch=${SOURCE_DATE_EPOCH:-0}
 mkdir -p "$(dirname "$out")"
 digest=$(python3 packaging/image/oci.py --rootfs "$rootfs" --out "$out" --name "$name" --version "$version" --epoch "$epoch")
-log "wrote $out ($name, $digest)"
+install -m 0644 "$sbom" "${out%.tar}.spdx.json"
+log "wrote $out ($name, $digest) and its SBOM ${out%.tar}.spdx.json"
 echo "$digest"

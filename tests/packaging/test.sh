@@ -671,8 +671,64 @@ image_check() {
     [[ $d1 == "$d2" && $d1 == sha256:* ]] || { echo "digests $d1 $d2"; rm -rf "$a"; return 1; }
     tar -xOf "$a/1.tar" index.json | grep -q '"io.containerd.image.name":"ghcr.io/driftguard/driftguard:' \
         || { echo "index.json does not name the image"; rm -rf "$a"; return 1; }
-    echo "$d1"
+    b=$(sbom_check "$a/1.tar" "$a/1.spdx.json" 2>&1) || { echo "SBOM: $b"; rm -rf "$a"; return 1; }
+    echo "$d1; SBOM: $b"
     rm -rf "$a"
+}
+
+# The image's SBOM: the same inside the image and next to the archive; every crate whose sources
+# the binaries name (panic locations under cargo's registry/src) is in it, with the license its
+# manifest declares and Cargo.lock's checksum; its Debian packages are those of every copied file
+# the image lists.
+sbom_check() {
+    "$PY" - "$1" "$2" "$target/release/driftguard" "$target/release/driftguard-oci-hook" <<'EOF'
+import gzip, io, json, re, sys, tarfile, tomllib
+archive, sidecar, bins = sys.argv[1], sys.argv[2], sys.argv[3:]
+with tarfile.open(archive) as t:
+    blob = lambda d: t.extractfile("blobs/sha256/" + d.split(":", 1)[1]).read()
+    index = json.loads(t.extractfile("index.json").read())
+    manifest = json.loads(blob(index["manifests"][0]["digest"]))
+    [layer] = manifest["layers"]
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(blob(layer["digest"])))) as l:
+        inside = l.extractfile("usr/share/doc/driftguard/sbom.spdx.json").read()
+        libs = l.extractfile("usr/share/doc/driftguard/image-libraries.txt").read().decode()
+with open(sidecar, "rb") as f:
+    assert f.read() == inside, "the SBOM next to the archive differs from the one in the image"
+doc = json.loads(inside)
+assert doc["spdxVersion"] == "SPDX-2.3" and doc["SPDXID"] == "SPDXRef-DOCUMENT", doc["spdxVersion"]
+ids = {p["SPDXID"]: p for p in doc["packages"]}
+assert len(ids) == len(doc["packages"]), "SPDXIDs repeat"
+[described] = [r["relatedSpdxElement"] for r in doc["relationships"] if r["relationshipType"] == "DESCRIBES"]
+assert ids[described]["name"].startswith("ghcr.io/driftguard/driftguard:"), ids[described]
+contained = {r["relatedSpdxElement"] for r in doc["relationships"] if r["spdxElementId"] == described and r["relationshipType"] == "CONTAINS"}
+assert contained == set(ids) - {described}, "packages the image does not CONTAIN"
+purls = {}
+for p in doc["packages"]:
+    assert p["licenseDeclared"], p["name"]
+    for r in p.get("externalRefs", []):
+        if r["referenceType"] == "purl":
+            purls[r["referenceLocator"].split("?")[0]] = p
+listed = {u for u in purls if u.startswith("pkg:cargo/")}
+named = set()
+for b in bins:
+    with open(b, "rb") as f:
+        for m in re.finditer(rb"registry/src/[^/]+/([A-Za-z0-9_-]+)-([0-9]+[.][0-9]+[.][0-9]+[A-Za-z0-9.+-]*)/", f.read()):
+            named.add(f"pkg:cargo/{m[1].decode()}@{m[2].decode()}")
+assert len(named) >= 20, f"only {len(named)} crates named in the binaries: {sorted(named)}"
+assert named <= listed, f"crates in the binaries, not in the SBOM: {sorted(named - listed)}"
+with open("Cargo.lock", "rb") as f:
+    lock = {(p["name"], p["version"]): p.get("checksum") for p in tomllib.load(f)["package"]}
+for u in listed:
+    p = purls[u]
+    want = lock[(p["name"], p["versionInfo"])]
+    got = [c["checksumValue"] for c in p.get("checksums", []) if c["algorithm"] == "SHA256"]
+    assert got == ([want] if want else []), f"{u}: checksum {got}, Cargo.lock {want}"
+[bpf] = [purls[u] for u in listed if u.startswith("pkg:cargo/libbpf-rs@")]
+assert bpf["licenseDeclared"] == "LGPL-2.1-only OR BSD-2-Clause", bpf["licenseDeclared"]
+debs = {f"pkg:deb/debian/{pkg}@{ver}" for _, pkg, ver in (l.split() for l in libs.splitlines() if l and not l.startswith("#"))}
+assert debs and debs == {u for u in purls if u.startswith("pkg:deb/")}, f"Debian packages {sorted(debs)}"
+print(f"{len(listed)} crates ({len(named)} named in the binaries), {len(debs)} Debian packages")
+EOF
 }
 if [[ -x $target/release/driftguard && -x $target/release/driftguard-oci-hook ]]; then
     if out=$(image_check 2>&1); then ok image-reproducible "$out"; else bad image-reproducible "$out"; fi
