@@ -14,8 +14,9 @@ pub struct Parent {
     /// before this field).
     pub comm: String,
     /// Executable (`mm->exe_file`), walked by the kernel at the check: a path from the checked
-    /// process's root, crossing mounts like `d_path()`. Empty for a kernel thread, a path that
-    /// could not be resolved, and in records of programs before this field.
+    /// process's root, crossing mounts like `d_path()`. Empty for a kernel thread, a parent
+    /// caught exiting (its memory released), a path that could not be resolved, and in records
+    /// of programs before this field.
     pub exe: String,
     /// `exe` holds the first 255 bytes of a longer path only.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
