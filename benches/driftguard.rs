@@ -1501,7 +1501,6 @@ fn synthetic_records(n_distinct: usize, registered: &[u64]) -> Vec<Vec<u8>> {
     // As real events are: the parent with its executable (walked by the kernel), a command
     // line of a few arguments.
     let me = std::process::id();
-    let start_ns = driftguard::enforcer::proc_start(me).map_or(0, |(t, ns)| t * ns);
     (0..n_distinct)
         .map(|i| {
             let cg = registered[i % registered.len()];
@@ -1525,7 +1524,7 @@ fn synthetic_records(n_distinct: usize, registered: &[u64]) -> Vec<Vec<u8>> {
                 count: 0,
                 ppid: me,
                 parent_comm: "sh".into(),
-                parent_start_ns: start_ns,
+                parent_start_ns: 1_000_000,
                 args: format!("{path}\0--config\0/etc/app/config.yaml\0-v\0").into_bytes(),
                 parent_exe: "/usr/bin/bash".into(),
                 ..Default::default()

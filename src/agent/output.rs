@@ -476,7 +476,6 @@ mod tests {
                 comm: "bash".into(),
                 exe: "/bin/bash".into(),
                 exe_truncated: true,
-                ..Default::default()
             },
             args: Some(vec!["/x".into(), "-v".into()]),
             args_truncated: true,

@@ -149,7 +149,7 @@ pub fn read(state_dir: &Path) -> Option<AgentView> {
 
 /// When process `pid` started (clock ticks since boot), if it exists.
 fn process_start(pid: u32) -> Option<u64> {
-    crate::enforcer::proc_start(pid).map(|(ticks, _)| ticks)
+    crate::host::process_start_ticks(pid)
 }
 
 /// "42s", "3m 5s", "2h 1m", "4d 3h".

@@ -402,7 +402,6 @@ impl Event {
                 comm: r.parent_comm,
                 exe_truncated: exe_read && !r.parent_exe.is_empty() && r.flags & abi::DG_EVF_PARENT_EXE_TRUNCATED != 0,
                 exe: if exe_read { r.parent_exe } else { String::new() },
-                start_ns: r.parent_start_ns,
             },
             args: (args_read && !r.args.is_empty()).then(|| split_args(&r.args)),
             args_truncated: args_read && r.flags & abi::DG_EVF_ARGS_TRUNCATED != 0,
@@ -649,8 +648,7 @@ mod tests {
             ..Default::default()
         };
         let e = Event::decode(&raw.to_bytes()).unwrap();
-        let bash =
-            Parent { pid: 39, comm: "bash".into(), exe: "/usr/bin/bash".into(), exe_truncated: false, start_ns: 5 };
+        let bash = Parent { pid: 39, comm: "bash".into(), exe: "/usr/bin/bash".into(), exe_truncated: false };
         assert_eq!(e.parent, bash);
         assert_eq!(e.args.as_deref(), Some(&["/tmp/x".to_string(), "-c".into(), "two words".into()][..]));
         let j = serde_json::to_value(&e).unwrap();

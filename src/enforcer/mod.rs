@@ -52,7 +52,7 @@ pub use error::{Error, Result};
 pub use events::{Action, Event, EventStream, FileKind, Hook, ReaderHeartbeat, Rule, Target, EVENT_CHANNEL_CAPACITY};
 use loader::*;
 pub use ovlproof::prove_overlay_layout;
-pub use parent::{proc_start, Parent};
+pub use parent::Parent;
 pub use pins::*;
 pub use probes::*;
 pub use store::{InstalledPolicy, Owner, PolicyStore, Stats};
